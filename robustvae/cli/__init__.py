@@ -1,0 +1,270 @@
+"""The ``robustvae`` command line (typer + rich).
+
+``main(argv)`` runs a command and returns its exit code, so tests call it directly.
+Every user error prints one line ``error: <what is wrong and how to fix it>`` on
+stderr and exits with code 2; nothing is overwritten on error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robustvae.errors import RobustVAEError
+
+app = typer.Typer(
+    name="robustvae",
+    help="How easily can the latent space of hierarchical VAEs be fooled? Train, evaluate and attack VDVAE / DCT-VAE.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="Presets and published checkpoints.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+out_console = Console()
+
+DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
+SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
+
+
+def _version(value: bool) -> None:
+    if value:
+        from robustvae import __version__
+
+        typer.echo(f"robustvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """robustvae: latent-space robustness of hierarchical VAEs."""
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name (robustvae zoo list). Default: vdvae-mnist-tiny."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset, overriding the preset's (e.g. mnist-offline)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with (or for) the dataset files."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (overrides the preset)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps; overrides --epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (overrides the preset)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, data order, binarisation and noise."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. Default: runs/<preset>."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes its run files)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model from a preset; writes config, metrics, last/best checkpoints to the run directory."""
+    import dataclasses
+
+    from robustvae.device import resolve_device
+    from robustvae.registry import get_preset
+    from robustvae.training import Trainer
+
+    if resume and force:
+        raise RobustVAEError("--resume and --force contradict each other; pick one")
+    name = preset or "vdvae-mnist-tiny"
+    out_dir = out or Path("runs") / name
+    dev = resolve_device(device)
+    if resume:
+        cfg = Trainer.resume_config(out_dir) if (out_dir / "last.pt").is_file() else None
+        if cfg is None:
+            raise RobustVAEError(f"nothing to resume in {out_dir} (no last.pt); drop --resume to start a new run")
+        changed = [o for o, v in (("--preset", preset if preset != cfg.name else None), ("--data", data),
+                                  ("--data-dir", data_dir), ("--batch-size", batch_size), ("--seed", seed),
+                                  ("--set", set_ or None)) if v is not None]
+        if changed:
+            raise RobustVAEError(
+                f"--resume continues the saved config of {out_dir}; {', '.join(changed)} cannot change it "
+                f"(only --steps/--epochs can); start a new run with another --out instead"
+            )
+    else:
+        cfg = get_preset(name)
+    t = {}
+    if epochs is not None:
+        t["epochs"] = epochs
+        t["steps"] = None
+    if steps is not None:
+        t["steps"] = steps
+    if batch_size is not None:
+        t["batch_size"] = batch_size
+    if seed is not None:
+        t["seed"] = seed
+    overrides = [f"train.{k}={'none' if v is None else v}" for k, v in t.items()]
+    if data is not None:
+        overrides.append(f"data.name={data}")
+    if data_dir is not None:
+        overrides.append(f"data.data_dir={data_dir}")
+    cfg = cfg.override(overrides + list(set_))
+    if not resume:
+        cfg = dataclasses.replace(cfg, name=name) if cfg.name != name else cfg
+    Trainer.prepare_dir(out_dir, resume=resume, force=force)
+    summary = Trainer(cfg, out_dir, dev, quiet=quiet).fit(resume=resume)
+    fv = summary["final_val"]
+    out_console.print(
+        f"trained {cfg.name} for {summary['steps']} steps ({summary['epochs']:.2f} epochs) on {dev} in "
+        f"{summary['wall_time_s']:.1f} s; validation -ELBO {fv.get('nelbo', float('nan')):.2f} nats "
+        f"({fv.get('bpd', float('nan')):.4f} bits/dim); checkpoints in {out_dir}"
+    )
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K (default 1000 for binary data, 100 otherwise)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a stratified subset of this many images."),
+    batch_size: int = typer.Option(100, "--batch-size"),
+    weights: str = typer.Option("auto", "--weights", help="auto (EMA when present), ema or raw."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON output. Default: eval-<split>.json next to the checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer."""
+    import dataclasses
+
+    from robustvae import zoo
+    from robustvae.data import eval_images, load_dataset, stratified_order
+    from robustvae.device import resolve_device
+    from robustvae.evaluation import evaluate_model
+
+    for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
+        if v is not None and v < 1:
+            raise RobustVAEError(f"{name} must be a positive integer, got {v}")
+    dev = resolve_device(device)
+    path = zoo.resolve_path(checkpoint)
+    model = zoo.load(path, device=dev, weights=weights)
+    cfg = model.config
+    dcfg = dataclasses.replace(cfg.data, data_dir=str(data_dir)) if data_dir is not None else cfg.data
+    ds = load_dataset(dcfg)
+    x = eval_images(ds, split)
+    if limit is not None and limit < x.shape[0]:
+        x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
+    k = iw_samples or (1000 if cfg.model.likelihood == "bernoulli" else 100)
+    res = evaluate_model(model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet)
+    res = {"checkpoint": str(path), "checkpoint_sha256": model.checkpoint_sha256, "model": cfg.name,
+           "dataset": cfg.data.name, "split": split, **res}
+    dest = out or (path.parent / f"eval-{split}.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(res, indent=2) + "\n")
+
+    table = Table(title=f"{cfg.name} on {cfg.data.name} {split} ({res['images']} images, K={k})")
+    for col in ("layer", "resolution", "units", "KL (nats)", "active units"):
+        table.add_column(col, justify="right")
+    for row in res["layers"]:
+        table.add_row(str(row["layer"]), f"{row['resolution']}x{row['resolution']}", str(row["units"]),
+                      f"{row['kl_nats']:.3f}", str(row["active_units"]))
+    table.add_row("all", "", str(res["total_units"]), f"{res['kl_nats']:.3f}", str(res["active_units"]))
+    out_console.print(table)
+    out_console.print(
+        f"NLL {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | -ELBO {res['nelbo_nats']:.2f} nats "
+        f"({res['nelbo_bpd']:.4f} bits/dim) | active units {res['active_units']}/{res['total_units']} | saved {dest}"
+    )
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@app.command()
+def sample(
+    checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
+    n: int = typer.Option(64, "--n", help="Number of samples."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Prior temperature."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),
+) -> None:
+    """Draw ancestral samples (decoder mean images) and save them as a PNG grid."""
+    import math
+
+    import torch
+    from torchvision.utils import save_image
+
+    from robustvae import zoo
+    from robustvae.device import resolve_device
+
+    if n < 1:
+        raise RobustVAEError(f"--n must be a positive integer, got {n}")
+    if temperature < 0:
+        raise RobustVAEError(f"--temperature must be >= 0, got {temperature}")
+    dev = resolve_device(device)
+    model = zoo.load(checkpoint, device=dev)
+    noise = model.make_noise(n, torch.Generator().manual_seed(seed))
+    imgs = model.sample(n, temperature=temperature, noise=noise)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(imgs.cpu(), out, nrow=int(math.ceil(math.sqrt(n))), padding=1)
+    out_console.print(f"wrote {n} samples at temperature {temperature} to {out}")
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """Presets (train them with robustvae train --preset NAME) and published checkpoints."""
+    from robustvae.zoo import list_entries
+
+    table = Table(title="robustvae zoo")
+    for col in ("name", "kind", "model", "data", "layers", "about"):
+        table.add_column(col)
+    rows = list_entries()
+    for r in rows:
+        table.add_row(*(r[c] for c in ("name", "kind", "model", "data", "layers", "about")))
+    out_console.print(table)
+    if not any(r["kind"].startswith("checkpoint") for r in rows):
+        out_console.print("No published checkpoints are registered yet; train a preset with robustvae train.")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code (0 ok, 2 user error, 130 interrupted)."""
+    from robustvae.training import Interrupted
+
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="robustvae", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
+    except RobustVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

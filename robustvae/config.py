@@ -1,0 +1,309 @@
+"""Typed, frozen configuration.
+
+A run is fully described by a :class:`Config` (data + model + train). Configs are
+built from presets (``robustvae.registry``), changed with ``--set section.key=value``
+overrides, validated on construction, and saved as JSON next to every checkpoint
+and run. Unknown keys and ill-typed values are rejected with a message that names
+the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustvae.errors import ConfigError
+
+LIKELIHOODS = ("bernoulli", "dmol")
+ACTIVATIONS = ("silu", "gelu", "relu")
+
+
+def _fail(msg: str) -> None:
+    raise ConfigError(msg)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        _fail(f"{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where its files live, and how it is split."""
+
+    name: str = "mnist-offline"
+    data_dir: str | None = None  # None: $ROBUSTVAE_DATA or ~/.cache/robustvae/data
+    download: bool = True  # torchvision / URL download when files are missing
+    val_size: int | None = None  # None: the dataset's default
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.val_size is not None and self.val_size < 1:
+            _fail(f"data.val_size must be at least 1, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a top-down hierarchical VAE (GUIDE section 2, Table 6).
+
+    ``latents`` lists ``(resolution, number_of_stochastic_layers)`` from the finest
+    scale to the coarsest, as Table 6 writes them ("4 x 14^2, 4 x 7^2"). Layer 1
+    is the top (coarsest) latent.
+    """
+
+    arch: str = "vdvae"
+    image_channels: int = 1
+    image_size: int = 28
+    likelihood: str = "bernoulli"
+    num_mixtures: int = 10  # discretised logistic mixture components
+    dmol_bits: int = 8  # bit depth of the discretised likelihood
+    channels: int = 32  # residual stream width ("channels input" in Table 6)
+    hidden: int = 40  # bottleneck width inside blocks ("hidden" in Table 6)
+    latents: tuple[tuple[int, int], ...] = ((14, 4), (7, 4))
+    z_dim: int = 1  # latent channels per layer ("width")
+    enc_blocks: int = 2  # encoder residual blocks per latent scale
+    out_blocks: int = 1  # decoder residual blocks at image resolution
+    activation: str = "silu"
+    weight_norm: bool = False
+    logvar_limit: float = 10.0  # log-variances are soft-clamped to (-limit, limit)
+
+    def __post_init__(self) -> None:
+        for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.enc_blocks < 0 or self.out_blocks < 0:
+            _fail("model.enc_blocks and model.out_blocks must be >= 0")
+        if self.likelihood not in LIKELIHOODS:
+            _fail(f"model.likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.activation not in ACTIVATIONS:
+            _fail(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not 1 <= self.dmol_bits <= 8:
+            _fail(f"model.dmol_bits must be in 1..8, got {self.dmol_bits}")
+        if self.likelihood == "bernoulli" and self.image_channels != 1:
+            _fail("model.likelihood=bernoulli needs model.image_channels=1 (binary images)")
+        _positive("model.logvar_limit", self.logvar_limit)
+        if not self.latents:
+            _fail("model.latents must list at least one (resolution, layers) pair")
+        prev = self.image_size
+        for res, n in self.latents:
+            if res < 1 or n < 1:
+                _fail(f"model.latents entries need resolution >= 1 and layers >= 1, got ({res}, {n})")
+            if res > prev or prev % res:
+                _fail(
+                    f"model.latents resolutions must shrink by integer factors from "
+                    f"model.image_size={self.image_size}: {prev} -> {res} is not allowed"
+                )
+            prev = res
+
+    @property
+    def num_layers(self) -> int:
+        return sum(n for _, n in self.latents)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: AdamW + cosine schedule, clipping, skipping, EMA (Table 6)."""
+
+    epochs: int = 600
+    steps: int | None = None  # when set, overrides epochs
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.9  # VDVAE's setting
+    grad_clip: float = 1.0
+    skip_threshold: float = 100.0  # skip the update when the gradient norm exceeds this
+    max_consecutive_skips: int = 100  # then stop with a clear message (GUIDE section 7)
+    ema_decay: float = 0.0  # 0 disables EMA; evaluation uses EMA weights when on
+    amp: bool = True  # bf16 autocast, CUDA only
+    seed: int = 0
+    checkpoint_every: int = 500  # steps between `last` checkpoints (and at every epoch end)
+    log_every: int = 50  # steps between metrics.jsonl lines
+    val_batches: int | None = None  # cap validation batches (None: the whole split)
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        if self.steps is not None:
+            _positive("train.steps", self.steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        if self.lr_min < 0 or self.lr_min > self.lr:
+            _fail(f"train.lr_min must be in [0, train.lr], got {self.lr_min}")
+        if self.warmup_steps < 0:
+            _fail("train.warmup_steps must be >= 0")
+        if self.weight_decay < 0:
+            _fail("train.weight_decay must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                _fail(f"train.{name} must be in [0, 1)")
+        _positive("train.grad_clip", self.grad_clip)
+        _positive("train.skip_threshold", self.skip_threshold)
+        _positive("train.max_consecutive_skips", self.max_consecutive_skips)
+        if not 0 <= self.ema_decay < 1:
+            _fail(f"train.ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
+        _positive("train.checkpoint_every", self.checkpoint_every)
+        _positive("train.log_every", self.log_every)
+        if self.val_batches is not None:
+            _positive("train.val_batches", self.val_batches)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run; saved with every checkpoint."""
+
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return from_dict(cls, d)
+
+    def override(self, assignments: list[str] | tuple[str, ...]) -> Config:
+        """Apply ``section.key=value`` strings; see :func:`apply_overrides`."""
+        return apply_overrides(self, assignments)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from JSON or a command line) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        _fail(errors[0] if errors else f"{key}: cannot be None")
+    if origin is tuple:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                _fail(f"{key} expects a JSON list such as [[14, 4], [7, 4]], got {value!r}")
+        if not isinstance(value, (list, tuple)):
+            _fail(f"{key} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            _fail(f"{key} expects {len(args)} items, got {value!r}")
+        return tuple(coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        _fail(f"{key} expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            _fail(f"{key} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        _fail(f"{key} expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _fail(f"{key} expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        _fail(f"{key} expects a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _fail(f"{key} expects a table of settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    _fail(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys."""
+    if not isinstance(d, dict):
+        _fail(f"{prefix or 'config'} must be a table of settings, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        _fail(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(prefix + n for n in names)})")
+    kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: Any, assignments: list[str] | tuple[str, ...]) -> Any:
+    """Return a copy of ``cfg`` with ``section.key=value`` assignments applied.
+
+    Values are parsed for the field's declared type: ``model.channels=16``,
+    ``train.ema_decay=0.999``, ``data.data_dir=none``,
+    ``model.latents=[[14,4],[7,4]]``.
+    """
+    for item in assignments:
+        if "=" not in item:
+            _fail(f"--set expects key=value (e.g. model.channels=16), got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        cfg = _set_path(cfg, key.split("."), raw.strip(), key)
+    return cfg
+
+
+def _set_path(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = parts[0]
+    if head not in names:
+        scope = full_key[: len(full_key) - len(".".join(parts))]
+        _fail(f"unknown config key '{full_key}' (known here: {', '.join(scope + n for n in names)})")
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            _fail(f"config key '{full_key}': '{head}' has no sub-keys")
+        return dataclasses.replace(obj, **{head: _set_path(current, parts[1:], raw, full_key)})
+    if dataclasses.is_dataclass(current):
+        _fail(f"config key '{full_key}' is a section; set one of its keys, e.g. {full_key}.<key>=value")
+    tp = typing.get_type_hints(type(obj))[head]
+    return dataclasses.replace(obj, **{head: coerce(raw, tp, full_key)})

@@ -1,0 +1,311 @@
+"""VDVAE: the top-down hierarchical VAE of Child (2021), as configured in Table 6.
+
+Public API (used by the attack engine and the evaluation):
+
+* ``encode(x, k)``: posteriors q(z_l | x, z_>l) of the top k layers, top first;
+  higher layers are fixed at their posterior means so the result is deterministic.
+* ``reconstruct(x, k, temperature, noise)``: posterior means for the top k layers,
+  prior samples at ``temperature`` for the rest, driven by caller-supplied noise;
+  returns the decoder's mean image in [0, 1]; differentiable in x.
+* ``elbo(x)``: per-layer analytic KL, reconstruction term, -ELBO in nats and bits/dim.
+* ``log_importance_weights(x, K)``: log p(x, z) - log q(z | x) at K joint posterior
+  samples: the IWAE bound (GUIDE section 2).
+* ``sample(n, temperature)``: ancestral samples (mean images).
+
+All images are in [0, 1]; the network sees them on [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustvae.config import ModelConfig
+from robustvae.models.blocks import Block, conv, residual_scale
+from robustvae.models.distributions import (
+    Bernoulli,
+    DiagGaussian,
+    DiscretizedLogisticMixture,
+    soft_clamp,
+    sum_except_batch,
+)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One stochastic layer: ``index`` 1 is the top (coarsest) latent."""
+
+    index: int
+    resolution: int
+    shape: tuple[int, int, int]  # (channels, height, width)
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ELBOResult:
+    """Per-image terms of the negative ELBO, all in nats except ``bpd``."""
+
+    kl: Tensor  # (B, L): KL per stochastic layer, top first
+    recon: Tensor  # (B,): -log p(x | z)
+    nelbo: Tensor  # (B,): recon + sum of KLs
+    bpd: Tensor  # (B,): nelbo in bits per dimension
+
+
+@dataclass
+class _TopDown:
+    state: Tensor
+    posteriors: list[DiagGaussian | None]
+    priors: list[DiagGaussian]
+    zs: list[Tensor]
+
+
+class DecoderBlock(nn.Module):
+    """One stochastic layer: prior net, posterior net, z projection, residual block."""
+
+    def __init__(self, cfg: ModelConfig, resolution: int, num_layers: int):
+        super().__init__()
+        C, H, z = cfg.channels, cfg.hidden, cfg.z_dim
+        s = residual_scale(num_layers)
+        self.posterior = Block(2 * C, H, 2 * z, cfg, resolution)
+        self.prior = Block(C, H, 2 * z + C, cfg, resolution, zero_last=True)
+        self.z_proj = conv(z, C, 1, weight_norm=cfg.weight_norm, scale=s)
+        self.resnet = Block(C, H, C, cfg, resolution, residual=True, last_scale=s)
+
+
+class VDVAE(nn.Module):
+    """Top-down hierarchical VAE with diagonal Gaussian layers."""
+
+    arch = "vdvae"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.channels
+        # encoder: input conv at image resolution, then blocks at each latent scale (fine -> coarse)
+        self.in_conv = conv(cfg.image_channels, C, 3, weight_norm=cfg.weight_norm)
+        n_enc = max(cfg.enc_blocks * len(cfg.latents), 1)
+        self.enc_res = [r for r, _ in cfg.latents]
+        self.enc_blocks = nn.ModuleList(
+            nn.ModuleList(
+                Block(C, cfg.hidden, C, cfg, r, residual=True, last_scale=residual_scale(n_enc))
+                for _ in range(cfg.enc_blocks)
+            )
+            for r in self.enc_res
+        )
+        # decoder: top-down over layers (coarse -> fine)
+        L = cfg.num_layers
+        self.layers: list[LayerInfo] = []
+        blocks = []
+        for r, n in reversed(cfg.latents):
+            for _ in range(n):
+                self.layers.append(LayerInfo(len(self.layers) + 1, r, (cfg.z_dim, r, r)))
+                blocks.append(DecoderBlock(cfg, r, L))
+        self.dec_blocks = nn.ModuleList(blocks)
+        res_set = sorted({r for r, _ in cfg.latents} | {cfg.image_size})
+        self.bias = nn.ParameterDict({str(r): nn.Parameter(torch.zeros(1, C, r, r)) for r in res_set})
+        self.out_blocks = nn.ModuleList(
+            Block(C, cfg.hidden, C, cfg, cfg.image_size, residual=True, last_scale=residual_scale(max(cfg.out_blocks, 1)))
+            for _ in range(cfg.out_blocks)
+        )
+        if cfg.likelihood == "bernoulli":
+            n_out = cfg.image_channels
+        else:
+            n_out = DiscretizedLogisticMixture.num_params(cfg.image_channels, cfg.num_mixtures)
+        self.out_conv = conv(C, n_out, 1, weight_norm=cfg.weight_norm)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_layers(self) -> int:
+        """L: the number of stochastic layers (layer 1 is the top)."""
+        return len(self.layers)
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int, int]]:
+        return [info.shape for info in self.layers]
+
+    @property
+    def num_pixels(self) -> int:
+        return self.cfg.image_channels * self.cfg.image_size**2
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def make_noise(self, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Standard-normal noise for every layer, to share between calls of ``reconstruct``.
+
+        With a CPU ``generator`` the noise is drawn on the CPU and moved to the model's
+        device, so the same seed gives the same noise on every device.
+        """
+        dev = self.device
+        return [
+            torch.randn((batch, *shape), generator=generator).to(dev) if generator is not None
+            else torch.randn((batch, *shape), device=dev)
+            for shape in self.layer_shapes
+        ]
+
+    # ------------------------------------------------------------------ passes
+
+    def _encoder(self, x: Tensor) -> dict[int, Tensor]:
+        h = self.in_conv(x * 2 - 1)
+        acts: dict[int, Tensor] = {}
+        for r, blocks in zip(self.enc_res, self.enc_blocks):
+            if h.shape[-1] != r:
+                h = F.avg_pool2d(h, h.shape[-1] // r)
+            for b in blocks:
+                h = b(h)
+            acts[r] = h
+        return acts
+
+    def _upsample(self, state: Tensor, r: int) -> Tensor:
+        return F.interpolate(state, size=(r, r), mode="nearest") + self.bias[str(r)]
+
+    def _top_down(
+        self,
+        batch: int,
+        acts: dict[int, Tensor] | None,
+        *,
+        n_posterior: int,
+        posterior_sample: bool = False,
+        noise: list[Tensor] | None = None,
+        temperature: float = 1.0,
+        stop_after: int | None = None,
+    ) -> _TopDown:
+        """Run the decoder top-down.
+
+        Layers ``< n_posterior`` (0-based) take z from the posterior (its mean, or a
+        sample when ``posterior_sample``); the rest from the prior at ``temperature``.
+        ``noise[i]`` drives the sample of layer i when given.
+        """
+        cfg = self.cfg
+        lim = cfg.logvar_limit
+        top = self.layers[0].resolution
+        state = self.bias[str(top)].expand(batch, -1, -1, -1)
+        posteriors: list[DiagGaussian | None] = []
+        priors: list[DiagGaussian] = []
+        zs: list[Tensor] = []
+        for i, (info, blk) in enumerate(zip(self.layers, self.dec_blocks)):
+            if state.shape[-1] != info.resolution:
+                state = self._upsample(state, info.resolution)
+            q = None
+            if i < n_posterior:
+                qm, qlv = blk.posterior(torch.cat([state, acts[info.resolution]], 1)).float().chunk(2, 1)
+                q = DiagGaussian(qm, soft_clamp(qlv, lim))
+            pm, plv, xpp = blk.prior(state).split([cfg.z_dim, cfg.z_dim, cfg.channels], 1)
+            pm, plv = pm.float(), plv.float()  # distributions stay in float32 under autocast
+            p = DiagGaussian(pm, soft_clamp(plv, lim))
+            state = state + xpp
+            eps = noise[i] if noise is not None else None
+            if q is not None:
+                z = q.sample(eps) if posterior_sample else q.mean
+            else:
+                z = p.sample(eps, temperature)
+            posteriors.append(q)
+            priors.append(p)
+            zs.append(z)
+            if stop_after is not None and i + 1 >= stop_after:
+                return _TopDown(state, posteriors, priors, zs)
+            state = blk.resnet(state + blk.z_proj(z))
+        if state.shape[-1] != cfg.image_size:
+            state = self._upsample(state, cfg.image_size)
+        for b in self.out_blocks:
+            state = b(state)
+        return _TopDown(state, posteriors, priors, zs)
+
+    def likelihood(self, state: Tensor) -> Bernoulli | DiscretizedLogisticMixture:
+        out = self.out_conv(state).float()
+        if self.cfg.likelihood == "bernoulli":
+            return Bernoulli(out)
+        return DiscretizedLogisticMixture(out, self.cfg.image_channels, self.cfg.num_mixtures, self.cfg.dmol_bits)
+
+    def _check_input(self, x: Tensor) -> None:
+        c, s = self.cfg.image_channels, self.cfg.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}) in [0, 1], got {tuple(x.shape)}")
+
+    def _check_k(self, k: int | None) -> int:
+        L = self.num_layers
+        if k is None:
+            return L
+        if not 0 <= k <= L:
+            raise ValueError(f"k must be in 0..{L} (this model has L={L} stochastic layers), got {k}")
+        return k
+
+    # ------------------------------------------------------------------ public API
+
+    def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list[DiagGaussian]:
+        """Posteriors of the top ``k`` layers (all when None), top layer first.
+
+        Each layer is conditioned on the posterior means of the layers above it
+        (on posterior samples when ``sample``), so the default is deterministic.
+        """
+        self._check_input(x)
+        k = self._check_k(k)
+        if k == 0:
+            return []
+        td = self._top_down(x.shape[0], self._encoder(x), n_posterior=k, posterior_sample=sample, noise=noise, stop_after=k)
+        return [q for q in td.posteriors if q is not None]
+
+    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None) -> Tensor:
+        """Mean image from posterior means of the top ``k`` layers and the prior below.
+
+        Layers below k are sampled from the prior at ``temperature`` with ``noise``
+        (from :meth:`make_noise`); two calls with the same noise differ only through x.
+        ``k=None`` uses the posterior for every layer.
+        """
+        self._check_input(x)
+        k = self._check_k(k)
+        acts = self._encoder(x) if k > 0 else None
+        td = self._top_down(x.shape[0], acts, n_posterior=k, noise=noise, temperature=temperature)
+        return self.likelihood(td.state).mean
+
+    def elbo(self, x: Tensor) -> ELBOResult:
+        """Negative ELBO terms with one posterior sample per layer (analytic KLs)."""
+        self._check_input(x)
+        td = self._top_down(x.shape[0], self._encoder(x), n_posterior=self.num_layers, posterior_sample=True)
+        kl = torch.stack([sum_except_batch(q.kl(p)) for q, p in zip(td.posteriors, td.priors)], 1)
+        recon = -self.likelihood(td.state).log_prob(x)
+        nelbo = recon + kl.sum(1)
+        return ELBOResult(kl=kl, recon=recon, nelbo=nelbo, bpd=nelbo / (self.num_pixels * math.log(2)))
+
+    def forward(self, x: Tensor) -> ELBOResult:
+        return self.elbo(x)
+
+    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
+        """log p(x | z) + log p(z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B)."""
+        self._check_input(x)
+        B = x.shape[0]
+        chunk = chunk or num_samples
+        acts1 = self._encoder(x)
+        out = []
+        done = 0
+        while done < num_samples:
+            n = min(chunk, num_samples - done)
+            acts = {r: a.repeat(n, 1, 1, 1) for r, a in acts1.items()}
+            xr = x.repeat(n, 1, 1, 1)
+            td = self._top_down(B * n, acts, n_posterior=self.num_layers, posterior_sample=True)
+            logw = self.likelihood(td.state).log_prob(xr)
+            for q, p, z in zip(td.posteriors, td.priors, td.zs):
+                logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))
+            out.append(logw.view(n, B))
+            done += n
+        return torch.cat(out, 0)
+
+    def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
+        """Per-image IWAE estimate of -log p(x) in nats (an upper bound on the NLL)."""
+        logw = self.log_importance_weights(x, num_samples, chunk)
+        return -(torch.logsumexp(logw, 0) - math.log(num_samples))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, noise: list[Tensor] | None = None) -> Tensor:
+        """``n`` ancestral samples from the prior at ``temperature`` (mean images in [0, 1])."""
+        td = self._top_down(n, None, n_posterior=0, noise=noise, temperature=temperature)
+        return self.likelihood(td.state).mean

