@@ -1,0 +1,164 @@
+"""VDVAE: structure, the public API the attack engine relies on, and the likelihood bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from robustvae import zoo
+from robustvae.config import ModelConfig
+from robustvae.registry import build_model, get_preset
+
+TINY = ["vdvae-mnist-tiny", "vdvae-cifar10-tiny"]
+
+
+def _model(preset: str, seed: int = 0):
+    torch.manual_seed(seed)
+    m = build_model(get_preset(preset).model)
+    # leave the zero-initialised prior: perturb every weight so tests see a generic network
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+def _images(model, n: int, gen: torch.Generator) -> torch.Tensor:
+    c, s = model.cfg.image_channels, model.cfg.image_size
+    x = torch.rand(n, c, s, s, generator=gen)
+    return torch.bernoulli(x, generator=gen) if model.cfg.likelihood == "bernoulli" else x
+
+
+def test_paper_layer_shapes():
+    mnist = build_model(get_preset("vdvae-mnist").model)
+    assert mnist.num_layers == 8
+    assert mnist.layer_shapes == [(1, 7, 7)] * 4 + [(1, 14, 14)] * 4
+    cifar = build_model(get_preset("vdvae-cifar10").model)
+    assert cifar.num_layers == 29
+    assert [s[1] for s in cifar.layer_shapes] == [1] + [4] * 3 + [8] * 5 + [16] * 10 + [32] * 10
+    assert all(s[0] == 8 for s in cifar.layer_shapes)
+    assert [info.index for info in cifar.layers] == list(range(1, 30))
+
+
+def test_prior_starts_at_standard_normal(gen):
+    torch.manual_seed(0)
+    m = build_model(get_preset("vdvae-mnist-tiny").model)
+    td = m._top_down(3, None, n_posterior=0)
+    for p in td.priors:
+        assert torch.all(p.mean == 0) and torch.all(p.logvar == 0)
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_build_forward_backward_save_load_reconstruct(preset, tmp_path, gen):
+    m = _model(preset)
+    m.train()
+    x = _images(m, 4, gen)
+    r = m.elbo(x)
+    L = m.num_layers
+    assert r.kl.shape == (4, L) and r.recon.shape == (4,) and r.nelbo.shape == (4,)
+    torch.testing.assert_close(r.nelbo, r.recon + r.kl.sum(1))
+    torch.testing.assert_close(r.bpd, r.nelbo / (m.num_pixels * math.log(2)))
+    assert torch.all(r.kl >= 0) and torch.all(r.recon > 0)
+    r.nelbo.mean().backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    m.eval()
+    cfg = get_preset(preset)
+    path = tmp_path / "m.pt"
+    zoo.atomic_save(zoo.make_checkpoint(cfg, m), path)
+    loaded = zoo.load(path)
+    noise = m.make_noise(4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = m.reconstruct(x, k=1, noise=noise)
+        b = loaded.reconstruct(x, k=1, noise=noise)
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert loaded.checkpoint_sha256 == zoo.sha256_file(path) and not loaded.training
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_reconstruct_with_shared_noise_is_deterministic(preset, gen):
+    m = _model(preset)
+    x = _images(m, 3, gen)
+    L = m.num_layers
+    n1 = m.make_noise(3, torch.Generator().manual_seed(5))
+    n2 = m.make_noise(3, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        for k in range(L):
+            assert torch.equal(m.reconstruct(x, k, noise=n1), m.reconstruct(x, k, noise=n1))
+            assert not torch.equal(m.reconstruct(x, k, noise=n1), m.reconstruct(x, k, noise=n2))
+        # with every layer from the posterior mean the noise plays no part
+        assert torch.equal(m.reconstruct(x, L, noise=n1), m.reconstruct(x, L, noise=n2))
+        # k = 0 is an unconditional sample
+        torch.testing.assert_close(m.reconstruct(x, 0, temperature=0.7, noise=n1), m.sample(3, 0.7, noise=n1))
+
+
+def test_reconstruct_is_differentiable_in_x(gen):
+    m = _model("vdvae-mnist-tiny")
+    x = torch.rand(2, 1, 28, 28, generator=gen, requires_grad=True)
+    noise = m.make_noise(2, torch.Generator().manual_seed(0))
+    m.reconstruct(x, k=2, noise=noise).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_encode_is_top_first_prefix_consistent_and_per_image(preset, gen):
+    m = _model(preset)
+    x = _images(m, 3, gen)
+    with torch.no_grad():
+        qs = m.encode(x)
+        assert [tuple(q.mean.shape[1:]) for q in qs] == m.layer_shapes
+        for k in range(1, m.num_layers + 1):
+            for a, b in zip(m.encode(x, k), qs[:k]):
+                torch.testing.assert_close(a.mean, b.mean)
+                torch.testing.assert_close(a.logvar, b.logvar)
+        alone = m.encode(x[1:2])
+        for a, b in zip(alone, qs):
+            torch.testing.assert_close(a.mean, b.mean[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_k_and_bad_shapes_raise(gen):
+    m = _model("vdvae-mnist-tiny")
+    x = torch.rand(1, 1, 28, 28)
+    with pytest.raises(ValueError, match="L=4"):
+        m.reconstruct(x, k=5)
+    with pytest.raises(ValueError, match="expected images of shape"):
+        m.encode(torch.rand(1, 3, 28, 28))
+
+
+def test_iwae_k1_matches_the_analytic_elbo_in_expectation(gen):
+    """E_q[log p(x,z) - log q(z|x)] is the ELBO: the sampled path against the analytic KLs."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = _model("vdvae-mnist-tiny")
+    x = _images(m, 2, gen)
+    with torch.no_grad():
+        logw = m.log_importance_weights(x, 1000, chunk=500).double()
+        nelbo = torch.stack([m.elbo(x).nelbo.double() for _ in range(100)])
+    mc, an = -logw.mean(0), nelbo.mean(0)
+    se = (logw.var(0) / 1000 + nelbo.var(0) / 100).sqrt()
+    assert torch.all((mc - an).abs() < 5 * se + 1e-3), (mc, an, se)
+
+
+def test_iwae_bound_lies_between_elbo_and_zero_and_tightens_with_k(gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = _model("vdvae-mnist-tiny")
+    x = _images(m, 8, gen)
+    with torch.no_grad():
+        nelbo = torch.stack([m.elbo(x).nelbo for _ in range(20)]).mean(0)
+        nll = {k: torch.stack([m.nll_iwae(x, k) for _ in range(4)]).mean(0) for k in (1, 10, 200)}
+    assert torch.all(nll[200] > 0)
+    assert nll[200].mean() < nll[10].mean() < nll[1].mean()
+    assert nll[200].mean() < nelbo.mean()
+    assert (nll[1].mean() - nelbo.mean()).abs() < 0.05 * nelbo.mean()
+
+
+def test_weight_norm_and_dmol_config_builds(gen):
+    cfg = ModelConfig(image_channels=3, image_size=8, likelihood="dmol", num_mixtures=2, channels=4, hidden=4,
+                      latents=((4, 1), (1, 1)), z_dim=2, weight_norm=True, dmol_bits=5)
+    m = build_model(cfg)
+    x = torch.rand(2, 3, 8, 8, generator=gen)
+    r = m.elbo(x)
+    assert torch.isfinite(r.nelbo).all()
+    assert m.reconstruct(x, 1).shape == x.shape
