@@ -15,7 +15,6 @@ def _isolate(tmp_path, monkeypatch):
     """Keep every test away from the user's caches and make runs small and quiet."""
     monkeypatch.setenv("ROBUSTVAE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    torch.set_num_threads(2)
     yield
 
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -225,10 +224,11 @@ def zoo_list() -> None:
     """Presets (train them with robustvae train --preset NAME) and published checkpoints."""
     from robustvae.zoo import list_entries
 
-    table = Table(title="robustvae zoo")
-    for col in ("name", "kind", "model", "data", "layers", "about"):
-        table.add_column(col)
     rows = list_entries()
+    table = Table(title="robustvae zoo")
+    table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+    for col in ("kind", "model", "data", "layers", "about"):
+        table.add_column(col)
     for r in rows:
         table.add_row(*(r[c] for c in ("name", "kind", "model", "data", "layers", "about")))
     out_console.print(table)
@@ -245,25 +245,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = typer.main.get_command(app)
     try:
-        rv = cmd.main(args=argv, prog_name="robustvae", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        return 130
+        # standalone mode: usage errors print typer's message and raise SystemExit(2)
+        cmd.main(args=argv, prog_name="robustvae", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 130
     except RobustVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return 0
 
 
 def run() -> None:

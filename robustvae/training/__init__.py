@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,6 +31,9 @@ from robustvae.errors import RobustVAEError, TrainingError
 from robustvae.progress import make_progress
 from robustvae.registry import build_model
 from robustvae.zoo import atomic_save, config_of, load_weights, make_checkpoint, read_checkpoint
+
+# A skipped first update calls scheduler.step() before optimizer.step(); that is intended here.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before", category=UserWarning)
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
 
