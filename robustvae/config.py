@@ -176,6 +176,87 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
+NORMS = ("linf", "l2")
+OPTIMIZERS = ("pgd", "sgd")
+ATTACK_OBJECTIVES = ("skl", "kl_forward", "kl_reverse", "means", "supervised")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One latent-attack sweep (GUIDE section 5); also the schema of ``attacks/*.toml`` suites.
+
+    ``layers`` is ``"1,2"``, ``"1-4"`` or ``"all"``: each number k is one evaluation with
+    the top k latent layers under attack (layer 1 is the top).
+    """
+
+    layers: str = "1"
+    eps: float = 0.1
+    norm: str = "linf"
+    restarts: int = 5
+    points: int = 50
+    steps: int = 50
+    objective: str = "skl"
+    optimizer: str = "pgd"  # "pgd" (sign / normalised steps) or "sgd" (the authors': lr 1.0, plateau)
+    step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0
+    temperature: float = 0.1  # prior temperature of the layers below k (Appendix G)
+    straight_through: bool = False  # context layer: quantised values with straight-through gradients
+    floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
+    noise_draws: int = 5  # random perturbations of the same budget, per point
+    seed: int = 0
+    split: str = "test"
+    max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
+
+    def __post_init__(self) -> None:
+        parse_layers(self.layers)
+        if not self.eps > 0:
+            _fail(f"eps must be positive, got {self.eps}")
+        if self.norm not in NORMS:
+            _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
+        if self.objective not in ATTACK_OBJECTIVES:
+            _fail(f"unknown objective {self.objective!r} (known: {', '.join(ATTACK_OBJECTIVES)})")
+        if self.optimizer not in OPTIMIZERS:
+            _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        for name in ("restarts", "points", "steps", "max_batch_mib"):
+            if getattr(self, name) < 1:
+                _fail(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("floor_draws", "noise_draws"):
+            if getattr(self, name) < 0:
+                _fail(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.step_size is not None and not self.step_size > 0:
+            _fail(f"step_size must be positive, got {self.step_size}")
+        if self.temperature < 0:
+            _fail(f"temperature must be >= 0, got {self.temperature}")
+        if self.split not in ("train", "val", "test"):
+            _fail(f"split must be train, val or test, got {self.split!r}")
+
+
+def parse_layers(spec: str, num_layers: int | None = None, model: str = "the model") -> list[int]:
+    """``"1,2"`` / ``"1-4"`` / ``"all"`` -> sorted layer counts k; checked against L when given."""
+    text = str(spec).strip().lower()
+    if text == "all":
+        if num_layers is None:
+            return []
+        return list(range(1, num_layers + 1))
+    ks: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    _fail(f"--layers range {part!r} runs backwards; write it as {b}-{a}")
+                ks.update(range(a, b + 1))
+            else:
+                ks.add(int(part))
+    except ValueError:
+        _fail(f"--layers expects numbers such as 1,2, a range such as 1-4, or all; got {spec!r}")
+    if min(ks) < 1:
+        _fail(f"--layers counts start at 1 (layer 1 is the top latent), got {min(ks)}")
+    if num_layers is not None and max(ks) > num_layers:
+        _fail(f"--layers {max(ks)} is more than {model} has: L={num_layers} latent layers")
+    return sorted(ks)
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -45,6 +45,27 @@ def active_units(variances: list[torch.Tensor], threshold: float = ACTIVE_THRESH
 
 
 @torch.no_grad()
+def layer_diagnostics(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 100, device: torch.device = torch.device("cpu"), seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per layer (top first): shape, units, mean KL in nats (one seeded posterior sample) and active units."""
+    model = model.to(device).eval()
+    kl = torch.zeros(model.num_layers, dtype=torch.float64)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, x.shape[0], batch_size):
+            kl += model.elbo(x[i : i + batch_size].to(device)).kl.double().sum(0).cpu()
+    au = active_units(posterior_mean_variance(model, x, batch_size, device))
+    n = x.shape[0]
+    return [
+        {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
+         "kl_nats": float(kl[j] / n), "active_units": au[j]}
+        for j, info in enumerate(model.layers)
+    ]
+
+
+@torch.no_grad()
 def evaluate_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -59,31 +80,21 @@ def evaluate_model(
     model = model.to(device).eval()
     n = x.shape[0]
     npix = model.num_pixels
-    L = model.num_layers
     # keep about 2,000 images per forward pass when importance sampling
     chunk = max(1, min(iw_samples, 2000 // max(batch_size, 1)))
     nelbo = torch.zeros(n, dtype=torch.float64)
     nll = torch.zeros(n, dtype=torch.float64)
-    kl = torch.zeros(L, dtype=torch.float64)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), make_progress(quiet) as progress:
         torch.manual_seed(seed)
         task = progress.add_task(f"eval (K={iw_samples})", total=n, info="")
         for i in range(0, n, batch_size):
             xb = x[i : i + batch_size].to(device)
-            r = model.elbo(xb)
-            nelbo[i : i + len(xb)] = r.nelbo.double().cpu()
-            kl += r.kl.double().sum(0).cpu()
+            nelbo[i : i + len(xb)] = model.elbo(xb).nelbo.double().cpu()
             nll[i : i + len(xb)] = model.nll_iwae(xb, iw_samples, chunk).double().cpu()
             progress.update(task, advance=len(xb), info=f"NLL {nll[: i + len(xb)].mean():.2f}")
-    variances = posterior_mean_variance(model, x, batch_size, device)
-    au = active_units(variances)
+    layers = layer_diagnostics(model, x, batch_size, device, seed)
     to_bpd = 1.0 / (npix * math.log(2))
-    layers = [
-        {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
-         "kl_nats": float(kl[j] / n), "active_units": au[j]}
-        for j, info in enumerate(model.layers)
-    ]
     return {
         "images": n,
         "iw_samples": iw_samples,
@@ -92,8 +103,8 @@ def evaluate_model(
         "nll_nats": float(nll.mean()),
         "nelbo_bpd": float(nelbo.mean() * to_bpd),
         "nll_bpd": float(nll.mean() * to_bpd),
-        "kl_nats": float(kl.sum() / n),
-        "active_units": int(sum(au)),
+        "kl_nats": sum(layer["kl_nats"] for layer in layers),
+        "active_units": sum(layer["active_units"] for layer in layers),
         "total_units": int(sum(info.dims for info in model.layers)),
         "layers": layers,
     }

@@ -216,6 +216,81 @@ def sample(
     out_console.print(f"wrote {n} samples at temperature {temperature} to {out}")
 
 
+# --------------------------------------------------------------------------- attack
+
+
+def _read_suite(path: Path) -> tuple[list[str], dict]:
+    """An ``attacks/*.toml`` suite: optional ``models`` plus AttackConfig fields."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise RobustVAEError(f"cannot read suite {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RobustVAEError(f"suite {path} is not valid TOML: {e}") from None
+    models = data.pop("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise RobustVAEError(f"suite {path}: models must be a list of zoo names or checkpoint paths")
+    return models, data
+
+
+@app.command()
+def attack(
+    models: list[str] = typer.Argument(None, help="Zoo names, checkpoint files or run directories."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers under attack: 1,2 or 1-4 or all. [default: 1]"),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Budget on [0, 1] pixels. [default: 0.1]"),
+    norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2. [default: linf]"),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label. [default: 50]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="skl, kl_forward, kl_reverse, means or supervised. [default: skl]"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="pgd, or sgd (the authors': lr 1.0, plateau). [default: pgd]"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
+    out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
+    shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
+    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one batch. [default: 1024]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records."""
+    from robustvae.attacks import run_attack
+    from robustvae.attacks.engine import parse_shard
+    from robustvae.config import AttackConfig, from_dict
+
+    settings: dict = {}
+    suite_models: list[str] = []
+    if suite is not None:
+        suite_models, settings = _read_suite(suite)
+    given = dict(layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps,
+                 objective=objective, optimizer=optimizer, step_size=step_size, temperature=temperature,
+                 seed=seed, max_batch_mib=max_batch_mib)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    cfg = from_dict(AttackConfig, settings)
+    shard_t = parse_shard(shard)
+    names = list(models or []) or suite_models
+    if not names:
+        raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
+    df = run_attack(names, cfg, out, device=device, shard=shard_t, data_dir=data_dir, quiet=quiet,
+                    command=["robustvae", *(sys.argv[1:])])
+    att = df[df.kind == "attack"]
+    table = Table(title="MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)")
+    for col in ("model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"):
+        table.add_column(col, justify="right")
+    for (model, k), g in att.groupby(["model", "layers"]):
+        per_point = g.groupby("point").msssim
+        base = df[(df.model == model) & (df.layers == k)]
+        table.add_row(model, str(k), f"{per_point.min().mean():.3f}", f"{per_point.mean().mean():.3f}",
+                      f"{base[base.kind == 'noise'].msssim.mean():.3f}", f"{base[base.kind == 'floor'].msssim.mean():.3f}",
+                      str(int(g.nonfinite.sum())))
+    out_console.print(table)
+    out_console.print(f"{len(df)} records in {out}")
+
+
 # --------------------------------------------------------------------------- zoo
 
 

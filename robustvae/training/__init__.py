@@ -30,6 +30,7 @@ from robustvae.data import check_compatible, eval_images, load_dataset, prepare
 from robustvae.errors import RobustVAEError, TrainingError
 from robustvae.progress import make_progress
 from robustvae.registry import build_model
+from robustvae.seeding import derive_seed
 from robustvae.zoo import atomic_save, config_of, load_weights, make_checkpoint, read_checkpoint
 
 # A skipped first update calls scheduler.step() before optimizer.step(); that is intended here.
@@ -49,13 +50,6 @@ def lr_factor(step: int, total: int, warmup: int, lr: float, lr_min: float) -> f
     t = min((step - warmup) / max(total - warmup, 1), 1.0)
     m = lr_min / lr
     return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def _seed_of(*parts: int) -> int:
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
 
 
 @torch.no_grad()
@@ -188,9 +182,9 @@ class Trainer:
             while st["step"] < total:
                 step = st["step"]
                 epoch, b = divmod(step, spe)
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_of(tc.seed, epoch)))
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tc.seed, epoch)))
                 idx = perm[b * bs : (b + 1) * bs]
-                x = prepare(train_imgs[idx], binary, torch.Generator().manual_seed(_seed_of(tc.seed, 1, step)))
+                x = prepare(train_imgs[idx], binary, torch.Generator().manual_seed(derive_seed(tc.seed, 1, step)))
                 x = x.to(dev, non_blocking=True)
                 with autocast:
                     res = model(x)

@@ -1,0 +1,378 @@
+"""The attack engine: sweeps of latent attacks over models x k x points x restarts, as records.
+
+Work is cut into units with stable ids (model, k, a slice of points). A unit attacks
+all its points x restarts in one batch (sized to ``max_batch_mib``), scores the
+attacked reconstructions with MS-SSIM, adds the baselines, and appends its rows to
+``records.jsonl`` in one write. A run started again with the same settings skips the
+finished units; ``shard=(i, N)`` runs every N-th unit so processes or machines can
+share a sweep (their record files merge).
+
+Protocol (GUIDE section 5): the reconstruction with k layers takes the posterior mean
+for the top k layers and prior samples at ``temperature`` for the rest, with the same
+prior noise for the clean and the attacked image. Rows:
+
+* ``kind="attack"``: one per (model, k, point, restart);
+* ``kind="floor"``: clean vs clean under different prior noise (how much MS-SSIM moves
+  without any attack);
+* ``kind="noise"``: a uniformly random perturbation of the same budget (an attack
+  must beat it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from robustvae.attacks.base import random_start
+from robustvae.attacks.objectives import LatentObjective
+from robustvae.attacks.pgd import LatentPGD
+from robustvae.attacks.pgdl2 import LatentPGDL2
+from robustvae.attacks.sgd import LatentSGD
+from robustvae.config import AttackConfig, parse_layers, to_dict
+from robustvae.data import eval_images, load_dataset, stratified_order
+from robustvae.errors import RobustVAEError
+from robustvae.evaluation import layer_diagnostics
+from robustvae.metrics import ms_ssim, psnr
+from robustvae.progress import make_progress
+from robustvae.results import append_records, read_records, write_json
+from robustvae.seeding import derive_seed
+
+
+@dataclass
+class LoadedModel:
+    label: str
+    path: str
+    sha256: str
+    model: nn.Module
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    model: int  # index into the models list
+    k: int
+    start: int  # slice of the attacked points
+    stop: int
+
+
+def make_attack(model: nn.Module, k: int, cfg: AttackConfig):
+    """The attack object a config asks for (PGD L-inf / L2, or the authors' SGD)."""
+    common = dict(k=k, eps=cfg.eps, steps=cfg.steps, objective=cfg.objective, straight_through=cfg.straight_through)
+    if cfg.optimizer == "sgd":
+        return LatentSGD(model, norm=cfg.norm, lr=cfg.step_size or 1.0, **common)
+    cls = LatentPGD if cfg.norm == "linf" else LatentPGDL2
+    return cls(model, step_size=cfg.step_size, **common)
+
+
+def load_models(specs: list[str | nn.Module], device: torch.device) -> list[LoadedModel]:
+    """Zoo names, checkpoint files or run directories (or ready models) -> labelled models."""
+    from robustvae import zoo
+
+    out: list[LoadedModel] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        if isinstance(spec, nn.Module):
+            m = spec.to(device).eval()
+            path, sha = getattr(m, "checkpoint_path", "<in memory>"), getattr(m, "checkpoint_sha256", "")
+        else:
+            m = zoo.load(spec, device=device)
+            path, sha = m.checkpoint_path, m.checkpoint_sha256
+        name = m.config.name if hasattr(m, "config") else type(m).__name__
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        out.append(LoadedModel(label, str(path), sha, m))
+    return out
+
+
+def bytes_per_sample(model: nn.Module, k: int, cfg: AttackConfig, device: torch.device) -> int:
+    """Memory one attacked image needs for a forward + backward pass, measured from autograd's saved tensors."""
+    c, s = model.cfg.image_channels, model.cfg.image_size
+    objective = LatentObjective(model, k, "skl" if cfg.objective == "supervised" else cfg.objective, cfg.straight_through)
+    sizes = []
+    for b in (1, 2):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        x = torch.rand(b, c, s, s, device=device)
+        ref = objective.reference(x)
+        xr = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            objective(xr, ref).sum()
+        sizes.append(total)
+    return max(sizes[1] - sizes[0], 1)
+
+
+def plan_units(models: list[LoadedModel], cfg: AttackConfig, device: torch.device) -> list[Unit]:
+    """Every unit of the sweep, in a fixed order."""
+    units = []
+    for mi, lm in enumerate(models):
+        ks = parse_layers(cfg.layers, lm.model.num_layers, lm.label)
+        for k in ks:
+            per = bytes_per_sample(lm.model, k, cfg, device)
+            budget = cfg.max_batch_mib * 2**20
+            n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
+            for a in range(0, cfg.points, n_points):
+                b = min(a + n_points, cfg.points)
+                units.append(Unit(f"{lm.label}|k={k}|points={a}-{b - 1}", mi, k, a, b))
+    return units
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 1 <= i <= N."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise RobustVAEError(f"--shard expects i/N such as 1/2, got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise RobustVAEError(f"--shard {text}: i must be between 1 and N (got i={i}, N={n})")
+    return i, n
+
+
+DIAGNOSTIC_IMAGES = 500
+
+
+def _points(lm: LoadedModel, cfg: AttackConfig, data_dir: str | None):
+    """A label-stratified, seeded selection from the split: the first ``points`` are attacked,
+    and up to ``DIAGNOSTIC_IMAGES`` feed the per-layer KL / active-unit diagnostics."""
+    import dataclasses
+
+    mcfg = lm.model.config
+    dcfg = dataclasses.replace(mcfg.data, data_dir=data_dir) if data_dir else mcfg.data
+    ds = load_dataset(dcfg)
+    split = ds.split(cfg.split)
+    if cfg.points > len(split):
+        raise RobustVAEError(f"--points {cfg.points} is more than the {len(split)} images of the {cfg.split} split")
+    order = stratified_order(split.labels, cfg.seed)[: max(cfg.points, min(DIAGNOSTIC_IMAGES, len(split)))]
+    images = eval_images(ds, cfg.split)[order]
+    return ds.name, images, split.labels[order], order
+
+
+def _prior_noise(model: nn.Module, seeds: list[int]) -> list[torch.Tensor]:
+    """Per-layer prior noise, one independent seeded draw per image."""
+    draws = [model.make_noise(1, torch.Generator().manual_seed(s)) for s in seeds]
+    return [torch.cat(parts) for parts in zip(*draws)]
+
+
+def _repeat(noise: list[torch.Tensor], r: int) -> list[torch.Tensor]:
+    return [t.repeat_interleave(r, 0) for t in noise]
+
+
+def _norms(delta: torch.Tensor) -> tuple[list[float], list[float]]:
+    flat = delta.flatten(1).double()
+    return flat.abs().max(1).values.tolist(), flat.norm(dim=1).tolist()
+
+
+def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str, cfg: AttackConfig) -> list[dict]:
+    """Attack one unit's points x restarts in one batch; return its rows (attack, floor, noise)."""
+    model, k, R = lm.model, unit.k, cfg.restarts
+    dev = next(model.parameters()).device
+    pts = list(range(unit.start, unit.stop))
+    x = images[unit.start : unit.stop].to(dev)
+    n = x.shape[0]
+    noise = _prior_noise(model, [derive_seed(cfg.seed, "prior", p) for p in pts])
+    base = {"unit": unit.id, "model": lm.label, "checkpoint_sha256": lm.sha256, "dataset": dataset, "layers": k,
+            "objective": cfg.objective, "optimizer": cfg.optimizer, "norm": cfg.norm, "eps": cfg.eps,
+            "steps": cfg.steps, "seed": cfg.seed, "temperature": cfg.temperature}
+
+    def point_fields(i: int) -> dict:
+        return {"point": pts[i], "test_index": int(indices[pts[i]]), "label": int(labels[pts[i]])}
+
+    with torch.no_grad():
+        clean = model.reconstruct(x, k, cfg.temperature, noise)
+    rows: list[dict] = []
+
+    # the attack: every point x restart in one batch, each restart with its own seeded start
+    X = x.repeat_interleave(R, 0)
+    seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in pts for r in range(R)]
+    attack = make_attack(model, k, cfg)
+    target = None
+    if cfg.objective == "supervised":
+        # pull towards the next attacked point (a fixed, different image)
+        tidx = [(p + 1) % cfg.points for p in pts]
+        target = images[tidx].to(dev).repeat_interleave(R, 0)
+    adv = attack(X, target=target, seeds=seeds)
+    with torch.no_grad():
+        rec = model.reconstruct(adv, k, cfg.temperature, _repeat(noise, R))
+        score = ms_ssim(rec, clean.repeat_interleave(R, 0))
+        score_in = ms_ssim(adv, X)
+        ps = psnr(rec, clean.repeat_interleave(R, 0))
+        skl = LatentObjective(model, k, "skl").per_layer(adv, LatentObjective(model, k).reference(X))
+    linf, l2 = _norms(adv - X)
+    for j in range(n * R):
+        i, r = divmod(j, R)
+        nonfinite = bool(attack.nonfinite[j]) or not math.isfinite(float(score[j])) or not bool(torch.isfinite(rec[j]).all())
+        rows.append({**base, "kind": "attack", **point_fields(i), "restart": r, "msssim": float(score[j]),
+                     "msssim_input": float(score_in[j]), "psnr": float(ps[j]), "skl": skl[j].tolist(),
+                     "delta_linf": linf[j], "delta_l2": l2[j], "final_loss": float(attack.best_loss[j]),
+                     "nonfinite": nonfinite, **({"target_point": (pts[i] + 1) % cfg.points} if target is not None else {})})
+
+    # floor: the same image under different prior noise
+    with torch.no_grad():
+        for d in range(cfg.floor_draws):
+            other = _prior_noise(model, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
+            s = ms_ssim(model.reconstruct(x, k, cfg.temperature, other), clean)
+            for i in range(n):
+                rows.append({**base, "kind": "floor", **point_fields(i), "restart": d, "msssim": float(s[i]),
+                             "msssim_input": 1.0, "delta_linf": 0.0, "delta_l2": 0.0,
+                             "nonfinite": not math.isfinite(float(s[i]))})
+        # noise: a random perturbation of the same budget
+        for d in range(cfg.noise_draws):
+            xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
+            rec_n = model.reconstruct(xn, k, cfg.temperature, noise)
+            s = ms_ssim(rec_n, clean)
+            s_in = ms_ssim(xn, x)
+            kl_n = LatentObjective(model, k, "skl").per_layer(xn, LatentObjective(model, k).reference(x))
+            nl, n2 = _norms(xn - x)
+            for i in range(n):
+                rows.append({**base, "kind": "noise", **point_fields(i), "restart": d, "msssim": float(s[i]),
+                             "msssim_input": float(s_in[i]), "skl": kl_n[i].tolist(), "delta_linf": nl[i],
+                             "delta_l2": n2[i], "nonfinite": not math.isfinite(float(s[i]))})
+    return rows
+
+
+def _expected_rows(unit: Unit, cfg: AttackConfig) -> int:
+    return (unit.stop - unit.start) * (cfg.restarts + cfg.floor_draws + cfg.noise_draws)
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("robustvae", "torch", "torchattacks", "pytorch-msssim", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _file_names(shard: tuple[int, int]) -> tuple[str, str]:
+    i, n = shard
+    return ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
+
+
+def run_attack(
+    models: list[str | nn.Module],
+    config: AttackConfig | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "auto",
+    shard: tuple[int, int] = (1, 1),
+    data_dir: str | None = None,
+    quiet: bool = True,
+    command: list[str] | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep and return all of this shard's records as a DataFrame.
+
+    With ``out`` the records and ``run.json`` are written there; a later call with the
+    same settings skips the units already done.
+    """
+    from robustvae.device import resolve_device
+
+    cfg = config or AttackConfig()
+    dev = resolve_device(device)
+    if not models:
+        raise RobustVAEError("no model given: name a zoo checkpoint, a checkpoint file or a run directory")
+    loaded = load_models(list(models), dev)
+    units = plan_units(loaded, cfg, dev)
+    i, n = shard
+    mine = [u for j, u in enumerate(units) if j % n == i - 1]
+    settings = {"attack": to_dict(cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in loaded],
+                "shard": f"{i}/{n}", "units": [u.id for u in units]}
+    rec_name, run_name = _file_names(shard)
+    rows: list[dict] = []
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_path = out_dir / run_name
+        if run_path.exists():
+            try:
+                old = json.loads(run_path.read_text())["settings"]
+            except (ValueError, KeyError):
+                raise RobustVAEError(f"{run_path} is unreadable; move it away or use another --out") from None
+            if old != json.loads(json.dumps(settings)):
+                diff = _first_difference(old, json.loads(json.dumps(settings)))
+                raise RobustVAEError(
+                    f"{out_dir} holds a run with other settings ({diff}); use another --out or the same settings"
+                )
+        rows = read_records(out_dir / rec_name, repair=True)
+    done_counts: dict[str, int] = {}
+    for r in rows:
+        done_counts[r["unit"]] = done_counts.get(r["unit"], 0) + 1
+    done = {u.id for u in mine if done_counts.get(u.id, 0) == _expected_rows(u, cfg)}
+    if out_dir is not None and len(rows) != sum(done_counts.get(u, 0) for u in done):
+        # rows of a unit cut short by a crash: drop them, the unit runs again
+        rows = [r for r in rows if r["unit"] in done]
+        (out_dir / rec_name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    todo = [u for u in mine if u.id not in done]
+
+    info = {"command": command or sys.argv, "settings": settings, "versions": _versions(), "git_commit": _git_commit(),
+            "device": str(dev), "torch_threads": torch.get_num_threads(), "status": "running",
+            "units_total": len(mine), "units_done": len(done), "wall_time_s": 0.0,
+            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.model.config),
+                        "num_layers": m.model.num_layers} for m in loaded]}
+    data = {}
+    for mi, lm in enumerate(loaded):
+        data[mi] = _points(lm, cfg, data_dir)
+    for mi, lm in enumerate(loaded):
+        _, images, _, _ = data[mi]
+        info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, images, 100, dev, cfg.seed)
+    if out_dir is not None:
+        prev = out_dir / run_name
+        if prev.exists():
+            info["wall_time_s"] = json.loads(prev.read_text()).get("wall_time_s", 0.0)
+        write_json(out_dir / run_name, info)
+    t0 = time.perf_counter() - info["wall_time_s"]
+    samples_steps = 0
+    with make_progress(quiet) as progress:
+        task = progress.add_task("attack", total=len(mine), completed=len(done), info="")
+        for unit in todo:
+            lm = loaded[unit.model]
+            dataset, images, labels, indices = data[unit.model]
+            ts = time.perf_counter()
+            new = run_unit(lm, unit, images, labels, indices, dataset, cfg)
+            samples_steps += (unit.stop - unit.start) * cfg.restarts * cfg.steps
+            rows.extend(new)
+            if out_dir is not None:
+                append_records(out_dir / rec_name, new)
+                info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
+                write_json(out_dir / run_name, info)
+            rate = (unit.stop - unit.start) * cfg.restarts * cfg.steps / max(time.perf_counter() - ts, 1e-9)
+            progress.update(task, advance=1, info=f"{unit.id} | {rate:.0f} attack steps/s")
+    info.update(status="complete", wall_time_s=time.perf_counter() - t0)
+    if out_dir is not None:
+        write_json(out_dir / run_name, info)
+    return pd.DataFrame(rows)
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path}: {a!r} there, {b!r} now"

@@ -1,0 +1,39 @@
+"""The DCT-VAE authors' optimiser: plain SGD on delta with a reduce-on-plateau schedule.
+
+Kuzina & Tomczak (Appendix H) optimised the perturbation with SGD, learning rate 1.0,
+50 steps and a plateau schedule. Here that runs per image inside a batch: each image
+has its own learning rate, reduced by ``factor`` when its objective has not improved
+by a relative ``threshold`` for ``patience`` steps (torch's ReduceLROnPlateau
+defaults, mode max). torch's scheduler keeps one learning rate per optimiser, which
+would couple the images of a batch, hence this small vectorised version. The budget
+(L-inf or L2) is a hard projection after every step, as for PGD.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from robustvae.attacks.base import LatentAttack
+
+
+class LatentSGD(LatentAttack):
+    def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, lr: float = 1.0,
+                 factor: float = 0.1, patience: int = 10, threshold: float = 1e-4, objective: str = "skl",
+                 straight_through: bool = False, random_start: bool = True):
+        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start)
+        self.lr, self.factor, self.patience, self.threshold = lr, factor, patience, threshold
+
+    def _init_state(self, n: int, device: torch.device) -> dict:
+        return {"lr": torch.full((n,), self.lr, device=device), "best": torch.full((n,), -float("inf"), device=device),
+                "bad": torch.zeros(n, dtype=torch.long, device=device)}
+
+    def _ascend(self, delta: Tensor, grad: Tensor, loss: Tensor, step: int, state: dict) -> Tensor:
+        best = state["best"]
+        improved = loss > best + self.threshold * best.abs().where(torch.isfinite(best), torch.zeros_like(best))
+        state["best"] = torch.where(improved, loss, best)
+        state["bad"] = torch.where(improved, torch.zeros_like(state["bad"]), state["bad"] + 1)
+        reduce = state["bad"] > self.patience
+        state["lr"] = torch.where(reduce, state["lr"] * self.factor, state["lr"])
+        state["bad"] = torch.where(reduce, torch.zeros_like(state["bad"]), state["bad"])
+        return delta + state["lr"].view(-1, *([1] * (delta.dim() - 1))) * grad
