@@ -6,6 +6,15 @@
 * active units (Burda et al.): a latent unit is active when the variance over data
   points of its posterior mean exceeds 0.01; posterior means come from
   ``model.encode`` (higher layers at their posterior means).
+
+DCT-VAE's context layer (``LayerInfo.kind == "context"``) is deterministic, so it
+cannot collapse and active units do not apply to it: its row reports
+``active_units: None`` and instead ``levels`` (2^b), ``levels_used`` (the mean over
+its coefficients of the number of distinct quantisation levels taken on the images)
+and ``varying_units`` (coefficients taking more than one level). Its ``kl_nats`` is
+the diffusion prior's bound on -log p(context), also reported as ``context_nats``
+beside ``gaussian_kl_nats``; ``active_units`` and ``total_units`` count Gaussian
+layers only. Models without a context report exactly the keys they always did.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustvae.models.distributions import level_index
 from robustvae.progress import make_progress
 
 ACTIVE_THRESHOLD = 0.01
@@ -45,6 +55,19 @@ def active_units(variances: list[torch.Tensor], threshold: float = ACTIVE_THRESH
 
 
 @torch.no_grad()
+def context_levels_used(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per unit of the context layer (layer 1), how many distinct levels it takes over ``x``."""
+    levels = model.codec.levels
+    seen: torch.Tensor | None = None
+    for i in range(0, x.shape[0], batch_size):
+        y = model.encode(x[i : i + batch_size].to(device), 1)[0].mean.flatten(1)
+        hit = torch.nn.functional.one_hot(level_index(y, levels), levels).amax(0).bool().cpu()
+        seen = hit if seen is None else seen | hit
+    assert seen is not None
+    return seen.sum(1)
+
+
+@torch.no_grad()
 def evaluate_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -55,7 +78,7 @@ def evaluate_model(
     seed: int = 0,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1]."""
+    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring)."""
     model = model.to(device).eval()
     n = x.shape[0]
     npix = model.num_pixels
@@ -79,11 +102,20 @@ def evaluate_model(
     variances = posterior_mean_variance(model, x, batch_size, device)
     au = active_units(variances)
     to_bpd = 1.0 / (npix * math.log(2))
-    layers = [
-        {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
-         "kl_nats": float(kl[j] / n), "active_units": au[j]}
-        for j, info in enumerate(model.layers)
-    ]
+    layers: list[dict[str, Any]] = []
+    extra: dict[str, float] = {}
+    for j, info in enumerate(model.layers):
+        row = {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
+               "kl_nats": float(kl[j] / n), "active_units": au[j]}
+        if info.kind == "context":
+            used = context_levels_used(model, x, batch_size, device)
+            row.update(kind="context", active_units=None, levels=model.codec.levels,
+                       levels_used=float(used.double().mean()), varying_units=int((used > 1).sum()))
+            extra["context_nats"] = row["kl_nats"]
+        layers.append(row)
+    gaussian = [row for row in layers if row["active_units"] is not None]
+    if extra:
+        extra["gaussian_kl_nats"] = float(sum(row["kl_nats"] for row in gaussian))
     return {
         "images": n,
         "iw_samples": iw_samples,
@@ -93,7 +125,8 @@ def evaluate_model(
         "nelbo_bpd": float(nelbo.mean() * to_bpd),
         "nll_bpd": float(nll.mean() * to_bpd),
         "kl_nats": float(kl.sum() / n),
-        "active_units": int(sum(au)),
-        "total_units": int(sum(info.dims for info in model.layers)),
+        **extra,
+        "active_units": int(sum(row["active_units"] for row in gaussian)),
+        "total_units": int(sum(row["units"] for row in gaussian)),
         "layers": layers,
     }
