@@ -20,6 +20,7 @@ from robustvae.errors import ConfigError
 
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
+CONTEXTS = ("none", "dct", "downsample")
 
 
 def _fail(msg: str) -> None:
@@ -53,6 +54,17 @@ class ModelConfig:
     ``latents`` lists ``(resolution, number_of_stochastic_layers)`` from the finest
     scale to the coarsest, as Table 6 writes them ("4 x 14^2, 4 x 7^2"). Layer 1
     is the top (coarsest) latent.
+
+    DCT-VAE (``arch="dctvae"``, GUIDE sections 3-4) adds a deterministic context as
+    layer 1 above ``latents``:
+
+    * ``context``: ``"dct"`` (the c x c lowest DCT frequencies per channel) or
+      ``"downsample"`` (c x c average pooling, Appendix F); ``"none"`` for VDVAE;
+    * ``context_size`` (c), ``context_bits`` (b: the quantiser has 2^b levels),
+      ``context_dither`` (uniform dither before rounding while training);
+    * the diffusion prior over the quantised context: ``diffusion_steps`` (T),
+      ``diffusion_beta_start`` / ``diffusion_beta_end`` (linear betas), and its
+      UNet's ``diffusion_channels``, ``diffusion_scales`` and ``diffusion_res_blocks``.
     """
 
     arch: str = "vdvae"
@@ -70,6 +82,16 @@ class ModelConfig:
     activation: str = "silu"
     weight_norm: bool = False
     logvar_limit: float = 10.0  # log-variances are soft-clamped to (-limit, limit)
+    context: str = "none"  # dct | downsample (arch dctvae) | none (arch vdvae)
+    context_size: int = 6  # c: the context is channels x c x c
+    context_bits: int = 2  # b: 2^b quantisation levels on [-1, 1]
+    context_dither: bool = False  # uniform dither before rounding, in training only
+    diffusion_steps: int = 7  # T
+    diffusion_beta_start: float = 1 / 7  # linear betas beta_1 .. beta_T
+    diffusion_beta_end: float = 2 / 7
+    diffusion_channels: int = 32  # UNet width at the first scale (doubles per scale)
+    diffusion_scales: int = 1  # UNet resolutions (each halves the previous one)
+    diffusion_res_blocks: int = 3  # UNet residual blocks per scale
 
     def __post_init__(self) -> None:
         for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
@@ -97,10 +119,41 @@ class ModelConfig:
                     f"model.image_size={self.image_size}: {prev} -> {res} is not allowed"
                 )
             prev = res
+        self._check_context()
+
+    def _check_context(self) -> None:
+        if self.context not in CONTEXTS:
+            _fail(f"model.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        if self.arch == "dctvae" and self.context == "none":
+            _fail("model.arch=dctvae needs a context: set model.context=dct or model.context=downsample")
+        if self.arch != "dctvae" and self.context != "none":
+            _fail(f"model.context={self.context} only applies to model.arch=dctvae (got arch {self.arch!r})")
+        if not 1 <= self.context_size <= self.image_size:
+            _fail(
+                f"model.context_size must be in 1..{self.image_size} (the context cannot be larger than the "
+                f"{self.image_size}x{self.image_size} image), got {self.context_size}"
+            )
+        if not 1 <= self.context_bits <= 16:
+            _fail(f"model.context_bits must be in 1..16 (2^bits quantisation levels), got {self.context_bits}")
+        if self.diffusion_steps < 1:
+            _fail(f"model.diffusion_steps must be at least 1 (T >= 1), got {self.diffusion_steps}")
+        if not 0 < self.diffusion_beta_start <= self.diffusion_beta_end < 1:
+            _fail(
+                "model.diffusion_beta_start and model.diffusion_beta_end need 0 < start <= end < 1, got "
+                f"{self.diffusion_beta_start} and {self.diffusion_beta_end}"
+            )
+        for name in ("diffusion_channels", "diffusion_scales", "diffusion_res_blocks"):
+            _positive(f"model.{name}", getattr(self, name))
+
+    @property
+    def num_gaussian_layers(self) -> int:
+        """Diagonal-Gaussian layers (``latents``), without the context."""
+        return sum(n for _, n in self.latents)
 
     @property
     def num_layers(self) -> int:
-        return sum(n for _, n in self.latents)
+        """Stochastic layers including the context (layer 1) when there is one."""
+        return self.num_gaussian_layers + (self.context != "none")
 
 
 @dataclass(frozen=True)

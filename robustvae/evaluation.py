@@ -6,6 +6,15 @@
 * active units (Burda et al.): a latent unit is active when the variance over data
   points of its posterior mean exceeds 0.01; posterior means come from
   ``model.encode`` (higher layers at their posterior means).
+
+DCT-VAE's context layer (``LayerInfo.kind == "context"``) is deterministic, so it
+cannot collapse and active units do not apply to it: its row reports
+``active_units: None`` and instead ``levels`` (2^b), ``levels_used`` (the mean over
+its coefficients of the number of distinct quantisation levels taken on the images)
+and ``varying_units`` (coefficients taking more than one level). Its ``kl_nats`` is
+the diffusion prior's bound on -log p(context), also reported as ``context_nats``
+beside ``gaussian_kl_nats``; ``active_units`` and ``total_units`` count Gaussian
+layers only. Models without a context report exactly the keys they always did.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustvae.models.distributions import level_index
 from robustvae.progress import make_progress
 
 ACTIVE_THRESHOLD = 0.01
@@ -45,10 +55,27 @@ def active_units(variances: list[torch.Tensor], threshold: float = ACTIVE_THRESH
 
 
 @torch.no_grad()
+def context_levels_used(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per unit of the context layer (layer 1), how many distinct levels it takes over ``x``."""
+    levels = model.codec.levels
+    seen: torch.Tensor | None = None
+    for i in range(0, x.shape[0], batch_size):
+        y = model.encode(x[i : i + batch_size].to(device), 1)[0].mean.flatten(1)
+        hit = torch.nn.functional.one_hot(level_index(y, levels), levels).amax(0).bool().cpu()
+        seen = hit if seen is None else seen | hit
+    assert seen is not None
+    return seen.sum(1)
+
+
+@torch.no_grad()
 def layer_diagnostics(
     model: nn.Module, x: torch.Tensor, batch_size: int = 100, device: torch.device = torch.device("cpu"), seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Per layer (top first): shape, units, mean KL in nats (one seeded posterior sample) and active units."""
+    """Per layer (top first): shape, units, mean KL in nats (one seeded posterior sample) and active units.
+
+    A context layer (DCT-VAE) has no active units (``None``); it reports how many of its
+    quantiser levels each coefficient uses instead.
+    """
     model = model.to(device).eval()
     kl = torch.zeros(model.num_layers, dtype=torch.float64)
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -58,11 +85,16 @@ def layer_diagnostics(
             kl += model.elbo(x[i : i + batch_size].to(device)).kl.double().sum(0).cpu()
     au = active_units(posterior_mean_variance(model, x, batch_size, device))
     n = x.shape[0]
-    return [
-        {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
-         "kl_nats": float(kl[j] / n), "active_units": au[j]}
-        for j, info in enumerate(model.layers)
-    ]
+    rows = []
+    for j, info in enumerate(model.layers):
+        row = {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
+               "kl_nats": float(kl[j] / n), "active_units": au[j]}
+        if info.kind == "context":
+            used = context_levels_used(model, x, batch_size, device)
+            row.update(kind="context", active_units=None, levels=model.codec.levels,
+                       levels_used=float(used.double().mean()), varying_units=int((used > 1).sum()))
+        rows.append(row)
+    return rows
 
 
 @torch.no_grad()
@@ -76,7 +108,7 @@ def evaluate_model(
     seed: int = 0,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1]."""
+    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring)."""
     model = model.to(device).eval()
     n = x.shape[0]
     npix = model.num_pixels
@@ -95,6 +127,12 @@ def evaluate_model(
             progress.update(task, advance=len(xb), info=f"NLL {nll[: i + len(xb)].mean():.2f}")
     layers = layer_diagnostics(model, x, batch_size, device, seed)
     to_bpd = 1.0 / (npix * math.log(2))
+    extra: dict[str, float] = {}
+    context = [row for row in layers if row["active_units"] is None]
+    gaussian = [row for row in layers if row["active_units"] is not None]
+    if context:
+        extra["context_nats"] = float(sum(row["kl_nats"] for row in context))
+        extra["gaussian_kl_nats"] = float(sum(row["kl_nats"] for row in gaussian))
     return {
         "images": n,
         "iw_samples": iw_samples,
@@ -103,8 +141,9 @@ def evaluate_model(
         "nll_nats": float(nll.mean()),
         "nelbo_bpd": float(nelbo.mean() * to_bpd),
         "nll_bpd": float(nll.mean() * to_bpd),
-        "kl_nats": sum(layer["kl_nats"] for layer in layers),
-        "active_units": sum(layer["active_units"] for layer in layers),
-        "total_units": int(sum(info.dims for info in model.layers)),
+        "kl_nats": float(sum(row["kl_nats"] for row in layers)),
+        **extra,
+        "active_units": int(sum(row["active_units"] for row in gaussian)),
+        "total_units": int(sum(row["units"] for row in gaussian)),
         "layers": layers,
     }

@@ -45,9 +45,51 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     _one_line_error(code, err, "cannot change it")
 
 
+def test_dctvae_train_eval_sample_and_side_by_side_comparison(tmp_path, capsys):
+    dct, vd = tmp_path / "dct", tmp_path / "vd"
+    dct_args = ["--preset", "dctvae-mnist-tiny", *TINY[2:]]
+    code, out, err = _run(capsys, ["train", *dct_args, "--steps", "4", "--out", str(dct)])
+    assert code == 0 and "trained dctvae-mnist-tiny for 4 steps" in out, err
+    code, out, err = _run(capsys, ["eval", str(dct), "-k", "4", "--limit", "24", "-q", "--batch-size", "12"])
+    assert code == 0, err
+    assert "context" in out and "levels used" in out
+    res = json.loads((dct / "eval-test.json").read_text())
+    assert res["model"] == "dctvae-mnist-tiny" and len(res["layers"]) == 4 and res["layers"][0]["kind"] == "context"
+    assert res["context_nats"] > 0 and res["layers"][0]["active_units"] is None
+    assert sum(layer["active_units"] for layer in res["layers"][1:]) == res["active_units"]
+    code, out, err = _run(capsys, ["sample", str(dct), "--n", "4", "-o", str(tmp_path / "s.png")])
+    assert code == 0 and (tmp_path / "s.png").stat().st_size > 0, err
+    # two checkpoints: one table with both models, each result saved next to its checkpoint
+    assert main(["train", *TINY, "--steps", "2", "--out", str(vd)]) == 0
+    capsys.readouterr()
+    code, out, err = _run(capsys, ["eval", str(vd), str(dct), "-k", "2", "--limit", "12", "-q"])
+    assert code == 0, err
+    assert "vdvae-mnist-tiny" in out and "dctvae-mnist-tiny" in out and "diffusion bound" in out
+    assert json.loads((vd / "eval-test.json").read_text())["model"] == "vdvae-mnist-tiny"
+    code, out, err = _run(capsys, ["eval", str(vd), str(dct), "-k", "2", "--limit", "12", "-q",
+                                   "-o", str(tmp_path / "both.json")])
+    both = json.loads((tmp_path / "both.json").read_text())["results"]
+    assert code == 0 and [r["model"] for r in both] == ["vdvae-mnist-tiny", "dctvae-mnist-tiny"]
+    assert both[1]["images"] == both[0]["images"] == 12
+
+
+def test_comparing_models_of_different_datasets_is_refused(tmp_path, capsys):
+    import torch
+
+    from robustvae import zoo
+    from robustvae.registry import build_model, get_preset
+
+    for name in ("vdvae-mnist-tiny", "vdvae-cifar10-tiny"):
+        cfg = get_preset(name)
+        torch.manual_seed(0)
+        zoo.atomic_save(zoo.make_checkpoint(cfg, build_model(cfg.model)), tmp_path / f"{name}.pt")
+    code, _, err = _run(capsys, ["eval", str(tmp_path / "vdvae-mnist-tiny.pt"), str(tmp_path / "vdvae-cifar10-tiny.pt")])
+    _one_line_error(code, err, "cannot compare models trained on different datasets")
+
+
 def test_zoo_list_and_version(capsys):
     code, out, _ = _run(capsys, ["zoo", "list"])
-    assert code == 0 and "vdvae-mnist" in out and "vdvae-cifar10-tiny" in out
+    assert code == 0 and "vdvae-mnist" in out and "vdvae-cifar10-tiny" in out and "dctvae-mnist-downsample" in out
     code, out, _ = _run(capsys, ["--version"])
     assert code == 0 and out.startswith("robustvae ")
 
@@ -64,6 +106,9 @@ def test_zoo_list_and_version(capsys):
         (["train", *TINY, "--device", "cuda"], "no CUDA GPU is visible"),
         (["train", *TINY, "--device", "tpu"], "unknown device 'tpu'"),
         (["train", *TINY, "--data", "cifar10"], "has images of shape (3, 32, 32)"),
+        (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_size=40"], "cannot be larger than the 28x28"),
+        (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_bits=0"], "model.context_bits must be in 1..16"),
+        (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.diffusion_steps=0"], "(T >= 1)"),
         (["train", *TINY, "--resume", "--force"], "contradict"),
         (["eval", "missing.pt"], "neither a zoo checkpoint"),
         (["eval", "vdvae-mnist"], "is a preset, not a trained checkpoint"),

@@ -128,7 +128,9 @@ def train(
 
 @app.command("eval")
 def eval_(
-    checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
+    checkpoints: list[str] = typer.Argument(
+        ..., help="Zoo name, checkpoint file, or run directory; give two (or more) to compare them side by side."
+    ),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K (default 1000 for binary data, 100 otherwise)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a stratified subset of this many images."),
@@ -137,23 +139,63 @@ def eval_(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON output. Default: eval-<split>.json next to the checkpoint."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="JSON output. Default: eval-<split>.json next to each checkpoint. With several checkpoints, "
+             "--out gets one file holding every result ({\"results\": [...]}).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer."""
-    import dataclasses
+    """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer.
 
+    DCT-VAE's context is reported separately: its diffusion bound (nats) and the
+    quantisation levels it uses (active units do not apply to a deterministic layer).
+    """
     from robustvae import zoo
-    from robustvae.data import eval_images, load_dataset, stratified_order
     from robustvae.device import resolve_device
-    from robustvae.evaluation import evaluate_model
 
     for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
         if v is not None and v < 1:
             raise RobustVAEError(f"{name} must be a positive integer, got {v}")
     dev = resolve_device(device)
-    path = zoo.resolve_path(checkpoint)
-    model = zoo.load(path, device=dev, weights=weights)
+    models = [zoo.load(zoo.resolve_path(c), device=dev, weights=weights) for c in checkpoints]
+    datasets = sorted({m.config.data.name for m in models})
+    if len(datasets) > 1:
+        raise RobustVAEError(
+            f"cannot compare models trained on different datasets ({', '.join(datasets)}); "
+            f"pass checkpoints of the same dataset"
+        )
+    opts = dict(split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
+                dev=dev, seed=seed, quiet=quiet)
+    results = [_evaluate_checkpoint(m, **opts) for m in models]
+    if len(results) == 1:
+        res = results[0]
+        dest = out or (Path(res["checkpoint"]).parent / f"eval-{split}.json")
+        _write_json(dest, res)
+        _print_eval(res, dest)
+        return
+    if out is not None:
+        _write_json(out, {"results": results})
+        saved = str(out)
+    else:
+        paths = [Path(r["checkpoint"]).parent / f"eval-{split}.json" for r in results]
+        for res, dest in zip(results, paths):
+            _write_json(dest, res)
+        saved = ", ".join(map(str, paths))
+    _print_comparison(results)
+    out_console.print(f"saved {saved}")
+
+
+def _evaluate_checkpoint(
+    model, *, split: str, iw_samples: int | None, limit: int | None, batch_size: int, data_dir: Path | None,
+    dev, seed: int, quiet: bool,
+) -> dict:
+    """Evaluate a model from ``zoo.load`` on its dataset's ``split``; the result record for the JSON."""
+    import dataclasses
+
+    from robustvae.data import eval_images, load_dataset, stratified_order
+    from robustvae.evaluation import evaluate_model
+
     cfg = model.config
     dcfg = dataclasses.replace(cfg.data, data_dir=str(data_dir)) if data_dir is not None else cfg.data
     ds = load_dataset(dcfg)
@@ -162,24 +204,65 @@ def eval_(
         x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
     k = iw_samples or (1000 if cfg.model.likelihood == "bernoulli" else 100)
     res = evaluate_model(model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet)
-    res = {"checkpoint": str(path), "checkpoint_sha256": model.checkpoint_sha256, "model": cfg.name,
-           "dataset": cfg.data.name, "split": split, **res}
-    dest = out or (path.parent / f"eval-{split}.json")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(res, indent=2) + "\n")
+    return {"checkpoint": model.checkpoint_path, "checkpoint_sha256": model.checkpoint_sha256, "model": cfg.name,
+            "dataset": cfg.data.name, "split": split, **res}
 
-    table = Table(title=f"{cfg.name} on {cfg.data.name} {split} ({res['images']} images, K={k})")
+
+def _write_json(dest: Path, obj: dict) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _layer_cells(row: dict) -> tuple[str, str]:
+    """(KL cell, active-units cell) of one layer row; a context layer shows the levels it uses."""
+    if row["active_units"] is None:
+        return f"{row['kl_nats']:.3f} (context)", f"n/a: {row['levels_used']:.2f}/{row['levels']} levels used"
+    return f"{row['kl_nats']:.3f}", str(row["active_units"])
+
+
+def _print_eval(res: dict, dest: Path) -> None:
+    table = Table(title=f"{res['model']} on {res['dataset']} {res['split']} ({res['images']} images, K={res['iw_samples']})")
     for col in ("layer", "resolution", "units", "KL (nats)", "active units"):
         table.add_column(col, justify="right")
     for row in res["layers"]:
-        table.add_row(str(row["layer"]), f"{row['resolution']}x{row['resolution']}", str(row["units"]),
-                      f"{row['kl_nats']:.3f}", str(row["active_units"]))
+        table.add_row(str(row["layer"]), f"{row['resolution']}x{row['resolution']}", str(row["units"]), *_layer_cells(row))
     table.add_row("all", "", str(res["total_units"]), f"{res['kl_nats']:.3f}", str(res["active_units"]))
     out_console.print(table)
+    context = f"context {res['context_nats']:.2f} nats | " if "context_nats" in res else ""
     out_console.print(
         f"NLL {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | -ELBO {res['nelbo_nats']:.2f} nats "
-        f"({res['nelbo_bpd']:.4f} bits/dim) | active units {res['active_units']}/{res['total_units']} | saved {dest}"
+        f"({res['nelbo_bpd']:.4f} bits/dim) | {context}active units {res['active_units']}/{res['total_units']} | saved {dest}"
     )
+
+
+def _print_comparison(results: list[dict]) -> None:
+    """One column per model: the headline numbers, then KL and active units layer by layer."""
+    first = results[0]
+    table = Table(title=f"{first['dataset']} {first['split']} ({first['images']} images)")
+    table.add_column("", no_wrap=True)
+    for r in results:
+        table.add_column(f"{r['model']}\n{Path(r['checkpoint']).parent.name}/{Path(r['checkpoint']).name}", justify="right")
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "-"
+
+    table.add_row("importance samples K", *(str(r["iw_samples"]) for r in results))
+    table.add_row("NLL (nats)", *(cell(r, "nll_nats", ".2f") for r in results))
+    table.add_row("NLL (bits/dim)", *(cell(r, "nll_bpd", ".4f") for r in results))
+    table.add_row("-ELBO (nats)", *(cell(r, "nelbo_nats", ".2f") for r in results))
+    table.add_row("KL, all layers (nats)", *(cell(r, "kl_nats", ".2f") for r in results))
+    table.add_row("  context: diffusion bound", *(cell(r, "context_nats", ".2f") for r in results))
+    table.add_row("active units", *(f"{r['active_units']}/{r['total_units']}" for r in results))
+    for i in range(max(len(r["layers"]) for r in results)):
+        kl, au = [], []
+        for r in results:
+            row = r["layers"][i] if i < len(r["layers"]) else None
+            k_cell, a_cell = _layer_cells(row) if row else ("-", "-")
+            kl.append(k_cell if row is None else f"{row['shape'][0]}x{row['resolution']}x{row['resolution']}: {k_cell}")
+            au.append(a_cell if row is None or row["active_units"] is None else f"{a_cell}/{row['units']}")
+        table.add_row(f"layer {i + 1} KL (nats)", *kl)
+        table.add_row(f"layer {i + 1} active units", *au)
+    out_console.print(table)
 
 
 # --------------------------------------------------------------------------- sample
@@ -189,7 +272,7 @@ def eval_(
 def sample(
     checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
     n: int = typer.Option(64, "--n", help="Number of samples."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Prior temperature."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Prior temperature (of the Gaussian layers; DCT-VAE draws its context from the diffusion prior)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),

@@ -5,6 +5,10 @@
 * :class:`Bernoulli` and :class:`DiscretizedLogisticMixture` — the two image
   likelihoods. Both take images in [0, 1] and return per-image log-likelihoods in
   nats, and both expose ``mean``: the decoder's mean image in [0, 1].
+* :class:`PointMass` — the deterministic posterior of DCT-VAE's context layer.
+* :class:`DiscretizedGaussian` — a Gaussian over the ``2**bits`` evenly spaced
+  levels of the context quantiser (:func:`snap_to_levels`), the last step
+  p(y0 | y1) of the diffusion prior.
 
 Every method returns elementwise values unless it says otherwise;
 :func:`sum_except_batch` reduces them.
@@ -193,3 +197,93 @@ class DiscretizedLogisticMixture:
             xc = (m + log_s[:, c].exp() * (torch.log(u[:, c]) - torch.log1p(-u[:, c]))).clamp(-1, 1)
             xs.append(self.quantise((xc + 1) / 2))
         return (torch.stack(xs, 1) + 1) / 2
+
+
+class PointMass:
+    """A deterministic posterior: all its mass on ``mean`` (DCT-VAE's quantised context).
+
+    ``pre_quant`` holds the normalised coefficients before quantisation, which are
+    differentiable in the image (the quantised ``mean`` is not): attacks on the
+    context measure their change. Sampling returns ``mean`` whatever the noise.
+    """
+
+    def __init__(self, mean: Tensor, pre_quant: Tensor):
+        self.mean = mean
+        self.pre_quant = pre_quant
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.mean.shape
+
+    def sample(self, noise: Tensor | None = None, temperature: float = 1.0) -> Tensor:  # noqa: ARG002
+        return self.mean
+
+    def detach(self) -> PointMass:
+        return PointMass(self.mean.detach(), self.pre_quant.detach())
+
+    def __repr__(self) -> str:
+        return f"PointMass(shape={tuple(self.mean.shape)})"
+
+
+def snap_to_levels(u: Tensor, levels: int) -> Tensor:
+    """Nearest of ``levels`` evenly spaced values -1, ..., 1 (values outside [-1, 1] go to the ends).
+
+    The cells of this quantiser are the bins of :class:`DiscretizedGaussian`: width
+    2 / (levels - 1) around each level, the two extreme cells reaching +-infinity.
+    """
+    n = levels - 1
+    return (2 * torch.round((u.clamp(-1, 1) + 1) * (n / 2)) - n) / n  # level j is (2j - n) / n, correctly rounded
+
+
+def level_index(y: Tensor, levels: int) -> Tensor:
+    """Index 0 .. levels-1 of values that lie on the levels of :func:`snap_to_levels`."""
+    return torch.round((y.clamp(-1, 1) + 1) * ((levels - 1) / 2)).long()
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """Stable log(1 - exp(x)) for x < 0."""
+    x = x.clamp(max=-1e-30)
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_normal_interval(a: Tensor, b: Tensor) -> Tensor:
+    """Stable log(Phi(b) - Phi(a)) for finite a < b (Phi: the standard normal CDF)."""
+    flip = a > 0  # both in the right tail: use Phi(-a) - Phi(-b), which keeps its precision
+    hi = torch.where(flip, -a, b)
+    lo = torch.where(flip, -b, a)
+    lhi = torch.special.log_ndtr(hi)
+    return lhi + _log1mexp(torch.special.log_ndtr(lo) - lhi)
+
+
+class DiscretizedGaussian:
+    """N(mean, exp(logvar)) discretised onto ``levels`` evenly spaced values on [-1, 1].
+
+    Level j owns the quantiser's cell [v_j - d/2, v_j + d/2] (d = 2 / (levels - 1)),
+    the lowest and highest cells extended to -inf and +inf, so the probabilities of
+    the levels sum to exactly 1 (GUIDE section 4: the bins are the quantiser's own).
+    """
+
+    def __init__(self, mean: Tensor, logvar: Tensor, levels: int):
+        if levels < 2:
+            raise ValueError(f"a discretised Gaussian needs at least 2 levels, got {levels}")
+        self.mean = mean
+        self.logvar = logvar
+        self.levels = levels
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        """Elementwise log P(y) in nats for ``y`` on the levels."""
+        half = 1.0 / (self.levels - 1)
+        inv_s = torch.exp(-0.5 * self.logvar)
+        upper = (y + half - self.mean) * inv_s
+        lower = (y - half - self.mean) * inv_s
+        j = level_index(y, self.levels)
+        lp_low = torch.special.log_ndtr(upper)  # (-inf, upper edge]
+        lp_high = torch.special.log_ndtr(-lower)  # [lower edge, inf)
+        lp_mid = log_normal_interval(lower, upper)
+        return torch.where(j == 0, lp_low, torch.where(j == self.levels - 1, lp_high, lp_mid))
+
+    def sample(self, noise: Tensor | None = None) -> Tensor:
+        """A draw on the levels: the nearest level of a continuous draw (its cell holds it)."""
+        if noise is None:
+            noise = torch.randn_like(self.mean)
+        return snap_to_levels(self.mean + torch.exp(0.5 * self.logvar) * noise, self.levels)

@@ -37,11 +37,16 @@ from robustvae.models.distributions import (
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One stochastic layer: ``index`` 1 is the top (coarsest) latent."""
+    """One stochastic layer: ``index`` 1 is the top (coarsest) latent.
+
+    ``kind`` is ``"gaussian"`` (a diagonal-Gaussian latent) or ``"context"``
+    (DCT-VAE's deterministic context, whose posterior is a point mass).
+    """
 
     index: int
     resolution: int
     shape: tuple[int, int, int]  # (channels, height, width)
+    kind: str = "gaussian"
 
     @property
     def dims(self) -> int:
@@ -52,7 +57,7 @@ class LayerInfo:
 class ELBOResult:
     """Per-image terms of the negative ELBO, all in nats except ``bpd``."""
 
-    kl: Tensor  # (B, L): KL per stochastic layer, top first
+    kl: Tensor  # (B, L): KL per stochastic layer, top first (for a context layer: its prior's bound on -log p)
     recon: Tensor  # (B,): -log p(x | z)
     nelbo: Tensor  # (B,): recon + sum of KLs
     bpd: Tensor  # (B,): nelbo in bits per dimension
@@ -99,15 +104,16 @@ class VDVAE(nn.Module):
             )
             for r in self.enc_res
         )
-        # decoder: top-down over layers (coarse -> fine)
-        L = cfg.num_layers
-        self.layers: list[LayerInfo] = []
+        # decoder: top-down over the Gaussian layers (coarse -> fine)
+        L = cfg.num_gaussian_layers
+        self._ladder: list[LayerInfo] = []  # the Gaussian layers, in decoder order
         blocks = []
         for r, n in reversed(cfg.latents):
             for _ in range(n):
-                self.layers.append(LayerInfo(len(self.layers) + 1, r, (cfg.z_dim, r, r)))
+                self._ladder.append(LayerInfo(len(self._ladder) + 1, r, (cfg.z_dim, r, r)))
                 blocks.append(DecoderBlock(cfg, r, L))
         self.dec_blocks = nn.ModuleList(blocks)
+        self.layers: list[LayerInfo] = list(self._ladder)  # public: every stochastic layer, top first
         res_set = sorted({r for r, _ in cfg.latents} | {cfg.image_size})
         self.bias = nn.ParameterDict({str(r): nn.Parameter(torch.zeros(1, C, r, r)) for r in res_set})
         self.out_blocks = nn.ModuleList(
@@ -139,6 +145,10 @@ class VDVAE(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def _noise_shapes(self) -> list[tuple[int, ...]]:
+        """Per layer, the per-image shape of the noise that drives its sampling."""
+        return self.layer_shapes
+
     def make_noise(self, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
         """Standard-normal noise for every layer, to share between calls of ``reconstruct``.
 
@@ -149,7 +159,7 @@ class VDVAE(nn.Module):
         return [
             torch.randn((batch, *shape), generator=generator).to(dev) if generator is not None
             else torch.randn((batch, *shape), device=dev)
-            for shape in self.layer_shapes
+            for shape in self._noise_shapes()
         ]
 
     # ------------------------------------------------------------------ passes
@@ -165,8 +175,16 @@ class VDVAE(nn.Module):
             acts[r] = h
         return acts
 
-    def _upsample(self, state: Tensor, r: int) -> Tensor:
-        return F.interpolate(state, size=(r, r), mode="nearest") + self.bias[str(r)]
+    def _upsample(self, state: Tensor, r: int, context: Tensor | None = None) -> Tensor:
+        return self._inject(F.interpolate(state, size=(r, r), mode="nearest") + self.bias[str(r)], context)
+
+    def _inject(self, state: Tensor, context: Tensor | None) -> Tensor:
+        """Conditioning added to the decoder state at the top and after every change of scale.
+
+        ``context`` is a conditioning image (B, C, H, W) in [0, 1] or None. VDVAE has
+        none, so this returns ``state``; DCT-VAE adds its decoded context here.
+        """
+        return state
 
     def _top_down(
         self,
@@ -178,23 +196,25 @@ class VDVAE(nn.Module):
         noise: list[Tensor] | None = None,
         temperature: float = 1.0,
         stop_after: int | None = None,
+        context: Tensor | None = None,
     ) -> _TopDown:
-        """Run the decoder top-down.
+        """Run the decoder top-down over the Gaussian layers.
 
         Layers ``< n_posterior`` (0-based) take z from the posterior (its mean, or a
         sample when ``posterior_sample``); the rest from the prior at ``temperature``.
-        ``noise[i]`` drives the sample of layer i when given.
+        ``noise[i]`` drives the sample of layer i when given. ``context`` goes to
+        :meth:`_inject` at the top and at every change of scale.
         """
         cfg = self.cfg
         lim = cfg.logvar_limit
-        top = self.layers[0].resolution
-        state = self.bias[str(top)].expand(batch, -1, -1, -1)
+        top = self._ladder[0].resolution
+        state = self._inject(self.bias[str(top)].expand(batch, -1, -1, -1), context)
         posteriors: list[DiagGaussian | None] = []
         priors: list[DiagGaussian] = []
         zs: list[Tensor] = []
-        for i, (info, blk) in enumerate(zip(self.layers, self.dec_blocks)):
+        for i, (info, blk) in enumerate(zip(self._ladder, self.dec_blocks)):
             if state.shape[-1] != info.resolution:
-                state = self._upsample(state, info.resolution)
+                state = self._upsample(state, info.resolution, context)
             q = None
             if i < n_posterior:
                 qm, qlv = blk.posterior(torch.cat([state, acts[info.resolution]], 1)).float().chunk(2, 1)
@@ -215,7 +235,7 @@ class VDVAE(nn.Module):
                 return _TopDown(state, posteriors, priors, zs)
             state = blk.resnet(state + blk.z_proj(z))
         if state.shape[-1] != cfg.image_size:
-            state = self._upsample(state, cfg.image_size)
+            state = self._upsample(state, cfg.image_size, context)
         for b in self.out_blocks:
             state = b(state)
         return _TopDown(state, posteriors, priors, zs)
@@ -248,11 +268,7 @@ class VDVAE(nn.Module):
         (on posterior samples when ``sample``), so the default is deterministic.
         """
         self._check_input(x)
-        k = self._check_k(k)
-        if k == 0:
-            return []
-        td = self._top_down(x.shape[0], self._encoder(x), n_posterior=k, posterior_sample=sample, noise=noise, stop_after=k)
-        return [q for q in td.posteriors if q is not None]
+        return self._encode_ladder(x, self._check_k(k), sample, noise)
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None) -> Tensor:
         """Mean image from posterior means of the top ``k`` layers and the prior below.
@@ -262,19 +278,12 @@ class VDVAE(nn.Module):
         ``k=None`` uses the posterior for every layer.
         """
         self._check_input(x)
-        k = self._check_k(k)
-        acts = self._encoder(x) if k > 0 else None
-        td = self._top_down(x.shape[0], acts, n_posterior=k, noise=noise, temperature=temperature)
-        return self.likelihood(td.state).mean
+        return self._decode_ladder(x, x.shape[0], self._check_k(k), temperature, noise)
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative ELBO terms with one posterior sample per layer (analytic KLs)."""
         self._check_input(x)
-        td = self._top_down(x.shape[0], self._encoder(x), n_posterior=self.num_layers, posterior_sample=True)
-        kl = torch.stack([sum_except_batch(q.kl(p)) for q, p in zip(td.posteriors, td.priors)], 1)
-        recon = -self.likelihood(td.state).log_prob(x)
-        nelbo = recon + kl.sum(1)
-        return ELBOResult(kl=kl, recon=recon, nelbo=nelbo, bpd=nelbo / (self.num_pixels * math.log(2)))
+        return self._elbo_result(*self._elbo_ladder(x))
 
     def forward(self, x: Tensor) -> ELBOResult:
         return self.elbo(x)
@@ -282,22 +291,7 @@ class VDVAE(nn.Module):
     def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """log p(x | z) + log p(z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B)."""
         self._check_input(x)
-        B = x.shape[0]
-        chunk = chunk or num_samples
-        acts1 = self._encoder(x)
-        out = []
-        done = 0
-        while done < num_samples:
-            n = min(chunk, num_samples - done)
-            acts = {r: a.repeat(n, 1, 1, 1) for r, a in acts1.items()}
-            xr = x.repeat(n, 1, 1, 1)
-            td = self._top_down(B * n, acts, n_posterior=self.num_layers, posterior_sample=True)
-            logw = self.likelihood(td.state).log_prob(xr)
-            for q, p, z in zip(td.posteriors, td.priors, td.zs):
-                logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))
-            out.append(logw.view(n, B))
-            done += n
-        return torch.cat(out, 0)
+        return self._log_weights_ladder(x, num_samples, chunk)
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Per-image IWAE estimate of -log p(x) in nats (an upper bound on the NLL)."""
@@ -307,5 +301,60 @@ class VDVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, noise: list[Tensor] | None = None) -> Tensor:
         """``n`` ancestral samples from the prior at ``temperature`` (mean images in [0, 1])."""
-        td = self._top_down(n, None, n_posterior=0, noise=noise, temperature=temperature)
+        return self._decode_ladder(None, n, 0, temperature, noise)
+
+    # ------------------------------------------------------------------ the Gaussian ladder
+    # The public methods above, for the Gaussian layers only and conditioned on an optional
+    # context image; DCT-VAE puts its context layer on top of these.
+
+    def _encode_ladder(
+        self, x: Tensor, k: int, sample: bool, noise: list[Tensor] | None, context: Tensor | None = None
+    ) -> list[DiagGaussian]:
+        if k == 0:
+            return []
+        td = self._top_down(
+            x.shape[0], self._encoder(x), n_posterior=k, posterior_sample=sample, noise=noise, stop_after=k,
+            context=context,
+        )
+        return [q for q in td.posteriors if q is not None]
+
+    def _decode_ladder(
+        self, x: Tensor | None, batch: int, k: int, temperature: float, noise: list[Tensor] | None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        acts = self._encoder(x) if k > 0 else None
+        td = self._top_down(batch, acts, n_posterior=k, noise=noise, temperature=temperature, context=context)
         return self.likelihood(td.state).mean
+
+    def _elbo_ladder(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(KL per Gaussian layer (B, L), -log p(x | z) (B,)) with one posterior sample per layer."""
+        td = self._top_down(
+            x.shape[0], self._encoder(x), n_posterior=len(self._ladder), posterior_sample=True, context=context
+        )
+        kl = torch.stack([sum_except_batch(q.kl(p)) for q, p in zip(td.posteriors, td.priors)], 1)
+        return kl, -self.likelihood(td.state).log_prob(x)
+
+    def _elbo_result(self, kl: Tensor, recon: Tensor) -> ELBOResult:
+        nelbo = recon + kl.sum(1)
+        return ELBOResult(kl=kl, recon=recon, nelbo=nelbo, bpd=nelbo / (self.num_pixels * math.log(2)))
+
+    def _log_weights_ladder(
+        self, x: Tensor, num_samples: int, chunk: int | None, context: Tensor | None = None
+    ) -> Tensor:
+        B = x.shape[0]
+        chunk = chunk or num_samples
+        acts1 = self._encoder(x)
+        out = []
+        done = 0
+        while done < num_samples:
+            n = min(chunk, num_samples - done)
+            acts = {r: a.repeat(n, 1, 1, 1) for r, a in acts1.items()}
+            xr = x.repeat(n, 1, 1, 1)
+            ctx = context.repeat(n, 1, 1, 1) if context is not None else None
+            td = self._top_down(B * n, acts, n_posterior=len(self._ladder), posterior_sample=True, context=ctx)
+            logw = self.likelihood(td.state).log_prob(xr)
+            for q, p, z in zip(td.posteriors, td.priors, td.zs):
+                logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))
+            out.append(logw.view(n, B))
+            done += n
+        return torch.cat(out, 0)

@@ -127,6 +127,10 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         model = build_model(cfg.model).to(dev)
+        if not resume and hasattr(model, "fit_data"):
+            # data-dependent set-up (DCT-VAE's context scale) from the training split only, before the
+            # first step and before EMA copies the model; a resumed run restores it from last.pt
+            model.fit_data(train_imgs)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
