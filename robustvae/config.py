@@ -255,6 +255,7 @@ class AttackConfig:
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
     floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
     noise_draws: int = 5  # random perturbations of the same budget, per point
+    gallery_points: int = 4  # the first points' worst-case examples are saved for the report's gallery
     seed: int = 0
     split: str = "test"
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
@@ -272,7 +273,7 @@ class AttackConfig:
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("floor_draws", "noise_draws"):
+        for name in ("floor_draws", "noise_draws", "gallery_points"):
             if getattr(self, name) < 0:
                 _fail(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.step_size is not None and not self.step_size > 0:

@@ -214,6 +214,14 @@ def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str,
         ps = psnr(rec, clean.repeat_interleave(R, 0))
         skl = LatentObjective(model, k, "skl").per_layer(adv, LatentObjective(model, k).reference(X))
     linf, l2 = _norms(adv - X)
+    gallery = [i for i in range(n) if pts[i] < cfg.gallery_points]
+    if gallery:
+        worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in gallery]
+        rows_gallery = {
+            "points": torch.tensor([pts[i] for i in gallery]), "restarts": torch.tensor([j % R for j in worst]),
+            "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[gallery].cpu(), "rec_adv": rec[worst].cpu(),
+            "msssim": score[worst].cpu(),
+        }
     for j in range(n * R):
         i, r = divmod(j, R)
         nonfinite = bool(attack.nonfinite[j]) or not math.isfinite(float(score[j])) or not bool(torch.isfinite(rec[j]).all())
@@ -243,7 +251,28 @@ def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str,
                 rows.append({**base, "kind": "noise", **point_fields(i), "restart": d, "msssim": float(s[i]),
                              "msssim_input": float(s_in[i]), "skl": kl_n[i].tolist(), "delta_linf": nl[i],
                              "delta_l2": n2[i], "nonfinite": not math.isfinite(float(s[i]))})
+    if gallery:
+        rows[0]["_gallery"] = rows_gallery  # taken off by the caller, which saves it next to the records
     return rows
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit) -> None:
+    """Worst-restart examples of a unit's first points (x, x + delta, both reconstructions) as a .npz.
+
+    Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
+    ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and the strings ``unit`` / ``model`` / ``layers``.
+    """
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, unit=np.array(unit.id), model=np.array(unit.id.split("|")[0]), layers=np.array(unit.k),
+                        **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in arrays.items()})
+    os.replace(tmp, path)
 
 
 def _expected_rows(unit: Unit, cfg: AttackConfig) -> int:
@@ -348,7 +377,6 @@ def run_attack(
             info["wall_time_s"] = json.loads(prev.read_text()).get("wall_time_s", 0.0)
         write_json(out_dir / run_name, info)
     t0 = time.perf_counter() - info["wall_time_s"]
-    samples_steps = 0
     with make_progress(quiet) as progress:
         task = progress.add_task("attack", total=len(mine), completed=len(done), info="")
         for unit in todo:
@@ -356,9 +384,11 @@ def run_attack(
             dataset, images, labels, indices = data[unit.model]
             ts = time.perf_counter()
             new = run_unit(lm, unit, images, labels, indices, dataset, cfg)
-            samples_steps += (unit.stop - unit.start) * cfg.restarts * cfg.steps
+            gallery = new[0].pop("_gallery", None)
             rows.extend(new)
             if out_dir is not None:
+                if gallery is not None:
+                    save_gallery(out_dir / "gallery" / f"{_safe(unit.id)}.npz", gallery, unit)
                 append_records(out_dir / rec_name, new)
                 info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
                 write_json(out_dir / run_name, info)
