@@ -234,3 +234,23 @@ def test_cli_attack_bad_input(trained, tmp_path, capsys, args, fragment):
 def test_cli_attack_unknown_model(tmp_path, capsys):
     assert main(["attack", "no-such-model", "--out", str(tmp_path / "o")]) == 2
     assert "neither a zoo checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_dctvae_context_is_layer_one_of_the_attack(tmp_path, straight_through, gen):
+    """k = 1 attacks the context alone (squared L2 of its coefficients); the engine runs end to end."""
+    cfg = get_preset("dctvae-mnist-tiny")
+    torch.manual_seed(0)
+    m = build_model(cfg.model)
+    m.fit_data(torch.rand(64, 1, 28, 28, generator=gen))
+    zoo.atomic_save(zoo.make_checkpoint(cfg, m), tmp_path / "best.pt")
+    model = zoo.load(tmp_path)
+    x = torch.rand(2, 1, 28, 28, generator=gen)
+    atk = LatentPGD(model, k=1, eps=0.1, steps=5, straight_through=straight_through)
+    atk(x, seeds=[0, 1])
+    assert torch.isfinite(atk.best_loss).all() and (atk.best_loss >= 0).all()
+    acfg = AttackConfig(layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1,
+                        straight_through=straight_through)
+    df = run_attack([str(tmp_path)], acfg, device="cpu")
+    att = df[df.kind == "attack"]
+    assert len(att) == 4 and not att.nonfinite.any() and att.skl.map(len).eq(att.layers).all()
