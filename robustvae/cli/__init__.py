@@ -331,6 +331,7 @@ def attack(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="pgd, or sgd (the authors': lr 1.0, plateau). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
+    straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
     out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
@@ -351,7 +352,7 @@ def attack(
         suite_models, settings = _read_suite(suite)
     given = dict(layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps,
                  objective=objective, optimizer=optimizer, step_size=step_size, temperature=temperature,
-                 seed=seed, max_batch_mib=max_batch_mib)
+                 straight_through=straight_through, seed=seed, max_batch_mib=max_batch_mib)
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = from_dict(AttackConfig, settings)
     shard_t = parse_shard(shard)
