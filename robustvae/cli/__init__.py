@@ -360,18 +360,60 @@ def attack(
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     df = run_attack(names, cfg, out, device=device, shard=shard_t, data_dir=data_dir, quiet=quiet,
                     command=["robustvae", *(sys.argv[1:])])
-    att = df[df.kind == "attack"]
-    table = Table(title="MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)")
-    for col in ("model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"):
-        table.add_column(col, justify="right")
-    for (model, k), g in att.groupby(["model", "layers"]):
-        per_point = g.groupby("point").msssim
-        base = df[(df.model == model) & (df.layers == k)]
-        table.add_row(model, str(k), f"{per_point.min().mean():.3f}", f"{per_point.mean().mean():.3f}",
-                      f"{base[base.kind == 'noise'].msssim.mean():.3f}", f"{base[base.kind == 'floor'].msssim.mean():.3f}",
-                      str(int(g.nonfinite.sum())))
-    out_console.print(table)
+    from robustvae.report.aggregate import summarise
+
+    _print_msssim_table(summarise(df))
     out_console.print(f"{len(df)} records in {out}")
+
+
+def _print_msssim_table(table) -> None:
+    """The headline numbers of a results table (robustvae.report.aggregate.summarise) on the console."""
+    several = table[["dataset", "norm", "eps"]].drop_duplicates().shape[0] > 1
+    title = "MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)"
+    out = Table(title=title)
+    cols = (["panel"] if several else []) + ["model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"]
+    for col in cols:
+        out.add_column(col, justify="right")
+    def cell(v) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for _, r in table.iterrows():
+        panel = [f"{r.dataset} {r.norm} {r.eps:g}"] if several else []
+        out.add_row(*panel, r.model, str(r.layers), cell(r.worst), cell(r["mean"]), cell(r.noise), cell(r.floor),
+                    str(int(r.nonfinite)))
+    out_console.print(out)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge)."),
+    out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
+    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
+    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
+    force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
+) -> None:
+    """Figure 10, tables, checks, gallery and one self-contained index.html from attack records (nothing is re-run)."""
+    from robustvae.report import make_report
+
+    summary = make_report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
+    _print_report_summary(summary, out)
+
+
+def _print_report_summary(summary: dict, out: Path) -> None:
+    import pandas as pd
+
+    _print_msssim_table(pd.DataFrame(summary["table"]))
+    failed = [c for c in summary["checks"] if not c["passed"]]
+    out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
+    for c in failed[:10]:
+        out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
+    if len(failed) > 10:
+        out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
+    out_console.print(f"report written to {out / 'index.html'} (and {len(summary['files']) - 1} more files)")
 
 
 # --------------------------------------------------------------------------- zoo
