@@ -50,6 +50,8 @@ def test_demo_refuses_a_non_empty_directory_and_bad_settings(tmp_path, capsys):
     assert "is not empty; pass --force" in err and len(err.strip().splitlines()) == 1
     assert main(["demo", "--out", str(tmp_path / "new"), "--points", "0"]) == 2
     assert "--points must be a positive integer" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "new"), "--threads", "0"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 

@@ -67,10 +67,11 @@ def _diagnostics(model: str) -> list[dict]:
 
 
 def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, eps: float = 0.1,
-              command: list[str] | None = None, gallery: bool = True) -> Path:
+              command: list[str] | None = None, gallery: bool = True, sha: dict[str, str] | None = None) -> Path:
     """A run directory as robustvae attack writes it (records, run.json, gallery)."""
     d.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(r["model"] for r in rows))
+    sha = {**SHA, **(sha or {})}
     attack = {"layers": "1-2", "eps": eps, "norm": "linf", "restarts": restarts, "points": 3, "steps": 10,
               "objective": "skl", "optimizer": "pgd", "step_size": None, "temperature": 0.1, "straight_through": False,
               "floor_draws": 2, "noise_draws": 2, "gallery_points": 2, "seed": 0, "split": "test", "max_batch_mib": 1024}
@@ -79,12 +80,12 @@ def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, 
         mine = [u for j, u in enumerate(units) if j % shards == i - 1]
         suffix = "" if shards == 1 else f"-shard-{i}-of-{shards}"
         info = {"command": command or ["robustvae", "attack", "m", "--out", str(d)],
-                "settings": {"attack": attack, "models": [{"label": m, "sha256": SHA[m]} for m in models],
+                "settings": {"attack": attack, "models": [{"label": m, "sha256": sha[m]} for m in models],
                              "shard": f"{i}/{shards}", "units": units},
                 "versions": {"python": "3.11", "robustvae": "0.1.0", "torch": "2"}, "git_commit": "c0ffee",
                 "device": "cpu", "torch_threads": 1, "status": "complete", "units_total": len(mine),
                 "units_done": len(mine), "wall_time_s": 1.5,
-                "models": [{"label": m, "path": f"/runs/{m}/best.pt", "sha256": SHA[m],
+                "models": [{"label": m, "path": f"/runs/{m}/best.pt", "sha256": sha[m],
                             "config": {"name": m, "data": {"name": "mnist-offline"},
                                        "model": {"arch": "dctvae" if m == EVIL else "vdvae", "channels": 8, "hidden": 8},
                                        "train": {"steps": 100, "batch_size": 32}},
@@ -282,6 +283,17 @@ def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
     twin = write_run(tmp_path / "twin", records(models=("vdvae-a",)), gallery=False)
     with pytest.raises(RobustVAEError, match="appear twice"):
         load_runs([one, twin])
+
+
+def test_one_label_with_another_checkpoint_in_another_panel(tmp_path):
+    one = write_run(tmp_path / "one", records(models=("vdvae-a",)), gallery=False)
+    rows = [{**r, "checkpoint_sha256": "c" * 64} for r in records(0.2, models=("vdvae-a",))]
+    two = write_run(tmp_path / "two", rows, eps=0.2, gallery=False, sha={"vdvae-a": "c" * 64})
+    runs = load_runs([one, two])
+    diag = agg.diagnostics_frame(runs)
+    assert set(diag.model) == {"vdvae-a @aaaaaaaa", "vdvae-a @cccccccc"} and len(diag) == 4
+    table = agg.summarise(runs.records, diag)
+    assert set(table.checkpoint_sha256) == {"a" * 64, "c" * 64} and table.layer_kl_nats.notna().all()
 
 
 def _error(capsys, argv: list[str]) -> str:

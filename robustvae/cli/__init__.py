@@ -425,11 +425,12 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Replace an earlier demo in --out (only the files the demo writes)."),
     preset: list[str] = typer.Option([], "--preset", help="Presets to train and compare (repeatable). [default: vdvae-mnist-demo, dctvae-mnist-demo]"),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Training steps per model. [default: the presets']"),
-    points: Optional[int] = typer.Option(None, "--points", help="Test points attacked. [default: 20]"),
-    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 3]"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points attacked. [default: 50]"),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
     attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Attack optimisation steps. [default: 50]"),
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", help="Importance samples of the NLL. [default: 100]"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Test images evaluated. [default: 200]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads. [default: 1 unless OMP_NUM_THREADS is set; the models are tiny]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -439,7 +440,7 @@ def demo(
     given = dict(presets=tuple(preset) or None, train_steps=train_steps, points=points, restarts=restarts,
                  attack_steps=attack_steps, iw_samples=iw_samples, eval_limit=eval_limit)
     settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
-    run_demo(out, settings, device=device, force=force, quiet=quiet)
+    run_demo(out, settings, device=device, force=force, quiet=quiet, threads=threads)
 
 
 # --------------------------------------------------------------------------- zoo

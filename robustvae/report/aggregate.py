@@ -12,6 +12,7 @@ Non-finite MS-SSIM values are counted and left out of every mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,12 +88,13 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     table["noise"] = _baseline(records, "noise").reindex(idx).to_numpy()
     table["floor"] = _baseline(records, "floor").reindex(idx).to_numpy()
     g = att.groupby(TABLE_KEYS)
+    table["checkpoint_sha256"] = g.checkpoint_sha256.first().reindex(idx).to_numpy()
     table["max_delta_linf"] = g.delta_linf.max().reindex(idx).to_numpy()
     table["max_delta_l2"] = g.delta_l2.max().reindex(idx).to_numpy()
     table["nonfinite"] = records.groupby(TABLE_KEYS).nonfinite.sum().reindex(idx).fillna(0).astype(int).to_numpy()
     if diagnostics is not None and len(diagnostics):
-        diag = diagnostics.set_index(["model", "layer"])
-        at = pd.MultiIndex.from_arrays([table.model, table.layers])
+        diag = diagnostics.set_index(["sha256", "layer"])
+        at = pd.MultiIndex.from_arrays([table.checkpoint_sha256, table.layers])
         table["layer_kl_nats"] = diag.kl_nats.reindex(at).to_numpy()
         table["layer_active_units"] = diag.active_units.reindex(at).to_numpy()
         table["layer_units"] = diag.units.reindex(at).to_numpy()
@@ -109,7 +111,10 @@ def diagnostics_frame(runs: RunSet) -> pd.DataFrame:
                          "active_units": d.get("active_units"), "kind": d.get("kind", "gaussian"),
                          "levels": d.get("levels"), "levels_used": d.get("levels_used")})
     cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used"]
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=cols).drop_duplicates(["sha256", "layer"])
+    # a label shared by two checkpoints (e.g. in two runs) gets the hash's start, so figures keep them apart
+    shared = df.groupby("model").sha256.transform("nunique") > 1
+    df.loc[shared, "model"] = df.model[shared] + " @" + df.sha256[shared].str[:8]
     df["active_units"] = pd.to_numeric(df.active_units, errors="coerce")
     df["active_fraction"] = df.active_units / pd.to_numeric(df.units, errors="coerce")
     return df
@@ -172,7 +177,7 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["check", "scope", "passed", "value", "limit", "detail"])
 
 
-def _monotone(add, check: str, scope: str, g: pd.DataFrame, by: str, name: str) -> None:
+def _monotone(add: Callable[..., None], check: str, scope: str, g: pd.DataFrame, by: str, name: str) -> None:
     """Worst-case MS-SSIM should not rise (beyond :data:`MONOTONE_TOL`) as ``by`` grows."""
     values = g.worst.to_numpy(dtype=float)
     rise = float(np.nanmax(np.diff(values))) if len(values) > 1 else 0.0

@@ -30,18 +30,21 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: nothing touches pyplot's global state or a display."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def png_bytes(fig: Figure, dpi: int = 130) -> bytes:
+    """The figure as PNG bytes (written to disk and embedded in the HTML as a data URI)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
 def panel_title(dataset: str, norm: str, eps: float) -> str:
+    """E.g. ``mnist, L-inf eps = 0.1``."""
     return f"{dataset}, {'L-inf' if norm == 'linf' else 'L2'} eps = {eps:g}"
 
 
@@ -58,10 +61,10 @@ def figure10(pp: pd.DataFrame, table: pd.DataFrame) -> Figure:
     panels = list(table.groupby(PANEL_KEYS).groups)
     long = pp.melt(id_vars=[*PANEL_KEYS, "model", "layers", "point"], value_vars=list(VIEWS),
                    var_name="view", value_name="msssim").dropna(subset=["msssim"])
-    # one y range for all panels, from the lowest per-point score or baseline down to the next tenth
-    lowest = np.nanmin(np.concatenate([long.msssim.to_numpy(float), table.noise.to_numpy(float),
-                                       table.floor.to_numpy(float)]))
-    bottom = max(0.0, np.floor((lowest - 0.02) * 10) / 10) if np.isfinite(lowest) else 0.0
+    # one y range for all panels: from the lowest interval end or baseline down to the next tenth
+    drawn = table[["mean", "mean_lo", "worst", "worst_lo", "noise", "floor"]].to_numpy(float)
+    lowest = np.nanmin(drawn) if np.isfinite(drawn).any() else 0.0
+    bottom = max(0.0, np.floor((lowest - 0.02) * 10) / 10)
     fig = new_figure(11, 3.9 * len(panels) + 0.8)
     axes = fig.subplots(len(panels), 2, squeeze=False, sharey=True)
     for row, panel in enumerate(panels):

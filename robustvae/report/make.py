@@ -44,6 +44,7 @@ def plain(obj: Any) -> Any:
 
 
 def _num(v: Any, fmt: str = ".3f") -> str:
+    """A number for a table cell; missing (None / NaN) shows as ``-``."""
     return "-" if v is None or pd.isna(v) else format(v, fmt)
 
 
@@ -79,6 +80,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_layers(diag: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer diagnostics as text cells; a context layer shows the quantiser levels it uses."""
     out = pd.DataFrame({"model": diag.model, "layer": diag.layer, "resolution": diag.resolution, "units": diag.units,
                         "KL (nats)": diag.kl_nats.map(_num)})
     out["active units"] = [
@@ -89,6 +91,7 @@ def display_layers(diag: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_checks(checks: pd.DataFrame) -> pd.DataFrame:
+    """The checks as text cells, with ``pass`` / ``FAIL`` spelled out (readable in black and white)."""
     out = checks.copy()
     out["result"] = out.passed.map({True: "pass", False: "FAIL"})
     out["value"] = out.value.map(lambda v: _num(v, ".4g"))
@@ -97,6 +100,7 @@ def display_checks(checks: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_latex(df: pd.DataFrame) -> str:
+    """A booktabs tabular of text cells, LaTeX specials escaped in cells and headers."""
     return df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(hrules=True)
 
 
@@ -122,6 +126,7 @@ def read_evals(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
 
 
 def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per attacked checkpoint: architecture, training budget and, when given, its evaluation."""
     by_sha = {e.get("checkpoint_sha256"): e for e in evals}
     rows = []
     for m in runs.model_infos():
@@ -143,6 +148,7 @@ def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run_rows(runs: RunSet) -> list[dict[str, Any]]:
+    """What each run file says about itself: command, status, settings, versions, commit, checkpoints."""
     rows = []
     for r in runs.runs:
         info = r.info
