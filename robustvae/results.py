@@ -52,3 +52,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a label or unit id (anything but letters, digits, ``-_.`` becomes ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -46,7 +46,7 @@ from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
-from robustvae.results import append_records, read_records, write_json
+from robustvae.results import append_records, read_records, safe_name, write_json
 from robustvae.seeding import derive_seed
 
 
@@ -256,10 +256,6 @@ def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str,
     return rows
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit) -> None:
     """Worst-restart examples of a unit's first points (x, x + delta, both reconstructions) as a .npz.
 
@@ -388,7 +384,7 @@ def run_attack(
             rows.extend(new)
             if out_dir is not None:
                 if gallery is not None:
-                    save_gallery(out_dir / "gallery" / f"{_safe(unit.id)}.npz", gallery, unit)
+                    save_gallery(out_dir / "gallery" / f"{safe_name(unit.id)}.npz", gallery, unit)
                 append_records(out_dir / rec_name, new)
                 info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
                 write_json(out_dir / run_name, info)

@@ -361,18 +361,87 @@ def attack(
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     df = run_attack(names, cfg, out, device=device, shard=shard_t, data_dir=data_dir, quiet=quiet,
                     command=["robustvae", *(sys.argv[1:])])
-    att = df[df.kind == "attack"]
-    table = Table(title="MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)")
-    for col in ("model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"):
-        table.add_column(col, justify="right")
-    for (model, k), g in att.groupby(["model", "layers"]):
-        per_point = g.groupby("point").msssim
-        base = df[(df.model == model) & (df.layers == k)]
-        table.add_row(model, str(k), f"{per_point.min().mean():.3f}", f"{per_point.mean().mean():.3f}",
-                      f"{base[base.kind == 'noise'].msssim.mean():.3f}", f"{base[base.kind == 'floor'].msssim.mean():.3f}",
-                      str(int(g.nonfinite.sum())))
-    out_console.print(table)
+    from robustvae.report.aggregate import summarise
+
+    _print_msssim_table(summarise(df))
     out_console.print(f"{len(df)} records in {out}")
+
+
+def _print_msssim_table(table) -> None:
+    """The headline numbers of a results table (robustvae.report.aggregate.summarise) on the console."""
+    several = table[["dataset", "norm", "eps"]].drop_duplicates().shape[0] > 1
+    title = "MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)"
+    out = Table(title=title)
+    cols = (["panel"] if several else []) + ["model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"]
+    for col in cols:
+        out.add_column(col, justify="right")
+    def cell(v) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for _, r in table.iterrows():
+        panel = [f"{r.dataset} {r.norm} {r.eps:g}"] if several else []
+        out.add_row(*panel, r.model, str(r.layers), cell(r.worst), cell(r["mean"]), cell(r.noise), cell(r.floor),
+                    str(int(r.nonfinite)))
+    out_console.print(out)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge)."),
+    out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
+    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
+    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
+    force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
+) -> None:
+    """Figure 10, tables, checks, gallery and one self-contained index.html from attack records (nothing is re-run)."""
+    from robustvae.report import make_report
+
+    summary = make_report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
+    _print_report_summary(summary, out)
+
+
+def _print_report_summary(summary: dict, out: Path) -> None:
+    import pandas as pd
+
+    _print_msssim_table(pd.DataFrame(summary["table"]))
+    failed = [c for c in summary["checks"] if not c["passed"]]
+    out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
+    for c in failed[:10]:
+        out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
+    if len(failed) > 10:
+        out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
+    out_console.print(f"report written to {out / 'index.html'} (and {len(summary['files']) - 1} more files)")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), "--out", "-o", help="Where the report (and runs/) go."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier demo in --out (only the files the demo writes)."),
+    preset: list[str] = typer.Option([], "--preset", help="Presets to train and compare (repeatable). [default: vdvae-mnist-demo, dctvae-mnist-demo]"),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Training steps per model. [default: the presets']"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points attacked. [default: 50]"),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
+    attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Attack optimisation steps. [default: 50]"),
+    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", help="Importance samples of the NLL. [default: 100]"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Test images evaluated. [default: 200]"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads. [default: 1 unless OMP_NUM_THREADS is set; the models are tiny]"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Offline, in minutes: train a small VDVAE and DCT-VAE on real MNIST digits, evaluate, attack k = 1..L, report."""
+    from robustvae.demo import DemoSettings, run_demo
+
+    given = dict(presets=tuple(preset) or None, train_steps=train_steps, points=points, restarts=restarts,
+                 attack_steps=attack_steps, iw_samples=iw_samples, eval_limit=eval_limit)
+    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+    run_demo(out, settings, device=device, force=force, quiet=quiet, threads=threads)
 
 
 # --------------------------------------------------------------------------- zoo

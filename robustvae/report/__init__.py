@@ -1,0 +1,11 @@
+"""Reports of attack runs: Figure 10, tables, checks, a gallery, ``summary.json`` and one self-contained HTML page.
+
+``make_report(run_dirs, out)`` reads what ``robustvae attack`` wrote (records, run.json,
+gallery) and never re-runs anything; see :mod:`robustvae.report.aggregate` for how
+restarts and points are aggregated and :mod:`robustvae.report.load` for how runs merge.
+"""
+
+from robustvae.report.load import RunSet, load_runs
+from robustvae.report.make import make_report
+
+__all__ = ["RunSet", "load_runs", "make_report"]

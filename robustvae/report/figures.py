@@ -1,0 +1,160 @@
+"""The report's figures, drawn on Agg canvases (no display, no global pyplot state).
+
+* :func:`figure10`: MS-SSIM(clean, attacked reconstruction) against k, a row of
+  panels per (dataset, norm, eps) and a column per view (mean / worst case over
+  restarts), seaborn lines with 95 % bootstrap intervals over points, floor and
+  noise as reference lines;
+* :func:`layers_figure`: KL and active units per layer and model;
+* :func:`gallery_figure`: x, x + delta, delta (magnified, scale in the title) and both
+  reconstructions for a few points per k.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from robustvae.report.aggregate import BOOT_SEED, CI_LEVEL, N_BOOT, VIEWS
+from robustvae.report.load import PANEL_KEYS, GalleryEntry
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: nothing touches pyplot's global state or a display."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = 130) -> bytes:
+    """The figure as PNG bytes (written to disk and embedded in the HTML as a data URI)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def panel_title(dataset: str, norm: str, eps: float) -> str:
+    """E.g. ``mnist, L-inf eps = 0.1``."""
+    return f"{dataset}, {'L-inf' if norm == 'linf' else 'L2'} eps = {eps:g}"
+
+
+def palette(models: Sequence[str]) -> dict[str, tuple]:
+    """One colour per model, fixed by the sorted model names so every figure agrees."""
+    return dict(zip(models, sns.color_palette("colorblind", len(models))))
+
+
+def figure10(pp: pd.DataFrame, table: pd.DataFrame) -> Figure:
+    """Figure 10: per panel, the mean and worst case over restarts against k, one line per model."""
+    models = sorted(table.model.unique())
+    colours = palette(models)
+    markers = dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
+    panels = list(table.groupby(PANEL_KEYS).groups)
+    long = pp.melt(id_vars=[*PANEL_KEYS, "model", "layers", "point"], value_vars=list(VIEWS),
+                   var_name="view", value_name="msssim").dropna(subset=["msssim"])
+    # one y range for all panels: from the lowest interval end or baseline down to the next tenth
+    drawn = table[["mean", "mean_lo", "worst", "worst_lo", "noise", "floor"]].to_numpy(float)
+    lowest = np.nanmin(drawn) if np.isfinite(drawn).any() else 0.0
+    bottom = max(0.0, np.floor((lowest - 0.02) * 10) / 10)
+    fig = new_figure(11, 3.9 * len(panels) + 0.8)
+    axes = fig.subplots(len(panels), 2, squeeze=False, sharey=True)
+    for row, panel in enumerate(panels):
+        sel = dict(zip(PANEL_KEYS, panel))
+        part = long[(long[PANEL_KEYS] == pd.Series(sel)).all(axis=1)]
+        base = table[(table[PANEL_KEYS] == pd.Series(sel)).all(axis=1)]
+        for col, (view, label) in enumerate(VIEWS.items()):
+            ax = axes[row, col]
+            sns.lineplot(data=part[part.view == view], x="layers", y="msssim", hue="model", style="model",
+                         hue_order=models, style_order=models, palette=colours, markers=markers, dashes=False,
+                         errorbar=("ci", CI_LEVEL), n_boot=N_BOOT, seed=BOOT_SEED, err_style="bars",
+                         err_kws={"capsize": 3}, markersize=7, ax=ax)
+            for model, g in base.groupby("model"):
+                g = g.sort_values("layers")
+                ax.plot(g.layers, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
+                ax.plot(g.layers, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
+            ax.set_title(f"{panel_title(*panel)}\n{label}", fontsize=10)
+            ax.set_xlabel("k = top latent layers under attack")
+            ax.set_ylabel("MS-SSIM(clean rec., attacked rec.)" if col == 0 else "")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(bottom - 0.01, 1.01)
+            ax.grid(alpha=0.3)
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+    handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in models]
+    handles += [Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
+                Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.suptitle(f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
+                 f"{CI_LEVEL} % bootstrap interval over points", fontsize=11)
+    return fig
+
+
+def layers_figure(diag: pd.DataFrame) -> Figure:
+    """KL (nats) and the fraction of active units per layer, a bar per model."""
+    models = sorted(diag.model.unique())
+    colours = palette(models)
+    fig = new_figure(11, 3.6)
+    ax_kl, ax_au = fig.subplots(1, 2)
+    sns.barplot(data=diag, x="layer", y="kl_nats", hue="model", hue_order=models, palette=colours, errorbar=None, ax=ax_kl)
+    ax_kl.set_title("KL per layer (nats; DCT-VAE layer 1: the context's diffusion bound)", fontsize=10)
+    ax_kl.set_ylabel("KL (nats)")
+    sns.barplot(data=diag, x="layer", y="active_fraction", hue="model", hue_order=models, palette=colours,
+                errorbar=None, ax=ax_au)
+    ax_au.set_title("active units per layer (fraction of its units;\nnone for a deterministic context layer)",
+                    fontsize=10)
+    ax_au.set_ylabel("active fraction")
+    ax_au.set_ylim(0, 1.05)
+    for ax in (ax_kl, ax_au):
+        ax.set_xlabel("layer (1 = top)")
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles = [Patch(color=colours[m], label=m) for m in models]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(models), 4), frameon=False)
+    return fig
+
+
+def _image(a: np.ndarray) -> np.ndarray:
+    """C x H x W in [0, 1] -> what imshow takes (H x W for one channel)."""
+    a = np.clip(a, 0, 1)
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
+    """One model's worst-restart examples: a row per (panel, k, point), five columns."""
+    several = len({(e.dataset, e.norm, e.eps) for e in entries}) > 1
+    rows = []
+    for e in sorted(entries, key=lambda e: (e.dataset, e.norm, e.eps, e.k)):
+        for i in range(min(per_k, len(e.arrays["points"]))):
+            rows.append((e, i))
+    deltas = [e.arrays["x_adv"][i] - e.arrays["x"][i] for e, i in rows]
+    biggest = max((float(np.abs(d).max()) for d in deltas), default=0.0) or 1.0
+    scale = 0.5 / biggest
+    fig = new_figure(6.0, 1.2 * len(rows) + 0.8)
+    axes = fig.subplots(len(rows), 5, squeeze=False)
+    titles = ["x", "x + delta", f"delta x {scale:.3g} + 0.5\n(grey = 0; max |delta| {biggest:.3g})",
+              "rec(x)", "rec(x + delta)"]
+    for r, ((e, i), d) in enumerate(zip(rows, deltas)):
+        a = e.arrays
+        cells = [a["x"][i], a["x_adv"][i], d * scale + 0.5, a["rec"][i], a["rec_adv"][i]]
+        for c, img in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+        where = f"eps {e.eps:g}, " if several else ""
+        axes[r, 0].set_ylabel(f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}",
+                              fontsize=8)
+    fig.suptitle(f"{entries[0].model}: worst restart per point", fontsize=10)
+    return fig

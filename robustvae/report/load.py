@@ -1,0 +1,173 @@
+"""Reading attack run directories (records, run.json, gallery) into one checked table.
+
+Nothing is re-run: a report is a function of what ``robustvae attack`` wrote. Every
+``records*.jsonl`` of a directory is read (shards merge) and each row gets the
+settings of the ``run*.json`` written beside it, so a setting that is not in the
+records (restarts, step size, ...) can still be checked. One curve of Figure 10 is
+one model in one panel; rows of one curve must share every setting in
+:data:`CURVE_CONSTANTS`, otherwise the merge is refused, naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustvae.errors import RobustVAEError
+from robustvae.results import read_records
+
+PANEL_KEYS = ["dataset", "norm", "eps"]  # a panel of Figure 10 per dataset, threat model and budget
+CURVE_KEYS = [*PANEL_KEYS, "model"]  # a curve per model within a panel
+# settings that must be equal within one curve (records fields, then run.json settings)
+CURVE_CONSTANTS = ["checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "seed",
+                   "restarts_configured", "step_size", "straight_through", "split"]
+ROW_KEY = [*CURVE_KEYS, "layers", "kind", "point", "restart"]
+RECORD_COLUMNS = ["unit", "model", "checkpoint_sha256", "dataset", "layers", "objective", "optimizer", "norm", "eps",
+                  "steps", "seed", "temperature", "kind", "point", "test_index", "label", "restart", "msssim",
+                  "msssim_input", "psnr", "skl", "delta_linf", "delta_l2", "final_loss", "nonfinite"]
+
+
+@dataclass
+class RunFile:
+    """One ``run.json`` (or ``run-shard-i-of-N.json``) and the directory it sits in."""
+
+    dir: Path
+    name: str
+    info: dict[str, Any]
+    records: int = 0
+
+
+@dataclass
+class GalleryEntry:
+    """The worst-restart examples of one unit (``gallery/*.npz``) with the panel they belong to."""
+
+    dataset: str
+    norm: str
+    eps: float
+    model: str
+    k: int
+    arrays: dict[str, np.ndarray]
+
+
+@dataclass
+class RunSet:
+    """Everything a report reads: merged records, the run files, and the gallery."""
+
+    records: pd.DataFrame
+    runs: list[RunFile]
+    galleries: list[GalleryEntry] = field(default_factory=list)
+
+    def model_infos(self) -> list[dict[str, Any]]:
+        """``run.json``'s model entries (label, sha256, config, layer diagnostics), one per checkpoint."""
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        for run in self.runs:
+            for m in run.info.get("models", []):
+                seen.setdefault((m.get("label", "?"), m.get("sha256", "")), m)
+        return list(seen.values())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise RobustVAEError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise RobustVAEError(f"{path} is not valid JSON; was it written by robustvae attack?") from None
+    if not isinstance(obj, dict) or "settings" not in obj:
+        raise RobustVAEError(f"{path} holds no attack settings; pass directories written by robustvae attack")
+    return obj
+
+
+def _run_name(records_name: str) -> str:
+    """``records-shard-1-of-2.jsonl`` -> ``run-shard-1-of-2.json`` (the file written beside it)."""
+    return "run" + records_name[len("records"):-len(".jsonl")] + ".json"
+
+
+def _read_dir(d: Path) -> tuple[list[RunFile], list[dict[str, Any]]]:
+    if not d.is_dir():
+        raise RobustVAEError(f"run directory {d} does not exist; pass directories written by robustvae attack")
+    run_files = {p.name: RunFile(d, p.name, _read_json(p)) for p in sorted(d.glob("run*.json"))}
+    if not run_files:
+        raise RobustVAEError(f"{d} holds no run.json: not a directory written by robustvae attack")
+    rows: list[dict[str, Any]] = []
+    for path in sorted(d.glob("records*.jsonl")):
+        run = run_files.get(_run_name(path.name))
+        if run is None:
+            raise RobustVAEError(f"{path} has no {_run_name(path.name)} beside it; copy the whole run directory")
+        attack = run.info["settings"].get("attack", {})
+        extra = {"run": str(d), "restarts_configured": attack.get("restarts"), "step_size": attack.get("step_size"),
+                 "straight_through": attack.get("straight_through"), "split": attack.get("split")}
+        new = read_records(path)
+        run.records = len(new)
+        rows.extend({**r, **extra} for r in new)
+    return list(run_files.values()), rows
+
+
+def _check_curves(df: pd.DataFrame) -> None:
+    """Refuse rows of one curve (model in one panel) that differ in a setting, naming the field."""
+    counts = df.groupby(CURVE_KEYS, dropna=False)[CURVE_CONSTANTS].nunique(dropna=False)
+    for field_name in CURVE_CONSTANTS:
+        bad = counts[counts[field_name] > 1]
+        if len(bad):
+            dataset, norm, eps, model = bad.index[0]
+            sub = df[(df.model == model) & (df.dataset == dataset) & (df.norm == norm) & (df.eps == eps)]
+            values = ", ".join(sorted({repr(v) for v in sub[field_name].tolist()}))
+            runs = ", ".join(sorted(set(sub.run)))
+            raise RobustVAEError(
+                f"records of {model} ({dataset}, {norm} eps {eps}) mix {field_name} = {values} (runs: {runs}); "
+                f"one curve needs one setting: report these runs separately"
+            )
+    dup = df.duplicated(ROW_KEY, keep=False)
+    if dup.any():
+        row = df[dup].iloc[0]
+        runs = ", ".join(sorted(set(df[dup].run)))
+        raise RobustVAEError(
+            f"records of {row.model} k={row.layers} point {row.point} ({row.kind}) appear twice (runs: {runs}); "
+            f"is the same run given twice?"
+        )
+
+
+def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
+    attack = run.info["settings"].get("attack", {})
+    out = []
+    for path in sorted((run.dir / "gallery").glob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        model = str(arrays["model"])
+        datasets = df.loc[(df.model == model) & (df.run == str(run.dir)), "dataset"].unique()
+        if len(datasets):
+            out.append(GalleryEntry(str(datasets[0]), attack.get("norm", "?"), float(attack.get("eps", float("nan"))),
+                                    model, int(arrays["layers"]), arrays))
+    return out
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike]) -> RunSet:
+    """Read and merge the run directories; raise :class:`RobustVAEError` on anything a report cannot use."""
+    if not run_dirs:
+        raise RobustVAEError("no run directory given; pass directories written by robustvae attack")
+    runs: list[RunFile] = []
+    rows: list[dict[str, Any]] = []
+    for d in dict.fromkeys(Path(p) for p in run_dirs):
+        r, new = _read_dir(d)
+        runs.extend(r)
+        rows.extend(new)
+    if not rows:
+        raise RobustVAEError(
+            f"no records in {', '.join(str(p) for p in run_dirs)}; run robustvae attack (or let it finish a unit) first"
+        )
+    df = pd.DataFrame(rows)
+    for col in RECORD_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
+    df["nonfinite"] = df["nonfinite"].fillna(False).astype(bool)
+    _check_curves(df)
+    # one gallery per run directory (shards share it)
+    galleries = [g for run in {r.dir: r for r in runs}.values() for g in _galleries(run, df)]
+    return RunSet(df, runs, galleries)

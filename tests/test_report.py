@@ -1,0 +1,334 @@
+"""Reports from hand-written records: golden numbers, escaping, no external requests, merging, clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.collections import LineCollection
+
+from robustvae.cli import main
+from robustvae.errors import RobustVAEError
+from robustvae.report import load_runs, make_report
+from robustvae.report import aggregate as agg
+from robustvae.report import figures
+
+EVIL = "<script>alert(1)</script>"
+SHA = {"vdvae-a": "a" * 64, EVIL: "b" * 64}
+
+# attack MS-SSIM per (model, k): one list of restarts per point (3 points, 2 restarts)
+ATTACK = {
+    ("vdvae-a", 1): [[0.9, 0.7], [0.8, 0.6], [1.0, 0.5]],
+    ("vdvae-a", 2): [[0.6, 0.4], [0.5, 0.5], [0.7, 0.3]],
+    (EVIL, 1): [[0.95, 0.85], [0.9, 0.9], [0.99, 0.97]],
+    (EVIL, 2): [[0.9, 0.8], [0.85, 0.75], [0.95, 0.9]],
+}
+NOISE = [[0.99, 0.97], [0.98, 0.96], [1.0, 0.98]]  # per point, 2 draws (every model and k)
+FLOOR = [[0.995, 0.985], [0.99, 0.99], [1.0, 0.99]]
+
+
+def _row(model: str, k: int, kind: str, point: int, restart: int, msssim: float, eps: float = 0.1, **extra) -> dict:
+    row = {"unit": f"{model}|k={k}|points=0-2", "model": model, "checkpoint_sha256": SHA[model], "dataset": "mnist-offline",
+           "layers": k, "objective": "skl", "optimizer": "pgd", "norm": "linf", "eps": eps, "steps": 10, "seed": 0,
+           "temperature": 0.1, "kind": kind, "point": point, "test_index": 100 + point, "label": point, "restart": restart,
+           "msssim": msssim, "msssim_input": 0.9, "delta_linf": 0.0 if kind == "floor" else eps,
+           "delta_l2": 0.0 if kind == "floor" else 2.0 * eps, "nonfinite": False}
+    if kind == "attack":
+        row.update(psnr=30.0, skl=[0.5] * k, final_loss=1.0)
+    if kind == "noise":
+        row.update(skl=[0.01] * k)
+    row.update(extra)
+    return row
+
+
+def records(eps: float = 0.1, models=("vdvae-a", EVIL)) -> list[dict]:
+    rows = []
+    for (model, k), points in ATTACK.items():
+        if model not in models:
+            continue
+        for p, restarts in enumerate(points):
+            rows += [_row(model, k, "attack", p, r, v, eps) for r, v in enumerate(restarts)]
+            rows += [_row(model, k, "floor", p, d, v, eps) for d, v in enumerate(FLOOR[p])]
+            rows += [_row(model, k, "noise", p, d, v, eps) for d, v in enumerate(NOISE[p])]
+    return rows
+
+
+def _diagnostics(model: str) -> list[dict]:
+    if model == EVIL:  # a DCT-VAE: layer 1 is the context
+        return [{"layer": 1, "resolution": 6, "shape": [1, 6, 6], "units": 36, "kl_nats": 20.0, "active_units": None,
+                 "kind": "context", "levels": 4, "levels_used": 3.5, "varying_units": 30},
+                {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 3.0, "active_units": 10}]
+    return [{"layer": 1, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 0.01, "active_units": 0},
+            {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 5.0, "active_units": 20}]
+
+
+def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, eps: float = 0.1,
+              command: list[str] | None = None, gallery: bool = True, sha: dict[str, str] | None = None) -> Path:
+    """A run directory as robustvae attack writes it (records, run.json, gallery)."""
+    d.mkdir(parents=True, exist_ok=True)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    sha = {**SHA, **(sha or {})}
+    attack = {"layers": "1-2", "eps": eps, "norm": "linf", "restarts": restarts, "points": 3, "steps": 10,
+              "objective": "skl", "optimizer": "pgd", "step_size": None, "temperature": 0.1, "straight_through": False,
+              "floor_draws": 2, "noise_draws": 2, "gallery_points": 2, "seed": 0, "split": "test", "max_batch_mib": 1024}
+    units = list(dict.fromkeys(r["unit"] for r in rows))
+    for i in range(1, shards + 1):
+        mine = [u for j, u in enumerate(units) if j % shards == i - 1]
+        suffix = "" if shards == 1 else f"-shard-{i}-of-{shards}"
+        info = {"command": command or ["robustvae", "attack", "m", "--out", str(d)],
+                "settings": {"attack": attack, "models": [{"label": m, "sha256": sha[m]} for m in models],
+                             "shard": f"{i}/{shards}", "units": units},
+                "versions": {"python": "3.11", "robustvae": "0.1.0", "torch": "2"}, "git_commit": "c0ffee",
+                "device": "cpu", "torch_threads": 1, "status": "complete", "units_total": len(mine),
+                "units_done": len(mine), "wall_time_s": 1.5,
+                "models": [{"label": m, "path": f"/runs/{m}/best.pt", "sha256": sha[m],
+                            "config": {"name": m, "data": {"name": "mnist-offline"},
+                                       "model": {"arch": "dctvae" if m == EVIL else "vdvae", "channels": 8, "hidden": 8},
+                                       "train": {"steps": 100, "batch_size": 32}},
+                            "num_layers": 2, "layer_diagnostics": _diagnostics(m)} for m in models]}
+        (d / f"run{suffix}.json").write_text(json.dumps(info))
+        (d / f"records{suffix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["unit"] in mine))
+    if gallery:
+        g = np.random.default_rng(0)
+        (d / "gallery").mkdir(exist_ok=True)
+        for i, m in enumerate(models):
+            x = g.random((2, 1, 28, 28), dtype=np.float32)
+            np.savez_compressed(d / "gallery" / f"model{i}_k_1.npz",
+                                unit=np.array(f"{m}|k=1|points=0-2"), model=np.array(m), layers=np.array(1),
+                                points=np.arange(2), restarts=np.zeros(2, dtype=np.int64), x=x,
+                                x_adv=np.clip(x + 0.1, 0, 1), rec=x, rec_adv=x[::-1].copy(),
+                                msssim=np.array([0.7, 0.6], dtype=np.float32))
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One report of two models, k = 1, 2, two eps (two runs), with a gallery; rendered once for the module."""
+    base = tmp_path_factory.mktemp("report")
+    run1 = write_run(base / "eps01", records(0.1), command=["robustvae", "attack", f"--note={EVIL}"])
+    rows2 = [{**r, "msssim": r["msssim"] * 0.9 if r["kind"] == "attack" else r["msssim"]} for r in records(0.2)]
+    run2 = write_run(base / "eps02", rows2, eps=0.2)
+    summary = make_report([run1, run2], base / "out")
+    return base / "out", summary, (base / "out" / "index.html").read_text()
+
+
+def _row_of(summary: dict, model: str, k: int, eps: float = 0.1) -> dict:
+    (row,) = [r for r in summary["table"] if r["model"] == model and r["layers"] == k and r["eps"] == eps]
+    return row
+
+
+def test_golden_numbers_computed_by_hand(report):
+    out, summary, _ = report
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    for (model, k), points in ATTACK.items():
+        row = _row_of(on_disk, model, k)
+        mean_of_means = sum(sum(p) / len(p) for p in points) / len(points)
+        mean_of_worst = sum(min(p) for p in points) / len(points)
+        assert row["mean"] == pytest.approx(mean_of_means, abs=1e-12)
+        assert row["worst"] == pytest.approx(mean_of_worst, abs=1e-12)
+        assert row["noise"] == pytest.approx(sum(sum(p) / 2 for p in NOISE) / 3, abs=1e-12)
+        assert row["floor"] == pytest.approx(sum(sum(p) / 2 for p in FLOOR) / 3, abs=1e-12)
+        assert (row["points"], row["restarts"], row["nonfinite"]) == (3, 2, 0)
+        assert row["max_delta_linf"] == pytest.approx(0.1) and row["max_delta_l2"] == pytest.approx(0.2)
+        for view in ("mean", "worst"):
+            assert row[f"{view}_lo"] <= row[view] <= row[f"{view}_hi"]
+    # vdvae-a k=1: per point worst 0.7, 0.6, 0.5 -> 0.6; means 0.8, 0.7, 0.75 -> 0.75
+    assert _row_of(summary, "vdvae-a", 1)["worst"] == pytest.approx(0.6)
+    assert _row_of(summary, "vdvae-a", 1)["mean"] == pytest.approx(0.75)
+    # the second run scaled every attack score by 0.9
+    assert _row_of(summary, "vdvae-a", 1, 0.2)["worst"] == pytest.approx(0.54)
+    # layer k's diagnostics sit beside its row; the context has no active units
+    assert _row_of(summary, "vdvae-a", 2)["layer_active_units"] == 20
+    assert _row_of(summary, EVIL, 1)["layer_active_units"] is None
+
+
+def test_summary_holds_numbers_not_strings(report):
+    _, summary, _ = report
+    numeric = ["eps", "layers", "points", "restarts", "mean", "mean_lo", "mean_hi", "worst", "worst_lo", "worst_hi",
+               "noise", "floor", "max_delta_linf", "max_delta_l2", "nonfinite", "layer_kl_nats"]
+    for row in summary["table"]:
+        for key in numeric:
+            assert isinstance(row[key], (int, float)) and not isinstance(row[key], bool), (key, row[key])
+    for c in summary["checks"]:
+        assert isinstance(c["passed"], bool) and isinstance(c["limit"], float)
+    assert summary["bootstrap"] == {"n_boot": agg.N_BOOT, "seed": agg.BOOT_SEED, "level": 95, "over": "points"}
+
+
+def test_checks_pass_and_name_their_numbers(report):
+    _, summary, _ = report
+    by = {}
+    for c in summary["checks"]:
+        by.setdefault(c["check"], []).append(c)
+    assert set(by) == {"budget respected", "attack beats noise", "damage monotone in k", "damage monotone in eps",
+                       "no non-finite rows", "restarts per point as configured", "run complete"}
+    assert all(c["passed"] for c in by["budget respected"] + by["no non-finite rows"] + by["run complete"])
+    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"])
+    assert len(by["attack beats noise"]) == 8 and all(c["passed"] for c in by["attack beats noise"])
+    assert all(c["passed"] for c in by["damage monotone in k"])
+
+
+def test_failed_checks_budget_nonfinite_restarts_noise(tmp_path):
+    rows = records(models=("vdvae-a",))
+    rows[0]["delta_linf"] = 0.25  # outside the 0.1 ball
+    rows[1]["msssim"], rows[1]["nonfinite"] = float("nan"), True
+    rows = [r for r in rows if not (r["kind"] == "attack" and r["point"] == 2 and r["restart"] == 1 and r["layers"] == 2)]
+    runs = load_runs([write_run(tmp_path / "r", rows, gallery=False)])
+    table = agg.summarise(runs.records)
+    checks = agg.checks(runs, table).set_index(["check", "scope"])
+    scope = "vdvae-a (mnist-offline, linf eps 0.1)"
+    budget = checks.loc[("budget respected", scope)]
+    assert not budget.passed and budget.value == pytest.approx(0.25)
+    nonfinite = checks.loc[("no non-finite rows", scope)]
+    assert not nonfinite.passed and nonfinite.value == 1
+    assert not checks.loc[("restarts per point as configured", scope)].passed
+    # the non-finite restart is left out of the means and counted
+    row = table[(table.layers == 1)].iloc[0]
+    assert row.nonfinite == 1 and row.worst == pytest.approx((0.9 + 0.6 + 0.5) / 3)  # point 0 keeps its 0.9
+    # damage rising with k by more than the tolerance fails the monotone check
+    rows = records(models=("vdvae-a",))
+    rows = [{**r, "msssim": 0.99} if r["kind"] == "attack" and r["layers"] == 2 else r for r in rows]
+    runs = load_runs([write_run(tmp_path / "m", rows, gallery=False)])
+    checks = agg.checks(runs, agg.summarise(runs.records)).set_index(["check", "scope"])
+    assert not checks.loc[("damage monotone in k", scope)].passed
+    assert not checks.loc[("attack beats noise", f"{scope} k=2")].passed
+
+
+def test_html_escapes_names_and_settings(report):
+    _, _, html = report
+    assert EVIL not in html and "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "--note=&lt;script&gt;" in html  # the command line of the run, escaped too
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.refs += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "data", "action")]
+
+
+def test_html_is_self_contained(report):
+    _, summary, html = report
+    p = _Refs()
+    p.feed(html)
+    srcs = [v for _, k, v in p.refs if k == "src"]
+    assert len(srcs) >= 3 and all(v.startswith("data:image/png;base64,") for v in srcs)  # figure 10, layers, galleries
+    assert all(v.startswith("#") for _, k, v in p.refs if k == "href")  # in-page links only
+    assert not any("http" in v for _, _, v in p.refs)
+    assert not p.tags & {"script", "link", "iframe", "object", "embed"}
+    assert "@import" not in html and "url(" not in html
+    assert "@media print" in html
+    for needle in ("c0ffee", SHA["vdvae-a"], "python 3.11", "seed = 0", "eps = 0.2"):
+        assert needle in html, needle
+
+
+def test_report_writes_every_file(report):
+    out, summary, _ = report
+    for name in summary["files"]:
+        assert (out / name).stat().st_size > 0, name
+    assert {"gallery-vdvae-a.png", "figure10.svg", "table.tex"} <= set(summary["files"])
+    md = (out / "table.md").read_text()
+    assert "0.750 [" in md and "0.600 [" in md
+    tex = (out / "table.tex").read_text()
+    assert r"95\% CI" in tex and r"max L-inf(delta)" in tex  # LaTeX specials escaped
+
+
+def test_figure_error_bars_are_the_table_intervals(tmp_path):
+    runs = load_runs([write_run(tmp_path / "r", records(), gallery=False)])
+    table = agg.summarise(runs.records)
+    fig = figures.figure10(agg.per_point(runs.records), table)
+    for ax, view in zip(fig.axes[:2], ("mean", "worst")):
+        bars = sorted((seg[0][0], seg[0][1], seg[1][1]) for c in ax.collections if isinstance(c, LineCollection)
+                      for seg in c.get_segments())
+        want = sorted(zip(table.layers, table[f"{view}_lo"], table[f"{view}_hi"]))
+        np.testing.assert_allclose(np.array(bars), np.array(want, dtype=float), atol=1e-12)
+
+
+def test_shards_merge_into_the_same_numbers(tmp_path):
+    whole = load_runs([write_run(tmp_path / "whole", records(), gallery=False)])
+    sharded = load_runs([write_run(tmp_path / "sharded", records(), shards=2, gallery=False)])
+    assert len(sharded.runs) == 2 and len(sharded.records) == len(whole.records)
+    a = agg.summarise(whole.records)
+    b = agg.summarise(sharded.records)
+    assert a.equals(b)
+    checks = agg.checks(sharded, b)
+    assert checks.passed.all()
+
+
+def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
+    one = write_run(tmp_path / "one", records(models=("vdvae-a",)), gallery=False)
+    other = [{**r, "steps": 50} for r in records(models=("vdvae-a",))]
+    two = write_run(tmp_path / "two", other, gallery=False)
+    with pytest.raises(RobustVAEError, match=r"mix steps = 10, 50") as e:
+        load_runs([one, two])
+    assert str(one) in str(e.value) and str(two) in str(e.value)
+    retrained = write_run(tmp_path / "sha", [{**r, "checkpoint_sha256": "c" * 64} for r in records(models=("vdvae-a",))],
+                          gallery=False)
+    with pytest.raises(RobustVAEError, match="mix checkpoint_sha256"):
+        load_runs([one, retrained])
+    # a setting only run.json holds (restarts) is checked as well
+    more = write_run(tmp_path / "restarts", records(models=("vdvae-a",)), restarts=5, gallery=False)
+    with pytest.raises(RobustVAEError, match="mix restarts_configured"):
+        load_runs([one, more])
+    # the same records twice (a copied run) would count twice
+    twin = write_run(tmp_path / "twin", records(models=("vdvae-a",)), gallery=False)
+    with pytest.raises(RobustVAEError, match="appear twice"):
+        load_runs([one, twin])
+
+
+def test_one_label_with_another_checkpoint_in_another_panel(tmp_path):
+    one = write_run(tmp_path / "one", records(models=("vdvae-a",)), gallery=False)
+    rows = [{**r, "checkpoint_sha256": "c" * 64} for r in records(0.2, models=("vdvae-a",))]
+    two = write_run(tmp_path / "two", rows, eps=0.2, gallery=False, sha={"vdvae-a": "c" * 64})
+    runs = load_runs([one, two])
+    diag = agg.diagnostics_frame(runs)
+    assert set(diag.model) == {"vdvae-a @aaaaaaaa", "vdvae-a @cccccccc"} and len(diag) == 4
+    table = agg.summarise(runs.records, diag)
+    assert set(table.checkpoint_sha256) == {"a" * 64, "c" * 64} and table.layer_kl_nats.notna().all()
+
+
+def _error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, (code, err)
+    return err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert "does not exist" in _error(capsys, ["report", str(tmp_path / "missing"), "--out", out])
+    (tmp_path / "nojson").mkdir()
+    assert "holds no run.json" in _error(capsys, ["report", str(tmp_path / "nojson"), "--out", out])
+    empty = write_run(tmp_path / "empty", [], gallery=False)
+    assert "no records in" in _error(capsys, ["report", str(empty), "--out", out])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{not json")
+    assert "not valid JSON" in _error(capsys, ["report", str(tmp_path / "bad"), "--out", out])
+    assert not Path(out).exists()  # nothing written on error
+
+
+def test_cli_report_refuses_to_overwrite_without_force(tmp_path, capsys):
+    run = write_run(tmp_path / "r", records(models=("vdvae-a",)))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"results": [{"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
+                                           "split": "test", "images": 200, "iw_samples": 100, "active_units": 20,
+                                           "total_units": 98}]}))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("trained for 5 minutes <b>on a CPU</b>")
+    args = ["report", str(run), "--out", str(tmp_path / "o"), "--eval", str(ev), "--notes", str(notes)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "MS-SSIM" in text and "checks:" in text
+    html = (tmp_path / "o" / "index.html").read_text()
+    assert "91.25" in html and "&lt;b&gt;on a CPU&lt;/b&gt;" in html
+    assert "already holds a report" in _error(capsys, args)
+    assert main([*args, "--force"]) == 0
