@@ -13,7 +13,7 @@
 #   EPOCHS=30           training budget per model (30 epochs = 810 steps of batch 128; on the 2-core build
 #                       machine, while shared, about 15 minutes for vdvae-mnist and longer for dctvae-mnist)
 #   IW_SAMPLES=1000     importance samples of the NLL (the paper's K for binary data)
-#   EVAL_LIMIT=         test images evaluated (empty: the whole 1,000-image test split)
+#   EVAL_LIMIT=100      test images evaluated, label-stratified (empty: the whole 1,000-image test split, ~1 h per model on CPU)
 #   JOBS=2              attack shards run side by side, one thread each (robustvae attack --shard i/JOBS)
 #   RUNS=runs/mnist-cpu where models, evaluation and attack records go;  OUT=reports/mnist-cpu  the report
 #   VDVAE=vdvae-mnist DCTVAE=dctvae-mnist   presets;  TRAIN_ARGS= / ATTACK_ARGS=  extra options for train / attack
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 EPOCHS=${EPOCHS:-30}
 IW_SAMPLES=${IW_SAMPLES:-1000}
-EVAL_LIMIT=${EVAL_LIMIT:-}
+EVAL_LIMIT=${EVAL_LIMIT:-100}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/mnist-cpu}
 OUT=${OUT:-reports/mnist-cpu}
