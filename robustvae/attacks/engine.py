@@ -178,8 +178,14 @@ def _norms(delta: torch.Tensor) -> tuple[list[float], list[float]]:
     return flat.abs().max(1).values.tolist(), flat.norm(dim=1).tolist()
 
 
-def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str, cfg: AttackConfig) -> list[dict]:
-    """Attack one unit's points x restarts in one batch; return its rows (attack, floor, noise)."""
+def run_unit(
+    lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str, cfg: AttackConfig
+) -> tuple[list[dict], dict[str, torch.Tensor] | None]:
+    """Attack one unit's points x restarts in one batch.
+
+    Returns its rows (attack, floor, noise) and the gallery arrays of its first points
+    (None when none of its points is among ``cfg.gallery_points``).
+    """
     model, k, R = lm.model, unit.k, cfg.restarts
     dev = next(model.parameters()).device
     pts = list(range(unit.start, unit.stop))
@@ -215,6 +221,7 @@ def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str,
         skl = LatentObjective(model, k, "skl").per_layer(adv, LatentObjective(model, k).reference(X))
     linf, l2 = _norms(adv - X)
     gallery = [i for i in range(n) if pts[i] < cfg.gallery_points]
+    rows_gallery = None
     if gallery:
         worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in gallery]
         rows_gallery = {
@@ -251,9 +258,7 @@ def run_unit(lm: LoadedModel, unit: Unit, images, labels, indices, dataset: str,
                 rows.append({**base, "kind": "noise", **point_fields(i), "restart": d, "msssim": float(s[i]),
                              "msssim_input": float(s_in[i]), "skl": kl_n[i].tolist(), "delta_linf": nl[i],
                              "delta_l2": n2[i], "nonfinite": not math.isfinite(float(s[i]))})
-    if gallery:
-        rows[0]["_gallery"] = rows_gallery  # taken off by the caller, which saves it next to the records
-    return rows
+    return rows, rows_gallery
 
 
 def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit) -> None:
@@ -379,8 +384,7 @@ def run_attack(
             lm = loaded[unit.model]
             dataset, images, labels, indices = data[unit.model]
             ts = time.perf_counter()
-            new = run_unit(lm, unit, images, labels, indices, dataset, cfg)
-            gallery = new[0].pop("_gallery", None)
+            new, gallery = run_unit(lm, unit, images, labels, indices, dataset, cfg)
             rows.extend(new)
             if out_dir is not None:
                 if gallery is not None:
