@@ -46,6 +46,17 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> list[dict[str
     return rows
 
 
+def write_records(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Replace a records file atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
     path = Path(path)

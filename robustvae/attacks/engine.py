@@ -7,6 +7,11 @@ attacked reconstructions with MS-SSIM, adds the baselines, and appends its rows 
 finished units; ``shard=(i, N)`` runs every N-th unit so processes or machines can
 share a sweep (their record files merge).
 
+Under torchrun each process takes every W-th unit of the shard and appends to its own
+part file (``.parts/`` in the output directory); when all are done, rank 0 merges the
+parts into the shard's records file in unit order, so the result is the file a single
+process would have written. Parts left by a killed run are merged at the next start.
+
 Protocol (GUIDE section 5): the reconstruction with k layers takes the posterior mean
 for the top k layers and prior samples at ``temperature`` for the rest, with the same
 prior noise for the clean and the attacked image. Rows:
@@ -42,11 +47,12 @@ from robustvae.attacks.pgdl2 import LatentPGDL2
 from robustvae.attacks.sgd import LatentSGD
 from robustvae.config import AttackConfig, parse_layers, to_dict
 from robustvae.data import eval_images, load_dataset, stratified_order
+from robustvae.distributed import DistContext, current
 from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
-from robustvae.results import append_records, read_records, safe_name, write_json
+from robustvae.results import append_records, read_records, safe_name, write_json, write_records
 from robustvae.seeding import derive_seed
 
 
@@ -306,6 +312,38 @@ def _file_names(shard: tuple[int, int]) -> tuple[str, str]:
     return ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
 
 
+def _part_path(out_dir: Path, rec_name: str, rank: int) -> Path:
+    return out_dir / ".parts" / f"{rec_name[: -len('.jsonl')]}.rank-{rank}.jsonl"
+
+
+def merge_records(out_dir: Path, rec_name: str, units: list[Unit], cfg: AttackConfig) -> list[dict]:
+    """Fold the part files of ``rec_name`` into it: complete units only, in ``units`` order.
+
+    A unit cut short by a crash (fewer rows than expected) is dropped and runs again; a
+    unit found complete in several files is kept once. The records file is replaced
+    atomically before the parts are deleted, so a crash in between loses nothing.
+    """
+    parts = sorted((out_dir / ".parts").glob(f"{rec_name[: -len('.jsonl')]}.rank-*.jsonl"))
+    expected = {u.id: _expected_rows(u, cfg) for u in units}
+    complete: dict[str, list[dict]] = {}
+    old = read_records(out_dir / rec_name, repair=True)  # a torn last line is cut before anything is appended
+    for rows in [old] + [read_records(p) for p in parts]:
+        grouped: dict[str, list[dict]] = {}
+        for r in rows:
+            grouped.setdefault(r["unit"], []).append(r)
+        for uid, rs in grouped.items():
+            if uid not in complete and len(rs) == expected.get(uid):
+                complete[uid] = rs
+    merged = [r for u in units if u.id in complete for r in complete[u.id]]
+    if parts or merged != old:
+        write_records(out_dir / rec_name, merged)
+    for p in parts:
+        p.unlink()
+    if parts and not any((out_dir / ".parts").iterdir()):
+        (out_dir / ".parts").rmdir()
+    return merged
+
+
 def run_attack(
     models: list[str | nn.Module],
     config: AttackConfig | None = None,
@@ -316,29 +354,38 @@ def run_attack(
     data_dir: str | None = None,
     quiet: bool = True,
     command: list[str] | None = None,
+    dist: DistContext | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep and return all of this shard's records as a DataFrame.
 
     With ``out`` the records and ``run.json`` are written there; a later call with the
-    same settings skips the units already done.
+    same settings skips the units already done. Under torchrun (``dist``, by default
+    the running command's context) the shard is split over the processes and rank 0
+    returns the merged records (the other ranks their own).
     """
     from robustvae.device import resolve_device
 
     cfg = config or AttackConfig()
+    dd = dist or current()
     dev = resolve_device(device)
+    if dd.enabled and out is None:
+        raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
     if not models:
         raise RobustVAEError("no model given: name a zoo checkpoint, a checkpoint file or a run directory")
     loaded = load_models(list(models), dev)
     units = plan_units(loaded, cfg, dev)
     i, n = shard
-    mine = [u for j, u in enumerate(units) if j % n == i - 1]
+    shard_units = [u for j, u in enumerate(units) if j % n == i - 1]
+    mine = shard_units[dd.rank :: dd.world_size]
     settings = {"attack": to_dict(cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in loaded],
                 "shard": f"{i}/{n}", "units": [u.id for u in units]}
     rec_name, run_name = _file_names(shard)
     rows: list[dict] = []
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if dd.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        dd.barrier()
         run_path = out_dir / run_name
         if run_path.exists():
             try:
@@ -350,20 +397,22 @@ def run_attack(
                 raise RobustVAEError(
                     f"{out_dir} holds a run with other settings ({diff}); use another --out or the same settings"
                 )
-        rows = read_records(out_dir / rec_name, repair=True)
-    done_counts: dict[str, int] = {}
-    for r in rows:
-        done_counts[r["unit"]] = done_counts.get(r["unit"], 0) + 1
-    done = {u.id for u in mine if done_counts.get(u.id, 0) == _expected_rows(u, cfg)}
-    if out_dir is not None and len(rows) != sum(done_counts.get(u, 0) for u in done):
-        # rows of a unit cut short by a crash: drop them, the unit runs again
-        rows = [r for r in rows if r["unit"] in done]
-        (out_dir / rec_name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if dd.is_main:  # complete units of earlier runs (and their killed processes' parts), in order
+            merge_records(out_dir, rec_name, shard_units, cfg)
+        dd.barrier()
+        rows = read_records(out_dir / rec_name)
+    finished = {r["unit"] for r in rows}
+    rows = [r for r in rows if r["unit"] in {u.id for u in mine}]
+    done = {u.id for u in mine if u.id in finished}
     todo = [u for u in mine if u.id not in done]
+    write_path = None
+    if out_dir is not None:
+        write_path = _part_path(out_dir, rec_name, dd.rank) if dd.enabled else out_dir / rec_name
+        write_path.parent.mkdir(exist_ok=True)
 
     info = {"command": command or sys.argv, "settings": settings, "versions": _versions(), "git_commit": _git_commit(),
-            "device": str(dev), "torch_threads": torch.get_num_threads(), "status": "running",
-            "units_total": len(mine), "units_done": len(done), "wall_time_s": 0.0,
+            "device": str(dev), "torch_threads": torch.get_num_threads(), "processes": dd.world_size,
+            "status": "running", "units_total": len(shard_units), "units_done": len(finished), "wall_time_s": 0.0,
             "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.model.config),
                         "num_layers": m.model.num_layers} for m in loaded]}
     data = {}
@@ -371,15 +420,17 @@ def run_attack(
         data[mi] = _points(lm, cfg, data_dir)
     for mi, lm in enumerate(loaded):
         _, images, _, _ = data[mi]
-        info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, images, 100, dev, cfg.seed)
-    if out_dir is not None:
+        if dd.is_main:
+            info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, images, 100, dev, cfg.seed)
+    if out_dir is not None and dd.is_main:
         prev = out_dir / run_name
         if prev.exists():
             info["wall_time_s"] = json.loads(prev.read_text()).get("wall_time_s", 0.0)
         write_json(out_dir / run_name, info)
     t0 = time.perf_counter() - info["wall_time_s"]
-    with make_progress(quiet) as progress:
-        task = progress.add_task("attack", total=len(mine), completed=len(done), info="")
+    label = f"attack (rank 0 of {dd.world_size})" if dd.enabled else "attack"
+    with make_progress(quiet or not dd.is_main) as progress:
+        task = progress.add_task(label, total=len(mine), completed=len(done), info="")
         for unit in todo:
             lm = loaded[unit.model]
             dataset, images, labels, indices = data[unit.model]
@@ -389,13 +440,18 @@ def run_attack(
             if out_dir is not None:
                 if gallery is not None:
                     save_gallery(out_dir / "gallery" / f"{safe_name(unit.id)}.npz", gallery, unit)
-                append_records(out_dir / rec_name, new)
-                info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
-                write_json(out_dir / run_name, info)
+                append_records(write_path, new)
+                if dd.is_main:
+                    info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
+                    write_json(out_dir / run_name, info)
             rate = (unit.stop - unit.start) * cfg.restarts * cfg.steps / max(time.perf_counter() - ts, 1e-9)
             progress.update(task, advance=1, info=f"{unit.id} | {rate:.0f} attack steps/s")
-    info.update(status="complete", wall_time_s=time.perf_counter() - t0)
-    if out_dir is not None:
+    if out_dir is not None and dd.enabled:
+        dd.barrier()  # every process has finished its units
+        if dd.is_main:
+            rows = merge_records(out_dir, rec_name, shard_units, cfg)
+    info.update(status="complete", wall_time_s=time.perf_counter() - t0, units_done=len(shard_units))
+    if out_dir is not None and dd.is_main:
         write_json(out_dir / run_name, info)
     return pd.DataFrame(rows)
 

@@ -32,6 +32,7 @@ app.add_typer(zoo_app, name="zoo")
 out_console = Console()
 
 DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
+BACKEND_HELP = "Under torchrun: gloo (CPU), nccl (CUDA) or auto (by device). Ignored in a single process."
 SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
 
 
@@ -68,11 +69,22 @@ def train(
     force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes its run files)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
-    """Train a model from a preset; writes config, metrics, last/best checkpoints to the run directory."""
+    """Train a model from a preset; writes config, metrics, last/best checkpoints to the run directory.
+
+    Multi-process: [bold]torchrun --nproc_per_node N -m robustvae train ...[/bold] trains with
+    DistributedDataParallel; --batch-size stays the global batch.
+    """
+    from robustvae.distributed import distributed
+
+    with distributed(backend, device) as (dd, dev):
+        _train(preset, data, data_dir, epochs, steps, batch_size, seed, dev, out, resume, force, set_, quiet, dd)
+
+
+def _train(preset, data, data_dir, epochs, steps, batch_size, seed, dev, out, resume, force, set_, quiet, dd) -> None:
     import dataclasses
 
-    from robustvae.device import resolve_device
     from robustvae.registry import get_preset
     from robustvae.training import Trainer
 
@@ -80,7 +92,6 @@ def train(
         raise RobustVAEError("--resume and --force contradict each other; pick one")
     name = preset or "vdvae-mnist-tiny"
     out_dir = out or Path("runs") / name
-    dev = resolve_device(device)
     if resume:
         cfg = Trainer.resume_config(out_dir) if (out_dir / "last.pt").is_file() else None
         if cfg is None:
@@ -113,11 +124,14 @@ def train(
     cfg = cfg.override(overrides + list(set_))
     if not resume:
         cfg = dataclasses.replace(cfg, name=name) if cfg.name != name else cfg
-    Trainer.prepare_dir(out_dir, resume=resume, force=force)
-    summary = Trainer(cfg, out_dir, dev, quiet=quiet).fit(resume=resume)
+    Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dd)
+    summary = Trainer(cfg, out_dir, dev, quiet=quiet, dist=dd).fit(resume=resume)
+    if not dd.is_main:
+        return
     fv = summary["final_val"]
+    procs = f" x {dd.world_size} processes" if dd.enabled else ""
     out_console.print(
-        f"trained {cfg.name} for {summary['steps']} steps ({summary['epochs']:.2f} epochs) on {dev} in "
+        f"trained {cfg.name} for {summary['steps']} steps ({summary['epochs']:.2f} epochs) on {dev}{procs} in "
         f"{summary['wall_time_s']:.1f} s; validation -ELBO {fv.get('nelbo', float('nan')):.2f} nats "
         f"({fv.get('bpd', float('nan')):.4f} bits/dim); checkpoints in {out_dir}"
     )
@@ -340,11 +354,17 @@ def attack(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
-    """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records."""
+    """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records.
+
+    Multi-process: [bold]torchrun --nproc_per_node N -m robustvae attack ...[/bold] splits the
+    work units (of --shard i/N, for several machines) over the processes; rank 0 merges the records.
+    """
     from robustvae.attacks import run_attack
     from robustvae.attacks.engine import parse_shard
     from robustvae.config import AttackConfig, from_dict
+    from robustvae.distributed import distributed
 
     settings: dict = {}
     suite_models: list[str] = []
@@ -359,8 +379,11 @@ def attack(
     names = list(models or []) or suite_models
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
-    df = run_attack(names, cfg, out, device=device, shard=shard_t, data_dir=data_dir, quiet=quiet,
-                    command=["robustvae", *(sys.argv[1:])])
+    with distributed(backend, device) as (dd, dev):
+        df = run_attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
+                        command=["robustvae", *(sys.argv[1:])], dist=dd)
+    if not dd.is_main:
+        return
     from robustvae.report.aggregate import summarise
 
     _print_msssim_table(summarise(df))
@@ -478,12 +501,26 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Interrupted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        _print_once(f"stopped: {e}")
         return 130
     except RobustVAEError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _print_once(f"error: {e}", every_rank=getattr(e, "every_rank", False))
         return 2
     return 0
+
+
+def _print_once(message: str, every_rank: bool = False) -> None:
+    """Print on stderr; under torchrun only rank 0 speaks, since every rank meets the same error.
+
+    Errors of one rank only (``every_rank``) are printed by that rank, with its number.
+    """
+    import os
+
+    rank = os.environ.get("RANK", "0") or "0"
+    if rank == "0":
+        print(message, file=sys.stderr)
+    elif every_rank:
+        print(f"rank {rank}: {message}", file=sys.stderr)
 
 
 def run() -> None:

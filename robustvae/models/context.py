@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from robustvae.config import ModelConfig
 from robustvae.data import to_float
+from robustvae.models import rng
 from robustvae.models.distributions import snap_to_levels
 
 _DCT_MATRICES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
@@ -123,7 +124,7 @@ class ContextCodec(nn.Module):
         """Snap ``u`` in [-1, 1] to the 2^b levels (after uniform dither of one level's width if ``dither``)."""
         if dither:
             width = 2.0 / (self.levels - 1)
-            u = u + (torch.rand_like(u) - 0.5) * width
+            u = u + (rng.rand_like(u) - 0.5) * width
         q = snap_to_levels(u, self.levels)
         st = self.straight_through if straight_through is None else straight_through
         return u + (q - u).detach() if st else q

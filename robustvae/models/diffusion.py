@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustvae.models import rng
 from robustvae.models.distributions import DiagGaussian, DiscretizedGaussian, sum_except_batch
 
 
@@ -223,8 +224,8 @@ class DiffusionPrior(nn.Module):
             eps = noise.reshape(y0s.shape) if noise is not None else torch.randn_like(y0s)
             steps = self.step_terms(y0s, t, eps).view(T, B).sum(0)
         else:
-            t = torch.randint(1, T + 1, (B,), device=y0.device)
-            eps = noise if noise is not None else torch.randn_like(y0)
+            t = rng.randint(1, T + 1, (B,), device=y0.device)
+            eps = noise if noise is not None else rng.randn_like(y0)
             steps = T * self.step_terms(y0, t, eps)
         return steps + self.prior_term(y0)
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustvae.models import rng
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -56,7 +58,7 @@ class DiagGaussian:
     def sample(self, noise: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Reparameterised sample ``mean + temperature * std * noise`` (noise ~ N(0, I) if None)."""
         if noise is None:
-            noise = torch.randn_like(self.mean)
+            noise = rng.randn_like(self.mean)
         return self.mean + temperature * self.std * noise
 
     def log_prob(self, z: Tensor) -> Tensor:

@@ -6,6 +6,15 @@ resume), ``best.pt`` (the weights with the best validation -ELBO) and
 ``summary.json``. Data order, binarisation and model noise are all seeded, and the
 RNG state is checkpointed, so on CPU a resumed run ends with exactly the weights of
 an uninterrupted one.
+
+Under torchrun (:mod:`robustvae.distributed`) the model is wrapped in
+DistributedDataParallel, so gradients are averaged across processes. Each step's
+global batch (``train.batch_size`` images, the same for any number of processes) is
+cut into equal contiguous shares; every process draws the random numbers of the whole
+batch and keeps its rows (:mod:`robustvae.models.rng`), so N processes follow the
+single-process run up to float rounding. The skip / NaN and stop decisions are taken
+jointly; only rank 0 validates and writes files. Resuming works with any number of
+processes.
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from robustvae.config import Config
 from robustvae.data import check_compatible, eval_images, load_dataset, prepare
+from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, TrainingError
+from robustvae.models import rng
 from robustvae.progress import make_progress
 from robustvae.registry import build_model
 from robustvae.seeding import derive_seed
@@ -76,18 +88,21 @@ class Trainer:
     simulate crashes).
     """
 
-    def __init__(self, cfg: Config, out_dir: str | Path, device: torch.device, quiet: bool = False):
+    def __init__(
+        self, cfg: Config, out_dir: str | Path, device: torch.device, quiet: bool = False, dist: DistContext = SINGLE
+    ):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.device = device
-        self.quiet = quiet
+        self.dist = dist
+        self.quiet = quiet or not dist.is_main
         self._stop_requested = False
 
     # ------------------------------------------------------------------ run directory
 
     @staticmethod
-    def prepare_dir(out: Path, resume: bool, force: bool) -> None:
-        """Refuse to overwrite an existing run unless resuming or forced."""
+    def prepare_dir(out: Path, resume: bool, force: bool, dist: DistContext = SINGLE) -> None:
+        """Refuse to overwrite an existing run unless resuming or forced (every rank checks, rank 0 cleans)."""
         existing = [f for f in RUN_FILES if (out / f).exists()]
         if resume:
             if not (out / "last.pt").is_file():
@@ -98,9 +113,11 @@ class Trainer:
                 f"run directory {out} already holds a run ({', '.join(existing)}); "
                 f"pass --resume to continue it or --force to start over"
             )
-        for f in existing:
-            (out / f).unlink()
-        out.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            for f in existing:
+                (out / f).unlink()
+            out.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
 
     @staticmethod
     def resume_config(out: Path) -> Config:
@@ -110,7 +127,7 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
 
     def fit(self, resume: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-        cfg, tc, dev = self.cfg, self.cfg.train, self.device
+        cfg, tc, dev, dd = self.cfg, self.cfg.train, self.device, self.dist
         check_compatible(cfg.data, cfg.model.image_channels, cfg.model.image_size)
         ds = load_dataset(cfg.data)
         binary = cfg.model.likelihood == "bernoulli"
@@ -119,6 +136,13 @@ class Trainer:
         bs = tc.batch_size
         if bs > n:
             raise RobustVAEError(f"train.batch_size={bs} is larger than the {n} training images; lower --batch-size")
+        if bs % dd.world_size:
+            raise RobustVAEError(
+                f"train.batch_size={bs} (the global batch) does not split evenly over {dd.world_size} processes; "
+                f"use a batch size divisible by --nproc_per_node"
+            )
+        share = bs // dd.world_size
+        lo, hi = dd.rank * share, (dd.rank + 1) * share  # this process's rows of every global batch
         spe = n // bs  # steps per epoch (the last incomplete batch is dropped)
         total = tc.steps if tc.steps is not None else tc.epochs * spe
         val_x = eval_images(ds, "val")
@@ -132,6 +156,10 @@ class Trainer:
             # first step and before EMA copies the model; a resumed run restores it from last.pt
             model.fit_data(train_imgs)
         params = [p for p in model.parameters() if p.requires_grad]
+        net = model
+        if dd.enabled:
+            # forward through the wrapper, or the gradients are never averaged (GUIDE section 7)
+            net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         opt = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.lr, tc.lr_min)
@@ -150,7 +178,7 @@ class Trainer:
             if dev.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), dev)
             self._truncate_metrics(st["step"])
-        else:
+        elif dd.is_main:
             (self.out / "config.json").write_text(cfg.to_json() + "\n")
 
         eval_model = ema.module if ema is not None else model
@@ -159,14 +187,18 @@ class Trainer:
         )
 
         def save_last() -> None:
-            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+            if not dd.is_main:
+                return
+            rng_state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
             atomic_save(
                 make_checkpoint(cfg, model, ema, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                train_state=dict(st), rng=rng),
+                                train_state=dict(st), rng=rng_state),
                 self.out / "last.pt",
             )
 
         def validate() -> dict[str, float]:
+            if not dd.is_main:
+                return {}
             model.eval()
             v = evaluate_nelbo(eval_model, val_x, max(bs, 256), dev)
             model.train()
@@ -189,16 +221,21 @@ class Trainer:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tc.seed, epoch)))
                 idx = perm[b * bs : (b + 1) * bs]
                 x = prepare(train_imgs[idx], binary, torch.Generator().manual_seed(derive_seed(tc.seed, 1, step)))
-                x = x.to(dev, non_blocking=True)
-                with autocast:
-                    res = model(x)
+                x = x[lo:hi].to(dev, non_blocking=True)
+                with autocast, (rng.batch_slice(bs, lo, hi) if dd.enabled else nullcontext()):
+                    res = net(x)
                 loss = res.nelbo.mean() / model.num_pixels  # nats per dimension
                 opt.zero_grad(set_to_none=True)
-                skip = not torch.isfinite(loss).item()
+                # global-batch sums: for the log, and so a non-finite loss on any process skips on all
+                sums = dd.all_sum(torch.stack([res.nelbo.sum(), res.kl.sum(), res.recon.sum(), res.bpd.sum()]).detach())
+                g_nelbo, g_kl, g_recon, g_bpd = (v / bs for v in sums.tolist())
+                skip = not math.isfinite(g_nelbo)
                 if not skip:
                     loss.backward()
                     gn = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip).item()
                     skip = not math.isfinite(gn) or gn > tc.skip_threshold
+                    if dd.enabled:  # the averaged gradients agree, but make the decision explicitly joint
+                        skip = bool(dd.all_sum(torch.tensor([float(skip)])).item() > 0)
                 if skip:
                     opt.zero_grad(set_to_none=True)
                     st["skips"] += 1
@@ -206,7 +243,7 @@ class Trainer:
                     if st["consecutive_skips"] >= tc.max_consecutive_skips:
                         raise TrainingError(
                             f"stopped at step {step}: {st['consecutive_skips']} consecutive updates skipped "
-                            f"(loss {loss.item():.4g}, gradient norm {gn:.4g} vs train.skip_threshold="
+                            f"(loss {g_nelbo / model.num_pixels:.4g}, gradient norm {gn:.4g} vs train.skip_threshold="
                             f"{tc.skip_threshold}); raise --set train.skip_threshold=..., lower train.lr, "
                             f"or check the data"
                         )
@@ -221,8 +258,7 @@ class Trainer:
                 if st["step"] % tc.log_every == 0 or st["step"] == total:
                     self._log({
                         "kind": "train", "step": st["step"], "epoch": st["step"] / spe,
-                        "loss_nats": res.nelbo.mean().item(), "kl": res.kl.sum(1).mean().item(),
-                        "recon": res.recon.mean().item(), "bpd": res.bpd.mean().item(),
+                        "loss_nats": g_nelbo, "kl": g_kl, "recon": g_recon, "bpd": g_bpd,
                         "grad_norm": gn, "lr": sched.get_last_lr()[0], "skipped": skip,
                         "skips_total": st["skips"], "elapsed_s": st["elapsed"],
                     })
@@ -233,12 +269,15 @@ class Trainer:
                     save_last()
                 progress.update(
                     task, completed=st["step"],
-                    info=f"loss {res.nelbo.mean().item():.2f} nats | val {last_val.get('nelbo', float('nan')):.2f}"
+                    info=f"loss {g_nelbo:.2f} nats | val {last_val.get('nelbo', float('nan')):.2f}"
                          f" | skips {st['skips']}",
                 )
                 if on_step is not None:
                     on_step(st["step"])
-                if self._stop_requested:
+                stop = self._stop_requested
+                if dd.enabled:  # Ctrl-C / SIGTERM seen by any process stops all at the same step
+                    stop = bool(dd.all_sum(torch.tensor([float(stop)])).item() > 0)
+                if stop:
                     save_last()
                     raise Interrupted(
                         f"interrupted at step {st['step']}/{total}; last.pt saved in {self.out}; "
@@ -247,28 +286,34 @@ class Trainer:
         summary = {
             "name": cfg.name, "steps": st["step"], "epochs": st["step"] / spe, "skipped_steps": st["skips"],
             "best_val_nelbo": st["best_val"], "final_val": last_val, "wall_time_s": st["elapsed"],
-            "device": str(dev), "train_images": n, "images_per_s": st["step"] * bs / max(st["elapsed"], 1e-9),
+            "device": str(dev), "processes": dd.world_size, "train_images": n, "images_per_s": st["step"] * bs / max(st["elapsed"], 1e-9),
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if dd.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     # ------------------------------------------------------------------ helpers
 
     def _log(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (no duplicates)."""
         path = self.out / "metrics.jsonl"
-        if not path.exists():
+        if not self.dist.is_main or not path.exists():
             return
         keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in keep))
 
     @contextmanager
     def _sigint_guard(self):
-        """First Ctrl-C: finish the step, save, stop. Second Ctrl-C: stop at once."""
+        """First Ctrl-C (or SIGTERM, which torchrun sends its workers): finish the step, save, stop.
+
+        A second signal stops at once.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -278,8 +323,9 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, h in previous.items():
+                signal.signal(sig, h)
