@@ -124,3 +124,15 @@ def test_cifar_shaped_tiny_model_trains(tmp_path):
     assert dataclasses.asdict(cfg.model) == read_checkpoint(tmp_path / "run" / "best.pt")["config"]["model"] | {
         "latents": cfg.model.latents
     }
+
+
+@pytest.mark.parametrize("option", ["channels_last", pytest.param("compile", marks=pytest.mark.slow)])
+def test_speed_options_train_to_the_same_weights(option, tmp_path):
+    """channels_last / torch.compile change the memory layout or the kernels, not the result."""
+    _fit(tiny_config(steps=4), tmp_path / "plain")
+    _fit(tiny_config(steps=4, **{option: True}), tmp_path / option)
+    a = read_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / option / "last.pt")["model"]
+    assert a.keys() == b.keys()  # the plain module's names, also when compiled
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)

@@ -155,11 +155,19 @@ class Trainer:
             # data-dependent set-up (DCT-VAE's context scale) from the training split only, before the
             # first step and before EMA copies the model; a resumed run restores it from last.pt
             model.fit_data(train_imgs)
+        fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
         params = [p for p in model.parameters() if p.requires_grad]
         net = model
         if dd.enabled:
             # forward through the wrapper, or the gradients are never averaged (GUIDE section 7)
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if tc.compile:
+            import torch._inductor.config as inductor_config
+
+            # draw random numbers as eager torch does, so compiled runs resume and split over processes exactly
+            inductor_config.fallback_random = True
+            net = torch.compile(net)  # checkpoints keep saving the plain module's weights
         opt = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.lr, tc.lr_min)
@@ -221,7 +229,8 @@ class Trainer:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tc.seed, epoch)))
                 idx = perm[b * bs : (b + 1) * bs]
                 x = prepare(train_imgs[idx], binary, torch.Generator().manual_seed(derive_seed(tc.seed, 1, step)))
-                x = x[lo:hi].to(dev, non_blocking=True)
+                x = x[lo:hi].contiguous(memory_format=fmt)
+                x = (x.pin_memory() if dev.type == "cuda" else x).to(dev, non_blocking=True)
                 with autocast, (rng.batch_slice(bs, lo, hi) if dd.enabled else nullcontext()):
                     res = net(x)
                 loss = res.nelbo.mean() / model.num_pixels  # nats per dimension
