@@ -220,7 +220,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, capsys,
 
 def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     images = tmp_path / "images"
-    _save(_random_image(gen, 1, 28, 28), images / "a.png")
+    _save(_random_image(gen, 1, 28, 28), images / "a<i>.png")  # names reach the HTML: escaped
     _save(_random_image(gen, 1, 45, 61), images / "b.png")
     _save(np.ascontiguousarray(skimage.data.chelsea()[:60, :90].transpose(2, 0, 1)), images / "c.jpg")  # colour
     out = tmp_path / "run"
@@ -244,7 +244,7 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     info = json.loads((out / "run.json").read_text())
     assert info["kind"] == "compress" and info["settings"]["layers"] == "1,2" and len(info["models"]) == 2
     assert all(m["patches_per_s"] > 0 for m in info["models"]) and info["versions"]["pillow"]
-    for name in ("rd.png", "rd.pdf", "side-by-side/a.png", "side-by-side/c.png", "images/b/dctvae-mnist-tiny-k2.png"):
+    for name in ("rd.png", "rd.pdf", "side-by-side/a_i_.png", "side-by-side/c.png", "images/b/dctvae-mnist-tiny-k2.png"):
         assert (out / name).stat().st_size > 0, name
     assert Image.open(out / "images" / "b" / "dctvae-mnist-tiny-k2.png").size == (61, 45)
     # --force replaces the run, and only the files a run writes
@@ -260,3 +260,29 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
                  "--layers", "all", "--out", str(rgb_out), "-q"]) == 0
     rgb = pd.read_csv(rgb_out / "records.csv")
     assert list(rgb.k) == [1, 2, 3] and set(rgb.msssim_impl) == {"pytorch_msssim"} and rgb.patches.eq(42).all()
+
+    # the report: compression alone, and beside an attack run (whose part is unchanged)
+    from test_report import records, write_run
+
+    assert main(["report", str(out), str(rgb_out), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert "Compression (Appendix G)" in html and "figure10" not in html and html.count("data:image/png") == 2 + 4
+    assert "a<i>" not in html and "a&lt;i&gt;" in html
+    assert {r["model"] for r in summary["compression"]["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny",
+                                                                      "vdvae-cifar10-tiny"}
+    assert summary["files"] == ["index.html", "summary.json", "compression-rd-1.png", "compression-rd-2.png",
+                                "compression.csv", "compression.md"]
+    attack = write_run(tmp_path / "attack", records(models=("vdvae-a",)))
+    assert main(["report", str(attack), str(out), "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "summary.json").read_text())
+    alone = json.loads(_report_of(attack, tmp_path / "alone").read_text())
+    assert {k: v for k, v in both.items() if k not in ("compression", "files", "title")} == \
+        {k: v for k, v in alone.items() if k not in ("files", "title")}
+    assert both["files"][: len(alone["files"])] == alone["files"]
+    assert "Compression (Appendix G)" in (tmp_path / "both" / "index.html").read_text()
+
+
+def _report_of(run: Path, out: Path) -> Path:
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    return out / "summary.json"

@@ -434,14 +434,14 @@ def _print_compression_table(records) -> None:
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge)."),
+    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."),
     out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
     eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
     notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
 ) -> None:
-    """Figure 10, tables, checks, gallery and one self-contained index.html from attack records (nothing is re-run)."""
+    """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
     from robustvae.report import make_report
 
     summary = make_report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
@@ -451,13 +451,16 @@ def report(
 def _print_report_summary(summary: dict, out: Path) -> None:
     import pandas as pd
 
-    _print_msssim_table(pd.DataFrame(summary["table"]))
-    failed = [c for c in summary["checks"] if not c["passed"]]
-    out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
-    for c in failed[:10]:
-        out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
-    if len(failed) > 10:
-        out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
+    if "compression" in summary:
+        _print_compression_table(pd.DataFrame(summary["compression"]["records"]))
+    if "checks" in summary:  # attack runs among the inputs
+        _print_msssim_table(pd.DataFrame(summary["table"]))
+        failed = [c for c in summary["checks"] if not c["passed"]]
+        out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
+        for c in failed[:10]:
+            out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
+        if len(failed) > 10:
+            out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
     out_console.print(f"report written to {out / 'index.html'} (and {len(summary['files']) - 1} more files)")
 
 
