@@ -416,14 +416,17 @@ def compress(
 
 def _print_compression_table(records) -> None:
     """Means over images per model and k, beside JPEG at the matched PSNR."""
+    import pandas as pd
+
     from robustvae.report.compression import summary_table
 
-    table = Table(title=f"compression: means over {records.image.nunique()} image(s); JPEG at the PSNR closest to the model's")
-    table.add_column("model", no_wrap=True)
-    for col in ("k", "PSNR", "MS-SSIM", "bpp", "BPP* (raw context)", "JPEG PSNR", "JPEG MS-SSIM", "JPEG bpp"):
-        table.add_column(col, justify="right")
+    table = Table(title=f"compression: means over {records.image.nunique()} image(s); BPP*: DCT-VAE context at its raw size; "
+                        f"JPEG at the PSNR closest to the model's")
+    table.add_column("model", overflow="fold")
+    for col in ("k", "PSNR", "MS-SSIM", "bpp", "BPP*", "JPEG PSNR", "JPEG MS-SSIM", "JPEG bpp"):
+        table.add_column(col, justify="right", overflow="fold", min_width=len(col.split()[0]))
     for _, r in summary_table(records).iterrows():
-        raw = "-" if r.bpp_context_raw != r.bpp_context_raw else f"{r.bpp_context_raw:.4f}"
+        raw = "-" if pd.isna(r.bpp_context_raw) else f"{r.bpp_context_raw:.4f}"
         table.add_row(r.model, str(int(r.k)), f"{r.psnr:.2f}", f"{r.msssim:.4f}", f"{r.bpp:.4f}", raw,
                       f"{r.jpeg_psnr:.2f}", f"{r.jpeg_msssim:.4f}", f"{r.jpeg_bpp:.4f}")
     out_console.print(table)

@@ -66,7 +66,7 @@ def code_patches(
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prior noise"))
     recs = {k: torch.empty(patches.shape) for k in ks}
     bits = torch.empty(n, model.num_layers)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed(cfg.seed, "rate"))
         for i in range(0, n, cfg.batch_size):
             xb = patches[i : i + cfg.batch_size].to(device)
@@ -250,7 +250,7 @@ def _write_run(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, imgs:
             _save_png(rec, d / f"{safe_name(r.model)}-k{r.k}.png")
             (d / f"jpeg-q{int(r.jpeg_quality)}.jpg").write_bytes(jpg)
             panels.append((r, rec, jpeg.decode(jpg)))
-        side_by_side_figure(im.name, im.pixels, panels).savefig(out / "side-by-side" / f"{safe_name(im.name)}.png", dpi=110)
+        side_by_side_figure(im.name, im.pixels, panels).savefig(out / "side-by-side" / f"{safe_name(im.name)}.png", dpi=90)
 
 
 def _model_info(lm: Any, ks: list[int], patches: int, seconds: float) -> dict[str, Any]:

@@ -22,12 +22,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from robustvae.compression import RUN_KIND
 from robustvae.errors import RobustVAEError
 from robustvae.report.figures import MARKERS, _image, new_figure, palette
 from robustvae.results import safe_name
 
-RUN_KIND = "compress"
-MAX_PICTURES = 8  # side-by-side pictures embedded per run (all of them stay in the run directory)
+MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
 MEAN_COLUMNS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
 
 
