@@ -286,6 +286,30 @@ class AttackConfig:
             _fail(f"split must be train, val or test, got {self.split!r}")
 
 
+@dataclass(frozen=True)
+class CompressConfig:
+    """One compression run (Appendix G): which top-k layers carry the image, and how the rest is drawn.
+
+    ``layers`` as for attacks (``"1,2"``, ``"1-4"``, ``"all"``): each k reconstructs every
+    patch from the posterior means of the top k layers and the prior below them at
+    ``temperature``. ``batch_size`` patches go through the model at once; the prior
+    noise and the rate's posterior samples are drawn per batch from ``seed``, so the
+    numbers depend on the batch size and the image order (both recorded).
+    """
+
+    layers: str = "1"
+    temperature: float = 0.1
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        parse_layers(self.layers)
+        if self.temperature < 0:
+            _fail(f"--temperature must be >= 0, got {self.temperature}")
+        if self.batch_size < 1:
+            _fail(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
 def parse_layers(spec: str, num_layers: int | None = None, model: str = "the model") -> list[int]:
     """``"1,2"`` / ``"1-4"`` / ``"all"`` -> sorted layer counts k; checked against L when given."""
     text = str(spec).strip().lower()

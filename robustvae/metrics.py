@@ -102,12 +102,17 @@ def ms_ssim(
         return torch.prod(cs ** w[:-1, None], 0) * ssims[-1] ** (4 * w[-1])
     if variant == "standard":
         win = window_size or 11
-        if win % 2 == 1 and min(x.shape[-2:]) > (win - 1) * 2**4:
+        if pytorch_msssim_accepts(x.shape[-2], x.shape[-1], win):
             from pytorch_msssim import ms_ssim as reference
 
             return reference(x, y, data_range=data_range, size_average=False, win_size=win)
         return _standard_own(x, y, data_range, win)
     raise ValueError(f"unknown MS-SSIM variant {variant!r} (known: {', '.join(VARIANTS)})")
+
+
+def pytorch_msssim_accepts(height: int, width: int, window_size: int = 11) -> bool:
+    """Whether ``pytorch_msssim.ms_ssim`` scores images of this size (it asserts min(H, W) > (win - 1) * 16)."""
+    return window_size % 2 == 1 and min(height, width) > (window_size - 1) * 2**4
 
 
 def _standard_own(x: Tensor, y: Tensor, data_range: float, window_size: int) -> Tensor:

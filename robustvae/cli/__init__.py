@@ -408,19 +408,66 @@ def _print_msssim_table(table) -> None:
     out_console.print(out)
 
 
+# --------------------------------------------------------------------------- compress
+
+
+@app.command()
+def compress(
+    models: list[str] = typer.Argument(..., help="Zoo names, checkpoint files or run directories (all grey or all RGB)."),
+    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all."),
+    temperature: float = typer.Option(0.1, "--temperature", help="Prior temperature of the layers below k."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prior noise and of the rate's posterior samples."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Patches per model pass."),
+    out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Output directory (must be new or empty)."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier compression run in --out."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Appendix G: compress images patch by patch with the top k latent layers and compare with JPEG at the same PSNR."""
+    from robustvae.compression import run_compression
+    from robustvae.config import CompressConfig
+
+    if layers is None:
+        raise RobustVAEError("--layers is required: the top-k layers that carry the image, e.g. --layers 1,2 or 1-4 or all")
+    cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size)
+    records, _ = run_compression(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
+                                 command=["robustvae", *(sys.argv[1:])])
+    _print_compression_table(records)
+    out_console.print(f"{len(records)} records, rate-distortion figure and side-by-side pictures in {out}")
+
+
+def _print_compression_table(records) -> None:
+    """Means over images per model and k, beside JPEG at the matched PSNR."""
+    import pandas as pd
+
+    from robustvae.report.compression import summary_table
+
+    table = Table(title=f"compression: means over {records.image.nunique()} image(s); BPP*: DCT-VAE context at its raw size; "
+                        f"JPEG at the PSNR closest to the model's")
+    table.add_column("model", overflow="fold")
+    for col in ("k", "PSNR", "MS-SSIM", "bpp", "BPP*", "JPEG PSNR", "JPEG MS-SSIM", "JPEG bpp"):
+        table.add_column(col, justify="right", overflow="fold", min_width=len(col.split()[0]))
+    for _, r in summary_table(records).iterrows():
+        raw = "-" if pd.isna(r.bpp_context_raw) else f"{r.bpp_context_raw:.4f}"
+        table.add_row(r.model, str(int(r.k)), f"{r.psnr:.2f}", f"{r.msssim:.4f}", f"{r.bpp:.4f}", raw,
+                      f"{r.jpeg_psnr:.2f}", f"{r.jpeg_msssim:.4f}", f"{r.jpeg_bpp:.4f}")
+    out_console.print(table)
+
+
 # --------------------------------------------------------------------------- report
 
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge)."),
+    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."),
     out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
     eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
     notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
 ) -> None:
-    """Figure 10, tables, checks, gallery and one self-contained index.html from attack records (nothing is re-run)."""
+    """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
     from robustvae.report import make_report
 
     summary = make_report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
@@ -430,13 +477,16 @@ def report(
 def _print_report_summary(summary: dict, out: Path) -> None:
     import pandas as pd
 
-    _print_msssim_table(pd.DataFrame(summary["table"]))
-    failed = [c for c in summary["checks"] if not c["passed"]]
-    out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
-    for c in failed[:10]:
-        out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
-    if len(failed) > 10:
-        out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
+    if "compression" in summary:
+        _print_compression_table(pd.DataFrame(summary["compression"]["records"]))
+    if "checks" in summary:  # attack runs among the inputs
+        _print_msssim_table(pd.DataFrame(summary["table"]))
+        failed = [c for c in summary["checks"] if not c["passed"]]
+        out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
+        for c in failed[:10]:
+            out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}")
+        if len(failed) > 10:
+            out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
     out_console.print(f"report written to {out / 'index.html'} (and {len(summary['files']) - 1} more files)")
 
 

@@ -3,6 +3,8 @@
 ``make_report(run_dirs, out)`` reads what ``robustvae attack`` wrote (records, run.json,
 gallery) and never re-runs anything; see :mod:`robustvae.report.aggregate` for how
 restarts and points are aggregated and :mod:`robustvae.report.load` for how runs merge.
+Directories written by ``robustvae compress`` add a compression section
+(:mod:`robustvae.report.compression`); a report may hold only those.
 """
 
 from robustvae.report.load import RunSet, load_runs

@@ -8,6 +8,7 @@ settings come from files anyone can write) and embeds every image as a data URI.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import pandas as pd
 
 from robustvae.errors import RobustVAEError
 from robustvae.report import aggregate as agg
+from robustvae.report import compression as comp
 from robustvae.report import figures
 from robustvae.report.load import PANEL_KEYS, RunSet, load_runs
 from robustvae.results import safe_name
@@ -180,36 +182,27 @@ def render_html(context: dict[str, Any]) -> str:
     return env.get_template("report.html").render(**context)
 
 
-def make_report(
-    run_dirs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    evals: Sequence[str | os.PathLike] = (),
-    notes: Sequence[str | os.PathLike] = (),
-    title: str | None = None,
-    force: bool = False,
-    gallery_per_k: int = 2,
-) -> dict[str, Any]:
-    """Read the run directories, write the report into ``out`` and return the summary (as in ``summary.json``).
-
-    ``evals``: ``robustvae eval`` JSON files whose NLL is shown beside the matching
-    checkpoints; ``notes``: text files shown verbatim near the top (e.g. the budget and
-    findings of a reference run). An existing report in ``out`` is only replaced with
-    ``force``.
-    """
-    out = Path(out)
-    existing = [f for f in ("index.html", "summary.json") if (out / f).exists()]
-    if existing and not force:
-        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing)}); pass --force to replace it")
-    runs = load_runs(run_dirs)
-    eval_rows = read_evals(evals)
-    note_texts = []
+def _read_notes(notes: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    texts = []
     for p in notes:
         try:
-            note_texts.append((Path(p).name, Path(p).read_text()))
+            texts.append((Path(p).name, Path(p).read_text()))
         except OSError as e:
             raise RobustVAEError(f"cannot read notes file {p}: {e.strerror or e}") from None
+    return texts
 
+
+def _figure_bytes(fig: Any, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _attack_part(
+    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
+    runs = load_runs(run_dirs)
     diag = agg.diagnostics_frame(runs)
     table = agg.summarise(runs.records, diag)
     if table.empty:
@@ -234,9 +227,7 @@ def make_report(
     files = list(REPORT_FILES) + list(gallery_files.values())
     if fig_layers is None:
         files = [f for f in files if not f.startswith("layers.")]
-    title = title or "robustvae report: " + ", ".join(sorted(table.model.unique()))
     summary = plain({
-        "format": SUMMARY_FORMAT, "title": title,
         "bootstrap": {"n_boot": agg.N_BOOT, "seed": agg.BOOT_SEED, "level": agg.CI_LEVEL, "over": "points"},
         "monotone_tolerance": agg.MONOTONE_TOL,
         "table": table.to_dict("records"), "checks": checks.to_dict("records"),
@@ -245,8 +236,6 @@ def make_report(
         "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in run_rows],
         "files": files,
     })
-    from robustvae import __version__
-
     fig10_png = figures.png_bytes(fig10)
     layers_png = figures.png_bytes(fig_layers) if fig_layers is not None else b""
     gallery_pngs = {m: figures.png_bytes(f) for m, f in galleries.items()}
@@ -255,34 +244,137 @@ def make_report(
         e = m["eval"]
         m["eval_note"] = (f"{e['split']}, {e['images']} images, K = {e['iw_samples']}, active units "
                           f"{e['active_units']}/{e['total_units']}") if e else "not given (--eval)"
-    html = render_html({
-        "title": title, "version": __version__, "runs": run_rows, "n_records": len(runs.records),
+    context = {
+        "runs": run_rows, "n_records": len(runs.records),
         "checks_passed": summary["checks_passed"], "checks_failed": summary["checks_failed"],
         "ci_level": agg.CI_LEVEL, "n_boot": agg.N_BOOT, "boot_seed": agg.BOOT_SEED, "monotone_tol": agg.MONOTONE_TOL,
-        "notes": note_texts, "figure10": _data_uri(fig10_png),
+        "figure10": _data_uri(fig10_png),
         "layers_figure": _data_uri(layers_png) if layers_png else "",
         "table": _html_table(shown, left), "layer_table": _html_table(shown_layers, 1),
         "check_counts": [(name, int(g.passed.sum()), int((~g.passed).sum()))
                          for name, g in checks.groupby("check", sort=False)],
         "checks": [{**c, "value_text": v, "limit_text": lim} for c, v, lim in
                    zip(checks.to_dict("records"), shown_checks.value, shown_checks.limit)],
-        "models": models, "galleries": [(m, _data_uri(p)) for m, p in gallery_pngs.items()], "files": files,
-    })
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figure10.png").write_bytes(fig10_png)
-    for fmt in ("pdf", "svg"):
-        fig10.savefig(out / f"figure10.{fmt}", format=fmt)
+        "models": models, "galleries": [(m, _data_uri(p)) for m, p in gallery_pngs.items()],
+        "model_names": sorted(table.model.unique()),
+    }
+    out_files = {"figure10.png": fig10_png, "figure10.pdf": _figure_bytes(fig10, "pdf"),
+                 "figure10.svg": _figure_bytes(fig10, "svg")}
     if fig_layers is not None:
-        (out / "layers.png").write_bytes(layers_png)
-        fig_layers.savefig(out / "layers.pdf", format="pdf")
-    for m, name in gallery_files.items():
-        (out / name).write_bytes(gallery_pngs[m])
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(shown.to_markdown(index=False, disable_numparse=True) + "\n")
-    (out / "table.tex").write_text(to_latex(shown))
-    checks.to_csv(out / "checks.csv", index=False)
-    (out / "checks.md").write_text(shown_checks.to_markdown(index=False, disable_numparse=True) + "\n")
+        out_files.update({"layers.png": layers_png, "layers.pdf": _figure_bytes(fig_layers, "pdf")})
+    out_files.update({name: gallery_pngs[m] for m, name in gallery_files.items()})
+    out_files.update({
+        "table.csv": table.to_csv(index=False).encode(),
+        "table.md": (shown.to_markdown(index=False, disable_numparse=True) + "\n").encode(),
+        "table.tex": to_latex(shown).encode(),
+        "checks.csv": checks.to_csv(index=False).encode(),
+        "checks.md": (shown_checks.to_markdown(index=False, disable_numparse=True) + "\n").encode(),
+    })
+    return summary, context, out_files
+
+
+COMPRESSION_CELLS = [("PSNR (dB)", "psnr", ".2f"), ("MS-SSIM", "msssim", ".4f"), ("bpp", "bpp", ".4f"),
+                     ("BPP* (raw context)", "bpp_context_raw", ".4f"), ("JPEG quality", "jpeg_quality", "g"),
+                     ("JPEG PSNR (dB)", "jpeg_psnr", ".2f"), ("JPEG MS-SSIM", "jpeg_msssim", ".4f"),
+                     ("JPEG bpp", "jpeg_bpp", ".4f")]
+
+
+def display_compression(df: pd.DataFrame) -> pd.DataFrame:
+    """Compression rows (per image, or the means of :func:`~robustvae.report.compression.summary_table`) as text cells."""
+    out = df[[c for c in ("image", "model", "k", "images") if c in df]].reset_index(drop=True)
+    for label, col, fmt in COMPRESSION_CELLS:
+        out[label] = [_num(v, fmt) for v in df[col]]
+    return out
+
+
+def _compression_part(
+    runs: list[comp.CompressionRun], pictures: int = comp.MAX_PICTURES
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, bytes]]:
+    """The compression section: (summary entry, one page context per run, files by name)."""
+    files: dict[str, bytes] = {}
+    tables, contexts, infos = [], [], []
+    for i, run in enumerate(runs, start=1):
+        table = comp.summary_table(run.records)
+        png = figures.png_bytes(comp.rd_figure(run.records, run.jpeg))
+        files[f"compression-rd-{i}.png"] = png
+        tables.append(table.assign(run=str(run.dir)))
+        per_image = run.records.sort_values(["image", "model", "k"], kind="stable")
+        info = run.info
+        contexts.append({
+            "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(display_compression(table), 1),
+            "per_image": _html_table(display_compression(per_image), 2),
+            "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
+            "images": len(info["images"]), "command": shlex.join(map(str, info.get("command", []))),
+            "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
+            "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
+            "versions": info.get("versions", {}), "git_commit": info.get("git_commit"),
+            "models": [{**m, "speed": f"{m['patches_per_s']:.1f} patches/s ({m['reconstructions_per_s']:.1f} "
+                                     f"reconstructions/s over {len(m['layers'])} k)"} for m in info.get("models", [])],
+        })
+        infos.append({k: v for k, v in info.items() if k != "command"} | {"dir": str(run.dir), "command": info.get("command")})
+    table = pd.concat(tables, ignore_index=True)
+    files["compression.csv"] = table.to_csv(index=False).encode()
+    shown = display_compression(table)
+    files["compression.md"] = (shown.assign(run=table.run).to_markdown(index=False, disable_numparse=True) + "\n").encode()
+    summary = {"models": sorted(table.model.unique()), "table": table.to_dict("records"), "runs": infos,
+               "records": pd.concat([r.records.assign(run=str(r.dir)) for r in runs]).to_dict("records")}
+    return summary, contexts, files
+
+
+def make_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    evals: Sequence[str | os.PathLike] = (),
+    notes: Sequence[str | os.PathLike] = (),
+    title: str | None = None,
+    force: bool = False,
+    gallery_per_k: int = 2,
+) -> dict[str, Any]:
+    """Read the run directories, write the report into ``out`` and return the summary (as in ``summary.json``).
+
+    Attack runs (``robustvae attack``) give Figure 10, tables, checks and galleries;
+    compression runs (``robustvae compress``, told apart by their ``run.json``) give a
+    compression section; either kind may come alone. ``evals``: ``robustvae eval`` JSON
+    files whose NLL is shown beside the matching checkpoints; ``notes``: text files
+    shown verbatim near the top (e.g. the budget and findings of a reference run). An
+    existing report in ``out`` is only replaced with ``force``.
+    """
+    out = Path(out)
+    existing = [f for f in ("index.html", "summary.json") if (out / f).exists()]
+    if existing and not force:
+        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing)}); pass --force to replace it")
+    compression_dirs = [d for d in run_dirs if comp.is_compression_run(d)]
+    attack_dirs = [d for d in run_dirs if d not in compression_dirs]
+    compression = [comp.load_compression_run(d) for d in compression_dirs]
+    attack = bool(attack_dirs) or not compression
+    eval_rows = read_evals(evals)
+    note_texts = _read_notes(notes)
+    parts: dict[str, Any] = {}
+    context: dict[str, Any] = {"attack": attack, "compression": None}
+    files: dict[str, bytes] = {}
+    names = ["index.html", "summary.json"]
+    models: list[str] = []
+    if attack:
+        parts, ctx, files = _attack_part(attack_dirs, eval_rows, gallery_per_k)
+        names = parts.pop("files")
+        models = ctx.pop("model_names")
+        context.update(ctx)
+    if compression:
+        parts["compression"], context["compression"], comp_files = _compression_part(compression)
+        models += [m for m in parts["compression"]["models"] if m not in models]
+        names += list(comp_files)
+        files.update(comp_files)
+    parts["files"] = names
+    default = "robustvae report: " if attack else "robustvae compression report: "
+    title = title or default + ", ".join(sorted(models))
+    summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
+    from robustvae import __version__
+
+    html = render_html({"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context})
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / "index.html").write_text(html)
     return summary

@@ -1,0 +1,141 @@
+"""Compression runs in reports: reading what ``robustvae compress`` wrote, its figures and tables.
+
+* :func:`is_compression_run`: a directory whose ``run.json`` has ``kind: compress``;
+* :func:`load_compression_run`: its ``run.json``, ``records.csv`` and ``jpeg.csv``;
+* :func:`rd_figure`: PSNR and MS-SSIM against bits per pixel, a marker per model and k
+  (means over the images), JPEG as a curve over its qualities;
+* :func:`side_by_side_figure`: per image, original | reconstruction | JPEG at the
+  matched PSNR, a row per model and k;
+* :func:`summary_table`: per model and k, the means over images (numbers only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from robustvae.compression import RUN_KIND
+from robustvae.errors import RobustVAEError
+from robustvae.report.figures import MARKERS, _image, new_figure, palette
+from robustvae.results import safe_name
+
+MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
+MEAN_COLUMNS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
+
+
+@dataclass
+class CompressionRun:
+    """One directory written by ``robustvae compress``."""
+
+    dir: Path
+    info: dict[str, Any]
+    records: pd.DataFrame
+    jpeg: pd.DataFrame
+
+    def side_by_side(self) -> list[tuple[str, Path]]:
+        """(image name, picture) for every image, in the run's order."""
+        return [(im["name"], self.dir / "side-by-side" / f"{safe_name(im['name'])}.png") for im in self.info["images"]]
+
+
+def is_compression_run(d: str | Path) -> bool:
+    """Whether ``d`` holds a ``run.json`` written by ``robustvae compress``."""
+    try:
+        return json.loads((Path(d) / "run.json").read_text()).get("kind") == RUN_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_compression_run(d: str | Path) -> CompressionRun:
+    """Read a compression run directory; one clear line when a file is missing."""
+    d = Path(d)
+    info = json.loads((d / "run.json").read_text())
+    tables = []
+    for name in ("records.csv", "jpeg.csv"):
+        try:
+            tables.append(pd.read_csv(d / name, keep_default_na=True))
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise RobustVAEError(f"cannot read {d / name} ({type(e).__name__}); copy the whole compression run directory") from None
+    return CompressionRun(d, info, *tables)
+
+
+def summary_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per model and k: images, and the means over images of every score (JPEG at the matched PSNR beside)."""
+    numbers = records[MEAN_COLUMNS].apply(pd.to_numeric)  # None (from JSON) -> NaN
+    g = numbers.groupby([records.model, records.k], sort=True)
+    out = g.mean()
+    out.insert(0, "images", g.size())
+    return out.reset_index()
+
+
+def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
+    """PSNR (left) and MS-SSIM (right) against bpp: models' markers labelled by k, JPEG's curve over qualities."""
+    table = summary_table(records)
+    curve = jpeg.groupby("quality")[["bpp", "psnr", "msssim"]].mean().reset_index()
+    models = sorted(table.model.unique())
+    colours = palette(models)
+    markers = dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
+    n_images = records.image.nunique()
+    fig = new_figure(11, 4.4)
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "msssim", "MS-SSIM")):
+        ax.plot(curve.bpp, curve[metric], color="0.35", lw=1.4, zorder=1)
+        for q in (1, 10, 50, 95):
+            hit = curve[curve.quality == q]
+            if len(hit):
+                ax.annotate(f"q{q}", (hit.bpp.iloc[0], hit[metric].iloc[0]), fontsize=7, color="0.35",
+                            xytext=(3, -9), textcoords="offset points")
+        for m in models:
+            g = table[table.model == m]
+            ax.scatter(g.bpp, g[metric], color=colours[m], marker=markers[m], s=45, zorder=3)
+            for _, r in g.iterrows():
+                ax.annotate(f"k={int(r.k)}", (r.bpp, r[metric]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+                if not math.isnan(r.bpp_context_raw):
+                    ax.scatter([r.bpp_context_raw], [r[metric]], facecolors="none", edgecolors=colours[m],
+                               marker=markers[m], s=45, zorder=3)
+                    ax.plot([r.bpp, r.bpp_context_raw], [r[metric]] * 2, color=colours[m], lw=0.8, ls=":", zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color=colours[m], marker=markers[m], ls="", label=m) for m in models]
+    handles.append(Line2D([], [], color="0.35", label="JPEG (Pillow, 4:4:4), qualities 1-95"))
+    if table.bpp_context_raw.notna().any():
+        handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls=":",
+                              label="hollow: DCT-VAE context at its raw size (BPP*)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.suptitle(f"Rate-distortion, mean over {n_images} image{'s' if n_images != 1 else ''}: reconstruction "
+                 f"from the top k layers (filled: context under its diffusion prior) vs JPEG", fontsize=10)
+    return fig
+
+
+def _bpp_text(r: Any) -> str:
+    raw = "" if pd.isna(r.bpp_context_raw) else f" (BPP* {r.bpp_context_raw:.3f})"
+    return f"{r.bpp:.3f} bpp{raw}"
+
+
+def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any, np.ndarray, np.ndarray]]) -> Figure:
+    """Original | model reconstruction | JPEG at the matched PSNR, a row per (record, reconstruction, JPEG image)."""
+    h, w = original.shape[1:]
+    cell = 3.4
+    fig = new_figure(3 * cell, len(panels) * (cell * h / w + 0.55) + 0.3)
+    axes = fig.subplots(len(panels), 3, squeeze=False)
+    for row, (r, rec, jpg) in enumerate(panels):
+        cells = [(original, f"{name} ({w}x{h})"),
+                 (rec, f"{r.model}, k={int(r.k)}\nPSNR {r.psnr:.2f} dB, MS-SSIM {r.msssim:.3f}, {_bpp_text(r)}"),
+                 (jpg, f"JPEG q={int(r.jpeg_quality)}\nPSNR {r.jpeg_psnr:.2f} dB, MS-SSIM {r.jpeg_msssim:.3f}, "
+                       f"{r.jpeg_bpp:.3f} bpp")]
+        for c, (img, title) in enumerate(cells):
+            ax = axes[row, c]
+            ax.imshow(_image(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=7.5)
+    return fig
