@@ -108,7 +108,6 @@ def run_demo(
     2-core machine that is busy with other work two threads made training 100 times
     slower or worse (OpenMP threads waiting for a core).
     """
-    import json
     import os
 
     import torch

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def safe_name(name: str) -> str:
     """A file-name-safe version of a label or unit id (anything but letters, digits, ``-_.`` becomes ``_``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def git_commit() -> str | None:
+    """The commit of the robustvae checkout, when it is one (provenance for run.json)."""
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape results (provenance for run.json)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("robustvae", "torch", "torchattacks", "pytorch-msssim", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

@@ -193,8 +193,10 @@ def test_a_short_training_lowers_the_bound_and_the_context_term(gen):
     torch.manual_seed(1)
     with torch.no_grad():
         after = m.elbo(x)
-    assert after.nelbo.mean() < 0.8 * before.nelbo.mean()
-    assert after.kl[:, 0].mean() < 0.8 * before.kl[:, 0].mean()
+    # on these noise images 40 steps bring the bound to 0.78-0.81 of its start and the context term to
+    # 0.35-0.40 (12 fresh draws); the margins keep the check firm without flaking on a lucky draw
+    assert after.nelbo.mean() < 0.9 * before.nelbo.mean()
+    assert after.kl[:, 0].mean() < 0.6 * before.kl[:, 0].mean()
 
 
 def test_downsample_context_model_runs(gen):

@@ -159,7 +159,8 @@ def test_iwae_bound_lies_between_elbo_and_zero_and_tightens_with_k(preset, gen):
     x = _images(m, 8, gen)
     with torch.no_grad():
         nelbo = torch.stack([m.elbo(x).nelbo for _ in range(20)]).mean(0)
-        nll = {k: torch.stack([m.nll_iwae(x, k) for _ in range(4)]).mean(0) for k in (1, 10, 200)}
+        # repeats shrink the estimates' noise (DCT-VAE's diffusion bound adds its own) below the gaps tested
+        nll = {k: torch.stack([m.nll_iwae(x, k) for _ in range(r)]).mean(0) for k, r in ((1, 16), (10, 8), (200, 4))}
     assert torch.all(nll[200] > 0)
     assert nll[200].mean() < nll[10].mean() < nll[1].mean()
     assert nll[200].mean() < nelbo.mean()

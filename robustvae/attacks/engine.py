@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -52,7 +50,7 @@ from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
-from robustvae.results import append_records, read_records, safe_name, write_json, write_records
+from robustvae.results import append_records, git_commit, read_records, safe_name, versions, write_json, write_records
 from robustvae.seeding import derive_seed
 
 
@@ -286,27 +284,6 @@ def _expected_rows(unit: Unit, cfg: AttackConfig) -> int:
     return (unit.stop - unit.start) * (cfg.restarts + cfg.floor_draws + cfg.noise_draws)
 
 
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("robustvae", "torch", "torchattacks", "pytorch-msssim", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
 def _file_names(shard: tuple[int, int]) -> tuple[str, str]:
     i, n = shard
     return ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
@@ -410,7 +387,7 @@ def run_attack(
         write_path = _part_path(out_dir, rec_name, dd.rank) if dd.enabled else out_dir / rec_name
         write_path.parent.mkdir(exist_ok=True)
 
-    info = {"command": command or sys.argv, "settings": settings, "versions": _versions(), "git_commit": _git_commit(),
+    info = {"command": command or sys.argv, "settings": settings, "versions": versions(), "git_commit": git_commit(),
             "device": str(dev), "torch_threads": torch.get_num_threads(), "processes": dd.world_size,
             "status": "running", "units_total": len(shard_units), "units_done": len(finished), "wall_time_s": 0.0,
             "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.model.config),

@@ -162,7 +162,8 @@ def run_compression(
     Everything is read and checked before anything is written, so a bad input leaves
     ``out`` as it was.
     """
-    from robustvae.attacks.engine import _git_commit, _versions, load_models
+    from robustvae.attacks.engine import load_models
+    from robustvae.results import git_commit, versions
     from robustvae.device import resolve_device
 
     out = Path(out)
@@ -206,7 +207,7 @@ def run_compression(
 
     info = {
         "kind": RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
-        "versions": {**_versions(), **_extra_versions()}, "git_commit": _git_commit(), "device": str(dev),
+        "versions": {**versions(), **_extra_versions()}, "git_commit": git_commit(), "device": str(dev),
         "torch_threads": torch.get_num_threads(), "wall_time_s": wall, "skipped_files": skipped,
         "images": [{"name": im.name, "path": im.path, "width": im.width, "height": im.height, "mode": im.mode,
                     "conversion": im.conversion, "sha256": im.sha256} for im in imgs],
