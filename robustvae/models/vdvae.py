@@ -203,7 +203,9 @@ class VDVAE(nn.Module):
         Layers ``< n_posterior`` (0-based) take z from the posterior (its mean, or a
         sample when ``posterior_sample``); the rest from the prior at ``temperature``.
         ``noise[i]`` drives the sample of layer i when given. ``context`` goes to
-        :meth:`_inject` at the top and at every change of scale.
+        :meth:`_inject` at the top and at every change of scale. ``stop_after`` ends the
+        pass at that layer (1-based); when it takes its posterior, its prior net is not
+        run (it only feeds the layers below), so ``priors`` and ``state`` end one layer earlier.
         """
         cfg = self.cfg
         lim = cfg.logvar_limit
@@ -219,19 +221,21 @@ class VDVAE(nn.Module):
             if i < n_posterior:
                 qm, qlv = blk.posterior(torch.cat([state, acts[info.resolution]], 1)).float().chunk(2, 1)
                 q = DiagGaussian(qm, soft_clamp(qlv, lim))
-            pm, plv, xpp = blk.prior(state).split([cfg.z_dim, cfg.z_dim, cfg.channels], 1)
-            pm, plv = pm.float(), plv.float()  # distributions stay in float32 under autocast
-            p = DiagGaussian(pm, soft_clamp(plv, lim))
-            state = state + xpp
+            stop = stop_after is not None and i + 1 >= stop_after
+            if q is None or not stop:  # at a posterior stop layer the prior net only feeds the layers below
+                pm, plv, xpp = blk.prior(state).split([cfg.z_dim, cfg.z_dim, cfg.channels], 1)
+                pm, plv = pm.float(), plv.float()  # distributions stay in float32 under autocast
+                p = DiagGaussian(pm, soft_clamp(plv, lim))
+                state = state + xpp
+                priors.append(p)
             eps = noise[i] if noise is not None else None
             if q is not None:
                 z = q.sample(eps) if posterior_sample else q.mean
             else:
                 z = p.sample(eps, temperature)
             posteriors.append(q)
-            priors.append(p)
             zs.append(z)
-            if stop_after is not None and i + 1 >= stop_after:
+            if stop:
                 return _TopDown(state, posteriors, priors, zs)
             state = blk.resnet(state + blk.z_proj(z))
         if state.shape[-1] != cfg.image_size:
