@@ -14,33 +14,37 @@ from benchmarks.common import best_time, count_flops, peak_memory, synchronizer,
 from robustvae.attacks import LatentPGD
 from robustvae.metrics import ms_ssim
 
-# "the same results", as tests/test_attacks.py defines them: batching changes float summation
-# order, so the objective agrees within a tolerance and the images pixel-wise in bulk
-LOSS_RTOL, LOSS_ATOL, PIXEL_ATOL, MIN_SAME_PIXELS = 1e-3, 1e-6, 1e-5, 0.9
-
-
 def inputs(model, n: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     """``n`` fixed random images of the model's shape."""
     c, s = model.cfg.image_channels, model.cfg.image_size
     return torch.rand(n, c, s, s, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
+# "the same results": batching changes float summation order, so where a gradient component is ~0
+# its sign can flip and that image's PGD path moves a few pixels apart. Most images must match to
+# rounding, and every image's best objective must stay close.
+MATCH_RTOL, LOSS_ATOL, PIXEL_ATOL = 1e-4, 1e-6, 1e-5  # an image matches: objective and every pixel equal to rounding
+MIN_MATCHING, LOSS_RTOL = 0.95, 1e-2  # share of images that must match; every image's objective within 1 %
+
+
 def compare(adv: torch.Tensor, loss: torch.Tensor, ref_adv: torch.Tensor, ref_loss: torch.Tensor) -> dict[str, object]:
     """How far an attack's results (adversarial images, best objective per image) are from a reference run."""
     gap = (loss - ref_loss).abs()
-    loss_ok = bool((gap <= LOSS_ATOL + LOSS_RTOL * ref_loss.abs()).all())
-    same_pixels = ((adv - ref_adv).abs() <= PIXEL_ATOL).float().mean().item()
-    return {"max_abs_difference": (adv - ref_adv).abs().max().item(), "same_pixels": same_pixels,
-            "max_loss_abs_difference": gap.max().item(),
-            "max_loss_rel_difference": (gap / ref_loss.abs().clamp_min(LOSS_ATOL)).max().item(),
-            "same": loss_ok and same_pixels >= MIN_SAME_PIXELS}
+    scale = ref_loss.abs()
+    pixels = (adv - ref_adv).abs().flatten(1) <= PIXEL_ATOL
+    matching = (gap <= LOSS_ATOL + MATCH_RTOL * scale) & pixels.all(1)
+    close = bool((gap <= LOSS_ATOL + LOSS_RTOL * scale).all())
+    return {"max_abs_difference": (adv - ref_adv).abs().max().item(), "same_pixels": pixels.float().mean().item(),
+            "matching_images": matching.float().mean().item(), "max_loss_abs_difference": gap.max().item(),
+            "max_loss_rel_difference": (gap / scale.clamp_min(LOSS_ATOL)).max().item(),
+            "same": close and matching.float().mean().item() >= MIN_MATCHING}
 
 
 def assert_same(cmp: dict[str, object], what: str) -> None:
     if not cmp["same"]:
         raise AssertionError(
-            f"{what}: results differ (objective up to {cmp['max_loss_abs_difference']:.2e} apart, allowed "
-            f"{LOSS_ATOL} + {LOSS_RTOL} x |objective|; {cmp['same_pixels']:.1%} of pixels equal, need {MIN_SAME_PIXELS:.0%})"
+            f"{what}: results differ ({cmp['matching_images']:.1%} of images equal to rounding, need "
+            f"{MIN_MATCHING:.0%}; objectives up to {cmp['max_loss_rel_difference']:.2e} apart relative, allowed {LOSS_RTOL})"
         )
 
 
