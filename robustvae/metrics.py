@@ -35,22 +35,45 @@ def gaussian_window(size: int, sigma: float = 1.5, dtype: torch.dtype = torch.fl
     return g / g.sum()
 
 
-def _filter(x: Tensor, g: Tensor) -> Tensor:
-    """Separable valid (unpadded) Gaussian filtering of every channel; a side shorter than the window is left alone."""
-    C = x.shape[1]
-    n = g.numel()
-    if x.shape[-2] >= n:
-        x = F.conv2d(x, g.view(1, 1, n, 1).expand(C, 1, n, 1), groups=C)
-    if x.shape[-1] >= n:
-        x = F.conv2d(x, g.view(1, 1, 1, n).expand(C, 1, 1, n), groups=C)
-    return x
+_BANDS: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
 
 
-def _ssim_cs_maps(x: Tensor, y: Tensor, g: Tensor, c1: float, c2: float) -> tuple[Tensor, Tensor]:
-    mu1, mu2 = _filter(x, g), _filter(y, g)
-    s11 = _filter(x * x, g) - mu1**2
-    s22 = _filter(y * y, g) - mu2**2
-    s12 = _filter(x * y, g) - mu1 * mu2
+def _band(size: int, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(size - n + 1, size) matrix whose row i is the n-tap window at offset i: ``z @ band.T`` filters
+    the last axis of z (valid, no padding) in one matrix product. A side shorter than the window
+    is left alone (identity). Built once per (size, n, dtype, device) and cached."""
+    key = (size, n, dtype, device)
+    band = _BANDS.get(key)
+    if band is None:
+        if size < n:
+            band = torch.eye(size, dtype=torch.float64)
+        else:
+            g = gaussian_window(n, 1.5, torch.float64)
+            band = torch.zeros(size - n + 1, size, dtype=torch.float64)
+            for i in range(size - n + 1):
+                band[i, i : i + n] = g
+        band = _BANDS[key] = band.to(dtype=dtype, device=device)
+    return band
+
+
+def _filter(z: Tensor, n: int) -> Tensor:
+    """Separable valid Gaussian filtering of the last two axes of ``z`` (..., H, W), as two matrix products.
+
+    Returns the filtered maps transposed, (..., W', H'): what follows is pixelwise or a mean
+    over both axes, so the orientation does not matter and the second product needs no copy back.
+    """
+    h, w = z.shape[-2:]
+    t = z @ _band(w, n, z.dtype, z.device).T  # (..., H, W')
+    return t.transpose(-1, -2) @ _band(h, n, z.dtype, z.device).T  # (..., W', H')
+
+
+def _ssim_cs_maps(xy: Tensor, n: int, c1: float, c2: float) -> tuple[Tensor, Tensor]:
+    """ssim and cs maps of the pair ``xy`` = stack([x, y]); the five local moments are filtered in one go."""
+    x, y = xy
+    mu1, mu2, e11, e22, e12 = _filter(torch.cat([xy, xy * xy, (x * y)[None]]), n)
+    s11 = e11 - mu1**2
+    s22 = e22 - mu2**2
+    s12 = e12 - mu1 * mu2
     cs = (2 * s12 + c2) / (s11 + s22 + c2)
     ssim = (2 * mu1 * mu2 + c1) / (mu1**2 + mu2**2 + c1) * cs
     return ssim, cs
@@ -60,17 +83,15 @@ def _ms_ssim_levels(x: Tensor, y: Tensor, data_range: float, window_size: int, p
     """ssim and cs per level: lists of (B,) tensors (or (B, C) with ``per_channel``)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     dims = (-2, -1) if per_channel else (1, 2, 3)
+    xy = torch.stack([x, y])  # (2, B, C, H, W): filtered and pooled together
     ssims, css = [], []
     for level in range(len(MS_SSIM_WEIGHTS)):
-        n = min(window_size, x.shape[-2], x.shape[-1])
-        g = gaussian_window(n, 1.5, x.dtype, x.device)
-        s, c = _ssim_cs_maps(x, y, g, c1, c2)
+        s, c = _ssim_cs_maps(xy, min(window_size, *xy.shape[-2:]), c1, c2)
         ssims.append(torch.relu(s.mean(dims)))
         css.append(torch.relu(c.mean(dims)))
         if level < len(MS_SSIM_WEIGHTS) - 1:
-            pad = [d % 2 for d in x.shape[-2:]] if pad_odd else 0
-            x = F.avg_pool2d(x, 2, padding=pad)
-            y = F.avg_pool2d(y, 2, padding=pad)
+            pad = [d % 2 for d in xy.shape[-2:]] if pad_odd else 0
+            xy = F.avg_pool2d(xy.flatten(0, 1), 2, padding=pad).unflatten(0, (2, -1))
     return ssims, css
 
 

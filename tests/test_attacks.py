@@ -104,6 +104,28 @@ def test_a_batch_gives_the_results_of_one_image_at_a_time(gen):
         assert same > 0.9, (i, float(same))
 
 
+def test_a_nonfinite_image_keeps_its_start_and_leaves_the_others_alone(gen):
+    """An image whose objective is NaN is flagged, keeps its random start, and does not touch the rest of the batch."""
+    m = _random_model(2)
+    x = torch.rand(3, 1, 28, 28, generator=gen)
+    clean = LatentPGD(m, k=2, eps=0.1, steps=4)
+    adv_clean = clean(x, seeds=[1, 2, 3])
+    atk = LatentPGD(m, k=2, eps=0.1, steps=4)
+    real = atk.objective.__call__
+
+    class PoisonFirst(type(atk.objective)):
+        def __call__(self, images, reference):
+            loss = real(images, reference)
+            return torch.cat([loss[:1] * float("nan"), loss[1:]])
+
+    atk.objective.__class__ = PoisonFirst
+    adv = atk(x, seeds=[1, 2, 3])
+    assert atk.nonfinite.tolist() == [True, False, False]
+    torch.testing.assert_close(adv[:1], x[:1] + random_start(x[:1], 0.1, "linf", [1]))
+    torch.testing.assert_close(adv[1:], adv_clean[1:])
+    torch.testing.assert_close(atk.best_loss[1:], clean.best_loss[1:])
+
+
 def test_the_attack_beats_same_budget_noise_on_a_trained_model(trained):
     df = run_attack([str(trained)], AttackConfig(layers="1,2", points=10, restarts=2, steps=20), device="cpu")
     for k in (1, 2):

@@ -1,27 +1,92 @@
-"""The throughput benchmark runs and reports self-consistent numbers (no timing assertions)."""
+"""The benchmark suite runs and reports self-consistent numbers; its 'same results' check is real.
+
+No timing is asserted (GUIDE section 10): only structure, consistency and the equality checks.
+"""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.train_throughput import main
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.attack import assert_same, compare
+from robustvae.attacks import LatentPGD
+from robustvae.registry import build_model, get_preset
 
 
-def test_train_throughput_reports_ratios(tmp_path, capsys):
-    out = tmp_path / "t.json"
-    res = main(["--preset", "vdvae-mnist-tiny", "--batch-size", "4", "--repeats", "1", "--out", str(out)])
-    row = res["rows"][0]
-    assert row["flops_per_image"] > 0 and row["images_per_s"] > 0
-    assert abs(row["fraction_of_limit"] - row["achieved_flops_per_s"] / res["dense_conv_flops_per_s"]) < 1e-12
-    assert json.loads(out.read_text())["rows"][0]["preset"] == "vdvae-mnist-tiny"
-    assert "of limit" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    res = main(["--quick", "--device", "cpu", "--out", str(out)])
+    return res, json.loads(out.read_text())
 
 
-def test_attack_throughput_batched_equals_one_at_a_time(tmp_path, capsys):
-    from benchmarks.attack_throughput import main as attack_main
+def test_quick_suite_writes_one_consistent_json(quick, capsys):
+    res, saved = quick
+    assert saved["table"] == res["table"] and "| benchmark |" in res["table"]
+    assert saved["command"].startswith("python -m benchmarks") and saved["quick"] is True
+    limit = saved["limit"]["flops_per_s"]
+    assert limit == max(saved["limit"]["per_layout"].values()) > 0
+    assert [r["preset"] for r in saved["training"]] == ["vdvae-mnist", "dctvae-mnist"]
+    for r in saved["training"]:
+        assert r["flops_per_image"] > 0 and r["images_per_s"] > 0 and r["channels_last_speedup"] > 0
+        assert r["fraction_of_limit"] == pytest.approx(r["achieved_flops_per_s"] / limit, rel=1e-12)
+        assert r["peak_memory"]["bytes"] > 0
+    assert [r["k"] for r in saved["attack"]] == [1, 8]
+    assert "freshly initialised vdvae-mnist" in saved["attack_model"]
+    for r in saved["attack"]:
+        assert r["same"] is True and r["speedup"] > 0 and r["flops"] > 0
+        assert r["fraction_of_limit"] == pytest.approx(r["achieved_flops_per_s"] / limit, rel=1e-12)
+        assert r["peak_memory"]["bytes"] > r["one_at_a_time_peak_memory"]["bytes"] > 0
+    assert saved["ms_ssim"]["speedup"] > 0 and saved["ms_ssim"]["max_abs_difference"] < 1e-4
+    assert set(saved["goals"]) == {"train_fraction_of_limit", "attack_speedup", "ms_ssim_speedup"}
 
-    res = attack_main(["--preset", "vdvae-mnist-tiny", "--points", "2", "--restarts", "2", "--steps", "3",
-                       "--out", str(tmp_path / "a.json")])
-    assert res["attack"]["max_abs_difference"] < 1e-4 and res["attack"]["speedup"] > 0
-    assert res["ms_ssim"]["max_abs_difference"] < 1e-4
-    assert "speed-up" in capsys.readouterr().out
+
+def test_the_same_results_check_catches_a_different_attack(gen):
+    """Runs with other seeds are a genuinely different result: the check must say so; the same seeds pass."""
+    torch.manual_seed(0)
+    m = build_model(get_preset("vdvae-mnist-tiny").model).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.rand(2, 1, 28, 28, generator=gen)
+    batched = LatentPGD(m, k=2, eps=0.1, steps=3)
+    adv = batched(x, seeds=[0, 1])
+    runs = {}
+    for name, seeds in (("same", [0, 1]), ("other", [7, 8])):
+        singles = [LatentPGD(m, k=2, eps=0.1, steps=3) for _ in seeds]
+        one = torch.cat([a(x[i : i + 1], seeds=[s]) for i, (a, s) in enumerate(zip(singles, seeds))])
+        runs[name] = compare(one, torch.cat([a.best_loss for a in singles]), adv, batched.best_loss)
+    assert_same(runs["same"], "same seeds")
+    assert runs["other"]["same"] is False
+    with pytest.raises(AssertionError, match="results differ"):
+        assert_same(runs["other"], "other seeds")
+    # and a single changed objective value is enough
+    loss = batched.best_loss.clone()
+    loss[1] *= 1.01
+    assert compare(adv, loss, adv, batched.best_loss)["same"] is False
+
+
+def test_old_commands_are_thin_wrappers(tmp_path):
+    from benchmarks.train_throughput import main as train_main
+
+    res = train_main(["--quick", "--preset", "vdvae-mnist-tiny", "--out", str(tmp_path / "t.json")])
+    assert [r["preset"] for r in res["training"]] == ["vdvae-mnist-tiny"] and "attack" not in res
+
+
+def test_before_after_loads_the_old_code_and_compares(capsys):
+    import subprocess
+
+    from benchmarks.before_after import BEFORE, ROOT
+    from benchmarks.before_after import main as ba_main
+
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", BEFORE], capture_output=True).returncode:
+        pytest.skip(f"git history without {BEFORE} (shallow clone?)")
+    rows = ba_main(["--quick", "--repeats", "1"])
+    assert {r["change"] for r in rows} >= {"MS-SSIM as matrix products, cached windows", "channels-last layout"}
+    exact = [r for r in rows if r["change"] in ("encode(x, k) skips the k-th prior net", "attack loop without host syncs")]
+    assert exact and all(r["max_rel_difference"] == 0 for r in exact)
+    assert all(r["ratio"] > 0 and r["equal_share"] > 0.9 for r in rows)
+    assert "| change |" in capsys.readouterr().out

@@ -62,6 +62,25 @@ def test_kuzina_batched_equals_brute_force_per_image(shape, gen):
     torch.testing.assert_close(got, alone)
 
 
+def test_float32_batch_of_attack_size_matches_float64_and_per_image(gen):
+    """The matrix-product filtering keeps float32 close to float64, and a batch equal to its images alone."""
+    x = torch.rand(250, 1, 28, 28, generator=gen)
+    y = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    got = ms_ssim(x, y)
+    torch.testing.assert_close(got, ms_ssim(x.double(), y.double()).float(), rtol=0, atol=1e-4)
+    alone = torch.cat([ms_ssim(x[i : i + 1], y[i : i + 1]) for i in range(0, 250, 25)])
+    torch.testing.assert_close(got[::25], alone, rtol=0, atol=1e-5)  # float32 rounding of the variances
+
+
+def test_window_bands_are_cached_per_size_and_dtype():
+    from robustvae.metrics import _band
+
+    a = _band(28, 14, torch.float32, torch.device("cpu"))
+    assert a is _band(28, 14, torch.float32, torch.device("cpu"))
+    assert a.shape == (15, 28) and _band(28, 14, torch.float64, torch.device("cpu")).dtype == torch.float64
+    torch.testing.assert_close(a.sum(1), torch.ones(15))
+
+
 def test_identical_images_score_one(gen):
     x = torch.rand(3, 1, 28, 28, generator=gen)
     torch.testing.assert_close(ms_ssim(x, x), torch.ones(3))

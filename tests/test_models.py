@@ -128,6 +128,50 @@ def test_encode_is_top_first_prefix_consistent_and_per_image(preset, gen):
             torch.testing.assert_close(a.mean, b.mean[1:2], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny"])
+def test_encode_stopping_early_equals_the_full_top_down_pass(preset, gen):
+    """encode(x, k) skips the k-th prior net and everything below; a full pass gives the same posteriors."""
+    m = _model(preset)
+    x = _images(m, 3, gen)
+    ctx = m.codec.decode(m.codec(x).value) if hasattr(m, "codec") else None
+    L = len(m._ladder)
+    with torch.no_grad():
+        full = m._top_down(3, m._encoder(x), n_posterior=L, context=ctx).posteriors
+        for k in range(1, L + 1):
+            early = m._encode_ladder(x, k, False, None, ctx)
+            assert len(early) == k
+            for a, b in zip(early, full[:k]):
+                torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+                torch.testing.assert_close(a.logvar, b.logvar, rtol=0, atol=0)
+
+
+def _weights_in(m, fmt) -> bool:
+    return all(p.is_contiguous(memory_format=fmt) for p in m.parameters() if p.dim() == 4)
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_channels_last_layout_gives_the_same_results(preset, gen):
+    """The default channels-last weights are a layout choice only: ELBO, posteriors and the gradient in x agree."""
+    m = _model(preset)
+    assert m.channels_last and _weights_in(m, torch.channels_last)
+    x = _images(m, 3, gen)
+    noise = m.make_noise(3, torch.Generator().manual_seed(0))
+
+    def run():
+        xr = x.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        elbo = m.elbo(xr).nelbo
+        rec = m.reconstruct(xr, 2, 0.1, noise)
+        (grad,) = torch.autograd.grad(elbo.sum() + rec.sum() + m.encode(xr, 2)[-1].mean.sum(), xr)
+        return elbo, rec, grad
+
+    got = run()
+    m.use_channels_last(False)
+    assert not m.channels_last and _weights_in(m, torch.contiguous_format)
+    for a, b in zip(got, run()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_k_and_bad_shapes_raise(gen):
     m = _model("vdvae-mnist-tiny")
     x = torch.rand(1, 1, 28, 28)

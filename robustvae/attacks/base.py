@@ -114,7 +114,7 @@ class LatentAttack(Attack):
         else:
             delta = torch.zeros_like(images)
         best_loss = torch.full((n,), -math.inf, device=images.device, dtype=torch.float64)
-        best_delta = delta.clone()
+        best_delta = delta.detach()  # replaced, never written in place
         nonfinite = torch.zeros(n, dtype=torch.bool, device=images.device)
         state = self._init_state(n, images.device)
         history = []
@@ -125,8 +125,8 @@ class LatentAttack(Attack):
                 loss = self.objective(images + delta, ref)
             finite = torch.isfinite(loss)
             grad = None
-            if not last and finite.any():
-                grad = torch.autograd.grad(loss[finite].sum(), delta, allow_unused=True)[0]
+            if not last:  # non-finite losses drop out through where(), not boolean indexing: no host sync per step
+                grad = torch.autograd.grad(torch.where(finite, loss, 0).sum(), delta, allow_unused=True)[0]
             if grad is None:
                 grad = torch.zeros_like(delta)
             delta = delta.detach()
@@ -137,7 +137,7 @@ class LatentAttack(Attack):
             score = torch.where(finite, loss.double(), torch.full_like(best_loss, -math.inf))
             better = score > best_loss
             best_loss = torch.where(better, score, best_loss)
-            best_delta[better] = delta[better]
+            best_delta = torch.where(better.view(-1, *([1] * (delta.dim() - 1))), delta, best_delta)
             history.append(loss)
             if last:
                 break

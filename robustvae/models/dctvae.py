@@ -67,6 +67,7 @@ class DCTVAE(VDVAE):
         )
         context = LayerInfo(1, c, (C, c, c), kind="context")
         self.layers = [context] + [dataclasses.replace(info, index=info.index + 1) for info in self._ladder]
+        self.use_channels_last(self.channels_last)  # the codec, injections and diffusion UNet too
 
     # ------------------------------------------------------------------ context
 

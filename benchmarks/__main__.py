@@ -1,0 +1,194 @@
+"""robustvae's benchmark suite: one command, one table, benchmarks/results.json.
+
+    python -m benchmarks [--device auto|cpu|cuda] [--quick] [--checkpoint RUN] [--only train,attack,msssim]
+
+Everything runs in one process, so every ratio is measured in one run (GUIDE section 10):
+
+* the limit: a large dense 3x3 convolution's forward + backward FLOP/s, in its faster layout;
+* training images/s of vdvae-mnist and dctvae-mnist, FLOPs per image, fraction of the limit
+  (goal: 40 % on CPU), and the speed-up of the default channels-last layout;
+* the attack (PGD, L-inf eps 0.1, skl) batched over points x restarts against one point and one
+  restart at a time, checked to give the same results (goal: 10x), at k = 1 and k = L, and the
+  batched run's fraction of the limit;
+* MS-SSIM batched against per image (goal: 20x);
+* peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events).
+
+The attack model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
+freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
+test runs the whole suite in seconds (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.attack import measure_attack, measure_ms_ssim
+from benchmarks.common import dense_conv_flops_per_s, machine
+from benchmarks.training import measure_training
+from robustvae.device import resolve_device
+from robustvae.registry import build_model, get_preset
+
+GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
+PARTS = ("train", "attack", "msssim")
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests (the numbers mean nothing)")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default: {','.join(PARTS)})")
+    ap.add_argument("--train-preset", action="append", help="training preset(s) (default: vdvae-mnist and dctvae-mnist)")
+    ap.add_argument("--batch-size", type=int, help="training batch (default 128; quick 8)")
+    ap.add_argument("--checkpoint", help="trained model for the attack (default: a freshly initialised --preset)")
+    ap.add_argument("--preset", default="vdvae-mnist", help="attack model when no --checkpoint (default vdvae-mnist)")
+    ap.add_argument("--points", type=int, help="attacked points (default 50; quick 2)")
+    ap.add_argument("--restarts", type=int, help="restarts per point (default 5; quick 2)")
+    ap.add_argument("--steps", type=int, help="attack steps (default 10; quick 2)")
+    ap.add_argument("--k", help="layers under attack, comma-separated; L = all (default 1,L)")
+    ap.add_argument("--repeats", type=int, help="timed repeats, the best is kept (default 5; quick 1)")
+    ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.name} next to this file)")
+    return ap
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    q = args.quick
+    for name, full, quick in (("batch_size", 128, 8), ("points", 50, 2), ("restarts", 5, 2), ("steps", 10, 2),
+                              ("repeats", 5, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    args.train_preset = args.train_preset or ["vdvae-mnist", "dctvae-mnist"]
+    args.only = [p.strip() for p in args.only.split(",") if p.strip()]
+    bad = [p for p in args.only if p not in PARTS]
+    if bad:
+        raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS)})")
+
+
+def _attack_model(args: argparse.Namespace, device: torch.device):
+    if args.checkpoint:
+        from robustvae import zoo
+
+        return zoo.load(args.checkpoint, device=device), f"trained checkpoint {args.checkpoint}"
+    torch.manual_seed(0)
+    model = build_model(get_preset(args.preset).model).to(device).eval()
+    return model, f"freshly initialised {args.preset} (no --checkpoint)"
+
+
+def _ks(text: str | None, num_layers: int) -> list[int]:
+    return sorted({num_layers if t.strip().upper() == "L" else int(t) for t in (text or "1,L").split(",")})
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure the parts ``args.only`` names; the results as one JSON-ready dict."""
+    dev = resolve_device(args.device)
+    amp = not args.no_amp and dev.type == "cuda"
+    res: dict = {"command": "python -m benchmarks " + " ".join(args.argv), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                 "machine": machine(), "device": str(dev), "quick": args.quick, "goals": GOALS}
+    res["limit"] = dense_conv_flops_per_s(dev, args.quick)
+    if amp and "train" in args.only:
+        res["limit_bf16"] = dense_conv_flops_per_s(dev, args.quick, autocast=True)
+    if "train" in args.only:
+        res["training"] = []
+        for preset in args.train_preset:
+            row = measure_training(preset, args.batch_size, dev, args.repeats, amp=amp, compile=args.compile)
+            limit = res["limit_bf16" if row["bf16_autocast"] else "limit"]["flops_per_s"]
+            row["fraction_of_limit"] = row["achieved_flops_per_s"] / limit
+            res["training"].append(row)
+    if "attack" in args.only or "msssim" in args.only:
+        model, label = _attack_model(args, dev)
+        res["attack_model"] = label
+        if "attack" in args.only:
+            res["attack"] = []
+            for k in _ks(args.k, model.num_layers):
+                row = measure_attack(model, k, args.points, args.restarts, args.steps, dev)
+                row["fraction_of_limit"] = row["achieved_flops_per_s"] / res["limit"]["flops_per_s"]
+                res["attack"].append(row)
+        if "msssim" in args.only:
+            res["ms_ssim"] = measure_ms_ssim(model, args.points * args.restarts, dev, args.repeats * 3)
+    return res
+
+
+def _mib(mem: dict) -> str:
+    return f"{mem['bytes'] / 2**20:.1f} MiB"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def table(res: dict) -> str:
+    """The results as one markdown table (plus a header line naming the machine and the limit)."""
+    lim = res["limit"]
+    m = res["machine"]
+    lines = [
+        f"device {res['device']} ({m['cuda'] or m['cpu']}), {m['threads']} thread(s), torch {m['torch']}; "
+        f"limit {lim['flops_per_s'] / 1e9:.1f} GFLOP/s ({lim['workload']}, {lim['layout']})"
+        + (f"; bf16 limit {res['limit_bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s" if "limit_bf16" in res else ""),
+        "",
+        "| benchmark | workload | throughput | GFLOP / item (image, image-step) | GFLOP/s | of limit | speed-up | goal | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(*cells: str) -> None:
+        lines.append("| " + " | ".join(cells) + " |")
+
+    row("limit", lim["workload"], "", "", f"{lim['flops_per_s'] / 1e9:.1f}", "100 %",
+        " / ".join(f"{k} {v / 1e9:.1f}" for k, v in lim["per_layout"].items()), "", "")
+    goals = res["goals"]
+    for r in res.get("training", []):
+        extra = (", bf16 autocast" if r["bf16_autocast"] else "") + (", compiled" if r["compiled"] else "")
+        cl = f"{r['channels_last_speedup']:.2f}x channels-last vs contiguous" if r["channels_last_speedup"] else ""
+        row(f"train {r['preset']}", f"batch {r['batch_size']}, full step{extra}", f"{r['images_per_s']:.1f} img/s",
+            f"{r['flops_per_image'] / 1e9:.3f}", f"{r['achieved_flops_per_s'] / 1e9:.1f}", f"{r['fraction_of_limit']:.1%}",
+            cl, f">= {goals['train_fraction_of_limit']:.0%} of limit: {_met(r['fraction_of_limit'] >= goals['train_fraction_of_limit'])}",
+            _mib(r["peak_memory"]))
+    for r in res.get("attack", []):
+        work = f"k={r['k']}, {r['points']} points x {r['restarts']} restarts x {r['steps']} steps"
+        same = (f"same results: {r['matching_images']:.1%} of images equal to rounding, objectives within "
+                f"{r['max_loss_rel_difference']:.1e} relative")
+        row("attack batched", f"{work}; {same}", f"{r['image_steps_per_s']:.1f} img-steps/s",
+            f"{r['flops_per_image_step'] / 1e9:.3f}", f"{r['achieved_flops_per_s'] / 1e9:.1f}", f"{r['fraction_of_limit']:.1%}",
+            f"{r['speedup']:.2f}x vs one at a time",
+            f">= {goals['attack_speedup']:.0f}x: {_met(r['speedup'] >= goals['attack_speedup'])}", _mib(r["peak_memory"]))
+        one = r["one_at_a_time_flops_per_s"]
+        row("attack one at a time", f"k={r['k']}, one point x one restart per call", f"{r['image_steps_per_s'] / r['speedup']:.1f} img-steps/s",
+            f"{r['flops_per_image_step'] / 1e9:.3f}", f"{one / 1e9:.1f}", f"{one / lim['flops_per_s']:.1%}", "1x", "",
+            _mib(r["one_at_a_time_peak_memory"]))
+    if "ms_ssim" in res:
+        r = res["ms_ssim"]
+        shape = "x".join(map(str, r["shape"]))
+        row("MS-SSIM batched", f"{r['images']} pairs of {shape}, one call; values {r['max_abs_difference']:.0e} apart",
+            f"{r['images'] / r['batched_s']:.0f} img/s", "", "", "", f"{r['speedup']:.1f}x vs per image",
+            f">= {goals['ms_ssim_speedup']:.0f}x: {_met(r['speedup'] >= goals['ms_ssim_speedup'])}", _mib(r["peak_memory"]))
+        row("MS-SSIM per image", f"{r['images']} calls of one pair", f"{r['images'] / r['per_image_s']:.0f} img/s", "", "", "",
+            "1x", "", _mib(r["per_image_peak_memory"]))
+    if "attack_model" in res:
+        lines += ["", f"attack / MS-SSIM model: {res['attack_model']}"]
+    mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
+    if mem:
+        lines.append(f"peak memory: {mem}, above what was held before the call")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    _defaults(args)
+    res = run(args)
+    text = table(res)
+    print(text)
+    res["table"] = text
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
