@@ -174,7 +174,7 @@ class TrainConfig:
     max_consecutive_skips: int = 100  # then stop with a clear message (GUIDE section 7)
     ema_decay: float = 0.0  # 0 disables EMA; evaluation uses EMA weights when on
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = False  # NHWC memory layout for model and batches (often faster convolutions on CUDA)
+    channels_last: bool = True  # NHWC weights and activations: same results, faster oneDNN / cuDNN convolutions
     compile: bool = False  # torch.compile the training forward (pays a compile time up front)
     seed: int = 0
     checkpoint_every: int = 500  # steps between `last` checkpoints (and at every epoch end)

@@ -222,7 +222,8 @@ def run_unit(
         score = ms_ssim(rec, clean.repeat_interleave(R, 0))
         score_in = ms_ssim(adv, X)
         ps = psnr(rec, clean.repeat_interleave(R, 0))
-        skl = LatentObjective(model, k, "skl").per_layer(adv, LatentObjective(model, k).reference(X))
+        scorer = LatentObjective(model, k, "skl")
+        skl = scorer.per_layer(adv, scorer.reference(X))
     linf, l2 = _norms(adv - X)
     gallery = [i for i in range(n) if pts[i] < cfg.gallery_points]
     rows_gallery = None
@@ -233,35 +234,40 @@ def run_unit(
             "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[gallery].cpu(), "rec_adv": rec[worst].cpu(),
             "msssim": score[worst].cpu(),
         }
+    # one device-to-host copy per column, not one wait per value
+    rec_finite = torch.isfinite(rec).flatten(1).all(1).tolist()
+    bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
+        t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
     for j in range(n * R):
         i, r = divmod(j, R)
-        nonfinite = bool(attack.nonfinite[j]) or not math.isfinite(float(score[j])) or not bool(torch.isfinite(rec[j]).all())
-        rows.append({**base, "kind": "attack", **point_fields(i), "restart": r, "msssim": float(score[j]),
-                     "msssim_input": float(score_in[j]), "psnr": float(ps[j]), "skl": skl[j].tolist(),
-                     "delta_linf": linf[j], "delta_l2": l2[j], "final_loss": float(attack.best_loss[j]),
+        nonfinite = bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j]
+        rows.append({**base, "kind": "attack", **point_fields(i), "restart": r, "msssim": score_l[j],
+                     "msssim_input": score_in_l[j], "psnr": ps_l[j], "skl": skl_l[j],
+                     "delta_linf": linf[j], "delta_l2": l2[j], "final_loss": loss_l[j],
                      "nonfinite": nonfinite, **({"target_point": (pts[i] + 1) % cfg.points} if target is not None else {})})
 
     # floor: the same image under different prior noise
     with torch.no_grad():
         for d in range(cfg.floor_draws):
             other = _prior_noise(model, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
-            s = ms_ssim(model.reconstruct(x, k, cfg.temperature, other), clean)
+            s = ms_ssim(model.reconstruct(x, k, cfg.temperature, other), clean).tolist()
             for i in range(n):
-                rows.append({**base, "kind": "floor", **point_fields(i), "restart": d, "msssim": float(s[i]),
+                rows.append({**base, "kind": "floor", **point_fields(i), "restart": d, "msssim": s[i],
                              "msssim_input": 1.0, "delta_linf": 0.0, "delta_l2": 0.0,
-                             "nonfinite": not math.isfinite(float(s[i]))})
+                             "nonfinite": not math.isfinite(s[i])})
         # noise: a random perturbation of the same budget
+        ref_x = scorer.reference(x) if cfg.noise_draws else None
         for d in range(cfg.noise_draws):
             xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
             rec_n = model.reconstruct(xn, k, cfg.temperature, noise)
-            s = ms_ssim(rec_n, clean)
-            s_in = ms_ssim(xn, x)
-            kl_n = LatentObjective(model, k, "skl").per_layer(xn, LatentObjective(model, k).reference(x))
+            s = ms_ssim(rec_n, clean).tolist()
+            s_in = ms_ssim(xn, x).tolist()
+            kl_n = scorer.per_layer(xn, ref_x).tolist()
             nl, n2 = _norms(xn - x)
             for i in range(n):
-                rows.append({**base, "kind": "noise", **point_fields(i), "restart": d, "msssim": float(s[i]),
-                             "msssim_input": float(s_in[i]), "skl": kl_n[i].tolist(), "delta_linf": nl[i],
-                             "delta_l2": n2[i], "nonfinite": not math.isfinite(float(s[i]))})
+                rows.append({**base, "kind": "noise", **point_fields(i), "restart": d, "msssim": s[i],
+                             "msssim_input": s_in[i], "skl": kl_n[i], "delta_linf": nl[i],
+                             "delta_l2": n2[i], "nonfinite": not math.isfinite(s[i])})
     return rows, rows_gallery
 
 

@@ -155,8 +155,7 @@ class Trainer:
             # data-dependent set-up (DCT-VAE's context scale) from the training split only, before the
             # first step and before EMA copies the model; a resumed run restores it from last.pt
             model.fit_data(train_imgs)
-        fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
-        model = model.to(memory_format=fmt)
+        model.use_channels_last(tc.channels_last)
         params = [p for p in model.parameters() if p.requires_grad]
         net = model
         if dd.enabled:
@@ -229,7 +228,7 @@ class Trainer:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(tc.seed, epoch)))
                 idx = perm[b * bs : (b + 1) * bs]
                 x = prepare(train_imgs[idx], binary, torch.Generator().manual_seed(derive_seed(tc.seed, 1, step)))
-                x = x[lo:hi].contiguous(memory_format=fmt)
+                x = x[lo:hi]
                 x = (x.pin_memory() if dev.type == "cuda" else x).to(dev, non_blocking=True)
                 with autocast, (rng.batch_slice(bs, lo, hi) if dd.enabled else nullcontext()):
                     res = net(x)
