@@ -55,12 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, help="timed repeats, the best is kept (default 5; quick 1)")
     ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.name} next to this file)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)")
     return ap
 
 
 def _defaults(args: argparse.Namespace) -> None:
     q = args.quick
+    if args.out is None:  # a quick run never overwrites the committed full results
+        args.out = RESULTS.with_name("results-quick.json") if q else RESULTS
     for name, full, quick in (("batch_size", 128, 8), ("points", 50, 2), ("restarts", 5, 2), ("steps", 10, 2),
                               ("repeats", 5, 1)):
         if getattr(args, name) is None:

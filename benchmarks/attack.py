@@ -34,17 +34,19 @@ def compare(adv: torch.Tensor, loss: torch.Tensor, ref_adv: torch.Tensor, ref_lo
     pixels = (adv - ref_adv).abs().flatten(1) <= PIXEL_ATOL
     matching = (gap <= LOSS_ATOL + MATCH_RTOL * scale) & pixels.all(1)
     close = bool((gap <= LOSS_ATOL + LOSS_RTOL * scale).all())
+    # 95 % of the images; on the few images of a --quick run, at most one may take another path
+    allowed_off = max(int((1 - MIN_MATCHING) * matching.numel()), 1)
     return {"max_abs_difference": (adv - ref_adv).abs().max().item(), "same_pixels": pixels.float().mean().item(),
             "matching_images": matching.float().mean().item(), "max_loss_abs_difference": gap.max().item(),
             "max_loss_rel_difference": (gap / scale.clamp_min(LOSS_ATOL)).max().item(),
-            "same": close and matching.float().mean().item() >= MIN_MATCHING}
+            "same": close and int((~matching).sum()) <= allowed_off}
 
 
 def assert_same(cmp: dict[str, object], what: str) -> None:
     if not cmp["same"]:
         raise AssertionError(
             f"{what}: results differ ({cmp['matching_images']:.1%} of images equal to rounding, need "
-            f"{MIN_MATCHING:.0%}; objectives up to {cmp['max_loss_rel_difference']:.2e} apart relative, allowed {LOSS_RTOL})"
+            f"{MIN_MATCHING:.0%} or all but one; objectives up to {cmp['max_loss_rel_difference']:.2e} apart relative, allowed {LOSS_RTOL})"
         )
 
 

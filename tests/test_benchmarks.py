@@ -63,9 +63,9 @@ def test_the_same_results_check_catches_a_different_attack(gen):
     assert runs["other"]["same"] is False
     with pytest.raises(AssertionError, match="results differ"):
         assert_same(runs["other"], "other seeds")
-    # and a single changed objective value is enough
+    # and a single objective off by more than the 1 % tolerance is enough
     loss = batched.best_loss.clone()
-    loss[1] *= 1.01
+    loss[1] *= 1.02
     assert compare(adv, loss, adv, batched.best_loss)["same"] is False
 
 

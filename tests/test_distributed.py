@@ -35,6 +35,15 @@ TRAIN = ["--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--batch-size", 
          "--set", "train.lr=0.001", "--set", "train.lr_min=0.001"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The in-process reference runs use one thread, as torchrun's workers do: the same float arithmetic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def torchrun(*args: str, nproc: int = 2, script: str | None = None, timeout: float = 300, popen: bool = False):
     """``torchrun --standalone --nproc_per_node N [-m robustvae | script] args`` in a subprocess."""
     target = [script] if script else ["-m", "robustvae"]
