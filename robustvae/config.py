@@ -146,6 +146,15 @@ class ModelConfig:
             _positive(f"model.{name}", getattr(self, name))
 
     @property
+    def binary(self) -> bool:
+        """Whether the model sees binarised images: the one place that decides it (a Bernoulli likelihood).
+
+        Training batches are binarised afresh every step, evaluation images once with a
+        fixed seed; both follow this, whatever the dataset.
+        """
+        return self.likelihood == "bernoulli"
+
+    @property
     def num_gaussian_layers(self) -> int:
         """Diagonal-Gaussian layers (``latents``), without the context."""
         return sum(n for _, n in self.latents)

@@ -145,7 +145,7 @@ def test_supervised_attack_reaches_a_target_inside_the_ball(trained, gen):
     from robustvae.data import eval_images, load_dataset
 
     m = zoo.load(trained)
-    x = eval_images(load_dataset(DataConfig("mnist-offline")), "test")[:3].clamp(0.1, 0.9)
+    x = eval_images(load_dataset(DataConfig("mnist-offline")), "test", True)[:3].clamp(0.1, 0.9)
     target = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.05).clamp(0, 1)  # inside the 0.1 ball
     atk = LatentPGD(m, k=m.num_layers, eps=0.1, steps=80, step_size=0.004, objective="supervised")
     atk(x, target=target, seeds=[1, 2, 3])

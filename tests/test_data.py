@@ -48,7 +48,7 @@ def test_dynamic_binarisation_matches_intensity(gen):
     assert set(torch.unique(b).tolist()) <= {0.0, 1.0}
     assert abs(b.mean().item() - x.mean().item()) < 0.01
     ds = load_dataset(DataConfig("synthetic"))
-    assert torch.equal(eval_images(ds, "test"), eval_images(ds, "test"))  # fixed for evaluation
+    assert torch.equal(eval_images(ds, "test", True), eval_images(ds, "test", True))  # fixed for evaluation
 
 
 def _write_idx(path, arr: np.ndarray):

@@ -163,7 +163,7 @@ def _points(lm: LoadedModel, cfg: AttackConfig, data_dir: str | None):
     if cfg.points > len(split):
         raise RobustVAEError(f"--points {cfg.points} is more than the {len(split)} images of the {cfg.split} split")
     order = stratified_order(split.labels, cfg.seed)[: max(cfg.points, min(DIAGNOSTIC_IMAGES, len(split)))]
-    images = eval_images(ds, cfg.split)[order]
+    images = eval_images(ds, cfg.split, mcfg.model.binary)[order]
     return ds.name, images, split.labels[order], order
 
 

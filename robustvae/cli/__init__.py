@@ -213,7 +213,7 @@ def _evaluate_checkpoint(
     cfg = model.config
     dcfg = dataclasses.replace(cfg.data, data_dir=str(data_dir)) if data_dir is not None else cfg.data
     ds = load_dataset(dcfg)
-    x = eval_images(ds, split)
+    x = eval_images(ds, split, cfg.model.binary)
     if limit is not None and limit < x.shape[0]:
         x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
     k = iw_samples or (1000 if cfg.model.likelihood == "bernoulli" else 100)

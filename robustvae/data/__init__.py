@@ -80,10 +80,14 @@ def prepare(images: Tensor, binary: bool, generator: torch.Generator | None = No
     return binarize(x, generator) if binary else x
 
 
-def eval_images(ds: Dataset, split: str, seed: int = 1234) -> Tensor:
-    """A whole split prepared once with a fixed binarisation, so evaluations are repeatable."""
+def eval_images(ds: Dataset, split: str, binary: bool, seed: int = 1234) -> Tensor:
+    """A whole split prepared once (with a fixed binarisation when ``binary``), so evaluations are repeatable.
+
+    ``binary`` comes from the model (:attr:`robustvae.config.ModelConfig.binary`), never
+    from the dataset: training and evaluation must agree on what the model sees.
+    """
     s = ds.split(split)
-    return prepare(s.images, ds.binary, torch.Generator().manual_seed(seed))
+    return prepare(s.images, binary, torch.Generator().manual_seed(seed))
 
 
 def stratified_order(labels: Tensor, seed: int) -> Tensor:

@@ -130,7 +130,7 @@ class Trainer:
         cfg, tc, dev, dd = self.cfg, self.cfg.train, self.device, self.dist
         check_compatible(cfg.data, cfg.model.image_channels, cfg.model.image_size)
         ds = load_dataset(cfg.data)
-        binary = cfg.model.likelihood == "bernoulli"
+        binary = cfg.model.binary
         train_imgs = ds.train.images
         n = len(ds.train)
         bs = tc.batch_size
@@ -145,7 +145,7 @@ class Trainer:
         lo, hi = dd.rank * share, (dd.rank + 1) * share  # this process's rows of every global batch
         spe = n // bs  # steps per epoch (the last incomplete batch is dropped)
         total = tc.steps if tc.steps is not None else tc.epochs * spe
-        val_x = eval_images(ds, "val")
+        val_x = eval_images(ds, "val", binary)
         if tc.val_batches is not None:
             val_x = val_x[: tc.val_batches * bs]
 
