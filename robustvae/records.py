@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from robustvae.io import append_jsonl, read_jsonl
 
 ATTACK_KINDS = ("attack", "floor", "noise")
+COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
 LEGACY_NAMES = {"layers": "k"}  # old field name -> current one
 
 
