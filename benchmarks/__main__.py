@@ -79,7 +79,7 @@ def _attack_model(args: argparse.Namespace, device: torch.device):
     if args.checkpoint:
         from robustvae import zoo
 
-        return zoo.load(args.checkpoint, device=device), f"trained checkpoint {args.checkpoint}"
+        return zoo.load(args.checkpoint, device=device).model, f"trained checkpoint {args.checkpoint}"
     torch.manual_seed(0)
     model = build_model(get_preset(args.preset).model).to(device).eval()
     return model, f"freshly initialised {args.preset} (no --checkpoint)"

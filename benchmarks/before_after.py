@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.checkpoint:
         from robustvae import zoo
 
-        model = zoo.load(args.checkpoint, device=dev)
+        model = zoo.load(args.checkpoint, device=dev).model
     else:
         torch.manual_seed(0)
         model = build_model(get_preset("vdvae-mnist").model).to(dev).eval()

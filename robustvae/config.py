@@ -241,8 +241,6 @@ class Config:
 
 
 NORMS = ("linf", "l2")
-OPTIMIZERS = ("pgd", "sgd")
-ATTACK_OBJECTIVES = ("skl", "kl_forward", "kl_reverse", "means", "supervised")
 
 
 @dataclass(frozen=True)
@@ -259,8 +257,8 @@ class AttackConfig:
     restarts: int = 5
     points: int = 50
     steps: int = 50
-    objective: str = "skl"
-    optimizer: str = "pgd"  # "pgd" (sign / normalised steps) or "sgd" (the authors': lr 1.0, plateau)
+    objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
+    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: "pgd" or "sgd" (the authors': lr 1.0, plateau)
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0
     temperature: float = 0.1  # prior temperature of the layers below k (Appendix G)
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
@@ -277,10 +275,13 @@ class AttackConfig:
             _fail(f"eps must be positive, got {self.eps}")
         if self.norm not in NORMS:
             _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
-        if self.objective not in ATTACK_OBJECTIVES:
-            _fail(f"unknown objective {self.objective!r} (known: {', '.join(ATTACK_OBJECTIVES)})")
-        if self.optimizer not in OPTIMIZERS:
-            _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        from robustvae.attacks.objectives import OBJECTIVES
+        from robustvae.attacks.registry import ATTACKS
+
+        if self.objective not in OBJECTIVES:
+            _fail(f"unknown objective {self.objective!r} (known: {', '.join(OBJECTIVES)})")
+        if self.optimizer not in ATTACKS:
+            _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join(ATTACKS)})")
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")

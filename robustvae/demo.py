@@ -3,10 +3,10 @@
 Trains a small VDVAE and a small DCT-VAE on real MNIST digits that ship with a PyPI
 package (``mnist-offline``), evaluates both on the same test images (importance-sampled
 NLL, KL and active units per layer), attacks the top k = 1 .. L layers of each with
-restarts, and writes the full report. Each stage is the CLI command a user would
-type (``train``, ``eval``, ``attack``, ``report``), run in this process and echoed
-with its progress display; the commands and their wall times go into the report's
-notes (``commands.txt``).
+restarts, and writes the full report. Each stage calls the Python API
+(:mod:`robustvae.api`) and is echoed as the CLI command a user would type for it
+(``train``, ``eval``, ``attack``, ``report``); the commands and their wall times go
+into the report's notes (``commands.txt``).
 
 Layout of ``out``: ``runs/<preset>/`` (trained models), ``runs/eval-test.json``,
 ``runs/attack/`` (records), and the report itself at the top (``index.html``, ...).
@@ -20,6 +20,7 @@ import dataclasses
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple
 
 def _clear(out: Path, s: DemoSettings) -> None:
     """``--force``: remove what an earlier demo wrote into ``out`` (and nothing else)."""
-    from robustvae.report.make import REPORT_FILES
+    from robustvae.reporting.make import REPORT_FILES
     from robustvae.training import RUN_FILES
 
     runs = out / "runs"
@@ -125,11 +126,35 @@ def run_demo(
         torch.set_num_threads(before)
 
 
+def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callable[[], Any]]:
+    """The API calls behind :func:`commands`, in the same order."""
+    from robustvae import api
+    from robustvae.config import AttackConfig
+    from robustvae.io import write_json
+
+    runs = out / "runs"
+
+    def train(preset: str) -> Callable[[], Any]:
+        cfg = api.train_config(preset, data=s.data, steps=s.train_steps, seed=s.seed)
+        return lambda: api.train(cfg, runs / preset, force=True, device=device, quiet=quiet)
+
+    def evaluate() -> None:
+        results = [api.evaluate(runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device,
+                                quiet=quiet).record for p in s.presets]
+        write_json(runs / "eval-test.json", {"results": results})
+
+    cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed)
+    attack = [str(runs / p) for p in s.presets]
+    return [train(p) for p in s.presets] + [
+        evaluate,
+        lambda: api.attack(attack, cfg, runs / "attack", device=device, quiet=quiet,
+                           command=["robustvae", *commands(s, out, device, quiet)[len(s.presets) + 1][1]]),
+        lambda: api.report([runs / "attack"], out, evals=[runs / "eval-test.json"], notes=[out / "commands.txt"],
+                           title="robustvae demo: VDVAE vs DCT-VAE on offline MNIST", force=True),
+    ]
+
+
 def _run(out: str | Path, settings: DemoSettings | None, device: str, force: bool, quiet: bool) -> dict[str, Any]:
-    import json
-
-    from robustvae.cli import main
-
     s = settings or DemoSettings()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -144,7 +169,8 @@ def _run(out: str | Path, settings: DemoSettings | None, device: str, force: boo
     shown = {k: "+".join(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(s).items()}
     log = [f"robustvae demo ({', '.join(f'{k}={v}' for k, v in shown.items())}) ran:", ""]
     t_all = time.perf_counter()
-    for i, (what, argv) in enumerate(stages, 1):
+    result = None
+    for i, ((what, argv), call) in enumerate(zip(stages, _stages(s, out, device, quiet)), 1):
         line = "robustvae " + shlex.join(argv)
         if what == "report":  # the notes shown in the report: every command and its wall time
             log += [line, "", f"train + eval + attack: {time.perf_counter() - t_all:.1f} s wall time"]
@@ -152,9 +178,7 @@ def _run(out: str | Path, settings: DemoSettings | None, device: str, force: boo
         console.rule(f"[bold]demo {i}/{len(stages)}: {what}")
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         t0 = time.perf_counter()
-        code = main(argv)
-        if code != 0:
-            raise RobustVAEError(f"demo stage '{what}' failed (exit code {code}); its error is printed above")
+        result = call()
         log.append(f"{line}\n    # {what}: {time.perf_counter() - t0:.1f} s")
     console.print(f"demo done in {time.perf_counter() - t_all:.1f} s: open {out / 'index.html'}")
-    return json.loads((out / "summary.json").read_text())
+    return result.summary

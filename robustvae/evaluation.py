@@ -7,8 +7,8 @@
   points of its posterior mean exceeds 0.01; posterior means come from
   ``model.encode`` (higher layers at their posterior means).
 
-DCT-VAE's context layer (``LayerInfo.kind == "context"``) is deterministic, so it
-cannot collapse and active units do not apply to it: its row reports
+A deterministic layer (``LayerInfo.deterministic``: DCT-VAE's context) cannot
+collapse and active units do not apply to it: its row reports
 ``active_units: None`` and instead ``levels`` (2^b), ``levels_used`` (the mean over
 its coefficients of the number of distinct quantisation levels taken on the images)
 and ``varying_units`` (coefficients taking more than one level). Its ``kl_nats`` is
@@ -56,8 +56,8 @@ def active_units(variances: list[torch.Tensor], threshold: float = ACTIVE_THRESH
 
 @torch.no_grad()
 def context_levels_used(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Per unit of the context layer (layer 1), how many distinct levels it takes over ``x``."""
-    levels = model.codec.levels
+    """Per unit of the quantised top layer (layer 1), how many distinct levels it takes over ``x``."""
+    levels = model.layers[0].levels
     seen: torch.Tensor | None = None
     for i in range(0, x.shape[0], batch_size):
         y = model.encode(x[i : i + batch_size].to(device), 1)[0].mean.flatten(1)
@@ -89,9 +89,9 @@ def layer_diagnostics(
     for j, info in enumerate(model.layers):
         row = {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
                "kl_nats": float(kl[j] / n), "active_units": au[j]}
-        if info.kind == "context":
+        if info.deterministic:
             used = context_levels_used(model, x, batch_size, device)
-            row.update(kind="context", active_units=None, levels=model.codec.levels,
+            row.update(kind=info.kind, active_units=None, levels=info.levels,
                        levels_used=float(used.double().mean()), varying_units=int((used > 1).sum()))
         rows.append(row)
     return rows

@@ -1,4 +1,7 @@
-"""Image and latent metrics: MS-SSIM (two variants), PSNR, divergences between posteriors.
+"""Image metrics: MS-SSIM (two variants) and PSNR.
+
+Divergences between posteriors belong to the posteriors themselves
+(:meth:`robustvae.models.distributions.DiagGaussian.compare`).
 
 ``ms_ssim`` scores a batch at once and returns one value per image.
 
@@ -25,7 +28,6 @@ from torch import Tensor
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 VARIANTS = ("kuzina", "standard")
-DIVERGENCES = ("skl", "kl_forward", "kl_reverse", "means")
 
 
 def gaussian_window(size: int, sigma: float = 1.5, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
@@ -148,24 +150,3 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     """Peak signal-to-noise ratio in dB per image (inf for identical images)."""
     mse = (x - y).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
-
-
-def divergence(attacked, clean, kind: str = "skl") -> Tensor:
-    """Per-image divergence between two diagonal-Gaussian posteriors of one layer, summed over its units.
-
-    ``skl`` = KL(q_clean || q_attacked) + KL(q_attacked || q_clean) (symmetric KL);
-    ``kl_forward`` = KL(q_clean || q_attacked); ``kl_reverse`` = KL(q_attacked || q_clean);
-    ``means`` = squared L2 distance between the posterior means.
-    """
-    if kind == "skl":
-        d = clean.kl(attacked) + attacked.kl(clean)
-    elif kind == "kl_forward":
-        d = clean.kl(attacked)
-    elif kind == "kl_reverse":
-        d = attacked.kl(clean)
-    elif kind == "means":
-        d = (attacked.mean - clean.mean) ** 2
-    else:
-        raise ValueError(f"unknown divergence {kind!r} (known: {', '.join(DIVERGENCES)})")
-    return d.flatten(1).sum(1)
-

@@ -12,14 +12,20 @@ from hypothesis import strategies as st
 
 from conftest import tiny_config
 from robustvae import zoo
-from robustvae.attacks import LatentPGD, LatentPGDL2, LatentSGD, make_attack, project, random_start, run_attack
-from robustvae.attacks import engine
+from robustvae.api import attack as api_attack
+from robustvae.attacks import LatentPGD, LatentPGDL2, LatentSGD, make_attack, project, random_start
+from robustvae.experiments import attack as engine
 from robustvae.cli import main
 from robustvae.config import AttackConfig
 from robustvae.registry import build_model, get_preset
 from robustvae.training import Trainer
 
 CPU = torch.device("cpu")
+
+
+def run_attack(models, cfg, out=None, **kw):
+    """The records of an attack sweep through the public API."""
+    return api_attack(models, cfg, out, **kw).records
 
 
 def _random_model(seed: int):
@@ -129,22 +135,22 @@ def test_a_nonfinite_image_keeps_its_start_and_leaves_the_others_alone(gen):
 def test_the_attack_beats_same_budget_noise_on_a_trained_model(trained):
     df = run_attack([str(trained)], AttackConfig(layers="1,2", points=10, restarts=2, steps=20), device="cpu")
     for k in (1, 2):
-        att = df[(df.kind == "attack") & (df.layers == k)].msssim.mean()
-        noise = df[(df.kind == "noise") & (df.layers == k)].msssim.mean()
+        att = df[(df.kind == "attack") & (df.k == k)].msssim.mean()
+        noise = df[(df.kind == "noise") & (df.k == k)].msssim.mean()
         assert att < noise - 0.01, (k, att, noise)
     # k = 2 does at least as much damage to the attacked layers' reconstruction as k = 1
-    worst = df[df.kind == "attack"].groupby(["layers", "point"]).msssim.min().groupby("layers").mean()
+    worst = df[df.kind == "attack"].groupby(["k", "point"]).msssim.min().groupby("k").mean()
     assert worst[2] <= worst[1] + 0.02, worst
     att = df[df.kind == "attack"]
     assert (att.delta_linf <= 0.1 + 1e-6).all() and not att.nonfinite.any()
-    assert att.skl.map(len).eq(att.layers).all()
+    assert att.skl.map(len).eq(att.k).all()
 
 
 def test_supervised_attack_reaches_a_target_inside_the_ball(trained, gen):
     from robustvae.config import DataConfig
     from robustvae.data import eval_images, load_dataset
 
-    m = zoo.load(trained)
+    m = zoo.load(trained).model
     x = eval_images(load_dataset(DataConfig("mnist-offline")), "test", True)[:3].clamp(0.1, 0.9)
     target = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.05).clamp(0, 1)  # inside the 0.1 ball
     atk = LatentPGD(m, k=m.num_layers, eps=0.1, steps=80, step_size=0.004, objective="supervised")
@@ -179,7 +185,7 @@ def test_same_seed_same_records_and_resume_and_shards(trained, tmp_path, monkeyp
     with open(tmp_path / "killed" / "records.jsonl", "a") as f:
         f.write('{"unit": "half')
     resumed = run_attack([str(trained)], cfg, tmp_path / "killed", device="cpu")
-    key = ["kind", "layers", "point", "restart"]
+    key = ["kind", "k", "point", "restart"]
     pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
                                   whole.sort_values(key).reset_index(drop=True))
 
@@ -231,7 +237,7 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
                      'floor_draws = 1\nnoise_draws = 1\n')
     assert main(["attack", "--suite", str(suite), "--layers", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
     df = pd.read_json(tmp_path / "o" / "records.jsonl", lines=True)
-    assert set(df.layers) == {1} and set(df.kind) == {"attack", "floor", "noise"}
+    assert set(df.k) == {1} and set(df.kind) == {"attack", "floor", "noise"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
     assert "MS-SSIM" in capsys.readouterr().out
@@ -275,7 +281,7 @@ def test_dctvae_context_is_layer_one_of_the_attack(tmp_path, straight_through, g
     m = build_model(cfg.model)
     m.fit_data(torch.rand(64, 1, 28, 28, generator=gen))
     zoo.atomic_save(zoo.make_checkpoint(cfg, m), tmp_path / "best.pt")
-    model = zoo.load(tmp_path)
+    model = zoo.load(tmp_path).model
     x = torch.rand(2, 1, 28, 28, generator=gen)
     atk = LatentPGD(model, k=1, eps=0.1, steps=5, straight_through=straight_through)
     atk(x, seeds=[0, 1])
@@ -284,4 +290,4 @@ def test_dctvae_context_is_layer_one_of_the_attack(tmp_path, straight_through, g
                         straight_through=straight_through)
     df = run_attack([str(tmp_path)], acfg, device="cpu")
     att = df[df.kind == "attack"]
-    assert len(att) == 4 and not att.nonfinite.any() and att.skl.map(len).eq(att.layers).all()
+    assert len(att) == 4 and not att.nonfinite.any() and att.skl.map(len).eq(att.k).all()

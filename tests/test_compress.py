@@ -18,7 +18,9 @@ from torch import nn
 
 from robustvae import zoo
 from robustvae.cli import main
-from robustvae.compression import code_images, jpeg, run_compression
+from robustvae.api import compress
+from robustvae.compression import code_images, jpeg
+from robustvae.zoo import LoadedModel
 from robustvae.compression.images import InputImage, patchify, read_image, stitch
 from robustvae.config import CompressConfig
 from robustvae.registry import build_model, get_preset
@@ -91,9 +93,7 @@ def test_identity_model_round_trips_images_of_odd_sizes(channels, size, gen):
 def _model(preset: str, seed: int) -> nn.Module:
     cfg = get_preset(preset)
     torch.manual_seed(seed)
-    model = build_model(cfg.model).eval()
-    model.config = cfg
-    return model
+    return build_model(cfg.model).eval()
 
 
 @pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny"])
@@ -104,7 +104,8 @@ def test_rate_is_the_sum_of_the_models_layer_kls_in_bits(preset, tmp_path, gen):
     pixels = _random_image(gen, 1, h, w)
     path = _save(pixels, tmp_path / "in" / "x.png")
     cfg = CompressConfig(layers="1-3", seed=seed, batch_size=16)
-    records, _ = run_compression([model], [path], cfg, tmp_path / "out")
+    records = compress([LoadedModel.in_memory(model, get_preset(preset))], [path], cfg, tmp_path / "out",
+                       device="cpu").records
     # reference: the patches cut by hand, the model's own per-layer KLs (nats) with the same seeded draws
     patches = torch.from_numpy(np.stack(_brute_patches(pixels, 28))).float() / 255
     torch.manual_seed(derive_seed(seed, "rate"))

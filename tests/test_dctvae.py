@@ -141,7 +141,7 @@ def test_checkpoint_round_trip_keeps_the_context_scale(tmp_path, gen):
     torch.testing.assert_close(m.codec.scale, expected)
     cfg = get_preset("dctvae-mnist-tiny")
     zoo.atomic_save(zoo.make_checkpoint(cfg, m), tmp_path / "m.pt")
-    loaded = zoo.load(tmp_path / "m.pt")
+    loaded = zoo.load(tmp_path / "m.pt").model
     assert torch.equal(loaded.codec.scale, m.codec.scale)
     x = _binary(4, gen)
     noise = m.make_noise(4, torch.Generator().manual_seed(0))

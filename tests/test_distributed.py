@@ -218,9 +218,9 @@ def test_two_process_attack_merges_to_the_records_of_one_process(two_process_run
 
 
 def test_parts_left_by_a_killed_sweep_are_merged_in_unit_order(two_process_run, tmp_path):
-    """merge_records: complete units from the file and from the parts, torn and partial units dropped."""
-    from robustvae.attacks.engine import Unit, merge_records
-    from robustvae.config import AttackConfig
+    """RunDir.merge: complete units from the file and from the parts, torn and partial units dropped."""
+    from robustvae.experiments.rundir import RunDir
+    from robustvae.records import read_attack_records
 
     ref = tmp_path / "ref"
     assert main(["attack", str(two_process_run), *ATTACK, "--out", str(ref), "--device", "cpu"]) == 0
@@ -235,10 +235,8 @@ def test_parts_left_by_a_killed_sweep_are_merged_in_unit_order(two_process_run, 
     (out / ".parts" / "records.rank-0.jsonl").write_text(dump(by_unit[units[1]] + by_unit[units[3]][:2]))
     (out / ".parts" / "records.rank-1.jsonl").write_text(dump(by_unit[units[3]]) + '{"unit": "torn')
 
-    cfg = AttackConfig(restarts=2, points=6)
-    per_point = cfg.restarts + cfg.floor_draws + cfg.noise_draws
-    plan = [Unit(u, 0, 0, 0, len(by_unit[u]) // per_point) for u in units]
-    merged = merge_records(out, "records.jsonl", plan, cfg)
+    expected = {u: len(by_unit[u]) for u in units}
+    merged = RunDir(out).merge("records.jsonl", expected, read_attack_records)
     expect = [r for u in units[:4] for r in by_unit[u]]
     assert merged == expect and _records(out / "records.jsonl") == expect
     assert not (out / ".parts").exists()

@@ -98,3 +98,16 @@ def test_dmol_mean_matches_monte_carlo(gen):
     d = DiscretizedLogisticMixture(params.expand(40000, -1, -1, -1), C, K, 8)
     mc = d.sample().mean(0)
     torch.testing.assert_close(d.mean[0], mc, atol=0.01, rtol=0)
+
+
+def test_divergences_match_torch_distributions(gen):
+    shape = (3, 2, 4, 4)
+    a = DiagGaussian(torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64))
+    c = DiagGaussian(torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64))
+    na, nc = Normal(a.mean, a.std), Normal(c.mean, c.std)
+    fwd = kl_divergence(nc, na).flatten(1).sum(1)
+    rev = kl_divergence(na, nc).flatten(1).sum(1)
+    torch.testing.assert_close(a.compare(c, "kl_forward"), fwd)
+    torch.testing.assert_close(a.compare(c, "kl_reverse"), rev)
+    torch.testing.assert_close(a.compare(c, "skl"), fwd + rev)
+    torch.testing.assert_close(a.compare(c, "means"), ((a.mean - c.mean) ** 2).flatten(1).sum(1))

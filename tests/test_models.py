@@ -80,10 +80,11 @@ def test_build_forward_backward_save_load_reconstruct(preset, tmp_path, gen):
     noise = m.make_noise(4, torch.Generator().manual_seed(1))
     with torch.no_grad():
         a = m.reconstruct(x, k=1, noise=noise)
-        b = loaded.reconstruct(x, k=1, noise=noise)
+        b = loaded.model.reconstruct(x, k=1, noise=noise)
     assert torch.equal(a, b)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
-    assert loaded.checkpoint_sha256 == zoo.sha256_file(path) and not loaded.training
+    assert loaded.sha256 == zoo.sha256_file(path) and not loaded.model.training
+    assert loaded.config == cfg and loaded.path == str(path)
 
 
 @pytest.mark.parametrize("preset", TINY)

@@ -24,8 +24,8 @@ def ckpt_path(tmp_path):
 def test_load_from_file_and_run_directory(ckpt_path):
     a = zoo.load(ckpt_path)
     b = zoo.load(ckpt_path.parent)
-    assert a.config == get_preset("vdvae-mnist-tiny") and not a.training
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    assert a.config == get_preset("vdvae-mnist-tiny") and not a.model.training
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 
 
@@ -86,7 +86,7 @@ def test_zoo_download_is_cached_and_sha256_verified(ckpt_path, monkeypatch):
     monkeypatch.setitem(ZOO, entry.name, entry)
     m = zoo.load("test-entry")
     cached = zoo.cache_dir() / f"test-entry-{digest[:12]}.pt"
-    assert cached.is_file() and m.checkpoint_sha256 == digest
+    assert cached.is_file() and m.sha256 == digest
     assert any(r["name"] == "test-entry" and "cached" in r["kind"] for r in zoo.list_entries())
     # a corrupted cache entry is detected and removed
     cached.write_bytes(b"tampered")

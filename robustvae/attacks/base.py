@@ -88,6 +88,21 @@ class LatentAttack(Attack):
         self.objective = LatentObjective(model, k, objective, straight_through)
         self.supported_mode = ["default"]
 
+    def __call__(self, images: Tensor, labels=None, *, target: Tensor | None = None,
+                 seeds: list[int] | None = None) -> Tensor:
+        """Run :meth:`forward` with the model in eval mode (restored afterwards).
+
+        Overrides ``torchattacks.Attack.__call__``, whose signature and normalisation
+        handling changed across releases: latent attacks need neither labels nor
+        normalisation, and this keeps them independent of the installed release.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.forward(images, labels, target=target, seeds=seeds)
+        finally:
+            self.model.train(was_training)
+
     # -- subclass hooks
     def _init_state(self, n: int, device: torch.device) -> dict:
         return {}
@@ -105,8 +120,8 @@ class LatentAttack(Attack):
         images = images.detach().to(self.device)
         if images.min() < 0 or images.max() > 1:
             raise ValueError("images must lie in [0, 1]")
-        if (self.objective.kind == "supervised") != (target is not None):
-            raise ValueError("the supervised objective needs target images, and only it takes them")
+        if self.objective.spec.needs_target != (target is not None):
+            raise ValueError("a targeted objective (supervised) needs target images, and only it takes them")
         ref = self.objective.reference((target if target is not None else images).to(self.device))
         n = images.shape[0]
         if self.random_start:

@@ -15,6 +15,33 @@ from robustvae.attacks.base import LatentAttack
 
 
 class LatentPGD(LatentAttack):
+    r"""Latent PGD under an L-inf budget: 'Towards Deep Learning Models Resistant to Adversarial Attacks' (Madry et al., 2018).
+
+    Maximises a latent objective (:mod:`robustvae.attacks.objectives`) of the top ``k``
+    layers instead of a classification loss.
+
+    Distance measure: Linf; x + delta is kept in [0, 1].
+
+    Arguments:
+        model (HierarchicalVAE): the model to attack (:mod:`robustvae.models.contract`).
+        k (int): attack the top k latent layers (layer 1 is the top). (Default: 1)
+        eps (float): maximum perturbation on [0, 1] pixels. (Default: 0.1)
+        steps (int): number of steps. (Default: 50)
+        step_size (float): step size. (Default: 2.5 * eps / steps)
+        objective (str): a name from ``OBJECTIVES``. (Default: 'skl')
+        straight_through (bool): compare quantised layers through their quantised values. (Default: False)
+        random_start (bool): uniform start in the ball (the objective has zero gradient at delta = 0). (Default: True)
+
+    Shape:
+        - images: (N, C, H, W) in [0, 1]; ``target`` (targeted objectives only) the same.
+        - seeds: optional list of N ints, one random start per image (batch-independent).
+        - output: (N, C, H, W) adversarial images, the best iterate of each.
+
+    Examples::
+        >>> attack = LatentPGD(model, k=2, eps=0.1, steps=50)
+        >>> adv_images = attack(images)
+    """
+
     def __init__(self, model, k: int = 1, eps: float = 0.1, steps: int = 50, step_size: float | None = None,
                  objective: str = "skl", straight_through: bool = False, random_start: bool = True):
         super().__init__("LatentPGD", model, k, eps, "linf", steps, objective, straight_through, random_start)

@@ -14,6 +14,30 @@ from robustvae.attacks.base import LatentAttack, _flat_norm
 
 
 class LatentPGDL2(LatentAttack):
+    r"""Latent PGD under an L2 budget: 'Towards Deep Learning Models Resistant to Adversarial Attacks' (Madry et al., 2018).
+
+    Distance measure: L2 (the projection rescales delta onto the ball of radius eps);
+    x + delta is kept in [0, 1].
+
+    Arguments:
+        model (HierarchicalVAE): the model to attack.
+        k (int): attack the top k latent layers. (Default: 1)
+        eps (float): maximum L2 norm of the perturbation on [0, 1] pixels. (Default: 1.0)
+        steps (int): number of steps. (Default: 50)
+        step_size (float): length of each normalised-gradient step. (Default: 2.5 * eps / steps)
+        objective (str): a name from ``OBJECTIVES``. (Default: 'skl')
+        straight_through (bool): compare quantised layers through their quantised values. (Default: False)
+        random_start (bool): uniform start in the ball. (Default: True)
+
+    Shape:
+        - images: (N, C, H, W) in [0, 1]; seeds: optional list of N ints.
+        - output: (N, C, H, W) adversarial images, the best iterate of each.
+
+    Examples::
+        >>> attack = LatentPGDL2(model, k=1, eps=1.0, steps=50)
+        >>> adv_images = attack(images)
+    """
+
     def __init__(self, model, k: int = 1, eps: float = 1.0, steps: int = 50, step_size: float | None = None,
                  objective: str = "skl", straight_through: bool = False, random_start: bool = True):
         super().__init__("LatentPGDL2", model, k, eps, "l2", steps, objective, straight_through, random_start)

@@ -18,6 +18,35 @@ from robustvae.attacks.base import LatentAttack
 
 
 class LatentSGD(LatentAttack):
+    r"""The DCT-VAE authors' latent attack: SGD on delta with a reduce-on-plateau schedule.
+
+    Kuzina & Tomczak, 'Discouraging posterior collapse in hierarchical VAEs using
+    context' (2023), Appendix H; learning rate 1.0 and 50 steps come from their attack
+    code.
+
+    Distance measure: Linf or L2 (hard projection after every step); x + delta in [0, 1].
+
+    Arguments:
+        model (HierarchicalVAE): the model to attack.
+        k (int): attack the top k latent layers. (Default: 1)
+        eps (float): budget on [0, 1] pixels. (Default: 0.1)
+        norm (str): 'linf' or 'l2'. (Default: 'linf')
+        steps (int): number of steps. (Default: 50)
+        lr (float): initial learning rate, per image. (Default: 1.0)
+        factor, patience, threshold: the plateau schedule, per image (mode max). (Default: 0.1, 10, 1e-4)
+        objective (str): a name from ``OBJECTIVES``. (Default: 'skl')
+        straight_through (bool): compare quantised layers through their quantised values. (Default: False)
+        random_start (bool): uniform start in the ball. (Default: True)
+
+    Shape:
+        - images: (N, C, H, W) in [0, 1]; seeds: optional list of N ints.
+        - output: (N, C, H, W) adversarial images, the best iterate of each.
+
+    Examples::
+        >>> attack = LatentSGD(model, k=1, eps=0.1, norm="linf", steps=50)
+        >>> adv_images = attack(images)
+    """
+
     def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, lr: float = 1.0,
                  factor: float = 0.1, patience: int = 10, threshold: float = 1e-4, objective: str = "skl",
                  straight_through: bool = False, random_start: bool = True):

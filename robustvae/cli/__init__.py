@@ -7,7 +7,6 @@ stderr and exits with code 2; nothing is overwritten on error.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -76,27 +75,14 @@ def train(
     Multi-process: [bold]torchrun --nproc_per_node N -m robustvae train ...[/bold] trains with
     DistributedDataParallel; --batch-size stays the global batch.
     """
+    from robustvae import api
     from robustvae.distributed import distributed
 
-    with distributed(backend, device) as (dd, dev):
-        _train(preset, data, data_dir, epochs, steps, batch_size, seed, dev, out, resume, force, set_, quiet, dd)
-
-
-def _train(preset, data, data_dir, epochs, steps, batch_size, seed, dev, out, resume, force, set_, quiet, dd) -> None:
-    import dataclasses
-
-    from robustvae.registry import get_preset
-    from robustvae.training import Trainer
-
-    if resume and force:
-        raise RobustVAEError("--resume and --force contradict each other; pick one")
-    name = preset or "vdvae-mnist-tiny"
-    out_dir = out or Path("runs") / name
-    if resume:
-        cfg = Trainer.resume_config(out_dir) if (out_dir / "last.pt").is_file() else None
-        if cfg is None:
-            raise RobustVAEError(f"nothing to resume in {out_dir} (no last.pt); drop --resume to start a new run")
-        changed = [o for o, v in (("--preset", preset if preset != cfg.name else None), ("--data", data),
+    out_dir = out or Path("runs") / (preset or api.DEFAULT_TRAIN_PRESET)
+    cfg = None
+    if resume and not force:
+        saved = api.saved_config(out_dir)
+        changed = [o for o, v in (("--preset", preset if preset != saved.name else None), ("--data", data),
                                   ("--data-dir", data_dir), ("--batch-size", batch_size), ("--seed", seed),
                                   ("--set", set_ or None)) if v is not None]
         if changed:
@@ -104,36 +90,21 @@ def _train(preset, data, data_dir, epochs, steps, batch_size, seed, dev, out, re
                 f"--resume continues the saved config of {out_dir}; {', '.join(changed)} cannot change it "
                 f"(only --steps/--epochs can); start a new run with another --out instead"
             )
-    else:
-        cfg = get_preset(name)
-    t = {}
-    if epochs is not None:
-        t["epochs"] = epochs
-        t["steps"] = None
-    if steps is not None:
-        t["steps"] = steps
-    if batch_size is not None:
-        t["batch_size"] = batch_size
-    if seed is not None:
-        t["seed"] = seed
-    overrides = [f"train.{k}={'none' if v is None else v}" for k, v in t.items()]
-    if data is not None:
-        overrides.append(f"data.name={data}")
-    if data_dir is not None:
-        overrides.append(f"data.data_dir={data_dir}")
-    cfg = cfg.override(overrides + list(set_))
-    if not resume:
-        cfg = dataclasses.replace(cfg, name=name) if cfg.name != name else cfg
-    Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dd)
-    summary = Trainer(cfg, out_dir, dev, quiet=quiet, dist=dd).fit(resume=resume)
+    elif not resume:
+        cfg = api.train_config(preset, data=data, data_dir=data_dir, epochs=epochs, steps=steps, batch_size=batch_size,
+                               seed=seed, overrides=set_)
+        steps = epochs = None  # already in the config
+    with distributed(backend, device) as (dd, dev):
+        res = api.train(cfg, out_dir, resume=resume, force=force, steps=steps, epochs=epochs, device=dev, quiet=quiet,
+                        dist=dd)
     if not dd.is_main:
         return
-    fv = summary["final_val"]
+    s, fv = res.summary, res.summary["final_val"]
     procs = f" x {dd.world_size} processes" if dd.enabled else ""
     out_console.print(
-        f"trained {cfg.name} for {summary['steps']} steps ({summary['epochs']:.2f} epochs) on {dev}{procs} in "
-        f"{summary['wall_time_s']:.1f} s; validation -ELBO {fv.get('nelbo', float('nan')):.2f} nats "
-        f"({fv.get('bpd', float('nan')):.4f} bits/dim); checkpoints in {out_dir}"
+        f"trained {res.config.name} for {s['steps']} steps ({s['epochs']:.2f} epochs) on {dev}{procs} in "
+        f"{s['wall_time_s']:.1f} s; validation -ELBO {fv.get('nelbo', float('nan')):.2f} nats "
+        f"({fv.get('bpd', float('nan')):.4f} bits/dim); checkpoints in {res.out}"
     )
 
 
@@ -165,23 +136,20 @@ def eval_(
     DCT-VAE's context is reported separately: its diffusion bound (nats) and the
     quantisation levels it uses (active units do not apply to a deterministic layer).
     """
-    from robustvae import zoo
-    from robustvae.device import resolve_device
+    from robustvae import api
 
     for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
         if v is not None and v < 1:
             raise RobustVAEError(f"{name} must be a positive integer, got {v}")
-    dev = resolve_device(device)
-    models = [zoo.load(zoo.resolve_path(c), device=dev, weights=weights) for c in checkpoints]
+    models = [api.load(c, device=device, weights=weights) for c in checkpoints]
     datasets = sorted({m.config.data.name for m in models})
     if len(datasets) > 1:
         raise RobustVAEError(
             f"cannot compare models trained on different datasets ({', '.join(datasets)}); "
             f"pass checkpoints of the same dataset"
         )
-    opts = dict(split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                dev=dev, seed=seed, quiet=quiet)
-    results = [_evaluate_checkpoint(m, **opts) for m in models]
+    results = [api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size,
+                            data_dir=data_dir, seed=seed, device=device, quiet=quiet).record for m in models]
     if len(results) == 1:
         res = results[0]
         dest = out or (Path(res["checkpoint"]).parent / f"eval-{split}.json")
@@ -200,31 +168,11 @@ def eval_(
     out_console.print(f"saved {saved}")
 
 
-def _evaluate_checkpoint(
-    model, *, split: str, iw_samples: int | None, limit: int | None, batch_size: int, data_dir: Path | None,
-    dev, seed: int, quiet: bool,
-) -> dict:
-    """Evaluate a model from ``zoo.load`` on its dataset's ``split``; the result record for the JSON."""
-    import dataclasses
-
-    from robustvae.data import eval_images, load_dataset, stratified_order
-    from robustvae.evaluation import evaluate_model
-
-    cfg = model.config
-    dcfg = dataclasses.replace(cfg.data, data_dir=str(data_dir)) if data_dir is not None else cfg.data
-    ds = load_dataset(dcfg)
-    x = eval_images(ds, split, cfg.model.binary)
-    if limit is not None and limit < x.shape[0]:
-        x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
-    k = iw_samples or (1000 if cfg.model.likelihood == "bernoulli" else 100)
-    res = evaluate_model(model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet)
-    return {"checkpoint": model.checkpoint_path, "checkpoint_sha256": model.checkpoint_sha256, "model": cfg.name,
-            "dataset": cfg.data.name, "split": split, **res}
-
-
 def _write_json(dest: Path, obj: dict) -> None:
+    from robustvae.io import write_json
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(obj, indent=2) + "\n")
+    write_json(dest, obj)
 
 
 def _layer_cells(row: dict) -> tuple[str, str]:
@@ -294,42 +242,17 @@ def sample(
     """Draw ancestral samples (decoder mean images) and save them as a PNG grid."""
     import math
 
-    import torch
     from torchvision.utils import save_image
 
-    from robustvae import zoo
-    from robustvae.device import resolve_device
+    from robustvae import api
 
-    if n < 1:
-        raise RobustVAEError(f"--n must be a positive integer, got {n}")
-    if temperature < 0:
-        raise RobustVAEError(f"--temperature must be >= 0, got {temperature}")
-    dev = resolve_device(device)
-    model = zoo.load(checkpoint, device=dev)
-    noise = model.make_noise(n, torch.Generator().manual_seed(seed))
-    imgs = model.sample(n, temperature=temperature, noise=noise)
+    imgs = api.sample(checkpoint, n, temperature=temperature, seed=seed, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(imgs.cpu(), out, nrow=int(math.ceil(math.sqrt(n))), padding=1)
+    save_image(imgs, out, nrow=int(math.ceil(math.sqrt(n))), padding=1)
     out_console.print(f"wrote {n} samples at temperature {temperature} to {out}")
 
 
 # --------------------------------------------------------------------------- attack
-
-
-def _read_suite(path: Path) -> tuple[list[str], dict]:
-    """An ``attacks/*.toml`` suite: optional ``models`` plus AttackConfig fields."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise RobustVAEError(f"cannot read suite {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RobustVAEError(f"suite {path} is not valid TOML: {e}") from None
-    models = data.pop("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise RobustVAEError(f"suite {path}: models must be a list of zoo names or checkpoint paths")
-    return models, data
 
 
 @app.command()
@@ -361,51 +284,38 @@ def attack(
     Multi-process: [bold]torchrun --nproc_per_node N -m robustvae attack ...[/bold] splits the
     work units (of --shard i/N, for several machines) over the processes; rank 0 merges the records.
     """
-    from robustvae.attacks import run_attack
-    from robustvae.attacks.engine import parse_shard
-    from robustvae.config import AttackConfig, from_dict
+    from robustvae import api
     from robustvae.distributed import distributed
+    from robustvae.experiments.attack import parse_shard
+    from robustvae.experiments.suite import attack_config
 
-    settings: dict = {}
-    suite_models: list[str] = []
-    if suite is not None:
-        suite_models, settings = _read_suite(suite)
-    given = dict(layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps,
-                 objective=objective, optimizer=optimizer, step_size=step_size, temperature=temperature,
-                 straight_through=straight_through, seed=seed, max_batch_mib=max_batch_mib)
-    settings.update({k: v for k, v in given.items() if v is not None})
-    cfg = from_dict(AttackConfig, settings)
+    suite_models, cfg = attack_config(
+        suite, layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps, objective=objective,
+        optimizer=optimizer, step_size=step_size, temperature=temperature, straight_through=straight_through,
+        seed=seed, max_batch_mib=max_batch_mib)
     shard_t = parse_shard(shard)
     names = list(models or []) or suite_models
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     with distributed(backend, device) as (dd, dev):
-        df = run_attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
-                        command=["robustvae", *(sys.argv[1:])], dist=dd)
+        res = api.attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
+                         command=["robustvae", *(sys.argv[1:])], dist=dd)
     if not dd.is_main:
         return
-    from robustvae.report.aggregate import summarise
+    from robustvae.reporting.tables import display_table
 
-    _print_msssim_table(summarise(df))
-    out_console.print(f"{len(df)} records in {out}")
+    _print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points")
+    out_console.print(f"{len(res.records)} records in {out}")
 
 
-def _print_msssim_table(table) -> None:
-    """The headline numbers of a results table (robustvae.report.aggregate.summarise) on the console."""
-    several = table[["dataset", "norm", "eps"]].drop_duplicates().shape[0] > 1
-    title = "MS-SSIM(clean, attacked reconstruction): mean over points (worst restart / mean of restarts)"
-    out = Table(title=title)
-    cols = (["panel"] if several else []) + ["model", "k", "attack worst", "attack mean", "noise", "floor", "non-finite"]
-    for col in cols:
-        out.add_column(col, justify="right")
-    def cell(v) -> str:
-        return "-" if v is None or v != v else f"{v:.3f}"
-
-    for _, r in table.iterrows():
-        panel = [f"{r.dataset} {r.norm} {r.eps:g}"] if several else []
-        out.add_row(*panel, r.model, str(r.layers), cell(r.worst), cell(r["mean"]), cell(r.noise), cell(r.floor),
-                    str(int(r.nonfinite)))
-    out_console.print(out)
+def _print_frame(df, title: str) -> None:
+    """A table of text cells (from robustvae.reporting.tables) on the console, nothing cut."""
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col), justify="right", overflow="fold")
+    for row in df.astype(str).itertuples(index=False):
+        table.add_row(*row)
+    out_console.print(table)
 
 
 # --------------------------------------------------------------------------- compress
@@ -425,34 +335,25 @@ def compress(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Appendix G: compress images patch by patch with the top k latent layers and compare with JPEG at the same PSNR."""
-    from robustvae.compression import run_compression
+    from robustvae import api
     from robustvae.config import CompressConfig
 
     if layers is None:
         raise RobustVAEError("--layers is required: the top-k layers that carry the image, e.g. --layers 1,2 or 1-4 or all")
     cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size)
-    records, _ = run_compression(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
-                                 command=["robustvae", *(sys.argv[1:])])
-    _print_compression_table(records)
-    out_console.print(f"{len(records)} records, rate-distortion figure and side-by-side pictures in {out}")
+    res = api.compress(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
+                       command=["robustvae", *(sys.argv[1:])])
+    _print_compression_table(res.records)
+    out_console.print(f"{len(res.records)} records, rate-distortion figure and side-by-side pictures in {out}")
 
 
 def _print_compression_table(records) -> None:
     """Means over images per model and k, beside JPEG at the matched PSNR."""
-    import pandas as pd
+    from robustvae.reporting.tables import display_compression, summary_table
 
-    from robustvae.report.compression import summary_table
-
-    table = Table(title=f"compression: means over {records.image.nunique()} image(s); BPP*: DCT-VAE context at its raw size; "
-                        f"JPEG at the PSNR closest to the model's")
-    table.add_column("model", overflow="fold")
-    for col in ("k", "PSNR", "MS-SSIM", "bpp", "BPP*", "JPEG PSNR", "JPEG MS-SSIM", "JPEG bpp"):
-        table.add_column(col, justify="right", overflow="fold", min_width=len(col.split()[0]))
-    for _, r in summary_table(records).iterrows():
-        raw = "-" if pd.isna(r.bpp_context_raw) else f"{r.bpp_context_raw:.4f}"
-        table.add_row(r.model, str(int(r.k)), f"{r.psnr:.2f}", f"{r.msssim:.4f}", f"{r.bpp:.4f}", raw,
-                      f"{r.jpeg_psnr:.2f}", f"{r.jpeg_msssim:.4f}", f"{r.jpeg_bpp:.4f}")
-    out_console.print(table)
+    _print_frame(display_compression(summary_table(records)),
+                 f"compression: means over {records.image.nunique()} image(s); BPP*: DCT-VAE context at its raw size; "
+                 f"JPEG at the PSNR closest to the model's")
 
 
 # --------------------------------------------------------------------------- report
@@ -468,19 +369,21 @@ def report(
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
 ) -> None:
     """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
-    from robustvae.report import make_report
+    from robustvae import api
 
-    summary = make_report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
-    _print_report_summary(summary, out)
+    res = api.report(run_dirs, out, evals=eval_files, notes=notes, title=title, force=force)
+    _print_report_summary(res.summary, out)
 
 
 def _print_report_summary(summary: dict, out: Path) -> None:
     import pandas as pd
 
+    from robustvae.reporting.tables import display_table
+
     if "compression" in summary:
         _print_compression_table(pd.DataFrame(summary["compression"]["records"]))
     if "checks" in summary:  # attack runs among the inputs
-        _print_msssim_table(pd.DataFrame(summary["table"]))
+        _print_frame(display_table(pd.DataFrame(summary["table"])), "MS-SSIM(clean, attacked reconstruction): mean over points")
         failed = [c for c in summary["checks"] if not c["passed"]]
         out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
         for c in failed[:10]:
@@ -514,7 +417,9 @@ def demo(
     given = dict(presets=tuple(preset) or None, train_steps=train_steps, points=points, restarts=restarts,
                  attack_steps=attack_steps, iw_samples=iw_samples, eval_limit=eval_limit)
     settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
-    run_demo(out, settings, device=device, force=force, quiet=quiet, threads=threads)
+    summary = run_demo(out, settings, device=device, force=force, quiet=quiet, threads=threads)
+    if not quiet:
+        _print_report_summary(summary, out)
 
 
 # --------------------------------------------------------------------------- zoo

@@ -41,7 +41,8 @@ from robustvae.models.blocks import conv
 from robustvae.models.context import build_codec
 from robustvae.models.diffusion import DiffusionPrior
 from robustvae.models.distributions import DiagGaussian, PointMass
-from robustvae.models.vdvae import VDVAE, ELBOResult, LayerInfo
+from robustvae.models.contract import ELBOResult, LayerInfo
+from robustvae.models.vdvae import VDVAE
 
 
 def _below(noise: list[Tensor] | None) -> list[Tensor] | None:
@@ -65,7 +66,7 @@ class DCTVAE(VDVAE):
         self.inject = nn.ModuleDict(
             {r: conv(C, cfg.channels, 3 if int(r) > 2 else 1, weight_norm=cfg.weight_norm) for r in self.bias}
         )
-        context = LayerInfo(1, c, (C, c, c), kind="context")
+        context = LayerInfo(1, c, (C, c, c), kind="context", levels=self.codec.levels)
         self.layers = [context] + [dataclasses.replace(info, index=info.index + 1) for info in self._ladder]
         self.use_channels_last(self.channels_last)  # the codec, injections and diffusion UNet too
 

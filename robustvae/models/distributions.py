@@ -36,6 +36,9 @@ def soft_clamp(x: Tensor, limit: float) -> Tensor:
     return limit * torch.tanh(x / limit)
 
 
+DIVERGENCES = ("skl", "kl_forward", "kl_reverse", "means")  # how two Gaussian posteriors are compared
+
+
 class DiagGaussian:
     """Diagonal Gaussian N(mean, exp(logvar))."""
 
@@ -72,6 +75,25 @@ class DiagGaussian:
             + (self.var + (self.mean - other.mean) ** 2) / other.var
             - 1.0
         )
+
+    def compare(self, reference: DiagGaussian, divergence: str = "skl", straight_through: bool = False) -> Tensor:  # noqa: ARG002
+        """Per-image divergence of this (attacked) posterior from ``reference``, summed over its units.
+
+        ``skl`` = KL(ref || self) + KL(self || ref) (symmetric KL); ``kl_forward`` =
+        KL(ref || self); ``kl_reverse`` = KL(self || ref); ``means`` = squared L2
+        distance between the means. ``straight_through`` concerns quantised layers only.
+        """
+        if divergence == "skl":
+            d = reference.kl(self) + self.kl(reference)
+        elif divergence == "kl_forward":
+            d = reference.kl(self)
+        elif divergence == "kl_reverse":
+            d = self.kl(reference)
+        elif divergence == "means":
+            d = (self.mean - reference.mean) ** 2
+        else:
+            raise ValueError(f"unknown divergence {divergence!r} (known: {', '.join(DIVERGENCES)})")
+        return d.flatten(1).sum(1)
 
     def detach(self) -> DiagGaussian:
         return DiagGaussian(self.mean.detach(), self.logvar.detach())
@@ -219,6 +241,20 @@ class PointMass:
 
     def sample(self, noise: Tensor | None = None, temperature: float = 1.0) -> Tensor:  # noqa: ARG002
         return self.mean
+
+    def compare(self, reference: PointMass, divergence: str = "skl", straight_through: bool = False) -> Tensor:  # noqa: ARG002
+        """Per-image squared L2 distance between the coefficients before quantisation (any ``divergence``).
+
+        Divergences between point masses are infinite or zero, and quantisation has zero
+        gradient, so a deterministic layer is compared through its pre-quantisation
+        coefficients; with ``straight_through`` through the quantised values, with the
+        coefficients' gradient.
+        """
+        return (self.value(straight_through) - reference.value(straight_through)).pow(2).flatten(1).sum(1)
+
+    def value(self, straight_through: bool = False) -> Tensor:
+        """The coefficients before quantisation, or the quantised ones with their gradient (straight-through)."""
+        return self.pre_quant + (self.mean - self.pre_quant).detach() if straight_through else self.pre_quant
 
     def detach(self) -> PointMass:
         return PointMass(self.mean.detach(), self.pre_quant.detach())

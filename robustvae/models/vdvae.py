@@ -1,6 +1,6 @@
 """VDVAE: the top-down hierarchical VAE of Child (2021), as configured in Table 6.
 
-Public API (used by the attack engine and the evaluation):
+It implements the model contract (:mod:`robustvae.models.contract`):
 
 * ``encode(x, k)``: posteriors q(z_l | x, z_>l) of the top k layers, top first;
   higher layers are fixed at their posterior means so the result is deterministic.
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from robustvae.config import ModelConfig
 from robustvae.models.blocks import Block, conv, residual_scale
+from robustvae.models.contract import ELBOResult, LayerInfo
 from robustvae.models.distributions import (
     Bernoulli,
     DiagGaussian,
@@ -33,34 +34,6 @@ from robustvae.models.distributions import (
     soft_clamp,
     sum_except_batch,
 )
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One stochastic layer: ``index`` 1 is the top (coarsest) latent.
-
-    ``kind`` is ``"gaussian"`` (a diagonal-Gaussian latent) or ``"context"``
-    (DCT-VAE's deterministic context, whose posterior is a point mass).
-    """
-
-    index: int
-    resolution: int
-    shape: tuple[int, int, int]  # (channels, height, width)
-    kind: str = "gaussian"
-
-    @property
-    def dims(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass
-class ELBOResult:
-    """Per-image terms of the negative ELBO, all in nats except ``bpd``."""
-
-    kl: Tensor  # (B, L): KL per stochastic layer, top first (for a context layer: its prior's bound on -log p)
-    recon: Tensor  # (B,): -log p(x | z)
-    nelbo: Tensor  # (B,): recon + sum of KLs
-    bpd: Tensor  # (B,): nelbo in bits per dimension
 
 
 @dataclass
@@ -126,6 +99,9 @@ class VDVAE(nn.Module):
             n_out = DiscretizedLogisticMixture.num_params(cfg.image_channels, cfg.num_mixtures)
         self.out_conv = conv(C, n_out, 1, weight_norm=cfg.weight_norm)
         self.use_channels_last()
+
+    def fit_data(self, train_images: Tensor) -> None:  # noqa: ARG002
+        """Nothing in VDVAE depends on the data before training (the contract's hook)."""
 
     def use_channels_last(self, enabled: bool = True) -> VDVAE:
         """Keep 4-D weights, hence the activations, in channels-last layout (the default) or not.

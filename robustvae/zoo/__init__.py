@@ -6,9 +6,10 @@ resolved config (as a JSON-able dict), the weights (and EMA weights), and for
 training runs the optimiser, scheduler, step and RNG states. Files are written
 atomically (temporary file + rename) so a crash never leaves half a checkpoint.
 
-``load(name_or_path)`` returns a ready model in eval mode from a zoo name (fetched
-once into torch.hub's cache and verified by sha256), a checkpoint file, or a run
-directory (its ``best.pt``, else ``last.pt``).
+``load(name_or_path)`` returns a :class:`LoadedModel`: a ready model in eval mode with
+its config and provenance (file and sha256), from a zoo name (fetched once into
+torch.hub's cache and verified by sha256), a checkpoint file, or a run directory (its
+``best.pt``, else ``last.pt``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +165,39 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run directory")
 
 
-def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
-    """A ready model in eval mode from a zoo name, checkpoint file or run directory.
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model (:class:`~robustvae.models.contract.HierarchicalVAE`) with its config and where it came from.
 
-    The model's config is attached as ``model.config`` and the file's hash as
-    ``model.checkpoint_sha256``.
+    ``config`` is None for a model built in memory without one (it then has no
+    dataset of its own); ``path`` is ``"<in memory>"`` and ``sha256`` empty for such models.
+    """
+
+    model: nn.Module
+    config: Config | None
+    path: str
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """The config's name (the preset it was trained from), else the architecture."""
+        return self.config.name if self.config is not None else self.model.arch
+
+    @classmethod
+    def in_memory(cls, model: nn.Module, config: Config | None = None) -> LoadedModel:
+        """Wrap a model that was not loaded from a file."""
+        return cls(model, config, "<in memory>", "")
+
+
+def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> LoadedModel:
+    """A ready model in eval mode, with its config and provenance, from a zoo name, checkpoint file or run directory.
+
+    ``weights``: ``auto`` (EMA weights when the checkpoint has them), ``ema`` or ``raw``.
     """
     path = resolve_path(name_or_path)
     ckpt = read_checkpoint(path)
     model, cfg = model_from_checkpoint(ckpt, path, weights)
-    model.config = cfg
-    model.checkpoint_path = str(path)
-    model.checkpoint_sha256 = sha256_file(path)
-    return model.to(device).eval()
+    return LoadedModel(model.to(device).eval(), cfg, str(path), sha256_file(path))
 
 
 def cache_dir() -> Path:

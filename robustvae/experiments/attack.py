@@ -1,0 +1,416 @@
+"""The attack sweep: latent attacks over models x k x points x restarts, written as records.
+
+Work is cut into units with stable ids (model, k, a slice of points). A unit attacks
+all its points x restarts in one batch (sized to ``max_batch_mib``), scores the
+attacked reconstructions with MS-SSIM, adds the baselines, and appends its rows to
+``records.jsonl`` in one write. A run started again with the same settings skips the
+finished units; ``shard=(i, N)`` runs every N-th unit so processes or machines can
+share a sweep (their record files merge). Under torchrun each process takes every
+W-th unit of the shard and appends to its own part file; rank 0 merges the parts
+into the shard's records file in unit order (:class:`~robustvae.experiments.rundir.RunDir`).
+
+Protocol: the reconstruction with k layers takes the posterior mean for the top k
+layers and prior samples at ``temperature`` for the rest, with the same prior noise
+for the clean and the attacked image. Rows (:class:`~robustvae.records.AttackRecord`):
+
+* ``kind="attack"``: one per (model, k, point, restart);
+* ``kind="floor"``: clean vs clean under different prior noise (how much MS-SSIM moves
+  without any attack);
+* ``kind="noise"``: a uniformly random perturbation of the same budget (an attack
+  must beat it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from robustvae.attacks import LatentObjective, make_attack, random_start
+from robustvae.config import AttackConfig, parse_layers, to_dict
+from robustvae.data import eval_images, load_dataset, stratified_order
+from robustvae.distributed import DistContext, current
+from robustvae.errors import RobustVAEError
+from robustvae.evaluation import layer_diagnostics
+from robustvae.experiments.models import Labelled
+from robustvae.experiments.rundir import RunDir, provenance
+from robustvae.io import safe_name
+from robustvae.metrics import ms_ssim, psnr
+from robustvae.progress import make_progress
+from robustvae.records import AttackRecord, read_attack_records
+from robustvae.seeding import derive_seed
+
+DIAGNOSTIC_IMAGES = 500  # images behind the per-layer KL / active-unit diagnostics in run.json
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slice of the sweep that runs as one batch and lands in the records as one write."""
+
+    id: str
+    model: int  # index into the models list
+    k: int
+    start: int  # slice of the attacked points
+    stop: int
+
+
+@dataclass(frozen=True)
+class Points:
+    """The attacked points of one model's dataset (the first ``cfg.points``) and the diagnostic images after them."""
+
+    dataset: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor  # positions in the split
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> int:
+    """Memory one attacked image needs for a forward + backward pass, measured from autograd's saved tensors."""
+    c, s = model.cfg.image_channels, model.cfg.image_size
+    objective = LatentObjective(model, k, "skl" if cfg.objective == "supervised" else cfg.objective, cfg.straight_through)
+    sizes = []
+    for b in (1, 2):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        x = torch.rand(b, c, s, s, device=device)
+        ref = objective.reference(x)
+        xr = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            objective(xr, ref).sum()
+        sizes.append(total)
+    return max(sizes[1] - sizes[0], 1)
+
+
+def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device) -> list[Unit]:
+    """Every unit of the sweep, in a fixed order."""
+    units = []
+    for mi, lm in enumerate(models):
+        for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
+            per = bytes_per_sample(lm.model, k, cfg, device)
+            budget = cfg.max_batch_mib * 2**20
+            n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
+            for a in range(0, cfg.points, n_points):
+                b = min(a + n_points, cfg.points)
+                units.append(Unit(f"{lm.label}|k={k}|points={a}-{b - 1}", mi, k, a, b))
+    return units
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 1 <= i <= N."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise RobustVAEError(f"--shard expects i/N such as 1/2, got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise RobustVAEError(f"--shard {text}: i must be between 1 and N (got i={i}, N={n})")
+    return i, n
+
+
+def select_points(lm: Labelled, cfg: AttackConfig, data_dir: str | None) -> Points:
+    """A label-stratified, seeded selection from the split: the first ``points`` are attacked,
+    and up to :data:`DIAGNOSTIC_IMAGES` feed the per-layer KL / active-unit diagnostics."""
+    dcfg = lm.data
+    if data_dir:
+        dcfg = dataclasses.replace(dcfg, data_dir=data_dir)
+    ds = load_dataset(dcfg)
+    split = ds.split(cfg.split)
+    if cfg.points > len(split):
+        raise RobustVAEError(f"--points {cfg.points} is more than the {len(split)} images of the {cfg.split} split")
+    order = stratified_order(split.labels, cfg.seed)[: max(cfg.points, min(DIAGNOSTIC_IMAGES, len(split)))]
+    images = eval_images(ds, cfg.split, lm.model.cfg.binary)[order]
+    return Points(ds.name, images, split.labels[order], order)
+
+
+# --------------------------------------------------------------------------- one unit
+
+
+def prior_noise(model, seeds: list[int]) -> list[torch.Tensor]:
+    """Per-layer prior noise, one independent seeded draw per image."""
+    draws = [model.make_noise(1, torch.Generator().manual_seed(s)) for s in seeds]
+    return [torch.cat(parts) for parts in zip(*draws)]
+
+
+def _repeat(noise: list[torch.Tensor], r: int) -> list[torch.Tensor]:
+    return [t.repeat_interleave(r, 0) for t in noise]
+
+
+def _norms(delta: torch.Tensor) -> tuple[list[float], list[float]]:
+    flat = delta.flatten(1).double()
+    return flat.abs().max(1).values.tolist(), flat.norm(dim=1).tolist()
+
+
+@dataclass
+class _UnitContext:
+    """What every row of one unit shares, and how to make its rows."""
+
+    lm: Labelled
+    unit: Unit
+    points: Points
+    cfg: AttackConfig
+    pts: list[int]
+
+    def record(self, i: int, kind: str, restart: int, **scores: Any) -> AttackRecord:
+        p, cfg = self.pts[i], self.cfg
+        return AttackRecord(
+            unit=self.unit.id, model=self.lm.label, checkpoint_sha256=self.lm.sha256, dataset=self.points.dataset,
+            k=self.unit.k, objective=cfg.objective, optimizer=cfg.optimizer, norm=cfg.norm, eps=cfg.eps,
+            steps=cfg.steps, seed=cfg.seed, temperature=cfg.temperature, kind=kind, point=p,
+            test_index=int(self.points.indices[p]), label=int(self.points.labels[p]), restart=restart, **scores)
+
+
+def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Tensor] | None:
+    """Worst-restart arrays of the unit's points that are among the first ``gallery_points``."""
+    R = ctx.cfg.restarts
+    chosen = [i for i in range(len(ctx.pts)) if ctx.pts[i] < ctx.cfg.gallery_points]
+    if not chosen:
+        return None
+    worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in chosen]
+    return {"points": torch.tensor([ctx.pts[i] for i in chosen]), "restarts": torch.tensor([j % R for j in worst]),
+            "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[chosen].cpu(), "rec_adv": rec[worst].cpu(),
+            "msssim": score[worst].cpu()}
+
+
+def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
+    """Every point x restart in one batch, each restart with its own seeded start."""
+    model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
+    X = x.repeat_interleave(R, 0)
+    seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
+    attack = make_attack(model, k, cfg)
+    target = None
+    if attack.objective.spec.needs_target:  # pull towards the next attacked point (a fixed, different image)
+        target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(x.device).repeat_interleave(R, 0)
+    adv = attack(X, target=target, seeds=seeds)
+    with torch.no_grad():
+        rec = model.reconstruct(adv, k, cfg.temperature, _repeat(noise, R))
+        score = ms_ssim(rec, clean.repeat_interleave(R, 0))
+        score_in = ms_ssim(adv, X)
+        ps = psnr(rec, clean.repeat_interleave(R, 0))
+        scorer = LatentObjective(model, k, "skl")
+        skl = scorer.per_layer(adv, scorer.reference(X))
+    linf, l2 = _norms(adv - X)
+    rec_finite = torch.isfinite(rec).flatten(1).all(1).tolist()
+    # one device-to-host copy per column, not one wait per value
+    bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
+        t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
+    rows = []
+    for j in range(len(ctx.pts) * R):
+        i, r = divmod(j, R)
+        rows.append(ctx.record(
+            i, "attack", r, msssim=score_l[j], msssim_input=score_in_l[j], psnr=ps_l[j], skl=skl_l[j],
+            delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
+            nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j],
+            target_point=(ctx.pts[i] + 1) % cfg.points if target is not None else None))
+    return rows, _gallery(ctx, X, adv, clean, rec, score)
+
+
+@torch.no_grad()
+def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
+    """Floor rows (the same image under other prior noise) and noise rows (a random perturbation of the budget)."""
+    model, k, cfg, pts = ctx.lm.model, ctx.unit.k, ctx.cfg, ctx.pts
+    rows = []
+    for d in range(cfg.floor_draws):
+        other = prior_noise(model, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
+        s = ms_ssim(model.reconstruct(x, k, cfg.temperature, other), clean).tolist()
+        rows += [ctx.record(i, "floor", d, msssim=s[i], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
+                            nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
+    scorer = LatentObjective(model, k, "skl")
+    ref_x = scorer.reference(x) if cfg.noise_draws else None
+    for d in range(cfg.noise_draws):
+        xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
+        s = ms_ssim(model.reconstruct(xn, k, cfg.temperature, noise), clean).tolist()
+        s_in = ms_ssim(xn, x).tolist()
+        kl_n = scorer.per_layer(xn, ref_x).tolist()
+        nl, n2 = _norms(xn - x)
+        rows += [ctx.record(i, "noise", d, msssim=s[i], msssim_input=s_in[i], skl=kl_n[i], delta_linf=nl[i],
+                            delta_l2=n2[i], nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
+    return rows
+
+
+def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tuple[list[AttackRecord], dict | None]:
+    """Attack one unit's points x restarts in one batch; its rows (attack, floor, noise) and gallery arrays."""
+    model = lm.model
+    dev = next(model.parameters()).device
+    ctx = _UnitContext(lm, unit, points, cfg, list(range(unit.start, unit.stop)))
+    x = points.images[unit.start : unit.stop].to(dev)
+    noise = prior_noise(model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
+    with torch.no_grad():
+        clean = model.reconstruct(x, unit.k, cfg.temperature, noise)
+    rows, gallery = _attack_rows(ctx, x, clean, noise)
+    return rows + _baseline_rows(ctx, x, clean, noise), gallery
+
+
+def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str) -> None:
+    """Worst-restart examples of a unit's first points (x, x + delta, both reconstructions) as a .npz.
+
+    Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
+    ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, unit=np.array(unit.id), model=np.array(model_label), k=np.array(unit.k),
+                        **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def expected_rows(unit: Unit, cfg: AttackConfig) -> int:
+    """Rows of a complete unit."""
+    return (unit.stop - unit.start) * (cfg.restarts + cfg.floor_draws + cfg.noise_draws)
+
+
+def file_names(shard: tuple[int, int]) -> tuple[str, str]:
+    """(records file, run file) of a shard."""
+    i, n = shard
+    return ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
+
+
+@dataclass
+class _Sweep:
+    """One call of :func:`run_sweep`: the plan, this process's share, and where it writes."""
+
+    models: list[Labelled]
+    cfg: AttackConfig
+    shard: tuple[int, int]
+    dist: DistContext
+    units: list[Unit]  # the whole sweep
+    out: RunDir | None
+
+    @property
+    def shard_units(self) -> list[Unit]:
+        i, n = self.shard
+        return [u for j, u in enumerate(self.units) if j % n == i - 1]
+
+    @property
+    def mine(self) -> list[Unit]:
+        return self.shard_units[self.dist.rank :: self.dist.world_size]
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return file_names(self.shard)
+
+    def settings(self) -> dict[str, Any]:
+        return {"attack": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
+                "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units]}
+
+    def expected(self) -> dict[str, int]:
+        return {u.id: expected_rows(u, self.cfg) for u in self.shard_units}
+
+    def done_rows(self) -> list[dict[str, Any]]:
+        """Rows of the units already finished (earlier runs, killed processes' parts merged first)."""
+        if self.out is None:
+            return []
+        if self.dist.is_main:
+            self.out.path.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+        self.out.check_resumable(self.names[1], self.settings())
+        if self.dist.is_main:
+            self.out.merge(self.names[0], self.expected(), read_attack_records)
+        self.dist.barrier()
+        return read_attack_records(self.out / self.names[0])
+
+    def write_path(self) -> Path | None:
+        if self.out is None:
+            return None
+        return self.out.part(self.names[0], self.dist.rank) if self.dist.enabled else self.out / self.names[0]
+
+
+def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: int, points: dict) -> dict[str, Any]:
+    """run.json: command, settings, provenance, progress, and per model its config and layer diagnostics."""
+    info = {"command": command or sys.argv, "settings": sw.settings(), **provenance(), "device": str(dev),
+            "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
+            "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
+            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.config),
+                        "num_layers": m.model.num_layers} for m in sw.models]}
+    if sw.dist.is_main:
+        for mi, lm in enumerate(sw.models):
+            info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
+    if sw.out is not None and sw.dist.is_main:
+        prev = sw.out.read_json(sw.names[1])
+        info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0
+        sw.out.write_json(sw.names[1], info)
+    return info
+
+
+def _run_units(sw: _Sweep, todo: list[Unit], points: dict, info: dict, quiet: bool) -> list[dict[str, Any]]:
+    """Run the units left, appending each unit's rows (and gallery) as it finishes; the new rows."""
+    dd, write_path, rows = sw.dist, sw.write_path(), []
+    t0 = time.perf_counter() - info["wall_time_s"]
+    label = f"attack (rank 0 of {dd.world_size})" if dd.enabled else "attack"
+    with make_progress(quiet or not dd.is_main) as progress:
+        task = progress.add_task(label, total=len(sw.mine), completed=len(sw.mine) - len(todo), info="")
+        for unit in todo:
+            lm, ts = sw.models[unit.model], time.perf_counter()
+            records, gallery = run_unit(lm, unit, points[unit.model], sw.cfg)
+            new = [r.to_row() for r in records]
+            rows.extend(new)
+            if sw.out is not None:
+                if gallery is not None:
+                    save_gallery(sw.out / "gallery" / f"{safe_name(unit.id)}.npz", gallery, unit, lm.label)
+                RunDir.append(write_path, new)
+                if dd.is_main:
+                    info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
+                    sw.out.write_json(sw.names[1], info)
+            rate = (unit.stop - unit.start) * sw.cfg.restarts * sw.cfg.steps / max(time.perf_counter() - ts, 1e-9)
+            progress.update(task, advance=1, info=f"{unit.id} | {rate:.0f} attack steps/s")
+    info["wall_time_s"] = time.perf_counter() - t0
+    return rows
+
+
+def run_sweep(
+    models: list[Labelled],
+    config: AttackConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    device: torch.device,
+    shard: tuple[int, int] = (1, 1),
+    data_dir: str | None = None,
+    quiet: bool = True,
+    command: list[str] | None = None,
+    dist: DistContext | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep over labelled models and return this shard's records as a DataFrame.
+
+    With ``out`` the records and ``run.json`` are written there; a later call with the
+    same settings skips the units already done. Under torchrun (``dist``, by default
+    the running command's context) the shard is split over the processes and rank 0
+    returns the merged records (the other ranks their own).
+    """
+    dd = dist or current()
+    if dd.enabled and out is None:
+        raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
+    sw = _Sweep(models, config, shard, dd, plan_units(models, config, device), RunDir(out) if out is not None else None)
+    previous = sw.done_rows()
+    finished = {r["unit"] for r in previous}
+    mine = {u.id for u in sw.mine}
+    rows = [r for r in previous if r["unit"] in mine]
+    todo = [u for u in sw.mine if u.id not in finished]
+    points = {mi: select_points(lm, config, data_dir) for mi, lm in enumerate(models)}
+    info = _run_info(sw, device, command, len(finished), points)
+    rows += _run_units(sw, todo, points, info, quiet)
+    if sw.out is not None and dd.enabled:
+        dd.barrier()  # every process has finished its units
+        if dd.is_main:
+            rows = sw.out.merge(sw.names[0], sw.expected(), read_attack_records)
+    info.update(status="complete", units_done=len(sw.shard_units))
+    if sw.out is not None and dd.is_main:
+        sw.out.write_json(sw.names[1], info)
+    return pd.DataFrame(rows)

@@ -1,0 +1,37 @@
+"""Attack suites: declarative TOML files (``attacks/*.toml``) holding models and attack settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from robustvae.config import AttackConfig, from_dict
+from robustvae.errors import RobustVAEError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 has no tomllib; tomli is the same parser (a dependency there)
+    import tomli as tomllib
+
+
+def read_suite(path: str | os.PathLike) -> tuple[list[str], dict]:
+    """An ``attacks/*.toml`` suite: its ``models`` list and its AttackConfig fields (not yet validated)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise RobustVAEError(f"cannot read suite {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RobustVAEError(f"suite {path} is not valid TOML: {e}") from None
+    models = data.pop("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise RobustVAEError(f"suite {path}: models must be a list of zoo names or checkpoint paths")
+    return models, data
+
+
+def attack_config(suite: str | os.PathLike | None = None, **options) -> tuple[list[str], AttackConfig]:
+    """The suite's models and its settings overridden by ``options`` (None values ignored), validated."""
+    models, settings = read_suite(suite) if suite is not None else ([], {})
+    settings.update({k: v for k, v in options.items() if v is not None})
+    return models, from_dict(AttackConfig, settings)
