@@ -5,6 +5,7 @@ gallery) and never re-runs anything; see :mod:`robustvae.report.aggregate` for h
 restarts and points are aggregated and :mod:`robustvae.report.load` for how runs merge.
 Directories written by ``robustvae compress`` add a compression section
 (:mod:`robustvae.report.compression`); a report may hold only those.
+The tables as text cells (for a console as for the page) are in :mod:`robustvae.report.tables`.
 """
 
 from robustvae.report.load import RunSet, load_runs

@@ -6,7 +6,8 @@
   (means over the images), JPEG as a curve over its qualities;
 * :func:`side_by_side_figure`: per image, original | reconstruction | JPEG at the
   matched PSNR, a row per model and k;
-* :func:`summary_table`: per model and k, the means over images (numbers only).
+* :func:`~robustvae.report.tables.summary_table`: per model and k, the means over
+  images (numbers only).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from robustvae.compression import RUN_KIND
 from robustvae.errors import RobustVAEError
-from robustvae.report.figures import MARKERS, _image, new_figure, palette
-from robustvae.results import safe_name
+from robustvae.io import safe_name
+from robustvae.records import COMPRESSION_RUN_KIND
+from robustvae.report.figures import imshow_array, marker_map, new_figure, palette
+from robustvae.report.tables import summary_table
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
-MEAN_COLUMNS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
 
 
 @dataclass
@@ -48,31 +49,25 @@ class CompressionRun:
 def is_compression_run(d: str | Path) -> bool:
     """Whether ``d`` holds a ``run.json`` written by ``robustvae compress``."""
     try:
-        return json.loads((Path(d) / "run.json").read_text()).get("kind") == RUN_KIND
+        return json.loads((Path(d) / "run.json").read_text()).get("kind") == COMPRESSION_RUN_KIND
     except (OSError, ValueError, AttributeError):
         return False
 
 
 def load_compression_run(d: str | Path) -> CompressionRun:
-    """Read a compression run directory; one clear line when a file is missing."""
+    """Read a compression run directory (``run.json``, ``records.csv``, ``jpeg.csv``); one clear line when a file is missing."""
     d = Path(d)
-    info = json.loads((d / "run.json").read_text())
+    try:
+        info = json.loads((d / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RobustVAEError(f"cannot read {d / 'run.json'} ({type(e).__name__}); copy the whole compression run directory") from None
     tables = []
     for name in ("records.csv", "jpeg.csv"):
-        try:
-            tables.append(pd.read_csv(d / name, keep_default_na=True))
+        try:  # names stay strings (an image file 001.png is named "001", not 1)
+            tables.append(pd.read_csv(d / name, keep_default_na=True, dtype={"image": str, "model": str}))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise RobustVAEError(f"cannot read {d / name} ({type(e).__name__}); copy the whole compression run directory") from None
     return CompressionRun(d, info, *tables)
-
-
-def summary_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per model and k: images, and the means over images of every score (JPEG at the matched PSNR beside)."""
-    numbers = records[MEAN_COLUMNS].apply(pd.to_numeric)  # None (from JSON) -> NaN
-    g = numbers.groupby([records.model, records.k], sort=True)
-    out = g.mean()
-    out.insert(0, "images", g.size())
-    return out.reset_index()
 
 
 def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
@@ -81,7 +76,7 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
     curve = jpeg.groupby("quality")[["bpp", "psnr", "msssim"]].mean().reset_index()
     models = sorted(table.model.unique())
     colours = palette(models)
-    markers = dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
+    markers = marker_map(models)
     n_images = records.image.nunique()
     fig = new_figure(11, 4.4)
     axes = fig.subplots(1, 2)
@@ -134,7 +129,7 @@ def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any,
                        f"{r.jpeg_bpp:.3f} bpp")]
         for c, (img, title) in enumerate(cells):
             ax = axes[row, c]
-            ax.imshow(_image(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(imshow_array(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=7.5)
