@@ -1,19 +1,26 @@
-"""Reports from hand-written records: golden numbers, escaping, no external requests, merging, clear errors."""
+"""Reports from hand-written records: golden numbers, escaping, no external requests, merging, clear errors;
+compression runs' figures drawn from their files."""
 
 from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import seaborn as sns
 from matplotlib.collections import LineCollection
+from PIL import Image
 
 from robustvae.cli import main
 from robustvae.errors import RobustVAEError
-from robustvae.report import load_runs, make_report
+from robustvae.io import safe_name
+from robustvae.records import COMPRESSION_COLUMNS, COMPRESSION_RUN_KIND
+from robustvae.report import load_runs, make_report, write_compression_figures
+from robustvae.report import compression as comp
 from robustvae.report import aggregate as agg
 from robustvae.report import figures
 from robustvae.report.load import PANEL_KEYS
@@ -357,3 +364,92 @@ def test_cli_report_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert "91.25" in html and "&lt;b&gt;on a CPU&lt;/b&gt;" in html
     assert "already holds a report" in _error(capsys, args)
     assert main([*args, "--force"]) == 0
+
+
+# --------------------------------------------------------------------------- compression runs' own figures
+
+COMPRESSION_MODELS = {"vdvae-a": [1, 2], "dct/b": [1]}  # a label that is no file name
+
+
+def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A compression run directory as the experiment writes it (small synthetic images, a few records).
+
+    Returns what it was written from: (records, JPEG sweep, arrays by image: original, reconstructions, JPEG files).
+    """
+    g = np.random.default_rng(1)
+    images = {"001": g.integers(0, 256, (1, 30, 33), dtype=np.uint8), "tile": g.integers(0, 256, (1, 28, 28), dtype=np.uint8)}
+    rows, sweep, arrays = [], [], {}
+    for name, pixels in images.items():
+        folder = d / "images" / safe_name(name)
+        folder.mkdir(parents=True)
+        Image.fromarray(pixels[0]).save(folder / "original.png")
+        files = {}
+        for q in (10, 50, 90):
+            buf = BytesIO()
+            Image.fromarray(pixels[0]).save(buf, format="JPEG", quality=q)
+            files[q] = buf.getvalue()
+            sweep.append({"image": name, "width": 33, "height": 30, "channels": 1, "quality": q, "bytes": len(files[q]),
+                          "bpp": 8 * len(files[q]) / pixels[0].size, "psnr": 10.0 + q / 5, "msssim": 0.5 + q / 200,
+                          "msssim_impl": "robustvae standard (small-image)"})
+        recs = {}
+        for model, ks in COMPRESSION_MODELS.items():
+            for k in ks:
+                rec = np.clip(pixels.astype(int) + g.integers(-40 // k, 40 // k + 1, pixels.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(rec[0]).save(folder / f"{safe_name(model)}-k{k}.png")
+                recs[model, k] = rec
+                q = (10, 50, 90)[k]
+                (folder / f"jpeg-q{q}.jpg").write_bytes(files[q])
+                rows.append({**dict.fromkeys(COMPRESSION_COLUMNS), "image": name, "width": pixels.shape[2],
+                             "height": pixels.shape[1], "channels": 1, "model": model, "k": k, "psnr": 12.0 + 3 * k,
+                             "msssim": 0.3 + 0.2 * k, "bpp": 0.05 * k, "bpp_context_raw": 0.2 if model == "dct/b" else None,
+                             "jpeg_quality": q, "jpeg_psnr": 10.0 + q / 5, "jpeg_msssim": 0.5 + q / 200,
+                             "jpeg_bpp": 8 * len(files[q]) / pixels[0].size})
+        arrays[name] = (pixels, recs, files)
+    records, jpeg = pd.DataFrame(rows), pd.DataFrame(sweep)
+    records.to_csv(d / "records.csv", index=False)
+    jpeg.to_csv(d / "jpeg.csv", index=False)
+    models = [{"label": m, "path": f"/runs/{m}", "sha256": "c" * 64, "layers": ks, "patch_size": 28, "patches": 4,
+               "patches_per_s": 10.0, "reconstructions_per_s": 10.0 * len(ks)} for m, ks in COMPRESSION_MODELS.items()]
+    (d / "run.json").write_text(json.dumps({
+        "kind": COMPRESSION_RUN_KIND, "command": ["robustvae", "compress"], "wall_time_s": 1.0, "models": models,
+        "images": [{"name": n, "width": p.shape[2], "height": p.shape[1]} for n, (p, _, _) in arrays.items()]}))
+    return records, jpeg, arrays
+
+
+def _pixels(png) -> np.ndarray:
+    with Image.open(png) as im:
+        return np.asarray(im)
+
+
+def _drawn(fig, dpi: int) -> np.ndarray:
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return _pixels(buf)
+
+
+def test_compression_figures_from_the_run_directory_alone(tmp_path):
+    d = tmp_path / "compress"
+    records, jpeg, arrays = _compression_run(d)
+    written = write_compression_figures(d)
+    pictures = [d / "side-by-side" / f"{safe_name(n)}.png" for n in arrays]
+    assert written == [d / "rd.png", d / "rd.pdf", *pictures]
+    assert (d / "rd.pdf").read_bytes().startswith(b"%PDF")
+    # the same pictures as drawn from the arrays in memory (as the experiment did before)
+    np.testing.assert_array_equal(_pixels(d / "rd.png"), _drawn(comp.rd_figure(records, jpeg), 130))
+    for path, (name, (pixels, recs, files)) in zip(pictures, arrays.items()):
+        panels = [(r, recs[r.model, r.k], comp.read_image(BytesIO(files[r.jpeg_quality])))
+                  for _, r in records[records.image == name].iterrows()]
+        assert len(panels) == 3
+        np.testing.assert_array_equal(_pixels(path), _drawn(comp.side_by_side_figure(name, pixels, panels), 90))
+    # and the report's compression section shows them
+    summary = make_report([d], tmp_path / "report")
+    assert summary["compression"]["models"] == ["dct/b", "vdvae-a"]
+    assert "side-by-side of 001" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_compression_figures_name_a_missing_file(tmp_path):
+    d = tmp_path / "compress"
+    _compression_run(d)
+    (d / "images" / "tile" / "original.png").unlink()
+    with pytest.raises(RobustVAEError, match="original.png"):
+        write_compression_figures(d)

@@ -2,6 +2,8 @@
 
 * :func:`is_compression_run`: a directory whose ``run.json`` has ``kind: compress``;
 * :func:`load_compression_run`: its ``run.json``, ``records.csv`` and ``jpeg.csv``;
+* :func:`write_compression_figures`: the run's figures (``rd.png``, ``rd.pdf``,
+  ``side-by-side/*.png``) drawn from its files alone and written into it;
 * :func:`rd_figure`: PSNR and MS-SSIM against bits per pixel, a marker per model and k
   (means over the images), JPEG as a curve over its qualities;
 * :func:`side_by_side_figure`: per image, original | reconstruction | JPEG at the
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -68,6 +71,53 @@ def load_compression_run(d: str | Path) -> CompressionRun:
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise RobustVAEError(f"cannot read {d / name} ({type(e).__name__}); copy the whole compression run directory") from None
     return CompressionRun(d, info, *tables)
+
+
+def read_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """An 8-bit PNG or JPEG file -> (C, H, W) uint8, as the compression run held it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except OSError as e:
+        raise RobustVAEError(f"cannot read {path} ({type(e).__name__}); copy the whole compression run directory") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _side_by_side_panels(run: CompressionRun, image: dict[str, Any]) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
+    """One image's original and, per row of its records (in order), (record, reconstruction, matched JPEG), from files."""
+    folder = run.dir / "images" / safe_name(image["name"])
+    original = read_image(folder / "original.png")
+    if original.shape[1:] != (image["height"], image["width"]):
+        raise RobustVAEError(f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
+                             f"{image['width']}x{image['height']}; copy the whole compression run directory")
+    panels = [(r, read_image(folder / f"{safe_name(r.model)}-k{r.k}.png"),
+               read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg"))
+              for _, r in run.records[run.records.image == image["name"]].iterrows()]
+    return original, panels
+
+
+def write_compression_figures(run_dir: str | os.PathLike) -> list[Path]:
+    """Draw a compression run's figures from its files alone and write them into the run directory.
+
+    Reads ``run.json`` (its ``images``: name, width, height, in order), ``records.csv``,
+    ``jpeg.csv`` and per image ``images/<image>/original.png``, ``<model>-k<k>.png`` and
+    ``jpeg-q<quality>.jpg`` (names through :func:`~robustvae.io.safe_name`); writes
+    ``rd.png`` and ``rd.pdf`` (:func:`rd_figure`, dpi 130) and per image
+    ``side-by-side/<image>.png`` (:func:`side_by_side_figure`, dpi 90). Returns the paths written.
+    """
+    run = load_compression_run(run_dir)
+    written = [run.dir / f"rd.{fmt}" for fmt in ("png", "pdf")]
+    fig = rd_figure(run.records, run.jpeg)
+    for path in written:
+        fig.savefig(path, format=path.suffix[1:], dpi=130)
+    (run.dir / "side-by-side").mkdir(exist_ok=True)
+    for (name, path), image in zip(run.side_by_side(), run.info["images"]):
+        original, panels = _side_by_side_panels(run, image)
+        side_by_side_figure(name, original, panels).savefig(path, dpi=90)
+        written.append(path)
+    return written
 
 
 def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
