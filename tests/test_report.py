@@ -1,20 +1,29 @@
-"""Reports from hand-written records: golden numbers, escaping, no external requests, merging, clear errors."""
+"""Reports from hand-written records: golden numbers, escaping, no external requests, merging, clear errors;
+compression runs' figures drawn from their files."""
 
 from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import seaborn as sns
 from matplotlib.collections import LineCollection
+from PIL import Image
 
 from robustvae.cli import main
 from robustvae.errors import RobustVAEError
-from robustvae.report import load_runs, make_report
+from robustvae.io import safe_name
+from robustvae.records import COMPRESSION_COLUMNS, COMPRESSION_RUN_KIND
+from robustvae.report import load_runs, make_report, write_compression_figures
+from robustvae.report import compression as comp
 from robustvae.report import aggregate as agg
 from robustvae.report import figures
+from robustvae.report.load import PANEL_KEYS
 
 EVIL = "<script>alert(1)</script>"
 SHA = {"vdvae-a": "a" * 64, EVIL: "b" * 64}
@@ -32,7 +41,7 @@ FLOOR = [[0.995, 0.985], [0.99, 0.99], [1.0, 0.99]]
 
 def _row(model: str, k: int, kind: str, point: int, restart: int, msssim: float, eps: float = 0.1, **extra) -> dict:
     row = {"unit": f"{model}|k={k}|points=0-2", "model": model, "checkpoint_sha256": SHA[model], "dataset": "mnist-offline",
-           "layers": k, "objective": "skl", "optimizer": "pgd", "norm": "linf", "eps": eps, "steps": 10, "seed": 0,
+           "k": k, "objective": "skl", "optimizer": "pgd", "norm": "linf", "eps": eps, "steps": 10, "seed": 0,
            "temperature": 0.1, "kind": kind, "point": point, "test_index": 100 + point, "label": point, "restart": restart,
            "msssim": msssim, "msssim_input": 0.9, "delta_linf": 0.0 if kind == "floor" else eps,
            "delta_l2": 0.0 if kind == "floor" else 2.0 * eps, "nonfinite": False}
@@ -97,7 +106,7 @@ def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, 
         for i, m in enumerate(models):
             x = g.random((2, 1, 28, 28), dtype=np.float32)
             np.savez_compressed(d / "gallery" / f"model{i}_k_1.npz",
-                                unit=np.array(f"{m}|k=1|points=0-2"), model=np.array(m), layers=np.array(1),
+                                unit=np.array(f"{m}|k=1|points=0-2"), model=np.array(m), k=np.array(1),
                                 points=np.arange(2), restarts=np.zeros(2, dtype=np.int64), x=x,
                                 x_adv=np.clip(x + 0.1, 0, 1), rec=x, rec_adv=x[::-1].copy(),
                                 msssim=np.array([0.7, 0.6], dtype=np.float32))
@@ -116,7 +125,7 @@ def report(tmp_path_factory):
 
 
 def _row_of(summary: dict, model: str, k: int, eps: float = 0.1) -> dict:
-    (row,) = [r for r in summary["table"] if r["model"] == model and r["layers"] == k and r["eps"] == eps]
+    (row,) = [r for r in summary["table"] if r["model"] == model and r["k"] == k and r["eps"] == eps]
     return row
 
 
@@ -148,7 +157,7 @@ def test_golden_numbers_computed_by_hand(report):
 
 def test_summary_holds_numbers_not_strings(report):
     _, summary, _ = report
-    numeric = ["eps", "layers", "points", "restarts", "mean", "mean_lo", "mean_hi", "worst", "worst_lo", "worst_hi",
+    numeric = ["eps", "k", "points", "restarts", "mean", "mean_lo", "mean_hi", "worst", "worst_lo", "worst_hi",
                "noise", "floor", "max_delta_linf", "max_delta_l2", "nonfinite", "layer_kl_nats"]
     for row in summary["table"]:
         for key in numeric:
@@ -175,7 +184,7 @@ def test_failed_checks_budget_nonfinite_restarts_noise(tmp_path):
     rows = records(models=("vdvae-a",))
     rows[0]["delta_linf"] = 0.25  # outside the 0.1 ball
     rows[1]["msssim"], rows[1]["nonfinite"] = float("nan"), True
-    rows = [r for r in rows if not (r["kind"] == "attack" and r["point"] == 2 and r["restart"] == 1 and r["layers"] == 2)]
+    rows = [r for r in rows if not (r["kind"] == "attack" and r["point"] == 2 and r["restart"] == 1 and r["k"] == 2)]
     runs = load_runs([write_run(tmp_path / "r", rows, gallery=False)])
     table = agg.summarise(runs.records)
     checks = agg.checks(runs, table).set_index(["check", "scope"])
@@ -186,11 +195,11 @@ def test_failed_checks_budget_nonfinite_restarts_noise(tmp_path):
     assert not nonfinite.passed and nonfinite.value == 1
     assert not checks.loc[("restarts per point as configured", scope)].passed
     # the non-finite restart is left out of the means and counted
-    row = table[(table.layers == 1)].iloc[0]
+    row = table[(table.k == 1)].iloc[0]
     assert row.nonfinite == 1 and row.worst == pytest.approx((0.9 + 0.6 + 0.5) / 3)  # point 0 keeps its 0.9
     # damage rising with k by more than the tolerance fails the monotone check
     rows = records(models=("vdvae-a",))
-    rows = [{**r, "msssim": 0.99} if r["kind"] == "attack" and r["layers"] == 2 else r for r in rows]
+    rows = [{**r, "msssim": 0.99} if r["kind"] == "attack" and r["k"] == 2 else r for r in rows]
     runs = load_runs([write_run(tmp_path / "m", rows, gallery=False)])
     checks = agg.checks(runs, agg.summarise(runs.records)).set_index(["check", "scope"])
     assert not checks.loc[("damage monotone in k", scope)].passed
@@ -244,12 +253,36 @@ def test_report_writes_every_file(report):
 def test_figure_error_bars_are_the_table_intervals(tmp_path):
     runs = load_runs([write_run(tmp_path / "r", records(), gallery=False)])
     table = agg.summarise(runs.records)
-    fig = figures.figure10(agg.per_point(runs.records), table)
+    fig = figures.figure10(table)
     for ax, view in zip(fig.axes[:2], ("mean", "worst")):
         bars = sorted((seg[0][0], seg[0][1], seg[1][1]) for c in ax.collections if isinstance(c, LineCollection)
                       for seg in c.get_segments())
-        want = sorted(zip(table.layers, table[f"{view}_lo"], table[f"{view}_hi"]))
+        want = sorted(zip(table.k, table[f"{view}_lo"], table[f"{view}_hi"]))
         np.testing.assert_allclose(np.array(bars), np.array(want, dtype=float), atol=1e-12)
+
+
+def test_figure10_draws_what_seaborn_drew(tmp_path, monkeypatch):
+    """Figure 10 from the table's numbers is, pixel for pixel, what seaborn's lineplot drew by re-bootstrapping."""
+    runs = load_runs([write_run(tmp_path / "r", records(), gallery=False)])
+    table = agg.summarise(runs.records)
+    drawn = figures.png_bytes(figures.figure10(table))
+    long = agg.per_point(runs.records).melt(id_vars=[*PANEL_KEYS, "model", "k", "point"], value_vars=list(agg.VIEWS),
+                                            var_name="view", value_name="msssim").dropna(subset=["msssim"])
+
+    def seaborn_panel(ax, base, view, colours, markers):  # the panel as robustvae drew it before (88ee658)
+        part = long[(long.view == view) & (long[PANEL_KEYS] == base[PANEL_KEYS].iloc[0]).all(axis=1)]
+        sns.lineplot(data=part, x="k", y="msssim", hue="model", style="model", hue_order=list(colours),
+                     style_order=list(colours), palette=colours, markers=markers, dashes=False,
+                     errorbar=("ci", agg.CI_LEVEL), n_boot=agg.N_BOOT, seed=agg.BOOT_SEED, err_style="bars",
+                     err_kws={"capsize": 3}, markersize=7, ax=ax)
+        ax.get_legend().remove()
+        for model, g in base.groupby("model"):
+            g = g.sort_values("k")
+            ax.plot(g.k, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
+            ax.plot(g.k, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
+
+    monkeypatch.setattr(figures, "_panel", seaborn_panel)
+    assert figures.png_bytes(figures.figure10(table)) == drawn
 
 
 def test_shards_merge_into_the_same_numbers(tmp_path):
@@ -331,3 +364,92 @@ def test_cli_report_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert "91.25" in html and "&lt;b&gt;on a CPU&lt;/b&gt;" in html
     assert "already holds a report" in _error(capsys, args)
     assert main([*args, "--force"]) == 0
+
+
+# --------------------------------------------------------------------------- compression runs' own figures
+
+COMPRESSION_MODELS = {"vdvae-a": [1, 2], "dct/b": [1]}  # a label that is no file name
+
+
+def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A compression run directory as the experiment writes it (small synthetic images, a few records).
+
+    Returns what it was written from: (records, JPEG sweep, arrays by image: original, reconstructions, JPEG files).
+    """
+    g = np.random.default_rng(1)
+    images = {"001": g.integers(0, 256, (1, 30, 33), dtype=np.uint8), "tile": g.integers(0, 256, (1, 28, 28), dtype=np.uint8)}
+    rows, sweep, arrays = [], [], {}
+    for name, pixels in images.items():
+        folder = d / "images" / safe_name(name)
+        folder.mkdir(parents=True)
+        Image.fromarray(pixels[0]).save(folder / "original.png")
+        files = {}
+        for q in (10, 50, 90):
+            buf = BytesIO()
+            Image.fromarray(pixels[0]).save(buf, format="JPEG", quality=q)
+            files[q] = buf.getvalue()
+            sweep.append({"image": name, "width": 33, "height": 30, "channels": 1, "quality": q, "bytes": len(files[q]),
+                          "bpp": 8 * len(files[q]) / pixels[0].size, "psnr": 10.0 + q / 5, "msssim": 0.5 + q / 200,
+                          "msssim_impl": "robustvae standard (small-image)"})
+        recs = {}
+        for model, ks in COMPRESSION_MODELS.items():
+            for k in ks:
+                rec = np.clip(pixels.astype(int) + g.integers(-40 // k, 40 // k + 1, pixels.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(rec[0]).save(folder / f"{safe_name(model)}-k{k}.png")
+                recs[model, k] = rec
+                q = (10, 50, 90)[k]
+                (folder / f"jpeg-q{q}.jpg").write_bytes(files[q])
+                rows.append({**dict.fromkeys(COMPRESSION_COLUMNS), "image": name, "width": pixels.shape[2],
+                             "height": pixels.shape[1], "channels": 1, "model": model, "k": k, "psnr": 12.0 + 3 * k,
+                             "msssim": 0.3 + 0.2 * k, "bpp": 0.05 * k, "bpp_context_raw": 0.2 if model == "dct/b" else None,
+                             "jpeg_quality": q, "jpeg_psnr": 10.0 + q / 5, "jpeg_msssim": 0.5 + q / 200,
+                             "jpeg_bpp": 8 * len(files[q]) / pixels[0].size})
+        arrays[name] = (pixels, recs, files)
+    records, jpeg = pd.DataFrame(rows), pd.DataFrame(sweep)
+    records.to_csv(d / "records.csv", index=False)
+    jpeg.to_csv(d / "jpeg.csv", index=False)
+    models = [{"label": m, "path": f"/runs/{m}", "sha256": "c" * 64, "layers": ks, "patch_size": 28, "patches": 4,
+               "patches_per_s": 10.0, "reconstructions_per_s": 10.0 * len(ks)} for m, ks in COMPRESSION_MODELS.items()]
+    (d / "run.json").write_text(json.dumps({
+        "kind": COMPRESSION_RUN_KIND, "command": ["robustvae", "compress"], "wall_time_s": 1.0, "models": models,
+        "images": [{"name": n, "width": p.shape[2], "height": p.shape[1]} for n, (p, _, _) in arrays.items()]}))
+    return records, jpeg, arrays
+
+
+def _pixels(png) -> np.ndarray:
+    with Image.open(png) as im:
+        return np.asarray(im)
+
+
+def _drawn(fig, dpi: int) -> np.ndarray:
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return _pixels(buf)
+
+
+def test_compression_figures_from_the_run_directory_alone(tmp_path):
+    d = tmp_path / "compress"
+    records, jpeg, arrays = _compression_run(d)
+    written = write_compression_figures(d)
+    pictures = [d / "side-by-side" / f"{safe_name(n)}.png" for n in arrays]
+    assert written == [d / "rd.png", d / "rd.pdf", *pictures]
+    assert (d / "rd.pdf").read_bytes().startswith(b"%PDF")
+    # the same pictures as drawn from the arrays in memory (as the experiment did before)
+    np.testing.assert_array_equal(_pixels(d / "rd.png"), _drawn(comp.rd_figure(records, jpeg), 130))
+    for path, (name, (pixels, recs, files)) in zip(pictures, arrays.items()):
+        panels = [(r, recs[r.model, r.k], comp.read_image(BytesIO(files[r.jpeg_quality])))
+                  for _, r in records[records.image == name].iterrows()]
+        assert len(panels) == 3
+        np.testing.assert_array_equal(_pixels(path), _drawn(comp.side_by_side_figure(name, pixels, panels), 90))
+    # and the report's compression section shows them
+    summary = make_report([d], tmp_path / "report")
+    assert summary["compression"]["models"] == ["dct/b", "vdvae-a"]
+    assert "side-by-side of 001" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_compression_figures_name_a_missing_file(tmp_path):
+    d = tmp_path / "compress"
+    _compression_run(d)
+    (d / "images" / "tile" / "original.png").unlink()
+    with pytest.raises(RobustVAEError, match="original.png"):
+        write_compression_figures(d)

@@ -5,9 +5,12 @@ gallery) and never re-runs anything; see :mod:`robustvae.report.aggregate` for h
 restarts and points are aggregated and :mod:`robustvae.report.load` for how runs merge.
 Directories written by ``robustvae compress`` add a compression section
 (:mod:`robustvae.report.compression`); a report may hold only those.
+:func:`write_compression_figures` draws a compression run's own figures from its files.
+The tables as text cells (for a console as for the page) are in :mod:`robustvae.report.tables`.
 """
 
+from robustvae.report.compression import write_compression_figures
 from robustvae.report.load import RunSet, load_runs
 from robustvae.report.make import make_report
 
-__all__ = ["RunSet", "load_runs", "make_report"]
+__all__ = ["RunSet", "load_runs", "make_report", "write_compression_figures"]

@@ -2,9 +2,9 @@
 
 Restarts are aggregated per point first, in two views: the mean over restarts (a
 typical attack) and the minimum MS-SSIM over restarts (the worst case). Points are
-then averaged, with a 95 % percentile-bootstrap interval over points computed by
-``seaborn.algorithms.bootstrap`` with a fixed seed and number of resamples: the
-same call seaborn makes for the figure's error bars, so table and figure agree.
+then averaged, with a 95 % percentile-bootstrap interval over points computed once,
+by :func:`mean_interval` (``seaborn.algorithms.bootstrap`` with a fixed seed and
+number of resamples); Figure 10 draws the table's numbers, so table and figure agree.
 Floor and noise rows are averaged over their draws per point, then over points.
 Non-finite MS-SSIM values are counted and left out of every mean.
 """
@@ -27,14 +27,14 @@ BOOT_SEED = 0
 CI_LEVEL = 95
 MONOTONE_TOL = 0.01  # an increase of MS-SSIM up to this much still counts as "monotone" (sampling noise)
 VIEWS = {"mean": "mean over restarts", "worst": "worst case over restarts"}
-TABLE_KEYS = [*CURVE_KEYS, "layers"]
+TABLE_KEYS = [*CURVE_KEYS, "k"]
 
 
 def mean_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float]:
     """(mean, low, high): the finite values' mean and its 95 % bootstrap interval (NaN for fewer than 2 values).
 
-    The values are sorted first because ``seaborn.lineplot`` sorts them before resampling:
-    with the same seed, the same resamples, so the figure's error bars are these numbers.
+    The values are sorted first, as ``seaborn.lineplot`` sorts them before resampling (it
+    drew Figure 10's error bars once): with the same seed, the same resamples and numbers.
     """
     v = np.sort(np.asarray(values, dtype=float))
     v = v[np.isfinite(v)]
@@ -94,7 +94,7 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     table["nonfinite"] = records.groupby(TABLE_KEYS).nonfinite.sum().reindex(idx).fillna(0).astype(int).to_numpy()
     if diagnostics is not None and len(diagnostics):
         diag = diagnostics.set_index(["sha256", "layer"])
-        at = pd.MultiIndex.from_arrays([table.checkpoint_sha256, table.layers])
+        at = pd.MultiIndex.from_arrays([table.checkpoint_sha256, table.k])
         table["layer_kl_nats"] = diag.kl_nats.reindex(at).to_numpy()
         table["layer_active_units"] = diag.active_units.reindex(at).to_numpy()
         table["layer_units"] = diag.units.reindex(at).to_numpy()
@@ -154,8 +154,8 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
             f"(attack {g['mean'].mean():.4f}, noise {g.noise.mean():.4f}); passes when the interval is above 0")
     for key, g in table.groupby(CURVE_KEYS):
         if len(g) > 1:
-            _monotone(add, "damage monotone in k", _curve_name(key), g.sort_values("layers"), "layers", "k")
-    for key, g in table.groupby(["dataset", "norm", "model", "layers"]):
+            _monotone(add, "damage monotone in k", _curve_name(key), g.sort_values("k"), "k", "k")
+    for key, g in table.groupby(["dataset", "norm", "model", "k"]):
         if g.eps.nunique() > 1:
             dataset, norm, model, k = key
             _monotone(add, "damage monotone in eps", f"{model} ({dataset}, {norm}) k={k}", g.sort_values("eps"), "eps", "eps")
@@ -164,7 +164,7 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"{n} of {len(g)} rows have a non-finite score")
     att = df[df.kind == "attack"]
     for key, g in att.groupby(CURVE_KEYS):
-        per = g.groupby(["layers", "point"]).size()
+        per = g.groupby(["k", "point"]).size()
         want = g.restarts_configured.iloc[0]
         want = float(want) if want is not None and not pd.isna(want) else float(per.max())
         add("restarts per point as configured", _curve_name(key), bool((per == want).all()), float(per.min()), want,

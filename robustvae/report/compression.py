@@ -2,33 +2,37 @@
 
 * :func:`is_compression_run`: a directory whose ``run.json`` has ``kind: compress``;
 * :func:`load_compression_run`: its ``run.json``, ``records.csv`` and ``jpeg.csv``;
+* :func:`write_compression_figures`: the run's figures (``rd.png``, ``rd.pdf``,
+  ``side-by-side/*.png``) drawn from its files alone and written into it;
 * :func:`rd_figure`: PSNR and MS-SSIM against bits per pixel, a marker per model and k
   (means over the images), JPEG as a curve over its qualities;
 * :func:`side_by_side_figure`: per image, original | reconstruction | JPEG at the
   matched PSNR, a row per model and k;
-* :func:`summary_table`: per model and k, the means over images (numbers only).
+* :func:`~robustvae.report.tables.summary_table`: per model and k, the means over
+  images (numbers only).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from robustvae.compression import RUN_KIND
 from robustvae.errors import RobustVAEError
-from robustvae.report.figures import MARKERS, _image, new_figure, palette
-from robustvae.results import safe_name
+from robustvae.io import safe_name
+from robustvae.records import COMPRESSION_RUN_KIND
+from robustvae.report.figures import imshow_array, marker_map, new_figure, palette
+from robustvae.report.tables import summary_table
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
-MEAN_COLUMNS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
 
 
 @dataclass
@@ -48,31 +52,72 @@ class CompressionRun:
 def is_compression_run(d: str | Path) -> bool:
     """Whether ``d`` holds a ``run.json`` written by ``robustvae compress``."""
     try:
-        return json.loads((Path(d) / "run.json").read_text()).get("kind") == RUN_KIND
+        return json.loads((Path(d) / "run.json").read_text()).get("kind") == COMPRESSION_RUN_KIND
     except (OSError, ValueError, AttributeError):
         return False
 
 
 def load_compression_run(d: str | Path) -> CompressionRun:
-    """Read a compression run directory; one clear line when a file is missing."""
+    """Read a compression run directory (``run.json``, ``records.csv``, ``jpeg.csv``); one clear line when a file is missing."""
     d = Path(d)
-    info = json.loads((d / "run.json").read_text())
+    try:
+        info = json.loads((d / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RobustVAEError(f"cannot read {d / 'run.json'} ({type(e).__name__}); copy the whole compression run directory") from None
     tables = []
     for name in ("records.csv", "jpeg.csv"):
-        try:
-            tables.append(pd.read_csv(d / name, keep_default_na=True))
+        try:  # names stay strings (an image file 001.png is named "001", not 1)
+            tables.append(pd.read_csv(d / name, keep_default_na=True, dtype={"image": str, "model": str}))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise RobustVAEError(f"cannot read {d / name} ({type(e).__name__}); copy the whole compression run directory") from None
     return CompressionRun(d, info, *tables)
 
 
-def summary_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per model and k: images, and the means over images of every score (JPEG at the matched PSNR beside)."""
-    numbers = records[MEAN_COLUMNS].apply(pd.to_numeric)  # None (from JSON) -> NaN
-    g = numbers.groupby([records.model, records.k], sort=True)
-    out = g.mean()
-    out.insert(0, "images", g.size())
-    return out.reset_index()
+def read_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """An 8-bit PNG or JPEG file -> (C, H, W) uint8, as the compression run held it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except OSError as e:
+        raise RobustVAEError(f"cannot read {path} ({type(e).__name__}); copy the whole compression run directory") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _side_by_side_panels(run: CompressionRun, image: dict[str, Any]) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
+    """One image's original and, per row of its records (in order), (record, reconstruction, matched JPEG), from files."""
+    folder = run.dir / "images" / safe_name(image["name"])
+    original = read_image(folder / "original.png")
+    if original.shape[1:] != (image["height"], image["width"]):
+        raise RobustVAEError(f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
+                             f"{image['width']}x{image['height']}; copy the whole compression run directory")
+    panels = [(r, read_image(folder / f"{safe_name(r.model)}-k{r.k}.png"),
+               read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg"))
+              for _, r in run.records[run.records.image == image["name"]].iterrows()]
+    return original, panels
+
+
+def write_compression_figures(run_dir: str | os.PathLike) -> list[Path]:
+    """Draw a compression run's figures from its files alone and write them into the run directory.
+
+    Reads ``run.json`` (its ``images``: name, width, height, in order), ``records.csv``,
+    ``jpeg.csv`` and per image ``images/<image>/original.png``, ``<model>-k<k>.png`` and
+    ``jpeg-q<quality>.jpg`` (names through :func:`~robustvae.io.safe_name`); writes
+    ``rd.png`` and ``rd.pdf`` (:func:`rd_figure`, dpi 130) and per image
+    ``side-by-side/<image>.png`` (:func:`side_by_side_figure`, dpi 90). Returns the paths written.
+    """
+    run = load_compression_run(run_dir)
+    written = [run.dir / f"rd.{fmt}" for fmt in ("png", "pdf")]
+    fig = rd_figure(run.records, run.jpeg)
+    for path in written:
+        fig.savefig(path, format=path.suffix[1:], dpi=130)
+    (run.dir / "side-by-side").mkdir(exist_ok=True)
+    for (name, path), image in zip(run.side_by_side(), run.info["images"]):
+        original, panels = _side_by_side_panels(run, image)
+        side_by_side_figure(name, original, panels).savefig(path, dpi=90)
+        written.append(path)
+    return written
 
 
 def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
@@ -81,7 +126,7 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
     curve = jpeg.groupby("quality")[["bpp", "psnr", "msssim"]].mean().reset_index()
     models = sorted(table.model.unique())
     colours = palette(models)
-    markers = dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
+    markers = marker_map(models)
     n_images = records.image.nunique()
     fig = new_figure(11, 4.4)
     axes = fig.subplots(1, 2)
@@ -134,7 +179,7 @@ def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any,
                        f"{r.jpeg_bpp:.3f} bpp")]
         for c, (img, title) in enumerate(cells):
             ax = axes[row, c]
-            ax.imshow(_image(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(imshow_array(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=7.5)

@@ -2,8 +2,8 @@
 
 * :func:`figure10`: MS-SSIM(clean, attacked reconstruction) against k, a row of
   panels per (dataset, norm, eps) and a column per view (mean / worst case over
-  restarts), seaborn lines with 95 % bootstrap intervals over points, floor and
-  noise as reference lines;
+  restarts), drawn from the results table: a line per model with the table's 95 %
+  bootstrap intervals over points as error bars, floor and noise as reference lines;
 * :func:`layers_figure`: KL and active units per layer and model;
 * :func:`gallery_figure`: x, x + delta, delta (magnified, scale in the title) and both
   reconstructions for a few points per k.
@@ -17,13 +17,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from robustvae.report.aggregate import BOOT_SEED, CI_LEVEL, N_BOOT, VIEWS
+from robustvae.report.aggregate import CI_LEVEL, VIEWS
 from robustvae.report.load import PANEL_KEYS, GalleryEntry
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -53,42 +55,67 @@ def palette(models: Sequence[str]) -> dict[str, tuple]:
     return dict(zip(models, sns.color_palette("colorblind", len(models))))
 
 
-def figure10(pp: pd.DataFrame, table: pd.DataFrame) -> Figure:
-    """Figure 10: per panel, the mean and worst case over restarts against k, one line per model."""
-    models = sorted(table.model.unique())
-    colours = palette(models)
-    markers = dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
-    panels = list(table.groupby(PANEL_KEYS).groups)
-    long = pp.melt(id_vars=[*PANEL_KEYS, "model", "layers", "point"], value_vars=list(VIEWS),
-                   var_name="view", value_name="msssim").dropna(subset=["msssim"])
-    # one y range for all panels: from the lowest interval end or baseline down to the next tenth
+def marker_map(models: Sequence[str]) -> dict[str, str]:
+    """One marker per model (cycling through :data:`MARKERS`), in the order given."""
+    return dict(zip(models, MARKERS * (len(models) // len(MARKERS) + 1)))
+
+
+def _y_bottom(table: pd.DataFrame) -> float:
+    """One y range for all panels: from the lowest interval end or baseline down to the next tenth."""
     drawn = table[["mean", "mean_lo", "worst", "worst_lo", "noise", "floor"]].to_numpy(float)
     lowest = np.nanmin(drawn) if np.isfinite(drawn).any() else 0.0
-    bottom = max(0.0, np.floor((lowest - 0.02) * 10) / 10)
+    return max(0.0, np.floor((lowest - 0.02) * 10) / 10)
+
+
+def _curve(ax: Axes, g: pd.DataFrame, view: str, colour: tuple, marker: str) -> None:
+    """One model's line of a view against k, its interval from the table as error bars."""
+    g = g[g[view].notna()]
+    if g.empty:
+        return
+    (line,) = ax.plot(g.k, g[view], color=colour, marker=marker, markersize=7, markeredgewidth=0.75,
+                      markeredgecolor="w")
+    bars = ax.errorbar(g.k, g[view], yerr=(g[view] - g[f"{view}_lo"], g[f"{view}_hi"] - g[view]), linestyle="",
+                       color=colour, capsize=3)
+    for obj in bars.get_children():
+        if isinstance(obj, LineCollection):
+            obj.set_capstyle(line.get_solid_capstyle())
+
+
+def _panel(ax: Axes, base: pd.DataFrame, view: str, colours: dict[str, tuple], markers: dict[str, str]) -> None:
+    """A panel's curves (every model of ``base``, a table's rows of one panel), then noise (dashed) and floor (dotted)."""
+    curves = {model: g.sort_values("k") for model, g in base.groupby("model")}
+    for model in colours:
+        if model in curves:
+            _curve(ax, curves[model], view, colours[model], markers[model])
+    for model, g in curves.items():
+        ax.plot(g.k, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
+        ax.plot(g.k, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
+
+
+def figure10(table: pd.DataFrame) -> Figure:
+    """Figure 10 from the results table: per panel, the mean and worst case over restarts against k, a line per model.
+
+    Points, error bars (the table's ``_lo`` / ``_hi``), noise and floor are the table's
+    numbers: nothing is aggregated or resampled here.
+    """
+    models = sorted(table.model.unique())
+    colours = palette(models)
+    markers = marker_map(models)
+    panels = list(table.groupby(PANEL_KEYS).groups)
+    bottom = _y_bottom(table)
     fig = new_figure(11, 3.9 * len(panels) + 0.8)
     axes = fig.subplots(len(panels), 2, squeeze=False, sharey=True)
     for row, panel in enumerate(panels):
-        sel = dict(zip(PANEL_KEYS, panel))
-        part = long[(long[PANEL_KEYS] == pd.Series(sel)).all(axis=1)]
-        base = table[(table[PANEL_KEYS] == pd.Series(sel)).all(axis=1)]
+        base = table[(table[PANEL_KEYS] == pd.Series(dict(zip(PANEL_KEYS, panel)))).all(axis=1)]
         for col, (view, label) in enumerate(VIEWS.items()):
             ax = axes[row, col]
-            sns.lineplot(data=part[part.view == view], x="layers", y="msssim", hue="model", style="model",
-                         hue_order=models, style_order=models, palette=colours, markers=markers, dashes=False,
-                         errorbar=("ci", CI_LEVEL), n_boot=N_BOOT, seed=BOOT_SEED, err_style="bars",
-                         err_kws={"capsize": 3}, markersize=7, ax=ax)
-            for model, g in base.groupby("model"):
-                g = g.sort_values("layers")
-                ax.plot(g.layers, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
-                ax.plot(g.layers, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
+            _panel(ax, base, view, colours, markers)
             ax.set_title(f"{panel_title(*panel)}\n{label}", fontsize=10)
             ax.set_xlabel("k = top latent layers under attack")
             ax.set_ylabel("MS-SSIM(clean rec., attacked rec.)" if col == 0 else "")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(bottom - 0.01, 1.01)
             ax.grid(alpha=0.3)
-            if ax.get_legend() is not None:
-                ax.get_legend().remove()
     handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in models]
     handles += [Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
                 Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise")]
@@ -123,7 +150,7 @@ def layers_figure(diag: pd.DataFrame) -> Figure:
     return fig
 
 
-def _image(a: np.ndarray) -> np.ndarray:
+def imshow_array(a: np.ndarray) -> np.ndarray:
     """C x H x W in [0, 1] -> what imshow takes (H x W for one channel)."""
     a = np.clip(a, 0, 1)
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
@@ -148,7 +175,7 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
         cells = [a["x"][i], a["x_adv"][i], d * scale + 0.5, a["rec"][i], a["rec_adv"][i]]
         for c, img in enumerate(cells):
             ax = axes[r, c]
-            ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(imshow_array(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

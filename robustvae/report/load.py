@@ -21,17 +21,14 @@ import numpy as np
 import pandas as pd
 
 from robustvae.errors import RobustVAEError
-from robustvae.results import read_records
+from robustvae.records import ATTACK_COLUMNS, read_attack_records, upgrade_row
 
 PANEL_KEYS = ["dataset", "norm", "eps"]  # a panel of Figure 10 per dataset, threat model and budget
 CURVE_KEYS = [*PANEL_KEYS, "model"]  # a curve per model within a panel
 # settings that must be equal within one curve (records fields, then run.json settings)
 CURVE_CONSTANTS = ["checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "seed",
                    "restarts_configured", "step_size", "straight_through", "split"]
-ROW_KEY = [*CURVE_KEYS, "layers", "kind", "point", "restart"]
-RECORD_COLUMNS = ["unit", "model", "checkpoint_sha256", "dataset", "layers", "objective", "optimizer", "norm", "eps",
-                  "steps", "seed", "temperature", "kind", "point", "test_index", "label", "restart", "msssim",
-                  "msssim_input", "psnr", "skl", "delta_linf", "delta_l2", "final_loss", "nonfinite"]
+ROW_KEY = [*CURVE_KEYS, "k", "kind", "point", "restart"]
 
 
 @dataclass
@@ -104,7 +101,7 @@ def _read_dir(d: Path) -> tuple[list[RunFile], list[dict[str, Any]]]:
         attack = run.info["settings"].get("attack", {})
         extra = {"run": str(d), "restarts_configured": attack.get("restarts"), "step_size": attack.get("step_size"),
                  "straight_through": attack.get("straight_through"), "split": attack.get("split")}
-        new = read_records(path)
+        new = read_attack_records(path)
         run.records = len(new)
         rows.extend({**r, **extra} for r in new)
     return list(run_files.values()), rows
@@ -129,7 +126,7 @@ def _check_curves(df: pd.DataFrame) -> None:
         row = df[dup].iloc[0]
         runs = ", ".join(sorted(set(df[dup].run)))
         raise RobustVAEError(
-            f"records of {row.model} k={row.layers} point {row.point} ({row.kind}) appear twice (runs: {runs}); "
+            f"records of {row.model} k={row.k} point {row.point} ({row.kind}) appear twice (runs: {runs}); "
             f"is the same run given twice?"
         )
 
@@ -138,13 +135,13 @@ def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
     attack = run.info["settings"].get("attack", {})
     out = []
     for path in sorted((run.dir / "gallery").glob("*.npz")):
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:  # files written before k was named hold ``layers``
+            arrays = upgrade_row({name: z[name] for name in z.files})
         model = str(arrays["model"])
         datasets = df.loc[(df.model == model) & (df.run == str(run.dir)), "dataset"].unique()
         if len(datasets):
             out.append(GalleryEntry(str(datasets[0]), attack.get("norm", "?"), float(attack.get("eps", float("nan"))),
-                                    model, int(arrays["layers"]), arrays))
+                                    model, int(arrays["k"]), arrays))
     return out
 
 
@@ -163,7 +160,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> RunSet:
             f"no records in {', '.join(str(p) for p in run_dirs)}; run robustvae attack (or let it finish a unit) first"
         )
     df = pd.DataFrame(rows)
-    for col in RECORD_COLUMNS:
+    for col in ATTACK_COLUMNS:
         if col not in df:
             df[col] = np.nan
     df["nonfinite"] = df["nonfinite"].fillna(False).astype(bool)

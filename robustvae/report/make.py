@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from robustvae.errors import RobustVAEError
+from robustvae.io import safe_name
 from robustvae.report import aggregate as agg
 from robustvae.report import compression as comp
-from robustvae.report import figures
-from robustvae.report.load import PANEL_KEYS, RunSet, load_runs
-from robustvae.results import safe_name
+from robustvae.report import figures, tables
+from robustvae.report.load import RunSet, load_runs
 
 REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
                 "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md")
@@ -43,67 +44,6 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def _num(v: Any, fmt: str = ".3f") -> str:
-    """A number for a table cell; missing (None / NaN) shows as ``-``."""
-    return "-" if v is None or pd.isna(v) else format(v, fmt)
-
-
-def _with_interval(v: float, lo: float, hi: float) -> str:
-    return _num(v) if pd.isna(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The results table as text cells (for Markdown, LaTeX and HTML); panel columns only when there are several."""
-    several = table[PANEL_KEYS].drop_duplicates().shape[0] > 1
-    out = pd.DataFrame()
-    if several:
-        out["dataset"], out["norm"], out["eps"] = table.dataset, table.norm, table.eps.map(lambda v: f"{v:g}")
-    out["model"] = table.model
-    out["k"] = table.layers.astype(int)
-    out["points"] = table.points
-    out["restarts"] = table.restarts
-    ci = f"{agg.CI_LEVEL}% CI"
-    out[f"MS-SSIM, mean over restarts [{ci}]"] = [_with_interval(r["mean"], r.mean_lo, r.mean_hi) for _, r in table.iterrows()]
-    out[f"MS-SSIM, worst case [{ci}]"] = [_with_interval(r.worst, r.worst_lo, r.worst_hi) for _, r in table.iterrows()]
-    out["noise"] = table.noise.map(_num)
-    out["floor"] = table.floor.map(_num)
-    out["max L-inf(delta)"] = table.max_delta_linf.map(lambda v: _num(v, ".4f"))
-    out["max L2(delta)"] = table.max_delta_l2.map(lambda v: _num(v, ".3f"))
-    out["non-finite"] = table.nonfinite
-    if "layer_kl_nats" in table:
-        out["KL of layer k (nats)"] = table.layer_kl_nats.map(_num)
-        out["active units of layer k"] = [
-            "context" if pd.isna(a) and not pd.isna(u) else ("-" if pd.isna(a) else f"{int(a)}/{int(u)}")
-            for a, u in zip(table.layer_active_units, table.layer_units)
-        ]
-    return out.reset_index(drop=True)
-
-
-def display_layers(diag: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer diagnostics as text cells; a context layer shows the quantiser levels it uses."""
-    out = pd.DataFrame({"model": diag.model, "layer": diag.layer, "resolution": diag.resolution, "units": diag.units,
-                        "KL (nats)": diag.kl_nats.map(_num)})
-    out["active units"] = [
-        f"context: {_num(lu, '.2f')}/{_num(lv, '.0f')} levels used" if k == "context" else _num(a, ".0f")
-        for k, a, lu, lv in zip(diag.kind, diag.active_units, diag.levels_used, diag.levels)
-    ]
-    return out
-
-
-def display_checks(checks: pd.DataFrame) -> pd.DataFrame:
-    """The checks as text cells, with ``pass`` / ``FAIL`` spelled out (readable in black and white)."""
-    out = checks.copy()
-    out["result"] = out.passed.map({True: "pass", False: "FAIL"})
-    out["value"] = out.value.map(lambda v: _num(v, ".4g"))
-    out["limit"] = out.limit.map(lambda v: _num(v, ".4g"))
-    return out[["check", "scope", "result", "value", "limit", "detail"]]
-
-
-def to_latex(df: pd.DataFrame) -> str:
-    """A booktabs tabular of text cells, LaTeX specials escaped in cells and headers."""
-    return df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(hrules=True)
 
 
 def _data_uri(png: bytes) -> str:
@@ -198,93 +138,125 @@ def _figure_bytes(fig: Any, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _attack_part(
-    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
-    """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
+@dataclass
+class _Attack:
+    """The numbers of the attack part: what was read and what was computed from it."""
+
+    runs: RunSet
+    diag: pd.DataFrame
+    table: pd.DataFrame
+    checks: pd.DataFrame
+    models: list[dict[str, Any]]
+    run_rows: list[dict[str, Any]]
+
+
+def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]]) -> _Attack:
     runs = load_runs(run_dirs)
     diag = agg.diagnostics_frame(runs)
     table = agg.summarise(runs.records, diag)
     if table.empty:
         raise RobustVAEError(f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report")
-    checks = agg.checks(runs, table)
-    pp = agg.per_point(runs.records)
-    models = _models(runs, eval_rows)
-    run_rows = _run_rows(runs)
+    return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs))
 
-    fig10 = figures.figure10(pp, table)
-    fig_layers = figures.layers_figure(diag) if len(diag) else None
+
+def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
+    """Per model (sorted), its gallery as PNG bytes."""
     by_model: dict[str, list] = {}
     for g in runs.galleries:
         by_model.setdefault(g.model, []).append(g)
-    galleries = {m: figures.gallery_figure(es, gallery_per_k) for m, es in sorted(by_model.items())}
-    gallery_files = {m: f"gallery-{safe_name(m)}.png" for m in galleries}
+    return {m: figures.png_bytes(figures.gallery_figure(es, per_k)) for m, es in sorted(by_model.items())}
 
-    shown = display_table(table)
-    left = sum(c in ("dataset", "norm", "eps", "model") for c in shown.columns)
-    shown_checks = display_checks(checks)
-    shown_layers = display_layers(diag)
-    files = list(REPORT_FILES) + list(gallery_files.values())
-    if fig_layers is None:
-        files = [f for f in files if not f.startswith("layers.")]
-    summary = plain({
+
+def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[str, bytes]) -> dict[str, bytes]:
+    """Figures, galleries and tables of the attack part, by file name (in :data:`REPORT_FILES` order)."""
+    fig10 = figures.figure10(a.table)
+    files = {"figure10.png": figures.png_bytes(fig10), "figure10.pdf": _figure_bytes(fig10, "pdf"),
+             "figure10.svg": _figure_bytes(fig10, "svg")}
+    if len(a.diag):
+        fig_layers = figures.layers_figure(a.diag)
+        files.update({"layers.png": figures.png_bytes(fig_layers), "layers.pdf": _figure_bytes(fig_layers, "pdf")})
+    files.update({
+        "table.csv": a.table.to_csv(index=False).encode(), "table.md": tables.markdown(shown["table"]).encode(),
+        "table.tex": tables.to_latex(shown["table"]).encode(), "checks.csv": a.checks.to_csv(index=False).encode(),
+        "checks.md": tables.markdown(shown["checks"]).encode(),
+    })
+    files.update({f"gallery-{safe_name(m)}.png": png for m, png in galleries.items()})
+    return files
+
+
+def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
+    """The attack part of ``summary.json`` (numbers stay numbers)."""
+    return plain({
         "bootstrap": {"n_boot": agg.N_BOOT, "seed": agg.BOOT_SEED, "level": agg.CI_LEVEL, "over": "points"},
         "monotone_tolerance": agg.MONOTONE_TOL,
-        "table": table.to_dict("records"), "checks": checks.to_dict("records"),
-        "checks_passed": int(checks.passed.sum()), "checks_failed": int((~checks.passed).sum()),
-        "layers": diag.to_dict("records"), "models": models,
-        "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in run_rows],
-        "files": files,
+        "table": a.table.to_dict("records"), "checks": a.checks.to_dict("records"),
+        "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
+        "layers": a.diag.to_dict("records"), "models": a.models,
+        "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
+        "files": names,
     })
-    fig10_png = figures.png_bytes(fig10)
-    layers_png = figures.png_bytes(fig_layers) if fig_layers is not None else b""
-    gallery_pngs = {m: figures.png_bytes(f) for m, f in galleries.items()}
-    for m in models:
-        m["nll"], m["nelbo"] = _num(m["nll_nats"], ".2f"), _num(m["nelbo_nats"], ".2f")
-        e = m["eval"]
-        m["eval_note"] = (f"{e['split']}, {e['images']} images, K = {e['iw_samples']}, active units "
-                          f"{e['active_units']}/{e['total_units']}") if e else "not given (--eval)"
-    context = {
-        "runs": run_rows, "n_records": len(runs.records),
-        "checks_passed": summary["checks_passed"], "checks_failed": summary["checks_failed"],
+
+
+def _model_context(m: dict[str, Any]) -> dict[str, Any]:
+    e = m["eval"]
+    return {**m, "nll": tables.number(m["nll_nats"], ".2f"), "nelbo": tables.number(m["nelbo_nats"], ".2f"),
+            "eval_note": (f"{e['split']}, {e['images']} images, K = {e['iw_samples']}, active units "
+                          f"{e['active_units']}/{e['total_units']}") if e else "not given (--eval)"}
+
+
+def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str, bytes],
+                    galleries: dict[str, bytes]) -> dict[str, Any]:
+    """What the page template needs of the attack part."""
+    checks, shown_checks = a.checks, shown["checks"]
+    left = sum(c in ("dataset", "norm", "eps", "model") for c in shown["table"].columns)
+    return {
+        "runs": a.run_rows, "n_records": len(a.runs.records),
+        "checks_passed": int(checks.passed.sum()), "checks_failed": int((~checks.passed).sum()),
         "ci_level": agg.CI_LEVEL, "n_boot": agg.N_BOOT, "boot_seed": agg.BOOT_SEED, "monotone_tol": agg.MONOTONE_TOL,
-        "figure10": _data_uri(fig10_png),
-        "layers_figure": _data_uri(layers_png) if layers_png else "",
-        "table": _html_table(shown, left), "layer_table": _html_table(shown_layers, 1),
+        "figure10": _data_uri(files["figure10.png"]),
+        "layers_figure": _data_uri(files["layers.png"]) if "layers.png" in files else "",
+        "table": _html_table(shown["table"], left), "layer_table": _html_table(shown["layers"], 1),
         "check_counts": [(name, int(g.passed.sum()), int((~g.passed).sum()))
                          for name, g in checks.groupby("check", sort=False)],
         "checks": [{**c, "value_text": v, "limit_text": lim} for c, v, lim in
                    zip(checks.to_dict("records"), shown_checks.value, shown_checks.limit)],
-        "models": models, "galleries": [(m, _data_uri(p)) for m, p in gallery_pngs.items()],
-        "model_names": sorted(table.model.unique()),
+        "models": [_model_context(m) for m in a.models], "galleries": [(m, _data_uri(p)) for m, p in galleries.items()],
+        "model_names": sorted(a.table.model.unique()),
     }
-    out_files = {"figure10.png": fig10_png, "figure10.pdf": _figure_bytes(fig10, "pdf"),
-                 "figure10.svg": _figure_bytes(fig10, "svg")}
-    if fig_layers is not None:
-        out_files.update({"layers.png": layers_png, "layers.pdf": _figure_bytes(fig_layers, "pdf")})
-    out_files.update({name: gallery_pngs[m] for m, name in gallery_files.items()})
-    out_files.update({
-        "table.csv": table.to_csv(index=False).encode(),
-        "table.md": (shown.to_markdown(index=False, disable_numparse=True) + "\n").encode(),
-        "table.tex": to_latex(shown).encode(),
-        "checks.csv": checks.to_csv(index=False).encode(),
-        "checks.md": (shown_checks.to_markdown(index=False, disable_numparse=True) + "\n").encode(),
-    })
-    return summary, context, out_files
 
 
-COMPRESSION_CELLS = [("PSNR (dB)", "psnr", ".2f"), ("MS-SSIM", "msssim", ".4f"), ("bpp", "bpp", ".4f"),
-                     ("BPP* (raw context)", "bpp_context_raw", ".4f"), ("JPEG quality", "jpeg_quality", "g"),
-                     ("JPEG PSNR (dB)", "jpeg_psnr", ".2f"), ("JPEG MS-SSIM", "jpeg_msssim", ".4f"),
-                     ("JPEG bpp", "jpeg_bpp", ".4f")]
+def _attack_part(
+    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
+    a = _analyse(run_dirs, eval_rows)
+    shown = {"table": tables.display_table(a.table), "checks": tables.display_checks(a.checks),
+             "layers": tables.display_layers(a.diag)}
+    galleries = _gallery_pngs(a.runs, gallery_per_k)
+    files = _attack_files(a, shown, galleries)
+    names = [f for f in REPORT_FILES if f in files or f in ("index.html", "summary.json")]
+    names += [f for f in files if f.startswith("gallery-")]
+    return _attack_summary(a, names), _attack_context(a, shown, files, galleries), files
 
 
-def display_compression(df: pd.DataFrame) -> pd.DataFrame:
-    """Compression rows (per image, or the means of :func:`~robustvae.report.compression.summary_table`) as text cells."""
-    out = df[[c for c in ("image", "model", "k", "images") if c in df]].reset_index(drop=True)
-    for label, col, fmt in COMPRESSION_CELLS:
-        out[label] = [_num(v, fmt) for v in df[col]]
-    return out
+def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: bytes, pictures: int) -> dict[str, Any]:
+    """What the page template needs of one compression run."""
+    info = run.info
+    per_image = run.records.sort_values(["image", "model", "k"], kind="stable")
+    models = []
+    for m in info.get("models", []):
+        ks = m.get("k", m.get("layers", []))  # run.json of a compression run: the k coded (``layers`` before)
+        models.append({**m, "ks": ks, "speed": f"{m['patches_per_s']:.1f} patches/s ({m['reconstructions_per_s']:.1f} "
+                                               f"reconstructions/s over {len(ks)} k)"})
+    return {
+        "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(tables.display_compression(table), 1),
+        "per_image": _html_table(tables.display_compression(per_image), 2),
+        "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
+        "images": len(info["images"]), "command": shlex.join(map(str, info.get("command", []))),
+        "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
+        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
+        "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
+    }
 
 
 def _compression_part(
@@ -292,33 +264,52 @@ def _compression_part(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, bytes]]:
     """The compression section: (summary entry, one page context per run, files by name)."""
     files: dict[str, bytes] = {}
-    tables, contexts, infos = [], [], []
+    frames, contexts, infos = [], [], []
     for i, run in enumerate(runs, start=1):
-        table = comp.summary_table(run.records)
+        table = tables.summary_table(run.records)
         png = figures.png_bytes(comp.rd_figure(run.records, run.jpeg))
         files[f"compression-rd-{i}.png"] = png
-        tables.append(table.assign(run=str(run.dir)))
-        per_image = run.records.sort_values(["image", "model", "k"], kind="stable")
+        frames.append(table.assign(run=str(run.dir)))
+        contexts.append(_compression_context(run, table, png, pictures))
         info = run.info
-        contexts.append({
-            "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(display_compression(table), 1),
-            "per_image": _html_table(display_compression(per_image), 2),
-            "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
-            "images": len(info["images"]), "command": shlex.join(map(str, info.get("command", []))),
-            "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
-            "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
-            "versions": info.get("versions", {}), "git_commit": info.get("git_commit"),
-            "models": [{**m, "speed": f"{m['patches_per_s']:.1f} patches/s ({m['reconstructions_per_s']:.1f} "
-                                     f"reconstructions/s over {len(m['layers'])} k)"} for m in info.get("models", [])],
-        })
         infos.append({k: v for k, v in info.items() if k != "command"} | {"dir": str(run.dir), "command": info.get("command")})
-    table = pd.concat(tables, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
     files["compression.csv"] = table.to_csv(index=False).encode()
-    shown = display_compression(table)
-    files["compression.md"] = (shown.assign(run=table.run).to_markdown(index=False, disable_numparse=True) + "\n").encode()
+    files["compression.md"] = tables.markdown(tables.display_compression(table).assign(run=table.run)).encode()
     summary = {"models": sorted(table.model.unique()), "table": table.to_dict("records"), "runs": infos,
                "records": pd.concat([r.records.assign(run=str(r.dir)) for r in runs]).to_dict("records")}
     return summary, contexts, files
+
+
+def _check_out(out: Path, force: bool) -> None:
+    existing = [f for f in ("index.html", "summary.json") if (out / f).exists()]
+    if existing and not force:
+        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing)}); pass --force to replace it")
+
+
+def _parts(
+    attack_dirs: list[str | os.PathLike], compression: list[comp.CompressionRun], eval_rows: list[dict[str, Any]],
+    gallery_per_k: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes], list[str]]:
+    """Both parts of a report: (summary entries, page context, files by name, model names), nothing written."""
+    attack = bool(attack_dirs) or not compression
+    parts: dict[str, Any] = {}
+    context: dict[str, Any] = {"attack": attack, "compression": None}
+    files: dict[str, bytes] = {}
+    names = ["index.html", "summary.json"]
+    models: list[str] = []
+    if attack:
+        parts, ctx, files = _attack_part(attack_dirs, eval_rows, gallery_per_k)
+        names = parts.pop("files")
+        models = ctx.pop("model_names")
+        context.update(ctx)
+    if compression:
+        parts["compression"], context["compression"], comp_files = _compression_part(compression)
+        models += [m for m in parts["compression"]["models"] if m not in models]
+        names += list(comp_files)
+        files.update(comp_files)
+    parts["files"] = names
+    return parts, context, files, models
 
 
 def make_report(
@@ -340,37 +331,19 @@ def make_report(
     shown verbatim near the top (e.g. the budget and findings of a reference run). An
     existing report in ``out`` is only replaced with ``force``.
     """
-    out = Path(out)
-    existing = [f for f in ("index.html", "summary.json") if (out / f).exists()]
-    if existing and not force:
-        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing)}); pass --force to replace it")
-    compression_dirs = [d for d in run_dirs if comp.is_compression_run(d)]
-    attack_dirs = [d for d in run_dirs if d not in compression_dirs]
-    compression = [comp.load_compression_run(d) for d in compression_dirs]
-    attack = bool(attack_dirs) or not compression
-    eval_rows = read_evals(evals)
-    note_texts = _read_notes(notes)
-    parts: dict[str, Any] = {}
-    context: dict[str, Any] = {"attack": attack, "compression": None}
-    files: dict[str, bytes] = {}
-    names = ["index.html", "summary.json"]
-    models: list[str] = []
-    if attack:
-        parts, ctx, files = _attack_part(attack_dirs, eval_rows, gallery_per_k)
-        names = parts.pop("files")
-        models = ctx.pop("model_names")
-        context.update(ctx)
-    if compression:
-        parts["compression"], context["compression"], comp_files = _compression_part(compression)
-        models += [m for m in parts["compression"]["models"] if m not in models]
-        names += list(comp_files)
-        files.update(comp_files)
-    parts["files"] = names
-    default = "robustvae report: " if attack else "robustvae compression report: "
-    title = title or default + ", ".join(sorted(models))
-    summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
     from robustvae import __version__
 
+    out = Path(out)
+    _check_out(out, force)
+    compression_dirs = [d for d in run_dirs if comp.is_compression_run(d)]
+    compression = [comp.load_compression_run(d) for d in compression_dirs]
+    eval_rows = read_evals(evals)
+    note_texts = _read_notes(notes)
+    parts, context, files, models = _parts([d for d in run_dirs if d not in compression_dirs], compression, eval_rows,
+                                           gallery_per_k)
+    default = "robustvae report: " if context["attack"] else "robustvae compression report: "
+    title = title or default + ", ".join(sorted(models))
+    summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
     html = render_html({"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context})
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

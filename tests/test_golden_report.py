@@ -1,0 +1,58 @@
+"""Reports of the golden attack runs equal what the report produced before the refactor (git 88ee658).
+
+``tests/golden/runs/attack-<name>/`` are run directories written at 88ee658 (old field
+name ``layers`` for the attacked-layer count, now ``k``); ``tests/golden/report-<name>.json``
+hold the table, checks and layer diagnostics of ``summary.json`` made from them then
+(``tests/golden/make_golden_88ee658.py``). Floats must agree to a relative 1e-9; the one
+scope that names a run file (``run complete``) is compared without its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from robustvae.records import LEGACY_NAMES
+from robustvae.report import make_report
+
+GOLDEN = Path(__file__).parent / "golden"
+NAMES = ["default", "l2-kl_forward", "sgd-supervised"]
+REL = 1e-9
+
+
+def _upgrade(row: dict) -> dict:
+    """Current field names (``layers`` -> ``k``); a scope naming a run file keeps only the file's name."""
+    row = {LEGACY_NAMES.get(key, key): value for key, value in row.items()}
+    if row.get("check") == "run complete":
+        row["scope"] = "<run dir>/" + Path(row["scope"]).name
+    return row
+
+
+def _same(got, want, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for key in want:
+            _same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (where, got, want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        assert math.isclose(got, want, rel_tol=REL, abs_tol=0.0), (where, got, want)
+    else:
+        assert got == want and type(got) is type(want), (where, got, want)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_report_of_golden_runs_is_unchanged(name, tmp_path):
+    run = shutil.copytree(GOLDEN / "runs" / f"attack-{name}", tmp_path / f"attack-{name}")
+    summary = make_report([run], tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "summary.json").read_text()) == summary
+    golden = json.loads((GOLDEN / f"report-{name}.json").read_text())
+    _same([_upgrade(r) for r in summary["table"]], [_upgrade(r) for r in golden["table"]], "table")
+    _same([_upgrade(c) for c in summary["checks"]], [_upgrade(c) for c in golden["checks"]], "checks")
+    _same(summary["layers"], golden["diagnostics"], "diagnostics")
