@@ -20,6 +20,7 @@ from robustvae import zoo
 from robustvae.cli import main
 from robustvae.api import compress
 from robustvae.compression import code_images, jpeg
+from robustvae.models.contract import LayerInfo
 from robustvae.zoo import LoadedModel
 from robustvae.compression.images import InputImage, patchify, read_image, stitch
 from robustvae.config import CompressConfig
@@ -66,7 +67,7 @@ class Identity(nn.Module):
         super().__init__()
         self.cfg = SimpleNamespace(image_channels=channels, image_size=size)
         self.num_layers = 1
-        self.layers = [SimpleNamespace(kind="gaussian")]
+        self.layers = [LayerInfo(1, size, (1, size, size))]
 
     def make_noise(self, batch, generator=None):
         return []

@@ -27,7 +27,7 @@ def test_demo_pipeline_end_to_end_on_tiny_models(tmp_path):
     for preset in TINY.presets:
         m = get_preset(preset).model
         L = sum(n for _, n in m.latents) + (m.arch == "dctvae")  # DCT-VAE: the context is layer 1
-        assert {r["layers"] for r in rows if r["model"] == preset} == set(range(1, L + 1))  # k = 1 .. L
+        assert {r["k"] for r in rows if r["model"] == preset} == set(range(1, L + 1))  # k = 1 .. L
         assert all(r["points"] == 2 and r["restarts"] == 2 for r in rows if r["model"] == preset)
     models = {m["label"]: m for m in summary["models"]}
     assert set(models) == set(TINY.presets) and all(m["nll_nats"] > 0 for m in models.values())

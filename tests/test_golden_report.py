@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from robustvae.records import LEGACY_NAMES
-from robustvae.report import make_report
+from robustvae.reporting import make_report
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = ["default", "l2-kl_forward", "sgd-supervised"]

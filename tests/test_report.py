@@ -19,11 +19,11 @@ from robustvae.cli import main
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
 from robustvae.records import COMPRESSION_COLUMNS, COMPRESSION_RUN_KIND
-from robustvae.report import load_runs, make_report, write_compression_figures
-from robustvae.report import compression as comp
-from robustvae.report import aggregate as agg
-from robustvae.report import figures
-from robustvae.report.load import PANEL_KEYS
+from robustvae.reporting import load_runs, make_report, write_compression_figures
+from robustvae.reporting import compression as comp
+from robustvae.reporting import aggregate as agg
+from robustvae.reporting import figures
+from robustvae.reporting.load import PANEL_KEYS
 
 EVIL = "<script>alert(1)</script>"
 SHA = {"vdvae-a": "a" * 64, EVIL: "b" * 64}

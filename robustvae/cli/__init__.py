@@ -304,18 +304,16 @@ def attack(
         return
     from robustvae.reporting.tables import display_table
 
-    _print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points")
+    _print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
     out_console.print(f"{len(res.records)} records in {out}")
 
 
-def _print_frame(df, title: str) -> None:
-    """A table of text cells (from robustvae.reporting.tables) on the console, nothing cut."""
-    table = Table(title=title)
-    for col in df.columns:
-        table.add_column(str(col), justify="right", overflow="fold")
-    for row in df.astype(str).itertuples(index=False):
-        table.add_row(*row)
-    out_console.print(table)
+def _print_frame(cells, title: str) -> None:
+    """A table of text cells (from robustvae.reporting.tables) as Markdown: nothing cut, at any width, in any log."""
+    from robustvae.reporting.tables import markdown
+
+    out_console.print(title, markup=False, highlight=False, soft_wrap=True)
+    out_console.print(markdown(cells), markup=False, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- compress
@@ -383,7 +381,7 @@ def _print_report_summary(summary: dict, out: Path) -> None:
     if "compression" in summary:
         _print_compression_table(pd.DataFrame(summary["compression"]["records"]))
     if "checks" in summary:  # attack runs among the inputs
-        _print_frame(display_table(pd.DataFrame(summary["table"])), "MS-SSIM(clean, attacked reconstruction): mean over points")
+        _print_frame(display_table(pd.DataFrame(summary["table"])), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
         failed = [c for c in summary["checks"] if not c["passed"]]
         out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
         for c in failed[:10]:

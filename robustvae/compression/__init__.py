@@ -2,7 +2,7 @@
 
 The experiment that runs it over images and writes records is
 :mod:`robustvae.experiments.compress`; its figures are drawn by
-:mod:`robustvae.report.compression`.
+:mod:`robustvae.reporting.compression`.
 
 Every image is cut into patches of the model's input size (:mod:`.images`); each patch
 is reconstructed from the posterior means of the top k layers with the layers below

@@ -8,6 +8,6 @@
 * :mod:`.suite`: attack suites (TOML).
 
 Experiments write records (:mod:`robustvae.records`) and files only; figures and
-tables are drawn by :mod:`robustvae.report`. Users call them through the top-level
+tables are drawn by :mod:`robustvae.reporting`. Users call them through the top-level
 API (:func:`robustvae.attack`, :func:`robustvae.compress`).
 """

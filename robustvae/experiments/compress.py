@@ -11,7 +11,7 @@ whose PSNR is closest to the model's, with its real file size.
 The experiment writes records and files only (:class:`~robustvae.records.CompressionRecord`
 rows in ``records.csv``, the JPEG sweep in ``jpeg.csv``, ``run.json``, and per image
 its 8-bit input, reconstructions and matched JPEG files under ``images/``); its
-figures are drawn by :func:`robustvae.report.compression.write_compression_figures`.
+figures are drawn by :func:`robustvae.reporting.compression.write_compression_figures`.
 """
 
 from __future__ import annotations

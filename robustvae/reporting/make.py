@@ -23,10 +23,10 @@ import pandas as pd
 
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
-from robustvae.report import aggregate as agg
-from robustvae.report import compression as comp
-from robustvae.report import figures, tables
-from robustvae.report.load import RunSet, load_runs
+from robustvae.reporting import aggregate as agg
+from robustvae.reporting import compression as comp
+from robustvae.reporting import figures, tables
+from robustvae.reporting.load import RunSet, load_runs
 
 REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
                 "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md")
@@ -118,7 +118,7 @@ def render_html(context: dict[str, Any]) -> str:
     """The report page from ``templates/report.html`` (Jinja2, autoescape on)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("robustvae.report", "templates"), autoescape=True, undefined=StrictUndefined)
+    env = Environment(loader=PackageLoader("robustvae.reporting", "templates"), autoescape=True, undefined=StrictUndefined)
     return env.get_template("report.html").render(**context)
 
 

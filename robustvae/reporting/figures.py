@@ -25,8 +25,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from robustvae.report.aggregate import CI_LEVEL, VIEWS
-from robustvae.report.load import PANEL_KEYS, GalleryEntry
+from robustvae.reporting.aggregate import CI_LEVEL, VIEWS
+from robustvae.reporting.load import PANEL_KEYS, GalleryEntry
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 

@@ -1,7 +1,7 @@
 """The report's tables as text cells, ready to print: the same cells in Markdown, LaTeX, HTML and on a console.
 
 Each ``display_*`` function takes a frame of numbers (the results table of
-:func:`robustvae.report.aggregate.summarise`, the checks, the layer diagnostics,
+:func:`robustvae.reporting.aggregate.summarise`, the checks, the layer diagnostics,
 compression rows or their :func:`summary_table`) and returns a frame of strings:
 every number formatted, a missing one (None / NaN) as ``-``. No cell is cut and no
 width is assumed; :func:`markdown` lays a frame out as a plain-text (Markdown)
@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from robustvae.report.aggregate import CI_LEVEL
-from robustvae.report.load import PANEL_KEYS
+from robustvae.reporting.aggregate import CI_LEVEL
+from robustvae.reporting.load import PANEL_KEYS
 
 COMPRESSION_MEANS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
 COMPRESSION_CELLS = [("PSNR (dB)", "psnr", ".2f"), ("MS-SSIM", "msssim", ".4f"), ("bpp", "bpp", ".4f"),
@@ -37,7 +37,7 @@ def with_interval(v: float, lo: float, hi: float) -> str:
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The results table as text cells; panel columns (dataset, norm, eps) only when there are several panels.
 
-    ``table``: :func:`robustvae.report.aggregate.summarise`'s frame, or ``summary.json``'s
+    ``table``: :func:`robustvae.reporting.aggregate.summarise`'s frame, or ``summary.json``'s
     ``table`` as a frame.
     """
     several = table[PANEL_KEYS].drop_duplicates().shape[0] > 1

@@ -8,7 +8,7 @@
   (means over the images), JPEG as a curve over its qualities;
 * :func:`side_by_side_figure`: per image, original | reconstruction | JPEG at the
   matched PSNR, a row per model and k;
-* :func:`~robustvae.report.tables.summary_table`: per model and k, the means over
+* :func:`~robustvae.reporting.tables.summary_table`: per model and k, the means over
   images (numbers only).
 """
 
@@ -29,8 +29,8 @@ from matplotlib.lines import Line2D
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
 from robustvae.records import COMPRESSION_RUN_KIND
-from robustvae.report.figures import imshow_array, marker_map, new_figure, palette
-from robustvae.report.tables import summary_table
+from robustvae.reporting.figures import imshow_array, marker_map, new_figure, palette
+from robustvae.reporting.tables import summary_table
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
 

@@ -20,7 +20,7 @@ import pandas as pd
 from seaborn.algorithms import bootstrap
 from seaborn.utils import ci
 
-from robustvae.report.load import CURVE_KEYS, RunSet
+from robustvae.reporting.load import CURVE_KEYS, RunSet
 
 N_BOOT = 1000
 BOOT_SEED = 0
