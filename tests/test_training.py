@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -136,3 +138,21 @@ def test_speed_options_train_to_the_same_weights(option, value, tmp_path):
     assert a.keys() == b.keys()  # the plain module's names, also when compiled
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_importing_training_leaves_the_warning_filters_alone():
+    """The scheduler warning is silenced around the one call that raises it, not for the whole process."""
+    code = (
+        "import warnings, torch\n"
+        "before = [repr(f) for f in warnings.filters]\n"
+        "import robustvae.training\n"
+        "print([repr(f) for f in warnings.filters] == before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
+def test_a_skipped_first_update_does_not_warn_about_the_scheduler(tmp_path, recwarn):
+    cfg = tiny_config(steps=2, skip_threshold=1e-9, max_consecutive_skips=5)
+    _fit(cfg, tmp_path / "run")
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

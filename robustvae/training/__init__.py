@@ -33,15 +33,10 @@ processes.
 
 from __future__ import annotations
 
-import warnings
-
 from robustvae.training.build import TrainData, TrainParts, build_parts, lr_factor
 from robustvae.training.checkpoint import Checkpointer, TrainState
 from robustvae.training.loop import RUN_FILES, Interrupted, Trainer
 from robustvae.training.step import StepResult, evaluate_nelbo, train_step
-
-# A skipped first update calls scheduler.step() before optimizer.step(); that is intended here.
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before", category=UserWarning)
 
 __all__ = [
     "RUN_FILES",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -60,7 +61,10 @@ def train_step(
         opt.step()
         if parts.ema is not None:
             parts.ema.update_parameters(model)
-    parts.sched.step()
+    with warnings.catch_warnings():
+        # a skipped first update calls scheduler.step() before optimizer.step(); that is intended here
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before", category=UserWarning)
+        parts.sched.step()
     return StepResult(nelbo=nelbo, kl=kl, recon=recon, bpd=bpd, grad_norm=gn, skipped=skip)
 
 
