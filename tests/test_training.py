@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import torch
 
 from conftest import tiny_config
 from robustvae.errors import RobustVAEError, TrainingError
-from robustvae.training import Trainer, lr_factor
+from robustvae.training import Interrupted, Trainer, lr_factor
 from robustvae.zoo import read_checkpoint
 
 CPU = torch.device("cpu")
@@ -65,6 +67,25 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
     ref = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["kind"] == "train"]
     assert steps == ref
+
+
+def test_ctrl_c_finishes_the_step_saves_last_pt_and_resumes_exactly(tmp_path):
+    cfg = tiny_config(steps=8, checkpoint_every=1000)
+    _fit(cfg, tmp_path / "a")
+
+    def ctrl_c(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted, match="interrupted at step 3/8"):
+        _fit(cfg, tmp_path / "b", on_step=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["train_state"]["step"] == 3
+    _fit(cfg, tmp_path / "b", resume=True)
+    a = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_absurd_skip_threshold_stops_the_run_with_a_clear_message(tmp_path):
