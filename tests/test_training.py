@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import tiny_config
 from robustvae.errors import RobustVAEError, TrainingError
-from robustvae.training import Trainer, lr_factor
+from robustvae.training import Interrupted, Trainer, lr_factor
 from robustvae.zoo import read_checkpoint
 
 CPU = torch.device("cpu")
@@ -63,6 +67,25 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
     ref = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["kind"] == "train"]
     assert steps == ref
+
+
+def test_ctrl_c_finishes_the_step_saves_last_pt_and_resumes_exactly(tmp_path):
+    cfg = tiny_config(steps=8, checkpoint_every=1000)
+    _fit(cfg, tmp_path / "a")
+
+    def ctrl_c(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted, match="interrupted at step 3/8"):
+        _fit(cfg, tmp_path / "b", on_step=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["train_state"]["step"] == 3
+    _fit(cfg, tmp_path / "b", resume=True)
+    a = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_absurd_skip_threshold_stops_the_run_with_a_clear_message(tmp_path):
@@ -136,3 +159,21 @@ def test_speed_options_train_to_the_same_weights(option, value, tmp_path):
     assert a.keys() == b.keys()  # the plain module's names, also when compiled
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_importing_training_leaves_the_warning_filters_alone():
+    """The scheduler warning is silenced around the one call that raises it, not for the whole process."""
+    code = (
+        "import warnings, torch\n"
+        "before = [repr(f) for f in warnings.filters]\n"
+        "import robustvae.training\n"
+        "print([repr(f) for f in warnings.filters] == before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
+def test_a_skipped_first_update_does_not_warn_about_the_scheduler(tmp_path, recwarn):
+    cfg = tiny_config(steps=2, skip_threshold=1e-9, max_consecutive_skips=5)
+    _fit(cfg, tmp_path / "run")
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
