@@ -143,3 +143,13 @@ def test_existing_run_directory_and_bad_checkpoints(tmp_path, capsys):
 def test_unknown_option_is_a_usage_error_without_traceback(capsys):
     code, _, err = _run(capsys, ["train", "--no-such-option"])
     assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_attack_help_names_every_registered_attack_and_objective(capsys):
+    """The help text lists the registries' names (it is written out so that --help needs no torch import)."""
+    from robustvae.attacks import ATTACKS, OBJECTIVES
+
+    assert main(["attack", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in [*OBJECTIVES, *ATTACKS]:
+        assert name in text, name

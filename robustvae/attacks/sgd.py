@@ -34,13 +34,9 @@ class LatentSGD(LatentAttack):
         steps (int): number of steps. (Default: 50)
         lr (float): initial learning rate, per image. (Default: 1.0)
         factor, patience, threshold: the plateau schedule, per image (mode max). (Default: 0.1, 10, 1e-4)
-        objective (str): a name from ``OBJECTIVES``. (Default: 'skl')
-        straight_through (bool): compare quantised layers through their quantised values. (Default: False)
-        random_start (bool): uniform start in the ball. (Default: True)
+        objective, straight_through, random_start: as for :class:`LatentPGD`.
 
-    Shape:
-        - images: (N, C, H, W) in [0, 1]; seeds: optional list of N ints.
-        - output: (N, C, H, W) adversarial images, the best iterate of each.
+    Shape: as for :class:`LatentPGD` (images and seeds in, the best iterate of each image out).
 
     Examples::
         >>> attack = LatentSGD(model, k=1, eps=0.1, norm="linf", steps=50)
