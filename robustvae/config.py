@@ -49,13 +49,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a top-down hierarchical VAE (GUIDE section 2, Table 6).
+    """Architecture of a top-down hierarchical VAE (Table 6 of the DCT-VAE paper).
 
     ``latents`` lists ``(resolution, number_of_stochastic_layers)`` from the finest
     scale to the coarsest, as Table 6 writes them ("4 x 14^2, 4 x 7^2"). Layer 1
     is the top (coarsest) latent.
 
-    DCT-VAE (``arch="dctvae"``, GUIDE sections 3-4) adds a deterministic context as
+    DCT-VAE (``arch="dctvae"``, the paper's Appendix C and E) adds a deterministic context as
     layer 1 above ``latents``:
 
     * ``context``: ``"dct"`` (the c x c lowest DCT frequencies per channel) or
@@ -180,7 +180,7 @@ class TrainConfig:
     beta2: float = 0.9  # VDVAE's setting
     grad_clip: float = 1.0
     skip_threshold: float = 100.0  # skip the update when the gradient norm exceeds this
-    max_consecutive_skips: int = 100  # then stop with a clear message (GUIDE section 7)
+    max_consecutive_skips: int = 100  # then stop with a clear message (a fixed threshold can skip forever)
     ema_decay: float = 0.0  # 0 disables EMA; evaluation uses EMA weights when on
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # NHWC weights and activations: same results, faster oneDNN / cuDNN convolutions
@@ -245,11 +245,19 @@ NORMS = ("linf", "l2")
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """One latent-attack sweep (GUIDE section 5); also the schema of ``attacks/*.toml`` suites.
+    """One latent-attack sweep (docs/protocol.md); also the schema of ``attacks/*.toml`` suites.
 
     ``layers`` is ``"1,2"``, ``"1-4"`` or ``"all"``: each number k is one evaluation with
-    the top k latent layers under attack (layer 1 is the top).
+    the top k latent layers under attack (layer 1 is the top). ``recon`` picks the
+    reconstruction rule (:mod:`robustvae.protocol`); ``eps = 0`` disables the attack.
     """
+
+    @property
+    def convention(self) -> str:
+        """The temperature convention in force: the one given, else the rule's own."""
+        from robustvae.protocol import RECON_RULES
+
+        return self.temperature_convention or RECON_RULES[self.recon].convention
 
     layers: str = "1"
     eps: float = 0.1
@@ -261,6 +269,8 @@ class AttackConfig:
     optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: "pgd" or "sgd" (the authors': lr 1.0, plateau)
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0
     temperature: float = 0.1  # prior temperature of the layers below k (Appendix G)
+    recon: str = "default"  # reconstruction rule (robustvae.protocol.RECON_RULES): default | authors
+    temperature_convention: str | None = None  # std | var; None: the rule's own (default: std, authors: var)
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
     floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
     noise_draws: int = 5  # random perturbations of the same budget, per point
@@ -270,9 +280,15 @@ class AttackConfig:
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
 
     def __post_init__(self) -> None:
+        from robustvae.protocol import CONVENTIONS, RECON_RULES
+
         parse_layers(self.layers)
-        if not self.eps > 0:
-            _fail(f"eps must be positive, got {self.eps}")
+        if not self.eps >= 0:
+            _fail(f"eps must be >= 0 (0 disables the attack: the no-attack level), got {self.eps}")
+        if self.recon not in RECON_RULES:
+            _fail(f"unknown recon rule {self.recon!r} (known: {', '.join(RECON_RULES)})")
+        if self.temperature_convention is not None and self.temperature_convention not in CONVENTIONS:
+            _fail(f"unknown temperature convention {self.temperature_convention!r} (known: {', '.join(CONVENTIONS)})")
         if self.norm not in NORMS:
             _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
         from robustvae.attacks.objectives import OBJECTIVES

@@ -2,7 +2,7 @@
 
 * ELBO with analytic per-layer KLs (one posterior sample per image);
 * NLL by importance sampling with K samples: -log mean_k exp(log p(x, z_k) - log q(z_k | x)),
-  a true upper bound on -log p(x) (GUIDE section 2);
+  a true upper bound on -log p(x) (not the analytic-KL estimate, which is not a bound);
 * active units (Burda et al.): a latent unit is active when the variance over data
   points of its posterior mean exceeds 0.01; posterior means come from
   ``model.encode`` (higher layers at their posterior means).

@@ -2,7 +2,7 @@
 
 * ``ARCHITECTURES``: ``ModelConfig.arch`` -> model class.
 * ``PRESETS``: named, fully resolved :class:`~robustvae.config.Config` objects. The
-  paper presets follow Table 6 of the DCT-VAE paper (GUIDE section 2); the
+  paper presets follow Table 6 of the DCT-VAE paper; the
   ``-tiny`` ones are small enough for CI.
 * ``ZOO``: named checkpoints with a download URL and a sha256.
 """

@@ -68,7 +68,8 @@ class LatentAttack(Attack):
 
     Subclasses implement ``_init_state`` and ``_ascend`` (one update of delta from its gradient).
     After a call, ``best_loss`` (per image), ``nonfinite`` (per image: a non-finite loss or
-    gradient was met) and ``loss_history`` (steps x images) describe the run.
+    gradient was met), ``loss_history`` (steps x images), ``best_delta`` and ``last_delta``
+    (the best and the last iterate) describe the run.
     """
 
     def __init__(self, name: str, model, k: int, eps: float, norm: str, steps: int, objective: str = "skl",
@@ -76,8 +77,8 @@ class LatentAttack(Attack):
         super().__init__(name, model)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0 (0: no perturbation), got {eps}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         L = model.num_layers
@@ -161,4 +162,5 @@ class LatentAttack(Attack):
         self.nonfinite = nonfinite
         self.loss_history = torch.stack(history)
         self.best_delta = best_delta
+        self.last_delta = delta.detach()  # the last iterate (what the DCT-VAE authors' rule scores)
         return (images + best_delta).detach()

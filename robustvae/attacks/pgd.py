@@ -3,7 +3,7 @@
 Threat model: ||delta||_inf <= eps, x + delta in [0, 1]. Uniform random start in the
 cube (the unsupervised objective has zero gradient at delta = 0), sign-gradient
 ascent steps of ``step_size`` (default 2.5 * eps / steps), hard projection after
-every step, best iterate kept per image. Defaults follow GUIDE section 5:
+every step, best iterate kept per image. Defaults follow the protocol (docs/protocol.md):
 eps 0.1, 50 steps, objective ``skl``.
 """
 

@@ -268,6 +268,8 @@ def attack(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, or sgd (the authors': lr 1.0, plateau). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
+    recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
+    temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
     straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
@@ -291,7 +293,8 @@ def attack(
 
     suite_models, cfg = attack_config(
         suite, layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps, objective=objective,
-        optimizer=optimizer, step_size=step_size, temperature=temperature, straight_through=straight_through,
+        optimizer=optimizer, step_size=step_size, temperature=temperature, recon=recon,
+        temperature_convention=temperature_convention, straight_through=straight_through,
         seed=seed, max_batch_mib=max_batch_mib)
     shard_t = parse_shard(shard)
     names = list(models or []) or suite_models

@@ -95,8 +95,9 @@ class HierarchicalVAE(Protocol):
         """Posteriors of the top k layers, top first; each conditioned on the posterior means above it."""
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None) -> Tensor:
-        """Mean image: posterior means of the top k layers, the prior at ``temperature`` below, driven by ``noise``."""
+                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+        """Mean image: posterior means (or samples) of the top k layers, the prior at ``temperature`` below,
+        driven by ``noise``."""
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative-ELBO terms with one posterior sample per layer."""

@@ -1,4 +1,4 @@
-"""The diffusion prior over DCT-VAE's quantised context (GUIDE section 4, Appendix C).
+"""The diffusion prior over DCT-VAE's quantised context (Appendix C of the paper).
 
 A DDPM over y0, the context on its 2^b levels in [-1, 1], with T steps and linear
 betas:
