@@ -190,12 +190,8 @@ def test_the_budget_is_never_exceeded(seed, optimizer, norm, eps, objective, str
                        straight_through=straight_through)
     seeds = [seed, seed + 1, seed + 2]
     adv = make_attack(m, k, cfg)(x, seeds=seeds, noise=per_image_noise(m, seeds))
-    d = (adv - x).flatten(1)
-    assert adv.min() >= 0 and adv.max() <= 1
-    if norm == "linf":
-        assert d.abs().max() <= eps + 1e-6
-    else:
-        assert torch.all(d.norm(dim=1) <= eps * (1 + 1e-5))
+    size = (adv - x).flatten(1).norm(p=float("inf") if norm == "linf" else 2, dim=1)
+    assert adv.min() >= 0 and adv.max() <= 1 and (size <= eps * (1 + 1e-5) + 1e-7).all(), (size, eps)  # float32 rounding
 
 
 # --------------------------------------------------------------------------- APGD against PGD

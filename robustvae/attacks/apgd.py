@@ -45,10 +45,7 @@ class LatentAPGD(LatentAttack):
     Distance measure: Linf or L2 (hard projection after every step); x + delta in [0, 1].
 
     Arguments:
-        model (HierarchicalVAE): the model to attack.
-        k (int): attack the top k latent layers. (Default: 1)
-        eps (float): budget on [0, 1] pixels. (Default: 0.1)
-        norm (str): 'linf' or 'l2'. (Default: 'linf')
+        model, k, eps, norm: as for :class:`LatentSGD` (defaults: k 1, eps 0.1, norm 'linf').
         steps (int): number of steps (gradient evaluations); one more forward pass scores the last iterate. (Default: 50)
         step_size (float): initial step size, per image. (Default: 2 * eps)
         momentum (float): weight of the new step against the previous one (0.75 in the paper). (Default: 0.75)
