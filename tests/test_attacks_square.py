@@ -8,6 +8,7 @@ import torch
 
 from robustvae.attacks import LatentObjective, LatentSquare
 from robustvae.attacks.square import square_bump, square_share
+from robustvae.models.distributions import DiagGaussian
 from test_attacks_apgd import Masked, RankOne, assert_batch_equals_single, assert_progress_is_the_best_so_far, interior
 from test_objectives import digits, per_image_noise, tiny
 
@@ -111,3 +112,22 @@ def test_same_seed_same_search_other_seed_other_search():
     m, x = tiny("dctvae-mnist-tiny"), digits(2)
     runs = [LatentSquare(m, 1, eps=0.1, steps=5, objective="boundary")(x, seeds=s) for s in ([1, 2], [1, 2], [3, 4])]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+class NaNForTheFirst(RankOne):
+    """:class:`RankOne` whose posterior mean is NaN for the first image of every batch."""
+
+    def encode(self, x, k=None):
+        q = super().encode(x, k)[0]
+        poison = torch.ones(x.shape[0], 1, 1, 1)
+        poison[0] = float("nan")
+        return [DiagGaussian(q.mean * poison, q.logvar)]
+
+
+def test_a_nonfinite_image_is_flagged_and_leaves_the_others_alone():
+    x = interior(3, (1, 6, 6))
+    clean, poisoned = (LatentSquare(cls((1, 6, 6)), 1, eps=0.1, steps=6) for cls in (RankOne, NaNForTheFirst))
+    adv_clean, adv = clean(x, seeds=[1, 2, 3]), poisoned(x, seeds=[1, 2, 3])
+    assert poisoned.nonfinite.tolist() == [True, False, False] and poisoned.best_loss[0] == float("-inf")
+    torch.testing.assert_close(adv[1:], adv_clean[1:])
+    torch.testing.assert_close(poisoned.best_loss[1:], clean.best_loss[1:])
