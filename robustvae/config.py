@@ -266,8 +266,11 @@ class AttackConfig:
     points: int = 50
     steps: int = 50
     objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
-    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: "pgd" or "sgd" (the authors': lr 1.0, plateau)
-    step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0
+    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square
+    step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
+    # step (2 * eps); square: unused
+    per_unit: bool = False  # divide each layer's term by its units, so layers of different widths are commensurate
+    p_init: float = 0.8  # square: the initial share of pixels a proposal changes
     temperature: float = 0.1  # prior temperature of the layers below k (Appendix G)
     recon: str = "default"  # reconstruction rule (robustvae.protocol.RECON_RULES): default | authors
     temperature_convention: str | None = None  # std | var; None: the rule's own (default: std, authors: var)
@@ -308,6 +311,8 @@ class AttackConfig:
             _fail(f"step_size must be positive, got {self.step_size}")
         if self.temperature < 0:
             _fail(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.p_init <= 1:
+            _fail(f"p_init must be in (0, 1], got {self.p_init}")
         if self.split not in ("train", "val", "test"):
             _fail(f"split must be train, val or test, got {self.split!r}")
 

@@ -35,7 +35,7 @@ class LatentSGD(LatentAttack):
         steps (int): number of steps. (Default: 50)
         lr (float): initial learning rate, per image. (Default: 1.0)
         factor, patience, threshold: the plateau schedule, per image (mode max). (Default: 0.5, 20, 1e-4)
-        objective, straight_through, random_start: as for :class:`LatentPGD`.
+        objective, straight_through, random_start, temperature, per_unit: as for :class:`LatentPGD`.
 
     Shape: as for :class:`LatentPGD` (images and seeds in, the best iterate of each image out).
 
@@ -46,11 +46,14 @@ class LatentSGD(LatentAttack):
 
     def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, lr: float = 1.0,
                  factor: float = 0.5, patience: int = 20, threshold: float = 1e-4, objective: str = "skl",
-                 straight_through: bool = False, random_start: bool = True):
-        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start)
+                 straight_through: bool = False, random_start: bool = True, *, temperature: float = 0.1,
+                 per_unit: bool = False):
+        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start,
+                         temperature=temperature, per_unit=per_unit)
         self.lr, self.factor, self.patience, self.threshold = lr, factor, patience, threshold
 
-    def _init_state(self, n: int, device: torch.device) -> dict:
+    def _init_state(self, images: Tensor) -> dict:
+        n, device = images.shape[0], images.device
         return {"lr": torch.full((n,), self.lr, device=device), "best": torch.full((n,), -float("inf"), device=device),
                 "bad": torch.zeros(n, dtype=torch.long, device=device)}
 

@@ -209,7 +209,7 @@ def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Te
             "msssim": score[worst].cpu()}
 
 
-def _attack(ctx: _UnitContext, X: torch.Tensor):
+def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor]):
     """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate."""
     model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
@@ -217,7 +217,7 @@ def _attack(ctx: _UnitContext, X: torch.Tensor):
     target = None
     if attack.objective.spec.needs_target:  # pull towards the next attacked point (a fixed, different image)
         target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(X.device).repeat_interleave(R, 0)
-    adv = attack(X, target=target, seeds=seeds)
+    adv = attack(X, target=target, seeds=seeds, noise=_repeat(noise, R))  # noise: for reconstruction objectives
     if ctx.rule.iterate == "last":
         adv = (X + attack.last_delta).detach()
     return attack, adv, target is not None
@@ -227,7 +227,7 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     """Attack rows and their paired no-attack rows (delta = 0 under the same noise), one per point x restart."""
     model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
     X = x.repeat_interleave(R, 0)
-    attack, adv, targeted = _attack(ctx, X)
+    attack, adv, targeted = _attack(ctx, X, noise)
     with torch.no_grad():
         passes = ctx.pass_noise("attacked pass", R, noise)
         clean_r = clean.repeat_interleave(R, 0)
