@@ -38,6 +38,7 @@ class KuzinaDiffusionPrior(DiffusionPrior):
         betas = cosine_betas(steps) if schedule == "cosine" else None
         super().__init__(shape, 2**bits, steps, beta_start, beta_end, betas=betas, net=net)
         self.register_buffer("support", support.float(), persistent=False)
+        self.post_logvar[0] = self.post_logvar[1]  # their clipped log-variance at step 1 (never used by a term)
 
     def p_step(self, yt: Tensor, t: Tensor) -> DiagGaussian:
         """p(y_{t-1} | y_t) = N(mean, exp(logvar)), both straight from the UNet at step index t - 1."""
@@ -52,9 +53,14 @@ class KuzinaDiffusionPrior(DiffusionPrior):
         return y0.new_zeros(y0.shape[0])
 
     def is_log_prob(self, y0: Tensor, repeats: int = 10, noise: Tensor | None = None) -> Tensor:
-        """Their test-mode log p(y0): logsumexp over ``repeats`` all-step bounds - log repeats; noise (R, T, B, ...)."""
-        terms = [-self.bound(y0, all_steps=True, noise=noise[r] if noise is not None else None) for r in range(repeats)]
-        return torch.logsumexp(torch.stack(terms), 0) - math.log(repeats)
+        """Their test-mode log p(y0): logsumexp over ``repeats`` all-step bounds - log repeats; noise (R, T, B, ...).
+
+        The repeats go through the network as one batch.
+        """
+        B = y0.shape[0]
+        eps = noise.transpose(0, 1).reshape(self.steps, repeats * B, *y0.shape[1:]) if noise is not None else None
+        terms = -self.bound(y0.repeat(repeats, *([1] * (y0.dim() - 1))), all_steps=True, noise=eps).view(repeats, B)
+        return torch.logsumexp(terms, 0) - math.log(repeats)
 
     def log_weight(self, y0: Tensor, noise: Tensor | None = None) -> Tensor:
         """log p(y_{0:T}) - log q(y_{1:T} | y0) per image along a trajectory driven by ``noise`` (T, B, C, c, c)."""
