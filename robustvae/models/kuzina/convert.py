@@ -68,6 +68,17 @@ def rename(key: str) -> str:
     return key
 
 
+def their_name(key: str) -> str:
+    """robustvae's name of a tensor -> the authors' (for messages about what their file lacks)."""
+    for old, new in WEIGHT_NORM:
+        if key.endswith(new):
+            key = key[: -len(new)] + old
+    for old, new in RENAMES:
+        if key.startswith(new):
+            key = old + key[len(new):]
+    return key
+
+
 def _check_known(theirs: Mapping[str, Tensor], image_size: int, where: str) -> None:
     """Shared copies must be equal and the DCT bases the cosines they stand for."""
     for key, value in theirs.items():
@@ -96,7 +107,7 @@ def convert_state_dict(theirs: Mapping[str, Tensor], model: nn.Module, where: st
     unknown = [k for k in out if k not in own]
     wrong = [k for k in own if k in out and tuple(out[k].shape) != tuple(own[k].shape)]
     if missing or unknown or wrong:
-        first = (missing + unknown + wrong)[0]
+        first = their_name((missing + unknown + wrong)[0])
         raise CheckpointError(
             f"{where} does not fit preset architecture {model.arch} ({len(missing)} missing, {len(unknown)} unknown, "
             f"{len(wrong)} mis-shaped tensors; first: {first}); pick the preset of the checkpoint's dataset"
