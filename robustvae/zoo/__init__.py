@@ -158,8 +158,12 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if s in PRESETS:
+        from robustvae.zoo.kuzina import PUBLISHED
+
+        fetch_hint = f", or fetch the authors' weights: robustvae zoo fetch {s} --out runs/{s}" if s in PUBLISHED else ""
         raise CheckpointError(
             f"{s!r} is a preset, not a trained checkpoint; train it with: robustvae train --preset {s} --out runs/{s}"
+            f"{fetch_hint}"
         )
     known = ", ".join(sorted(ZOO)) or "none registered"
     raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run directory")
@@ -237,4 +241,6 @@ def list_entries() -> list[dict[str, str]]:
         cached = (cache_dir() / f"{e.name}-{e.sha256[:12]}.pt").is_file()
         rows.append({"name": n, "kind": "checkpoint" + (" (cached)" if cached else ""), "model": c.model.arch,
                      "data": c.data.name, "layers": str(c.model.num_layers), "about": e.description or e.url})
-    return rows
+    from robustvae.zoo.kuzina import published_rows
+
+    return rows + published_rows()
