@@ -78,6 +78,9 @@ class ModelConfig:
     blocks' hidden width is ``hidden / channels`` times their input width.
     ``target_binarisation``: ``"data"`` (binary data reach the model binarised) or
     ``"model"`` (the model sees grey images and binarises its target at every call).
+    For kuzina-ladder, ``context_dither`` turns the authors' dither on in ``encode`` and
+    ``reconstruct`` (their objective always dithers), averaged over ``context_eot_draws``
+    fixed draws (expectation over transformation).
     """
 
     arch: str = "vdvae"
@@ -112,6 +115,7 @@ class ModelConfig:
     context_every_scale: bool = True  # kuzina-ladder: re-inject the decoded context after each change of scale
     pixel_mean_std: tuple[float, float] = (127.5, 127.5)  # kuzina-ladder: encoder input (x255 - mean) / std
     target_binarisation: str = "data"  # data | model (grey input, target binarised inside every call)
+    context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
 
     def __post_init__(self) -> None:
         for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
@@ -156,6 +160,7 @@ class ModelConfig:
         if not 0 <= self.diffusion_dropout < 1:
             _fail(f"model.diffusion_dropout must be in [0, 1), got {self.diffusion_dropout}")
         _positive("model.scale_channel_mult", self.scale_channel_mult)
+        _positive("model.context_eot_draws", self.context_eot_draws)
         _positive("model.pixel_mean_std[1]", self.pixel_mean_std[1])
         if not 1 <= self.context_size <= self.image_size:
             _fail(

@@ -61,14 +61,40 @@ def test_the_contract_holds(context):
 def test_the_dither_is_off_for_attacks_unless_asked_and_always_on_in_the_objective():
     m = _model()
     x = _images(8)
-    torch.manual_seed(0)
-    assert torch.equal(m.encode(x, 1)[0].mean, m.encode(x, 1)[0].mean)
     levels = m.codec.levels_of()
-    assert set(m.encode(x, 1)[0].mean.unique().tolist()) <= set(levels[1:-1].tolist())  # 2^b levels without dither
-    m.dither = True
-    draws = torch.stack([m.encode(x, 1)[0].mean for _ in range(20)])
-    assert (draws != draws[0]).any()
-    assert set(draws.unique().tolist()) <= set(levels.tolist())
+    off = m.encode(x)
+    assert set(off[0].mean.unique().tolist()) <= set(levels[1:-1].tolist())  # 2^b levels without dither
+    torch.manual_seed(0)
+    y1 = m.authors_pass(x, "val").context
+    assert not torch.equal(y1, m.authors_pass(x, "val").context)  # their objective draws a fresh dither every call
+    m.dither, m.eot_draws = True, 1
+    one = m.encode(x)
+    assert not torch.equal(one[0].mean, off[0].mean) and set(one[0].mean.unique().tolist()) <= set(levels.tolist())
+    assert torch.equal(one[1].mean, m.encode(x)[1].mean)  # fixed draws: deterministic, so attacks stay repeatable
+
+
+def test_eot_averages_each_draws_posterior_and_reconstruction():
+    """With n fixed draws, every quantity is the mean over the draws, each computed on its own (reference)."""
+    m = _model()
+    x = _images(3)
+    m.dither, m.eot_draws = True, 4
+    qs, ref = m.encode(x), m.encode(x.flip(0))
+    noise = m.make_noise(3, torch.Generator().manual_seed(1))
+    rec = m.reconstruct(x, 2, noise=noise)
+    from robustvae.models.kuzina.eot import dither_draws
+
+    u = dither_draws(4, (1, 7, 7), x.device)
+    m.dither = False
+    per_draw, per_ref, per_rec = [], [], []
+    for d in range(4):
+        m.codec.forward = lambda xx, dither=False, _u=u[d]: KuzinaDCTContext.forward(m.codec, xx, _u.expand(len(xx), -1, -1, -1))
+        per_draw.append(m.encode(x)), per_ref.append(m.encode(x.flip(0))), per_rec.append(m.reconstruct(x, 2, noise=noise))
+    del m.codec.forward
+    for layer in range(3):
+        torch.testing.assert_close(qs[layer].mean, torch.stack([p[layer].mean for p in per_draw]).mean(0))
+        want = torch.stack([a[layer].compare(b[layer]) for a, b in zip(per_draw, per_ref)]).mean(0)
+        torch.testing.assert_close(qs[layer].compare(ref[layer]), want)
+    torch.testing.assert_close(rec, torch.stack(per_rec).mean(0))
 
 
 def test_the_gradient_reaches_the_image_through_the_context():

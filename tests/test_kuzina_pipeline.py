@@ -67,3 +67,16 @@ def test_compression_runs_on_it(run, tmp_path):
     res = robustvae.compress([run], [tmp_path / "img"], CompressConfig(layers="1,2"), tmp_path / "out", device="cpu")
     assert sorted(res.records.k.unique()) == [1, 2] and np.isfinite(res.records.psnr).all()
     assert (res.records.context_bits_raw == 6 * 49 * np.log2(6)).all()  # 6 patches of 49 coefficients on 6 levels
+
+
+def test_attacks_can_average_over_dither_draws_and_say_so(run, tmp_path):
+    from robustvae.zoo.kuzina import with_dither
+
+    lm = with_dither(robustvae.load(run), draws=2)
+    cfg = AttackConfig(layers="2", points=2, restarts=1, steps=2, floor_draws=0, noise_draws=0, gallery_points=0)
+    res = robustvae.attack([lm], cfg, out=tmp_path / "attack", device="cpu")
+    assert np.isfinite(res.records.msssim).all()
+    model_cfg = json.loads((tmp_path / "attack" / "run.json").read_text())["models"][0]["config"]["model"]
+    assert model_cfg["context_dither"] is True and model_cfg["context_eot_draws"] == 2
+    with pytest.raises(RobustVAEError, match="dithered context"):
+        with_dither(robustvae.load(run).__class__.in_memory(build_model(get_preset("vdvae-mnist-tiny").model)))

@@ -148,3 +148,20 @@ def published_rows() -> list[dict[str, str]]:
         rows.append({"name": p.name, "kind": "published (zoo fetch)", "model": c.model.arch, "data": c.data.name,
                      "layers": str(c.model.num_layers), "about": f"their test NLL {p.reported_nll} {p.unit}; {p.url}"})
     return rows
+
+
+def with_dither(model, draws: int = 8):
+    """``model`` (a loaded kuzina model) with the authors' dither on in encode and reconstruct, averaged over
+    ``draws`` fixed draws (EOT). The config says so, hence every run.json of an attack on it."""
+    import dataclasses
+
+    from robustvae.registry import build_model
+    from robustvae.zoo import LoadedModel
+
+    cfg = model.config
+    if cfg is None or cfg.model.arch != "kuzina-ladder" or cfg.model.context == "none":
+        raise RobustVAEError("only a kuzina-ladder DCT-VAE has a dithered context; load one with robustvae.load")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, context_dither=True, context_eot_draws=draws))
+    net = build_model(cfg.model)
+    net.load_state_dict(model.model.state_dict())
+    return LoadedModel(net.to(next(model.model.parameters()).device).eval(), cfg, model.path, model.sha256)

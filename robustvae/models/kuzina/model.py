@@ -37,6 +37,7 @@ from robustvae.models.blocks import conv
 from robustvae.models.contract import ELBOResult, LayerInfo
 from robustvae.models.distributions import DiagGaussian, PointMass, sum_except_batch
 from robustvae.models.kuzina.context import KuzinaDCTContext, signed_image
+from robustvae.models.kuzina.eot import DrawAverage, dither_draws
 from robustvae.models.kuzina.layers import DecoderBlock2x3, EncoderBlock, PriorNet, hidden_width, kuzina_logvar
 from robustvae.models.kuzina.likelihood import likelihood, num_params
 from robustvae.models.kuzina.prior import KuzinaDiffusionPrior
@@ -200,7 +201,8 @@ class KuzinaLadderVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.has_context = cfg.context != "none"
-        self.dither = False  # attack-facing calls quantise the context without dither unless set
+        self.dither = cfg.context_dither  # attack-facing calls: no dither, or EOT over fixed draws
+        self.eot_draws = cfg.context_eot_draws
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         scales = [(res, n) for res, n in reversed(cfg.latents)]
@@ -388,18 +390,31 @@ class KuzinaLadderVAE(nn.Module):
             return None, None
         return (noise[0], noise[1:]) if self.has_context else (None, noise)
 
+    def _eot(self, x: Tensor, noise: list[Tensor] | None) -> tuple[int, Tensor, list[Tensor] | None, bool | Tensor]:
+        """(draws n, x and noise repeated n times draw-major, the context's dither): n = 1, no dither, when off."""
+        if not (self.has_context and self.dither):
+            return 1, x, noise, False
+        n, B = self.eot_draws, x.shape[0]
+        u = dither_draws(n, tuple(self.layers[0].shape), x.device).expand(n, B, *self.layers[0].shape)
+        noise = [self._repeat(n, t)[0] for t in noise] if noise is not None else None
+        return n, self._repeat(n, x)[0], noise, u.reshape(n * B, *self.layers[0].shape)
+
     def encode(self, x: Tensor, k: int | None = None, sample: bool = False,
-               noise: list[Tensor] | None = None) -> list[PointMass | DiagGaussian]:
-        """Posteriors of the top ``k`` layers: the context's point mass (DCT), then the Gaussian layers'."""
+               noise: list[Tensor] | None = None) -> list[PointMass | DiagGaussian | DrawAverage]:
+        """Posteriors of the top ``k`` layers: the context's point mass (DCT), then the Gaussian layers'.
+
+        With ``context_dither`` each comes averaged over the fixed dither draws (:class:`DrawAverage`).
+        """
         self._check_input(x)
         k = self._check_k(k)
         if k == 0:
             return []
         _, gnoise = self._split_noise(noise)
-        out: list[PointMass | DiagGaussian] = []
+        n, x, gnoise, dither = self._eot(x, gnoise)
+        out: list = []
         ctx_img = None
         if self.has_context:
-            code = self.codec(x, dither=self.dither)
+            code = self.codec(x, dither=dither)
             out.append(PointMass(code.value, code.pre_quant))
             ctx_img = self._context_image(code.value)
         kk = k - len(out)
@@ -407,22 +422,27 @@ class KuzinaLadderVAE(nn.Module):
             td = self._top_down(x.shape[0], self.encoder(x), ctx_img, n_post=kk, sample_q=sample, noise=gnoise,
                                 stop_after=kk)
             out += [q for q in td.posteriors if q is not None]
-        return out
+        return [DrawAverage(q, n) for q in out] if n > 1 else out
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
                     noise: list[Tensor] | None = None) -> Tensor:
-        """Mean image: the top ``k`` layers at their posterior means (k = 0: a prior context), the rest from p."""
+        """Mean image: the top ``k`` layers at their posterior means (k = 0: a prior context), the rest from p.
+
+        With ``context_dither``: the mean over the fixed dither draws.
+        """
         self._check_input(x)
         k = self._check_k(k)
+        B = x.shape[0]
+        n, x, noise, dither = self._eot(x, noise)
         cnoise, gnoise = self._split_noise(noise)
         ctx_img, n_post = None, k
         if self.has_context:
-            y = self.codec(x, dither=self.dither).value if k > 0 else self._prior_context(x.shape[0], cnoise)
+            y = self.codec(x, dither=dither).value if k > 0 else self._prior_context(x.shape[0], cnoise)
             ctx_img, n_post = self._context_image(y), max(k - 1, 0)
         feats = self.encoder(x) if n_post > 0 else None
         td = self._top_down(x.shape[0], feats, ctx_img, n_post=n_post, sample_q=False, noise=gnoise,
                             temperature=temperature)
-        return self.likelihood(td.state).mean
+        return self.likelihood(td.state).mean.view(n, B, *x.shape[1:]).mean(0)
 
     def _prior_context(self, batch: int, noise: Tensor | None) -> Tensor:
         """A context from the diffusion prior, quantised with a dither derived from the noise's last slot."""
