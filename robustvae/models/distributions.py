@@ -312,7 +312,7 @@ class DiscretizedGaussian:
 
     Level j owns the quantiser's cell [v_j - d/2, v_j + d/2] (d = 2 / (levels - 1)),
     the lowest and highest cells extended to -inf and +inf, so the probabilities of
-    the levels sum to exactly 1 (GUIDE section 4: the bins are the quantiser's own).
+    the levels sum to exactly 1 (the bins are the quantiser's own).
 
     ``cdf="tanh"`` is the Kuzina & Tomczak variant: the same half-width around *any*
     value y, the tanh CDF (:func:`approx_ndtr`), each probability floored at 1e-10,

@@ -425,10 +425,12 @@ class KuzinaLadderVAE(nn.Module):
         return [DrawAverage(q, n) for q in out] if n > 1 else out
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None) -> Tensor:
+                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
         """Mean image: the top ``k`` layers at their posterior means (k = 0: a prior context), the rest from p.
 
-        With ``context_dither``: the mean over the fixed dither draws.
+        ``posterior_sample`` draws the Gaussian layers among the top k from their posteriors
+        (driven by ``noise``); the context is its quantised value. With ``context_dither``:
+        the mean over the fixed dither draws.
         """
         self._check_input(x)
         k = self._check_k(k)
@@ -440,7 +442,7 @@ class KuzinaLadderVAE(nn.Module):
             y = self.codec(x, dither=dither).value if k > 0 else self._prior_context(x.shape[0], cnoise)
             ctx_img, n_post = self._context_image(y), max(k - 1, 0)
         feats = self.encoder(x) if n_post > 0 else None
-        td = self._top_down(x.shape[0], feats, ctx_img, n_post=n_post, sample_q=False, noise=gnoise,
+        td = self._top_down(x.shape[0], feats, ctx_img, n_post=n_post, sample_q=posterior_sample, noise=gnoise,
                             temperature=temperature)
         return self.likelihood(td.state).mean.view(n, B, *x.shape[1:]).mean(0)
 
