@@ -193,7 +193,7 @@ def run_static(model, io) -> dict:
         below, above = codec.quantise(th - 1e-4), codec.quantise(th + 1e-4)
         out.update({"input/y_dct": codec.coefficients(io["input/u8"].float().div(255).unsqueeze(1)),
                     "fit/dct_coeffs": coef, "fit/mean": coef.mean(0), "fit/std": coef.std(0), "fit/scale": codec.scale,
-                    "quant/levels": codec.levels_of(), "quant/bits": torch.tensor(codec.bits),
+                    "quant/levels": codec.output_values(), "quant/bits": torch.tensor(codec.bits),
                     "quant/thresholds_no_dither": torch.cat([io["quant/thresholds_no_dither"][:1], th + (above - below - 2 / b),
                                                              io["quant/thresholds_no_dither"][-1:]]),
                     "unet/out": prior.net(io["unet/y_t"], io["unet/t"]),

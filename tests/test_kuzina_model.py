@@ -63,7 +63,7 @@ def test_the_contract_holds(context):
 def test_the_dither_is_off_for_attacks_unless_asked_and_always_on_in_the_objective():
     m = _model()
     x = _images(8)
-    levels = m.codec.levels_of()
+    levels = m.codec.output_values()
     off = m.encode(x)
     assert set(off[0].mean.unique().tolist()) <= set(levels[1:-1].tolist())  # 2^b levels without dither
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_the_dithers_posterior_matches_monte_carlo_frequencies():
 
 def _tiny_prior(seed: int = 0) -> KuzinaDiffusionPrior:
     torch.manual_seed(seed)
-    support = KuzinaDCTContext(1, 4, 1, 2).levels_of()
+    support = KuzinaDCTContext(1, 4, 1, 2).output_values()
     # large betas keep the importance weights' variance small, so 8,000 trajectories per value settle the sum to 0.01
     prior = KuzinaDiffusionPrior((1, 1, 1), 2, 3, support, schedule="linear", beta_start=0.7, beta_end=0.9,
                                  channels=16, scales=1, res_blocks=1, dropout=0.0)

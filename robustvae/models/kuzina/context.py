@@ -90,7 +90,7 @@ class KuzinaDCTContext(ContextCodec):
         v = self.normalise(x)
         return ContextCode(pre_quant=v, value=self.quantise(v, dither=dither))
 
-    def levels_of(self) -> Tensor:
+    def output_values(self) -> Tensor:
         """Every value the quantiser can output, lowest first: 2 (k + 1/2) / 2^b - 1 for k = -1 .. 2^b."""
         k = torch.arange(-1, 2**self.bits + 1, dtype=torch.float32, device=self.scale.device)
         return ((k + 0.5) / 2.0**self.bits) * 2 - 1

@@ -11,7 +11,8 @@ The contract (:mod:`robustvae.models.contract`) as for the other families, with:
 * images in [0, 1] are grey; with ``target_binarisation="model"`` the Bernoulli target
   is drawn afresh inside every :meth:`elbo` and estimator call, as their loss does;
 * the context's dither: off in :meth:`encode`, :meth:`reconstruct` and attacks unless
-  ``model.dither`` is set; always on in :meth:`elbo` and both estimators (their code);
+  ``context_dither`` is set (then averaged over ``context_eot_draws`` fixed draws,
+  :mod:`robustvae.models.kuzina.eot`); always on in :meth:`elbo` and both estimators (their code);
 * :meth:`elbo` is their training (train mode) or validation (eval mode) objective;
 * two estimators of -log p(x) (``model.estimators``): :meth:`nll_iwae`, the true IWAE
   bound (:meth:`log_importance_weights`: log p(x, z) - log q(z | x), the dither's
@@ -57,6 +58,16 @@ class Draws:
 
 
 @dataclass
+class _TopDown:
+    """The ladder's top-down pass: final decoder features, and per Gaussian layer p, q (None: from p) and z."""
+
+    state: Tensor
+    priors: list[DiagGaussian]
+    posteriors: list[DiagGaussian | None]
+    zs: list[Tensor]
+
+
+@dataclass
 class Pass:
     """What one forward pass computed: per-layer terms, latents and the decoder output."""
 
@@ -67,7 +78,7 @@ class Pass:
     zs: list[Tensor]
     logits: Tensor
     context: Tensor | None = None  # the quantised context
-    state: Tensor | None = None  # decoder features (top-down passes)
+    state: Tensor | None = None  # decoder features before the output convolution
 
 
 def _widths(cfg: ModelConfig) -> list[int]:
@@ -126,10 +137,10 @@ class LadderBlock(nn.Module):
     def prior(self, s_dec: Tensor) -> tuple[DiagGaussian, Tensor]:
         """p(z | s_dec) and the prior features h that join s_dec."""
         mu, raw, h = self.s_to_p(s_dec).split([self.width, self.width, s_dec.shape[1]], 1)
-        return DiagGaussian(mu, kuzina_logvar(raw)), h
+        return DiagGaussian(mu.float(), kuzina_logvar(raw.float())), h  # distributions in float32 under autocast
 
     def posterior(self, s_enc: Tensor, s_dec: Tensor) -> DiagGaussian:
-        mu, raw = self.s_to_q(s_enc + s_dec).chunk(2, 1)
+        mu, raw = self.s_to_q(s_enc + s_dec).float().chunk(2, 1)
         return DiagGaussian(mu, kuzina_logvar(raw))
 
 
@@ -172,7 +183,7 @@ class Decoder(nn.Module):
         if cfg.context != "none":
             C, c = cfg.image_channels, cfg.context_size
             self.z_L_prior = KuzinaDiffusionPrior(
-                (C, c, c), cfg.context_bits, cfg.diffusion_steps, self.decoder_blocks[0].codec.levels_of(),
+                (C, c, c), cfg.context_bits, cfg.diffusion_steps, self.decoder_blocks[0].codec.output_values(),
                 schedule=cfg.diffusion_schedule, beta_start=cfg.diffusion_beta_start, beta_end=cfg.diffusion_beta_end,
                 channels=cfg.diffusion_channels, scales=cfg.diffusion_scales, res_blocks=cfg.diffusion_res_blocks,
                 dropout=cfg.diffusion_dropout,
@@ -265,7 +276,7 @@ class KuzinaLadderVAE(nn.Module):
 
     def _top_down(self, batch: int, feats: list[Tensor] | None, ctx_img: Tensor | None, *, n_post: int,
                   sample_q: bool, noise: list[Tensor] | None = None, temperature: float = 1.0,
-                  stop_after: int | None = None) -> Pass:
+                  stop_after: int | None = None) -> _TopDown:
         """The ladder top-down: layers < ``n_post`` from q (its mean, or a sample), the rest from p at ``temperature``."""
         dec = self.decoder
         s = dec.s_L.expand(batch, -1, -1, -1)
@@ -287,8 +298,7 @@ class KuzinaLadderVAE(nn.Module):
                 nxt = next(inject, None) if i + 1 < len(dec.plan) else None
                 if nxt is not None and ctx_img is not None:
                     s = s + nxt(ctx_img)
-        return Pass(kl=s.new_zeros(0), log_px=s.new_zeros(0), priors=priors, posteriors=posts, zs=zs,
-                    logits=s.new_zeros(0), state=s)
+        return _TopDown(s, priors, posts, zs)
 
     def _context_logp(self, y: Tensor, mode: str, noise: Tensor | None) -> Tensor:
         """log p(context) as their code estimates it: one step x T (train), all steps (val), IS over repeats (test)."""
