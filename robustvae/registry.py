@@ -5,6 +5,7 @@
   paper presets follow Table 6 of the DCT-VAE paper (GUIDE section 2); the
   ``-tiny`` ones are small enough for CI.
 * ``ZOO``: named checkpoints with a download URL and a sha256.
+* ``PUBLISHED``: checkpoints published by others without a known sha256 (robustvae zoo fetch).
 """
 
 from __future__ import annotations
@@ -244,3 +245,36 @@ def register_zoo_entry(entry: ZooEntry) -> None:
     if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256.lower()):
         raise ConfigError(f"zoo entry {entry.name!r}: sha256 must be 64 hex digits")
     ZOO[entry.name] = entry
+
+
+@dataclass(frozen=True)
+class PublishedCheckpoint:
+    """A checkpoint published by others, whose sha256 is not known here: fetched and imported, its hash recorded then.
+
+    ``source`` names the importer (``robustvae zoo import --from``); ``reported_nll`` is
+    the test NLL its authors report, in ``unit`` (nats, or bits/dim).
+    """
+
+    name: str
+    preset: str
+    source: str
+    drive_id: str
+    reported_nll: float
+    unit: str
+
+    @property
+    def url(self) -> str:
+        return f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
+
+
+# the DCT-VAE checkpoints of Kuzina & Tomczak's README (AKuzina/dct_vae), with the NLL they report
+PUBLISHED: dict[str, PublishedCheckpoint] = {p.name: p for p in (
+    PublishedCheckpoint("kuzina-dctvae-mnist", "kuzina-dctvae-mnist", "kuzina", "1RZWo7jDjA3pPcfZ--qxtBc7GpsOH0Ea4",
+                        76.62, "nats"),
+    PublishedCheckpoint("kuzina-dctvae-omniglot", "kuzina-dctvae-omniglot", "kuzina",
+                        "1RbOsL4nyF3nvaO3-n0YoqwejBYSNmvww", 86.11, "nats"),
+    PublishedCheckpoint("kuzina-dctvae-cifar10", "kuzina-dctvae-cifar10", "kuzina", "1Rbl7X09Gr4zXSuUQvuwHcYEjpopeb9Uq",
+                        3.26, "bits/dim"),
+    PublishedCheckpoint("kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "kuzina", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd",
+                        1.97, "bits/dim"),
+)}

@@ -15,7 +15,8 @@ from robustvae.errors import CheckpointError, RobustVAEError
 from robustvae.models.kuzina.convert import their_name
 from robustvae.registry import build_model, get_preset
 from robustvae.zoo import sha256_file
-from robustvae.zoo.kuzina import PUBLISHED, fetch, import_checkpoint
+from robustvae.registry import PUBLISHED
+from robustvae.zoo.kuzina import fetch, import_checkpoint
 
 TINY = "kuzina-dctvae-mnist-tiny"
 
@@ -128,7 +129,7 @@ def test_fetch_downloads_then_imports_and_names_gdown_when_missing(tmp_path, mon
     with pytest.raises(CheckpointError, match="pick the preset"):  # the tiny weights are not the published architecture
         fetch("kuzina-dctvae-mnist", tmp_path / "out", download=fake_download)
     monkeypatch.setitem(PUBLISHED, "tiny", PUBLISHED["kuzina-dctvae-mnist"].__class__(
-        "tiny", TINY, PUBLISHED["kuzina-dctvae-mnist"].drive_id, 76.62, "nats"))
+        "tiny", TINY, "kuzina", PUBLISHED["kuzina-dctvae-mnist"].drive_id, 76.62, "nats"))
     dest = fetch("tiny", tmp_path / "out", download=fake_download)
     prov = torch.load(dest, weights_only=True)["provenance"]
     assert prov["sha256"] == sha256_file(src) and prov["url"].startswith("https://drive.google.com/file/d/1RZWo7")

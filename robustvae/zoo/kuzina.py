@@ -7,7 +7,7 @@ converts it strictly (:mod:`robustvae.models.kuzina.convert`) into the preset's 
 writes ``OUT/best.pt``, a robustvae checkpoint whose ``provenance`` names the source, the
 file and its sha256, plus ``OUT/imported.json`` with the same facts.
 
-:data:`PUBLISHED` lists the four checkpoints of their README with the test NLL they
+:data:`robustvae.registry.PUBLISHED` lists the four checkpoints of their README with the test NLL they
 report. Their sha256 is not known here (the files sit behind Google Drive links that
 were never fetched), so no hash is pretended: an import records the hash of the file it
 read, and :func:`fetch` downloads with the optional ``gdown`` package
@@ -19,38 +19,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from robustvae.errors import CheckpointError, RobustVAEError
+from robustvae.registry import PUBLISHED
 
 SOURCES = ("kuzina",)
-
-
-@dataclass(frozen=True)
-class Published:
-    """A checkpoint the authors published: where it is and the test NLL their paper reports for it."""
-
-    name: str
-    preset: str
-    drive_id: str
-    reported_nll: float
-    unit: str  # "nats" (binary data) or "bits/dim"
-
-    @property
-    def url(self) -> str:
-        return f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
-
-
-PUBLISHED: dict[str, Published] = {p.name: p for p in (
-    Published("kuzina-dctvae-mnist", "kuzina-dctvae-mnist", "1RZWo7jDjA3pPcfZ--qxtBc7GpsOH0Ea4", 76.62, "nats"),
-    Published("kuzina-dctvae-omniglot", "kuzina-dctvae-omniglot", "1RbOsL4nyF3nvaO3-n0YoqwejBYSNmvww", 86.11, "nats"),
-    Published("kuzina-dctvae-cifar10", "kuzina-dctvae-cifar10", "1Rbl7X09Gr4zXSuUQvuwHcYEjpopeb9Uq", 3.26, "bits/dim"),
-    Published("kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd", 1.97, "bits/dim"),
-)}
 
 
 def _safe_types() -> list:
@@ -128,26 +105,14 @@ def _gdown_download(drive_id: str, dest: Path) -> None:
 
 
 def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_gdown_download) -> Path:
-    """Download a :data:`PUBLISHED` checkpoint and import it into ``out`` (its sha256 lands in the provenance)."""
+    """Download a published checkpoint (:data:`robustvae.registry.PUBLISHED`) and import it into ``out`` (its sha256 lands in the provenance)."""
     if name not in PUBLISHED:
         raise RobustVAEError(f"unknown published checkpoint {name!r} (known: {', '.join(PUBLISHED)})")
     entry = PUBLISHED[name]
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / f"{name}.pth"
         download(entry.drive_id, dest)
-        return import_checkpoint(dest, entry.preset, out, force=force, url=entry.url)
-
-
-def published_rows() -> list[dict[str, str]]:
-    """Rows for ``robustvae zoo list``: the authors' checkpoints, the NLL they report and where to get them."""
-    from robustvae.registry import get_preset
-
-    rows = []
-    for p in PUBLISHED.values():
-        c = get_preset(p.preset)
-        rows.append({"name": p.name, "kind": "published (zoo fetch)", "model": c.model.arch, "data": c.data.name,
-                     "layers": str(c.model.num_layers), "about": f"their test NLL {p.reported_nll} {p.unit}; {p.url}"})
-    return rows
+        return import_checkpoint(dest, entry.preset, out, source=entry.source, force=force, url=entry.url)
 
 
 def with_dither(model, draws: int = 8):
