@@ -351,7 +351,9 @@ class KuzinaLadderVAE(nn.Module):
         self._check_input(x)
         if draws is not None:
             return torch.stack([(r.log_px - r.kl.sum(1)) for r in (self.authors_pass(x, "test", d) for d in draws)])
-        B, chunk = x.shape[0], chunk or num_samples
+        B = x.shape[0]
+        # each pass runs the diffusion network IS_REPEATS x T times per image: keep a pass to about 256 images
+        chunk = max(1, min(chunk or num_samples, 256 // B))
         target, out, done = self.binarise(x), [], 0
         while done < num_samples:
             n = min(chunk, num_samples - done)
