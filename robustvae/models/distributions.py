@@ -313,12 +313,6 @@ class DiscretizedGaussian:
     Level j owns the quantiser's cell [v_j - d/2, v_j + d/2] (d = 2 / (levels - 1)),
     the lowest and highest cells extended to -inf and +inf, so the probabilities of
     the levels sum to exactly 1 (the bins are the quantiser's own).
-
-    ``cdf="tanh"`` is the Kuzina & Tomczak variant: the same half-width around *any*
-    value y, the tanh CDF (:func:`approx_ndtr`), each probability floored at 1e-10,
-    the left tail for y <= -1 + d/2 and the right tail for y >= 1 - d/2. Their
-    context values are not on these levels, so the cells overlap and the
-    probabilities need not sum to 1.
     """
 
     def __init__(self, mean: Tensor, logvar: Tensor, levels: int, cdf: str = "exact"):
@@ -332,6 +326,10 @@ class DiscretizedGaussian:
         self.cdf = cdf
 
     def _log_prob_tanh(self, y: Tensor) -> Tensor:
+        """``cdf="tanh"``, the Kuzina & Tomczak variant: the same half-width around *any* value y, the tanh CDF
+        (:func:`approx_ndtr`), each probability floored at 1e-10, the left tail for y <= -1 + d/2 and the
+        right tail for y >= 1 - d/2. Their context values are not on the levels, so the cells overlap and
+        the probabilities need not sum to 1."""
         half = 1.0 / (self.levels - 1)
         inv_s = torch.exp(-(0.5 * self.logvar))
         c = y - self.mean
