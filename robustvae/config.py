@@ -73,8 +73,8 @@ class ModelConfig:
     ``"none"``; docs/kuzina.md) reads these too, plus: ``scale_channel_mult`` (channels
     grow by it per coarser scale), ``encoder_per_scale`` (one encoder block per scale,
     shared by its latents), ``context_every_scale`` (inject the decoded context again
-    after every change of scale), ``pixel_mean_std`` (the encoder's input normalisation
-    on the 0-255 scale), ``diffusion_schedule`` and ``diffusion_dropout``; its residual
+    after every change of scale), ``pixel_mean`` and ``pixel_std`` (the encoder's input
+    normalisation on the 0-255 scale), ``diffusion_schedule`` and ``diffusion_dropout``; its residual
     blocks' hidden width is ``hidden / channels`` times their input width.
     ``target_binarisation``: ``"data"`` (binary data reach the model binarised) or
     ``"model"`` (the model sees grey images and binarises its target at every call).
@@ -113,7 +113,8 @@ class ModelConfig:
     scale_channel_mult: float = 1.0  # kuzina-ladder: channels x this per coarser scale
     encoder_per_scale: bool = False  # kuzina-ladder: one encoder block per scale instead of per latent
     context_every_scale: bool = True  # kuzina-ladder: re-inject the decoded context after each change of scale
-    pixel_mean_std: tuple[float, float] = (127.5, 127.5)  # kuzina-ladder: encoder input (x255 - mean) / std
+    pixel_mean: float = 127.5  # kuzina-ladder: the encoder sees (255 x - pixel_mean) / pixel_std
+    pixel_std: float = 127.5
     target_binarisation: str = "data"  # data | model (grey input, target binarised inside every call)
     context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
 
@@ -161,7 +162,7 @@ class ModelConfig:
             _fail(f"model.diffusion_dropout must be in [0, 1), got {self.diffusion_dropout}")
         _positive("model.scale_channel_mult", self.scale_channel_mult)
         _positive("model.context_eot_draws", self.context_eot_draws)
-        _positive("model.pixel_mean_std[1]", self.pixel_mean_std[1])
+        _positive("model.pixel_std", self.pixel_std)
         if not 1 <= self.context_size <= self.image_size:
             _fail(
                 f"model.context_size must be in 1..{self.image_size} (the context cannot be larger than the "

@@ -186,7 +186,7 @@ PRESETS.update({
     "kuzina-dctvae-cifar10": Config(
         "kuzina-dctvae-cifar10", DataConfig("cifar10"),
         dataclasses.replace(_KUZINA_DCT_RGB, channels=380, hidden=95, latents=((32, 10), (16, 5), (8, 5), (4, 2), (1, 1)),
-                            pixel_mean_std=(120.63838, 64.16736)),
+                            pixel_mean=120.63838, pixel_std=64.16736),
         dataclasses.replace(_KUZINA_RGB_TRAIN, epochs=8000, grad_clip=0.2, skip_threshold=100.0),
     ),
     "kuzina-dctvae-mnist-tiny": Config(

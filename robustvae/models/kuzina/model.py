@@ -112,9 +112,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Features for every Gaussian layer, top layer first."""
-        mean, std = self.cfg.pixel_mean_std
         z = signed_image(x) * 127.5 + 127.5
-        h = self.pre_process((z - mean) / std)
+        h = self.pre_process((z - self.cfg.pixel_mean) / self.cfg.pixel_std)
         feats = []
         for block, n in zip(self.encoder_blocks, self.repeats):
             h = block(h)
