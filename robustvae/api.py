@@ -150,18 +150,19 @@ class EvalResult:
 
 def default_iw_samples(model: LoadedModel | Labelled) -> int:
     """Importance samples of the NLL: 1000 for binary data (MNIST, Omniglot), 100 otherwise (as in the paper)."""
-    return 1000 if model.model.cfg.binary else 100
+    return 1000 if model.model.cfg.likelihood == "bernoulli" else 100
 
 
 def evaluate(
     model: ModelSpec, *, data: str | None = None, data_dir: str | os.PathLike | None = None, split: str = "test",
     iw_samples: int | None = None, limit: int | None = None, batch_size: int = 100, seed: int = 0,
-    device: str | torch.device = "auto", quiet: bool = True,
+    device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae",
 ) -> EvalResult:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer on a split of the model's dataset.
 
     ``limit`` evaluates a label-stratified subset; ``iw_samples`` defaults to
-    :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a model in memory).
+    :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a model in memory);
+    ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both`` (:func:`robustvae.evaluation.evaluate_model`).
     """
     from robustvae.data import eval_images, load_dataset, stratified_order
     from robustvae.evaluation import evaluate_model
@@ -177,7 +178,8 @@ def evaluate(
     if limit is not None and limit < x.shape[0]:
         x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
     k = iw_samples or default_iw_samples(lm)
-    res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet)
+    res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
+                         estimator=estimator)
     return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "model": lm.label, "dataset": ds.name,
                        "split": split, **res})
 

@@ -21,6 +21,9 @@ from robustvae.errors import ConfigError
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
 CONTEXTS = ("none", "dct", "downsample")
+CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
+SCHEDULES = ("linear", "cosine")
+BINARISATION = ("data", "model")
 
 
 def _fail(msg: str) -> None:
@@ -65,6 +68,19 @@ class ModelConfig:
     * the diffusion prior over the quantised context: ``diffusion_steps`` (T),
       ``diffusion_beta_start`` / ``diffusion_beta_end`` (linear betas), and its
       UNet's ``diffusion_channels``, ``diffusion_scales`` and ``diffusion_res_blocks``.
+
+    The authors' own architecture (``arch="kuzina-ladder"``, ``context`` ``"dct"`` or
+    ``"none"``; docs/kuzina.md) reads these too, plus: ``scale_channel_mult`` (channels
+    grow by it per coarser scale), ``encoder_per_scale`` (one encoder block per scale,
+    shared by its latents), ``context_every_scale`` (inject the decoded context again
+    after every change of scale), ``pixel_mean`` and ``pixel_std`` (the encoder's input
+    normalisation on the 0-255 scale), ``diffusion_schedule`` and ``diffusion_dropout``; its residual
+    blocks' hidden width is ``hidden / channels`` times their input width.
+    ``target_binarisation``: ``"data"`` (binary data reach the model binarised) or
+    ``"model"`` (the model sees grey images and binarises its target at every call).
+    For kuzina-ladder, ``context_dither`` turns the authors' dither on in ``encode`` and
+    ``reconstruct`` (their objective always dithers), averaged over ``context_eot_draws``
+    fixed draws (expectation over transformation).
     """
 
     arch: str = "vdvae"
@@ -92,6 +108,15 @@ class ModelConfig:
     diffusion_channels: int = 32  # UNet width at the first scale (doubles per scale)
     diffusion_scales: int = 1  # UNet resolutions (each halves the previous one)
     diffusion_res_blocks: int = 3  # UNet residual blocks per scale
+    diffusion_schedule: str = "linear"  # linear (beta_start .. beta_end) | cosine (Nichol & Dhariwal, s = 0.008)
+    diffusion_dropout: float = 0.0  # UNet dropout while training (kuzina-ladder)
+    scale_channel_mult: float = 1.0  # kuzina-ladder: channels x this per coarser scale
+    encoder_per_scale: bool = False  # kuzina-ladder: one encoder block per scale instead of per latent
+    context_every_scale: bool = True  # kuzina-ladder: re-inject the decoded context after each change of scale
+    pixel_mean: float = 127.5  # kuzina-ladder: the encoder sees (255 x - pixel_mean) / pixel_std
+    pixel_std: float = 127.5
+    target_binarisation: str = "data"  # data | model (grey input, target binarised inside every call)
+    context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
 
     def __post_init__(self) -> None:
         for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
@@ -126,8 +151,18 @@ class ModelConfig:
             _fail(f"model.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if self.arch == "dctvae" and self.context == "none":
             _fail("model.arch=dctvae needs a context: set model.context=dct or model.context=downsample")
-        if self.arch != "dctvae" and self.context != "none":
-            _fail(f"model.context={self.context} only applies to model.arch=dctvae (got arch {self.arch!r})")
+        if self.arch not in CONTEXT_ARCHS and self.context != "none":
+            _fail(f"model.context={self.context} only applies to model.arch={' or '.join(CONTEXT_ARCHS)} "
+                  f"(got arch {self.arch!r})")
+        if self.diffusion_schedule not in SCHEDULES:
+            _fail(f"model.diffusion_schedule must be one of {', '.join(SCHEDULES)}, got {self.diffusion_schedule!r}")
+        if self.target_binarisation not in BINARISATION:
+            _fail(f"model.target_binarisation must be one of {', '.join(BINARISATION)}, got {self.target_binarisation!r}")
+        if not 0 <= self.diffusion_dropout < 1:
+            _fail(f"model.diffusion_dropout must be in [0, 1), got {self.diffusion_dropout}")
+        _positive("model.scale_channel_mult", self.scale_channel_mult)
+        _positive("model.context_eot_draws", self.context_eot_draws)
+        _positive("model.pixel_std", self.pixel_std)
         if not 1 <= self.context_size <= self.image_size:
             _fail(
                 f"model.context_size must be in 1..{self.image_size} (the context cannot be larger than the "
@@ -150,9 +185,10 @@ class ModelConfig:
         """Whether the model sees binarised images: the one place that decides it (a Bernoulli likelihood).
 
         Training batches are binarised afresh every step, evaluation images once with a
-        fixed seed; both follow this, whatever the dataset.
+        fixed seed; both follow this, whatever the dataset. A model that binarises its own
+        target (``target_binarisation="model"``) gets grey images.
         """
-        return self.likelihood == "bernoulli"
+        return self.likelihood == "bernoulli" and self.target_binarisation == "data"
 
     @property
     def num_gaussian_layers(self) -> int:

@@ -130,6 +130,11 @@ def eval_(
              "--out gets one file holding every result ({\"results\": [...]}).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    estimator: str = typer.Option(
+        "iwae", "--estimator",
+        help="iwae (the true bound, every model), authors (Kuzina & Tomczak's estimate with analytic KLs, kuzina-* "
+             "models; not a bound) or both, on the same images.",
+    ),
 ) -> None:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer.
 
@@ -149,7 +154,8 @@ def eval_(
             f"pass checkpoints of the same dataset"
         )
     results = [api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size,
-                            data_dir=data_dir, seed=seed, device=device, quiet=quiet).record for m in models]
+                            data_dir=data_dir, seed=seed, device=device, quiet=quiet, estimator=estimator).record
+               for m in models]
     if len(results) == 1:
         res = results[0]
         dest = out or (Path(res["checkpoint"]).parent / f"eval-{split}.json")
@@ -192,9 +198,20 @@ def _print_eval(res: dict, dest: Path) -> None:
     out_console.print(table)
     context = f"context {res['context_nats']:.2f} nats | " if "context_nats" in res else ""
     out_console.print(
-        f"NLL {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | -ELBO {res['nelbo_nats']:.2f} nats "
+        f"{_nll_label(res)} {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | {_authors_cell(res)}-ELBO {res['nelbo_nats']:.2f} nats "
         f"({res['nelbo_bpd']:.4f} bits/dim) | {context}active units {res['active_units']}/{res['total_units']} | saved {dest}"
     )
+
+
+def _nll_label(res: dict) -> str:
+    """"NLL" for the bound (the default); the authors' estimate says so."""
+    return "NLL (authors' estimate, not a bound)" if res.get("estimator") == "authors" else "NLL"
+
+
+def _authors_cell(res: dict) -> str:
+    if "nll_authors_nats" not in res:
+        return ""
+    return f"authors' estimate {res['nll_authors_nats']:.2f} nats ({res['nll_authors_bpd']:.4f} bits/dim) | "
 
 
 def _print_comparison(results: list[dict]) -> None:
@@ -211,6 +228,9 @@ def _print_comparison(results: list[dict]) -> None:
     table.add_row("importance samples K", *(str(r["iw_samples"]) for r in results))
     table.add_row("NLL (nats)", *(cell(r, "nll_nats", ".2f") for r in results))
     table.add_row("NLL (bits/dim)", *(cell(r, "nll_bpd", ".4f") for r in results))
+    if any("estimator" in r for r in results):
+        table.add_row("NLL estimator", *(r.get("estimator", "iwae") for r in results))
+        table.add_row("authors' estimate (nats)", *(cell(r, "nll_authors_nats", ".2f") for r in results))
     table.add_row("-ELBO (nats)", *(cell(r, "nelbo_nats", ".2f") for r in results))
     table.add_row("KL, all layers (nats)", *(cell(r, "kl_nats", ".2f") for r in results))
     table.add_row("  context: diffusion bound", *(cell(r, "context_nats", ".2f") for r in results))
@@ -439,8 +459,36 @@ def zoo_list() -> None:
     for r in rows:
         table.add_row(*(r[c] for c in ("name", "kind", "model", "data", "layers", "about")))
     out_console.print(table)
-    if not any(r["kind"].startswith("checkpoint") for r in rows):
+    if not any(r["kind"].startswith(("checkpoint", "published")) for r in rows):
         out_console.print("No published checkpoints are registered yet; train a preset with robustvae train.")
+
+
+@zoo_app.command("import")
+def zoo_import(
+    file: Path = typer.Argument(..., help="A checkpoint file of another code base (downloaded by hand)."),
+    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae)."),
+    preset: str = typer.Option(..., "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Convert the authors' checkpoint (weights only, no code runs) into a robustvae checkpoint with provenance."""
+    from robustvae.zoo.kuzina import import_checkpoint
+
+    dest = import_checkpoint(file, preset, out, source=source, force=force)
+    out_console.print(f"imported {file} as {preset} into {dest}; evaluate it with: robustvae eval {out}")
+
+
+@zoo_app.command("fetch")
+def zoo_fetch(
+    name: str = typer.Argument(..., help="A published checkpoint (robustvae zoo list), e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Download a published checkpoint (Google Drive, needs gdown) and import it."""
+    from robustvae.zoo.kuzina import fetch
+
+    dest = fetch(name, out, force=force)
+    out_console.print(f"fetched and imported {name} into {dest}; evaluate it with: robustvae eval {out}")
 
 
 # --------------------------------------------------------------------------- entry points
