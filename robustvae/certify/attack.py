@@ -12,8 +12,9 @@ plus ``interior``) and intersected with the coefficient's range. The objective i
 linear in z: the squared L2 change of the decoded context, sum_i w_i (j - j0_i)^2
 (:meth:`AffineContext.decoded_weights`), or the number of changed levels.
 
-L-inf: the budget is the per-pixel bound, so one MILP is the exact problem; after it,
-an LP with the levels fixed moves delta as deep into the chosen cells as possible.
+L-inf: the budget is the per-pixel bound, so one MILP is the exact problem (solved in
+the incremental encoding of the levels, :func:`_incremental`); after it, an LP with the
+levels fixed moves delta as deep into the chosen cells as possible.
 
 L2: the ball is not linear. A Benders decomposition keeps the MILP linear: the master
 is over the binaries alone (one-hot rows, and, when the coefficients' weight vectors
@@ -160,21 +161,60 @@ def _nogood_block(nogoods: list[np.ndarray], Z: int, offset: int = 0):
     return A, -np.inf, np.array([len(g) - 1 for g in nogoods], dtype=float)
 
 
+def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """The incremental encoding z = z0 + T y, with y_ik = [level of row i >= its k-th candidate], k >= 2.
+
+    Same LP relaxation as the one-hot binaries, but a branch splits a coefficient at a
+    cell edge (above / below) instead of fixing one level, which balances the search tree.
+    Returns z0, T (Z, Y) and the ordering rows O (y_i,k+1 - y_ik <= 0).
+    """
+    Z = len(pb.gain)
+    first = np.r_[True, pb.zrow[1:] != pb.zrow[:-1]]  # binaries are grouped by row, in level order
+    ys = np.flatnonzero(~first)
+    col = np.full(Z, -1)
+    col[ys] = np.arange(len(ys))
+    r, c, v = [], [], []
+    for z in range(Z):  # z_first = 1 - y_2; z_k = y_k - y_k+1; z_last = y_last
+        if not first[z]:
+            r.append(z), c.append(col[z]), v.append(1.0)
+        if z + 1 < Z and not first[z + 1]:
+            r.append(z), c.append(col[z + 1]), v.append(-1.0)
+    T = sp.csr_matrix((v, (r, c)), shape=(Z, len(ys)))
+    pairs = [(col[z], col[z + 1]) for z in ys[:-1] if z + 1 < Z and not first[z + 1]]
+    O = sp.csr_matrix((np.tile([-1.0, 1.0], len(pairs)), (np.repeat(np.arange(len(pairs)), 2), np.ravel(pairs))),
+                      shape=(len(pairs), len(ys)))
+    return first.astype(float), T, O
+
+
 def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
-    """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells."""
-    N, Z, m = pb.W.shape[1], len(pb.gain), pb.W.shape[0]
-    pick = pb.pick
+    """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells.
+
+    Solved in the incremental encoding (:func:`_incremental`); the result's ``x`` ends with z
+    and ``fun`` / ``mip_dual_bound`` are in terms of z.
+    """
+    N = pb.W.shape[1]
+    z0, T, O = _incremental(pb)
+    Y = T.shape[1]
+    LA = pb.pick.multiply(pb.zA[None]).tocsr()
+    UB = pb.pick.multiply(pb.zB[None]).tocsr()
     blocks = [
-        (sp.hstack([pb.W, -pick.multiply(pb.zA[None])]), 0.0, np.inf),  # w_i . delta >= sum_j z_ij A_ij
-        (sp.hstack([pb.W, -pick.multiply(pb.zB[None])]), -np.inf, 0.0),  # w_i . delta <= sum_j z_ij B_ij
-        (sp.hstack([sp.csr_matrix((m, N)), pick]), 1.0, 1.0),  # one level per coefficient
+        (sp.hstack([pb.W, -(LA @ T)]), LA @ z0, np.inf),  # w_i . delta >= sum_j z_ij A_ij
+        (sp.hstack([pb.W, -(UB @ T)]), -np.inf, UB @ z0),  # w_i . delta <= sum_j z_ij B_ij
     ]
+    if O.shape[0]:
+        blocks.append((sp.hstack([sp.csr_matrix((O.shape[0], N)), O]), -np.inf, 0.0))  # levels are ordered
     if nogoods:
-        blocks.append(_nogood_block(nogoods, Z, N))
-    c = np.concatenate([np.zeros(N), -pb.gain])
-    integrality = np.concatenate([np.zeros(N), np.ones(Z)])
-    return _solve(c, integrality, np.concatenate([pb.lb, np.zeros(Z)]), np.concatenate([pb.ub, np.ones(Z)]), blocks,
-                  time_limit)
+        A, lo, hi = _nogood_block(nogoods, len(pb.gain))
+        blocks.append((sp.hstack([sp.csr_matrix((A.shape[0], N)), A @ T]), lo, hi - A @ z0))
+    res = _solve(np.concatenate([np.zeros(N), -(T.T @ pb.gain)]), np.r_[np.zeros(N), np.ones(Y)],
+                 np.r_[pb.lb, np.zeros(Y)], np.r_[pb.ub, np.ones(Y)], blocks, time_limit)
+    offset = pb.gain @ z0
+    if res.x is not None:
+        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N:])]
+        res.fun = res.fun - offset
+    if res.get("mip_dual_bound") is not None:
+        res.mip_dual_bound = res.mip_dual_bound - offset
+    return res
 
 
 def _master_l2(pb: _Problem, cuts: list[tuple[np.ndarray, float]], nogoods: list[np.ndarray], eps: float,
@@ -312,7 +352,7 @@ def optimal_context_attack(codec, x: Tensor, eps: float, norm: str = "linf", obj
         xb = x64[bi].reshape(-1).numpy()
         cl = clean[bi].reshape(-1).numpy()
         rb = _slice(rng, bi)
-        xa, lv, bd, ok, msg, nr = _attack_one(codec, ac, rb, x32[bi : bi + 1], xb, cl, mu, eps, norm, objective,
+        xa, lv, bd, ok, msg, nr = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective,
                                               gain_w, time_limit, max_rounds, t0)
         out_x.append(xa)
         out_lv.append(lv)
@@ -322,7 +362,7 @@ def optimal_context_attack(codec, x: Tensor, eps: float, norm: str = "linf", obj
         times.append(time.perf_counter() - t0)
         rounds.append(nr)
     shape = (B, ac.channels, codec.size, codec.size)
-    x_adv = torch.cat(out_x).to(x.device) if B else x32.clone()
+    x_adv = torch.cat(out_x).to(x.device) if B else x32.clone()  # per-image work is on the CPU
     levels = torch.stack(out_lv).view(shape) if B else clean.view(shape)
     steps = (levels - clean.view(shape)).double().flatten(1)
     decoded = (steps.pow(2) * torch.from_numpy(weight)[None]).sum(1).sqrt()
