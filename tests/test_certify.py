@@ -22,7 +22,7 @@ from robustvae.certify import (
 from robustvae.config import DataConfig
 from robustvae.data import eval_images, load_dataset
 from robustvae.models.context import DCTContext, DownsampleContext
-from robustvae.models.distributions import level_index, snap_to_levels
+from robustvae.models.distributions import level_index
 from robustvae.registry import build_model, get_preset
 
 CODECS = [DCTContext, DownsampleContext]
@@ -66,7 +66,8 @@ def random_in_ball(x, eps, norm, n, gen):
         d = (torch.rand((n, *x.shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) * eps
     else:
         d = torch.randn((n, *x.shape[1:]), generator=gen, dtype=torch.float64)
-        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps * torch.rand(n, 1, 1, 1, generator=gen, dtype=torch.float64)
+        radius = eps * torch.rand(n, 1, 1, 1, generator=gen, dtype=torch.float64)
+        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * radius
     return project(d, x.double(), eps, norm)
 
 
@@ -221,7 +222,8 @@ def test_coefficients_on_cell_edges_are_never_certified():
     with torch.no_grad():
         coef = codec.coefficients(x.double())[0, 0]
         # scales that put image 0's coefficients exactly on an interior edge (0) and near +-1/3 .. 2/3 edges
-        codec.scale.copy_((coef / torch.tensor([[2 / 3, 1e-9], [-2 / 3, 2 / 3 + 1e-8]], dtype=torch.float64)).abs().float())
+        target = torch.tensor([[2 / 3, 1e-9], [-2 / 3, 2 / 3 + 1e-8]], dtype=torch.float64)
+        codec.scale.copy_((coef / target).abs().float())
     edges = torch.tensor([-2 / 3, 0, 2 / 3], dtype=torch.float64)
     r = coefficient_ranges(codec, x, 0.0, "linf")  # never raises: the float32 levels lie in the reachable sets
     assert ((r.clean[0, ..., None] - edges).abs().amin(-1) < 1e-6).all()  # all four on (or next to) an edge
@@ -304,8 +306,9 @@ def test_certified_fraction_agrees_with_the_ranges(mnist, norm):
 # --------------------------------------------------------------------------- decoded change identity
 
 
-@pytest.mark.parametrize("cls,size,c,bits", [(DCTContext, 28, 6, 2), (DCTContext, 16, 5, 3), (DownsampleContext, 4, 2, 2),
-                                             (DownsampleContext, 28, 6, 2)])
+@pytest.mark.parametrize("cls,size,c,bits", [
+    (DCTContext, 28, 6, 2), (DCTContext, 16, 5, 3), (DownsampleContext, 4, 2, 2), (DownsampleContext, 28, 6, 2),
+])
 def test_decoded_l2_is_a_weighted_sum_of_squared_level_steps(cls, size, c, bits, gen):
     codec = cls(2, size, c, bits)
     codec.fit(torch.rand(8, 2, size, size, generator=gen))
@@ -503,7 +506,10 @@ def test_a_certified_point_has_exactly_the_clean_k1_reconstruction(mnist):
     ds = [random_in_ball(xb, eps, "linf", 40, gen)]
     model.codec.straight_through = True  # gradients through the quantiser, same forward values
     try:
-        f = lambda z: (model.reconstruct(z.float(), 1, 0.1, [n.expand(z.shape[0], *n.shape[1:]) for n in noise]) - clean).pow(2).flatten(1).sum(1)  # noqa: E731
+        def f(z):
+            shared = [n.expand(z.shape[0], *n.shape[1:]) for n in noise]
+            return (model.reconstruct(z.float(), 1, 0.1, shared) - clean).pow(2).flatten(1).sum(1)
+
         ds.append(pgd(f, xb, eps, "linf", steps=10, starts=2, gen=gen))
     finally:
         model.codec.straight_through = False

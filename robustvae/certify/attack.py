@@ -132,19 +132,17 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
                 z.append((r, j, L, U, le >= lo[i], ue <= hi[i]))
         if len(z) == count:
             return None
-    zrow = np.array([t[0] for t in z], dtype=int)
-    zlev = np.array([t[1] for t in z], dtype=int)
-    step = zlev - clean[rows[zrow]] if len(z) else np.zeros(0)
-    gain = (step * step if objective == "decoded_l2" else (step != 0)) * weight[rows[zrow]] if len(z) else np.zeros(0)
+    num = np.array([t[:4] for t in z], dtype=float).reshape(-1, 4)
+    zrow, zlev = num[:, 0].astype(int), num[:, 1].astype(int)
+    step = zlev - clean[rows[zrow]]
+    gain = (step * step if objective == "decoded_l2" else (step != 0)) * weight[rows[zrow]]
     cols = (rows // K)[:, None] * P + np.arange(P)[None]
     Wm = sp.csr_matrix((w[rows].ravel(), (np.repeat(np.arange(len(rows)), P), cols.ravel())), shape=(len(rows), C * P))
     xf = x.reshape(-1)
     v = v0[rows]
-    return _Problem(
-        Wm, rows, v, zrow, zlev, np.array([t[2] for t in z]) - v[zrow] if z else np.zeros(0),
-        np.array([t[3] for t in z]) - v[zrow] if z else np.zeros(0), np.array([t[4:] for t in z], dtype=bool).reshape(-1, 2),
-        gain.astype(float), np.maximum(-eps, -xf), np.minimum(eps, 1 - xf),
-    )
+    edge = np.array([t[4:] for t in z], dtype=bool).reshape(-1, 2)
+    return _Problem(Wm, rows, v, zrow, zlev, num[:, 2] - v[zrow], num[:, 3] - v[zrow], edge, gain.astype(float),
+                    np.maximum(-eps, -xf), np.minimum(eps, 1 - xf))
 
 
 def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float):
@@ -155,9 +153,9 @@ def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarra
 
 def _nogood_block(nogoods: list[np.ndarray], Z: int, offset: int = 0):
     """sum of the assignment's binaries <= rows - 1: that exact assignment is excluded."""
-    A = sp.csr_matrix((np.ones(sum(len(g) for g in nogoods)),
-                       (np.repeat(np.arange(len(nogoods)), [len(g) for g in nogoods]), np.concatenate(nogoods) + offset)),
-                      shape=(len(nogoods), offset + Z))
+    rows = np.repeat(np.arange(len(nogoods)), [len(g) for g in nogoods])
+    cols = np.concatenate(nogoods) + offset
+    A = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(nogoods), offset + Z))
     return A, -np.inf, np.array([len(g) - 1 for g in nogoods], dtype=float)
 
 
@@ -321,8 +319,10 @@ def _realise(codec, x32: Tensor, x64: np.ndarray, delta: np.ndarray, eps: float,
     return x32.clone()
 
 
-def optimal_context_attack(codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2",
-                           time_limit: float = 60.0, interior: float = 1e-5, max_rounds: int = 100_000) -> ContextAttackResult:
+def optimal_context_attack(
+    codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2", time_limit: float = 60.0,
+    interior: float = 1e-5, max_rounds: int = 100_000,
+) -> ContextAttackResult:
     """The attack that changes the quantised context most within the eps-ball and [0, 1], by MILP.
 
     ``objective="decoded_l2"``: maximise the L2 change of the decoded context image (the
@@ -379,7 +379,7 @@ def optimal_context_attack(codec, x: Tensor, eps: float, norm: str = "linf", obj
 
 def _slice(rng, i: int):
     """The ranges of one image, keeping the batch axis."""
-    return type(rng)(**{k: (v[i : i + 1] if isinstance(v, Tensor) and k != "margin" else v) for k, v in vars(rng).items()})
+    return type(rng)(**{k: v[i : i + 1] if isinstance(v, Tensor) and k != "margin" else v for k, v in vars(rng).items()})
 
 
 def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0):
