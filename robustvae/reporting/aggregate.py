@@ -247,7 +247,7 @@ def notes(table: pd.DataFrame) -> list[str]:
         if not pd.isna(r.layer_active_units) and r.layer_active_units == 0:
             out.append(f"{r.model} k={int(r.k)}: layer {int(r.k)} is collapsed (0/{int(r.layer_units)} active units); "
                        f"robustness of that layer is trivial (it carries no information about x)")
-    return out
+    return list(dict.fromkeys(out))  # once per model and k, whatever the number of panels
 
 
 def _monotone(add: Callable[..., None], check: str, scope: str, g: pd.DataFrame, by: str, name: str) -> None:
