@@ -161,10 +161,10 @@ def layers_figure(diag: pd.DataFrame, atlas: pd.DataFrame | None = None) -> Figu
                                            pd.to_numeric(diag.levels_used, errors="coerce")
                                            / pd.to_numeric(diag.levels, errors="coerce"), diag.active_fraction))
     panels = [] if atlas is None or atlas.empty else list(atlas.groupby(PANEL_KEYS, sort=True))
-    fig = new_figure(11 if not panels else 5.5 * (2 + len(panels)) / 2 + 2, 3.8)
+    fig = new_figure(11 if not panels else 4.8 * (2 + len(panels)), 3.8)
     axes = fig.subplots(1, 2 + len(panels), squeeze=False)[0]
     _grouped_bars(axes[0], use, "kl_nats", models, colours)
-    axes[0].set_title("KL per layer (nats; DCT-VAE layer 1: the context's diffusion bound)", fontsize=9)
+    axes[0].set_title("KL per layer (nats; DCT-VAE layer 1:\nthe context's diffusion bound)", fontsize=9)
     axes[0].set_ylabel("KL (nats)")
     _grouped_bars(axes[1], use, "utilisation", models, colours, hatch_kind="context")
     axes[1].set_title("active fraction of units (hatched: context,\nfraction of quantiser levels used)", fontsize=9)
