@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustvae.errors import RobustVAEError
+
 
 def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` as JSON lines with one write + fsync."""
@@ -33,8 +35,6 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, 
     object, is an error naming the file and line: nothing after it is silently dropped,
     and nothing but a torn tail is ever cut.
     """
-    from robustvae.errors import RobustVAEError
-
     path = Path(path)
     if not path.exists():
         return []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustvae.io import append_jsonl, read_jsonl
+from robustvae.io import read_jsonl
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise")
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -141,8 +141,3 @@ def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[d
     A torn last line (a crash mid-write) is ignored, and cut from the file with ``repair``.
     """
     return [upgrade_attack_row(r) for r in read_jsonl(Path(path), repair=repair)]
-
-
-def append_attack_records(path: str | os.PathLike, records: list[AttackRecord]) -> None:
-    """Append rows with one write + fsync (a unit's rows land together or not at all)."""
-    append_jsonl(Path(path), [r.to_row() for r in records])
