@@ -20,7 +20,7 @@ import torch
 
 from robustvae.config import AttackConfig, CompressConfig, Config
 from robustvae.distributed import SINGLE, DistContext
-from robustvae.errors import RobustVAEError
+from robustvae.errors import RobustVAEError, require_nonnegative
 from robustvae.experiments.models import Labelled, ModelSpec, load_models
 from robustvae.zoo import LoadedModel
 
@@ -170,6 +170,7 @@ def evaluate(
     for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
         if v is not None and v < 1:
             raise RobustVAEError(f"{name} must be a positive integer, got {v}")
+    require_nonnegative(seed=seed)
     dev = _device(device)
     (lm,) = load_models([model], dev, data)
     dcfg = dataclasses.replace(lm.data, data_dir=str(data_dir)) if data_dir is not None else lm.data
@@ -291,8 +292,7 @@ def sample(model: ModelSpec, n: int = 64, *, temperature: float = 1.0, seed: int
     """``n`` ancestral samples (decoder mean images in [0, 1], on the CPU) at prior ``temperature``."""
     if n < 1:
         raise RobustVAEError(f"--n must be a positive integer, got {n}")
-    if temperature < 0:
-        raise RobustVAEError(f"--temperature must be >= 0, got {temperature}")
+    require_nonnegative(temperature=temperature, seed=seed)
     (lm,) = load_models([model], _device(device), need_data=False)
     noise = lm.model.make_noise(n, torch.Generator().manual_seed(seed))
     return lm.model.sample(n, temperature=temperature, noise=noise).cpu()

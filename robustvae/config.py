@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,22 @@ def _positive(name: str, value: float) -> None:
         _fail(f"{name} must be positive, got {value!r}")
 
 
+def check_numbers(obj: Any, prefix: str = "") -> None:
+    """Every number of a config dataclass is finite (no NaN, no inf) and every seed is >= 0, naming the field.
+
+    Called first by each config's ``__post_init__``, so NaN never reaches a range check
+    (``nan < 0`` is False) and no code path can build a config holding one.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            _fail(f"{prefix}{f.name} must be a finite number, got {value!r}")
+        if (f.name == "seed" or f.name.endswith("_seed")) and value < 0:
+            _fail(f"{prefix}{f.name} must be >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, where its files live, and how it is split."""
@@ -46,6 +63,7 @@ class DataConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_numbers(self, "data.")
         if self.val_size is not None and self.val_size < 1:
             _fail(f"data.val_size must be at least 1, got {self.val_size}")
 
@@ -119,6 +137,7 @@ class ModelConfig:
     context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "model.")
         for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
             _positive(f"model.{name}", getattr(self, name))
         if self.enc_blocks < 0 or self.out_blocks < 0:
@@ -227,6 +246,7 @@ class TrainConfig:
     val_batches: int | None = None  # cap validation batches (None: the whole split)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "train.")
         _positive("train.epochs", self.epochs)
         if self.steps is not None:
             _positive("train.steps", self.steps)
@@ -321,6 +341,7 @@ class AttackConfig:
     def __post_init__(self) -> None:
         from robustvae.protocol import CONVENTIONS, RECON_RULES
 
+        check_numbers(self)
         parse_layers(self.layers)
         if not self.eps >= 0:
             _fail(f"eps must be >= 0 (0 disables the attack: the no-attack level), got {self.eps}")
@@ -370,6 +391,7 @@ class CompressConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        check_numbers(self, "--")
         parse_layers(self.layers)
         if self.temperature < 0:
             _fail(f"--temperature must be >= 0, got {self.temperature}")
@@ -472,14 +494,19 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         _fail(f"{key} expects an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        _fail(f"{key} expects a number, got {value!r}")
+        if number is None:
+            _fail(f"{key} expects a number, got {value!r}")
+        if not math.isfinite(number):
+            _fail(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

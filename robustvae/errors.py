@@ -33,3 +33,12 @@ def require_positive(**counts: int | None) -> None:
     for name, value in counts.items():
         if value is not None and value < 1:
             raise RobustVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def require_nonnegative(**values: float | None) -> None:
+    """Each given number (``temperature=0.5``, ``seed=0``) must be finite and >= 0, else an error naming the option."""
+    import math
+
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise RobustVAEError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")

@@ -500,17 +500,39 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = typer.main.get_command(app)
     try:
-        # standalone mode: usage errors print typer's message and raise SystemExit(2)
-        cmd.main(args=argv, prog_name="robustvae", standalone_mode=True)
+        # not standalone: usage errors come here and are printed on one line like every other error
+        rv = cmd.main(args=argv, prog_name="robustvae", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except _CLICK_ERROR as e:
+        return _usage_error(e)
     except Interrupted as e:
         _print_once(f"stopped: {e}")
         return 130
     except RobustVAEError as e:
         _print_once(f"error: {e}", every_rank=getattr(e, "every_rank", False))
         return 2
-    return 0
+    except OSError as e:  # a file or folder the command cannot read or write (permissions, a file for a folder)
+        where = f" {e.filename}" if e.filename else ""
+        _print_once(f"error: cannot use{where}: {e.strerror or e}; check the path and its permissions")
+        return 2
+
+
+# the base of click's usage errors (typer >= 0.29 ships its own copy of click)
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_error(e: Exception) -> int:
+    """A usage error (unknown option, a value of the wrong type) on one line; a bare command prints its help."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        e.show()
+        return e.exit_code
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "robustvae"
+    _print_once(f"error: {message} (see {where} --help)")
+    return e.exit_code
 
 
 def _print_once(message: str, every_rank: bool = False) -> None:

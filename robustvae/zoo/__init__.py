@@ -140,8 +140,21 @@ def model_from_checkpoint(
         raise CheckpointError(f"{path} has no EMA weights (train.ema_decay was 0); use weights='raw'")
     model = build_model(cfg.model)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
-    load_weights(model, ckpt["ema"] if use_ema else ckpt["model"], path)
+    load_weights(model, ema_weights(ckpt["ema"]) if use_ema else ckpt["model"], path)
     return model, cfg
+
+
+def ema_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights from a checkpoint's ``ema`` entry.
+
+    Training keeps its EMA in ``torch.optim.swa_utils.AveragedModel``, whose state dict
+    prefixes every tensor with ``module.`` and adds the ``n_averaged`` counter; the
+    checkpoint stores it as is (a resumed run restores it whole). A plain state dict
+    (imported checkpoints) is returned unchanged.
+    """
+    if "n_averaged" not in state and not all(k.startswith("module.") for k in state):
+        return state
+    return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
 
 
 def resolve_path(name_or_path: str | os.PathLike) -> Path:

@@ -1,0 +1,250 @@
+"""A generated bad-input sweep over the command line (used by tests/test_bad_input_sweep.py and by hand).
+
+For every option of every command (read from the typer app, nothing listed by hand
+except the base invocation each command needs), the option is given NaN, inf, a
+negative number, zero and a wrong type in turn, on top of a valid base invocation.
+Each case must end either in a clean error (exit 2, one line on stderr, no traceback)
+or, where the value is valid, in a clean success; nothing outside ``--out`` may be
+created or changed. Outcomes:
+
+* ``clean``: exit 2 with one ``error:`` line;
+* ``ok``: exit 0 with a value that is valid for the option;
+* ``accepted_invalid``: exit 0 with a value the option should refuse (NaN, inf, a
+  wrong type, or a negative/zero number where only positive ones make sense);
+* ``multi_line``: exit 2, but more than one line on stderr (a usage box);
+* ``traceback``: an exception escaped, or another exit code;
+* ``side_effect``: something outside ``--out`` was created or changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+VALUES = ("nan", "inf", "-1", "0", "abc")
+# numeric options where a zero (or negative) value is valid
+ZERO_OK = {"--eps", "--temperature", "-t", "--seed", "--step-size-none"}
+NEGATIVE_OK: set[str] = set()
+SKIP_COMMANDS = {"zoo fetch"}  # needs the network
+SKIP_OPTIONS = {"--help", "--version", "--device-none"}
+
+
+@dataclass
+class Case:
+    command: str
+    option: str
+    value: str
+    numeric: bool
+
+
+@dataclass
+class Outcome:
+    case: Case
+    kind: str
+    code: int | None
+    detail: str
+
+
+def commands():
+    """(name, click command) of every command, subcommands of groups included."""
+    import typer
+
+    from robustvae.cli import app
+
+    root = typer.main.get_command(app)
+    for name, cmd in sorted(root.commands.items()):
+        if hasattr(cmd, "commands"):
+            for sub, scmd in sorted(cmd.commands.items()):
+                yield f"{name} {sub}", scmd
+        else:
+            yield name, cmd
+
+
+def _numeric(p) -> bool:
+    import typing
+
+    tp = p.type_descriptor.annotation
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is not None else [tp]
+    return any(a in (int, float) for a in args)
+
+
+def cases(only: set[str] | None = None) -> list[Case]:
+    out = []
+    for name, cmd in commands():
+        if name in SKIP_COMMANDS or (only is not None and name not in only):
+            continue
+        for p in cmd.params:
+            if not hasattr(p, "is_flag") or p.is_flag or p.opts[0] in SKIP_OPTIONS:
+                continue
+            numeric = _numeric(p)
+            for v in VALUES:
+                out.append(Case(name, p.opts[0], v, numeric))
+    return out
+
+
+def expected_valid(case: Case) -> bool:
+    """Whether the value is one the option should accept (only decided for numeric options)."""
+    if not case.numeric:
+        return True  # paths and names: a clean error or a clean success are both fine
+    if case.value in ("nan", "inf", "abc"):
+        return False
+    if case.value == "0":
+        return case.option in ZERO_OK
+    return case.option in NEGATIVE_OK
+
+
+class Fixtures:
+    """A trained tiny run, an image folder, a finished attack run, under ``root/inputs``."""
+
+    def __init__(self, root: Path):
+        from robustvae.cli import main
+
+        self.root = root
+        self.inputs = root / "inputs"
+        run = self.inputs / "run"
+        with _quiet():
+            assert main(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
+                         "--steps", "2", "--out", str(run)]) == 0
+            self.images = self.inputs / "images"
+            self.images.mkdir(parents=True)
+            import numpy as np
+            from PIL import Image
+
+            Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype("uint8")).save(self.images / "a.png")
+            self.attack = self.inputs / "attack"
+            assert main(["attack", str(run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1",
+                         "--out", str(self.attack), "-q"]) == 0
+        (self.inputs / "foreign.pt").write_bytes(b"not a checkpoint")
+        self.run = run
+
+    def base(self, command: str, out: Path) -> list[str]:
+        r, o = str(self.run), str(out)
+        return {
+            "train": ["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
+                      "--steps", "1", "--out", o],
+            "eval": ["eval", r, "-k", "2", "--limit", "4", "--batch-size", "4", "-q", "--out", str(out / "e.json")],
+            "sample": ["sample", r, "--n", "2", "--out", str(out / "s.png")],
+            "attack": ["attack", r, "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1", "-q",
+                       "--out", o],
+            "compress": ["compress", r, "--images", str(self.images), "--layers", "1", "-q", "--out", o],
+            "report": ["report", str(self.attack), "--out", o],
+            "demo": ["demo", "--preset", "vdvae-mnist-tiny", "--train-steps", "1", "--points", "1", "--restarts", "1",
+                     "--attack-steps", "1", "--iw-samples", "1", "--eval-limit", "2", "-q", "--out", o],
+            "zoo list": ["zoo", "list"],
+            "zoo import": ["zoo", "import", str(self.inputs / "foreign.pt"), "--preset", "kuzina-dctvae-mnist-tiny",
+                           "--out", o],
+        }[command]
+
+
+def argv_for(fx: Fixtures, case: Case, out: Path) -> list[str]:
+    """The base invocation with the option under test set to the case's value (replacing a base value)."""
+    argv = fx.base(case.command, out)
+    aliases = {case.option}
+    for name, cmd in commands():
+        if name == case.command:
+            for p in cmd.params:
+                if case.option in p.opts:
+                    aliases = set(p.opts)
+    for i, a in enumerate(argv):
+        if a in aliases:
+            argv = argv[:i] + argv[i + 2:]
+            break
+    return [*argv, case.option, case.value]
+
+
+@contextlib.contextmanager
+def _quiet():
+    err, outb = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(outb):
+        yield err
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, files in os.walk(root):
+        d = Path(dirpath)
+        if d == skip or skip in d.parents:
+            dirnames[:] = []
+            continue
+        for f in files:
+            p = d / f
+            if p == skip:
+                continue
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "?"
+        for dn in dirnames:
+            out[str((d / dn).relative_to(root)) + "/"] = "dir"
+    return out
+
+
+def run_case(fx: Fixtures, case: Case, index: int) -> Outcome:
+    from robustvae.cli import main
+
+    work = fx.root / "cases" / f"c{index}"
+    work.mkdir(parents=True)
+    out = work / "out"
+    argv = argv_for(fx, case, out)
+    if case.option in ("--out", "-o"):
+        out = work / case.value
+    before = snapshot(fx.root, out)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        with _quiet() as err:
+            try:
+                code = main(argv)
+                exc = None
+            except BaseException as e:  # noqa: BLE001 - the sweep reports every escape
+                code, exc = None, e
+    finally:
+        os.chdir(cwd)
+    after = snapshot(fx.root, out)
+    text = err.getvalue()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if exc is not None or "Traceback" in text:
+        return Outcome(case, "traceback", code, f"{type(exc).__name__}: {exc}" if exc else lines[-1][:200])
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
+                     and not k.startswith(str(work.relative_to(fx.root)) + "/"))
+    created_in_work = sorted(k for k in set(after) - set(before) if k.startswith(str(work.relative_to(fx.root)) + "/")
+                             and not (fx.root / k.rstrip("/")).resolve().is_relative_to(out.resolve()))
+    if changed or created_in_work:
+        return Outcome(case, "side_effect", code, ", ".join((changed + created_in_work)[:3]))
+    if code == 2:
+        if len(lines) == 1 and lines[0].startswith("error:"):
+            return Outcome(case, "clean", code, lines[0][:200])
+        return Outcome(case, "multi_line", code, f"{len(lines)} lines on stderr: " + " | ".join(lines[:3])[:200])
+    if code == 0:
+        return Outcome(case, "ok" if expected_valid(case) else "accepted_invalid", code, "")
+    return Outcome(case, "traceback", code, f"exit {code}: " + " | ".join(lines[-2:])[:200])
+
+
+def sweep(root: Path, only: set[str] | None = None, log=None) -> list[Outcome]:
+    fx = Fixtures(root)
+    results = []
+    for i, case in enumerate(cases(only)):
+        res = run_case(fx, case, i)
+        results.append(res)
+        if log is not None:
+            print(f"{res.kind:17s} {case.command} {case.option} {case.value}: {res.detail}", file=log, flush=True)
+    return results
+
+
+def totals(results: list[Outcome]) -> dict[str, int]:
+    out = {"cases": len(results)}
+    for kind in ("clean", "ok", "accepted_invalid", "multi_line", "traceback", "side_effect"):
+        out[kind] = sum(r.kind == kind for r in results)
+    return out
+
+
+if __name__ == "__main__":  # python tests/bad_input_sweep.py ROOT [command ...]
+    import json
+    import tempfile
+
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
+    os.environ.setdefault("ROBUSTVAE_DATA", str(root.parent / f"{root.name}-data"))
+    res = sweep(root, set(sys.argv[2:]) or None, log=sys.stdout)
+    print(json.dumps(totals(res)))
