@@ -120,8 +120,11 @@ def train(
         cfg = train_config(saved, steps=steps, epochs=epochs)
     else:
         cfg = train_config(config, steps=steps, epochs=epochs)
-    Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dist)
-    summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
+    from robustvae.experiments.rundir import RunDir
+
+    with RunDir(out_dir).locked(dist.is_main):
+        Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dist)
+        summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
     return TrainResult(out_dir, cfg, summary)
 
 

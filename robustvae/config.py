@@ -389,10 +389,13 @@ class CompressConfig:
     temperature: float = 0.1
     seed: int = 0
     batch_size: int = 64
+    max_pixels: int = 4_000_000  # the largest image (width x height) a run accepts
 
     def __post_init__(self) -> None:
         check_numbers(self, "--")
         parse_layers(self.layers)
+        if self.max_pixels < 1:
+            _fail(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.temperature < 0:
             _fail(f"--temperature must be >= 0, got {self.temperature}")
         if self.batch_size < 1:

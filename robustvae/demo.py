@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from robustvae.errors import RobustVAEError
+from robustvae.experiments.rundir import RunDir
 
 DEMO_PRESETS = ("vdvae-mnist-demo", "dctvae-mnist-demo")
 
@@ -157,13 +158,16 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
 def _run(out: str | Path, settings: DemoSettings | None, device: str, force: bool, quiet: bool) -> dict[str, Any]:
     s = settings or DemoSettings()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RobustVAEError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier demo there, or use another --out")
+    run_dir = RunDir(out)
+    run_dir.check_usable()
+    if run_dir.entries() and not force:
+        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier demo there, or use another --out")
+    with run_dir.locked():  # refuses symbolic links anywhere in out before anything is deleted or written
         _clear(out, s)
-    out.mkdir(parents=True, exist_ok=True)
+        return _stages_run(out, s, device, quiet)
+
+
+def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool) -> dict[str, Any]:
     console = Console(stderr=True, quiet=quiet)
     stages = commands(s, out, device, quiet)
     shown = {k: "+".join(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(s).items()}

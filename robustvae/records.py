@@ -138,6 +138,46 @@ def upgrade_attack_row(row: dict[str, Any]) -> dict[str, Any]:
 def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
     """The complete rows of an attack records file, in the current schema (:func:`upgrade_attack_row`).
 
-    A torn last line (a crash mid-write) is ignored, and cut from the file with ``repair``.
+    A torn last line (a crash mid-write) is ignored, and cut from the file with ``repair``;
+    a row with a missing or ill-typed field is an error naming the file, line and field.
     """
-    return [upgrade_attack_row(r) for r in read_jsonl(Path(path), repair=repair)]
+    return [upgrade_attack_row(r) for r in read_jsonl(Path(path), repair=repair, check=attack_row_problem)]
+
+
+def attack_row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with an attack row (a missing field, a value of the wrong type), naming the field; else None.
+
+    Numbers may be non-finite (a NaN score is data, counted by the report); ``layers`` is
+    the old name of ``k``.
+    """
+    import typing
+
+    row = upgrade_row(row)
+    hints = typing.get_type_hints(AttackRecord)
+    for f in dataclasses.fields(AttackRecord):
+        if f.name not in row:
+            if f.default is dataclasses.MISSING and f.name not in LEGACY_DEFAULTS:
+                return f"field '{f.name}' is missing"
+            continue
+        if not _fits(row[f.name], hints[f.name]):
+            return f"field '{f.name}' should be {_kind(hints[f.name])}, got {row[f.name]!r:.40}"
+    return None
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    import typing
+
+    args = typing.get_args(tp)
+    if type(None) in args:
+        return value is None or _fits(value, next(a for a in args if a is not type(None)))
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _kind(tp: Any) -> str:
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(tp, str(tp).replace("typing.", ""))

@@ -264,8 +264,12 @@ def sample(
 
     from torchvision.utils import save_image
 
+    from PIL import Image
+
     from robustvae import api
 
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise RobustVAEError(f"--out {out} needs an image file extension such as .png (got {out.suffix or 'none'})")
     imgs = api.sample(checkpoint, n, temperature=temperature, seed=seed, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(imgs, out, nrow=int(math.ceil(math.sqrt(n))), padding=1)
@@ -350,6 +354,7 @@ def compress(
     temperature: float = typer.Option(0.1, "--temperature", help="Prior temperature of the layers below k."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior noise and of the rate's posterior samples."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patches per model pass."),
+    max_pixels: int = typer.Option(4_000_000, "--max-pixels", help="Refuse images larger than this (width x height)."),
     out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Output directory (must be new or empty)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier compression run in --out."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -361,7 +366,7 @@ def compress(
 
     if layers is None:
         raise RobustVAEError("--layers is required: the top-k layers that carry the image, e.g. --layers 1,2 or 1-4 or all")
-    cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size)
+    cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size, max_pixels=max_pixels)
     res = api.compress(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
                        command=["robustvae", *(sys.argv[1:])])
     _print_compression_table(res.records)

@@ -66,6 +66,18 @@ def code_patches(
     return recs, bits
 
 
+class Reconstructions(dict):
+    """An image's 8-bit reconstructions by k, and per k how many values were non-finite before the cast.
+
+    An 8-bit image cannot hold NaN (it would be silently black): such a reconstruction is
+    not scored (``nonfinite[k] > 0``; its PSNR and MS-SSIM are NaN and no JPEG is matched).
+    """
+
+    def __init__(self, recs: dict[int, np.ndarray], nonfinite: dict[int, int]):
+        super().__init__(recs)
+        self.nonfinite = nonfinite
+
+
 def code_images(
     model: nn.Module, images: list[InputImage], ks: list[int], cfg: CompressConfig, device: torch.device,
     advance=lambda n: None,
@@ -84,7 +96,9 @@ def code_images(
     start = 0
     for im, (p, grid) in zip(images, cut):
         stop = start + p.shape[0]
-        out_recs.append({k: to_uint8(stitch(recs[k][start:stop], grid, im.height, im.width)) for k in ks})
+        full = {k: stitch(recs[k][start:stop], grid, im.height, im.width) for k in ks}
+        out_recs.append(Reconstructions({k: to_uint8(v) for k, v in full.items()},
+                                        nonfinite={k: int((~torch.isfinite(v)).sum()) for k, v in full.items()}))
         out_bits.append(bits[start:stop].sum(0))
         counts.append(p.shape[0])
         start = stop

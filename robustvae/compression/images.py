@@ -83,15 +83,30 @@ def find_images(specs: list[str | os.PathLike]) -> tuple[list[Path], int]:
     return files, skipped
 
 
-def read_image(path: Path, channels: int) -> tuple[np.ndarray, str, str]:
-    """(pixels (C, H, W) uint8, the file's Pillow mode, the conversion applied) for a model with ``channels`` inputs."""
+MAX_PIXELS = 4_000_000  # default size limit of one image (width x height): 4 MPixel, e.g. 2000 x 2000
+
+
+def read_image(path: Path, channels: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str, str]:
+    """(pixels (C, H, W) uint8, the file's Pillow mode, the conversion applied) for a model with ``channels`` inputs.
+
+    The size is checked from the header before any pixel is decoded, so a decompression
+    bomb (a small file that decodes to gigapixels) is refused without using the memory.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise RobustVAEError(
+                    f"{path} is {w}x{h} pixels, more than the limit of {max_pixels:,} pixels; crop or scale it "
+                    f"down, or raise --max-pixels")
             im.load()
             img = im.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError:
+        raise RobustVAEError(f"{path} decodes to far more pixels than its size suggests (a decompression bomb); "
+                             f"pass ordinary PNG/JPEG files") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise RobustVAEError(
             f"{path} cannot be read as an image ({type(e).__name__}); pass PNG/JPEG files only"
         ) from None
@@ -116,13 +131,15 @@ def read_image(path: Path, channels: int) -> tuple[np.ndarray, str, str]:
     return np.array(arr, dtype=np.uint8, order="C", copy=True), mode, conversion
 
 
-def read_images(specs: list[str | os.PathLike], channels: int, patch: int) -> tuple[list[InputImage], int]:
-    """Every image named by ``specs``, converted for ``channels`` and at least one ``patch`` x ``patch`` patch large."""
+def read_images(specs: list[str | os.PathLike], channels: int, patch: int,
+                max_pixels: int = MAX_PIXELS) -> tuple[list[InputImage], int]:
+    """Every image named by ``specs``, converted for ``channels``, at least one ``patch`` x ``patch`` patch large and
+    at most ``max_pixels`` pixels."""
     files, skipped = find_images(specs)
     out: list[InputImage] = []
     seen: dict[str, int] = {}
     for f in files:
-        pixels, mode, conversion = read_image(f, channels)
+        pixels, mode, conversion = read_image(f, channels, max_pixels)
         h, w = pixels.shape[1:]
         if h < patch or w < patch:
             raise RobustVAEError(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import contextlib
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
 from robustvae.experiments.models import Labelled
 from robustvae.experiments.rundir import RunDir, provenance
-from robustvae.io import safe_name
+from robustvae.io import atomic_file, safe_name
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
 from robustvae.protocol import RECON_RULES, ReconRule, std_temperature
@@ -300,10 +301,10 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
     ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, unit=np.array(unit.id), model=np.array(model_label), k=np.array(unit.k),
-                        **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in arrays.items()})
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        np.savez_compressed(f, unit=np.array(unit.id), model=np.array(model_label), k=np.array(unit.k),
+                            **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+                               for k, v in arrays.items()})
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -435,6 +436,14 @@ def run_sweep(
     if dd.enabled and out is None:
         raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
     sw = _Sweep(models, config, shard, dd, plan_units(models, config, device), RunDir(out) if out is not None else None)
+    with sw.out.locked(dd.is_main) if sw.out is not None else contextlib.nullcontext():
+        return _sweep_locked(sw, device, data_dir, quiet, command)
+
+
+def _sweep_locked(sw: _Sweep, device: torch.device, data_dir: str | None, quiet: bool,
+                  command: list[str] | None) -> pd.DataFrame:
+    """:func:`run_sweep` with the output directory's lock held (rank 0)."""
+    models, config, dd = sw.models, sw.cfg, sw.dist
     previous = sw.done_rows()
     finished = {r["unit"] for r in previous}
     mine = {u.id for u in sw.mine}

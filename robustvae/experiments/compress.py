@@ -46,6 +46,9 @@ def _model_rows(lm: Labelled, im: InputImage, ks: list[int], recs: dict[int, np.
     """One record per k for one model and image (JPEG columns are filled in later)."""
     model = lm.model
     ps, ms = jpeg.score(im.pixels, [recs[k] for k in ks])
+    bad = getattr(recs, "nonfinite", {})  # a NaN reconstruction is not scored as the black image it casts to
+    ps = [math.nan if bad.get(k) else p for k, p in zip(ks, ps)]
+    ms = [math.nan if bad.get(k) else m for k, m in zip(ks, ms)]
     pixels = im.height * im.width
     coded = model.layers[0].deterministic  # a quantised top layer: its rate under the prior, and its raw size
     raw = context_raw_bits(model) * patches
@@ -102,6 +105,8 @@ def _write_files(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, img
         save_png(im.pixels, d / "original.png")
         for _, r in records[records.image == im.name].iterrows():
             save_png(recs[r.model][i][r.k], d / f"{safe_name(r.model)}-k{r.k}.png")
+            if pd.isna(r.jpeg_quality):
+                continue  # a non-finite reconstruction: no JPEG matched to it
             q = int(r.jpeg_quality)
             (d / f"jpeg-q{q}.jpg").write_bytes(sweeps[im.name].files[sweeps[im.name].qualities.index(q)])
 
@@ -152,13 +157,14 @@ def run_compression(
     if len(channels) > 1:
         raise RobustVAEError("the models take grey and RGB images; compress grey and colour models in separate runs")
     ks = {lm.label: parse_layers(config.layers, lm.model.num_layers, lm.label) for lm in models}
-    imgs, skipped = read_images(list(images), channels.pop(), max(lm.model.cfg.image_size for lm in models))
+    imgs, skipped = read_images(list(images), channels.pop(), max(lm.model.cfg.image_size for lm in models),
+                                config.max_pixels)
     t0 = time.perf_counter()
     rows, recs, timing, sweeps = _code_all(models, imgs, ks, config, device, quiet)
-    matched = [sweeps[r.image].closest(r.psnr) for r in rows]
+    matched = [sweeps[r.image].closest(r.psnr) if math.isfinite(r.psnr) else None for r in rows]
     records = pd.DataFrame([r.to_row() for r in rows], columns=CompressionRecord.columns())
     for col, attr in (("jpeg_quality", "qualities"), ("jpeg_psnr", "psnr"), ("jpeg_msssim", "msssim"), ("jpeg_bpp", "bpp")):
-        records[col] = [getattr(sweeps[r.image], attr)[i] for r, i in zip(rows, matched)]
+        records[col] = [getattr(sweeps[r.image], attr)[i] if i is not None else None for r, i in zip(rows, matched)]
     sweep_rows = pd.DataFrame([row for im in imgs for row in _sweep_rows(im, sweeps[im.name])])
     info = {
         "kind": COMPRESSION_RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
@@ -168,8 +174,9 @@ def run_compression(
                     "conversion": im.conversion, "sha256": im.sha256} for im in imgs],
         "models": [_model_info(lm, ks[lm.label], *timing[lm.label]) for lm in models],
     }
-    run.check_fresh(force)  # again: the directory may have been filled meanwhile
-    run.clear(OUTPUTS)
-    _write_files(run.path, records, sweep_rows, imgs, recs, sweeps)
-    run.write_json("run.json", info)  # last: a run.json means the run is complete
+    with run.locked():
+        run.check_fresh(force)  # again: the directory may have been filled meanwhile
+        run.clear(OUTPUTS)
+        _write_files(run.path, records, sweep_rows, imgs, recs, sweeps)
+        run.write_json("run.json", info)  # last: a run.json means the run is complete
     return records, sweep_rows

@@ -13,24 +13,33 @@ Every experiment writes through a :class:`RunDir`:
   (one write + fsync per unit; a torn last line is cut before appending);
 * **parts and merge**: under torchrun each process appends to its own part file,
   and :meth:`RunDir.merge` folds the parts into the records file in unit order,
-  keeping complete units only.
+  keeping complete units only;
+* **one writer**: :meth:`RunDir.locked` holds an exclusive ``flock`` on ``.lock`` for
+  the whole run (a second process gets a one-line error; the kernel releases the lock
+  when the process ends, however it ends), removes temporary files that a killed
+  writer left behind, and refuses a directory holding symbolic links, so nothing is
+  ever written or deleted through one. Files get the user's normal permissions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustvae.errors import RobustVAEError
-from robustvae.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from robustvae.io import TMP_SUFFIX, append_jsonl, read_jsonl, write_json, write_jsonl
 
 PARTS = ".parts"
+LOCK = ".lock"
+_HELD: dict[str, tuple[int, int]] = {}  # resolved directory -> (lock file descriptor, depth) held by this process
 
 
 def git_commit() -> str | None:
@@ -81,15 +90,79 @@ class RunDir:
 
     # ------------------------------------------------------------------ policy
 
-    def check_fresh(self, force: bool) -> None:
-        """A fresh run: refuse a file, or a non-empty directory without ``force``."""
+    def check_usable(self) -> None:
+        """``--out`` can hold a run: a directory (or a new one) that this user may write; decided before any write."""
         if self.path.exists() and not self.path.is_dir():
             raise RobustVAEError(f"--out {self.path} is a file; pass a directory")
-        if self.path.is_dir() and any(self.path.iterdir()) and not force:
+        existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise RobustVAEError(f"--out {self.path}: {existing} is a file, not a folder; pass another --out")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RobustVAEError(f"--out {self.path}: {existing} is not writable by this user; pass another --out")
+
+    def entries(self) -> list[Path]:
+        """What the directory holds, leaving out robustvae's lock file and temporary files."""
+        if not self.path.is_dir():
+            return []
+        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)]
+
+    def check_fresh(self, force: bool) -> None:
+        """A fresh run: refuse a file, an unwritable place, or a non-empty directory without ``force``."""
+        self.check_usable()
+        if self.entries() and not force:
             raise RobustVAEError(
                 f"{self.path} already exists and is not empty; pass --force to replace an earlier run there, "
                 f"or use another --out"
             )
+
+    @contextlib.contextmanager
+    def locked(self, enabled: bool = True) -> Iterator[RunDir]:
+        """Hold the directory's lock for a run (see the module docstring); re-entrant within one process.
+
+        ``enabled=False`` (a process other than rank 0 under torchrun) holds nothing.
+        """
+        if not enabled:
+            yield self
+            return
+        self.check_usable()
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            fd, depth = _HELD[key]
+            _HELD[key] = (fd, depth + 1)
+        else:
+            fd = _lock(self.path)
+            _HELD[key] = (fd, 1)
+        try:
+            if _HELD[key][1] == 1:
+                self.check_links()
+                self.remove_orphans()
+            yield self
+        finally:
+            fd, depth = _HELD[key]
+            if depth > 1:
+                _HELD[key] = (fd, depth - 1)
+            else:
+                del _HELD[key]
+                os.close(fd)  # releases the flock
+
+    def check_links(self) -> None:
+        """Refuse a directory holding symbolic links (anything written or deleted through one could land outside)."""
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                if p.is_symlink():
+                    raise RobustVAEError(
+                        f"{p} is a symbolic link; robustvae does not write or delete through links in its output "
+                        f"directories: remove it, or use another --out")
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files that a killed writer left (``.<name>.<random>.tmp``); only with the lock held."""
+        found = [p for d in (self.path, self.path / "gallery", self.path / PARTS) if d.is_dir()
+                 for p in d.iterdir() if _is_tmp(p) and p.is_file()]
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
 
     def clear(self, outputs: Sequence[str]) -> None:
         """Remove the named outputs of an earlier run (files or folders directly in the directory), nothing else."""
@@ -166,3 +239,20 @@ class RunDir:
         if parts and not any(parts_dir.iterdir()):
             parts_dir.rmdir()
         return merged
+
+
+def _is_tmp(p: Path) -> bool:
+    return p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or p.name.endswith(".tmp.npz"))
+
+
+def _lock(path: Path) -> int:
+    """An exclusive, non-blocking flock on ``path/.lock``; a one-line error when another process holds it."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RobustVAEError(
+            f"another robustvae process is writing to {path} (it holds {path / LOCK}); wait for it to finish, "
+            f"or use another --out") from None
+    return fd

@@ -82,6 +82,26 @@ def _baseline(records: pd.DataFrame, kind: str) -> pd.Series:
     return rows.groupby([*TABLE_KEYS, "point"]).msssim.mean().groupby(TABLE_KEYS).mean()
 
 
+SCORE_COLUMNS = ("msssim", "msssim_input", "psnr", "delta_linf", "delta_l2", "final_loss")
+
+
+def nonfinite_rows(records: pd.DataFrame) -> pd.Series:
+    """Rows with a non-finite number, counted from the values (NaN, inf, or not a number at all), or flagged.
+
+    Optional columns count where the row has a value (``psnr`` of a floor row is absent,
+    not NaN); the writer's ``nonfinite`` flag is honoured but never trusted alone.
+    """
+    bad = records["nonfinite"].fillna(False).astype(bool) if "nonfinite" in records else pd.Series(False, records.index)
+    for col in SCORE_COLUMNS:
+        if col not in records:
+            continue
+        required = col in ("msssim", "msssim_input", "delta_linf", "delta_l2")
+        values = pd.to_numeric(records[col], errors="coerce").astype(float)
+        given = pd.Series(True, records.index) if required else records[col].notna()
+        bad |= given & ~np.isfinite(values.to_numpy())
+    return bad
+
+
 def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) -> pd.DataFrame:
     """The results table: one row per (dataset, norm, eps, model, k), numbers only.
 
@@ -115,7 +135,8 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     table["checkpoint_sha256"] = g.checkpoint_sha256.first().reindex(idx).to_numpy()
     table["max_delta_linf"] = g.delta_linf.max().reindex(idx).to_numpy()
     table["max_delta_l2"] = g.delta_l2.max().reindex(idx).to_numpy()
-    table["nonfinite"] = records.groupby(TABLE_KEYS).nonfinite.sum().reindex(idx).fillna(0).astype(int).to_numpy()
+    nonfinite = nonfinite_rows(records).groupby([records[c] for c in TABLE_KEYS]).sum()
+    table["nonfinite"] = nonfinite.reindex(idx).fillna(0).astype(int).to_numpy()
     if diagnostics is not None and len(diagnostics):
         diag = diagnostics.set_index(["sha256", "layer"])
         at = pd.MultiIndex.from_arrays([table.checkpoint_sha256, table.k])
@@ -166,10 +187,12 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
 
     for key, g in df[df.kind.isin(["attack", "noise"])].groupby(CURVE_KEYS):
         eps, norm = key[2], key[1]
-        size = g.delta_linf if norm == "linf" else g.delta_l2
-        worst = float(size.max())
+        size = pd.to_numeric(g.delta_linf if norm == "linf" else g.delta_l2, errors="coerce").astype(float)
+        unknown = int((~np.isfinite(size.to_numpy())).sum())  # a NaN size is no evidence of a respected budget
+        worst = math.inf if unknown else float(size.max())
         add("budget respected", _curve_name(key), worst <= eps * (1 + 1e-5) + 1e-7, worst, eps,
-            f"max {'L-inf' if norm == 'linf' else 'L2'} norm of delta over {len(g)} attack and noise rows")
+            f"max {'L-inf' if norm == 'linf' else 'L2'} norm of delta over {len(g)} attack and noise rows"
+            + (f"; {unknown} rows have a non-finite size" if unknown else ""))
     # paired per point: how much lower the attack's MS-SSIM (mean over restarts) is than the noise's
     noise = df[df.kind == "noise"].groupby([*TABLE_KEYS, "point"]).msssim.mean().rename("noise")
     paired = per_point(df).join(noise, on=[*TABLE_KEYS, "point"])
@@ -189,8 +212,9 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
             rule = "" if recon == "default" else f", {recon} rule"
             _monotone(add, "damage monotone in eps", f"{model} ({dataset}, {norm}{rule}) k={k}", g.sort_values("eps"),
                       "eps", "eps")
+    bad = nonfinite_rows(df)
     for key, g in df.groupby(CURVE_KEYS):
-        n = int(g.nonfinite.sum())
+        n = int(bad[g.index].sum())
         add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"{n} of {len(g)} rows have a non-finite score")
     att = df[df.kind == "attack"]
     for key, g in att.groupby(CURVE_KEYS):
@@ -199,12 +223,36 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         want = float(want) if want is not None and not pd.isna(want) else float(per.max())
         add("restarts per point as configured", _curve_name(key), bool((per == want).all()), float(per.min()), want,
             f"{per.min()}..{per.max()} restarts per point over {len(per)} (k, point) pairs; configured {want:g}")
+    _planned_units(add, runs)
     for run in runs.runs:
         done, total = run.info.get("units_done", 0), run.info.get("units_total", 0)
         status = run.info.get("status", "?")
         add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
             f"status {status}, {done} of {total} units done, {run.records} records")
     return pd.DataFrame(out, columns=["check", "scope", "passed", "value", "limit", "detail"])
+
+
+def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
+    """Every work unit of each sweep's plan (``run.json`` settings.units) has rows among the runs given.
+
+    Shards of one sweep share its plan; a lone shard (or a run stopped early) fails,
+    naming the first missing unit and the shards to add.
+    """
+    plans: dict[tuple[str, ...], list[Any]] = {}
+    for run in runs.runs:
+        units = run.info.get("settings", {}).get("units")
+        if isinstance(units, list) and units:
+            plans.setdefault(tuple(map(str, units)), []).append(run)
+    present = set(runs.records["unit"].astype(str)) if "unit" in runs.records else set()
+    for plan, members in plans.items():
+        missing = [u for u in plan if u not in present]
+        shards = sorted({str(r.info.get("settings", {}).get("shard", "1/1")) for r in members})
+        n = shards[0].split("/")[-1] if shards else "1"
+        hint = (f"; only shard(s) {', '.join(shards)} of {n} given: add the other shards' directories"
+                if n != "1" and len(shards) < int(n) else "; resume the attack to finish it")
+        add("every planned unit present", f"{members[0].dir}/{members[0].name}", not missing, len(plan) - len(missing),
+            len(plan), f"{len(plan) - len(missing)} of {len(plan)} planned units have records"
+            + (f" (first missing: {missing[0]}){hint}" if missing else ""))
 
 
 def _floor_spread(records: pd.DataFrame) -> pd.Series:

@@ -156,8 +156,10 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
         handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls=":",
                               label="hollow: DCT-VAE context at its raw size (BPP*)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    dropped = int(table.nonfinite.sum()) if "nonfinite" in table else 0
+    note = f"; {dropped} non-finite reconstruction(s) left out" if dropped else ""
     fig.suptitle(f"Rate-distortion, mean over {n_images} image{'s' if n_images != 1 else ''}: reconstruction "
-                 f"from the top k layers (filled: context under its diffusion prior) vs JPEG", fontsize=10)
+                 f"from the top k layers (filled: context under its diffusion prior) vs JPEG{note}", fontsize=10)
     return fig
 
 

@@ -23,6 +23,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from robustvae.reporting.aggregate import CI_LEVEL, VIEWS
@@ -31,9 +32,24 @@ from robustvae.reporting.load import PANEL_KEYS, GalleryEntry
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
+class PlainTextFigure(Figure):
+    """A figure whose texts are drawn as written: a name from a file or record (a model called ``$\\foo$``, an
+    image ``$\\frac{a$.png``) never goes through mathtext, where it could fail or be rendered as a formula.
+
+    Tick labels that matplotlib's own formatters write as math (``$\\mathdefault{10^{-1}}$``) keep it.
+    """
+
+    def draw(self, renderer):  # noqa: ANN001 - matplotlib's signature
+        for text in self.findobj(Text):
+            s = text.get_text()
+            if "$" in s and not s.startswith("$\\mathdefault"):
+                text.set_parse_math(False)
+        super().draw(renderer)
+
+
 def new_figure(width: float, height: float) -> Figure:
-    """A figure on its own Agg canvas: nothing touches pyplot's global state or a display."""
-    fig = Figure(figsize=(width, height), layout="constrained")
+    """A figure on its own Agg canvas: nothing touches pyplot's global state or a display; text is plain."""
+    fig = PlainTextFigure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

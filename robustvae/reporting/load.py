@@ -136,14 +136,27 @@ def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
     attack = run.info["settings"].get("attack", {})
     out = []
     for path in sorted((run.dir / "gallery").glob("*.npz")):
-        with np.load(path, allow_pickle=False) as z:  # files written before k was named hold ``layers``
-            arrays = upgrade_row({name: z[name] for name in z.files})
+        arrays = _read_gallery(path)
         model = str(arrays["model"])
         datasets = df.loc[(df.model == model) & (df.run == str(run.dir)), "dataset"].unique()
         if len(datasets):
             out.append(GalleryEntry(str(datasets[0]), attack.get("norm", "?"), float(attack.get("eps", float("nan"))),
                                     model, int(arrays["k"]), arrays))
     return out
+
+
+def _read_gallery(path: Path) -> dict[str, np.ndarray]:
+    """One gallery file's arrays; a corrupt or foreign file is a one-line error naming it (and the array missing)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:  # files written before k was named hold ``layers``
+            arrays = upgrade_row({name: z[name] for name in z.files})
+    except Exception as e:  # noqa: BLE001 - zip, pickle and format errors come in many types
+        raise RobustVAEError(f"gallery file {path} is unreadable ({type(e).__name__}); delete it (the report "
+                             f"then has no gallery for that unit) or re-run the attack") from None
+    for name in ("model", "k", "x", "x_adv", "rec", "rec_adv"):
+        if name not in arrays:
+            raise RobustVAEError(f"gallery file {path} has no '{name}' array; delete it or re-run the attack")
+    return arrays
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike]) -> RunSet:

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from robustvae.errors import RobustVAEError
-from robustvae.io import safe_name
+from robustvae.experiments.rundir import RunDir
+from robustvae.io import safe_name, write_bytes
 from robustvae.reporting import aggregate as agg
 from robustvae.reporting import compression as comp
 from robustvae.reporting import figures, tables
@@ -286,10 +287,16 @@ def _compression_part(
     return summary, contexts, files
 
 
-def _check_out(out: Path, force: bool) -> None:
-    existing = [f for f in ("index.html", "summary.json") if (out / f).exists()]
+def _check_out(out: Path, force: bool, names: Sequence[str] = ("index.html", "summary.json")) -> None:
+    """Refuse to replace any file the report would write, without ``force``; and an unusable ``out``."""
+    from robustvae.experiments.rundir import RunDir
+
+    RunDir(out).check_usable()
+    existing = [f for f in names if (out / f).exists() or (out / f).is_symlink()]
     if existing and not force:
-        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing)}); pass --force to replace it")
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing[:3])}{more}); pass --force to "
+                             f"replace it")
 
 
 def _parts(
@@ -350,9 +357,10 @@ def make_report(
     title = title or default + ", ".join(sorted(models))
     summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
     html = render_html({"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context})
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    (out / "index.html").write_text(html)
+    _check_out(out, force, [*files, "summary.json", "index.html"])
+    with RunDir(out).locked():  # files are replaced by rename: a link in out is replaced, never written through
+        for name, data in files.items():
+            write_bytes(out / name, data)
+        write_bytes(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+        write_bytes(out / "index.html", html.encode())
     return summary

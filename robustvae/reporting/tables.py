@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from robustvae.reporting.aggregate import CI_LEVEL
@@ -116,6 +117,9 @@ def summary_table(records: pd.DataFrame) -> pd.DataFrame:
     g = numbers.groupby([records.model, records.k], sort=True)
     out = g.mean()
     out.insert(0, "images", g.size())
+    scored = records[["psnr", "msssim"]].apply(pd.to_numeric).astype(float)
+    bad = (~np.isfinite(scored.to_numpy())).any(axis=1)  # not scored: left out of the means, counted here
+    out["nonfinite"] = pd.Series(bad, records.index).groupby([records.model, records.k], sort=True).sum().astype(int)
     return out.reset_index()
 
 
@@ -124,6 +128,8 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
     out = df[[c for c in ("image", "model", "k", "images") if c in df]].reset_index(drop=True)
     for label, col, fmt in COMPRESSION_CELLS:
         out[label] = [number(v, fmt) for v in df[col]]
+    if "nonfinite" in df and df.nonfinite.any():
+        out["non-finite (not scored)"] = df.nonfinite.astype(int).astype(str).to_numpy()
     return out
 
 
