@@ -389,3 +389,5 @@ def test_a_nan_reconstruction_is_not_scored_and_no_jpeg_is_matched(tmp_path, gen
     table = summary_table(res.records)
     assert table.set_index("k").loc[2, "nonfinite"] == 1 and table.set_index("k").loc[1, "nonfinite"] == 0
     assert "non-finite (not scored)" in display_compression(table)
+    summary = robustvae.report([tmp_path / "o"], tmp_path / "r").summary  # the report draws and counts it too
+    assert (tmp_path / "r" / "index.html").is_file() and summary["compression"]

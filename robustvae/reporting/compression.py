@@ -93,7 +93,7 @@ def _side_by_side_panels(run: CompressionRun, image: dict[str, Any]) -> tuple[np
         raise RobustVAEError(f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
                              f"{image['width']}x{image['height']}; copy the whole compression run directory")
     panels = [(r, read_image(folder / f"{safe_name(r.model)}-k{r.k}.png"),
-               read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg"))
+               read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg") if pd.notna(r.jpeg_quality) else None)
               for _, r in run.records[run.records.image == image["name"]].iterrows()]
     return original, panels
 
@@ -175,12 +175,18 @@ def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any,
     fig = new_figure(3 * cell, len(panels) * (cell * h / w + 0.55) + 0.3)
     axes = fig.subplots(len(panels), 3, squeeze=False)
     for row, (r, rec, jpg) in enumerate(panels):
+        scored = pd.notna(r.jpeg_quality)  # a non-finite reconstruction is not scored and has no JPEG beside it
         cells = [(original, f"{name} ({w}x{h})"),
-                 (rec, f"{r.model}, k={int(r.k)}\nPSNR {r.psnr:.2f} dB, MS-SSIM {r.msssim:.3f}, {_bpp_text(r)}"),
+                 (rec, f"{r.model}, k={int(r.k)}\n" + (f"PSNR {r.psnr:.2f} dB, MS-SSIM {r.msssim:.3f}, {_bpp_text(r)}"
+                                                        if scored else "non-finite values: not scored")),
                  (jpg, f"JPEG q={int(r.jpeg_quality)}\nPSNR {r.jpeg_psnr:.2f} dB, MS-SSIM {r.jpeg_msssim:.3f}, "
-                       f"{r.jpeg_bpp:.3f} bpp")]
+                       f"{r.jpeg_bpp:.3f} bpp" if scored else "no JPEG matched")]
         for c, (img, title) in enumerate(cells):
             ax = axes[row, c]
+            if img is None:
+                ax.set_axis_off()
+                ax.set_title(title, fontsize=7.5)
+                continue
             ax.imshow(imshow_array(img.astype(np.float32) / 255), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
