@@ -89,7 +89,8 @@ def nonfinite_rows(records: pd.DataFrame) -> pd.Series:
     """Rows with a non-finite number, counted from the values (NaN, inf, or not a number at all), or flagged.
 
     Optional columns count where the row has a value (``psnr`` of a floor row is absent,
-    not NaN); the writer's ``nonfinite`` flag is honoured but never trusted alone.
+    not NaN); a PSNR of +inf is a perfect match (identical images), not a failure. The
+    writer's ``nonfinite`` flag is honoured but never trusted alone.
     """
     bad = records["nonfinite"].fillna(False).astype(bool) if "nonfinite" in records else pd.Series(False, records.index)
     for col in SCORE_COLUMNS:
@@ -98,7 +99,8 @@ def nonfinite_rows(records: pd.DataFrame) -> pd.Series:
         required = col in ("msssim", "msssim_input", "delta_linf", "delta_l2")
         values = pd.to_numeric(records[col], errors="coerce").astype(float)
         given = pd.Series(True, records.index) if required else records[col].notna()
-        bad |= given & ~np.isfinite(values.to_numpy())
+        finite = np.isfinite(values.to_numpy()) | ((values.to_numpy() == np.inf) if col == "psnr" else False)
+        bad |= given & ~finite
     return bad
 
 

@@ -118,7 +118,7 @@ def summary_table(records: pd.DataFrame) -> pd.DataFrame:
     out = g.mean()
     out.insert(0, "images", g.size())
     scored = records[["psnr", "msssim"]].apply(pd.to_numeric).astype(float)
-    bad = (~np.isfinite(scored.to_numpy())).any(axis=1)  # not scored: left out of the means, counted here
+    bad = np.isnan(scored.to_numpy()).any(axis=1)  # not scored: left out of the means, counted here (+inf PSNR: exact)
     out["nonfinite"] = pd.Series(bad, records.index).groupby([records.model, records.k], sort=True).sum().astype(int)
     return out.reset_index()
 
