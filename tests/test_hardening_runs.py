@@ -294,6 +294,9 @@ def test_non_finite_scores_are_counted_from_values_not_from_the_flag(tmp_path, t
     assert int(nonfinite_rows(runs.records).sum()) == 2
     table = summarise(runs.records)
     assert int(table.nonfinite.sum()) == 2
+    from robustvae.reporting.figures import figure10
+
+    assert "2 row(s) with non-finite scores left out" in figure10(table).get_suptitle()  # the figure says so
     c = checks(runs, table)
     assert not c[c.check == "no non-finite rows"].passed.all()
     budget = c[c.check == "budget respected"]

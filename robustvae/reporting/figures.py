@@ -142,8 +142,10 @@ def figure10(table: pd.DataFrame) -> Figure:
     if "no_attack" in table and (table.no_attack < 0.999).any():
         handles.append(Line2D([], [], color="grey", ls="-.", label="no-attack level under the same rule"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    dropped = int(table.nonfinite.sum()) if "nonfinite" in table else 0
+    note = f"; {dropped} row(s) with non-finite scores left out" if dropped else ""
     fig.suptitle(f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
-                 f"{CI_LEVEL} % bootstrap interval over points", fontsize=11)
+                 f"{CI_LEVEL} % bootstrap interval over points{note}", fontsize=11)
     return fig
 
 
