@@ -44,7 +44,6 @@ def _one_line_error(capsys, argv, fragment):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    os.environ.setdefault("ROBUSTVAE_DATA", str(root / "data"))
     assert main(["train", *TINY, "--steps", "2", "--out", str(root / "run")]) == 0
     return root / "run"
 
@@ -394,3 +393,13 @@ def test_a_nan_reconstruction_is_not_scored_and_no_jpeg_is_matched(tmp_path, gen
     assert "non-finite (not scored)" in display_compression(table)
     summary = robustvae.report([tmp_path / "o"], tmp_path / "r").summary  # the report draws and counts it too
     assert (tmp_path / "r" / "index.html").is_file() and summary["compression"]
+
+
+def test_eval_out_that_is_a_folder_and_sample_without_an_image_suffix_are_one_line_errors(tmp_path, trained, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _one_line_error(capsys, ["eval", str(trained), "-k", "2", "--limit", "4", "-q", "--out", str(folder)],
+                    "Is a directory")
+    assert list(folder.iterdir()) == []  # no temporary file left behind
+    _one_line_error(capsys, ["sample", str(trained), "--n", "2", "-o", str(tmp_path / "x.xyz")], "image file extension")
+    assert not (tmp_path / "x.xyz").exists()
