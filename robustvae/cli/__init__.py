@@ -503,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (0 ok, 2 user error, 130 interrupted)."""
     from robustvae.training import Interrupted
 
+    import warnings
+
     cmd = typer.main.get_command(app)
+    plain, warnings.formatwarning = warnings.formatwarning, _note  # warnings print as one "note:" line each
     try:
         # not standalone: usage errors come here and are printed on one line like every other error
         rv = cmd.main(args=argv, prog_name="robustvae", standalone_mode=False)
@@ -522,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {e.filename}" if e.filename else ""
         _print_once(f"error: cannot use{where}: {e.strerror or e}; check the path and its permissions")
         return 2
+    finally:
+        warnings.formatwarning = plain
+
+
+def _note(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    return f"note: {message}\n"
 
 
 # the base of click's usage errors (typer >= 0.29 ships its own copy of click)
