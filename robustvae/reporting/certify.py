@@ -9,7 +9,7 @@ among a report's inputs (detected by ``run.json["kind"] == "certify"``).
 
 from __future__ import annotations
 
-import html
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustvae.records import CERTIFY_RUN_KIND, read_attack_records
 from robustvae.io import read_jsonl
+from robustvae.records import CERTIFY_RUN_KIND, read_attack_records
 
 CERTIFICATE_NOTE = (
     "For a certified point the k = 1 reconstruction under the default protocol (shared prior noise) is provably "
@@ -74,3 +74,73 @@ def certify_table(df: pd.DataFrame) -> pd.DataFrame:
 def display_certify(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text cells for the console (Markdown)."""
     return table.apply(lambda col: col.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)))
+
+
+def gradient_gap(cert: pd.DataFrame, attack_dirs: list[str | Path]) -> pd.DataFrame:
+    """Per model, norm and eps of the certify runs met by an attack run at k = 1 on the same checkpoint, points,
+    norm and eps: the best gradient attack's mean MS-SSIM (the worst restart per point) beside the optimum's.
+
+    ``gap`` = gradient - optimal (> 0: the optimal context attack does more damage than the gradient attack).
+    """
+    rows = [r for d in attack_dirs for f in sorted(Path(d).glob("records*.jsonl")) for r in read_attack_records(f)]
+    att = pd.DataFrame(rows)
+    if att.empty or "msssim_k1" not in cert or cert.msssim_k1.isna().all():
+        return pd.DataFrame()
+    att = att[(att.kind == "attack") & (att.k == 1)]
+    best = att.groupby(["checkpoint_sha256", "norm", "eps", "test_index"], as_index=False).agg(
+        gradient=("msssim", "min"), objective=("objective", "first"), optimizer=("optimizer", "first"))
+    both = cert.merge(best, on=["checkpoint_sha256", "norm", "eps", "test_index"])
+    out = []
+    for (m, n, e), g in both.groupby(["model", "norm", "eps"], sort=False):
+        out.append({"model": m, "norm": n, "eps": e, "points": len(g), "attack": f"{g.optimizer.iloc[0]} on "
+                    f"{g.objective.iloc[0]}", "gradient_msssim_k1": float(g.gradient.mean()),
+                    "optimal_msssim_k1": float(g.msssim_k1.mean()), "gap": float((g.gradient - g.msssim_k1).mean()),
+                    "optimal_proven": float(g.optimal_proven.mean())})
+    return pd.DataFrame(out)
+
+
+def certify_figure(df: pd.DataFrame):
+    """Three panels: the radius distribution (empirical CDF), the certified fraction and the optimum's k = 1 MS-SSIM
+    against eps, one line per model and norm."""
+    import matplotlib.pyplot as plt
+
+    import robustvae.reporting.figures  # noqa: F401  (the non-interactive backend)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    for (m, n), g in df.groupby(["model", "norm"], sort=False):
+        r = np.sort(g.drop_duplicates("point").radius.fillna(np.inf).to_numpy(dtype=float))
+        ax[0].step(r, np.arange(1, len(r) + 1) / len(r), where="post", label=f"{m} ({n})")
+        t = certify_table(g)
+        ax[1].plot(t.eps, t.certified, "o-", label=f"{m} ({n})")
+        if "msssim_k1_mean" in t:
+            ax[2].plot(t.eps, t.msssim_k1_mean, "s-", label=f"{m} ({n})")
+    ax[0].set(xscale="log", xlabel="certified radius", ylabel="fraction of points with radius <= r",
+              title="certified radius (per point)")
+    ax[1].set(xlabel="eps", ylabel="certified fraction", ylim=(-0.02, 1.02), title="certified fraction")
+    ax[2].set(xlabel="eps", ylabel="MS-SSIM, k = 1", ylim=(0, 1.02), title="optimal context attack")
+    for a in ax:
+        a.grid(alpha=0.3)
+    ax[1].legend(fontsize=8)
+    return fig
+
+
+def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) -> tuple[dict, dict, dict[str, bytes]]:
+    """The certification section: (summary entry, page context, files by name)."""
+    from robustvae.reporting.figures import png_bytes
+    from robustvae.reporting.tables import markdown
+
+    df = read_certify_records(certify_dirs)
+    table, radii, gap = certify_table(df), radius_table(df), gradient_gap(df, attack_dirs)
+    png = png_bytes(certify_figure(df))
+    infos = [json.loads(p.read_text()) for d in certify_dirs for p in sorted(Path(d).glob("run*.json"))]
+    files = {"certify.png": png, "certify.csv": table.to_csv(index=False).encode(),
+             "certify.md": markdown(display_certify(table)).encode()}
+    summary = {"models": sorted(df.model.unique()), "table": table.to_dict("records"),
+               "radius": radii.to_dict("records"), "gradient_gap": gap.to_dict("records"), "note": CERTIFICATE_NOTE,
+               "runs": [{"dir": str(d), "command": i.get("command"), "settings": i.get("settings")}
+                        for d, i in zip(certify_dirs, infos)]}
+    cells = lambda t: {"headers": list(t.columns), "rows": display_certify(t).astype(str).values.tolist(), "left": 2}  # noqa: E731
+    context = {"figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+               "table": cells(table), "radius": cells(radii), "gap": cells(gap) if len(gap) else None,
+               "note": CERTIFICATE_NOTE, "dirs": [str(d) for d in certify_dirs]}
+    return summary, context, files
