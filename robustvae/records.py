@@ -126,7 +126,7 @@ class CertifyRecord(Record):
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "radius", "max_joint_changes", "max_joint_bound", "max_joint_proven", "optimal_decoded_l2", "optimal_bound",
-        "optimal_proven", "optimal_changed", "msssim_k1", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
+        "optimal_proven", "optimal_changed", "msssim_k1", "k1_identical", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
 
     unit: str  # the work unit that wrote the row (resume and merge go by units)
     model: str
@@ -153,6 +153,7 @@ class CertifyRecord(Record):
     optimal_proven: bool | None = None
     optimal_changed: int | None = None  # levels changed by that attack
     msssim_k1: float | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
+    k1_identical: bool | None = None  # that reconstruction equals the clean one bit for bit
     delta_linf: float | None = None
     delta_l2: float | None = None
     solve_time_s: float | None = None  # both MILPs together

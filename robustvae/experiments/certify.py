@@ -76,15 +76,16 @@ def _optimal(lm: Labelled, ctx: _UnitContext, x, clean, noise, eps: float, cfg: 
     best = optimal_context_attack(lm.model, x, eps, cfg.norm, "decoded_l2", cfg.time_limit, cfg.interior)
     joint = optimal_context_attack(lm.model, x, eps, cfg.norm, "count", cfg.time_limit, cfg.interior)
     with torch.no_grad():
-        score = float(ms_ssim(ctx.reconstruct(best.x_adv, noise), clean)[0])
+        rec = ctx.reconstruct(best.x_adv, noise)
+        score = float(ms_ssim(rec, clean)[0])
     value, bound = float(best.decoded_l2[0]), float(best.bound[0])
     d = best.delta[0].flatten()
     return dict(
-        max_joint_changes=int(joint.changed[0]), max_joint_bound=float(joint.bound[0]),
-        max_joint_proven=bool(joint.proven_optimal[0]), optimal_decoded_l2=value,
-        optimal_bound=bound if math.isfinite(bound) else None, optimal_proven=bool(best.proven_optimal[0]),
-        optimal_changed=int(best.changed[0]), msssim_k1=score, delta_linf=float(d.abs().max()),
-        delta_l2=float(d.norm()), solve_time_s=float(best.solve_time[0] + joint.solve_time[0]),
+        max_joint_changes=max(int(joint.changed[0]), int(best.changed[0])),  # both attacks are verified
+        max_joint_bound=float(joint.bound[0]), max_joint_proven=bool(joint.proven_optimal[0]),
+        optimal_decoded_l2=value, optimal_bound=bound if math.isfinite(bound) else None,
+        optimal_proven=bool(best.proven_optimal[0]), optimal_changed=int(best.changed[0]), msssim_k1=score,
+        k1_identical=bool(torch.equal(rec, clean)), delta_linf=float(d.abs().max()), delta_l2=float(d.norm()), solve_time_s=float(best.solve_time[0] + joint.solve_time[0]),
         status=str(best.status[0]), gap=(bound - value) / bound if math.isfinite(bound) and bound > 0 else 0.0)
 
 
@@ -194,7 +195,7 @@ def run_certify(
                 RunDir.append(run.out / run.names[0], new)
                 info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
                 run.out.write_json(run.names[1], info)
-            progress.update(task, advance=1, info=f"{unit.id} | radius {new[0].get('radius')}")
+            progress.update(task, advance=1, info=f"{unit.id} | radius {new[0].get('radius') or math.inf:.3g}")
     info.update(status="complete", units_done=len(run.mine), wall_time_s=time.perf_counter() - t0)
     if run.out is not None:
         run.out.write_json(run.names[1], info)
