@@ -37,9 +37,14 @@ def is_certify_run(path: str | Path) -> bool:
 
 
 def read_certify_records(paths: list[str | Path]) -> pd.DataFrame:
-    """Every record of the certification runs (shards merge)."""
-    rows = [r for p in paths for f in sorted(Path(p).glob("records*.jsonl")) for r in read_jsonl(f)]
+    """Every record of the certification runs (shards merge), with its run directory's name as ``run``."""
+    rows = [{**r, "run": Path(p).name} for p in paths for f in sorted(Path(p).glob("records*.jsonl"))
+            for r in read_jsonl(f)]
     return pd.DataFrame(rows)
+
+
+def _keys(df: pd.DataFrame, *more: str) -> list[str]:
+    return (["run"] if "run" in df else []) + ["model", "norm", *more]
 
 
 def _q(s: pd.Series, q: float) -> float:
@@ -49,18 +54,20 @@ def _q(s: pd.Series, q: float) -> float:
 
 def radius_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and norm: points, certified radius median, 10th and 90th percentile (one radius per point)."""
-    one = df.drop_duplicates(["model", "norm", "point"])
-    rows = [{"model": m, "norm": n, "points": len(g), "radius_p10": _q(g.radius, 0.1),
+    keys = _keys(df)
+    one = df.drop_duplicates(keys + ["point"])
+    rows = [{**dict(zip(keys, k)), "points": len(g), "radius_p10": _q(g.radius, 0.1),
              "radius_median": _q(g.radius, 0.5), "radius_p90": _q(g.radius, 0.9)}
-            for (m, n), g in one.groupby(["model", "norm"], sort=False)]
+            for k, g in one.groupby(keys, sort=False)]
     return pd.DataFrame(rows)
 
 
 def certify_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model, norm and eps: certified fraction, radius quantiles, and the optimal attack's means."""
     rows = []
-    for (m, n, e), g in df.groupby(["model", "norm", "eps"], sort=False):
-        row: dict[str, Any] = {"model": m, "norm": n, "eps": e, "points": len(g), "certified": float(g.certified.mean()),
+    keys = _keys(df, "eps")
+    for k, g in df.groupby(keys, sort=False):
+        row: dict[str, Any] = {**dict(zip(keys, k)), "points": len(g), "certified": float(g.certified.mean()),
                                "radius_median": _q(g.radius, 0.5)}
         if "msssim_k1" in g and g.msssim_k1.notna().any():
             row.update(msssim_k1_mean=float(g.msssim_k1.mean()), msssim_k1_min=float(g.msssim_k1.min()),
@@ -87,12 +94,14 @@ def gradient_gap(cert: pd.DataFrame, attack_dirs: list[str | Path]) -> pd.DataFr
     if att.empty or "msssim_k1" not in cert or cert.msssim_k1.isna().all():
         return pd.DataFrame()
     att = att[(att.kind == "attack") & (att.k == 1)]
+    cert = cert[cert.msssim_k1.notna()]
     best = att.groupby(["checkpoint_sha256", "norm", "eps", "test_index"], as_index=False).agg(
         gradient=("msssim", "min"), objective=("objective", "first"), optimizer=("optimizer", "first"))
     both = cert.merge(best, on=["checkpoint_sha256", "norm", "eps", "test_index"])
     out = []
-    for (m, n, e), g in both.groupby(["model", "norm", "eps"], sort=False):
-        out.append({"model": m, "norm": n, "eps": e, "points": len(g), "attack": f"{g.optimizer.iloc[0]} on "
+    keys = _keys(both, "eps")
+    for k, g in both.groupby(keys, sort=False):
+        out.append({**dict(zip(keys, k)), "points": len(g), "attack": f"{g.optimizer.iloc[0]} on "
                     f"{g.objective.iloc[0]}", "gradient_msssim_k1": float(g.gradient.mean()),
                     "optimal_msssim_k1": float(g.msssim_k1.mean()), "gap": float((g.gradient - g.msssim_k1).mean()),
                     "optimal_proven": float(g.optimal_proven.mean())})
@@ -107,20 +116,22 @@ def certify_figure(df: pd.DataFrame):
     import robustvae.reporting.figures  # noqa: F401  (the non-interactive backend)
 
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    for (m, n), g in df.groupby(["model", "norm"], sort=False):
+    keys = _keys(df)
+    for k, g in df.groupby(keys, sort=False):
+        label = " ".join(map(str, k[::-1]))
         r = np.sort(g.drop_duplicates("point").radius.fillna(np.inf).to_numpy(dtype=float))
-        ax[0].step(r, np.arange(1, len(r) + 1) / len(r), where="post", label=f"{m} ({n})")
+        ax[0].step(r, np.arange(1, len(r) + 1) / len(r), where="post", label=label)
         t = certify_table(g)
-        ax[1].plot(t.eps, t.certified, "o-", label=f"{m} ({n})")
+        ax[1].plot(t.eps, t.certified, "o-", label=label)
         if "msssim_k1_mean" in t:
-            ax[2].plot(t.eps, t.msssim_k1_mean, "s-", label=f"{m} ({n})")
+            ax[2].plot(t.eps, t.msssim_k1_mean, "s-", label=label)
     ax[0].set(xscale="log", xlabel="certified radius", ylabel="fraction of points with radius <= r",
               title="certified radius (per point)")
     ax[1].set(xlabel="eps", ylabel="certified fraction", ylim=(-0.02, 1.02), title="certified fraction")
     ax[2].set(xlabel="eps", ylabel="MS-SSIM, k = 1", ylim=(0, 1.02), title="optimal context attack")
     for a in ax:
         a.grid(alpha=0.3)
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=7)
     return fig
 
 
@@ -139,7 +150,7 @@ def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) 
                "radius": radii.to_dict("records"), "gradient_gap": gap.to_dict("records"), "note": CERTIFICATE_NOTE,
                "runs": [{"dir": str(d), "command": i.get("command"), "settings": i.get("settings")}
                         for d, i in zip(certify_dirs, infos)]}
-    cells = lambda t: {"headers": list(t.columns), "rows": display_certify(t).astype(str).values.tolist(), "left": 2}  # noqa: E731
+    cells = lambda t: {"headers": list(t.columns), "rows": display_certify(t).astype(str).values.tolist(), "left": 3}  # noqa: E731
     context = {"figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                "table": cells(table), "radius": cells(radii), "gap": cells(gap) if len(gap) else None,
                "note": CERTIFICATE_NOTE, "dirs": [str(d) for d in certify_dirs]}
