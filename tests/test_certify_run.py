@@ -20,19 +20,7 @@ from robustvae.data import eval_images, load_dataset
 from robustvae.models.context import DCTContext, DownsampleContext
 from robustvae.models.kuzina.context import KuzinaDCTContext
 from robustvae.registry import build_model, get_preset
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code, err, fragment):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
+from test_cli import _one_line_error, _run
 
 
 _DATA: dict[str, object] = {}
@@ -123,6 +111,12 @@ def test_certify_cli_records_resume_and_report(checkpoints, tmp_path, capsys):
     # other settings in the same --out are refused; --force starts over
     code, _, err = _run(capsys, argv[:-2] + ["--points", "1", "--out", str(out)])
     _one_line_error(code, err, "holds a run with other settings")
+    other = tmp_path / "attack-run"  # another experiment's directory is refused, even with --force
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"settings": {}, "kind": "compress"}))
+    code, _, err = _run(capsys, argv[:-2] + ["--out", str(other), "--force"])
+    _one_line_error(code, err, "holds a compress run")
+    assert (other / "run.json").exists()
     # the report: a certification section, alone
     code, _, err = _run(capsys, ["report", str(out), "--out", str(tmp_path / "rep")])
     assert code == 0, err

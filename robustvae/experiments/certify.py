@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -30,7 +29,8 @@ import torch
 from robustvae.certify import certified_radius, coefficient_ranges, optimal_context_attack
 from robustvae.config import AttackConfig, CertifyConfig, to_dict
 from robustvae.errors import RobustVAEError
-from robustvae.experiments.attack import Points, Unit, _UnitContext, file_names, prior_noise, select_points
+from robustvae.distributed import SINGLE
+from robustvae.experiments.attack import Points, Unit, _Sweep, _UnitContext, prior_noise, select_points
 from robustvae.experiments.models import Labelled
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.metrics import ms_ssim
@@ -115,43 +115,30 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: CertifyConfig) -> li
     return rows
 
 
-@dataclass
-class _Run:
-    """One call of :func:`run_certify`: the plan, this shard's share, where it writes."""
-
-    models: list[Labelled]
-    cfg: CertifyConfig
-    shard: tuple[int, int]
-    units: list[Unit]
-    out: RunDir | None
-
-    @property
-    def mine(self) -> list[Unit]:
-        i, n = self.shard
-        return [u for j, u in enumerate(self.units) if j % n == i - 1]
-
-    @property
-    def names(self) -> tuple[str, str]:
-        return file_names(self.shard)
+class _Run(_Sweep):
+    """One call of :func:`run_certify`: the attack sweep's plan and shard bookkeeping, with certify's settings."""
 
     def settings(self) -> dict[str, Any]:
         return {"certify": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
                 "shard": f"{self.shard[0]}/{self.shard[1]}", "points": self.cfg.points}
 
-    def done_rows(self, force: bool) -> list[dict[str, Any]]:
+    def expected(self) -> dict[str, int]:
+        return {u.id: len(self.cfg.eps) for u in self.shard_units}
+
+    def done_rows(self, force: bool = False) -> list[dict[str, Any]]:  # type: ignore[override]
         """Rows of the units already finished (a torn or partial unit is dropped and runs again)."""
         if self.out is None:
             return []
         if self.out.path.exists() and not self.out.path.is_dir():
             raise RobustVAEError(f"--out {self.out.path} is a file; pass a directory")
+        info = self.out.read_json(self.names[1]) if self.out.path.is_dir() else None
+        if info is not None and info.get("kind") != CERTIFY_RUN_KIND:  # never clear or append to another experiment
+            raise RobustVAEError(f"{self.out.path} holds a {info.get('kind', 'attack')} run; use another --out")
         if force:
             self.out.clear(self.names)
         self.out.path.mkdir(parents=True, exist_ok=True)
         self.out.check_resumable(self.names[1], self.settings())
-        info = self.out.read_json(self.names[1])
-        if info is not None and info.get("kind") != CERTIFY_RUN_KIND:
-            raise RobustVAEError(f"{self.out.path} holds a run of another kind; use another --out")
-        return self.out.merge(self.names[0], {u.id: len(self.cfg.eps) for u in self.mine})
+        return self.out.merge(self.names[0], self.expected())
 
 
 def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) -> dict[str, Any]:
@@ -179,7 +166,7 @@ def run_certify(
     """
     for lm in models:
         context_codec(lm)
-    run = _Run(models, cfg, shard, plan(models, cfg), RunDir(out) if out is not None else None)
+    run = _Run(models, cfg, shard, SINGLE, plan(models, cfg), RunDir(out) if out is not None else None)
     rows = run.done_rows(force)
     finished = {r["unit"] for r in rows}
     todo = [u for u in run.mine if u.id not in finished]
