@@ -445,6 +445,10 @@ def _print_report_summary(summary: dict, out: Path) -> None:
 
     if "compression" in summary:
         _print_compression_table(pd.DataFrame(summary["compression"]["records"]))
+    if "certify" in summary:
+        from robustvae.reporting.certify import display_certify
+
+        _print_frame(display_certify(pd.DataFrame(summary["certify"]["table"])), "context certification")
     if "checks" in summary:  # attack runs among the inputs
         _print_frame(display_table(pd.DataFrame(summary["table"])), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
         failed = [c for c in summary["checks"] if not c["passed"]]
