@@ -118,7 +118,7 @@ def certify_figure(df: pd.DataFrame):
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
     keys = _keys(df)
     for k, g in df.groupby(keys, sort=False):
-        label = " ".join(map(str, k[::-1]))
+        label = f"{k[0]} ({k[-1]})" if "run" in keys else f"{k[0]} ({k[1]})"  # run or model, and the norm
         r = np.sort(g.drop_duplicates("point").radius.fillna(np.inf).to_numpy(dtype=float))
         ax[0].step(r, np.arange(1, len(r) + 1) / len(r), where="post", label=label)
         t = certify_table(g)
