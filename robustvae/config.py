@@ -45,6 +45,9 @@ def check_numbers(obj: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, tuple) and all(isinstance(v, float) for v in value) and value:
+                if not all(math.isfinite(v) for v in value):
+                    _fail(f"{prefix}{f.name} must hold finite numbers, got {', '.join(map(str, value))}")
             continue
         if not math.isfinite(value):
             _fail(f"{prefix}{f.name} must be a finite number, got {value!r}")
@@ -398,6 +401,7 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         eps = tuple(float(e) for e in self.eps)
         object.__setattr__(self, "eps", eps)
+        check_numbers(self)
         if not eps:
             _fail("eps needs at least one budget, e.g. 0.025,0.05,0.1,0.2")
         if not all(e >= 0 and e == e and e != float("inf") for e in eps):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 VALUES = ("nan", "inf", "-1", "0", "abc")
 # numeric options where a zero (or negative) value is valid
-ZERO_OK = {"--eps", "--temperature", "-t", "--seed", "--step-size-none"}
+ZERO_OK = {"--eps", "--temperature", "-t", "--seed"}
 NEGATIVE_OK: set[str] = set()
 SKIP_COMMANDS = {"zoo fetch"}  # needs the network
 SKIP_OPTIONS = {"--help", "--version", "--device-none"}
@@ -119,6 +119,9 @@ class Fixtures:
             self.attack = self.inputs / "attack"
             assert main(["attack", str(run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1",
                          "--out", str(self.attack), "-q"]) == 0
+            self.dct = self.inputs / "dct"
+            assert main(["train", "--preset", "dctvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size",
+                         "8", "--steps", "2", "--out", str(self.dct)]) == 0
         (self.inputs / "foreign.pt").write_bytes(b"not a checkpoint")
         self.run = run
 
@@ -135,6 +138,8 @@ class Fixtures:
             "report": ["report", str(self.attack), "--out", o],
             "demo": ["demo", "--preset", "vdvae-mnist-tiny", "--train-steps", "1", "--points", "1", "--restarts", "1",
                      "--attack-steps", "1", "--iw-samples", "1", "--eval-limit", "2", "-q", "--out", o],
+            "certify": ["certify", str(self.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
+                        "--out", o],
             "zoo list": ["zoo", "list"],
             "zoo import": ["zoo", "import", str(self.inputs / "foreign.pt"), "--preset", "kuzina-dctvae-mnist-tiny",
                            "--out", o],

@@ -7,17 +7,19 @@ The number check is a property over every numeric field of every config dataclas
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 
 import pytest
 import torch
 
-from robustvae.config import AttackConfig, CompressConfig, Config, DataConfig, ModelConfig, TrainConfig, from_dict
+from robustvae.config import (AttackConfig, CertifyConfig, CompressConfig, Config, DataConfig, ModelConfig, TrainConfig,
+                              from_dict)
 from robustvae.errors import ConfigError
 
 CONFIGS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "attack": AttackConfig,
-           "compress": CompressConfig}
+           "compress": CompressConfig, "certify": CertifyConfig}
 
 
 def _numeric_fields():
@@ -27,27 +29,28 @@ def _numeric_fields():
             tp = hints[f.name]
             args = typing.get_args(tp) or (tp,)
             if float in args or int in args:
-                yield section, cls, f.name, float in args
+                yield section, cls, f.name, float in args, typing.get_origin(tp) is tuple
 
 
 NUMERIC = list(_numeric_fields())
 
 
 def test_the_property_covers_many_float_fields():
-    floats = [name for _, _, name, is_float in NUMERIC if is_float]
+    floats = [name for _, _, name, is_float, _ in NUMERIC if is_float]
     assert len(floats) >= 20 and {"lr", "lr_min", "eps", "temperature", "ema_decay"} <= set(floats)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("section,cls,name,is_float", NUMERIC, ids=[f"{s}.{n}" for s, _, n, _ in NUMERIC])
-def test_every_numeric_field_refuses_non_finite_values_naming_it(section, cls, name, is_float, bad):
+@pytest.mark.parametrize("section,cls,name,is_float,is_tuple", NUMERIC, ids=[f"{s}.{n}" for s, _, n, _, _ in NUMERIC])
+def test_every_numeric_field_refuses_non_finite_values_naming_it(section, cls, name, is_float, is_tuple, bad):
     # built directly (the way experiments build them) ...
     with pytest.raises(ConfigError, match=rf"\b{name}\b"):
-        cls(**{name: bad})
+        cls(**{name: (bad,) if is_tuple else bad})
     # ... and coerced from text (the way --set and suites give them)
     if is_float:
+        text = f"[{json.dumps(bad)}]" if is_tuple else str(bad)
         with pytest.raises(ConfigError, match=rf"\b{name}\b.*finite"):
-            from_dict(cls, {name: str(bad)})
+            from_dict(cls, {name: text})
 
 
 @pytest.mark.parametrize("text", ["train.lr=nan", "train.lr=inf", "train.lr_min=nan", "train.weight_decay=nan",

@@ -17,6 +17,7 @@ attack sweep's too, so the numbers line up with an attack run of the same model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -167,6 +168,14 @@ def run_certify(
     for lm in models:
         context_codec(lm)
     run = _Run(models, cfg, shard, SINGLE, plan(models, cfg), RunDir(out) if out is not None else None)
+    with run.out.locked() if run.out is not None else contextlib.nullcontext():
+        return _certify_locked(run, cfg, device, data_dir, force, quiet, command)
+
+
+def _certify_locked(run: _Run, cfg: CertifyConfig, device: torch.device, data_dir: str | None, force: bool,
+                    quiet: bool, command: list[str] | None) -> pd.DataFrame:
+    """:func:`run_certify` with the output directory's lock held."""
+    models = run.models
     rows = run.done_rows(force)
     finished = {r["unit"] for r in rows}
     todo = [u for u in run.mine if u.id not in finished]
