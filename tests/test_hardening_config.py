@@ -102,6 +102,7 @@ def test_ema_checkpoints_load_ema_by_default_and_raw_on_request(preset, tmp_path
     assert differs, "EMA and raw weights should differ after 2 steps with decay 0.5"
 
 
+@pytest.mark.slow  # the repro end to end; the loading itself is tested above for every family
 def test_ema_checkpoints_run_through_attack_and_eval_on_the_command_line(tmp_path, capsys):
     from robustvae.cli import main
 

@@ -48,12 +48,26 @@ def trained(tmp_path_factory):
     return root / "run"
 
 
+@pytest.fixture(scope="module")
+def attacked(trained, tmp_path_factory):
+    """One finished attack run of ``trained`` (ATTACK settings); tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("attacked") / "a"
+    assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
+    return out
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, dest))
+
+
 # --------------------------------------------------------------------------- record readers
 
 
-def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothing_is_cut(tmp_path, trained, capsys):
-    out = tmp_path / "a"
-    assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
+def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothing_is_cut(tmp_path, trained, attacked,
+                                                                                          capsys):
+    out = _copy(attacked, tmp_path / "a")
     rec = out / "records.jsonl"
     lines = rec.read_bytes().splitlines(keepends=True)
     assert len(lines) > 10
@@ -69,11 +83,10 @@ def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothi
 
 @pytest.mark.parametrize("row,field", [({"unit": 3}, "unit"), ({"k": "2"}, "k"), ({"msssim": "high"}, "msssim"),
                                        ({"skl": ["a"]}, "skl"), ({"unit": None}, "unit")])
-def test_a_record_with_a_wrong_type_names_file_line_and_field(tmp_path, trained, row, field):
+def test_a_record_with_a_wrong_type_names_file_line_and_field(tmp_path, attacked, row, field):
     from robustvae.records import read_attack_records
 
-    out = tmp_path / "a"
-    assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
+    out = _copy(attacked, tmp_path / "a")
     rec = out / "records.jsonl"
     rows = [json.loads(x) for x in rec.read_text().splitlines()]
     rows[3].update(row)
@@ -107,9 +120,8 @@ def test_a_torn_last_line_is_tolerated_said_once_and_cut_only_when_repairing(tmp
     assert p.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
 
 
-def test_a_corrupt_gallery_file_is_a_one_line_error(tmp_path, trained, capsys):
-    out = tmp_path / "a"
-    assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
+def test_a_corrupt_gallery_file_is_a_one_line_error(tmp_path, attacked, capsys):
+    out = _copy(attacked, tmp_path / "a")
     gallery = sorted((out / "gallery").glob("*.npz"))
     assert gallery
     gallery[0].write_bytes(b"PK\x03\x04 not a zip")
@@ -185,7 +197,7 @@ def test_the_lock_is_reentrant_within_one_process_and_released_after(tmp_path):
     assert probe.returncode == 0
 
 
-def test_symbolic_links_in_out_are_refused_and_nothing_outside_is_touched(tmp_path, trained, capsys):
+def test_symbolic_links_in_out_are_refused_and_nothing_outside_is_touched(tmp_path, trained, attacked, capsys):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious.npz").write_bytes(b"keep")
@@ -195,7 +207,7 @@ def test_symbolic_links_in_out_are_refused_and_nothing_outside_is_touched(tmp_pa
     (out / "gallery").symlink_to(outside)
     _one_line_error(capsys, ["attack", str(trained), *ATTACK, "--out", str(out)], "is a symbolic link")
     # report: a linked file among the files it would replace
-    assert main(["attack", str(trained), *ATTACK, "--out", str(tmp_path / "b")]) == 0
+    _copy(attacked, tmp_path / "b")
     rep = tmp_path / "r"
     rep.mkdir()
     (rep / "figure10.png").symlink_to(outside / "figure10.png")
@@ -275,13 +287,12 @@ def test_a_lone_shard_fails_every_planned_unit_present_and_both_shards_pass(tmp_
     assert len(rows) >= 1 and rows.passed.all()
 
 
-def test_non_finite_scores_are_counted_from_values_not_from_the_flag(tmp_path, trained):
+def test_non_finite_scores_are_counted_from_values_not_from_the_flag(tmp_path, attacked):
     from robustvae.io import write_jsonl
     from robustvae.reporting.aggregate import checks, nonfinite_rows, summarise
     from robustvae.reporting.load import load_runs
 
-    out = tmp_path / "a"
-    assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
+    out = _copy(attacked, tmp_path / "a")
     rows = read_jsonl(out / "records.jsonl")
     atk = [i for i, r in enumerate(rows) if r["kind"] == "attack"]
     rows[atk[0]]["msssim"] = math.nan  # hand-made: the flag still says finite
