@@ -101,8 +101,12 @@ class HierarchicalVAE(Protocol):
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative-ELBO terms with one posterior sample per layer."""
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
-        """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B)."""
+    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
+                               noise: list[Tensor] | None = None) -> Tensor:
+        """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B), driven by ``noise`` if given."""
+
+    def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """The noise of ``num_samples`` importance samples of one image (stack images on dim 1 for ``noise``)."""
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Per-image importance-sampled upper bound on -log p(x), in nats."""
