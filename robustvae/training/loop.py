@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from robustvae import errors
 from robustvae.config import Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, TrainingError
@@ -26,7 +27,7 @@ from robustvae.zoo import config_of, read_checkpoint
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
 
 
-class Interrupted(RobustVAEError):
+class Interrupted(errors.Interrupted):
     """Training stopped by Ctrl-C after saving ``last.pt``."""
 
 
@@ -92,7 +93,7 @@ class Trainer:
         data, parts, st = run.data, run.parts, run.state
         parts.model.train()
         t0 = time.perf_counter() - st.elapsed
-        with self._sigint_guard(), make_progress(self.quiet) as progress:
+        with self._sigint_guard(), make_progress(self.quiet, self.out / "log.txt" if self.dist.is_main else None) as progress:
             task = progress.add_task(self.cfg.name, total=data.total, completed=st.step, info="")
             while st.step < data.total:
                 r = train_step(parts, data.batch(st.step, self.device), self.cfg.train, self.dist,
