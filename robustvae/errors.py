@@ -22,3 +22,14 @@ class DataError(RobustVAEError):
 
 class TrainingError(RobustVAEError):
     """Training cannot go on (e.g. every step is skipped)."""
+
+
+class Interrupted(RobustVAEError):
+    """Stopped by Ctrl-C (or SIGTERM): the CLI prints ``stopped: <message>`` and exits with code 130."""
+
+
+def require_positive(**counts: int | None) -> None:
+    """Each given count (``batch_size=0``) must be a positive integer, else an error naming the option (--batch-size)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise RobustVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
