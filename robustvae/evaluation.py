@@ -2,7 +2,10 @@
 
 * ELBO with analytic per-layer KLs (one posterior sample per image);
 * NLL by importance sampling with K samples: -log mean_k exp(log p(x, z_k) - log q(z_k | x)),
-  a true upper bound on -log p(x) (GUIDE section 2);
+  a true upper bound on -log p(x) (GUIDE section 2). Images and samples are batched
+  together in passes sized to a memory budget (``max_batch_mib``, measured per pass
+  row by :func:`bytes_per_row`); the noise of image i comes from its own generator,
+  seeded by (seed, i), so the NLL does not depend on the budget or the batch size;
 * active units (Burda et al.): a latent unit is active when the variance over data
   points of its posterior mean exceeds 0.01; posterior means come from
   ``model.encode`` (higher layers at their posterior means).
@@ -20,15 +23,28 @@ layers only. Models without a context report exactly the keys they always did.
 from __future__ import annotations
 
 import math
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import nn
 
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from robustvae.errors import Interrupted, require_positive
 from robustvae.models.distributions import level_index
-from robustvae.progress import make_progress
+from robustvae.progress import Progress, clock, make_progress
 
 ACTIVE_THRESHOLD = 0.01
+DEFAULT_MAX_BATCH_MIB = {"cpu": 256, "cuda": 2048}  # larger passes were slower on CPU (python -m benchmarks.eval)
+ETA_NOTE_S = 10.0  # a run expected to take longer prints its ETA after the first pass
 
 
 @torch.no_grad()
@@ -97,6 +113,156 @@ def layer_diagnostics(
     return rows
 
 
+# --------------------------------------------------------------------------- importance-sampled NLL
+
+
+class _LiveBytes(TorchDispatchMode):
+    """The peak of the bytes held by tensors that ops create while it is active (any device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors alive]
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ARG002
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage().data_ptr()
+                entry = self.live.setdefault(key, [t.untyped_storage().nbytes(), 0])
+                if entry[1] == 0:
+                    self.now += entry[0]
+                    self.peak = max(self.peak, self.now)
+                entry[1] += 1
+                weakref.finalize(t, self._free, key)
+        return out
+
+
+@torch.no_grad()
+def bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
+    """Memory one more importance sample of one image adds to a pass (measured on ``x1``, one image)."""
+    peaks = []
+    for k in (2, 4):
+        noise = [t.unsqueeze(1).to(x1.device) for t in model.iw_noise(k, torch.Generator().manual_seed(0))]
+        with torch.inference_mode(), _LiveBytes() as live:
+            model.log_importance_weights(x1, k, noise=noise)
+        peaks.append(live.peak)
+    return max((peaks[1] - peaks[0]) // 2, 1)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One pass: importance samples ``samples`` of the images ``images`` (positions in x)."""
+
+    images: range
+    samples: range
+
+    @property
+    def rows(self) -> int:
+        return len(self.images) * len(self.samples)
+
+
+def plan_chunks(n: int, k: int, rows: int) -> list[Chunk]:
+    """Passes of at most ``rows`` rows (image x sample), as even as possible: whole images when K fits."""
+    if rows >= k:
+        groups = math.ceil(n / (rows // k))
+        per = math.ceil(n / groups)
+        return [Chunk(range(a, min(a + per, n)), range(k)) for a in range(0, n, per)]
+    size = math.ceil(k / math.ceil(k / rows))
+    return [Chunk(range(i, i + 1), range(a, min(a + size, k))) for i in range(n) for a in range(0, k, size)]
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of image ``index``'s importance samples: seeded by (seed, index) alone."""
+    state = np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class _Noise:
+    """Each image's importance-sampling noise, drawn once from its own generator and kept while a pass needs it."""
+
+    def __init__(self, model: nn.Module, k: int, seed: int, device: torch.device):
+        self.model, self.k, self.seed, self.device = model, k, seed, device
+        self.per_image = sum(info.deterministic for info in model.layers)  # context bounds: not per sample
+        self.cache: dict[int, list[torch.Tensor]] = {}
+
+    def __call__(self, chunk: Chunk) -> list[torch.Tensor]:
+        self.cache = {i: self.cache.get(i) or self.model.iw_noise(self.k, image_generator(self.seed, i))
+                      for i in chunk.images}
+        parts = zip(*(self.cache[i] for i in chunk.images))
+        s = slice(chunk.samples.start, chunk.samples.stop)
+        return [torch.stack(p, 1)[s if j >= self.per_image else slice(None)].to(self.device)
+                for j, p in enumerate(parts)]
+
+
+def _passes(model: nn.Module, x: torch.Tensor, chunks: list[Chunk], noise: _Noise) -> Iterator[tuple[Chunk, torch.Tensor]]:
+    """(chunk, log weights (samples, images)) per pass."""
+    for c in chunks:
+        xb = x[c.images.start : c.images.stop].to(noise.device)
+        with torch.inference_mode():
+            w = model.log_importance_weights(xb, len(c.samples), noise=noise(c)).double().cpu()
+        yield c, w
+
+
+def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device, seed: int, max_batch_mib: int,
+             progress: Progress, label: str = "eval") -> torch.Tensor:
+    """Per-image importance-sampled NLL in nats, in passes sized to ``max_batch_mib``; Ctrl-C raises Interrupted."""
+    n = x.shape[0]
+    rows = max(1, int(max_batch_mib * 2**20 / (1.1 * bytes_per_row(model, x[:1].to(device)))))
+    chunks = plan_chunks(n, k, rows)
+    total = n * k
+    logw = torch.full((k, n), float("nan"), dtype=torch.float64)
+    progress.note(f"{label}: {total:,} importance samples (K={k} x {n} images) in {len(chunks)} passes of up to "
+                  f"{max(c.rows for c in chunks):,} (--max-batch-mib {max_batch_mib})")
+    task = progress.add_task(f"{label} NLL (K={k})", total=total, info="", unit="samples")
+    done, t0 = 0, time.perf_counter()
+    try:
+        for i, (c, w) in enumerate(_passes(model, x, chunks, _Noise(model, k, seed, device))):
+            logw[c.samples.start : c.samples.stop, c.images.start : c.images.stop] = w
+            done += c.rows
+            progress.update(task, advance=c.rows, info=_running_nll(logw[:, : c.images.stop]))
+            eta = (time.perf_counter() - t0) * (total - done) / done
+            if i == 0 and eta > ETA_NOTE_S:
+                progress.note(f"{label}: about {clock(eta)} to go at {done / (time.perf_counter() - t0):,.0f} samples/s;"
+                              f" Ctrl-C stops cleanly")
+    except KeyboardInterrupt:
+        raise Interrupted(f"{label} stopped by Ctrl-C after {done:,} of {total:,} importance samples; nothing written"
+                          ) from None
+    return -(torch.logsumexp(logw, 0) - math.log(k))
+
+
+def _running_nll(logw: torch.Tensor) -> str:
+    """The mean NLL of the images whose K weights are all in (progress info)."""
+    finished = logw.isfinite().all(0)
+    if not finished.any():
+        return ""
+    return f"NLL {-(torch.logsumexp(logw[:, finished], 0) - math.log(logw.shape[0])).mean():.2f}"
+
+
+def _nelbo(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    """Per-image -ELBO (one posterior sample per image from torch's generator, seeded, batch by batch)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].to(device)
+            out[i : i + len(xb)] = model.elbo(xb).nelbo.double().cpu()
+    return out
+
+
+def default_max_batch_mib(device: torch.device) -> int:
+    """The memory budget of one importance-sampling pass when none is given."""
+    return DEFAULT_MAX_BATCH_MIB["cuda" if device.type == "cuda" else "cpu"]
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -107,26 +273,31 @@ def evaluate_model(
     device: torch.device = torch.device("cpu"),
     seed: int = 0,
     quiet: bool = False,
+    max_batch_mib: int | None = None,
+    log_path: str | Path | None = None,
+    label: str = "eval",
 ) -> dict[str, Any]:
-    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring)."""
+    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring).
+
+    ``batch_size`` batches the ELBO and the diagnostics; ``max_batch_mib`` (default
+    :func:`default_max_batch_mib`) sizes the importance-sampling passes; ``log_path``
+    receives the progress lines.
+    """
+    require_positive(iw_samples=iw_samples, batch_size=batch_size, max_batch_mib=max_batch_mib)
     model = model.to(device).eval()
-    n = x.shape[0]
-    npix = model.num_pixels
-    # keep about 2,000 images per forward pass when importance sampling
-    chunk = max(1, min(iw_samples, 2000 // max(batch_size, 1)))
-    nelbo = torch.zeros(n, dtype=torch.float64)
-    nll = torch.zeros(n, dtype=torch.float64)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), make_progress(quiet) as progress:
-        torch.manual_seed(seed)
-        task = progress.add_task(f"eval (K={iw_samples})", total=n, info="")
-        for i in range(0, n, batch_size):
-            xb = x[i : i + batch_size].to(device)
-            nelbo[i : i + len(xb)] = model.elbo(xb).nelbo.double().cpu()
-            nll[i : i + len(xb)] = model.nll_iwae(xb, iw_samples, chunk).double().cpu()
-            progress.update(task, advance=len(xb), info=f"NLL {nll[: i + len(xb)].mean():.2f}")
+    budget = max_batch_mib or default_max_batch_mib(device)
+    nelbo = _nelbo(model, x, batch_size, device, seed)
+    with make_progress(quiet, log_path) as progress:
+        nll = iwae_nll(model, x, iw_samples, device=device, seed=seed, max_batch_mib=budget, progress=progress,
+                       label=label)
     layers = layer_diagnostics(model, x, batch_size, device, seed)
-    to_bpd = 1.0 / (npix * math.log(2))
+    return _record(model, x.shape[0], iw_samples, nelbo, nll, layers)
+
+
+def _record(model: nn.Module, n: int, iw_samples: int, nelbo: torch.Tensor, nll: torch.Tensor,
+            layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result dict: means over the images, bits per dimension, the context apart, per-layer rows."""
+    to_bpd = 1.0 / (model.num_pixels * math.log(2))
     extra: dict[str, float] = {}
     context = [row for row in layers if row["active_units"] is None]
     gaussian = [row for row in layers if row["active_units"] is not None]
