@@ -164,7 +164,7 @@ def evaluate(
     ``limit`` evaluates a label-stratified subset (selected with ``seed``); ``iw_samples``
     defaults to :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a
     model in memory); ``max_batch_mib`` is the memory budget of one importance-sampling
-    pass (default 256 on CPU, 2048 on CUDA); ``log_path`` receives the progress lines.
+    pass (default 64 on CPU, 2048 on CUDA); ``log_path`` receives the progress lines.
     The record names the images it used (``image_set``) and the settings (``settings``).
     """
     from robustvae.data import eval_images, load_dataset, stratified_order

@@ -43,7 +43,8 @@ from robustvae.models.distributions import level_index
 from robustvae.progress import Progress, clock, make_progress
 
 ACTIVE_THRESHOLD = 0.01
-DEFAULT_MAX_BATCH_MIB = {"cpu": 256, "cuda": 2048}  # larger passes were slower on CPU (python -m benchmarks.eval)
+# on CPU, passes above ~64 MiB (about 120 importance samples of vdvae-mnist) were slower (python -m benchmarks.eval)
+DEFAULT_MAX_BATCH_MIB = {"cpu": 64, "cuda": 2048}
 ETA_NOTE_S = 10.0  # a run expected to take longer prints its ETA after the first pass
 
 
@@ -233,8 +234,8 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device,
                 progress.note(f"{label}: about {clock(eta)} to go at {done / (time.perf_counter() - t0):,.0f} samples/s;"
                               f" Ctrl-C stops cleanly")
     except KeyboardInterrupt:
-        raise Interrupted(f"{label} stopped by Ctrl-C after {done:,} of {total:,} importance samples; nothing written"
-                          ) from None
+        raise Interrupted(f"{label} interrupted by Ctrl-C after {done:,} of {total:,} importance samples; "
+                          f"nothing written") from None
     return -(torch.logsumexp(logw, 0) - math.log(k))
 
 

@@ -139,14 +139,14 @@ def _print_train_settings(cfg, out_dir: Path, device, resume: bool, steps, epoch
 
 
 @contextmanager
-def _ctrl_c(command: str):
+def _ctrl_c(command: str, after: str = ""):
     """A Ctrl-C that reaches the command (not handled deeper) becomes one 'stopped' line and exit 130."""
     try:
         yield
     except KeyboardInterrupt:
         from robustvae.errors import Interrupted
 
-        raise Interrupted(f"{command} interrupted by Ctrl-C") from None
+        raise Interrupted(f"{command} interrupted by Ctrl-C{after}") from None
 
 
 # --------------------------------------------------------------------------- eval
@@ -161,7 +161,7 @@ def eval_(
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K. \\[default: 1000 for binary data, 100 otherwise]"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a label-stratified subset of this many images, selected with --seed. \\[default: the whole split]"),
     batch_size: int = typer.Option(100, "--batch-size", help="Images per batch of the ELBO and the layer diagnostics."),
-    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 256 on CPU, 2048 on CUDA]"),
+    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 64 on CPU, 2048 on CUDA]"),
     weights: str = typer.Option("auto", "--weights", help="auto (EMA when present), ema or raw."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -182,7 +182,7 @@ def eval_(
     from robustvae.errors import require_positive
 
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
-    with _ctrl_c("eval"):
+    with _ctrl_c("eval", "; nothing written"):
         _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
               quiet)
 
