@@ -223,12 +223,15 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device,
     progress.note(f"{label}: {total:,} importance samples (K={k} x {n} images) in {len(chunks)} passes of up to "
                   f"{max(c.rows for c in chunks):,} (--max-batch-mib {max_batch_mib})")
     task = progress.add_task(f"{label} NLL (K={k})", total=total, info="", unit="samples")
-    done, t0 = 0, time.perf_counter()
+    done, t0, nll_sum = 0, time.perf_counter(), 0.0
     try:
         for i, (c, w) in enumerate(_passes(model, x, chunks, _Noise(model, k, seed, device))):
             logw[c.samples.start : c.samples.stop, c.images.start : c.images.stop] = w
             done += c.rows
-            progress.update(task, advance=c.rows, info=_running_nll(logw[:, : c.images.stop]))
+            if c.samples.stop == k:  # these images have all their samples: their NLL, once, for the display
+                nll_sum += float(_nll(logw[:, c.images.start : c.images.stop]).sum())
+            finished = c.images.stop if c.samples.stop == k else c.images.start
+            progress.update(task, advance=c.rows, info=f"NLL {nll_sum / finished:.2f}" if finished else "")
             eta = (time.perf_counter() - t0) * (total - done) / done
             if i == 0 and eta > ETA_NOTE_S:
                 progress.note(f"{label}: about {clock(eta)} to go at {done / (time.perf_counter() - t0):,.0f} samples/s;"
@@ -236,15 +239,12 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device,
     except KeyboardInterrupt:
         raise Interrupted(f"{label} interrupted by Ctrl-C after {done:,} of {total:,} importance samples; "
                           f"nothing written") from None
-    return -(torch.logsumexp(logw, 0) - math.log(k))
+    return _nll(logw)
 
 
-def _running_nll(logw: torch.Tensor) -> str:
-    """The mean NLL of the images whose K weights are all in (progress info)."""
-    finished = logw.isfinite().all(0)
-    if not finished.any():
-        return ""
-    return f"NLL {-(torch.logsumexp(logw[:, finished], 0) - math.log(logw.shape[0])).mean():.2f}"
+def _nll(logw: torch.Tensor) -> torch.Tensor:
+    """Per image, -log of the mean importance weight: log weights (K, images) -> (images,)."""
+    return -(torch.logsumexp(logw, 0) - math.log(logw.shape[0]))
 
 
 def _nelbo(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
