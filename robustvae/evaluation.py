@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch import nn
-
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode  # bytes_per_row: the tensors a pass holds
 from torch.utils._pytree import tree_leaves
 
 from robustvae.errors import Interrupted, require_positive
