@@ -1,1 +1,1 @@
-"""Benchmark scripts: each prints ratios measured in one run (GUIDE section 10)."""
+"""Benchmark scripts: each prints ratios measured in one run (docs/measurement.md)."""

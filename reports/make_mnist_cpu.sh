@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reference report reports/mnist-cpu/: vdvae-mnist against dctvae-mnist (Table 6 presets) trained on the
 # 3,500 offline MNIST training digits (mnist-offline, no download) for a CPU budget, evaluated (importance-sampled
-# NLL), attacked with the GUIDE protocol (attacks/figure10-mnist.toml: 50 test points, 5 restarts, k = 1 .. L,
+# NLL), attacked with the protocol of docs/protocol.md (attacks/figure10-mnist.toml: 50 test points, 5 restarts, k = 1 .. L,
 # L-inf eps 0.1, 50 PGD steps) and reported. Rerun from anywhere:
 #
 #     bash reports/make_mnist_cpu.sh
@@ -80,7 +80,7 @@ else
   run "${rv[@]}" eval "${models[@]}" --iw-samples "$IW_SAMPLES" "${limit[@]}" --out "$eval_file" -q
 fi
 
-# the GUIDE protocol from the suite, its model list replaced by the models trained above; JOBS shards side by side
+# the protocol from the suite, its model list replaced by the models trained above; JOBS shards side by side
 if [[ "$FORCE" == 1 ]]; then  # records of the old checkpoints would not match the new ones
   rm -f "$RUNS"/attack/records*.jsonl "$RUNS"/attack/run*.json
   rm -rf "$RUNS/attack/gallery"

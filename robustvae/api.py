@@ -150,22 +150,23 @@ class EvalResult:
 
 def default_iw_samples(model: LoadedModel | Labelled) -> int:
     """Importance samples of the NLL: 1000 for binary data (MNIST, Omniglot), 100 otherwise (as in the paper)."""
-    return 1000 if model.model.cfg.binary else 100
+    return 1000 if model.model.cfg.likelihood == "bernoulli" else 100
 
 
 def evaluate(
     model: ModelSpec, *, data: str | None = None, data_dir: str | os.PathLike | None = None, split: str = "test",
     iw_samples: int | None = None, limit: int | None = None, batch_size: int = 100, seed: int = 0,
-    device: str | torch.device = "auto", quiet: bool = True, max_batch_mib: int | None = None,
+    device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae", max_batch_mib: int | None = None,
     log_path: str | os.PathLike | None = None,
 ) -> EvalResult:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer on a split of the model's dataset.
 
     ``limit`` evaluates a label-stratified subset (selected with ``seed``); ``iw_samples``
     defaults to :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a
-    model in memory); ``max_batch_mib`` is the memory budget of one importance-sampling
-    pass (default 64 on CPU, 2048 on CUDA); ``log_path`` receives the progress lines.
-    The record names the images it used (``image_set``) and the settings (``settings``).
+    model in memory); ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both``
+    (:func:`robustvae.evaluation.evaluate_model`); ``max_batch_mib`` is the memory budget of
+    one importance-sampling pass (default 64 on CPU, 2048 on CUDA); ``log_path`` receives
+    the progress lines. The record names the images it used (``image_set``) and the settings (``settings``).
     """
     from robustvae.data import eval_images, load_dataset, stratified_order
     from robustvae.evaluation import default_max_batch_mib, evaluate_model
@@ -184,9 +185,9 @@ def evaluate(
     k = iw_samples or default_iw_samples(lm)
     budget = max_batch_mib or default_max_batch_mib(dev)
     res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
-                         max_batch_mib=budget, log_path=log_path, label=lm.label)
+                         estimator=estimator, max_batch_mib=budget, log_path=log_path, label=lm.label)
     settings = {"split": split, "iw_samples": k, "limit": limit, "batch_size": batch_size, "max_batch_mib": budget,
-                "seed": seed, "device": str(dev)}
+                "seed": seed, "device": str(dev), "estimator": estimator}
     return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "model": lm.label, "dataset": ds.name,
                        "split": split, **res, "image_set": image_set, "settings": settings})
 

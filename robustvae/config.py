@@ -21,6 +21,9 @@ from robustvae.errors import ConfigError
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
 CONTEXTS = ("none", "dct", "downsample")
+CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
+SCHEDULES = ("linear", "cosine")
+BINARISATION = ("data", "model")
 
 
 def _fail(msg: str) -> None:
@@ -49,13 +52,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a top-down hierarchical VAE (GUIDE section 2, Table 6).
+    """Architecture of a top-down hierarchical VAE (Table 6 of the DCT-VAE paper).
 
     ``latents`` lists ``(resolution, number_of_stochastic_layers)`` from the finest
     scale to the coarsest, as Table 6 writes them ("4 x 14^2, 4 x 7^2"). Layer 1
     is the top (coarsest) latent.
 
-    DCT-VAE (``arch="dctvae"``, GUIDE sections 3-4) adds a deterministic context as
+    DCT-VAE (``arch="dctvae"``, the paper's Appendix C and E) adds a deterministic context as
     layer 1 above ``latents``:
 
     * ``context``: ``"dct"`` (the c x c lowest DCT frequencies per channel) or
@@ -65,6 +68,19 @@ class ModelConfig:
     * the diffusion prior over the quantised context: ``diffusion_steps`` (T),
       ``diffusion_beta_start`` / ``diffusion_beta_end`` (linear betas), and its
       UNet's ``diffusion_channels``, ``diffusion_scales`` and ``diffusion_res_blocks``.
+
+    The authors' own architecture (``arch="kuzina-ladder"``, ``context`` ``"dct"`` or
+    ``"none"``; docs/kuzina.md) reads these too, plus: ``scale_channel_mult`` (channels
+    grow by it per coarser scale), ``encoder_per_scale`` (one encoder block per scale,
+    shared by its latents), ``context_every_scale`` (inject the decoded context again
+    after every change of scale), ``pixel_mean`` and ``pixel_std`` (the encoder's input
+    normalisation on the 0-255 scale), ``diffusion_schedule`` and ``diffusion_dropout``; its residual
+    blocks' hidden width is ``hidden / channels`` times their input width.
+    ``target_binarisation``: ``"data"`` (binary data reach the model binarised) or
+    ``"model"`` (the model sees grey images and binarises its target at every call).
+    For kuzina-ladder, ``context_dither`` turns the authors' dither on in ``encode`` and
+    ``reconstruct`` (their objective always dithers), averaged over ``context_eot_draws``
+    fixed draws (expectation over transformation).
     """
 
     arch: str = "vdvae"
@@ -92,6 +108,15 @@ class ModelConfig:
     diffusion_channels: int = 32  # UNet width at the first scale (doubles per scale)
     diffusion_scales: int = 1  # UNet resolutions (each halves the previous one)
     diffusion_res_blocks: int = 3  # UNet residual blocks per scale
+    diffusion_schedule: str = "linear"  # linear (beta_start .. beta_end) | cosine (Nichol & Dhariwal, s = 0.008)
+    diffusion_dropout: float = 0.0  # UNet dropout while training (kuzina-ladder)
+    scale_channel_mult: float = 1.0  # kuzina-ladder: channels x this per coarser scale
+    encoder_per_scale: bool = False  # kuzina-ladder: one encoder block per scale instead of per latent
+    context_every_scale: bool = True  # kuzina-ladder: re-inject the decoded context after each change of scale
+    pixel_mean: float = 127.5  # kuzina-ladder: the encoder sees (255 x - pixel_mean) / pixel_std
+    pixel_std: float = 127.5
+    target_binarisation: str = "data"  # data | model (grey input, target binarised inside every call)
+    context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
 
     def __post_init__(self) -> None:
         for name in ("image_channels", "image_size", "channels", "hidden", "z_dim", "num_mixtures"):
@@ -126,8 +151,18 @@ class ModelConfig:
             _fail(f"model.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if self.arch == "dctvae" and self.context == "none":
             _fail("model.arch=dctvae needs a context: set model.context=dct or model.context=downsample")
-        if self.arch != "dctvae" and self.context != "none":
-            _fail(f"model.context={self.context} only applies to model.arch=dctvae (got arch {self.arch!r})")
+        if self.arch not in CONTEXT_ARCHS and self.context != "none":
+            _fail(f"model.context={self.context} only applies to model.arch={' or '.join(CONTEXT_ARCHS)} "
+                  f"(got arch {self.arch!r})")
+        if self.diffusion_schedule not in SCHEDULES:
+            _fail(f"model.diffusion_schedule must be one of {', '.join(SCHEDULES)}, got {self.diffusion_schedule!r}")
+        if self.target_binarisation not in BINARISATION:
+            _fail(f"model.target_binarisation must be one of {', '.join(BINARISATION)}, got {self.target_binarisation!r}")
+        if not 0 <= self.diffusion_dropout < 1:
+            _fail(f"model.diffusion_dropout must be in [0, 1), got {self.diffusion_dropout}")
+        _positive("model.scale_channel_mult", self.scale_channel_mult)
+        _positive("model.context_eot_draws", self.context_eot_draws)
+        _positive("model.pixel_std", self.pixel_std)
         if not 1 <= self.context_size <= self.image_size:
             _fail(
                 f"model.context_size must be in 1..{self.image_size} (the context cannot be larger than the "
@@ -150,9 +185,10 @@ class ModelConfig:
         """Whether the model sees binarised images: the one place that decides it (a Bernoulli likelihood).
 
         Training batches are binarised afresh every step, evaluation images once with a
-        fixed seed; both follow this, whatever the dataset.
+        fixed seed; both follow this, whatever the dataset. A model that binarises its own
+        target (``target_binarisation="model"``) gets grey images.
         """
-        return self.likelihood == "bernoulli"
+        return self.likelihood == "bernoulli" and self.target_binarisation == "data"
 
     @property
     def num_gaussian_layers(self) -> int:
@@ -180,7 +216,7 @@ class TrainConfig:
     beta2: float = 0.9  # VDVAE's setting
     grad_clip: float = 1.0
     skip_threshold: float = 100.0  # skip the update when the gradient norm exceeds this
-    max_consecutive_skips: int = 100  # then stop with a clear message (GUIDE section 7)
+    max_consecutive_skips: int = 100  # then stop with a clear message (a fixed threshold can skip forever)
     ema_decay: float = 0.0  # 0 disables EMA; evaluation uses EMA weights when on
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # NHWC weights and activations: same results, faster oneDNN / cuDNN convolutions
@@ -245,11 +281,19 @@ NORMS = ("linf", "l2")
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """One latent-attack sweep (GUIDE section 5); also the schema of ``attacks/*.toml`` suites.
+    """One latent-attack sweep (docs/protocol.md); also the schema of ``attacks/*.toml`` suites.
 
     ``layers`` is ``"1,2"``, ``"1-4"`` or ``"all"``: each number k is one evaluation with
-    the top k latent layers under attack (layer 1 is the top).
+    the top k latent layers under attack (layer 1 is the top). ``recon`` picks the
+    reconstruction rule (:mod:`robustvae.protocol`); ``eps = 0`` disables the attack.
     """
+
+    @property
+    def convention(self) -> str:
+        """The temperature convention in force: the one given, else the rule's own."""
+        from robustvae.protocol import RECON_RULES
+
+        return self.temperature_convention or RECON_RULES[self.recon].convention
 
     layers: str = "1"
     eps: float = 0.1
@@ -258,9 +302,14 @@ class AttackConfig:
     points: int = 50
     steps: int = 50
     objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
-    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: "pgd" or "sgd" (the authors': lr 1.0, plateau)
-    step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0
+    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square
+    step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
+    # step (2 * eps); square: unused
+    per_unit: bool = False  # divide each layer's term by its units, so layers of different widths are commensurate
+    p_init: float = 0.8  # square: the initial share of pixels a proposal changes
     temperature: float = 0.1  # prior temperature of the layers below k (Appendix G)
+    recon: str = "default"  # reconstruction rule (robustvae.protocol.RECON_RULES): default | authors
+    temperature_convention: str | None = None  # std | var; None: the rule's own (default: std, authors: var)
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
     floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
     noise_draws: int = 5  # random perturbations of the same budget, per point
@@ -270,9 +319,15 @@ class AttackConfig:
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
 
     def __post_init__(self) -> None:
+        from robustvae.protocol import CONVENTIONS, RECON_RULES
+
         parse_layers(self.layers)
-        if not self.eps > 0:
-            _fail(f"eps must be positive, got {self.eps}")
+        if not self.eps >= 0:
+            _fail(f"eps must be >= 0 (0 disables the attack: the no-attack level), got {self.eps}")
+        if self.recon not in RECON_RULES:
+            _fail(f"unknown recon rule {self.recon!r} (known: {', '.join(RECON_RULES)})")
+        if self.temperature_convention is not None and self.temperature_convention not in CONVENTIONS:
+            _fail(f"unknown temperature convention {self.temperature_convention!r} (known: {', '.join(CONVENTIONS)})")
         if self.norm not in NORMS:
             _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
         from robustvae.attacks.objectives import OBJECTIVES
@@ -292,6 +347,8 @@ class AttackConfig:
             _fail(f"step_size must be positive, got {self.step_size}")
         if self.temperature < 0:
             _fail(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.p_init <= 1:
+            _fail(f"p_init must be in (0, 1], got {self.p_init}")
         if self.split not in ("train", "val", "test"):
             _fail(f"split must be train, val or test, got {self.split!r}")
 

@@ -41,7 +41,7 @@ class DemoSettings:
     train_steps: int | None = None  # None: the presets' own step counts
     iw_samples: int = 100
     eval_limit: int = 200
-    points: int = 50  # the GUIDE protocol's points, restarts and steps (Appendix H)
+    points: int = 50  # the protocol's points, restarts and steps (Appendix H)
     restarts: int = 5
     attack_steps: int = 50
     eps: float = 0.1

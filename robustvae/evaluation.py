@@ -2,7 +2,8 @@
 
 * ELBO with analytic per-layer KLs (one posterior sample per image);
 * NLL by importance sampling with K samples: -log mean_k exp(log p(x, z_k) - log q(z_k | x)),
-  a true upper bound on -log p(x) (GUIDE section 2). Images and samples are batched
+  a true upper bound on -log p(x) (not the analytic-KL estimate, which is not a bound).
+  Images and samples are batched
   together in passes sized to a memory budget (``max_batch_mib``, measured per pass
   row by :func:`bytes_per_row`); the noise of image i comes from its own generator,
   seeded by (seed, i), so the NLL does not depend on the budget or the batch size;
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode  # bytes_per_row: the tensors a pass holds
 from torch.utils._pytree import tree_leaves
 
-from robustvae.errors import Interrupted, require_positive
+from robustvae.errors import Interrupted, RobustVAEError, require_positive
 from robustvae.models.distributions import level_index
 from robustvae.progress import Progress, clock, make_progress
 
@@ -189,7 +190,7 @@ class _Noise:
 
     def __init__(self, model: nn.Module, k: int, seed: int, device: torch.device):
         self.model, self.k, self.seed, self.device = model, k, seed, device
-        self.per_image = sum(info.deterministic for info in model.layers)  # context bounds: not per sample
+        self.per_image = model.iw_shared_noise  # leading iw_noise tensors shared by an image's samples
         self.cache: dict[int, list[torch.Tensor]] = {}
 
     def __call__(self, chunk: Chunk) -> list[torch.Tensor]:
@@ -262,6 +263,47 @@ def default_max_batch_mib(device: torch.device) -> int:
     return DEFAULT_MAX_BATCH_MIB["cuda" if device.type == "cuda" else "cpu"]
 
 
+ESTIMATORS = {"iwae": "nll_iwae", "authors": "nll_authors"}  # estimator -> the model method that computes it
+ESTIMATOR_CHOICES = ("iwae", "authors", "both")
+
+
+def estimators_of(model: nn.Module, estimator: str) -> list[str]:
+    """The estimators ``estimator`` names (``both``: iwae, then authors), checked against what the model offers.
+
+    Every model offers ``iwae`` (the true bound); a family lists more in its ``estimators`` attribute.
+    """
+    if estimator not in ESTIMATOR_CHOICES:
+        raise RobustVAEError(f"--estimator must be one of {', '.join(ESTIMATOR_CHOICES)}, got {estimator!r}")
+    names = ["iwae", "authors"] if estimator == "both" else [estimator]
+    offered = getattr(model, "estimators", ("iwae",))
+    for name in names:
+        if name not in offered:
+            raise RobustVAEError(f"--estimator {name} is not offered by {model.arch} models (they offer "
+                                 f"{', '.join(offered)}); use --estimator iwae")
+    return names
+
+
+@torch.no_grad()
+def _family_nll(model: nn.Module, x: torch.Tensor, name: str, iw_samples: int, batch_size: int,
+                device: torch.device, seed: int, progress: Progress, label: str) -> torch.Tensor:
+    """Per image, a family's own estimate (``ESTIMATORS[name]``), batch by batch from torch's generator, seeded."""
+    n = x.shape[0]
+    chunk = max(1, min(iw_samples, 2000 // max(batch_size, 1)))  # about 2,000 images per forward pass
+    out = torch.zeros(n, dtype=torch.float64)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    task = progress.add_task(f"{label} {name} (K={iw_samples})", total=n, info="", unit="images")
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for i in range(0, n, batch_size):
+                xb = x[i : i + batch_size].to(device)
+                out[i : i + len(xb)] = getattr(model, ESTIMATORS[name])(xb, iw_samples, chunk).double().cpu()
+                progress.update(task, advance=len(xb), info=f"NLL {out[: i + len(xb)].mean():.2f}")
+    except KeyboardInterrupt:
+        raise Interrupted(f"{label} interrupted by Ctrl-C in the {name} estimate; nothing written") from None
+    return out
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -272,30 +314,42 @@ def evaluate_model(
     device: torch.device = torch.device("cpu"),
     seed: int = 0,
     quiet: bool = False,
+    estimator: str = "iwae",
     max_batch_mib: int | None = None,
     log_path: str | Path | None = None,
     label: str = "eval",
 ) -> dict[str, Any]:
-    """ELBO, IWAE NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring).
+    """ELBO, NLL, per-layer KL and active units of ``model`` on images ``x`` in [0, 1] (see the module docstring).
 
-    ``batch_size`` batches the ELBO and the diagnostics; ``max_batch_mib`` (default
-    :func:`default_max_batch_mib`) sizes the importance-sampling passes; ``log_path``
-    receives the progress lines.
+    ``estimator``: ``iwae`` (the true bound, every model), a family's own (``authors``:
+    Kuzina & Tomczak's estimate, not a bound) or ``both`` on the same images (``nll_nats``
+    is then the bound, ``nll_authors_nats`` the other). A non-default estimator is
+    recorded as ``estimator``; the default record is unchanged.
+    ``batch_size`` batches the ELBO, the diagnostics and a family's own estimate;
+    ``max_batch_mib`` (default :func:`default_max_batch_mib`) sizes the importance-sampling
+    passes of the bound; ``log_path`` receives the progress lines.
     """
+    names = estimators_of(model, estimator)
     require_positive(iw_samples=iw_samples, batch_size=batch_size, max_batch_mib=max_batch_mib)
     model = model.to(device).eval()
     budget = max_batch_mib or default_max_batch_mib(device)
     nelbo = _nelbo(model, x, batch_size, device, seed)
+    nll: dict[str, torch.Tensor] = {}
     with make_progress(quiet, log_path) as progress:
-        nll = iwae_nll(model, x, iw_samples, device=device, seed=seed, max_batch_mib=budget, progress=progress,
-                       label=label)
+        for name in names:
+            nll[name] = (iwae_nll(model, x, iw_samples, device=device, seed=seed, max_batch_mib=budget,
+                                  progress=progress, label=label) if name == "iwae" else
+                         _family_nll(model, x, name, iw_samples, batch_size, device, seed, progress, label))
     layers = layer_diagnostics(model, x, batch_size, device, seed)
-    return _record(model, x.shape[0], iw_samples, nelbo, nll, layers)
+    return _record(model, x.shape[0], iw_samples, nelbo, nll, layers, estimator)
 
 
-def _record(model: nn.Module, n: int, iw_samples: int, nelbo: torch.Tensor, nll: torch.Tensor,
-            layers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result dict: means over the images, bits per dimension, the context apart, per-layer rows."""
+def _record(model: nn.Module, n: int, iw_samples: int, nelbo: torch.Tensor, nll: dict[str, torch.Tensor],
+            layers: list[dict[str, Any]], estimator: str = "iwae") -> dict[str, Any]:
+    """The result dict: means over the images, bits per dimension, the context apart, per-layer rows.
+
+    ``nll``: per estimator name, the first is ``nll_nats``, the others ``nll_<name>_nats``.
+    """
     to_bpd = 1.0 / (model.num_pixels * math.log(2))
     extra: dict[str, float] = {}
     context = [row for row in layers if row["active_units"] is None]
@@ -303,14 +357,19 @@ def _record(model: nn.Module, n: int, iw_samples: int, nelbo: torch.Tensor, nll:
     if context:
         extra["context_nats"] = float(sum(row["kl_nats"] for row in context))
         extra["gaussian_kl_nats"] = float(sum(row["kl_nats"] for row in gaussian))
+    names = list(nll)
+    for name in names[1:]:
+        extra.update({f"nll_{name}_nats": float(nll[name].mean()), f"nll_{name}_bpd": float(nll[name].mean() * to_bpd)})
+    first = nll[names[0]]
     return {
         "images": n,
         "iw_samples": iw_samples,
+        **({"estimator": estimator} if estimator != "iwae" else {}),
         "nelbo_nats": float(nelbo.mean()),
         "elbo_nats": float(-nelbo.mean()),
-        "nll_nats": float(nll.mean()),
+        "nll_nats": float(first.mean()),
         "nelbo_bpd": float(nelbo.mean() * to_bpd),
-        "nll_bpd": float(nll.mean() * to_bpd),
+        "nll_bpd": float(first.mean() * to_bpd),
         "kl_nats": float(sum(row["kl_nats"] for row in layers)),
         **extra,
         "active_units": int(sum(row["active_units"] for row in gaussian)),

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustvae.errors import RobustVAEError
+
 
 def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` as JSON lines with one write + fsync."""
@@ -26,22 +28,34 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
-    """All complete rows of a JSON-lines file; a torn last line is ignored (and cut when ``repair``)."""
+    """All rows of a JSON-lines file of objects; a torn **last** line is ignored (and cut when ``repair``).
+
+    Only the last line can be torn by a crash (rows are appended with one write each).
+    Anything else that does not read, a line in the middle or a line that is not a JSON
+    object, is an error naming the file and line: nothing after it is silently dropped,
+    and nothing but a torn tail is ever cut.
+    """
     path = Path(path)
     if not path.exists():
         return []
     raw = path.read_bytes()
+    lines = raw.splitlines(keepends=True)
     rows, good = [], 0
-    pos = 0
-    for line in raw.splitlines(keepends=True):
-        pos += len(line)
-        if not line.endswith(b"\n"):
-            break
+    for i, line in enumerate(lines, 1):
+        last = i == len(lines)
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good = pos
+            row = json.loads(line) if line.endswith(b"\n") or not last else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+            if not last:
+                raise RobustVAEError(f"{path} line {i} is not valid JSON (and is not a torn last line); "
+                                     f"fix or remove that line") from None
+        if row is None:
+            break  # a torn last line: the crash it comes from lost that write only
+        if not isinstance(row, dict):
+            raise RobustVAEError(f"{path} line {i} is not a JSON object; fix or remove that line")
+        rows.append(row)
+        good += len(line)
     if repair and good != len(raw):
         with open(path, "r+b") as f:
             f.truncate(good)

@@ -5,7 +5,7 @@ Divergences between posteriors belong to the posteriors themselves
 
 ``ms_ssim`` scores a batch at once and returns one value per image.
 
-* ``variant="kuzina"`` (default; GUIDE section 6) reproduces the MS-SSIM of the
+* ``variant="kuzina"`` (default; docs/protocol.md) reproduces the MS-SSIM of the
   DCT-VAE authors' attack code: Gaussian window (sigma 1.5) of size
   min(window_size, H, W) at each level, valid convolution, C1 = (0.01 L)^2,
   C2 = (0.03 L)^2, 5 levels with weights [0.0448, 0.2856, 0.3001, 0.2363, 0.1333],

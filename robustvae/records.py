@@ -1,8 +1,10 @@
 """Record schemas: the rows that experiments write and reports read, defined once.
 
 * :class:`AttackRecord`: one row of an attack sweep (``records.jsonl``), of kind
-  ``attack`` (one per model, k, point and restart), ``floor`` (clean vs clean under
-  other prior noise) or ``noise`` (a random perturbation of the same budget);
+  ``attack`` (one per model, k, point and restart), ``no_attack`` (the same score with
+  delta = 0 under the same rule and noise, paired with each attack row), ``floor``
+  (clean vs clean under other prior noise) or ``noise`` (a random perturbation of the
+  same budget);
 * :class:`CompressionRecord`: one row of a compression run (``records.csv``), per
   model, image and k.
 
@@ -21,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustvae.io import append_jsonl, read_jsonl
+from robustvae.io import read_jsonl
 
-ATTACK_KINDS = ("attack", "floor", "noise")
+ATTACK_KINDS = ("attack", "no_attack", "floor", "noise")
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
 LEGACY_NAMES = {"layers": "k"}  # old field name -> current one
+LEGACY_DEFAULTS = {"recon": "default", "temperature_convention": "std"}  # fields older attack records lack
 
 
 class Record:
@@ -62,7 +65,9 @@ class AttackRecord(Record):
     steps: int
     seed: int
     temperature: float
-    kind: str  # attack | floor | noise
+    recon: str  # the reconstruction rule (robustvae.protocol): default | authors
+    temperature_convention: str  # std | var: what the temperature scales
+    kind: str  # attack | no_attack | floor | noise
     point: int  # index among the attacked points
     test_index: int  # index of the image in its split
     label: int
@@ -121,14 +126,18 @@ def upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
     return {LEGACY_NAMES.get(key, key): value for key, value in row.items()}
 
 
+def upgrade_attack_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An attack row of any earlier version in the current schema: new names, defaults of newer fields, column order."""
+    row = upgrade_row(row)
+    if all(key in row for key in LEGACY_DEFAULTS):
+        return row
+    full = {**LEGACY_DEFAULTS, **row}
+    return {**{c: full[c] for c in ATTACK_COLUMNS if c in full}, **{c: v for c, v in full.items() if c not in ATTACK_COLUMNS}}
+
+
 def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
-    """The complete rows of an attack records file, under the current field names.
+    """The complete rows of an attack records file, in the current schema (:func:`upgrade_attack_row`).
 
     A torn last line (a crash mid-write) is ignored, and cut from the file with ``repair``.
     """
-    return [upgrade_row(r) for r in read_jsonl(Path(path), repair=repair)]
-
-
-def append_attack_records(path: str | os.PathLike, records: list[AttackRecord]) -> None:
-    """Append rows with one write + fsync (a unit's rows land together or not at all)."""
-    append_jsonl(Path(path), [r.to_row() for r in records])
+    return [upgrade_attack_row(r) for r in read_jsonl(Path(path), repair=repair)]

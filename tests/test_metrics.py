@@ -1,4 +1,4 @@
-"""MS-SSIM against a brute-force per-image loop written from GUIDE section 6, and against pytorch-msssim."""
+"""MS-SSIM against a brute-force per-image loop written from docs/protocol.md, and against pytorch-msssim."""
 
 from __future__ import annotations
 

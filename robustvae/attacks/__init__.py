@@ -2,6 +2,8 @@
 
 * :class:`LatentPGD` (L-inf) and :class:`LatentPGDL2` (L2): PGD with random start;
 * :class:`LatentSGD`: the DCT-VAE authors' SGD with a plateau schedule;
+* :class:`LatentAPGD`: APGD (Croce & Hein, 2020), step size adapted per image, L-inf or L2;
+* :class:`LatentSquare`: Square Attack (Andriushchenko et al., 2020), gradient-free, L-inf or L2;
 * :data:`ATTACKS` / :func:`make_attack` and :data:`OBJECTIVES`: the registries.
 
 All are ``torchattacks.Attack`` subclasses: ``attack(images)`` returns adversarial
@@ -12,14 +14,16 @@ attacks over models, k, points and restarts are an experiment:
 neither the data loaders, checkpoint I/O, pandas nor robustvae's distributed helpers.
 """
 
+from robustvae.attacks.apgd import LatentAPGD
 from robustvae.attacks.base import LatentAttack, project, random_start
 from robustvae.attacks.objectives import OBJECTIVES, LatentObjective, ObjectiveSpec
 from robustvae.attacks.pgd import LatentPGD
 from robustvae.attacks.pgdl2 import LatentPGDL2
 from robustvae.attacks.registry import ATTACKS, AttackSpec, make_attack
 from robustvae.attacks.sgd import LatentSGD
+from robustvae.attacks.square import LatentSquare
 
 __all__ = [
-    "ATTACKS", "AttackSpec", "LatentAttack", "LatentPGD", "LatentPGDL2", "LatentSGD", "LatentObjective", "OBJECTIVES",
-    "ObjectiveSpec", "make_attack", "project", "random_start",
+    "ATTACKS", "AttackSpec", "LatentAPGD", "LatentAttack", "LatentPGD", "LatentPGDL2", "LatentSGD", "LatentSquare",
+    "LatentObjective", "OBJECTIVES", "ObjectiveSpec", "make_attack", "project", "random_start",
 ]

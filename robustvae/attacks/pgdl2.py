@@ -28,9 +28,10 @@ class LatentPGDL2(LatentAttack):
         objective (str): a name from ``OBJECTIVES``. (Default: 'skl')
         straight_through (bool): compare quantised layers through their quantised values. (Default: False)
         random_start (bool): uniform start in the ball. (Default: True)
+        temperature, per_unit: as for :class:`LatentPGD`.
 
     Shape:
-        - images: (N, C, H, W) in [0, 1]; seeds: optional list of N ints.
+        - images: (N, C, H, W) in [0, 1]; seeds: optional list of N ints; noise: as for :class:`LatentPGD`.
         - output: (N, C, H, W) adversarial images, the best iterate of each.
 
     Examples::
@@ -39,9 +40,11 @@ class LatentPGDL2(LatentAttack):
     """
 
     def __init__(self, model, k: int = 1, eps: float = 1.0, steps: int = 50, step_size: float | None = None,
-                 objective: str = "skl", straight_through: bool = False, random_start: bool = True):
-        super().__init__("LatentPGDL2", model, k, eps, "l2", steps, objective, straight_through, random_start)
+                 objective: str = "skl", straight_through: bool = False, random_start: bool = True,
+                 *, temperature: float = 0.1, per_unit: bool = False):
+        super().__init__("LatentPGDL2", model, k, eps, "l2", steps, objective, straight_through, random_start,
+                         temperature=temperature, per_unit=per_unit)
         self.step_size = step_size if step_size is not None else 2.5 * eps / steps
 
     def _ascend(self, delta: Tensor, grad: Tensor, loss: Tensor, step: int, state: dict) -> Tensor:
-        return delta + self.step_size * grad / _flat_norm(grad, 2).clamp_min(1e-12)
+        return delta + self.step_size * grad / _flat_norm(grad, 2).clamp_min(1e-12)  # this order: golden records

@@ -6,6 +6,11 @@ config asks for. Objectives have their own registry,
 :data:`robustvae.attacks.objectives.OBJECTIVES`. Adding an attack: write its class in
 a file of its own (a :class:`~robustvae.attacks.base.LatentAttack` subclass) and add
 one entry here.
+
+Every builder reads ``eps``, ``norm``, ``steps``, ``step_size``, ``objective``,
+``straight_through`` and ``temperature`` from the config, and the optional settings
+below where the config has them (their defaults otherwise): ``per_unit`` (all attacks;
+False), ``momentum`` and ``rho`` (apgd; 0.75, 0.75), ``p_init`` (square; 0.8).
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from robustvae.attacks.apgd import LatentAPGD
 from robustvae.attacks.base import LatentAttack
 from robustvae.attacks.pgd import LatentPGD
 from robustvae.attacks.pgdl2 import LatentPGDL2
 from robustvae.attacks.sgd import LatentSGD
+from robustvae.attacks.square import LatentSquare
 
 
 @dataclass(frozen=True)
@@ -29,15 +36,35 @@ class AttackSpec:
     description: str
 
 
+def _common(cfg) -> dict[str, Any]:
+    """The settings every attack takes from a config (``per_unit`` only where the config has it).
+
+    The temperature a reconstruction objective uses is the factor on the prior's standard
+    deviation, so a config that scales the variance (``convention == "var"``) is converted.
+    """
+    temperature = cfg.temperature
+    if getattr(cfg, "convention", "std") == "var":
+        temperature = temperature**0.5
+    return dict(eps=cfg.eps, steps=cfg.steps, objective=cfg.objective, straight_through=cfg.straight_through,
+                temperature=temperature, per_unit=getattr(cfg, "per_unit", False))
+
+
 def _pgd(model, k: int, cfg) -> LatentAttack:
     cls = LatentPGD if cfg.norm == "linf" else LatentPGDL2
-    return cls(model, k=k, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, objective=cfg.objective,
-               straight_through=cfg.straight_through)
+    return cls(model, k=k, step_size=cfg.step_size, **_common(cfg))
 
 
 def _sgd(model, k: int, cfg) -> LatentAttack:
-    return LatentSGD(model, k=k, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, lr=cfg.step_size or 1.0,
-                     objective=cfg.objective, straight_through=cfg.straight_through)
+    return LatentSGD(model, k=k, norm=cfg.norm, lr=cfg.step_size or 1.0, **_common(cfg))
+
+
+def _apgd(model, k: int, cfg) -> LatentAttack:
+    return LatentAPGD(model, k=k, norm=cfg.norm, step_size=cfg.step_size, momentum=getattr(cfg, "momentum", 0.75),
+                      rho=getattr(cfg, "rho", 0.75), **_common(cfg))
+
+
+def _square(model, k: int, cfg) -> LatentAttack:
+    return LatentSquare(model, k=k, norm=cfg.norm, p_init=getattr(cfg, "p_init", 0.8), **_common(cfg))
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -45,6 +72,8 @@ ATTACKS: dict[str, AttackSpec] = {
     for spec in (
         AttackSpec("pgd", _pgd, "PGD with random start: sign steps (L-inf) or normalised steps (L2)"),
         AttackSpec("sgd", _sgd, "the DCT-VAE authors' optimiser: SGD, lr 1.0, reduce-on-plateau"),
+        AttackSpec("apgd", _apgd, "APGD (Croce & Hein): per-image step size halved when progress stalls, momentum 0.75"),
+        AttackSpec("square", _square, "Square Attack (Andriushchenko et al.): gradient-free random search over squares"),
     )
 }
 

@@ -1,10 +1,11 @@
 """The DCT-VAE authors' optimiser: plain SGD on delta with a reduce-on-plateau schedule.
 
-Kuzina & Tomczak (Appendix H) optimised the perturbation with SGD, learning rate 1.0,
-50 steps and a plateau schedule. Here that runs per image inside a batch: each image
-has its own learning rate, reduced by ``factor`` when its objective has not improved
-by a relative ``threshold`` for ``patience`` steps (torch's ReduceLROnPlateau
-defaults, mode max). torch's scheduler keeps one learning rate per optimiser, which
+Kuzina & Tomczak's attack code (not their Appendix H, which gives no optimiser
+settings) optimised the perturbation with SGD, learning rate 1.0, 50 steps and a
+reduce-on-plateau schedule with patience 20 and factor 0.5. Here that runs per image
+inside a batch: each image has its own learning rate, reduced by ``factor`` when its
+objective has not improved by a relative ``threshold`` for ``patience`` steps (torch's
+ReduceLROnPlateau semantics, mode max). torch's scheduler keeps one learning rate per optimiser, which
 would couple the images of a batch, hence this small vectorised version. The budget
 (L-inf or L2) is a hard projection after every step, as for PGD.
 """
@@ -21,8 +22,8 @@ class LatentSGD(LatentAttack):
     r"""The DCT-VAE authors' latent attack: SGD on delta with a reduce-on-plateau schedule.
 
     Kuzina & Tomczak, 'Discouraging posterior collapse in hierarchical VAEs using
-    context' (2023), Appendix H; learning rate 1.0 and 50 steps come from their attack
-    code.
+    context' (2023): learning rate 1.0, 50 steps and the plateau schedule (patience 20,
+    factor 0.5) come from their public attack code.
 
     Distance measure: Linf or L2 (hard projection after every step); x + delta in [0, 1].
 
@@ -33,8 +34,8 @@ class LatentSGD(LatentAttack):
         norm (str): 'linf' or 'l2'. (Default: 'linf')
         steps (int): number of steps. (Default: 50)
         lr (float): initial learning rate, per image. (Default: 1.0)
-        factor, patience, threshold: the plateau schedule, per image (mode max). (Default: 0.1, 10, 1e-4)
-        objective, straight_through, random_start: as for :class:`LatentPGD`.
+        factor, patience, threshold: the plateau schedule, per image (mode max). (Default: 0.5, 20, 1e-4)
+        objective, straight_through, random_start, temperature, per_unit: as for :class:`LatentPGD`.
 
     Shape: as for :class:`LatentPGD` (images and seeds in, the best iterate of each image out).
 
@@ -44,12 +45,15 @@ class LatentSGD(LatentAttack):
     """
 
     def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, lr: float = 1.0,
-                 factor: float = 0.1, patience: int = 10, threshold: float = 1e-4, objective: str = "skl",
-                 straight_through: bool = False, random_start: bool = True):
-        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start)
+                 factor: float = 0.5, patience: int = 20, threshold: float = 1e-4, objective: str = "skl",
+                 straight_through: bool = False, random_start: bool = True, *, temperature: float = 0.1,
+                 per_unit: bool = False):
+        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start,
+                         temperature=temperature, per_unit=per_unit)
         self.lr, self.factor, self.patience, self.threshold = lr, factor, patience, threshold
 
-    def _init_state(self, n: int, device: torch.device) -> dict:
+    def _init_state(self, images: Tensor) -> dict:
+        n, device = images.shape[0], images.device
         return {"lr": torch.full((n,), self.lr, device=device), "best": torch.full((n,), -float("inf"), device=device),
                 "bad": torch.zeros(n, dtype=torch.long, device=device)}
 

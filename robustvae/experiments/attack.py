@@ -9,11 +9,14 @@ share a sweep (their record files merge). Under torchrun each process takes ever
 W-th unit of the shard and appends to its own part file; rank 0 merges the parts
 into the shard's records file in unit order (:class:`~robustvae.experiments.rundir.RunDir`).
 
-Protocol: the reconstruction with k layers takes the posterior mean for the top k
-layers and prior samples at ``temperature`` for the rest, with the same prior noise
-for the clean and the attacked image. Rows (:class:`~robustvae.records.AttackRecord`):
+Protocol: the reconstruction with k layers follows the run's rule
+(:mod:`robustvae.protocol`): by default the posterior mean for the top k layers and
+prior samples at ``temperature`` for the rest, with the same prior noise for the clean
+and the attacked image. Rows (:class:`~robustvae.records.AttackRecord`):
 
 * ``kind="attack"``: one per (model, k, point, restart);
+* ``kind="no_attack"``: paired with each attack row, the same score with delta = 0
+  under the same rule and noise (exactly 1 under the default rule's shared noise);
 * ``kind="floor"``: clean vs clean under different prior noise (how much MS-SSIM moves
   without any attack);
 * ``kind="noise"``: a uniformly random perturbation of the same budget (an attack
@@ -46,6 +49,7 @@ from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.io import safe_name
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
+from robustvae.protocol import RECON_RULES, ReconRule, std_temperature
 from robustvae.records import AttackRecord, read_attack_records
 from robustvae.seeding import derive_seed
 
@@ -158,7 +162,7 @@ def _norms(delta: torch.Tensor) -> tuple[list[float], list[float]]:
 
 @dataclass
 class _UnitContext:
-    """What every row of one unit shares, and how to make its rows."""
+    """What every row of one unit shares, and how to make its rows and reconstructions."""
 
     lm: Labelled
     unit: Unit
@@ -166,13 +170,31 @@ class _UnitContext:
     cfg: AttackConfig
     pts: list[int]
 
+    @property
+    def rule(self) -> ReconRule:
+        return RECON_RULES[self.cfg.recon]
+
+    def reconstruct(self, x: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        """The reconstruction with k layers under the run's rule and temperature convention."""
+        t = std_temperature(self.cfg.temperature, self.cfg.convention)
+        return self.lm.model.reconstruct(x, self.unit.k, t, noise, posterior_sample=self.rule.posterior_sample)
+
+    def pass_noise(self, what: str, R: int, clean: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Noise of the passes that are compared with the clean one: the clean noise itself (shared-noise rule),
+        else an independent seeded draw per point and draw r."""
+        if self.rule.shared_noise:
+            return _repeat(clean, R)
+        return prior_noise(self.lm.model, [derive_seed(self.cfg.seed, what, self.unit.k, p, r)
+                                           for p in self.pts for r in range(R)])
+
     def record(self, i: int, kind: str, restart: int, **scores: Any) -> AttackRecord:
         p, cfg = self.pts[i], self.cfg
         return AttackRecord(
             unit=self.unit.id, model=self.lm.label, checkpoint_sha256=self.lm.sha256, dataset=self.points.dataset,
             k=self.unit.k, objective=cfg.objective, optimizer=cfg.optimizer, norm=cfg.norm, eps=cfg.eps,
-            steps=cfg.steps, seed=cfg.seed, temperature=cfg.temperature, kind=kind, point=p,
-            test_index=int(self.points.indices[p]), label=int(self.points.labels[p]), restart=restart, **scores)
+            steps=cfg.steps, seed=cfg.seed, temperature=cfg.temperature, recon=cfg.recon,
+            temperature_convention=cfg.convention, kind=kind, point=p, test_index=int(self.points.indices[p]),
+            label=int(self.points.labels[p]), restart=restart, **scores)
 
 
 def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Tensor] | None:
@@ -187,21 +209,33 @@ def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Te
             "msssim": score[worst].cpu()}
 
 
-def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
-    """Every point x restart in one batch, each restart with its own seeded start."""
+def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor]):
+    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate."""
     model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
-    X = x.repeat_interleave(R, 0)
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     attack = make_attack(model, k, cfg)
     target = None
     if attack.objective.spec.needs_target:  # pull towards the next attacked point (a fixed, different image)
-        target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(x.device).repeat_interleave(R, 0)
-    adv = attack(X, target=target, seeds=seeds)
+        target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(X.device).repeat_interleave(R, 0)
+    adv = attack(X, target=target, seeds=seeds, noise=_repeat(noise, R))  # noise: for reconstruction objectives
+    if ctx.rule.iterate == "last":
+        adv = (X + attack.last_delta).detach()
+    return attack, adv, target is not None
+
+
+def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
+    """Attack rows and their paired no-attack rows (delta = 0 under the same noise), one per point x restart."""
+    model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
+    X = x.repeat_interleave(R, 0)
+    attack, adv, targeted = _attack(ctx, X, noise)
     with torch.no_grad():
-        rec = model.reconstruct(adv, k, cfg.temperature, _repeat(noise, R))
-        score = ms_ssim(rec, clean.repeat_interleave(R, 0))
+        passes = ctx.pass_noise("attacked pass", R, noise)
+        clean_r = clean.repeat_interleave(R, 0)
+        rec = ctx.reconstruct(adv, passes)
+        score = ms_ssim(rec, clean_r)
+        base = ms_ssim(ctx.reconstruct(X, passes), clean_r).tolist()
         score_in = ms_ssim(adv, X)
-        ps = psnr(rec, clean.repeat_interleave(R, 0))
+        ps = psnr(rec, clean_r)
         scorer = LatentObjective(model, k, "skl")
         skl = scorer.per_layer(adv, scorer.reference(X))
     linf, l2 = _norms(adv - X)
@@ -209,15 +243,17 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     # one device-to-host copy per column, not one wait per value
     bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
         t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
-    rows = []
+    rows, paired = [], []
     for j in range(len(ctx.pts) * R):
         i, r = divmod(j, R)
         rows.append(ctx.record(
             i, "attack", r, msssim=score_l[j], msssim_input=score_in_l[j], psnr=ps_l[j], skl=skl_l[j],
             delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
             nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j],
-            target_point=(ctx.pts[i] + 1) % cfg.points if target is not None else None))
-    return rows, _gallery(ctx, X, adv, clean, rec, score)
+            target_point=(ctx.pts[i] + 1) % cfg.points if targeted else None))
+        paired.append(ctx.record(i, "no_attack", r, msssim=base[j], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
+                                 nonfinite=not math.isfinite(base[j])))
+    return rows + paired, _gallery(ctx, X, adv, clean, rec, score)
 
 
 @torch.no_grad()
@@ -227,14 +263,16 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
     rows = []
     for d in range(cfg.floor_draws):
         other = prior_noise(model, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
-        s = ms_ssim(model.reconstruct(x, k, cfg.temperature, other), clean).tolist()
+        s = ms_ssim(ctx.reconstruct(x, other), clean).tolist()
         rows += [ctx.record(i, "floor", d, msssim=s[i], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
                             nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
     scorer = LatentObjective(model, k, "skl")
     ref_x = scorer.reference(x) if cfg.noise_draws else None
     for d in range(cfg.noise_draws):
         xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
-        s = ms_ssim(model.reconstruct(xn, k, cfg.temperature, noise), clean).tolist()
+        passes = noise if ctx.rule.shared_noise else prior_noise(
+            model, [derive_seed(cfg.seed, "noise pass", k, p, d) for p in pts])
+        s = ms_ssim(ctx.reconstruct(xn, passes), clean).tolist()
         s_in = ms_ssim(xn, x).tolist()
         kl_n = scorer.per_layer(xn, ref_x).tolist()
         nl, n2 = _norms(xn - x)
@@ -244,14 +282,13 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
 
 
 def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tuple[list[AttackRecord], dict | None]:
-    """Attack one unit's points x restarts in one batch; its rows (attack, floor, noise) and gallery arrays."""
-    model = lm.model
-    dev = next(model.parameters()).device
+    """Attack one unit's points x restarts in one batch; its rows (attack, no_attack, floor, noise) and gallery."""
+    dev = next(lm.model.parameters()).device
     ctx = _UnitContext(lm, unit, points, cfg, list(range(unit.start, unit.stop)))
     x = points.images[unit.start : unit.stop].to(dev)
-    noise = prior_noise(model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
+    noise = prior_noise(lm.model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
     with torch.no_grad():
-        clean = model.reconstruct(x, unit.k, cfg.temperature, noise)
+        clean = ctx.reconstruct(x, noise)
     rows, gallery = _attack_rows(ctx, x, clean, noise)
     return rows + _baseline_rows(ctx, x, clean, noise), gallery
 
@@ -274,7 +311,7 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
 
 def expected_rows(unit: Unit, cfg: AttackConfig) -> int:
     """Rows of a complete unit."""
-    return (unit.stop - unit.start) * (cfg.restarts + cfg.floor_draws + cfg.noise_draws)
+    return (unit.stop - unit.start) * (2 * cfg.restarts + cfg.floor_draws + cfg.noise_draws)
 
 
 def file_names(shard: tuple[int, int]) -> tuple[str, str]:

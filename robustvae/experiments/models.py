@@ -10,7 +10,7 @@ from torch import nn
 
 from robustvae.config import Config, DataConfig
 from robustvae.errors import RobustVAEError
-from robustvae.zoo import LoadedModel
+from robustvae.zoo import LoadedModel, load
 
 ModelSpec = str | nn.Module | LoadedModel  # a zoo name, checkpoint file or run directory; or a model in memory
 
@@ -41,13 +41,11 @@ class Labelled:
 
 
 def _load(spec: ModelSpec, device: torch.device) -> LoadedModel:
-    from robustvae import zoo
-
     if isinstance(spec, LoadedModel):
         return dataclasses.replace(spec, model=spec.model.to(device).eval())
     if isinstance(spec, nn.Module):
         return LoadedModel.in_memory(spec.to(device).eval())
-    return zoo.load(spec, device=device)
+    return load(spec, device=device)
 
 
 def load_models(specs: list[ModelSpec], device: torch.device, data: str | DataConfig | None = None,

@@ -12,9 +12,11 @@ from robustvae.config import ModelConfig
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
-def conv(cin: int, cout: int, k: int, *, weight_norm: bool = False, zero: bool = False, scale: float = 1.0) -> nn.Module:
+def conv(
+    cin: int, cout: int, k: int, *, weight_norm: bool = False, zero: bool = False, scale: float = 1.0, groups: int = 1
+) -> nn.Module:
     """k x k same-padding convolution; ``zero`` zero-initialises it, ``scale`` shrinks its init."""
-    c = nn.Conv2d(cin, cout, k, padding=k // 2)
+    c = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups)
     with torch.no_grad():
         if zero:
             c.weight.zero_()

@@ -1,4 +1,4 @@
-"""DCT-VAE's deterministic context (GUIDE section 3, Appendix E and F).
+"""DCT-VAE's deterministic context (Appendix E and F of the paper).
 
 * :func:`dct2` / :func:`idct2`: the orthonormal 2-D DCT-II over the last two axes and
   its inverse (equal to ``scipy.fft.dctn(x, type=2, norm="ortho", axes=(-2, -1))``),
@@ -10,7 +10,7 @@
   with the same scale, clamp and quantiser; decoding upsamples (nearest neighbour).
 
 The scale is the largest |coefficient| over the **training split only**
-(:meth:`ContextCodec.fit`; GUIDE section 7), kept in the buffer ``scale`` so that it
+(:meth:`ContextCodec.fit`; statistics of held-out data would leak into the model), kept in the buffer ``scale`` so that it
 travels in the state dict and every checkpoint. Until ``fit`` is called it is 1.
 """
 

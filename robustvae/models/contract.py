@@ -82,6 +82,7 @@ class HierarchicalVAE(Protocol):
     arch: str
     cfg: ModelConfig
     layers: list[LayerInfo]  # every stochastic layer, top first
+    iw_shared_noise: int  # how many leading tensors of iw_noise are per image, not per importance sample
 
     @property
     def num_layers(self) -> int:
@@ -95,8 +96,9 @@ class HierarchicalVAE(Protocol):
         """Posteriors of the top k layers, top first; each conditioned on the posterior means above it."""
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None) -> Tensor:
-        """Mean image: posterior means of the top k layers, the prior at ``temperature`` below, driven by ``noise``."""
+                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+        """Mean image: posterior means (or samples) of the top k layers, the prior at ``temperature`` below,
+        driven by ``noise``."""
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative-ELBO terms with one posterior sample per layer."""
@@ -106,7 +108,11 @@ class HierarchicalVAE(Protocol):
         """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B), driven by ``noise`` if given."""
 
     def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """The noise of ``num_samples`` importance samples of one image (stack images on dim 1 for ``noise``)."""
+        """The noise of ``num_samples`` importance samples of one image (stack images on dim 1 for ``noise``).
+
+        The first ``iw_shared_noise`` tensors belong to the image (shared by all its samples);
+        each later one has the samples on dim 0.
+        """
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Per-image importance-sampled upper bound on -log p(x), in nats."""

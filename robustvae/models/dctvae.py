@@ -54,6 +54,7 @@ class DCTVAE(VDVAE):
     """VDVAE with a deterministic context layer on top and a diffusion prior over it."""
 
     arch = "dctvae"
+    iw_shared_noise = 1  # iw_noise: the context bound's noise, one per image
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -73,7 +74,7 @@ class DCTVAE(VDVAE):
     # ------------------------------------------------------------------ context
 
     def fit_data(self, train_images: Tensor) -> None:
-        """Fit the context scale on the training split (never validation or test; GUIDE section 7)."""
+        """Fit the context scale on the training split (never validation or test)."""
         self.codec.fit(train_images)
 
     def _noise_shapes(self) -> list[tuple[int, ...]]:
@@ -101,12 +102,18 @@ class DCTVAE(VDVAE):
         ladder = self._encode_ladder(x, k - 1, sample, _below(noise), self.codec.decode(code.value))
         return [PointMass(code.value, code.pre_quant), *ladder]
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None) -> Tensor:
-        """Mean image from the context of x (k >= 1) or a prior context (k = 0), see the module docstring."""
+    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None,
+                    posterior_sample: bool = False) -> Tensor:
+        """Mean image from the context of x (k >= 1) or a prior context (k = 0), see the module docstring.
+
+        ``posterior_sample`` draws Gaussian layers 2 .. k from their posteriors; the
+        context is deterministic, so its "sample" is itself.
+        """
         self._check_input(x)
         k = self._check_k(k)
         y = self.codec(x).value if k > 0 else self._prior_context(x.shape[0], noise)
-        return self._decode_ladder(x, x.shape[0], max(k - 1, 0), temperature, _below(noise), self.codec.decode(y))
+        return self._decode_ladder(x, x.shape[0], max(k - 1, 0), temperature, _below(noise), self.codec.decode(y),
+                                   posterior_sample=posterior_sample)
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """-ELBO terms; ``kl[:, 0]`` is the diffusion bound on -log p(context) in nats."""

@@ -1,4 +1,4 @@
-"""The diffusion prior over DCT-VAE's quantised context (GUIDE section 4, Appendix C).
+"""The diffusion prior over DCT-VAE's quantised context (Appendix C of the paper).
 
 A DDPM over y0, the context on its 2^b levels in [-1, 1], with T steps and linear
 betas:
@@ -41,6 +41,12 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], 1)
     return F.pad(emb, (0, dim - emb.shape[1]))
+
+
+def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal's cosine schedule: beta_t = min(1 - f(t / T) / f((t - 1) / T), max_beta), float64."""
+    f = [math.cos((i / steps + s) / (1 + s) * math.pi / 2) ** 2 for i in range(steps + 1)]
+    return torch.tensor([min(1 - f[i + 1] / f[i], max_beta) for i in range(steps)], dtype=torch.float64)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -133,10 +139,16 @@ class DiffusionPrior(nn.Module):
         channels: int = 32,
         scales: int = 1,
         res_blocks: int = 3,
+        *,
+        betas: Tensor | None = None,
+        net: nn.Module | None = None,
     ):
+        """``betas`` (T,) replaces the linear schedule and ``net`` the UNet when given (other priors' variants)."""
         super().__init__()
         self.shape, self.levels, self.steps = tuple(shape), levels, steps
-        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+        if betas is None:
+            betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+        betas = betas.double()
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
@@ -157,7 +169,7 @@ class DiffusionPrior(nn.Module):
         for name, v in schedule.items():
             self.register_buffer(name, v.float(), persistent=False)
         C = shape[0]
-        self.net = UNet(C, 2 * C, channels, scales, res_blocks)
+        self.net = UNet(C, 2 * C, channels, scales, res_blocks) if net is None else net
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -190,10 +202,13 @@ class DiffusionPrior(nn.Module):
         mean = self._at("coef_y0", t) * y0_hat + self._at("coef_yt", t) * yt
         return DiagGaussian(mean, v * self._at("log_hi", t) + (1 - v) * self._at("log_lo", t))
 
+    def discretise(self, p: DiagGaussian) -> DiscretizedGaussian:
+        """The continuous p(y0 | y1) made discrete over the quantiser's levels."""
+        return DiscretizedGaussian(p.mean, p.logvar, self.levels)
+
     def decoder(self, y1: Tensor) -> DiscretizedGaussian:
         """p(y0 | y1) over the quantiser's levels."""
-        p = self.p_step(y1, torch.ones(y1.shape[0], dtype=torch.long, device=y1.device))
-        return DiscretizedGaussian(p.mean, p.logvar, self.levels)
+        return self.discretise(self.p_step(y1, torch.ones(y1.shape[0], dtype=torch.long, device=y1.device)))
 
     # ------------------------------------------------------------------ the bound
 
@@ -208,7 +223,7 @@ class DiffusionPrior(nn.Module):
         yt = self.q_sample(y0, t, eps)
         p = self.p_step(yt, t)
         kl = sum_except_batch(self.q_posterior(y0, yt, t).kl(p))
-        nll0 = -sum_except_batch(DiscretizedGaussian(p.mean, p.logvar, self.levels).log_prob(y0))
+        nll0 = -sum_except_batch(self.discretise(p).log_prob(y0))
         return torch.where(t == 1, nll0, kl)
 
     def bound(self, y0: Tensor, all_steps: bool = True, noise: Tensor | None = None) -> Tensor:

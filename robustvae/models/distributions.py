@@ -103,17 +103,26 @@ class DiagGaussian:
 
 
 class Bernoulli:
-    """Bernoulli likelihood over binary pixels, parameterised by logits."""
+    """Bernoulli likelihood over binary pixels, parameterised by logits.
 
-    def __init__(self, logits: Tensor):
+    ``clamp``: score with probabilities clamped to [clamp, 1 - clamp] as
+    x log p + (1 - x) log(1 - p) (the Kuzina & Tomczak code's variant); None: exact, from the logits.
+    """
+
+    def __init__(self, logits: Tensor, clamp: float | None = None):
         self.logits = logits
+        self.clamp = clamp
 
     @property
     def mean(self) -> Tensor:
-        return torch.sigmoid(self.logits)
+        p = torch.sigmoid(self.logits)
+        return p if self.clamp is None else p.clamp(self.clamp, 1 - self.clamp)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-image log p(x) in nats for x in {0, 1} (continuous x gives the cross-entropy)."""
+        if self.clamp is not None:
+            p = self.mean
+            return sum_except_batch(x * torch.log(p) + (1 - x) * torch.log(1 - p))
         return -sum_except_batch(F.binary_cross_entropy_with_logits(self.logits, x, reduction="none"))
 
     def sample(self) -> Tensor:
@@ -293,23 +302,48 @@ def log_normal_interval(a: Tensor, b: Tensor) -> Tensor:
     return lhi + _log1mexp(torch.special.log_ndtr(lo) - lhi)
 
 
+def approx_ndtr(x: Tensor) -> Tensor:
+    """The tanh approximation of the standard normal CDF (GELU's): 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
 class DiscretizedGaussian:
     """N(mean, exp(logvar)) discretised onto ``levels`` evenly spaced values on [-1, 1].
 
     Level j owns the quantiser's cell [v_j - d/2, v_j + d/2] (d = 2 / (levels - 1)),
     the lowest and highest cells extended to -inf and +inf, so the probabilities of
-    the levels sum to exactly 1 (GUIDE section 4: the bins are the quantiser's own).
+    the levels sum to exactly 1 (the bins are the quantiser's own).
     """
 
-    def __init__(self, mean: Tensor, logvar: Tensor, levels: int):
+    def __init__(self, mean: Tensor, logvar: Tensor, levels: int, cdf: str = "exact"):
         if levels < 2:
             raise ValueError(f"a discretised Gaussian needs at least 2 levels, got {levels}")
+        if cdf not in ("exact", "tanh"):
+            raise ValueError(f"cdf must be exact or tanh, got {cdf!r}")
         self.mean = mean
         self.logvar = logvar
         self.levels = levels
+        self.cdf = cdf
+
+    def _log_prob_tanh(self, y: Tensor) -> Tensor:
+        """``cdf="tanh"``, the Kuzina & Tomczak variant: the same half-width around *any* value y, the tanh CDF
+        (:func:`approx_ndtr`), each probability floored at 1e-10, the left tail for y <= -1 + d/2 and the
+        right tail for y >= 1 - d/2. Their context values are not on the levels, so the cells overlap and
+        the probabilities need not sum to 1."""
+        half = 1.0 / (self.levels - 1)
+        inv_s = torch.exp(-(0.5 * self.logvar))
+        c = y - self.mean
+        cdf_plus = approx_ndtr(inv_s * (c + half))
+        cdf_min = approx_ndtr(inv_s * (c - half))
+        low = torch.log(cdf_plus.clamp(min=1e-10))
+        high = torch.log((1.0 - cdf_min).clamp(min=1e-10))
+        mid = torch.log((cdf_plus - cdf_min).clamp(min=1e-10))
+        return torch.where(y <= -1.0 + half, low, torch.where(y >= 1.0 - half, high, mid))
 
     def log_prob(self, y: Tensor) -> Tensor:
         """Elementwise log P(y) in nats for ``y`` on the levels."""
+        if self.cdf == "tanh":
+            return self._log_prob_tanh(y)
         half = 1.0 / (self.levels - 1)
         inv_s = torch.exp(-0.5 * self.logvar)
         upper = (y + half - self.mean) * inv_s

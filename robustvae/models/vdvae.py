@@ -9,7 +9,7 @@ It implements the model contract (:mod:`robustvae.models.contract`):
   returns the decoder's mean image in [0, 1]; differentiable in x.
 * ``elbo(x)``: per-layer analytic KL, reconstruction term, -ELBO in nats and bits/dim.
 * ``log_importance_weights(x, K)``: log p(x, z) - log q(z | x) at K joint posterior
-  samples: the IWAE bound (GUIDE section 2).
+  samples: the IWAE bound.
 * ``sample(n, temperature)``: ancestral samples (mean images).
 
 All images are in [0, 1]; the network sees them on [-1, 1].
@@ -61,6 +61,7 @@ class VDVAE(nn.Module):
     """Top-down hierarchical VAE with diagonal Gaussian layers."""
 
     arch = "vdvae"
+    iw_shared_noise = 0  # iw_noise: no tensor shared by an image's samples
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -263,15 +264,18 @@ class VDVAE(nn.Module):
         self._check_input(x)
         return self._encode_ladder(x, self._check_k(k), sample, noise)
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None,
+                    posterior_sample: bool = False) -> Tensor:
         """Mean image from posterior means of the top ``k`` layers and the prior below.
 
         Layers below k are sampled from the prior at ``temperature`` with ``noise``
         (from :meth:`make_noise`); two calls with the same noise differ only through x.
-        ``k=None`` uses the posterior for every layer.
+        ``k=None`` uses the posterior for every layer. ``posterior_sample`` draws the top
+        k layers from their posteriors (driven by the same ``noise``) instead of taking
+        their means: the DCT-VAE authors' rule.
         """
         self._check_input(x)
-        return self._decode_ladder(x, x.shape[0], self._check_k(k), temperature, noise)
+        return self._decode_ladder(x, x.shape[0], self._check_k(k), temperature, noise, posterior_sample=posterior_sample)
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative ELBO terms with one posterior sample per layer (analytic KLs)."""
@@ -324,10 +328,11 @@ class VDVAE(nn.Module):
 
     def _decode_ladder(
         self, x: Tensor | None, batch: int, k: int, temperature: float, noise: list[Tensor] | None,
-        context: Tensor | None = None,
+        context: Tensor | None = None, posterior_sample: bool = False,
     ) -> Tensor:
         acts = self._encoder(x) if k > 0 else None
-        td = self._top_down(batch, acts, n_posterior=k, noise=noise, temperature=temperature, context=context)
+        td = self._top_down(batch, acts, n_posterior=k, posterior_sample=posterior_sample, noise=noise,
+                            temperature=temperature, context=context)
         return self.likelihood(td.state).mean
 
     def _elbo_ladder(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -45,9 +45,10 @@ def png_bytes(fig: Figure, dpi: int = 130) -> bytes:
     return buf.getvalue()
 
 
-def panel_title(dataset: str, norm: str, eps: float) -> str:
-    """E.g. ``mnist, L-inf eps = 0.1``."""
-    return f"{dataset}, {'L-inf' if norm == 'linf' else 'L2'} eps = {eps:g}"
+def panel_title(dataset: str, norm: str, eps: float, recon: str = "default") -> str:
+    """E.g. ``mnist, L-inf eps = 0.1`` (``, authors' rule`` for a non-default reconstruction rule)."""
+    rule = "" if recon == "default" else f", {recon} rule"
+    return f"{dataset}, {'L-inf' if norm == 'linf' else 'L2'} eps = {eps:g}{rule}"
 
 
 def palette(models: Sequence[str]) -> dict[str, tuple]:
@@ -62,7 +63,8 @@ def marker_map(models: Sequence[str]) -> dict[str, str]:
 
 def _y_bottom(table: pd.DataFrame) -> float:
     """One y range for all panels: from the lowest interval end or baseline down to the next tenth."""
-    drawn = table[["mean", "mean_lo", "worst", "worst_lo", "noise", "floor"]].to_numpy(float)
+    drawn = table[[c for c in ("mean", "mean_lo", "worst", "worst_lo", "noise", "floor", "no_attack")
+                   if c in table]].to_numpy(float)
     lowest = np.nanmin(drawn) if np.isfinite(drawn).any() else 0.0
     return max(0.0, np.floor((lowest - 0.02) * 10) / 10)
 
@@ -90,6 +92,8 @@ def _panel(ax: Axes, base: pd.DataFrame, view: str, colours: dict[str, tuple], m
     for model, g in curves.items():
         ax.plot(g.k, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
         ax.plot(g.k, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
+        if "no_attack" in g and (g.no_attack < 0.999).any():  # under the default rule it is 1: nothing to draw
+            ax.plot(g.k, g.no_attack, ls="-.", lw=1.2, color=colours[model], alpha=0.8)
 
 
 def figure10(table: pd.DataFrame) -> Figure:
@@ -119,32 +123,57 @@ def figure10(table: pd.DataFrame) -> Figure:
     handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in models]
     handles += [Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
                 Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise")]
+    if "no_attack" in table and (table.no_attack < 0.999).any():
+        handles.append(Line2D([], [], color="grey", ls="-.", label="no-attack level under the same rule"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
     fig.suptitle(f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
                  f"{CI_LEVEL} % bootstrap interval over points", fontsize=11)
     return fig
 
 
-def layers_figure(diag: pd.DataFrame) -> Figure:
-    """KL (nats) and the fraction of active units per layer, a bar per model."""
+def _grouped_bars(ax: Axes, frame: pd.DataFrame, y: str, models: list[str], colours: dict[str, tuple],
+                  hatch_kind: str | None = None) -> None:
+    """Bars of ``y`` per layer, one per model side by side; rows of kind ``hatch_kind`` hatched (another quantity)."""
+    layers = sorted(frame.layer.unique())
+    width = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        g = frame[frame.model == m].set_index("layer").reindex(layers)
+        xs = np.arange(len(layers)) + (i - (len(models) - 1) / 2) * width
+        hatched = (g.kind == hatch_kind).to_numpy() if hatch_kind else np.zeros(len(layers), bool)
+        for x, v, h in zip(xs, g[y].to_numpy(float), hatched):
+            if np.isfinite(v):
+                ax.bar(x, v, width, color=colours[m], hatch="//" if h else None, edgecolor="w" if h else None)
+    ax.set_xticks(np.arange(len(layers)), [str(int(v)) for v in layers])
+    ax.set_xlabel("layer (1 = top)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def layers_figure(diag: pd.DataFrame, atlas: pd.DataFrame | None = None) -> Figure:
+    """The layer atlas: per layer, KL, utilisation and (per panel) the marginal damage of attacking it, a bar per model.
+
+    Utilisation is the fraction of active units for Gaussian layers and the mean
+    fraction of quantiser levels used for a context layer (hatched: a different
+    quantity, not "no active units"); a layer with no bar has no number.
+    """
     models = sorted(diag.model.unique())
     colours = palette(models)
-    fig = new_figure(11, 3.6)
-    ax_kl, ax_au = fig.subplots(1, 2)
-    sns.barplot(data=diag, x="layer", y="kl_nats", hue="model", hue_order=models, palette=colours, errorbar=None, ax=ax_kl)
-    ax_kl.set_title("KL per layer (nats; DCT-VAE layer 1: the context's diffusion bound)", fontsize=10)
-    ax_kl.set_ylabel("KL (nats)")
-    sns.barplot(data=diag, x="layer", y="active_fraction", hue="model", hue_order=models, palette=colours,
-                errorbar=None, ax=ax_au)
-    ax_au.set_title("active units per layer (fraction of its units;\nnone for a deterministic context layer)",
-                    fontsize=10)
-    ax_au.set_ylabel("active fraction")
-    ax_au.set_ylim(0, 1.05)
-    for ax in (ax_kl, ax_au):
-        ax.set_xlabel("layer (1 = top)")
-        ax.grid(axis="y", alpha=0.3)
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
+    use = diag.assign(utilisation=np.where(diag.kind == "context",
+                                           pd.to_numeric(diag.levels_used, errors="coerce")
+                                           / pd.to_numeric(diag.levels, errors="coerce"), diag.active_fraction))
+    panels = [] if atlas is None or atlas.empty else list(atlas.groupby(PANEL_KEYS, sort=True))
+    fig = new_figure(11 if not panels else 4.8 * (2 + len(panels)), 3.8)
+    axes = fig.subplots(1, 2 + len(panels), squeeze=False)[0]
+    _grouped_bars(axes[0], use, "kl_nats", models, colours)
+    axes[0].set_title("KL per layer (nats; DCT-VAE layer 1:\nthe context's diffusion bound)", fontsize=9)
+    axes[0].set_ylabel("KL (nats)")
+    _grouped_bars(axes[1], use, "utilisation", models, colours, hatch_kind="context")
+    axes[1].set_title("active fraction of units (hatched: context,\nfraction of quantiser levels used)", fontsize=9)
+    axes[1].set_ylim(0, 1.05)
+    for ax, (panel, g) in zip(axes[2:], panels):
+        ax.axhline(0, color="grey", lw=0.8)
+        _grouped_bars(ax, g, "marginal", [m for m in models if m in set(g.model)], colours)
+        ax.set_title(f"{panel_title(*panel)}\nmarginal damage: drop at k = l minus at k = l - 1", fontsize=9)
+        ax.set_ylabel("change of paired MS-SSIM drop")
     handles = [Patch(color=colours[m], label=m) for m in models]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(models), 4), frameon=False)
     return fig

@@ -23,10 +23,10 @@ import pandas as pd
 from robustvae.errors import RobustVAEError
 from robustvae.records import ATTACK_COLUMNS, read_attack_records, upgrade_row
 
-PANEL_KEYS = ["dataset", "norm", "eps"]  # a panel of Figure 10 per dataset, threat model and budget
+PANEL_KEYS = ["dataset", "norm", "eps", "recon"]  # a panel of Figure 10 per dataset, threat model, budget and rule
 CURVE_KEYS = [*PANEL_KEYS, "model"]  # a curve per model within a panel
 # settings that must be equal within one curve (records fields, then run.json settings)
-CURVE_CONSTANTS = ["checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "seed",
+CURVE_CONSTANTS = ["checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "temperature_convention", "seed",
                    "restarts_configured", "step_size", "straight_through", "split"]
 ROW_KEY = [*CURVE_KEYS, "k", "kind", "point", "restart"]
 
@@ -113,8 +113,9 @@ def _check_curves(df: pd.DataFrame) -> None:
     for field_name in CURVE_CONSTANTS:
         bad = counts[counts[field_name] > 1]
         if len(bad):
-            dataset, norm, eps, model = bad.index[0]
-            sub = df[(df.model == model) & (df.dataset == dataset) & (df.norm == norm) & (df.eps == eps)]
+            dataset, norm, eps, recon, model = bad.index[0]
+            sub = df[(df.model == model) & (df.dataset == dataset) & (df.norm == norm) & (df.eps == eps)
+                     & (df.recon == recon)]
             values = ", ".join(sorted({repr(v) for v in sub[field_name].tolist()}))
             runs = ", ".join(sorted(set(sub.run)))
             raise RobustVAEError(

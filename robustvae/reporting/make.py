@@ -29,7 +29,7 @@ from robustvae.reporting import figures, tables
 from robustvae.reporting.load import RunSet, load_runs
 
 REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
-                "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md")
+                "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md", "atlas.csv")
 SUMMARY_FORMAT = "robustvae-report/1"
 
 
@@ -148,6 +148,8 @@ class _Attack:
     checks: pd.DataFrame
     models: list[dict[str, Any]]
     run_rows: list[dict[str, Any]]
+    atlas: pd.DataFrame  # per panel, model and layer: utilisation beside the marginal damage
+    notes: list[str]  # collapsed layers among the attacked ones
 
 
 def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]]) -> _Attack:
@@ -156,7 +158,8 @@ def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, An
     table = agg.summarise(runs.records, diag)
     if table.empty:
         raise RobustVAEError(f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report")
-    return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs))
+    return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs),
+                   agg.layer_atlas(table, diag), agg.notes(table))
 
 
 def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
@@ -173,12 +176,12 @@ def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[st
     files = {"figure10.png": figures.png_bytes(fig10), "figure10.pdf": _figure_bytes(fig10, "pdf"),
              "figure10.svg": _figure_bytes(fig10, "svg")}
     if len(a.diag):
-        fig_layers = figures.layers_figure(a.diag)
+        fig_layers = figures.layers_figure(a.diag, a.atlas)
         files.update({"layers.png": figures.png_bytes(fig_layers), "layers.pdf": _figure_bytes(fig_layers, "pdf")})
     files.update({
         "table.csv": a.table.to_csv(index=False).encode(), "table.md": tables.markdown(shown["table"]).encode(),
         "table.tex": tables.to_latex(shown["table"]).encode(), "checks.csv": a.checks.to_csv(index=False).encode(),
-        "checks.md": tables.markdown(shown["checks"]).encode(),
+        "checks.md": tables.markdown(shown["checks"]).encode(), "atlas.csv": a.atlas.to_csv(index=False).encode(),
     })
     files.update({f"gallery-{safe_name(m)}.png": png for m, png in galleries.items()})
     return files
@@ -191,7 +194,8 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
         "monotone_tolerance": agg.MONOTONE_TOL,
         "table": a.table.to_dict("records"), "checks": a.checks.to_dict("records"),
         "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
-        "layers": a.diag.to_dict("records"), "models": a.models,
+        "layers": a.diag.to_dict("records"), "atlas": a.atlas.to_dict("records"), "layer_notes": a.notes,
+        "models": a.models,
         "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
         "files": names,
     })
@@ -216,6 +220,7 @@ def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str,
         "figure10": _data_uri(files["figure10.png"]),
         "layers_figure": _data_uri(files["layers.png"]) if "layers.png" in files else "",
         "table": _html_table(shown["table"], left), "layer_table": _html_table(shown["layers"], 1),
+        "atlas_table": _html_table(shown["atlas"], 2), "layer_notes": a.notes,
         "check_counts": [(name, int(g.passed.sum()), int((~g.passed).sum()))
                          for name, g in checks.groupby("check", sort=False)],
         "checks": [{**c, "value_text": v, "limit_text": lim} for c, v, lim in
@@ -231,7 +236,7 @@ def _attack_part(
     """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
     a = _analyse(run_dirs, eval_rows)
     shown = {"table": tables.display_table(a.table), "checks": tables.display_checks(a.checks),
-             "layers": tables.display_layers(a.diag)}
+             "layers": tables.display_layers(a.diag), "atlas": tables.display_atlas(a.atlas)}
     galleries = _gallery_pngs(a.runs, gallery_per_k)
     files = _attack_files(a, shown, galleries)
     names = [f for f in REPORT_FILES if f in files or f in ("index.html", "summary.json")]

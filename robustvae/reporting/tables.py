@@ -44,14 +44,21 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame()
     if several:
         out["dataset"], out["norm"], out["eps"] = table.dataset, table.norm, table.eps.map(lambda v: f"{v:g}")
+        out["rule"] = table.recon
     out["model"] = table.model
     out["k"] = table.k.astype(int)
     out["points"] = table.points
     out["restarts"] = table.restarts
     ci = f"{CI_LEVEL}% CI"
     for view, label in (("mean", "mean over restarts"), ("worst", "worst case")):
+        if f"drop_{view}" in table:
+            out[f"drop, {label} [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in zip(
+                table[f"drop_{view}"], table[f"drop_{view}_lo"], table[f"drop_{view}_hi"])]
+    for view, label in (("mean", "mean over restarts"), ("worst", "worst case")):
         out[f"MS-SSIM, {label} [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in
                                            zip(table[view], table[f"{view}_lo"], table[f"{view}_hi"])]
+    if "no_attack" in table:
+        out["no-attack level"] = table.no_attack.map(number)
     out["noise"] = table.noise.map(number)
     out["floor"] = table.floor.map(number)
     out["max L-inf(delta)"] = table.max_delta_linf.map(lambda v: number(v, ".4f"))
@@ -75,6 +82,23 @@ def display_layers(diag: pd.DataFrame) -> pd.DataFrame:
         for k, a, lu, lv in zip(diag.kind, diag.active_units, diag.levels_used, diag.levels)
     ]
     return out
+
+
+def display_atlas(atlas: pd.DataFrame) -> pd.DataFrame:
+    """The layer atlas as text cells: utilisation beside the damage of attacking each layer."""
+    several = atlas[PANEL_KEYS].drop_duplicates().shape[0] > 1
+    out = pd.DataFrame()
+    if several:
+        out["panel"] = [f"{d}, {n} eps {e:g}, {r}" for d, n, e, r in zip(atlas.dataset, atlas.norm, atlas.eps, atlas.recon)]
+    out["model"], out["layer"] = atlas.model, atlas.layer
+    out["KL (nats)"] = atlas.kl_nats.map(number)
+    out["utilisation"] = [
+        f"context: {number(lu, '.2f')}/{number(lv, '.0f')} levels used" if kind == "context"
+        else f"{number(a, '.0f')}/{number(u, '.0f')} active units"
+        for kind, a, u, lu, lv in zip(atlas.kind, atlas.active_units, atlas.units, atlas.levels_used, atlas.levels)]
+    out["drop at k = layer"] = atlas["drop"].map(number)
+    out["marginal damage of the layer"] = atlas.marginal.map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
+    return out.reset_index(drop=True)
 
 
 def display_checks(checks: pd.DataFrame) -> pd.DataFrame:

@@ -98,7 +98,7 @@ def wrap_model(model: nn.Module, tc: TrainConfig, device: torch.device, dist: Di
     """The module to forward through: DistributedDataParallel under torchrun, compiled when asked."""
     net = model
     if dist.enabled:
-        # forward through the wrapper, or the gradients are never averaged (GUIDE section 7)
+        # forward through the wrapper, or DDP never averages the gradients
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         import torch._inductor.config as inductor_config

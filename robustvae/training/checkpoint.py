@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from robustvae.config import Config
 from robustvae.distributed import DistContext
+from robustvae.io import read_jsonl, write_jsonl
 from robustvae.training.build import TrainParts
 from robustvae.zoo import atomic_save, load_weights, make_checkpoint, read_checkpoint
 
@@ -103,5 +103,5 @@ class Checkpointer:
         path = self.out / "metrics.jsonl"
         if not self.dist.is_main or not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [row for row in read_jsonl(path, repair=True) if row.get("step", 0) <= step]  # a torn tail is cut
+        write_jsonl(path, keep)

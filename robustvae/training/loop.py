@@ -93,7 +93,8 @@ class Trainer:
         data, parts, st = run.data, run.parts, run.state
         parts.model.train()
         t0 = time.perf_counter() - st.elapsed
-        with self._sigint_guard(), make_progress(self.quiet, self.out / "log.txt" if self.dist.is_main else None) as progress:
+        log = self.out / "log.txt" if self.dist.is_main else None  # plain progress lines, also for nohup / cluster jobs
+        with self._sigint_guard(), make_progress(self.quiet, log) as progress:
             task = progress.add_task(self.cfg.name, total=data.total, completed=st.step, info="")
             while st.step < data.total:
                 r = train_step(parts, data.batch(st.step, self.device), self.cfg.train, self.dist,

@@ -26,7 +26,7 @@ from torch import nn
 
 from robustvae.config import Config
 from robustvae.errors import CheckpointError, ConfigError
-from robustvae.registry import ARCHITECTURES, PRESETS, ZOO, ZooEntry, build_model
+from robustvae.registry import ARCHITECTURES, PRESETS, PUBLISHED, ZOO, ZooEntry, build_model
 
 FORMAT = "robustvae-checkpoint"
 FORMAT_VERSION = 1
@@ -158,8 +158,10 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if s in PRESETS:
+        fetch_hint = f", or fetch the authors' weights: robustvae zoo fetch {s} --out runs/{s}" if s in PUBLISHED else ""
         raise CheckpointError(
             f"{s!r} is a preset, not a trained checkpoint; train it with: robustvae train --preset {s} --out runs/{s}"
+            f"{fetch_hint}"
         )
     known = ", ".join(sorted(ZOO)) or "none registered"
     raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run directory")
@@ -237,4 +239,8 @@ def list_entries() -> list[dict[str, str]]:
         cached = (cache_dir() / f"{e.name}-{e.sha256[:12]}.pt").is_file()
         rows.append({"name": n, "kind": "checkpoint" + (" (cached)" if cached else ""), "model": c.model.arch,
                      "data": c.data.name, "layers": str(c.model.num_layers), "about": e.description or e.url})
+    for p in PUBLISHED.values():
+        c = PRESETS[p.preset]
+        rows.append({"name": p.name, "kind": "published (zoo fetch)", "model": c.model.arch, "data": c.data.name,
+                     "layers": str(c.model.num_layers), "about": f"their test NLL {p.reported_nll} {p.unit}; {p.url}"})
     return rows
