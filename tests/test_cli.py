@@ -231,22 +231,48 @@ def test_a_preset_typo_fails_before_torch_is_imported():
     assert res.stderr.strip().startswith("error: unknown preset 'typo' (known:")
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "sample"])
-def test_help_shows_every_default_and_flags_read_as_flags(command):
-    """Every option either has a literal default typer prints or says [default: ...] in its help; flags take no value."""
-    import click
-    import typer
+def _commands():
+    from robustvae.cli import command
 
-    from robustvae.cli import app
+    root = command()
+    for name, cmd in root.commands.items():
+        yield from ((f"{name} {sub}", c) for sub, c in cmd.commands.items()) if hasattr(cmd, "commands") else [(name, cmd)]
 
-    cmd = typer.main.get_command(app).commands[command]
-    for p in cmd.params:
-        if not isinstance(p, click.Option) or p.name == "help":
-            continue
-        literal = p.default not in (None, False, [], ()) and p.show_default is not False
-        assert literal or "[default:" in (p.help or ""), p.name
-        if p.is_flag:
-            assert p.metavar == "", p.name
+
+def test_help_shows_every_default_and_flags_read_as_flags():
+    """Every option of every command either has a literal default typer prints or says [default: ...] in its
+    help (escaped, so rich markup does not swallow it); flags take no value."""
+    seen = 0
+    for name, cmd in _commands():
+        for p in cmd.params:
+            if getattr(p, "param_type_name", None) != "option" or p.name == "help":
+                continue
+            seen += 1
+            literal = p.default is not None and p.default is not False and p.default not in ([], ())
+            stated = any(f"\\[{word}" in (p.help or "") for word in ("default:", "required"))
+            assert (literal and p.show_default is not False) or stated or p.required, f"{name} --{p.name}"
+            assert "[default:" not in (p.help or "").replace("\\[default:", ""), f"{name} --{p.name}: unescaped"
+            if p.is_flag:
+                assert p.metavar == "", f"{name} --{p.name}"
+    assert seen > 60
+
+
+def test_attack_help_shows_its_defaults_and_flags_without_a_value(monkeypatch):
+    """What a user sees: rich markup keeps the [default: ...] texts; a flag shows no <bool>."""
+    import contextlib
+    import io
+    import re
+
+    from robustvae.cli import main
+
+    monkeypatch.setenv("COLUMNS", "240")  # no option name cut short
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["attack", "--help"]) == 0
+    text = " ".join(buf.getvalue().replace("│", " ").split())
+    assert "[default: 0.1]" in text and "[default: pgd]" in text and "[default: off]" in text
+    assert re.search(r"--straight-through --no-straight-through DCT-VAE", text), text
+    assert not re.search(r"--quiet -q <bool>", text), text
 
 
 def test_progress_without_a_terminal_writes_plain_lines_and_a_log(tmp_path, capsys, monkeypatch):

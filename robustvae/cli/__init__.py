@@ -390,17 +390,17 @@ def attack(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free). [default: pgd]"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
     recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
     temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
     straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it. \\[default: none]"),
     out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
     shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
     max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one batch. [default: 1024]"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
@@ -425,6 +425,8 @@ def attack(
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     with distributed(backend, device) as (dd, dev):
+        if dd.is_main:
+            _print_attack_settings(names, cfg, out, dev)
         res = api.attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
                          command=["robustvae", *(sys.argv[1:])], dist=dd)
     if not dd.is_main:
@@ -433,6 +435,15 @@ def attack(
 
     _print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
     out_console.print(f"{len(res.records)} records in {out}")
+
+
+def _print_attack_settings(names: list[str], cfg, out: Path, device) -> None:
+    """Every setting of an attack run, on one line, before it starts."""
+    import dataclasses
+
+    fields = ", ".join(f"{k} {'default' if v is None else v}" for k, v in dataclasses.asdict(cfg).items())
+    out_console.print(f"attack {', '.join(names)} on {device}, out {out}: {fields}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def _print_frame(cells, title: str) -> None:
@@ -449,8 +460,8 @@ def _print_frame(cells, title: str) -> None:
 @app.command()
 def compress(
     models: list[str] = typer.Argument(..., help="Zoo names, checkpoint files or run directories (all grey or all RGB)."),
-    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all."),
+    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable). \\[required]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all. \\[required]"),
     temperature: float = typer.Option(0.1, "--temperature", help="Prior temperature of the layers below k."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior noise and of the rate's posterior samples."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patches per model pass."),
@@ -488,9 +499,9 @@ def _print_compression_table(records) -> None:
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."),
     out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
-    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
-    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
-    title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
+    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable). \\[default: none]"),
+    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable). \\[default: none]"),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title. \\[default: the models compared]"),
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
 ) -> None:
     """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
@@ -602,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (0 ok, 2 user error, 130 interrupted)."""
     from robustvae.errors import Interrupted
 
-    cmd = typer.main.get_command(app)
+    cmd = command()
     try:
         # standalone mode: usage errors print typer's message and raise SystemExit(2)
         cmd.main(args=argv, prog_name="robustvae", standalone_mode=True)
@@ -615,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
         _print_once(f"error: {e}", every_rank=getattr(e, "every_rank", False))
         return 2
     return 0
+
+
+def command():
+    """The CLI as a click command, its help tidied (:mod:`robustvae.cli.helptext`)."""
+    from robustvae.cli.helptext import tidy
+
+    return tidy(typer.main.get_command(app))
 
 
 def _print_once(message: str, every_rank: bool = False) -> None:
