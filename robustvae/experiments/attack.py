@@ -198,9 +198,10 @@ class _UnitContext:
 
 
 def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Tensor] | None:
-    """Worst-restart arrays of the unit's points that are among the first ``gallery_points``."""
+    """Worst-restart arrays of the unit's ``gallery_points`` most damaged points (lowest worst-restart MS-SSIM)."""
     R = ctx.cfg.restarts
-    chosen = [i for i in range(len(ctx.pts)) if ctx.pts[i] < ctx.cfg.gallery_points]
+    per_point = score.view(len(ctx.pts), R).nan_to_num(2.0).min(1).values  # a non-finite score is no example
+    chosen = sorted(per_point.argsort(stable=True)[: ctx.cfg.gallery_points].tolist())
     if not chosen:
         return None
     worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in chosen]
@@ -294,7 +295,7 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tup
 
 
 def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str) -> None:
-    """Worst-restart examples of a unit's first points (x, x + delta, both reconstructions) as a .npz.
+    """Worst-restart examples of a unit's most damaged points (x, x + delta, both reconstructions) as a .npz.
 
     Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
     ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``.
