@@ -240,6 +240,7 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
     assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
+    assert run["models"][0]["layer_diagnostics_images"]["images"] == 2  # the attacked points, named for the report
     printed = " ".join(capsys.readouterr().out.split())
     assert "MS-SSIM" in printed
     # the settings in force (suite, then the options over it), before the run starts

@@ -514,3 +514,20 @@ def test_the_sweep_saves_the_most_damaged_points_for_the_gallery():
     assert out["msssim"].tolist() == pytest.approx([0.3, 0.1]) and out["x"].flatten().tolist() == [2.0, 7.0]
     assert out["rec"].flatten().tolist() == [1.0, 3.0]
     assert _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score) is None
+
+
+def test_the_report_names_the_image_sets_of_eval_and_of_the_layer_atlas(tmp_path):
+    """An --eval file's active units and the layer atlas come from different images: the page says which."""
+    run = write_run(tmp_path / "r", records(models=("vdvae-a",)), gallery=False)
+    info = json.loads((run / "run.json").read_text())
+    info["models"][0]["layer_diagnostics_images"] = {"split": "test", "images": 3,
+                                                     "selection": "the attacked points (label-stratified, seed 0)"}
+    (run / "run.json").write_text(json.dumps(info))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
+                              "split": "test", "images": 200, "iw_samples": 100, "active_units": 20, "total_units": 98,
+                              "image_set": {"selection": "label-stratified subset"}}))
+    make_report([run], tmp_path / "o", evals=[ev])
+    text = " ".join((tmp_path / "o" / "index.html").read_text().split())
+    assert ("test, 200 images (label-stratified subset), K = 100, active units 20/98 on those images; layer atlas: "
+            "3 test images, the attacked points (label-stratified, seed 0)") in text

@@ -381,6 +381,9 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
     if sw.dist.is_main:
         for mi, lm in enumerate(sw.models):
             info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
+            info["models"][mi]["layer_diagnostics_images"] = {  # not eval's images: reports say which is which
+                "split": sw.cfg.split, "images": len(points[mi].images),
+                "selection": f"the attacked points (label-stratified, seed {sw.cfg.seed})"}
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
         info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0
