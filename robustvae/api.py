@@ -284,6 +284,13 @@ class CompressResult:
     jpeg: pd.DataFrame  # per image and JPEG quality: bytes, bpp, PSNR, MS-SSIM
     out: Path
 
+    @property
+    def warnings(self) -> list[str]:
+        """(model, k) whose matched JPEG is not at the model's PSNR (none of its qualities gets there)."""
+        from robustvae.reporting.compression import match_warnings
+
+        return match_warnings(self.records)
+
 
 def compress(
     models: Sequence[ModelSpec], images: Sequence[str | os.PathLike], config: CompressConfig | None = None,

@@ -480,6 +480,8 @@ def compress(
     res = api.compress(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
                        command=["robustvae", *(sys.argv[1:])])
     _print_compression_table(res.records)
+    for line in res.warnings:
+        out_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     out_console.print(f"{len(res.records)} records, rate-distortion figure and side-by-side pictures in {out}")
 
 

@@ -273,6 +273,7 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
         "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
         "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
         "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
+        "warnings": comp.match_warnings(run.records),
     }
 
 
