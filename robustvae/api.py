@@ -120,8 +120,14 @@ def train(
         cfg = train_config(saved, steps=steps, epochs=epochs)
     else:
         cfg = train_config(config, steps=steps, epochs=epochs)
+    created = not out_dir.exists()
     Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dist)
-    summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
+    try:
+        summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
+    except RobustVAEError:  # e.g. the data cannot be read: no empty run directory is left behind
+        if created and dist.is_main and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     return TrainResult(out_dir, cfg, summary)
 
 

@@ -305,3 +305,20 @@ def test_progress_without_a_terminal_writes_plain_lines_and_a_log(tmp_path, caps
     tail = log.read_text().splitlines()[-5:]
     assert [line.rsplit("[", 1)[-1] if line.endswith("]") else "" for line in tail] == ["started]", "", "", "", "stopped]"]
     assert "slow: 3/1,000 (0%) | 0.1/s" in tail[-1]
+
+
+def test_a_dataset_that_cannot_be_fetched_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+    """torchvision's download error spans a line per mirror: the command still prints one line, and the run
+    directory it had made for the run is gone again."""
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<urlopen error>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    out = tmp_path / "runs" / "small"
+    code = main(["train", "--preset", "vdvae-mnist-tiny", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
+                 "--steps", "1", "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: MNIST not found under")
+    assert "Tried https://a/, got: <urlopen error>" in err and not out.exists()
