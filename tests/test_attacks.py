@@ -240,7 +240,8 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
     assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
-    assert run["models"][0]["layer_diagnostics_images"]["images"] == 2  # the attacked points, named for the report
+    diag_images = run["models"][0]["layer_diagnostics_images"]  # named for the report: not eval's images
+    assert diag_images["images"] == 500 and diag_images["split"] == "test" and "seed 0" in diag_images["selection"]
     printed = " ".join(capsys.readouterr().out.split())
     assert "MS-SSIM" in printed
     # the settings in force (suite, then the options over it), before the run starts

@@ -520,14 +520,16 @@ def test_the_report_names_the_image_sets_of_eval_and_of_the_layer_atlas(tmp_path
     """An --eval file's active units and the layer atlas come from different images: the page says which."""
     run = write_run(tmp_path / "r", records(models=("vdvae-a",)), gallery=False)
     info = json.loads((run / "run.json").read_text())
-    info["models"][0]["layer_diagnostics_images"] = {"split": "test", "images": 3,
-                                                     "selection": "the attacked points (label-stratified, seed 0)"}
+    info["models"][0]["layer_diagnostics_images"] = {"split": "test", "images": 500,
+                                                     "selection": "label-stratified with the attack's seed 0"}
     (run / "run.json").write_text(json.dumps(info))
     ev = tmp_path / "eval.json"
     ev.write_text(json.dumps({"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
                               "split": "test", "images": 200, "iw_samples": 100, "active_units": 20, "total_units": 98,
                               "image_set": {"selection": "label-stratified subset"}}))
     make_report([run], tmp_path / "o", evals=[ev])
-    text = " ".join((tmp_path / "o" / "index.html").read_text().split())
+    import html
+
+    text = html.unescape(" ".join((tmp_path / "o" / "index.html").read_text().split()))
     assert ("test, 200 images (label-stratified subset), K = 100, active units 20/98 on those images; layer atlas: "
-            "3 test images, the attacked points (label-stratified, seed 0)") in text
+            "500 test images, label-stratified with the attack's seed 0") in text

@@ -383,7 +383,7 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
             info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
             info["models"][mi]["layer_diagnostics_images"] = {  # not eval's images: reports say which is which
                 "split": sw.cfg.split, "images": len(points[mi].images),
-                "selection": f"the attacked points (label-stratified, seed {sw.cfg.seed})"}
+                "selection": f"label-stratified with the attack's seed {sw.cfg.seed}, the attacked points first"}
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
         info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0

@@ -210,7 +210,7 @@ def _model_context(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_note(m: dict[str, Any]) -> str:
-    """The --eval file's images and numbers, and the attacked points that the layer atlas counts on instead."""
+    """The --eval file's images and numbers, and the images the layer atlas counts on instead."""
     e, d = m["eval"], m.get("diag_images")
     atlas = f"; layer atlas: {d['images']} {d['split']} images, {d['selection']}" if d else ""
     if not e:
