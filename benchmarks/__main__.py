@@ -2,7 +2,7 @@
 
     python -m benchmarks [--device auto|cpu|cuda] [--quick] [--checkpoint RUN] [--only train,attack,msssim]
 
-Everything runs in one process, so every ratio is measured in one run (GUIDE section 10):
+Everything runs in one process and every ratio is measured in one run, so it compares like with like on a shared machine:
 
 * the limit: a large dense 3x3 convolution's forward + backward FLOP/s, in its faster layout;
 * training images/s of vdvae-mnist and dctvae-mnist, FLOPs per image, fraction of the limit

@@ -25,8 +25,9 @@ from robustvae.errors import RobustVAEError  # noqa: E402
 _LAZY = {
     **{name: "robustvae.api" for name in (
         "load", "train", "train_config", "evaluate", "attack", "report", "compress", "sample",
-        "TrainResult", "EvalResult", "AttackResult", "ReportResult", "CompressResult")},
-    **{name: "robustvae.config" for name in ("Config", "AttackConfig", "CompressConfig")},
+        "TrainResult", "EvalResult", "AttackResult", "ReportResult", "CompressResult", "certify_models",
+        "CertifyResult")},
+    **{name: "robustvae.config" for name in ("Config", "AttackConfig", "CompressConfig", "CertifyConfig")},
     "LoadedModel": "robustvae.zoo",
 }
 

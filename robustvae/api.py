@@ -1,6 +1,6 @@
 """The typed Python API: every job a user runs, as one call that returns a typed result.
 
-``robustvae.load``, ``train``, ``evaluate``, ``attack``, ``report``, ``compress`` and
+``robustvae.load``, ``train``, ``evaluate``, ``attack``, ``certify_models``, ``report``, ``compress`` and
 ``sample`` (re-exported at the package top) are what the command line and the demo
 call; they parse nothing and print nothing. Tables come back as pandas DataFrames.
 Every user error raises :class:`robustvae.RobustVAEError` with a one-line message.
@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robustvae.config import AttackConfig, CompressConfig, Config
+from robustvae.config import AttackConfig, CertifyConfig, CompressConfig, Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, require_positive
 from robustvae.experiments.models import Labelled, ModelSpec, load_models
@@ -246,6 +246,43 @@ def attack(
                         quiet=quiet, command=command, dist=dist)
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),
                         Path(out) if out is not None else None)
+
+
+# --------------------------------------------------------------------------- certify
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """The records of a certification run (this shard's) and their summary table."""
+
+    records: pd.DataFrame  # one row per CertifyRecord (robustvae.records): model x point x eps
+    table: pd.DataFrame  # per (model, norm, eps): certified fraction, radius, the optimal attack's means
+    out: Path | None
+
+
+def certify_models(
+    models: Sequence[ModelSpec], config: CertifyConfig | None = None, out: str | os.PathLike | None = None, *,
+    data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
+    shard: tuple[int, int] = (1, 1), force: bool = False, quiet: bool = True, command: list[str] | None = None,
+) -> CertifyResult:
+    """Exact analysis of each model's quantised context on test points: certified radius, certificates, optimal attack.
+
+    ``config``: a :class:`robustvae.config.CertifyConfig` (eps list, norm, points, ...).
+    Named ``certify_models``, not ``certify``, because ``robustvae.certify`` is already
+    the subpackage of the per-image analysis (``robustvae.certify.context_radius`` and
+    friends); a top-level function of the same name would shadow it. With ``out`` the
+    run is written there and resumed by a later call with the same settings (``force``
+    starts over). A model without a context layer is an error.
+    """
+    from robustvae.experiments.certify import run_certify
+    from robustvae.reporting.certify import certify_table
+
+    dev = _device(device)
+    labelled = load_models(list(models), dev, data)
+    records = run_certify(labelled, config or CertifyConfig(), out, device=dev, shard=shard, data_dir=data_dir,
+                          force=force, quiet=quiet, command=command)
+    return CertifyResult(records, certify_table(records) if len(records) else pd.DataFrame(),
+                         Path(out) if out is not None else None)
 
 
 # --------------------------------------------------------------------------- report

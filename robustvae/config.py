@@ -354,6 +354,48 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class CertifyConfig:
+    """One certification run of the quantised context (``robustvae certify``, docs/certify.md).
+
+    ``eps``: the budgets, ascending; ``points``, ``seed`` and ``split`` select the same
+    label-stratified test points as an attack run with the same values. ``optimal``
+    runs the optimal context attack (two MILPs per point and eps, each limited to
+    ``time_limit`` seconds); the k = 1 reconstruction is scored under the default
+    protocol rule at ``temperature``.
+    """
+
+    eps: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)
+    norm: str = "linf"
+    points: int = 50
+    seed: int = 0
+    split: str = "test"
+    optimal: bool = True
+    time_limit: float = 10.0
+    interior: float = 1e-5
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        eps = tuple(float(e) for e in self.eps)
+        object.__setattr__(self, "eps", eps)
+        if not eps:
+            _fail("eps needs at least one budget, e.g. 0.025,0.05,0.1,0.2")
+        if not all(e >= 0 and e == e and e != float("inf") for e in eps):
+            _fail(f"every eps must be finite and >= 0, got {', '.join(map(str, eps))}")
+        if self.norm not in NORMS:
+            _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
+        if self.points < 1:
+            _fail(f"points must be at least 1, got {self.points}")
+        if not self.time_limit > 0:
+            _fail(f"time_limit must be positive (seconds per solve), got {self.time_limit}")
+        if not self.interior >= 0:
+            _fail(f"interior must be >= 0, got {self.interior}")
+        if self.temperature < 0:
+            _fail(f"temperature must be >= 0, got {self.temperature}")
+        if self.split not in ("train", "val", "test"):
+            _fail(f"split must be train, val or test, got {self.split!r}")
+
+
+@dataclass(frozen=True)
 class CompressConfig:
     """One compression run (Appendix G): which top-k layers carry the image, and how the rest is drawn.
 

@@ -115,7 +115,55 @@ class CompressionRecord(Record):
     jpeg_bpp: float | None = None
 
 
+@dataclass(frozen=True)
+class CertifyRecord(Record):
+    """One row of a certification run (``robustvae certify``): a model's context analysed at one point and eps.
+
+    ``radius`` is the point's certified radius in the run's norm (the same in every eps
+    row of the point; null when no image in [0, 1] can change the context). The
+    ``optimal_*`` fields describe the optimal context attack (absent without it).
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "radius", "max_joint_changes", "max_joint_bound", "max_joint_proven", "optimal_decoded_l2", "optimal_bound",
+        "optimal_proven", "optimal_changed", "msssim_k1", "k1_identical", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
+
+    unit: str  # the work unit that wrote the row (resume and merge go by units)
+    model: str
+    checkpoint_sha256: str
+    dataset: str
+    context: str  # the codec's class
+    norm: str
+    eps: float
+    seed: int
+    temperature: float
+    point: int  # index among the selected points (the same as an attack run's with the same seed)
+    test_index: int
+    label: int
+    coefficients: int  # C * c * c
+    certified: bool  # no image of the ball (and the box) changes any level: the k = 1 reconstruction is identical
+    changeable: int  # coefficients that may change level on their own
+    reachable_levels: int  # sum over coefficients of the levels each can reach (coefficients when certified)
+    radius: float | None = None
+    max_joint_changes: int | None = None  # most coefficients that change level jointly (the count MILP's best)
+    max_joint_bound: float | None = None
+    max_joint_proven: bool | None = None
+    optimal_decoded_l2: float | None = None  # L2 change of the decoded context under the optimal attack
+    optimal_bound: float | None = None  # the solver's upper bound on it
+    optimal_proven: bool | None = None
+    optimal_changed: int | None = None  # levels changed by that attack
+    msssim_k1: float | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
+    k1_identical: bool | None = None  # that reconstruction equals the clean one bit for bit
+    delta_linf: float | None = None
+    delta_l2: float | None = None
+    solve_time_s: float | None = None  # both MILPs together
+    status: str | None = None  # the decoded-change solve's message
+    gap: float | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
+
+
 ATTACK_COLUMNS = AttackRecord.columns()
+CERTIFY_COLUMNS = CertifyRecord.columns()
+CERTIFY_RUN_KIND = "certify"  # run.json "kind" of a certification run directory
 COMPRESSION_COLUMNS = CompressionRecord.columns()
 
 

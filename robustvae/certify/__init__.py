@@ -11,13 +11,19 @@ See docs/certify.md.
 * :func:`certified_radius`: the smallest eps at which a level may change (per point or per coefficient).
 * :func:`certified_fraction`: fraction of points certified at each eps.
 * :func:`optimal_context_attack` -> :class:`ContextAttackResult`: the MILP attack, verified in float32.
+* :func:`context_ranges`, :func:`context_radius`: the same analysis by model (``model.codec``).
+
+The codec itself exposes ``scale`` (coefficient units per normalised unit) and
+``boundaries`` (the quantiser's cell edges in normalised units), so any result can be
+checked by hand.
 """
 
+from robustvae.certify.api import context_radius, context_ranges
 from robustvae.certify.affine import AffineContext, affine_context, float32_margin
 from robustvae.certify.attack import ContextAttackResult, optimal_context_attack
 from robustvae.certify.ranges import Ranges, certified_fraction, certified_radius, coefficient_ranges
 
 __all__ = [
     "AffineContext", "ContextAttackResult", "Ranges", "affine_context", "certified_fraction", "certified_radius",
-    "coefficient_ranges", "float32_margin", "optimal_context_attack",
+    "coefficient_ranges", "context_radius", "context_ranges", "float32_margin", "optimal_context_attack",
 ]

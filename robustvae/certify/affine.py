@@ -9,11 +9,14 @@ context ``b = -1``), the Gram matrix of its synthesis (for the decoded-context c
 and a rigorous bound on how far the codec's float32 arithmetic can stray from the
 exact value (:func:`float32_margin`).
 
-Quantiser cells, with ``n = L - 1`` and grid coordinate ``t = (v + 1) n / 2``: level
-``j`` (value ``(2j - n) / n``) owns the open cell between the edges ``t = j - 1/2``
-and ``t = j + 1/2``; the end cells reach to -inf / +inf, which is exactly what the
-clamp does. ``torch.round`` sends a value *on* an edge to the even neighbour, so the
-analysis treats an edge as reachable from both sides (conservative).
+Quantiser cells come from the codec (:attr:`ContextCodec.boundaries`, ``n = L - 1``
+edges in normalised units): level ``j`` owns the open cell between edges ``j - 1`` and
+``j``; the end cells reach to -inf / +inf, which is exactly what the clamp does. For
+robustvae's quantiser (level ``j`` at ``(2j - n) / n``) the edges are the midpoints
+``(2k + 1 - n) / n``; for the authors' floor quantiser (``kuzina``) they are
+``2k / L - 1``. A value *on* an edge may go either way (``torch.round`` sends it to the
+even neighbour, ``floor`` up), so the analysis treats an edge as reachable from both
+sides (conservative). The codec computes its own levels (:meth:`ContextCodec.level_of`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import torch
 from torch import Tensor
 
 from robustvae.models.context import ContextCodec
-from robustvae.models.distributions import level_index, snap_to_levels
 
 NORMS = ("linf", "l2")
 UNIT32 = 2.0**-24  # unit roundoff of float32
@@ -62,7 +64,7 @@ def _probe(codec: ContextCodec) -> tuple[Tensor, Tensor, Tensor]:
     """
     H = W = codec.image_size
     c = codec.size
-    key = (type(codec), H, c)
+    key = (type(codec), codec.channels, H, c)
     if key not in _MAPS:
         P, K = H * W, c * c
         with torch.no_grad():
@@ -72,7 +74,7 @@ def _probe(codec: ContextCodec) -> tuple[Tensor, Tensor, Tensor]:
             M = (codec.coefficients(basis).reshape(P, K) - b).T.contiguous()
             czero = torch.zeros(1, 1, c, c, dtype=torch.float64)
             cbasis = torch.eye(K, dtype=torch.float64).view(K, 1, c, c)
-            S = (codec.synthesise(cbasis).reshape(K, P) - codec.synthesise(czero).reshape(1, P)).contiguous()
+            S = (codec.linear_synthesis(cbasis).reshape(K, P) - codec.linear_synthesis(czero).reshape(1, P)).contiguous()
         _MAPS[key] = (M, b, S)
     return _MAPS[key]
 
@@ -96,6 +98,8 @@ class AffineContext:
     channels: int
     height: int
     width: int
+    bounds: Tensor  # (n,) the codec's cell edges in normalised units
+    step: float  # distance between neighbouring levels in normalised units
 
     @property
     def n(self) -> int:
@@ -105,7 +109,7 @@ class AffineContext:
     @property
     def spacing(self) -> float:
         """Distance between neighbouring levels in normalised units."""
-        return 2.0 / self.n
+        return self.step
 
     @property
     def weights(self) -> Tensor:
@@ -131,22 +135,19 @@ class AffineContext:
         return diag[None] * self.scale**2 * self.spacing**2
 
     def edges(self) -> Tensor:
-        """(n,) interior cell edges in normalised units: (2k + 1 - n) / n for k = 0 .. n - 1."""
-        k = torch.arange(self.n, dtype=torch.float64)
-        return (2 * k + 1 - self.n) / self.n
+        """(n,) interior cell edges in normalised units (the codec's ``boundaries``)."""
+        return self.bounds
 
     def cell(self, j: Tensor) -> tuple[Tensor, Tensor]:
         """(lower, upper) edges of the cells of level indices ``j`` (the end cells reach -inf / +inf)."""
-        j = j.double()
-        lower = torch.where(j > 0, (2 * j - 1 - self.n) / self.n, -math.inf)
-        upper = torch.where(j < self.n, (2 * j + 1 - self.n) / self.n, math.inf)
-        return lower, upper
+        e = torch.cat([self.bounds.new_tensor([-math.inf]), self.bounds, self.bounds.new_tensor([math.inf])])
+        j = j.long()
+        return e[j], e[j + 1]
 
     def reachable(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """Lowest and highest level whose closed cell meets the interval [a, b] (an edge counts both ways)."""
-        half = self.n / 2
-        j_lo = torch.ceil((a + 1) * half - 0.5).clamp(0, self.n).long()
-        j_hi = torch.floor((b + 1) * half + 0.5).clamp(0, self.n).long()
+        j_lo = torch.searchsorted(self.bounds, a.contiguous(), right=False)  # edges strictly below a
+        j_hi = torch.searchsorted(self.bounds, b.contiguous(), right=True)  # edges at or below b
         return j_lo, j_hi
 
 
@@ -175,7 +176,12 @@ def affine_context(obj) -> AffineContext:
     C, H = codec.channels, codec.image_size
     scale = codec.scale.detach().to("cpu", torch.float64).reshape(C, -1)
     margin = float32_margin(M, b, scale, H)
-    return AffineContext(M, b, scale, S, margin, codec.levels, C, H, H)
+    values = codec.level_values.double().cpu()
+    steps = values.diff()
+    if len(steps) and (steps - steps[0]).abs().max() > 1e-12:
+        raise NotImplementedError(f"{type(codec).__name__}'s levels are not evenly spaced")
+    step = float(steps[0]) if len(steps) else 2.0
+    return AffineContext(M, b, scale, S, margin, codec.levels, C, H, H, codec.boundaries.double().cpu(), step)
 
 
 def prepare(obj, x: Tensor) -> tuple[ContextCodec, AffineContext, Tensor, Tensor, Tensor]:
@@ -210,5 +216,4 @@ def codec_level(codec: ContextCodec, x32: Tensor) -> Tensor:
         warnings.warn("TF32 matrix products are on: the float32 rounding margin does not cover them", stacklevel=3)
     with torch.no_grad():
         dev = codec.scale.device
-        y = snap_to_levels(codec.normalise(x32.to(dev)), codec.levels)
-        return level_index(y, codec.levels).reshape(x32.shape[0], codec.channels, -1).cpu()
+        return codec.level_of(codec.normalise(x32.to(dev))).reshape(x32.shape[0], codec.channels, -1).cpu()

@@ -125,8 +125,8 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
     for r, i in enumerate(rows):
         count = len(z)
         for j in range(r_lo[i], r_hi[i] + 1):
-            le = (2 * j - 1 - n) / n + mu[i] if j > 0 else -math.inf
-            ue = (2 * j + 1 - n) / n - mu[i] if j < n else math.inf
+            le = float(ac.bounds[j - 1]) + mu[i] if j > 0 else -math.inf
+            ue = float(ac.bounds[j]) - mu[i] if j < n else math.inf
             L, U = max(lo[i], le), min(hi[i], ue)
             if L <= U:
                 z.append((r, j, L, U, le >= lo[i], ue <= hi[i]))
@@ -368,6 +368,7 @@ def optimal_context_attack(
     decoded = (steps.pow(2) * torch.from_numpy(weight)[None]).sum(1).sqrt()
     changed = (steps != 0).sum(1)
     bound = torch.tensor(bounds, dtype=torch.float64)
+    proven = [ok and eps < r for ok, r in zip(proven, codec.affine_radius(x32, norm).tolist())]  # else not exact
     if objective == "decoded_l2":
         bound = bound.clamp(min=0).sqrt()
     return ContextAttackResult(

@@ -127,7 +127,8 @@ class Ranges:
     normalised coefficients (float64); ``clean_level`` is the codec's own float32 level
     of x; ``reach_lo``/``reach_hi`` the lowest/highest level any image of the set may
     get, counting a cell edge within ``margin`` (the float32 rounding bound, (C, c, c))
-    of the range as reachable; ``certified``: no image of the set can change the level.
+    of the range as reachable (every level where the ball may leave the region in which
+    the codec is affine, :meth:`~robustvae.models.context.ContextCodec.affine_radius`); ``certified``: no image of the set can change the level.
     """
 
     eps: float
@@ -170,6 +171,8 @@ def coefficient_ranges(codec, x: Tensor, eps: float, norm: str = "linf", margin:
     lo, hi = v0 - down, v0 + up
     reach_lo, reach_hi = ac.reachable(lo - m, hi + m)
     _check_clean(reach_lo, reach_hi, clean_level, eps)
+    beyond = (eps >= codec.affine_radius(x32, norm))[:, None, None]  # the ball may leave the affine region
+    reach_lo, reach_hi = torch.where(beyond, 0, reach_lo), torch.where(beyond, ac.n, reach_hi)
     shape = (x64.shape[0], ac.channels, codec.size, codec.size)
     return Ranges(
         eps, norm, lo.view(shape), hi.view(shape), v0.view(shape), clean_level.view(shape),
@@ -211,6 +214,7 @@ def certified_radius(codec, x: Tensor, norm: str = "linf", per_coefficient: bool
     for sl in _chunks(x64.shape[0], ac):
         r[sl] = _radius_to(w, x64[sl], d_up[sl], d_down[sl], norm)
     r = torch.where(j_lo == j_hi, r, 0.0)
+    r = torch.minimum(r, codec.affine_radius(x32, norm)[:, None, None])  # no certificate beyond the affine region
     if per_coefficient:
         return r.view(x64.shape[0], ac.channels, codec.size, codec.size)
     return r.flatten(1).amin(1) if r.shape[0] else r.new_zeros(0)

@@ -5,6 +5,7 @@
 * :mod:`.models`: loading and labelling the models of an experiment;
 * :mod:`.attack`: the attack sweep (models x k x points x restarts);
 * :mod:`.compress`: the compression experiment against JPEG;
+* :mod:`.certify`: the exact analysis of the quantised context over models x points x eps;
 * :mod:`.suite`: attack suites (TOML).
 
 Experiments write records (:mod:`robustvae.records`) and files only; figures and

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from robustvae.config import ModelConfig
 from robustvae.data import to_float
 from robustvae.models import rng
-from robustvae.models.distributions import snap_to_levels
+from robustvae.models.distributions import level_index, snap_to_levels
 
 _DCT_MATRICES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
@@ -138,6 +138,39 @@ class ContextCodec(nn.Module):
         """Image (B, C, H, W) of a (quantised) normalised context ``y``."""
         with _float32(y):
             return self.synthesise(y.float() * self.scale)
+
+    # ------------------------------------------------------------------ the quantiser, for exact analysis
+
+    @property
+    def level_values(self) -> Tensor:
+        """(levels,) the values the deterministic quantiser outputs, lowest first, in normalised units (float64, CPU)."""
+        n = self.levels - 1
+        return (2 * torch.arange(self.levels, dtype=torch.float64) - n) / n
+
+    @property
+    def boundaries(self) -> Tensor:
+        """(levels - 1,) the quantiser's cell edges in normalised units (float64, CPU), ascending.
+
+        Level j owns the cell between ``boundaries[j - 1]`` and ``boundaries[j]``; the end
+        cells reach to -inf / +inf (the clamp). With ``scale`` (coefficient units per
+        normalised unit) they let anyone check a context by hand:
+        ``level = #{edges below coefficients(x) / scale}`` (a value on an edge may go either way).
+        """
+        v = self.level_values
+        return (v[1:] + v[:-1]) / 2
+
+    def level_of(self, u: Tensor) -> Tensor:
+        """Level indices 0 .. levels-1 of normalised values ``u`` under the deterministic quantiser (no dither)."""
+        return level_index(snap_to_levels(u, self.levels), self.levels)
+
+    def linear_synthesis(self, coef: Tensor) -> Tensor:
+        """The affine part of :meth:`synthesise` (the same here; a codec that clips its output leaves the clip out)."""
+        return self.synthesise(coef)
+
+    def affine_radius(self, x: Tensor, norm: str) -> Tensor:
+        """(B,) the smallest budget at which a perturbation of ``x`` (within [0, 1]) may leave the region where
+        :meth:`coefficients` is the affine map it is at ``x``; inf for a codec that is affine everywhere."""
+        return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
 
 
 class DCTContext(ContextCodec):

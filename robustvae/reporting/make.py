@@ -24,6 +24,7 @@ import pandas as pd
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
 from robustvae.reporting import aggregate as agg
+from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
 from robustvae.reporting import figures, tables
 from robustvae.reporting.load import RunSet, load_runs
@@ -307,12 +308,12 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _parts(
     attack_dirs: list[str | os.PathLike], compression: list[comp.CompressionRun], eval_rows: list[dict[str, Any]],
-    gallery_per_k: int,
+    gallery_per_k: int, certify_dirs: Sequence[str | os.PathLike] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes], list[str]]:
-    """Both parts of a report: (summary entries, page context, files by name, model names), nothing written."""
-    attack = bool(attack_dirs) or not compression
+    """Every part of a report: (summary entries, page context, files by name, model names), nothing written."""
+    attack = bool(attack_dirs) or not (compression or certify_dirs)
     parts: dict[str, Any] = {}
-    context: dict[str, Any] = {"attack": attack, "compression": None}
+    context: dict[str, Any] = {"attack": attack, "compression": None, "certify": None}
     files: dict[str, bytes] = {}
     names = ["index.html", "summary.json"]
     models: list[str] = []
@@ -326,6 +327,11 @@ def _parts(
         models += [m for m in parts["compression"]["models"] if m not in models]
         names += list(comp_files)
         files.update(comp_files)
+    if certify_dirs:  # the gap to the gradient attack reads the attack runs given alongside
+        parts["certify"], context["certify"], cert_files = cert.certify_part(list(certify_dirs), list(attack_dirs))
+        models += [m for m in parts["certify"]["models"] if m not in models]
+        names += list(cert_files)
+        files.update(cert_files)
     parts["files"] = names
     return parts, context, files, models
 
@@ -355,11 +361,13 @@ def make_report(
     _check_out(out, force)
     compression_dirs = [d for d in run_dirs if comp.is_compression_run(d)]
     compression = [comp.load_compression_run(d) for d in compression_dirs]
+    certify_dirs = [d for d in run_dirs if cert.is_certify_run(d)]
     eval_rows = read_evals(evals)
     note_texts = _read_notes(notes)
-    parts, context, files, models = _parts([d for d in run_dirs if d not in compression_dirs], compression, eval_rows,
-                                           gallery_per_k)
-    default = "robustvae report: " if context["attack"] else "robustvae compression report: "
+    parts, context, files, models = _parts([d for d in run_dirs if d not in compression_dirs + certify_dirs],
+                                           compression, eval_rows, gallery_per_k, certify_dirs)
+    default = "robustvae report: " if context["attack"] else (
+        "robustvae compression report: " if context["compression"] else "robustvae certification report: ")
     title = title or default + ", ".join(sorted(models))
     summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
     html = render_html({"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context})

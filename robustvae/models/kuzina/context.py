@@ -55,9 +55,7 @@ class KuzinaDCTContext(ContextCodec):
 
     def synthesise(self, coef: Tensor) -> Tensor:
         """clamp(inverse unnormalised DCT of the zero-padded block, 0, 1)."""
-        pad = self.image_size - self.size
-        ortho = coef / _factors(self.image_size, self.size, coef.dtype, coef.device)
-        return idct2(torch.nn.functional.pad(ortho, (0, pad, 0, pad))).clamp(0, 1)
+        return self.linear_synthesis(coef).clamp(0, 1)
 
     @torch.no_grad()
     def fit(self, images: Tensor, batch_size: int = 1000) -> None:
@@ -89,6 +87,31 @@ class KuzinaDCTContext(ContextCodec):
         """The context of images ``x`` in [0, 1], with the dither off (default), drawn (True) or given."""
         v = self.normalise(x)
         return ContextCode(pre_quant=v, value=self.quantise(v, dither=dither))
+
+    @property
+    def level_values(self) -> Tensor:
+        """(2^b,) the deterministic quantiser's outputs 2 (k + 1/2) / 2^b - 1, k = 0 .. 2^b - 1 (float64, CPU).
+
+        Its cell edges (:attr:`boundaries`, the midpoints) are 2 k / 2^b - 1, k = 1 .. 2^b - 1: k = floor(2^b a).
+        """
+        k = torch.arange(self.levels, dtype=torch.float64)
+        return (2 * k + 1) / self.levels - 1
+
+    def level_of(self, u: Tensor) -> Tensor:
+        """k = floor(2^b a) of :meth:`quantise` without dither, as level indices 0 .. 2^b - 1."""
+        return torch.floor(self._unit(u) * 2.0**self.bits).clamp(0, self.levels - 1).long()
+
+    def linear_synthesis(self, coef: Tensor) -> Tensor:
+        """The inverse unnormalised DCT of the zero-padded block, before the clamp to [0, 1]."""
+        pad = self.image_size - self.size
+        ortho = coef / _factors(self.image_size, self.size, coef.dtype, coef.device)
+        return idct2(torch.nn.functional.pad(ortho, (0, pad, 0, pad)))
+
+    def affine_radius(self, x: Tensor, norm: str) -> Tensor:
+        """(B,) budget at which every pixel of an image may reach 1/2 (on [-1, 1]: 0), where :meth:`coefficients`
+        switches from u = (x + 1) / 2 of the signed image to u = x (their dataset's rule); inf never."""
+        need = (0.5 - x.detach().double().cpu().flatten(1)).clamp(min=0)
+        return need.amax(1) if norm == "linf" else need.norm(dim=1)
 
     def output_values(self) -> Tensor:
         """Every value the quantiser can output, lowest first: 2 (k + 1/2) / 2^b - 1 for k = -1 .. 2^b."""
