@@ -477,7 +477,7 @@ def certify(
     out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="Output directory (resumed when the settings match)."),
     force: bool = typer.Option(False, "--force", help="Start over: remove the earlier certification run in --out."),
     shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
