@@ -11,9 +11,12 @@ Everything runs in one process and every ratio is measured in one run, so it com
   restart at a time, checked to give the same results (goal: 10x), at k = 1 and k = L, and the
   batched run's fraction of the limit;
 * MS-SSIM batched against per image (goal: 20x);
+* the importance-sampled NLL of ``robustvae eval`` (:mod:`benchmarks.eval`): K = 1000 on 100
+  digits against the limit (goal: 40 %), the whole evaluation against the code before the
+  batched evaluation, and samples/s per ``--max-batch-mib``;
 * peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events).
 
-The attack model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
+The attack and eval model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
 freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
 test runs the whole suite in seconds (its numbers mean nothing).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import eval as eval_bench
 from benchmarks.attack import measure_attack, measure_ms_ssim
 from benchmarks.common import dense_conv_flops_per_s, machine
 from benchmarks.training import measure_training
@@ -35,8 +39,12 @@ from robustvae.device import resolve_device
 from robustvae.registry import build_model, get_preset
 
 GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
-PARTS = ("train", "attack", "msssim")
+PARTS = ("train", "attack", "msssim", "eval")
 RESULTS = Path(__file__).with_name("results.json")
+HEADER = (
+    "| benchmark | workload | throughput | GFLOP / item (image, image-step, sample) | GFLOP/s | of limit | speed-up | goal | peak memory |",
+    "|---|---|---|---|---|---|---|---|---|",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, help="timed repeats, the best is kept (default 5; quick 1)")
     ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
+    eval_bench.add_arguments(ap)
     ap.add_argument("--out", type=Path, default=None,
                     help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)")
     return ap
@@ -68,6 +77,7 @@ def _defaults(args: argparse.Namespace) -> None:
                               ("repeats", 5, 1)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
+    eval_bench.defaults(args)
     args.train_preset = args.train_preset or ["vdvae-mnist", "dctvae-mnist"]
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in args.only if p not in PARTS]
@@ -75,7 +85,8 @@ def _defaults(args: argparse.Namespace) -> None:
         raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS)})")
 
 
-def _attack_model(args: argparse.Namespace, device: torch.device):
+def model_for(args: argparse.Namespace, device: torch.device):
+    """The attack and eval model: ``--checkpoint``, else a freshly initialised ``--preset``; and a label saying which."""
     if args.checkpoint:
         from robustvae import zoo
 
@@ -105,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             limit = res["limit_bf16" if row["bf16_autocast"] else "limit"]["flops_per_s"]
             row["fraction_of_limit"] = row["achieved_flops_per_s"] / limit
             res["training"].append(row)
-    if "attack" in args.only or "msssim" in args.only:
-        model, label = _attack_model(args, dev)
+    if "attack" in args.only or "msssim" in args.only or "eval" in args.only:
+        model, label = model_for(args, dev)
         res["attack_model"] = label
         if "attack" in args.only:
             res["attack"] = []
@@ -116,6 +127,8 @@ def run(args: argparse.Namespace) -> dict:
                 res["attack"].append(row)
         if "msssim" in args.only:
             res["ms_ssim"] = measure_ms_ssim(model, args.points * args.restarts, dev, args.repeats * 3)
+        if "eval" in args.only:
+            res["eval"] = eval_bench.run(args, dev, res["limit"]["flops_per_s"], model)
     return res
 
 
@@ -136,8 +149,7 @@ def table(res: dict) -> str:
         f"limit {lim['flops_per_s'] / 1e9:.1f} GFLOP/s ({lim['workload']}, {lim['layout']})"
         + (f"; bf16 limit {res['limit_bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s" if "limit_bf16" in res else ""),
         "",
-        "| benchmark | workload | throughput | GFLOP / item (image, image-step) | GFLOP/s | of limit | speed-up | goal | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *HEADER,
     ]
 
     def row(*cells: str) -> None:
@@ -173,8 +185,10 @@ def table(res: dict) -> str:
             f">= {goals['ms_ssim_speedup']:.0f}x: {_met(r['speedup'] >= goals['ms_ssim_speedup'])}", _mib(r["peak_memory"]))
         row("MS-SSIM per image", f"{r['images']} calls of one pair", f"{r['images'] / r['per_image_s']:.0f} img/s", "", "", "",
             "1x", "", _mib(r["per_image_peak_memory"]))
+    for cells in eval_bench.rows(res["eval"]) if "eval" in res else []:
+        row(*cells)
     if "attack_model" in res:
-        lines += ["", f"attack / MS-SSIM model: {res['attack_model']}"]
+        lines += ["", f"attack / MS-SSIM / eval model: {res['attack_model']}"]
     mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
     if mem:
         lines.append(f"peak memory: {mem}, above what was held before the call")

@@ -20,7 +20,7 @@ import torch
 
 from robustvae.config import AttackConfig, CertifyConfig, CompressConfig, Config
 from robustvae.distributed import SINGLE, DistContext
-from robustvae.errors import RobustVAEError, require_nonnegative
+from robustvae.errors import RobustVAEError, require_nonnegative, require_positive
 from robustvae.experiments.models import Labelled, ModelSpec, load_models
 from robustvae.zoo import LoadedModel
 
@@ -94,6 +94,13 @@ def saved_config(out: str | os.PathLike) -> Config:
     return Trainer.resume_config(out)
 
 
+def _remove_if_empty(path: Path) -> None:
+    """Remove a run directory this call created when it holds nothing but its lock file."""
+    if path.is_dir() and all(p.name == ".lock" for p in path.iterdir()):
+        (path / ".lock").unlink(missing_ok=True)
+        path.rmdir()
+
+
 def train(
     config: Config | str | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,
     force: bool = False, steps: int | None = None, epochs: int | None = None, device: str | torch.device = "auto",
@@ -122,9 +129,15 @@ def train(
         cfg = train_config(config, steps=steps, epochs=epochs)
     from robustvae.experiments.rundir import RunDir
 
-    with RunDir(out_dir).locked(dist.is_main):
-        Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dist)
-        summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
+    created = not out_dir.exists()
+    try:
+        with RunDir(out_dir).locked(dist.is_main):
+            Trainer.prepare_dir(out_dir, resume=resume, force=force, dist=dist)
+            summary = Trainer(cfg, out_dir, _device(device), quiet=quiet, dist=dist).fit(resume=resume)
+    except RobustVAEError:  # e.g. the data cannot be read: no empty run directory is left behind
+        if created and dist.is_main:
+            _remove_if_empty(out_dir)
+        raise
     return TrainResult(out_dir, cfg, summary)
 
 
@@ -159,33 +172,56 @@ def default_iw_samples(model: LoadedModel | Labelled) -> int:
 def evaluate(
     model: ModelSpec, *, data: str | None = None, data_dir: str | os.PathLike | None = None, split: str = "test",
     iw_samples: int | None = None, limit: int | None = None, batch_size: int = 100, seed: int = 0,
-    device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae",
+    device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae", max_batch_mib: int | None = None,
+    log_path: str | os.PathLike | None = None,
 ) -> EvalResult:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer on a split of the model's dataset.
 
-    ``limit`` evaluates a label-stratified subset; ``iw_samples`` defaults to
-    :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a model in memory);
-    ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both`` (:func:`robustvae.evaluation.evaluate_model`).
+    ``limit`` evaluates a label-stratified subset (selected with ``seed``); ``iw_samples``
+    defaults to :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a
+    model in memory); ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both``
+    (:func:`robustvae.evaluation.evaluate_model`); ``max_batch_mib`` is the memory budget of
+    one importance-sampling pass (default 64 on CPU, 2048 on CUDA); ``log_path`` receives
+    the progress lines. The record names the images it used (``image_set``) and the settings (``settings``).
     """
     from robustvae.data import eval_images, load_dataset, stratified_order
-    from robustvae.evaluation import evaluate_model
+    from robustvae.evaluation import default_max_batch_mib, evaluate_model
 
-    for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
-        if v is not None and v < 1:
-            raise RobustVAEError(f"{name} must be a positive integer, got {v}")
+    require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
     require_nonnegative(seed=seed)
     dev = _device(device)
     (lm,) = load_models([model], dev, data)
     dcfg = dataclasses.replace(lm.data, data_dir=str(data_dir)) if data_dir is not None else lm.data
     ds = load_dataset(dcfg)
     x = eval_images(ds, split, lm.model.cfg.binary)
+    order = None
     if limit is not None and limit < x.shape[0]:
-        x = x[stratified_order(ds.split(split).labels, seed)[:limit]]
+        order = stratified_order(ds.split(split).labels, seed)[:limit]
+    image_set = _image_set(ds.name, split, dcfg.split_seed, x, order, seed)
+    x = x[order] if order is not None else x
     k = iw_samples or default_iw_samples(lm)
+    budget = max_batch_mib or default_max_batch_mib(dev)
     res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
-                         estimator=estimator)
+                         estimator=estimator, max_batch_mib=budget, log_path=log_path, label=lm.label)
+    settings = {"split": split, "iw_samples": k, "limit": limit, "batch_size": batch_size, "max_batch_mib": budget,
+                "seed": seed, "device": str(dev), "estimator": estimator}
     return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "model": lm.label, "dataset": ds.name,
-                       "split": split, **res})
+                       "split": split, **res, "image_set": image_set, "settings": settings})
+
+
+def _image_set(dataset: str, split: str, split_seed: int, x: torch.Tensor, order: torch.Tensor | None,
+               seed: int) -> dict[str, Any]:
+    """Which images an evaluation used: split, count, how they were selected, and a hash of the pixels."""
+    import hashlib
+
+    chosen = x[order] if order is not None else x
+    return {
+        "dataset": dataset, "split": split, "images": int(chosen.shape[0]), "split_images": int(x.shape[0]),
+        "selection": "label-stratified subset" if order is not None else "whole split",
+        "selection_seed": seed if order is not None else None, "split_seed": split_seed,
+        "indices": order.tolist() if order is not None else None,
+        "images_sha256": hashlib.sha256(chosen.contiguous().numpy().tobytes()).hexdigest(),
+    }
 
 
 # --------------------------------------------------------------------------- attack
@@ -302,6 +338,13 @@ class CompressResult:
     jpeg: pd.DataFrame  # per image and JPEG quality: bytes, bpp, PSNR, MS-SSIM
     out: Path
 
+    @property
+    def warnings(self) -> list[str]:
+        """(model, k) whose matched JPEG is not at the model's PSNR (none of its qualities gets there)."""
+        from robustvae.reporting.compression import match_warnings
+
+        return match_warnings(self.records)
+
 
 def compress(
     models: Sequence[ModelSpec], images: Sequence[str | os.PathLike], config: CompressConfig | None = None,
@@ -330,8 +373,7 @@ def compress(
 def sample(model: ModelSpec, n: int = 64, *, temperature: float = 1.0, seed: int = 0,
            device: str | torch.device = "auto") -> torch.Tensor:
     """``n`` ancestral samples (decoder mean images in [0, 1], on the CPU) at prior ``temperature``."""
-    if n < 1:
-        raise RobustVAEError(f"--n must be a positive integer, got {n}")
+    require_positive(n=n)
     require_nonnegative(temperature=temperature, seed=seed)
     (lm,) = load_models([model], _device(device), need_data=False)
     noise = lm.model.make_noise(n, torch.Generator().manual_seed(seed))

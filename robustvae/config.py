@@ -336,7 +336,7 @@ class AttackConfig:
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
     floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
     noise_draws: int = 5  # random perturbations of the same budget, per point
-    gallery_points: int = 4  # the first points' worst-case examples are saved for the report's gallery
+    gallery_points: int = 4  # the most damaged points' worst-case examples (per unit) are saved for the report's gallery
     seed: int = 0
     split: str = "test"
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts

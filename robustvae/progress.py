@@ -103,7 +103,8 @@ class Progress(rp.Progress):
             return
         frac, gap = self._fraction(task), now - mark.t_line
         finished = task.total is not None and task.completed >= task.total
-        if finished or gap >= PLAIN_INTERVAL_S or (frac - mark.frac_line >= PLAIN_STEP and gap >= PLAIN_MIN_GAP_S):
+        step = frac - mark.frac_line >= PLAIN_STEP - 1e-9  # (float fractions: 0.15 - 0.10 < 0.05)
+        if finished or gap >= PLAIN_INTERVAL_S or (step and gap >= PLAIN_MIN_GAP_S):
             self._line(task, "done" if finished else "")
             if finished:
                 del self._marks[task_id]  # one closing line
@@ -121,7 +122,7 @@ class Progress(rp.Progress):
         unit = task.fields.get("unit", "")
         total = f"/{task.total:,.0f} ({mark.frac_line:.0%})" if task.total is not None else ""
         if state == "started":
-            self._write(f"{_stamp()} {task.description}: {task.completed:,.0f}{total} {unit} [started]")
+            self._write(f"{_stamp()} {task.description}: {task.completed:,.0f}{total}{' ' + unit if unit else ''} [started]")
             return
         parts = [f"{task.description}: {task.completed:,.0f}{total}", f"{rate:,.1f} {unit}/s".replace(" /s", "/s"),
                  f"elapsed {clock(elapsed)}", f"ETA {clock(left if state != 'done' else 0.0)}"]

@@ -13,26 +13,42 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from robustvae.config import Config, DataConfig, ModelConfig, TrainConfig
 from robustvae.errors import ConfigError
-from robustvae.models.dctvae import DCTVAE
-from robustvae.models.kuzina import KuzinaLadderVAE
-from robustvae.models.vdvae import VDVAE
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE}
+if TYPE_CHECKING:
+    from torch import nn
+
+
+_ARCHITECTURES: dict[str, type[nn.Module]] = {}
+
+
+def _architectures() -> dict[str, type[nn.Module]]:
+    """``ARCHITECTURES``, filled on first use: presets and their errors need no torch (fast CLI errors)."""
+    if not _ARCHITECTURES:
+        from robustvae.models.dctvae import DCTVAE
+        from robustvae.models.kuzina import KuzinaLadderVAE
+        from robustvae.models.vdvae import VDVAE
+
+        _ARCHITECTURES.update({"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE})
+    return _ARCHITECTURES
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ARCHITECTURES":
+        return _architectures()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Instantiate the model a :class:`ModelConfig` describes."""
+    archs = _architectures()
     try:
-        cls = ARCHITECTURES[cfg.arch]
+        cls = archs[cfg.arch]
     except KeyError:
-        raise ConfigError(
-            f"unknown architecture {cfg.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})"
-        ) from None
+        raise ConfigError(f"unknown architecture {cfg.arch!r} (known: {', '.join(sorted(archs))})") from None
     return cls(cfg)
 
 

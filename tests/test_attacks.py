@@ -240,7 +240,13 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
     assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
-    assert "MS-SSIM" in capsys.readouterr().out
+    diag_images = run["models"][0]["layer_diagnostics_images"]  # named for the report: not eval's images
+    assert diag_images["images"] == 500 and diag_images["split"] == "test" and "seed 0" in diag_images["selection"]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "MS-SSIM" in printed
+    # the settings in force (suite, then the options over it), before the run starts
+    assert printed.index(f"attack {trained} on cpu") < printed.index("MS-SSIM")
+    assert "layers 1, eps 0.1," in printed and "points 2, steps 2," in printed and "step_size default" in printed
     bad = tmp_path / "bad.toml"
     bad.write_text('layerz = "1"\n')
     assert main(["attack", str(trained), "--suite", str(bad), "--out", str(tmp_path / "x")]) == 2

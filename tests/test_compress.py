@@ -229,8 +229,14 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     models = [str(checkpoints / "vdvae-mnist-tiny.pt"), str(checkpoints / "dctvae-mnist-tiny.pt")]
     argv = ["compress", *models, "--images", str(images), "--layers", "1,2", "--out", str(out), "-q", "--batch-size", "5"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert "compression: means over 3 image(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compression: means over 3 image(s)" in printed
     rec = pd.read_csv(out / "records.csv")
+    # a (model, k) whose matched JPEG misses its PSNR by more than 1 dB on some image is a warning, here and in run.json
+    missed = sorted({(r.model, r.k) for r in rec.itertuples() if abs(r.jpeg_psnr - r.psnr) > 1.0})
+    warned = json.loads((out / "run.json").read_text())["warnings"]
+    assert [w.split(":")[0] for w in warned] == [f"{m} k={k}" for m, k in missed]
+    assert printed.count("warning: ") == len(missed)
     assert len(rec) == 3 * 2 * 2 and set(rec.k) == {1, 2}
     for col in ("psnr", "msssim", "bpp", "bits", "jpeg_quality", "jpeg_psnr", "jpeg_bpp", "patches"):
         assert pd.api.types.is_numeric_dtype(rec[col]), col
@@ -271,6 +277,7 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert "Compression (Appendix G)" in html and "figure10" not in html and html.count("data:image/png") == 2 + 4
     assert "a<i>" not in html and "a&lt;i&gt;" in html
+    assert html.count("Warning: ") == len(missed) + len(json.loads((rgb_out / "run.json").read_text())["warnings"])
     assert {r["model"] for r in summary["compression"]["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny",
                                                                       "vdvae-cifar10-tiny"}
     assert summary["files"] == ["index.html", "summary.json", "compression-rd-1.png", "compression-rd-2.png",
@@ -288,3 +295,15 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
 def _report_of(run: Path, out: Path) -> Path:
     assert main(["report", str(run), "--out", str(out)]) == 0
     return out / "summary.json"
+
+
+def test_a_jpeg_that_cannot_reach_the_models_psnr_is_a_warning():
+    """Hand-made rows: only (model, k) pairs with an image more than 1 dB from its matched JPEG are named."""
+    from robustvae.reporting.compression import match_warnings
+
+    rows = pd.DataFrame({"model": ["a", "a", "a", "b"], "k": [1, 1, 2, 1], "image": ["x", "y", "x", "x"],
+                         "psnr": [8.0, 30.0, 25.0, 40.0], "jpeg_psnr": [18.2, 30.4, 25.9, 40.0],
+                         "jpeg_quality": [1, 40, 30, 60]})
+    (line,) = match_warnings(rows)
+    assert line.startswith("a k=1: on 1 of 2 image(s) no JPEG quality comes within 1 dB") and "q1 18.2 dB" in line
+    assert match_warnings(rows.assign(jpeg_psnr=rows.psnr)) == []

@@ -103,16 +103,33 @@ def test_compression_records_equal_the_golden_ones(runs, tmp_path):
     assert (tmp_path / "out" / "rd.png").is_file() and len(list((tmp_path / "out" / "side-by-side").glob("*.png"))) == 2
 
 
+# The batched evaluation (after cfbb3d7) draws the importance samples per image instead of per batch, and the
+# ELBO's draws no longer follow the importance samples on one stream: these estimates changed their random
+# draws, not their distribution, and are compared within the estimator's spread; everything else is exact.
+REDRAWN = ("nelbo_nats", "elbo_nats", "nll_nats", "nelbo_bpd", "nll_bpd")
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_evaluation_equals_the_golden_one(runs, preset):
     model = robustvae.load(runs / preset)
     x = eval_images(load_dataset(DataConfig("mnist-offline")), "test", True)[:20]
     from robustvae.evaluation import evaluate_model
 
-    new = evaluate_model(model.model, x, iw_samples=8, batch_size=10, device=torch.device("cpu"), seed=0, quiet=True)
+    def run(seed: int) -> dict:
+        return evaluate_model(model.model, x, iw_samples=8, batch_size=10, device=torch.device("cpu"), seed=seed,
+                              quiet=True)
+
+    new = run(0)
     old = json.loads((GOLDEN / f"eval-{preset}.json").read_text())
     layers_new, layers_old = new.pop("layers"), old.pop("layers")
-    _same(new, old, preset)
+    _same({k: v for k, v in new.items() if k not in REDRAWN}, {k: v for k, v in old.items() if k not in REDRAWN}, preset)
+    assert [k for k in new if k in REDRAWN] == [k for k in old if k in REDRAWN]
+    # the spread of each redrawn estimate over seeds (seed 0's layers stay exact: the seeds only move the draws)
+    draws = [run(seed) for seed in range(1, 9)]
+    for key in REDRAWN:
+        sd = float(np.std([d[key] for d in draws], ddof=1))
+        # old and new are two independent draws: their difference has sd * sqrt(2); 5 of those is a 1-in-a-million miss
+        assert abs(new[key] - old[key]) <= 5 * math.sqrt(2) * sd, (preset, key, new[key], old[key], sd)
     for a, b in zip(layers_new, layers_old):
         _same(a, b, f"{preset} layer {b['layer']}")
 

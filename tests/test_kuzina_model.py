@@ -170,3 +170,41 @@ def test_train_mode_scores_one_diffusion_step_times_t_and_eval_mode_all_steps():
     with torch.no_grad():
         one = m.prior.bound(y.repeat(200, 1, 1, 1), all_steps=False).view(200, -1).mean(0)
     torch.testing.assert_close(one, all_steps, rtol=0.25, atol=1.0)  # an unbiased one-step estimate of the sum
+
+
+@pytest.mark.parametrize("context", ["dct", "none"])
+def test_iw_noise_drives_exactly_the_draws_the_bound_would_make(context):
+    """Given the numbers torch's generator would draw, in its order, the true bound's weights are the same:
+    the binarisation (B, C, H, W), then per pass the dither (K B, C, c, c), the trajectory (T, K B, C, c, c)
+    and one (K B, *shape) per Gaussian layer, all sample-major."""
+    m = _model(context=context)
+    x, k, B = _images(3, seed=1), 4, 3
+    gaussian = [info.shape for info in m.layers if not info.deterministic]
+    with torch.no_grad():
+        torch.manual_seed(7)
+        drawn = m.log_importance_weights(x, k)
+        torch.manual_seed(7)
+        noise = [torch.rand(B, 1, 28, 28).unsqueeze(0)]
+        if context == "dct":
+            s, T = m.layers[0].shape, m.prior.steps
+            noise.append(torch.rand(k * B, *s).view(k, B, *s))
+            noise.append(torch.randn(T * k * B, *s).view(T, k, B, *s).permute(1, 2, 0, 3, 4, 5))
+        noise += [torch.randn(k * B, *s).view(k, B, *s) for s in gaussian]
+        given = m.log_importance_weights(x, k, noise=noise)
+    assert m.iw_shared_noise == 1 and [t.shape[1:] for t in m.iw_noise(k)] == [t.shape[2:] for t in noise]
+    torch.testing.assert_close(given, drawn, rtol=0, atol=0)
+
+
+def test_the_evaluations_bound_does_not_depend_on_the_memory_budget():
+    """Each image's noise comes from its own generator: one pass, or an image's samples split over passes,
+    give the same NLL; the authors' estimate is made beside it, and repeats with the same seed."""
+    from robustvae.evaluation import bytes_per_row, evaluate_model
+
+    m, x = _model(), _images(4, seed=2)
+    runs = [evaluate_model(m, x, iw_samples=6, batch_size=b, max_batch_mib=mib, quiet=True, estimator="both")
+            for b, mib in ((4, 1000), (2, 1))]
+    assert bytes_per_row(m, x[:1]) * 6 > 2**20 / 1.1  # at 1 MiB the 6 samples of an image take several passes
+    assert runs[1]["nll_nats"] == pytest.approx(runs[0]["nll_nats"], rel=1e-6)
+    assert math.isfinite(runs[0]["nll_authors_nats"]) and runs[0]["estimator"] == "both"
+    again = evaluate_model(m, x, iw_samples=6, batch_size=4, max_batch_mib=1000, quiet=True, estimator="both")
+    assert again["nll_authors_nats"] == runs[0]["nll_authors_nats"]

@@ -460,3 +460,77 @@ def test_compression_figures_name_a_missing_file(tmp_path):
     (d / "images" / "tile" / "original.png").unlink()
     with pytest.raises(RobustVAEError, match="original.png"):
         write_compression_figures(d)
+
+
+def test_figures_keep_coinciding_curves_na_and_zero_and_the_worst_points_visible(tmp_path):
+    """Two models with the same numbers: their curves are drawn side by side (shifted along k), not on top of
+    each other; the y axis reaches the lowest interval; the layer chart writes "n/a" where a layer has no number
+    and a dash where it is 0; the gallery shows the most damaged saved points first."""
+    from matplotlib.text import Text
+
+    from robustvae.reporting.load import GalleryEntry
+
+    table = agg.summarise(load_runs([write_run(tmp_path / "r", records(), gallery=False)]).records)
+    one = table[table.model == table.model.iloc[0]]
+    twin = pd.concat([one, one.assign(model="zz-twin")])
+    fig = figures.figure10(twin)
+    xs = [tuple(line.get_xdata()) for line in fig.axes[0].lines if line.get_marker() in figures.MARKERS]
+    assert len(xs) == 2 and xs[0] != xs[1] and np.allclose(np.array(xs[0]) + figures.DODGE, xs[1])
+    low = float(twin[["mean_lo", "worst_lo", "floor", "noise"]].min().min())
+    assert fig.axes[0].get_ylim()[0] <= low and (low > 0.8 or fig.axes[0].get_ylim()[0] < 0.8)
+    plain = figures.figure10(table)  # distinct curves are not moved
+    assert {tuple(line.get_xdata()) for line in plain.axes[0].lines} <= {tuple(sorted(set(table.k)))}
+
+    diag = pd.DataFrame({"model": ["a", "a", "b"], "layer": [1, 2, 1], "kind": ["gaussian"] * 3,
+                         "kl_nats": [1.0, 0.0, 2.0], "active_fraction": [0.5, 0.0, 1.0],
+                         "levels_used": [None] * 3, "levels": [None] * 3})
+    layers = figures.layers_figure(diag)
+    texts = [t.get_text() for t in layers.axes[0].findobj(Text)]
+    assert texts.count("n/a") == 1  # model b has no layer 2
+    dashes = [ln for ln in layers.axes[0].lines if ln.get_marker() == "_"]
+    assert len(dashes) == 1 and list(dashes[0].get_ydata()) == [0]  # model a's layer 2: KL exactly 0
+
+    x = np.zeros((3, 1, 28, 28), dtype=np.float32)
+    arrays = {"points": np.array([0, 1, 2]), "x": x, "x_adv": x, "rec": x, "rec_adv": x,
+              "msssim": np.array([0.9, 0.2, 0.5], dtype=np.float32)}
+    entry = GalleryEntry(dataset="mnist", norm="linf", eps=0.1, model="m", k=1, arrays=arrays)
+    assert [i for _, i in figures.worst_examples([entry], per_k=2)] == [1, 2]
+
+
+def test_the_sweep_saves_the_most_damaged_points_for_the_gallery():
+    """Per unit, the gallery keeps the ``gallery_points`` points whose worst restart scored lowest (not the first
+    points), each at its worst restart; a non-finite score never counts as damage."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from robustvae.experiments.attack import _gallery
+
+    R, pts = 2, [10, 11, 12, 13]
+    score = torch.tensor([0.9, 0.8, 0.3, 0.7, float("nan"), 0.95, 0.5, 0.1])  # point x restart
+    ctx = SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=2), pts=pts)
+    X = torch.arange(8.0).view(8, 1, 1, 1)
+    out = _gallery(ctx, X, X + 100, torch.arange(4.0).view(4, 1, 1, 1), X + 200, score)
+    assert out["points"].tolist() == [11, 13] and out["restarts"].tolist() == [0, 1]
+    assert out["msssim"].tolist() == pytest.approx([0.3, 0.1]) and out["x"].flatten().tolist() == [2.0, 7.0]
+    assert out["rec"].flatten().tolist() == [1.0, 3.0]
+    assert _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score) is None
+
+
+def test_the_report_names_the_image_sets_of_eval_and_of_the_layer_atlas(tmp_path):
+    """An --eval file's active units and the layer atlas come from different images: the page says which."""
+    run = write_run(tmp_path / "r", records(models=("vdvae-a",)), gallery=False)
+    info = json.loads((run / "run.json").read_text())
+    info["models"][0]["layer_diagnostics_images"] = {"split": "test", "images": 500,
+                                                     "selection": "label-stratified with the attack's seed 0"}
+    (run / "run.json").write_text(json.dumps(info))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
+                              "split": "test", "images": 200, "iw_samples": 100, "active_units": 20, "total_units": 98,
+                              "image_set": {"selection": "label-stratified subset"}}))
+    make_report([run], tmp_path / "o", evals=[ev])
+    import html
+
+    text = html.unescape(" ".join((tmp_path / "o" / "index.html").read_text().split()))
+    assert ("test, 200 images (label-stratified subset), K = 100, active units 20/98 on those images; layer atlas: "
+            "500 test images, label-stratified with the attack's seed 0") in text

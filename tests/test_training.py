@@ -69,6 +69,16 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
     assert steps == ref
 
 
+def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
+    """--resume of a run that already reached its last step runs nothing and reports what it had (the README's
+    resume example, run after the training it continues), instead of a summary without validation."""
+    cfg = tiny_config(steps=3)
+    first = _fit(cfg, tmp_path / "run")
+    again = _fit(cfg, tmp_path / "run", resume=True)
+    assert again == json.loads(json.dumps(first)) and again["final_val"]["nelbo"] > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == again
+
+
 def test_ctrl_c_finishes_the_step_saves_last_pt_and_resumes_exactly(tmp_path):
     cfg = tiny_config(steps=8, checkpoint_every=1000)
     _fit(cfg, tmp_path / "a")

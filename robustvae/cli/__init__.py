@@ -8,6 +8,7 @@ stderr and exits with code 2; nothing is overwritten on error.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,7 @@ out_console = Console()
 DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
 BACKEND_HELP = "Under torchrun: gloo (CPU), nccl (CUDA) or auto (by device). Ignored in a single process."
 SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
+QUIET_HELP = "No progress display (log.txt in the output directory still gets the progress lines). \\[default: off]"
 
 
 def _version(value: bool) -> None:
@@ -55,26 +57,37 @@ def _root(
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name (robustvae zoo list). Default: vdvae-mnist-tiny."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset, overriding the preset's (e.g. mnist-offline)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with (or for) the dataset files."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (overrides the preset)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps; overrides --epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (overrides the preset)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, data order, binarisation and noise."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name (robustvae zoo list). \\[default: vdvae-mnist-tiny]"),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset, overriding the preset's (e.g. mnist-offline). \\[default: the preset's]"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with (or for) the dataset files. \\[default: $ROBUSTVAE_DATA, else ~/.cache/robustvae/data]"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs. \\[default: the preset's]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps; overrides --epochs. \\[default: the preset's]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. \\[default: the preset's]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init, data order, binarisation and noise. \\[default: the preset's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. Default: runs/<preset>."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes its run files)."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. \\[default: runs/<preset>]"),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Continue the run in --out from its last.pt. \\[default: off]"),
+    force: bool = typer.Option(False, "--force", metavar="", help="Start over in an existing run directory (deletes its run files). \\[default: off]"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP + " \\[default: none]"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
-    """Train a model from a preset; writes config, metrics, last/best checkpoints to the run directory.
+    """Train a model from a preset; writes config, metrics, last/best checkpoints and log.txt to the run directory.
 
     Multi-process: [bold]torchrun --nproc_per_node N -m robustvae train ...[/bold] trains with
     DistributedDataParallel; --batch-size stays the global batch.
     """
+    from robustvae.registry import get_preset
+
+    if preset is not None:
+        get_preset(preset)  # a typo fails here, before torch is imported
+    with _ctrl_c("train"):
+        _train(preset, data, data_dir, epochs, steps, batch_size, seed, device, out, resume, force, set_, quiet, backend)
+
+
+def _train(preset, data, data_dir, epochs, steps, batch_size, seed, device, out, resume, force, set_, quiet,
+           backend) -> None:
+    """The train command after its light checks (the options as the command takes them)."""
     from robustvae import api
     from robustvae.distributed import distributed
 
@@ -95,6 +108,8 @@ def train(
                                seed=seed, overrides=set_)
         steps = epochs = None  # already in the config
     with distributed(backend, device) as (dd, dev):
+        if dd.is_main:
+            _print_train_settings(cfg, out_dir, dev, resume, steps, epochs)
         res = api.train(cfg, out_dir, resume=resume, force=force, steps=steps, epochs=epochs, device=dev, quiet=quiet,
                         dist=dd)
     if not dd.is_main:
@@ -108,6 +123,32 @@ def train(
     )
 
 
+def _print_train_settings(cfg, out_dir: Path, device, resume: bool, steps, epochs) -> None:
+    """The settings a run starts with (the whole config goes to <out>/config.json)."""
+    if cfg is None:
+        extra = ", ".join(f"{k} {v}" for k, v in (("--steps", steps), ("--epochs", epochs)) if v is not None)
+        out_console.print(f"train: resuming {out_dir} with its saved config{'; ' + extra if extra else ''}; device {device}")
+        return
+    t = cfg.train
+    length = f"{t.steps} steps" if t.steps is not None else f"{t.epochs} epochs"
+    out_console.print(
+        f"train {cfg.name}: data {cfg.data.name}, {length}, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}, "
+        f"device {device}, out {out_dir} (every setting: {out_dir / 'config.json'})",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+@contextmanager
+def _ctrl_c(command: str, after: str = ""):
+    """A Ctrl-C that reaches the command (not handled deeper) becomes one 'stopped' line and exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from robustvae.errors import Interrupted
+
+        raise Interrupted(f"{command} interrupted by Ctrl-C{after}") from None
+
+
 # --------------------------------------------------------------------------- eval
 
 
@@ -117,19 +158,20 @@ def eval_(
         ..., help="Zoo name, checkpoint file, or run directory; give two (or more) to compare them side by side."
     ),
     split: str = typer.Option("test", "--split", help="train, val or test."),
-    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K (default 1000 for binary data, 100 otherwise)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a stratified subset of this many images."),
-    batch_size: int = typer.Option(100, "--batch-size"),
+    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K. \\[default: 1000 for binary data, 100 otherwise]"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a label-stratified subset of this many images, selected with --seed. \\[default: the whole split]"),
+    batch_size: int = typer.Option(100, "--batch-size", help="Images per batch of the ELBO and the layer diagnostics."),
+    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 64 on CPU, 2048 on CUDA]"),
     weights: str = typer.Option("auto", "--weights", help="auto (EMA when present), ema or raw."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit selection, the importance samples and the ELBO's sample."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
-        help="JSON output. Default: eval-<split>.json next to each checkpoint. With several checkpoints, "
-             "--out gets one file holding every result ({\"results\": [...]}).",
+        help="JSON output (progress lines go to log.txt beside it). With several checkpoints, --out gets one file "
+             "holding every result ({\"results\": [...]}). \\[default: eval-<split>.json next to each checkpoint]",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     estimator: str = typer.Option(
         "iwae", "--estimator",
         help="iwae (the true bound, every model), authors (Kuzina & Tomczak's estimate with analytic KLs, kuzina-* "
@@ -140,12 +182,21 @@ def eval_(
 
     DCT-VAE's context is reported separately: its diffusion bound (nats) and the
     quantisation levels it uses (active units do not apply to a deterministic layer).
+    The output names the image set (split, count, selection seed, hash of the pixels).
     """
+    from robustvae.errors import require_positive
+
+    require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
+    with _ctrl_c("eval", "; nothing written"):
+        _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
+              quiet, estimator)
+
+
+def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
+          quiet, estimator="iwae") -> None:
+    """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
     from robustvae import api
 
-    for name, v in (("--batch-size", batch_size), ("--iw-samples", iw_samples), ("--limit", limit)):
-        if v is not None and v < 1:
-            raise RobustVAEError(f"{name} must be a positive integer, got {v}")
     models = [api.load(c, device=device, weights=weights) for c in checkpoints]
     datasets = sorted({m.config.data.name for m in models})
     if len(datasets) > 1:
@@ -153,25 +204,32 @@ def eval_(
             f"cannot compare models trained on different datasets ({', '.join(datasets)}); "
             f"pass checkpoints of the same dataset"
         )
-    results = [api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size,
-                            data_dir=data_dir, seed=seed, device=device, quiet=quiet, estimator=estimator).record
-               for m in models]
+    dests = [out] * len(models) if out is not None else [Path(m.path).parent / f"eval-{split}.json" for m in models]
+    ks = sorted({iw_samples or api.default_iw_samples(m) for m in models})
+    out_console.print(
+        f"eval of {len(models)} model(s) on {datasets[0]} {split}: "
+        f"{f'{limit} images (label-stratified, seed {seed})' if limit else 'every image'}, K={'/'.join(map(str, ks))}, "
+        f"estimator {estimator}, batch {batch_size}, --max-batch-mib {max_batch_mib or 'default'}, seed {seed}, "
+        f"weights {weights}, device {device}", markup=False, highlight=False, soft_wrap=True)
+    results = []
+    for m, dest in zip(models, dests):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
+                           seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
+                           log_path=dest.parent / "log.txt").record
+        res["settings"]["weights"] = weights
+        results.append(res)
     if len(results) == 1:
-        res = results[0]
-        dest = out or (Path(res["checkpoint"]).parent / f"eval-{split}.json")
-        _write_json(dest, res)
-        _print_eval(res, dest)
+        _write_json(dests[0], results[0])
+        _print_eval(results[0], dests[0])
         return
     if out is not None:
         _write_json(out, {"results": results})
-        saved = str(out)
     else:
-        paths = [Path(r["checkpoint"]).parent / f"eval-{split}.json" for r in results]
-        for res, dest in zip(results, paths):
+        for res, dest in zip(results, dests):
             _write_json(dest, res)
-        saved = ", ".join(map(str, paths))
     _print_comparison(results)
-    out_console.print(f"saved {saved}")
+    out_console.print(f"saved {out if out is not None else ', '.join(map(str, dests))}")
 
 
 def _write_json(dest: Path, obj: dict) -> None:
@@ -188,8 +246,18 @@ def _layer_cells(row: dict) -> tuple[str, str]:
     return f"{row['kl_nats']:.3f}", str(row["active_units"])
 
 
+def _image_set_text(res: dict) -> str:
+    """Which images a result comes from: split, count, selection and a hash of the pixels."""
+    s = res.get("image_set")
+    if s is None:
+        return f"{res['dataset']} {res['split']} ({res['images']} images)"
+    how = f"label-stratified, selection seed {s['selection_seed']}" if s["selection_seed"] is not None else "whole split"
+    return (f"{s['dataset']} {s['split']}: {s['images']:,} of {s['split_images']:,} images ({how}; "
+            f"pixels sha256 {s['images_sha256'][:12]})")
+
+
 def _print_eval(res: dict, dest: Path) -> None:
-    table = Table(title=f"{res['model']} on {res['dataset']} {res['split']} ({res['images']} images, K={res['iw_samples']})")
+    table = Table(title=f"{res['model']} on {_image_set_text(res)}, K={res['iw_samples']}")
     for col in ("layer", "resolution", "units", "KL (nats)", "active units"):
         table.add_column(col, justify="right")
     for row in res["layers"]:
@@ -217,7 +285,7 @@ def _authors_cell(res: dict) -> str:
 def _print_comparison(results: list[dict]) -> None:
     """One column per model: the headline numbers, then KL and active units layer by layer."""
     first = results[0]
-    table = Table(title=f"{first['dataset']} {first['split']} ({first['images']} images)")
+    table = Table(title=_image_set_text(first))
     table.add_column("", no_wrap=True)
     for r in results:
         table.add_column(f"{r['model']}\n{Path(r['checkpoint']).parent.name}/{Path(r['checkpoint']).name}", justify="right")
@@ -249,31 +317,66 @@ def _print_comparison(results: list[dict]) -> None:
 
 # --------------------------------------------------------------------------- sample
 
+MIN_SAMPLE_PIXELS = 84  # each image of the grid is scaled up (nearest neighbour) to at least this size
+
 
 @app.command()
 def sample(
     checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
     n: int = typer.Option(64, "--n", help="Number of samples."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Prior temperature (of the Gaussian layers; DCT-VAE draws its context from the diffusion prior)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prior noise."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write (the settings go into its text chunks)."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Overwrite an existing --out. \\[default: off]"),
 ) -> None:
-    """Draw ancestral samples (decoder mean images) and save them as a PNG grid."""
+    """Draw ancestral samples (decoder mean images) and save them as a PNG grid, each image at least 84 px wide."""
+    from robustvae.errors import require_nonnegative, require_positive
+
+    require_positive(n=n)
+    require_nonnegative(temperature=temperature, seed=seed)
+    if out.suffix.lower() != ".png":
+        raise RobustVAEError(f"--out {out} needs the .png image file extension (got {out.suffix or 'none'})")
+    if out.is_dir():
+        raise RobustVAEError(f"--out {out} is a directory; give a .png file name")
+    if out.exists() and not force:
+        raise RobustVAEError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    settings = {"checkpoint": checkpoint, "n": n, "temperature": temperature, "seed": seed, "device": device}
+    out_console.print(f"sample: {n} images from {checkpoint} at temperature {temperature}, seed {seed}, device {device}"
+                      f" -> {out}", markup=False, highlight=False, soft_wrap=True)
+    with _ctrl_c("sample"):
+        from robustvae import api
+
+        imgs = api.sample(checkpoint, n, temperature=temperature, seed=seed, device=device)
+        scale = _save_grid(imgs, out, settings)
+    out_console.print(f"wrote {n} samples at temperature {temperature} to {out} (each {imgs.shape[-1] * scale} px, "
+                      f"{scale}x nearest)")
+
+
+def _save_grid(imgs, out: Path, settings: dict) -> int:
+    """A square-ish grid of ``imgs`` (N, C, H, W) in [0, 1], scaled up by nearest neighbour; written atomically.
+
+    Returns the scale factor.
+    """
+    import json
     import math
+    import os
 
-    from torchvision.utils import save_image
+    import torch.nn.functional as F
+    from PIL import Image, PngImagePlugin
+    from torchvision.utils import make_grid
 
-    from PIL import Image
-
-    from robustvae import api
-
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise RobustVAEError(f"--out {out} needs an image file extension such as .png (got {out.suffix or 'none'})")
-    imgs = api.sample(checkpoint, n, temperature=temperature, seed=seed, device=device)
+    scale = max(1, math.ceil(MIN_SAMPLE_PIXELS / max(imgs.shape[-2:])))
+    big = F.interpolate(imgs, scale_factor=scale, mode="nearest")
+    grid = make_grid(big, nrow=int(math.ceil(math.sqrt(len(imgs)))), padding=scale, pad_value=1.0)
+    pixels = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("robustvae-sample", json.dumps({**settings, "scale": scale}))
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(imgs, out, nrow=int(math.ceil(math.sqrt(n))), padding=1)
-    out_console.print(f"wrote {n} samples at temperature {temperature} to {out}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, out)
+    return scale
 
 
 # --------------------------------------------------------------------------- attack
@@ -290,17 +393,17 @@ def attack(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free). [default: pgd]"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
     recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
     temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
     straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it. \\[default: none]"),
     out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
     shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
     max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one batch. [default: 1024]"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
@@ -325,6 +428,8 @@ def attack(
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     with distributed(backend, device) as (dd, dev):
+        if dd.is_main:
+            _print_attack_settings(names, cfg, out, dev)
         res = api.attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
                          command=["robustvae", *(sys.argv[1:])], dist=dd)
     if not dd.is_main:
@@ -333,6 +438,15 @@ def attack(
 
     _print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
     out_console.print(f"{len(res.records)} records in {out}")
+
+
+def _print_attack_settings(names: list[str], cfg, out: Path, device) -> None:
+    """Every setting of an attack run, on one line, before it starts."""
+    import dataclasses
+
+    fields = ", ".join(f"{k} {'default' if v is None else v}" for k, v in dataclasses.asdict(cfg).items())
+    out_console.print(f"attack {', '.join(names)} on {device}, out {out}: {fields}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def _print_frame(cells, title: str) -> None:
@@ -366,7 +480,7 @@ def certify(
     out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="Output directory (resumed when the settings match)."),
     force: bool = typer.Option(False, "--force", help="Start over: remove the earlier certification run in --out."),
     shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -391,8 +505,8 @@ def certify(
 @app.command()
 def compress(
     models: list[str] = typer.Argument(..., help="Zoo names, checkpoint files or run directories (all grey or all RGB)."),
-    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all."),
+    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable). \\[required]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all. \\[required]"),
     temperature: float = typer.Option(0.1, "--temperature", help="Prior temperature of the layers below k."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior noise and of the rate's posterior samples."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patches per model pass."),
@@ -412,6 +526,8 @@ def compress(
     res = api.compress(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
                        command=["robustvae", *(sys.argv[1:])])
     _print_compression_table(res.records)
+    for line in res.warnings:
+        out_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     out_console.print(f"{len(res.records)} records, rate-distortion figure and side-by-side pictures in {out}")
 
 
@@ -431,9 +547,9 @@ def _print_compression_table(records) -> None:
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."),
     out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
-    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable)."),
-    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable)."),
-    title: Optional[str] = typer.Option(None, "--title", help="Page title. Default: the models compared."),
+    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable). \\[default: none]"),
+    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable). \\[default: none]"),
+    title: Optional[str] = typer.Option(None, "--title", help="Page title. \\[default: the models compared]"),
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
 ) -> None:
     """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
@@ -547,11 +663,11 @@ def zoo_fetch(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (0 ok, 2 user error, 130 interrupted)."""
-    from robustvae.training import Interrupted
+    from robustvae.errors import Interrupted
 
     import warnings
 
-    cmd = typer.main.get_command(app)
+    cmd = command()
     plain, warnings.formatwarning = warnings.formatwarning, _note  # warnings print as one "note:" line each
     try:
         # not standalone: usage errors come here and are printed on one line like every other error
@@ -593,6 +709,13 @@ def _usage_error(e: Exception) -> int:
     where = ctx.command_path if ctx is not None else "robustvae"
     _print_once(f"error: {message} (see {where} --help)")
     return e.exit_code
+
+
+def command():
+    """The CLI as a click command, its help tidied (:mod:`robustvae.cli.helptext`)."""
+    from robustvae.cli.helptext import tidy
+
+    return tidy(typer.main.get_command(app))
 
 
 def _print_once(message: str, every_rank: bool = False) -> None:

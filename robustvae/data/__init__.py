@@ -122,14 +122,15 @@ def _torchvision(cls_name: str, root: Path, download: bool, pretty: str) -> tupl
     for train in (True, False):
         try:
             d = cls(str(root), train=train, download=download)
-        except RuntimeError as e:
+        except RuntimeError as e:  # torchvision's message spans lines (one per mirror tried): one line here
             raise DataError(
-                f"{pretty} not found under {root} ({e}); pass --data-dir pointing at a folder that holds "
+                f"{pretty} not found under {root} ({' '.join(str(e).split())}); pass --data-dir pointing at a folder that holds "
                 f"it, or allow downloads (data.download=true) on a machine with internet"
             ) from None
         except OSError as e:  # network failure during download
             raise DataError(
-                f"could not download {pretty} into {root}: {e}; copy the files there by hand or use --data-dir"
+                f"could not download {pretty} into {root}: {' '.join(str(e).split())}; copy the files there by hand or "
+                f"use --data-dir"
             ) from None
         x = torch.as_tensor(d.data)
         x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)

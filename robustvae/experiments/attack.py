@@ -199,9 +199,10 @@ class _UnitContext:
 
 
 def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Tensor] | None:
-    """Worst-restart arrays of the unit's points that are among the first ``gallery_points``."""
+    """Worst-restart arrays of the unit's ``gallery_points`` most damaged points (lowest worst-restart MS-SSIM)."""
     R = ctx.cfg.restarts
-    chosen = [i for i in range(len(ctx.pts)) if ctx.pts[i] < ctx.cfg.gallery_points]
+    per_point = score.view(len(ctx.pts), R).nan_to_num(2.0).min(1).values  # a non-finite score is no example
+    chosen = sorted(per_point.argsort(stable=True)[: ctx.cfg.gallery_points].tolist())
     if not chosen:
         return None
     worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in chosen]
@@ -295,7 +296,7 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tup
 
 
 def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str) -> None:
-    """Worst-restart examples of a unit's first points (x, x + delta, both reconstructions) as a .npz.
+    """Worst-restart examples of a unit's most damaged points (x, x + delta, both reconstructions) as a .npz.
 
     Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
     ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``.
@@ -381,6 +382,9 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
     if sw.dist.is_main:
         for mi, lm in enumerate(sw.models):
             info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
+            info["models"][mi]["layer_diagnostics_images"] = {  # not eval's images: reports say which is which
+                "split": sw.cfg.split, "images": len(points[mi].images),
+                "selection": f"label-stratified with the attack's seed {sw.cfg.seed}, the attacked points first"}
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
         info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0

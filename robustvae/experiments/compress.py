@@ -36,6 +36,7 @@ from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.io import safe_name
 from robustvae.progress import make_progress
 from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord
+from robustvae.reporting.compression import match_warnings
 
 # what a compression run writes (and ``force`` replaces); the figures among them come from the report package
 OUTPUTS = ("records.csv", "jpeg.csv", "run.json", "rd.png", "rd.pdf", "side-by-side", "images")
@@ -173,6 +174,7 @@ def run_compression(
         "images": [{"name": im.name, "path": im.path, "width": im.width, "height": im.height, "mode": im.mode,
                     "conversion": im.conversion, "sha256": im.sha256} for im in imgs],
         "models": [_model_info(lm, ks[lm.label], *timing[lm.label]) for lm in models],
+        "warnings": match_warnings(records),
     }
     with run.locked():
         run.check_fresh(force)  # again: the directory may have been filled meanwhile

@@ -82,6 +82,7 @@ class HierarchicalVAE(Protocol):
     arch: str
     cfg: ModelConfig
     layers: list[LayerInfo]  # every stochastic layer, top first
+    iw_shared_noise: int  # how many leading tensors of iw_noise are per image, not per importance sample
 
     @property
     def num_layers(self) -> int:
@@ -102,8 +103,16 @@ class HierarchicalVAE(Protocol):
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative-ELBO terms with one posterior sample per layer."""
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
-        """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B)."""
+    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
+                               noise: list[Tensor] | None = None) -> Tensor:
+        """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B), driven by ``noise`` if given."""
+
+    def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """The noise of ``num_samples`` importance samples of one image (stack images on dim 1 for ``noise``).
+
+        The first ``iw_shared_noise`` tensors belong to the image (shared by all its samples);
+        each later one has the samples on dim 0.
+        """
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Per-image importance-sampled upper bound on -log p(x), in nats."""

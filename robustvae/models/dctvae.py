@@ -54,6 +54,7 @@ class DCTVAE(VDVAE):
     """VDVAE with a deterministic context layer on top and a diffusion prior over it."""
 
     arch = "dctvae"
+    iw_shared_noise = 1  # iw_noise: the context bound's noise, one per image
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -122,12 +123,22 @@ class DCTVAE(VDVAE):
         context_nll = self.prior.bound(y, all_steps=not self.training)
         return self._elbo_result(torch.cat([context_nll[:, None], kl], 1), recon)
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
-        """Gaussian layers' importance weights minus the context's diffusion bound: (K, B)."""
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, noise: list[Tensor] | None = None
+    ) -> Tensor:
+        """Gaussian layers' importance weights minus the context's diffusion bound: (K, B).
+
+        ``noise``: the bound's (T, B, C, c, c), then the Gaussian layers' (see ``VDVAE.log_importance_weights``).
+        """
         self._check_input(x)
         y = self.codec(x).value
-        logw = self._log_weights_ladder(x, num_samples, chunk, self.codec.decode(y))
-        return logw - self.prior.bound(y, all_steps=True)
+        logw = self._log_weights_ladder(x, num_samples, chunk, self.codec.decode(y), _below(noise))
+        return logw - self.prior.bound(y, all_steps=True, noise=noise[0] if noise is not None else None)
+
+    def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """The context bound's noise of one image (T, C, c, c), then the Gaussian layers' (K, *shape)."""
+        return [torch.randn((self.prior.steps, *self.prior.shape), generator=generator),
+                *super().iw_noise(num_samples, generator)]
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, noise: list[Tensor] | None = None) -> Tensor:

@@ -61,6 +61,7 @@ class VDVAE(nn.Module):
     """Top-down hierarchical VAE with diagonal Gaussian layers."""
 
     arch = "vdvae"
+    iw_shared_noise = 0  # iw_noise: no tensor shared by an image's samples
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -284,10 +285,21 @@ class VDVAE(nn.Module):
     def forward(self, x: Tensor) -> ELBOResult:
         return self.elbo(x)
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
-        """log p(x | z) + log p(z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B)."""
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, noise: list[Tensor] | None = None
+    ) -> Tensor:
+        """log p(x | z) + log p(z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B).
+
+        ``noise`` (per Gaussian layer a (K, B, *shape) tensor, e.g. :meth:`iw_noise` of each image
+        stacked on dim 1) drives the samples, so they do not depend on ``chunk`` or on the batch;
+        without it they are drawn from torch's generator.
+        """
         self._check_input(x)
-        return self._log_weights_ladder(x, num_samples, chunk)
+        return self._log_weights_ladder(x, num_samples, chunk, noise=noise)
+
+    def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Standard-normal noise of ``num_samples`` importance samples of one image: (K, *shape) per Gaussian layer."""
+        return [torch.randn((num_samples, *info.shape), generator=generator) for info in self._ladder]
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Per-image IWAE estimate of -log p(x) in nats (an upper bound on the NLL)."""
@@ -336,7 +348,8 @@ class VDVAE(nn.Module):
         return ELBOResult(kl=kl, recon=recon, nelbo=nelbo, bpd=nelbo / (self.num_pixels * math.log(2)))
 
     def _log_weights_ladder(
-        self, x: Tensor, num_samples: int, chunk: int | None, context: Tensor | None = None
+        self, x: Tensor, num_samples: int, chunk: int | None, context: Tensor | None = None,
+        noise: list[Tensor] | None = None,
     ) -> Tensor:
         B = x.shape[0]
         chunk = chunk or num_samples
@@ -348,7 +361,9 @@ class VDVAE(nn.Module):
             acts = {r: a.repeat(n, 1, 1, 1) for r, a in acts1.items()}
             xr = x.repeat(n, 1, 1, 1)
             ctx = context.repeat(n, 1, 1, 1) if context is not None else None
-            td = self._top_down(B * n, acts, n_posterior=len(self._ladder), posterior_sample=True, context=ctx)
+            eps = [e[done : done + n].reshape(n * B, *e.shape[2:]) for e in noise] if noise is not None else None
+            td = self._top_down(B * n, acts, n_posterior=len(self._ladder), posterior_sample=True, noise=eps,
+                                context=ctx)
             logw = self.likelihood(td.state).log_prob(xr)
             for q, p, z in zip(td.posteriors, td.priors, td.zs):
                 logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))

@@ -30,6 +30,8 @@ from robustvae.reporting.aggregate import CI_LEVEL, VIEWS
 from robustvae.reporting.load import PANEL_KEYS, GalleryEntry
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+DODGE = 0.08  # k units between neighbouring models' curves in a panel where two of them coincide
+COINCIDE = 0.01  # MS-SSIM: curves closer than this at every k would hide one another
 
 
 class PlainTextFigure(Figure):
@@ -85,26 +87,39 @@ def _y_bottom(table: pd.DataFrame) -> float:
     return max(0.0, np.floor((lowest - 0.02) * 10) / 10)
 
 
-def _curve(ax: Axes, g: pd.DataFrame, view: str, colour: tuple, marker: str) -> None:
-    """One model's line of a view against k, its interval from the table as error bars."""
+def _curve(ax: Axes, g: pd.DataFrame, view: str, colour: tuple, marker: str, dodge: float = 0.0) -> None:
+    """One model's line of a view against k (shifted by ``dodge`` along k, so equal curves stay visible side by
+    side), its interval from the table as error bars."""
     g = g[g[view].notna()]
     if g.empty:
         return
-    (line,) = ax.plot(g.k, g[view], color=colour, marker=marker, markersize=7, markeredgewidth=0.75,
+    x = g.k + dodge
+    (line,) = ax.plot(x, g[view], color=colour, marker=marker, markersize=7, markeredgewidth=0.75,
                       markeredgecolor="w")
-    bars = ax.errorbar(g.k, g[view], yerr=(g[view] - g[f"{view}_lo"], g[f"{view}_hi"] - g[view]), linestyle="",
+    bars = ax.errorbar(x, g[view], yerr=(g[view] - g[f"{view}_lo"], g[f"{view}_hi"] - g[view]), linestyle="",
                        color=colour, capsize=3)
     for obj in bars.get_children():
         if isinstance(obj, LineCollection):
             obj.set_capstyle(line.get_solid_capstyle())
 
 
+def _coincide(curves: list[pd.Series]) -> bool:
+    """Whether two curves (values by k) lie within :data:`COINCIDE` of each other at every k they share."""
+    for i, a in enumerate(curves):
+        for b in curves[i + 1 :]:
+            both = pd.concat([a, b], axis=1, join="inner").dropna()
+            if len(both) and float((both.iloc[:, 0] - both.iloc[:, 1]).abs().max()) < COINCIDE:
+                return True
+    return False
+
+
 def _panel(ax: Axes, base: pd.DataFrame, view: str, colours: dict[str, tuple], markers: dict[str, str]) -> None:
     """A panel's curves (every model of ``base``, a table's rows of one panel), then noise (dashed) and floor (dotted)."""
     curves = {model: g.sort_values("k") for model, g in base.groupby("model")}
-    for model in colours:
+    step = DODGE if _coincide([g.set_index("k")[view] for g in curves.values()]) else 0.0
+    for i, model in enumerate(colours):
         if model in curves:
-            _curve(ax, curves[model], view, colours[model], markers[model])
+            _curve(ax, curves[model], view, colours[model], markers[model], dodge=step * (i - (len(colours) - 1) / 2))
     for model, g in curves.items():
         ax.plot(g.k, g.noise, ls="--", lw=1.2, color=colours[model], alpha=0.8)
         ax.plot(g.k, g.floor, ls=":", lw=1.4, color=colours[model], alpha=0.8)
@@ -151,7 +166,11 @@ def figure10(table: pd.DataFrame) -> Figure:
 
 def _grouped_bars(ax: Axes, frame: pd.DataFrame, y: str, models: list[str], colours: dict[str, tuple],
                   hatch_kind: str | None = None) -> None:
-    """Bars of ``y`` per layer, one per model side by side; rows of kind ``hatch_kind`` hatched (another quantity)."""
+    """Bars of ``y`` per layer, one per model side by side; rows of kind ``hatch_kind`` hatched (another quantity).
+
+    A value of exactly 0 is a flat dash on the axis (a bar of height 0 would not show); a layer
+    without a value (not applicable, or not in that model) is written "n/a".
+    """
     layers = sorted(frame.layer.unique())
     width = 0.8 / max(len(models), 1)
     for i, m in enumerate(models):
@@ -159,7 +178,11 @@ def _grouped_bars(ax: Axes, frame: pd.DataFrame, y: str, models: list[str], colo
         xs = np.arange(len(layers)) + (i - (len(models) - 1) / 2) * width
         hatched = (g.kind == hatch_kind).to_numpy() if hatch_kind else np.zeros(len(layers), bool)
         for x, v, h in zip(xs, g[y].to_numpy(float), hatched):
-            if np.isfinite(v):
+            if not np.isfinite(v):
+                ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+            elif v == 0:
+                ax.plot([x], [0], marker="_", markersize=max(4.0, 60 * width), markeredgewidth=3, color=colours[m])
+            else:
                 ax.bar(x, v, width, color=colours[m], hatch="//" if h else None, edgecolor="w" if h else None)
     ax.set_xticks(np.arange(len(layers)), [str(int(v)) for v in layers])
     ax.set_xlabel("layer (1 = top)")
@@ -171,7 +194,7 @@ def layers_figure(diag: pd.DataFrame, atlas: pd.DataFrame | None = None) -> Figu
 
     Utilisation is the fraction of active units for Gaussian layers and the mean
     fraction of quantiser levels used for a context layer (hatched: a different
-    quantity, not "no active units"); a layer with no bar has no number.
+    quantity, not "no active units"); 0 is a dash on the axis, a layer without a number "n/a".
     """
     models = sorted(diag.model.unique())
     colours = palette(models)
@@ -203,13 +226,19 @@ def imshow_array(a: np.ndarray) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
 
 
-def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
-    """One model's worst-restart examples: a row per (panel, k, point), five columns."""
-    several = len({(e.dataset, e.norm, e.eps) for e in entries}) > 1
-    rows = []
+def worst_examples(entries: list[GalleryEntry], per_k: int) -> list[tuple[GalleryEntry, int]]:
+    """Per (panel, k), the ``per_k`` saved examples with the lowest MS-SSIM (the largest damage), worst first."""
+    groups: dict[tuple, list[tuple[GalleryEntry, int]]] = {}
     for e in sorted(entries, key=lambda e: (e.dataset, e.norm, e.eps, e.k)):
-        for i in range(min(per_k, len(e.arrays["points"]))):
-            rows.append((e, i))
+        groups.setdefault((e.dataset, e.norm, e.eps, e.k), []).extend((e, i) for i in range(len(e.arrays["points"])))
+    key = lambda ei: np.nan_to_num(float(ei[0].arrays["msssim"][ei[1]]), nan=2.0)  # noqa: E731
+    return [ei for group in groups.values() for ei in sorted(group, key=key)[:per_k]]
+
+
+def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
+    """One model's worst-restart examples of its most damaged points: a row per (panel, k, point), five columns."""
+    several = len({(e.dataset, e.norm, e.eps) for e in entries}) > 1
+    rows = worst_examples(entries, per_k)
     deltas = [e.arrays["x_adv"][i] - e.arrays["x"][i] for e, i in rows]
     biggest = max((float(np.abs(d).max()) for d in deltas), default=0.0) or 1.0
     scale = 0.5 / biggest
@@ -230,5 +259,5 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
         where = f"eps {e.eps:g}, " if several else ""
         axes[r, 0].set_ylabel(f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}",
                               fontsize=8)
-    fig.suptitle(f"{entries[0].model}: worst restart per point", fontsize=10)
+    fig.suptitle(f"{entries[0].model}: the most damaged points, worst restart of each", fontsize=10)
     return fig

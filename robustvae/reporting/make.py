@@ -87,6 +87,8 @@ def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "nll_nats": e.get("nll_nats") if e else None, "nelbo_nats": e.get("nelbo_nats") if e else None,
             "eval": {k: e.get(k) for k in ("split", "images", "iw_samples", "nll_bpd", "active_units", "total_units")}
                     if e else None,
+            "eval_selection": (e.get("image_set") or {}).get("selection") if e else None,
+            "diag_images": m.get("layer_diagnostics_images"),
         })
     return rows
 
@@ -206,8 +208,18 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
 def _model_context(m: dict[str, Any]) -> dict[str, Any]:
     e = m["eval"]
     return {**m, "nll": tables.number(m["nll_nats"], ".2f"), "nelbo": tables.number(m["nelbo_nats"], ".2f"),
-            "eval_note": (f"{e['split']}, {e['images']} images, K = {e['iw_samples']}, active units "
-                          f"{e['active_units']}/{e['total_units']}") if e else "not given (--eval)"}
+            "eval_note": _eval_note(m)}
+
+
+def _eval_note(m: dict[str, Any]) -> str:
+    """The --eval file's images and numbers, and the images the layer atlas counts on instead."""
+    e, d = m["eval"], m.get("diag_images")
+    atlas = f"; layer atlas: {d['images']} {d['split']} images, {d['selection']}" if d else ""
+    if not e:
+        return f"not given (--eval){atlas}"
+    how = f" ({m['eval_selection']})" if m.get("eval_selection") else ""
+    return (f"{e['split']}, {e['images']} images{how}, K = {e['iw_samples']}, active units "
+            f"{e['active_units']}/{e['total_units']} on those images{atlas}")
 
 
 def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str, bytes],
@@ -263,6 +275,7 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
         "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
         "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
         "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
+        "warnings": comp.match_warnings(run.records),
     }
 
 

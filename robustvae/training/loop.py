@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from robustvae import errors
 from robustvae.config import Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, TrainingError
@@ -26,7 +27,7 @@ from robustvae.zoo import config_of, read_checkpoint
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
 
 
-class Interrupted(RobustVAEError):
+class Interrupted(errors.Interrupted):
     """Training stopped by Ctrl-C after saving ``last.pt``."""
 
 
@@ -185,6 +186,9 @@ class Trainer:
     def _finish(self, run: _Run) -> dict[str, Any]:
         """The summary, also written to summary.json."""
         st, data = run.state, run.data
+        done = self.out / "summary.json"
+        if not run.last_val and done.is_file():  # --resume of a finished run: nothing ran, its summary stands
+            return json.loads(done.read_text())
         summary = {
             "name": self.cfg.name, "steps": st.step, "epochs": st.step / data.steps_per_epoch,
             "skipped_steps": st.skips, "best_val_nelbo": st.best_val, "final_val": run.last_val,

@@ -194,6 +194,7 @@ class KuzinaLadderVAE(nn.Module):
 
     arch = "kuzina-ladder"
     estimators = ("iwae", "authors")
+    iw_shared_noise = 1  # iw_noise: the binarisation draw, one per image
 
     # the contract's plumbing is VDVAE's, unchanged (input checks, noise, IWAE from the weights, layout)
     _check_input = VDVAE._check_input
@@ -261,10 +262,13 @@ class KuzinaLadderVAE(nn.Module):
         cfg = self.cfg
         return likelihood(self.decoder.post_process(state).float(), cfg.likelihood, cfg.image_channels, cfg.num_mixtures)
 
-    def binarise(self, x: Tensor) -> Tensor:
-        """The likelihood's target: a fresh Bernoulli draw of a grey image when the model binarises, else x."""
+    def binarise(self, x: Tensor, u: Tensor | None = None) -> Tensor:
+        """The likelihood's target: a Bernoulli draw of a grey image when the model binarises, else x.
+
+        ``u``: the draw's U[0, 1) numbers (as x), fresh ones when None.
+        """
         if self.cfg.likelihood == "bernoulli" and self.cfg.target_binarisation == "model":
-            return (rng.rand_like(x) < x).to(x.dtype)
+            return ((u if u is not None else rng.rand_like(x)) < x).to(x.dtype)
         return x
 
     # ------------------------------------------------------------------ passes
@@ -366,34 +370,66 @@ class KuzinaLadderVAE(nn.Module):
         """Their NLL estimate -(logsumexp_k log w_k - log K) with :meth:`authors_log_weights`: not a bound."""
         return -(torch.logsumexp(self.authors_log_weights(x, num_samples, chunk), 0) - math.log(num_samples))
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
+    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
+                               noise: list[Tensor] | None = None) -> Tensor:
         """log p(x, z) - log q(z | x) at ``num_samples`` joint samples (K, B): the true IWAE bound's weights.
 
         The context's posterior is the distribution the dither induces on the quantised
         values, its prior the diffusion model along one sampled trajectory (p(y0 | y1)
         normalised over the context's values, p(y_T) = N(0, I)); one binarisation for all k.
+        ``noise`` (:meth:`iw_noise` of each image stacked on dim 1) drives every draw, so the
+        weights do not depend on ``chunk`` or on the batch; without it they come from torch's generator.
         """
         self._check_input(x)
         B, chunk = x.shape[0], chunk or num_samples
-        target, feats1 = self.binarise(x), self.encoder(x)
+        target = self.binarise(x, noise[0][0] if noise is not None else None)
+        feats1 = self.encoder(x)
         v1 = self.codec.normalise(x) if self.has_context else None
         out, done = [], 0
         while done < num_samples:
             n = min(chunk, num_samples - done)
+            draw = self._iw_draws(noise, done, n) if noise is not None else {}
             feats = self._repeat(n, *feats1)
             logw, ctx_img = self._repeat(n, target)[0].new_zeros(n * B), None
             if self.has_context:
                 (v,) = self._repeat(n, v1)
-                y = self.codec.quantise(v, dither=True)
+                y = self.codec.quantise(v, dither=draw.get("dither", True))
                 ctx_img = self._context_image(y)
-                logw = self.prior.log_weight(y) - sum_except_batch(self.codec.log_prob(v, y))
-            td = self._top_down(n * B, feats, ctx_img, n_post=len(self.ladder), sample_q=True)
+                logw = self.prior.log_weight(y, draw.get("trajectory")) - sum_except_batch(self.codec.log_prob(v, y))
+            td = self._top_down(n * B, feats, ctx_img, n_post=len(self.ladder), sample_q=True, noise=draw.get("eps"))
             logw = logw + self.likelihood(td.state).log_prob(self._repeat(n, target)[0])
             for q, p, z in zip(td.posteriors, td.priors, td.zs):
                 logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))
             out.append(logw.view(n, B))
             done += n
         return torch.cat(out, 0)
+
+    def _iw_draws(self, noise: list[Tensor], start: int, n: int) -> dict[str, Tensor | list[Tensor]]:
+        """Samples ``start:start + n`` of stacked :meth:`iw_noise` in the sample-major batch layout of a pass."""
+        def flat(t: Tensor) -> Tensor:  # (n, B, *s) -> (n B, *s)
+            return t[start : start + n].reshape(-1, *t.shape[2:])
+
+        per_sample = noise[self.iw_shared_noise:]
+        out: dict[str, Tensor | list[Tensor]] = {}
+        if self.has_context:
+            dither, traj, *per_sample = per_sample
+            out["dither"] = flat(dither)
+            t = traj[start : start + n].permute(2, 0, 1, *range(3, traj.dim()))  # (n, B, T, ...) -> (T, n, B, ...)
+            out["trajectory"] = t.reshape(t.shape[0], -1, *t.shape[3:])
+        out["eps"] = [flat(e) for e in per_sample]
+        return out
+
+    def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """One image's importance-sampling noise: the binarisation's U[0, 1) (1, C, H, W); for a DCT model the
+        dither's U[0, 1) (K, C, c, c) and the diffusion trajectory's (K, T, C, c, c); then (K, *shape) per
+        Gaussian layer."""
+        K, out = num_samples, [torch.rand((1, self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size),
+                                          generator=generator)]
+        if self.has_context:
+            shape = self.layers[0].shape
+            out += [torch.rand((K, *shape), generator=generator),
+                    torch.randn((K, self.prior.steps, *shape), generator=generator)]
+        return out + [torch.randn((K, *info.shape), generator=generator) for info in self.layers if not info.deterministic]
 
     def _split_noise(self, noise: list[Tensor] | None) -> tuple[Tensor | None, list[Tensor] | None]:
         """(the context's noise, the Gaussian layers' noise) of a full noise list."""
