@@ -231,10 +231,12 @@ def curve_steps(steps: int) -> tuple[int, ...]:
 
 
 def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None):
-    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate."""
+    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate.
+
+    An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
+    of its attack run by itself (``member`` only names them)."""
     model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
-    tag = () if member is None else (member,)  # a single attack keeps the seeds it always had
-    seeds = [derive_seed(cfg.seed, "start", k, p, r, *tag) for p in ctx.pts for r in range(R)]
+    seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     attack = make_attack(model, k, cfg)
     attack.curve_steps = curve_steps(cfg.steps)
     target = None
