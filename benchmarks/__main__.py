@@ -11,7 +11,9 @@ Everything runs in one process, so every ratio is measured in one run (GUIDE sec
   restart at a time, checked to give the same results (goal: 10x), at k = 1 and k = L, and the
   batched run's fraction of the limit;
 * MS-SSIM batched against per image (goal: 20x);
-* peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events).
+* peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events);
+* on request (``--only ensemble``, :mod:`benchmarks.ensemble`): the old default attack (PGD skl) against the
+  ensemble (``--attack auto``) on ``--ensemble-run`` models, worst-case MS-SSIM per k and passes per point.
 
 The attack model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
 freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
@@ -35,7 +37,8 @@ from robustvae.device import resolve_device
 from robustvae.registry import build_model, get_preset
 
 GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
-PARTS = ("train", "attack", "msssim")
+PARTS = ("train", "attack", "msssim")  # the default parts
+OPTIONAL_PARTS = ("ensemble",)  # run when --only names them
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -55,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, help="timed repeats, the best is kept (default 5; quick 1)")
     ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
+    ap.add_argument("--ensemble-run", action="append", help="ensemble part: trained models (run directories or "
+                    "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)")
+    ap.add_argument("--ensemble-layers", default="1,2", help="ensemble part: k values (default 1,2)")
     ap.add_argument("--out", type=Path, default=None,
                     help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)")
     return ap
@@ -70,9 +76,9 @@ def _defaults(args: argparse.Namespace) -> None:
             setattr(args, name, quick if q else full)
     args.train_preset = args.train_preset or ["vdvae-mnist", "dctvae-mnist"]
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
-    bad = [p for p in args.only if p not in PARTS]
+    bad = [p for p in args.only if p not in PARTS + OPTIONAL_PARTS]
     if bad:
-        raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS)})")
+        raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS + OPTIONAL_PARTS)})")
 
 
 def _attack_model(args: argparse.Namespace, device: torch.device):
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> dict:
     amp = not args.no_amp and dev.type == "cuda"
     res: dict = {"command": "python -m benchmarks " + " ".join(args.argv), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "machine": machine(), "device": str(dev), "quick": args.quick, "goals": GOALS}
+    if not set(args.only) & set(PARTS):  # the ensemble part alone measures no speed: no limit needed
+        return {**res, "ensemble": _ensemble(args, dev)}
     res["limit"] = dense_conv_flops_per_s(dev, args.quick)
     if amp and "train" in args.only:
         res["limit_bf16"] = dense_conv_flops_per_s(dev, args.quick, autocast=True)
@@ -116,7 +124,24 @@ def run(args: argparse.Namespace) -> dict:
                 res["attack"].append(row)
         if "msssim" in args.only:
             res["ms_ssim"] = measure_ms_ssim(model, args.points * args.restarts, dev, args.repeats * 3)
+    if "ensemble" in args.only:
+        res["ensemble"] = _ensemble(args, dev)
     return res
+
+
+def _ensemble(args: argparse.Namespace, device: torch.device) -> dict:
+    """The ensemble part: old default against ``auto`` at the same points, restarts, steps and budget."""
+    from benchmarks.ensemble import run as run_ensemble
+    from robustvae.config import AttackConfig
+
+    models, data = args.ensemble_run, None
+    if not models:
+        torch.manual_seed(0)
+        models, data = [build_model(get_preset(p).model).eval() for p in ("vdvae-mnist-tiny", "dctvae-mnist-tiny")], \
+            "synthetic"
+    base = AttackConfig(layers=args.ensemble_layers, points=args.points, restarts=args.restarts, steps=args.steps,
+                        floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+    return run_ensemble(models, base, str(device), data)
 
 
 def _mib(mem: dict) -> str:
@@ -129,6 +154,8 @@ def _met(ok: bool) -> str:
 
 def table(res: dict) -> str:
     """The results as one markdown table (plus a header line naming the machine and the limit)."""
+    if "limit" not in res:
+        return _ensemble_text(res)
     lim = res["limit"]
     m = res["machine"]
     lines = [
@@ -175,10 +202,17 @@ def table(res: dict) -> str:
             "1x", "", _mib(r["per_image_peak_memory"]))
     if "attack_model" in res:
         lines += ["", f"attack / MS-SSIM model: {res['attack_model']}"]
+    if "ensemble" in res:
+        lines += ["", _ensemble_text(res)]
     mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
     if mem:
         lines.append(f"peak memory: {mem}, above what was held before the call")
     return "\n".join(lines)
+
+
+def _ensemble_text(res: dict) -> str:
+    return ("old default (pgd) against the ensemble (auto): worst-case MS-SSIM per point, passes per point\n"
+            + res["ensemble"]["table"])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -43,7 +43,7 @@ GRADIENT_FREE = ("square",)  # members whose name starts with one of these use n
 
 def _attack_rows(records: pd.DataFrame) -> pd.DataFrame:
     att = records[records.kind == "attack"].copy()
-    att["member"] = att["member"].fillna("") if "member" in att else ""
+    att["member"] = att["member"].astype(object).where(att["member"].notna(), "") if "member" in att else ""
     att["msssim"] = pd.to_numeric(att.msssim, errors="coerce")
     return att
 
