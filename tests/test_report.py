@@ -300,7 +300,8 @@ def test_shards_merge_into_the_same_numbers(tmp_path):
     b = agg.summarise(sharded.records)
     assert a.equals(b)
     checks = agg.checks(sharded, b)
-    assert checks.passed.all()
+    # the hand-made records' restarts are random draws: the restart flag may fire on them, and is not under test here
+    assert checks[checks.check != "more restarts no longer pay"].passed.all()
 
 
 def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
