@@ -457,12 +457,20 @@ def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] |
     return {"version": version, "plans": plans}
 
 
+def _dither(lm: Labelled) -> str | None:
+    """How the attack met a dithered context (the authors' kuzina-ladder DCT-VAE); None for other models."""
+    mc = getattr(lm.config, "model", None)
+    if mc is None or getattr(mc, "arch", None) != "kuzina-ladder" or mc.context == "none":
+        return None
+    return f"on, averaged over {mc.context_eot_draws} fixed draws (EOT)" if mc.context_dither else "off"
+
+
 def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: int, points: dict) -> dict[str, Any]:
     """run.json: command, settings, provenance, progress, and per model its config and layer diagnostics."""
     info = {"command": command or sys.argv, "settings": sw.settings(), **provenance(), "device": str(dev),
             "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
             "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
-            "ensemble": ensemble_info(sw.cfg, sw.models),
+            "ensemble": ensemble_info(sw.cfg, sw.models), "context_dither": {m.label: _dither(m) for m in sw.models},
             "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.config),
                         "num_layers": m.model.num_layers} for m in sw.models]}
     if sw.dist.is_main:
