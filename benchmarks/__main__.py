@@ -14,7 +14,9 @@ Everything runs in one process and every ratio is measured in one run, so it com
 * the importance-sampled NLL of ``robustvae eval`` (:mod:`benchmarks.eval`): K = 1000 on 100
   digits against the limit (goal: 40 %), the whole evaluation against the code before the
   batched evaluation, and samples/s per ``--max-batch-mib``;
-* peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events).
+* peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events);
+* on request (``--only ensemble``, :mod:`benchmarks.ensemble`): the old default attack (PGD skl) against the
+  ensemble (``--attack auto``) on ``--ensemble-run`` models, worst-case MS-SSIM per k and passes per point.
 
 The attack and eval model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
 freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
@@ -39,7 +41,8 @@ from robustvae.device import resolve_device
 from robustvae.registry import build_model, get_preset
 
 GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
-PARTS = ("train", "attack", "msssim", "eval")
+PARTS = ("train", "attack", "msssim", "eval")  # the default parts
+OPTIONAL_PARTS = ("ensemble",)  # run when --only names them
 RESULTS = Path(__file__).with_name("results.json")
 HEADER = (
     "| benchmark | workload | throughput | GFLOP / item (image, image-step, sample) | GFLOP/s | of limit | speed-up | goal | peak memory |",
@@ -64,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
     eval_bench.add_arguments(ap)
+    ap.add_argument("--ensemble-run", action="append", help="ensemble part: trained models (run directories or "
+                    "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)")
+    ap.add_argument("--ensemble-layers", default="1,2", help="ensemble part: k values (default 1,2)")
     ap.add_argument("--out", type=Path, default=None,
                     help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)")
     return ap
@@ -80,9 +86,9 @@ def _defaults(args: argparse.Namespace) -> None:
     eval_bench.defaults(args)
     args.train_preset = args.train_preset or ["vdvae-mnist", "dctvae-mnist"]
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
-    bad = [p for p in args.only if p not in PARTS]
+    bad = [p for p in args.only if p not in PARTS + OPTIONAL_PARTS]
     if bad:
-        raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS)})")
+        raise SystemExit(f"--only: unknown part(s) {', '.join(bad)} (known: {', '.join(PARTS + OPTIONAL_PARTS)})")
 
 
 def model_for(args: argparse.Namespace, device: torch.device):
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
     amp = not args.no_amp and dev.type == "cuda"
     res: dict = {"command": "python -m benchmarks " + " ".join(args.argv), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "machine": machine(), "device": str(dev), "quick": args.quick, "goals": GOALS}
+    if not set(args.only) & set(PARTS):  # the ensemble part alone measures no speed: no limit needed
+        return {**res, "ensemble": _ensemble(args, dev)}
     res["limit"] = dense_conv_flops_per_s(dev, args.quick)
     if amp and "train" in args.only:
         res["limit_bf16"] = dense_conv_flops_per_s(dev, args.quick, autocast=True)
@@ -129,7 +137,24 @@ def run(args: argparse.Namespace) -> dict:
             res["ms_ssim"] = measure_ms_ssim(model, args.points * args.restarts, dev, args.repeats * 3)
         if "eval" in args.only:
             res["eval"] = eval_bench.run(args, dev, res["limit"]["flops_per_s"], model)
+    if "ensemble" in args.only:
+        res["ensemble"] = _ensemble(args, dev)
     return res
+
+
+def _ensemble(args: argparse.Namespace, device: torch.device) -> dict:
+    """The ensemble part: old default against ``auto`` at the same points, restarts, steps and budget."""
+    from benchmarks.ensemble import run as run_ensemble
+    from robustvae.config import AttackConfig
+
+    models, data = args.ensemble_run, None
+    if not models:
+        torch.manual_seed(0)
+        models, data = [build_model(get_preset(p).model).eval() for p in ("vdvae-mnist-tiny", "dctvae-mnist-tiny")], \
+            "synthetic"
+    base = AttackConfig(layers=args.ensemble_layers, points=args.points, restarts=args.restarts, steps=args.steps,
+                        floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+    return run_ensemble(models, base, str(device), data)
 
 
 def _mib(mem: dict) -> str:
@@ -142,6 +167,8 @@ def _met(ok: bool) -> str:
 
 def table(res: dict) -> str:
     """The results as one markdown table (plus a header line naming the machine and the limit)."""
+    if "limit" not in res:
+        return _ensemble_text(res)
     lim = res["limit"]
     m = res["machine"]
     lines = [
@@ -189,10 +216,17 @@ def table(res: dict) -> str:
         row(*cells)
     if "attack_model" in res:
         lines += ["", f"attack / MS-SSIM / eval model: {res['attack_model']}"]
+    if "ensemble" in res:
+        lines += ["", _ensemble_text(res)]
     mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
     if mem:
         lines.append(f"peak memory: {mem}, above what was held before the call")
     return "\n".join(lines)
+
+
+def _ensemble_text(res: dict) -> str:
+    return ("old default (pgd) against the ensemble (auto): worst-case MS-SSIM per point, passes per point\n"
+            + res["ensemble"]["table"])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -240,19 +240,27 @@ def attack(
     models: Sequence[ModelSpec], config: AttackConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
     shard: tuple[int, int] = (1, 1), quiet: bool = True, command: list[str] | None = None,
-    dist: DistContext | None = None,
+    dist: DistContext | None = None, eot: int = 0,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
     ``models``: zoo names, checkpoint files, run directories, loaded models or models
     in memory (these need ``data``). With ``out`` the run is written there and resumed
     by a later call with the same settings; ``shard=(i, N)`` runs every N-th work unit.
+    ``eot``: N > 0 attacks the authors' dithered context (kuzina-ladder DCT-VAEs only) with
+    the dither on, averaged over N fixed draws; by default the dither is off (run.json says which).
     """
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
 
     dev = _device(device)
     labelled = load_models(list(models), dev, data)
+    if eot < 0:
+        raise RobustVAEError(f"--eot takes the number of dither draws (>= 1; 0: dither off), got {eot}")
+    if eot:
+        from robustvae.zoo.kuzina import with_dither
+
+        labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
     records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
                         quiet=quiet, command=command, dist=dist)
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),

@@ -325,7 +325,8 @@ class AttackConfig:
     points: int = 50
     steps: int = 50
     objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
-    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square
+    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square;
+    # or an ensemble of robustvae.attacks.ENSEMBLES: auto (the current version, auto-v1)
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
     # step (2 * eps); square: unused
     per_unit: bool = False  # divide each layer's term by its units, so layers of different widths are commensurate
@@ -340,6 +341,15 @@ class AttackConfig:
     seed: int = 0
     split: str = "test"
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
+    eps_sweep: str | None = None  # "0.025,0.05,0.1": run the sweep at each eps (instead of ``eps``)
+    unrelated_draws: int = 1  # per point: MS-SSIM between its reconstruction and an unrelated image's
+
+    @property
+    def eps_list(self) -> list[float]:
+        """The budgets the sweep runs: ``eps_sweep`` parsed, else [``eps``]."""
+        if not self.eps_sweep:
+            return [self.eps]
+        return [float(v) for v in str(self.eps_sweep).split(",") if v.strip()]
 
     def __post_init__(self) -> None:
         from robustvae.protocol import CONVENTIONS, RECON_RULES
@@ -359,12 +369,21 @@ class AttackConfig:
 
         if self.objective not in OBJECTIVES:
             _fail(f"unknown objective {self.objective!r} (known: {', '.join(OBJECTIVES)})")
-        if self.optimizer not in ATTACKS:
-            _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join(ATTACKS)})")
+        from robustvae.attacks.registry import ENSEMBLES, ensemble_version
+
+        if self.optimizer not in ATTACKS and ensemble_version(self.optimizer) is None:
+            _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join([*ATTACKS, 'auto', *ENSEMBLES])})")
+        if self.eps_sweep is not None:
+            try:
+                sweep = self.eps_list
+            except ValueError:
+                _fail(f"eps_sweep must be comma-separated numbers such as 0.025,0.05,0.1, got {self.eps_sweep!r}")
+            if not sweep or any(not e > 0 for e in sweep):
+                _fail(f"eps_sweep needs at least one eps and every eps > 0, got {self.eps_sweep!r}")
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("floor_draws", "noise_draws", "gallery_points"):
+        for name in ("floor_draws", "noise_draws", "gallery_points", "unrelated_draws"):
             if getattr(self, name) < 0:
                 _fail(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.step_size is not None and not self.step_size > 0:

@@ -4,7 +4,8 @@
   ``attack`` (one per model, k, point and restart), ``no_attack`` (the same score with
   delta = 0 under the same rule and noise, paired with each attack row), ``floor``
   (clean vs clean under other prior noise) or ``noise`` (a random perturbation of the
-  same budget);
+  same budget) or ``unrelated`` (the point's reconstruction against that of another,
+  unrelated test image: the damage level a large enough budget must reach);
 * :class:`CompressionRecord`: one row of a compression run (``records.csv``), per
   model, image and k.
 
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 
 from robustvae.io import read_jsonl
 
-ATTACK_KINDS = ("attack", "no_attack", "floor", "noise")
+ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
 LEGACY_NAMES = {"layers": "k"}  # old field name -> current one
 LEGACY_DEFAULTS = {"recon": "default", "temperature_convention": "std"}  # fields older attack records lack
@@ -51,7 +52,8 @@ class Record:
 class AttackRecord(Record):
     """One row of an attack sweep: a scored reconstruction and the settings behind it."""
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
+                                            "curve", "grad_norm")
 
     unit: str  # the work unit that wrote the row (resume and merge go by units)
     model: str  # label of the checkpoint in the sweep
@@ -67,7 +69,7 @@ class AttackRecord(Record):
     temperature: float
     recon: str  # the reconstruction rule (robustvae.protocol): default | authors
     temperature_convention: str  # std | var: what the temperature scales
-    kind: str  # attack | no_attack | floor | noise
+    kind: str  # attack | no_attack | floor | noise | unrelated
     point: int  # index among the attacked points
     test_index: int  # index of the image in its split
     label: int
@@ -81,6 +83,10 @@ class AttackRecord(Record):
     final_loss: float | None = None  # the attack's best objective
     nonfinite: bool = False
     target_point: int | None = None  # supervised objective: the point pulled towards
+    member: str | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
+    member_steps: int | None = None  # that member's steps per restart (its share of ``steps``)
+    curve: dict[str, float] | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
+    grad_norm: float | None = None  # norm of the objective's gradient at the start (gradient attacks)
 
 
 @dataclass(frozen=True)

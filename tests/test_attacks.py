@@ -237,7 +237,7 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
                      'floor_draws = 1\nnoise_draws = 1\n')
     assert main(["attack", "--suite", str(suite), "--layers", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
     df = pd.read_json(tmp_path / "o" / "records.jsonl", lines=True)
-    assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise"}
+    assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise", "unrelated"}
     run = pd.read_json(tmp_path / "o" / "run.json", typ="series")
     assert run["settings"]["attack"]["layers"] == "1" and run["models"][0]["layer_diagnostics"]
     diag_images = run["models"][0]["layer_diagnostics_images"]  # named for the report: not eval's images

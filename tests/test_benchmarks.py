@@ -86,3 +86,24 @@ def test_before_after_loads_the_old_code_and_compares(capsys):
     assert exact and all(r["max_rel_difference"] == 0 for r in exact)
     assert all(r["ratio"] > 0 and r["equal_share"] > 0.9 for r in rows)
     assert "| change |" in capsys.readouterr().out
+
+
+def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypatch):
+    """Tiny models, tiny sizes: both attacks per model and k, the passes each used from the attacks' definitions."""
+    from robustvae.attacks import ensemble_plan
+    from robustvae.experiments import attack as engine
+
+    monkeypatch.setattr(engine, "layer_diagnostics", lambda *a, **kw: [])  # run.json's diagnostics: not used here
+    res = main(["--quick", "--device", "cpu", "--only", "ensemble", "--ensemble-layers", "1",
+                "--out", str(tmp_path / "e.json")])
+    ens = res["ensemble"]
+    assert {(r["attack"], r["model"], r["k"]) for r in ens["rows"]} == {
+        (a, m, 1) for a in ("pgd", "auto") for m in ("vdvae", "dctvae")}
+    assert all(0 <= r["worst_min"] <= r["worst_mean"] <= 1 for r in ens["rows"])
+    passes = {(p["attack"], p["model"]): p for p in ens["passes"]}
+    R, S = 2, 2  # --quick: restarts and steps
+    assert passes[("pgd", "vdvae")]["backward"] == R * S and passes[("pgd", "vdvae")]["forward"] == R * (S + 1)
+    model = build_model(get_preset("dctvae-mnist-tiny").model)
+    plan = ensemble_plan(model, 1, "auto-v1", S)  # 2 steps, 4 members: one step each
+    assert passes[("auto", "dctvae")]["backward"] == R * sum(n for m, n in plan if m.optimizer != "square")
+    assert "| dctvae | 1 |" in ens["table"] and "old default (pgd) against the ensemble" in res["table"]

@@ -80,3 +80,21 @@ def test_attacks_can_average_over_dither_draws_and_say_so(run, tmp_path):
     assert model_cfg["context_dither"] is True and model_cfg["context_eot_draws"] == 2
     with pytest.raises(RobustVAEError, match="dithered context"):
         with_dither(robustvae.load(run).__class__.in_memory(build_model(get_preset("vdvae-mnist-tiny").model)))
+
+
+def test_the_attack_commands_eot_option_turns_the_dither_on_and_run_json_says_so(run, tmp_path, capsys):
+    base = ["attack", str(run), "--layers", "2", "--points", "2", "--restarts", "1", "--steps", "2"]
+    assert main([*base, "--out", str(tmp_path / "off")]) == 0
+    assert main([*base, "--eot", "2", "--out", str(tmp_path / "on")]) == 0
+    off, on = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("off", "on"))
+    assert list(off["context_dither"].values()) == ["off"]
+    assert list(on["context_dither"].values()) == ["on, averaged over 2 fixed draws (EOT)"]
+    assert on["models"][0]["config"]["model"]["context_eot_draws"] == 2
+    capsys.readouterr()
+    other = tmp_path / "vd.pt"
+    from robustvae import zoo
+
+    cfg = get_preset("vdvae-mnist-tiny")
+    zoo.atomic_save(zoo.make_checkpoint(cfg, build_model(cfg.model)), other)
+    assert main(["attack", str(other), "--eot", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "dithered context" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -174,7 +174,8 @@ def test_checks_pass_and_name_their_numbers(report):
         by.setdefault(c["check"], []).append(c)
     assert set(by) == {"budget respected", "attack beats noise", "attack below the no-attack level",
                        "attack did measurable damage", "damage monotone in eps", "no non-finite rows",
-                       "restarts per point as configured", "run complete", "every planned unit present"}
+                       "restarts per point as configured", "run complete", "every planned unit present",
+                       "more restarts no longer pay"}  # the other strength flags need curves or gradients
     assert all(c["passed"] for c in by["budget respected"] + by["no non-finite rows"] + by["run complete"]
                + by["every planned unit present"])
     assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"])
@@ -300,7 +301,8 @@ def test_shards_merge_into_the_same_numbers(tmp_path):
     b = agg.summarise(sharded.records)
     assert a.equals(b)
     checks = agg.checks(sharded, b)
-    assert checks.passed.all()
+    # the hand-made records' restarts are random draws: the restart flag may fire on them, and is not under test here
+    assert checks[checks.check != "more restarts no longer pay"].passed.all()
 
 
 def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):

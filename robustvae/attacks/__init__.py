@@ -4,7 +4,7 @@
 * :class:`LatentSGD`: the DCT-VAE authors' SGD with a plateau schedule;
 * :class:`LatentAPGD`: APGD (Croce & Hein, 2020), step size adapted per image, L-inf or L2;
 * :class:`LatentSquare`: Square Attack (Andriushchenko et al., 2020), gradient-free, L-inf or L2;
-* :data:`ATTACKS` / :func:`make_attack` and :data:`OBJECTIVES`: the registries.
+* :data:`ATTACKS` / :func:`make_attack`, :data:`ENSEMBLES` (``auto``) and :data:`OBJECTIVES`: the registries.
 
 All are ``torchattacks.Attack`` subclasses: ``attack(images)`` returns adversarial
 images in [0, 1]. torchattacks' classifier helpers (``save``, ``MultiAttack``,
@@ -19,11 +19,11 @@ from robustvae.attacks.base import LatentAttack, project, random_start
 from robustvae.attacks.objectives import OBJECTIVES, LatentObjective, ObjectiveSpec
 from robustvae.attacks.pgd import LatentPGD
 from robustvae.attacks.pgdl2 import LatentPGDL2
-from robustvae.attacks.registry import ATTACKS, AttackSpec, make_attack
+from robustvae.attacks.registry import ATTACKS, ENSEMBLES, AttackSpec, ensemble_plan, ensemble_version, make_attack
 from robustvae.attacks.sgd import LatentSGD
 from robustvae.attacks.square import LatentSquare
 
 __all__ = [
-    "ATTACKS", "AttackSpec", "LatentAPGD", "LatentAttack", "LatentPGD", "LatentPGDL2", "LatentSGD", "LatentSquare",
+    "ATTACKS", "AttackSpec", "ENSEMBLES", "ensemble_plan", "ensemble_version", "LatentAPGD", "LatentAttack", "LatentPGD", "LatentPGDL2", "LatentSGD", "LatentSquare",
     "LatentObjective", "OBJECTIVES", "ObjectiveSpec", "make_attack", "project", "random_start",
 ]

@@ -14,7 +14,12 @@ is a constructor argument. After a call, every attack describes its run with
 ``best_loss``, ``best_delta``, ``nonfinite``, ``loss_history`` (evaluations x images),
 ``progress`` (the best-so-far objective after each evaluation, evaluations x images:
 damage against iterations without running again) and ``passes`` (forward and backward
-passes through the model, each over the whole batch).
+passes through the model, each over the whole batch). Two records of the run serve as
+evidence of its strength: ``snapshots`` maps each step of ``curve_steps`` (an attribute,
+empty by default; set it before the call) that is <= ``steps`` to the best iterate after
+that many steps, so the scored damage against iterations is measured once, not re-run;
+``start_grad_norm`` is each image's gradient norm at its start (None for a gradient-free
+attack), where a vanishing gradient shows gradient masking.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 from robustvae.attacks.objectives import LatentObjective
 
 NORMS = ("linf", "l2")
+CURVE_STEPS = (10, 25, 50, 100, 200)  # checkpoints of damage against iterations (those <= steps are kept)
 
 
 def _flat_norm(t: Tensor, p: float) -> Tensor:
@@ -104,6 +110,7 @@ class LatentAttack(Attack):
             raise ValueError(f"k must be in 1..{L} (the model has L={L} latent layers), got {k}")
         self.k, self.eps, self.norm, self.steps = k, eps, norm, steps
         self.random_start = random_start
+        self.curve_steps: tuple[int, ...] = ()
         self.objective = LatentObjective(model, k, objective, straight_through, temperature=temperature,
                                          per_unit=per_unit)
         self.supported_mode = ["default"]
@@ -157,6 +164,8 @@ class LatentAttack(Attack):
                                        noise if spec.needs_noise else None)
         self.passes = {"forward": 0, "backward": 0}
         self._last_delta = None
+        self.snapshots: dict[int, Tensor] = {}
+        self.start_grad_norm: Tensor | None = None
         best_loss, best_delta, nonfinite, history = self._optimise(images, ref, seeds)
         self.last_delta = best_delta if self._last_delta is None else self._last_delta
         self.best_loss = best_loss
@@ -165,6 +174,11 @@ class LatentAttack(Attack):
         self.progress = _best_so_far(history)
         self.best_delta = best_delta
         return (images + best_delta).detach()
+
+    def _snapshot(self, step: int, best_delta: Tensor) -> None:
+        """Keep the best iterate after ``step`` steps when ``step`` is one of ``curve_steps``."""
+        if step in self.curve_steps:
+            self.snapshots[step] = best_delta.detach()
 
     def _evaluate(self, images: Tensor, delta: Tensor, ref, grad: bool) -> Tensor:
         """The objective at ``images + delta`` (with the graph to delta when ``grad``); counts the pass."""
@@ -200,7 +214,10 @@ class LatentAttack(Attack):
             gfinite = torch.isfinite(grad.flatten(1)).all(1)
             nonfinite |= ~finite | ~gfinite
             grad = torch.where(gfinite.view(-1, *([1] * (grad.dim() - 1))), grad, torch.zeros_like(grad))
+            if step == 0 and not last:
+                self.start_grad_norm = grad.flatten(1).double().norm(dim=1)
             best_loss, best_delta, better = _keep_best(loss, delta, best_loss, best_delta)
+            self._snapshot(step, best_delta)
             history.append(loss)
             if last:
                 break

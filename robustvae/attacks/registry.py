@@ -11,6 +11,15 @@ Every builder reads ``eps``, ``norm``, ``steps``, ``step_size``, ``objective``,
 ``straight_through`` and ``temperature`` from the config, and the optional settings
 below where the config has them (their defaults otherwise): ``per_unit`` (all attacks;
 False), ``momentum`` and ``rho`` (apgd; 0.75, 0.75), ``p_init`` (square; 0.8).
+
+``ENSEMBLES`` maps a versioned ensemble (``auto-v1``) to its members; ``auto`` (the
+name a config uses, ``--attack auto``) is the current version (:data:`AUTO`). An
+ensemble runs each member on the same points and restarts with the same eps and norm
+and is scored per point by the worst case over members and restarts. Its budget is the
+config's ``steps`` per restart, split between the members that apply (a member of a
+quantised context layer applies only where the attacked layers include one), so an
+ensemble spends as many model passes per point as one attack of ``steps`` steps:
+:func:`ensemble_plan`. Settings of an ensemble are fixed, never tuned per model.
 """
 
 from __future__ import annotations
@@ -76,6 +85,60 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("square", _square, "Square Attack (Andriushchenko et al.): gradient-free random search over squares"),
     )
 }
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of an ensemble: an attack on an objective with a share of the step budget."""
+
+    name: str  # written to the records' ``member`` field
+    optimizer: str  # an entry of ATTACKS
+    objective: str  # an entry of robustvae.attacks.objectives.OBJECTIVES
+    share: float  # of the steps per restart (renormalised over the members that apply)
+    context_only: bool = False  # applies only when the attacked layers include a quantised context layer
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A fixed, versioned attack ensemble."""
+
+    version: str
+    members: tuple[Member, ...]
+    description: str
+
+
+ENSEMBLES: dict[str, EnsembleSpec] = {
+    spec.version: spec
+    for spec in (
+        EnsembleSpec("auto-v1", (
+            Member("apgd-skl", "apgd", "skl", 0.3),
+            Member("apgd-recon", "apgd", "recon", 0.3),
+            Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
+            Member("square-recon", "square", "recon", 0.2),
+        ), "APGD on skl, APGD on recon, APGD on the context boundary (context layers only), Square on recon"),
+    )
+}
+AUTO = "auto"  # the name configs use; it means the current version
+AUTO_VERSION = "auto-v1"
+
+
+def ensemble_version(name: str) -> str | None:
+    """The ensemble version a config's ``optimizer`` names (``auto`` -> the current one), None for a single attack."""
+    name = AUTO_VERSION if name == AUTO else name
+    return name if name in ENSEMBLES else None
+
+
+def ensemble_plan(model, k: int, version: str, steps: int) -> list[tuple[Member, int]]:
+    """(member, steps) of each member that applies to the top ``k`` layers of ``model``; the steps add up to
+    ``steps`` (each member at least one), so the ensemble's passes per restart equal one ``steps``-step attack's."""
+    has_context = any(info.deterministic for info in model.layers[:k])
+    members = [m for m in ENSEMBLES[version].members if has_context or not m.context_only]
+    total = sum(m.share for m in members)
+    counts = [max(1, int(round(steps * m.share / total))) for m in members]
+    counts[0] += steps - sum(counts) if sum(counts) < steps else 0
+    while sum(counts) > steps and max(counts) > 1:
+        counts[counts.index(max(counts))] -= 1
+    return list(zip(members, counts))
 
 
 def make_attack(model, k: int, cfg) -> LatentAttack:

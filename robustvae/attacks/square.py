@@ -131,6 +131,7 @@ class LatentSquare(LatentAttack):
             loss = self._evaluate(images, delta, ref, False).detach()
             nonfinite |= ~torch.isfinite(loss)
             best_loss, best_delta, _ = _keep_best(loss, delta, best_loss, best_delta)
+            self._snapshot(step, best_delta)
             history.append(loss)
         return best_loss, best_delta, nonfinite, torch.stack(history)
 

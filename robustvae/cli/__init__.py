@@ -392,8 +392,10 @@ def attack(
     points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label. [default: 50]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free). [default: pgd]"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5 eps / steps) or SGD learning rate (default 1.0)."),
+    eot: int = typer.Option(0, "--eot", help="kuzina-ladder DCT-VAEs: attack with the authors' context dither on, averaged over N fixed draws. [default: 0, dither off]"),
+    eps_sweep: Optional[str] = typer.Option(None, "--eps-sweep", help="Run the sweep at each of these budgets, e.g. 0.025,0.05,0.1,0.2,0.4,1.0 (instead of --eps)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
     recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
     temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
@@ -422,7 +424,7 @@ def attack(
         suite, layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps, objective=objective,
         optimizer=optimizer, step_size=step_size, temperature=temperature, recon=recon,
         temperature_convention=temperature_convention, straight_through=straight_through,
-        seed=seed, max_batch_mib=max_batch_mib)
+        seed=seed, max_batch_mib=max_batch_mib, eps_sweep=eps_sweep)
     shard_t = parse_shard(shard)
     names = list(models or []) or suite_models
     if not names:
@@ -431,7 +433,7 @@ def attack(
         if dd.is_main:
             _print_attack_settings(names, cfg, out, dev)
         res = api.attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
-                         command=["robustvae", *(sys.argv[1:])], dist=dd)
+                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot)
     if not dd.is_main:
         return
     from robustvae.reporting.tables import display_table

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustvae.attacks import LatentObjective, make_attack, random_start
+from robustvae.attacks import LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
+from robustvae.attacks.base import CURVE_STEPS
 from robustvae.config import AttackConfig, parse_layers, to_dict
 from robustvae.data import eval_images, load_dataset, stratified_order
 from robustvae.distributed import DistContext, current
@@ -66,6 +67,7 @@ class Unit:
     k: int
     start: int  # slice of the attacked points
     stop: int
+    eps: float | None = None  # the unit's budget in an eps sweep (None: the config's eps)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class Points:
 def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> int:
     """Memory one attacked image needs for a forward + backward pass, measured from autograd's saved tensors."""
     c, s = model.cfg.image_channels, model.cfg.image_size
-    objective = LatentObjective(model, k, "skl" if cfg.objective == "supervised" else cfg.objective, cfg.straight_through)
+    kind = "recon" if ensemble_version(cfg.optimizer) else "skl" if cfg.objective == "supervised" else cfg.objective
+    objective = LatentObjective(model, k, kind, cfg.straight_through)
     sizes = []
     for b in (1, 2):
         total = 0
@@ -106,14 +109,17 @@ def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> 
 def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device) -> list[Unit]:
     """Every unit of the sweep, in a fixed order."""
     units = []
+    sweep = cfg.eps_list if cfg.eps_sweep else [None]  # a single-eps run keeps its unit ids
     for mi, lm in enumerate(models):
         for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
             per = bytes_per_sample(lm.model, k, cfg, device)
             budget = cfg.max_batch_mib * 2**20
             n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
-            for a in range(0, cfg.points, n_points):
-                b = min(a + n_points, cfg.points)
-                units.append(Unit(f"{lm.label}|k={k}|points={a}-{b - 1}", mi, k, a, b))
+            for eps in sweep:
+                tag = "" if eps is None else f"|eps={eps:g}"
+                for a in range(0, cfg.points, n_points):
+                    b = min(a + n_points, cfg.points)
+                    units.append(Unit(f"{lm.label}|k={k}{tag}|points={a}-{b - 1}", mi, k, a, b, eps))
     return units
 
 
@@ -198,9 +204,9 @@ class _UnitContext:
             label=int(self.points.labels[p]), restart=restart, **scores)
 
 
-def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Tensor] | None:
-    """Worst-restart arrays of the unit's ``gallery_points`` most damaged points (lowest worst-restart MS-SSIM)."""
-    R = ctx.cfg.restarts
+def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int) -> dict[str, torch.Tensor] | None:
+    """Worst-of-``R`` arrays (restarts, and members of an ensemble) of the unit's ``gallery_points`` most damaged
+    points (lowest worst-of-``R`` MS-SSIM)."""
     per_point = score.view(len(ctx.pts), R).nan_to_num(2.0).min(1).values  # a non-finite score is no example
     chosen = sorted(per_point.argsort(stable=True)[: ctx.cfg.gallery_points].tolist())
     if not chosen:
@@ -211,11 +217,31 @@ def _gallery(ctx: _UnitContext, X, adv, clean, rec, score) -> dict[str, torch.Te
             "msssim": score[worst].cpu()}
 
 
-def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor]):
-    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate."""
-    model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
+def members(ctx: _UnitContext) -> list[tuple[str | None, AttackConfig]]:
+    """(member name, its config) of the unit's attack: one unnamed entry for a single attack, the members of an
+    ensemble (``--attack auto``) that apply to its top k layers, each with its share of the steps."""
+    cfg = ctx.cfg
+    version = ensemble_version(cfg.optimizer)
+    if version is None:
+        return [(None, cfg)]
+    return [(m.name, dataclasses.replace(cfg, optimizer=m.optimizer, objective=m.objective, steps=n, step_size=None))
+            for m, n in ensemble_plan(ctx.lm.model, ctx.unit.k, version, cfg.steps)]
+
+
+def curve_steps(steps: int) -> tuple[int, ...]:
+    """Steps at which the best-so-far damage is scored: :data:`CURVE_STEPS` up to ``steps``, half of it and itself."""
+    return tuple(sorted({s for s in CURVE_STEPS if s <= steps} | {max(steps // 2, 1), steps}))
+
+
+def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None):
+    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate.
+
+    An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
+    of its attack run by itself (``member`` only names them)."""
+    model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     attack = make_attack(model, k, cfg)
+    attack.curve_steps = curve_steps(cfg.steps)
     target = None
     if attack.objective.spec.needs_target:  # pull towards the next attacked point (a fixed, different image)
         target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(X.device).repeat_interleave(R, 0)
@@ -225,37 +251,67 @@ def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor]):
     return attack, adv, target is not None
 
 
-def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
-    """Attack rows and their paired no-attack rows (delta = 0 under the same noise), one per point x restart."""
+@torch.no_grad()
+def _curves(ctx: _UnitContext, attack, X, passes, clean_r) -> list[dict[str, float]]:
+    """Per row: MS-SSIM of the best iterate after each step of the attack's ``curve_steps`` (recorded, not re-run)."""
+    cols = {s: ms_ssim(ctx.reconstruct(X + d, passes), clean_r).tolist() for s, d in sorted(attack.snapshots.items())}
+    return [{str(s): v[j] for s, v in cols.items()} for j in range(X.shape[0])]
+
+
+def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | None, mcfg: AttackConfig):
+    """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery."""
     model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
-    X = x.repeat_interleave(R, 0)
-    attack, adv, targeted = _attack(ctx, X, noise)
+    attack, adv, targeted = _attack(ctx, X, noise, mcfg, member)
     with torch.no_grad():
-        passes = ctx.pass_noise("attacked pass", R, noise)
-        clean_r = clean.repeat_interleave(R, 0)
         rec = ctx.reconstruct(adv, passes)
         score = ms_ssim(rec, clean_r)
-        base = ms_ssim(ctx.reconstruct(X, passes), clean_r).tolist()
         score_in = ms_ssim(adv, X)
         ps = psnr(rec, clean_r)
         scorer = LatentObjective(model, k, "skl")
         skl = scorer.per_layer(adv, scorer.reference(X))
+    curves = _curves(ctx, attack, X, passes, clean_r)
+    grad = attack.start_grad_norm.tolist() if attack.start_grad_norm is not None else [None] * X.shape[0]
     linf, l2 = _norms(adv - X)
     rec_finite = torch.isfinite(rec).flatten(1).all(1).tolist()
     # one device-to-host copy per column, not one wait per value
     bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
         t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
-    rows, paired = [], []
+    rows = []
     for j in range(len(ctx.pts) * R):
         i, r = divmod(j, R)
         rows.append(ctx.record(
             i, "attack", r, msssim=score_l[j], msssim_input=score_in_l[j], psnr=ps_l[j], skl=skl_l[j],
             delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
             nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j],
-            target_point=(ctx.pts[i] + 1) % cfg.points if targeted else None))
-        paired.append(ctx.record(i, "no_attack", r, msssim=base[j], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
-                                 nonfinite=not math.isfinite(base[j])))
-    return rows + paired, _gallery(ctx, X, adv, clean, rec, score)
+            target_point=(ctx.pts[i] + 1) % cfg.points if targeted else None, member=member,
+            member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j]))
+    return rows, adv, rec, score
+
+
+def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
+    """Attack rows (per member of an ensemble) and their paired no-attack rows (delta = 0 under the same noise),
+    one per point x restart; the gallery of each point's worst case over restarts and members."""
+    R = ctx.cfg.restarts
+    X = x.repeat_interleave(R, 0)
+    with torch.no_grad():
+        passes = ctx.pass_noise("attacked pass", R, noise)
+        clean_r = clean.repeat_interleave(R, 0)
+        base = ms_ssim(ctx.reconstruct(X, passes), clean_r).tolist()
+    rows, advs, recs, scores = [], [], [], []
+    for member, mcfg in members(ctx):
+        new, adv, rec, score = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg)
+        rows += new
+        advs.append(adv), recs.append(rec), scores.append(score)
+    M = len(advs)
+
+    def by_point(ts):  # (M, n R, ...) -> (n R M, ...): each point's restarts and members together
+        t = torch.stack(ts, 1)
+        return t.reshape(-1, *t.shape[2:])
+
+    paired = [ctx.record(j // R, "no_attack", j % R, msssim=base[j], msssim_input=1.0, delta_linf=0.0,
+                         delta_l2=0.0, nonfinite=not math.isfinite(base[j])) for j in range(len(ctx.pts) * R)]
+    gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M)
+    return rows + paired, gallery
 
 
 @torch.no_grad()
@@ -280,12 +336,28 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
         nl, n2 = _norms(xn - x)
         rows += [ctx.record(i, "noise", d, msssim=s[i], msssim_input=s_in[i], skl=kl_n[i], delta_linf=nl[i],
                             delta_l2=n2[i], nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
+    return rows + _unrelated_rows(ctx, clean, noise)
+
+
+@torch.no_grad()
+def _unrelated_rows(ctx: _UnitContext, clean, noise) -> list[AttackRecord]:
+    """Per point and draw: MS-SSIM between its clean reconstruction and that of an unrelated test image (one of
+    the images after the attacked points, else another attacked point) under the same noise and rule."""
+    imgs, n, rows = ctx.points.images, ctx.cfg.points, []
+    for d in range(ctx.cfg.unrelated_draws):
+        spare = len(imgs) - n
+        other = [n + (p + d * n) % spare if spare else (p + 1 + d) % n for p in ctx.pts]
+        s = ms_ssim(ctx.reconstruct(imgs[other].to(clean.device), noise), clean).tolist()
+        rows += [ctx.record(i, "unrelated", d, msssim=s[i], msssim_input=math.nan, delta_linf=math.nan,
+                            delta_l2=math.nan, nonfinite=not math.isfinite(s[i])) for i in range(len(ctx.pts))]
     return rows
 
 
 def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tuple[list[AttackRecord], dict | None]:
     """Attack one unit's points x restarts in one batch; its rows (attack, no_attack, floor, noise) and gallery."""
     dev = next(lm.model.parameters()).device
+    if unit.eps is not None:
+        cfg = dataclasses.replace(cfg, eps=unit.eps)
     ctx = _UnitContext(lm, unit, points, cfg, list(range(unit.start, unit.stop)))
     x = points.images[unit.start : unit.stop].to(dev)
     noise = prior_noise(lm.model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
@@ -311,9 +383,10 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
 # --------------------------------------------------------------------------- the sweep
 
 
-def expected_rows(unit: Unit, cfg: AttackConfig) -> int:
-    """Rows of a complete unit."""
-    return (unit.stop - unit.start) * (2 * cfg.restarts + cfg.floor_draws + cfg.noise_draws)
+def expected_rows(unit: Unit, cfg: AttackConfig, model=None) -> int:
+    """Rows of a complete unit (an ensemble's members as ``model``'s top k layers admit them)."""
+    m = 1 if ensemble_version(cfg.optimizer) is None else len(ensemble_plan(model, unit.k, ensemble_version(cfg.optimizer), cfg.steps))
+    return (unit.stop - unit.start) * ((m + 1) * cfg.restarts + cfg.floor_draws + cfg.noise_draws + cfg.unrelated_draws)
 
 
 def file_names(shard: tuple[int, int]) -> tuple[str, str]:
@@ -351,7 +424,7 @@ class _Sweep:
                 "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units]}
 
     def expected(self) -> dict[str, int]:
-        return {u.id: expected_rows(u, self.cfg) for u in self.shard_units}
+        return {u.id: expected_rows(u, self.cfg, self.models[u.model].model) for u in self.shard_units}
 
     def done_rows(self) -> list[dict[str, Any]]:
         """Rows of the units already finished (earlier runs, killed processes' parts merged first)."""
@@ -372,11 +445,35 @@ class _Sweep:
         return self.out.part(self.names[0], self.dist.rank) if self.dist.enabled else self.out / self.names[0]
 
 
+def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] | None:
+    """run.json's record of an ensemble run: its version, and per model and k the members with their steps and
+    the passes per point (members' steps x restarts; Square's are forward passes only). None for a single attack."""
+    version = ensemble_version(cfg.optimizer)
+    if version is None:
+        return None
+    plans = {}
+    for lm in models:
+        for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
+            plan = ensemble_plan(lm.model, k, version, cfg.steps)
+            plans[f"{lm.label}|k={k}"] = {"members": {m.name: n for m, n in plan},
+                                         "passes_per_point": sum(n for _, n in plan) * cfg.restarts}
+    return {"version": version, "plans": plans}
+
+
+def _dither(lm: Labelled) -> str | None:
+    """How the attack met a dithered context (the authors' kuzina-ladder DCT-VAE); None for other models."""
+    mc = getattr(lm.config, "model", None)
+    if mc is None or getattr(mc, "arch", None) != "kuzina-ladder" or mc.context == "none":
+        return None
+    return f"on, averaged over {mc.context_eot_draws} fixed draws (EOT)" if mc.context_dither else "off"
+
+
 def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: int, points: dict) -> dict[str, Any]:
     """run.json: command, settings, provenance, progress, and per model its config and layer diagnostics."""
     info = {"command": command or sys.argv, "settings": sw.settings(), **provenance(), "device": str(dev),
             "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
             "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
+            "ensemble": ensemble_info(sw.cfg, sw.models), "context_dither": {m.label: _dither(m) for m in sw.models},
             "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.config),
                         "num_layers": m.model.num_layers} for m in sw.models]}
     if sw.dist.is_main:

@@ -27,6 +27,7 @@ from seaborn.algorithms import bootstrap
 from seaborn.utils import ci
 
 from robustvae.reporting.load import CURVE_KEYS, PANEL_KEYS, RunSet
+from robustvae.reporting.strength import strength_checks
 
 N_BOOT = 1000
 BOOT_SEED = 0
@@ -220,7 +221,8 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"{n} of {len(g)} rows have a non-finite score")
     att = df[df.kind == "attack"]
     for key, g in att.groupby(CURVE_KEYS):
-        per = g.groupby(["k", "point"]).size()
+        by_member = ["member"] if "member" in g and g.member.notna().any() else []  # an ensemble: restarts per member
+        per = g.groupby(["k", "point", *by_member]).size()
         want = g.restarts_configured.iloc[0]
         want = float(want) if want is not None and not pd.isna(want) else float(per.max())
         add("restarts per point as configured", _curve_name(key), bool((per == want).all()), float(per.min()), want,
@@ -231,6 +233,7 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         status = run.info.get("status", "?")
         add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
             f"status {status}, {done} of {total} units done, {run.records} records")
+    out += strength_checks(df)
     return pd.DataFrame(out, columns=["check", "scope", "passed", "value", "limit", "detail"])
 
 

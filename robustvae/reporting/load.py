@@ -122,7 +122,8 @@ def _check_curves(df: pd.DataFrame) -> None:
                 f"records of {model} ({dataset}, {norm} eps {eps}) mix {field_name} = {values} (runs: {runs}); "
                 f"one curve needs one setting: report these runs separately"
             )
-    dup = df.duplicated(ROW_KEY, keep=False)
+    key = ROW_KEY + (["member"] if "member" in df else [])  # an ensemble's members share points and restarts
+    dup = df.duplicated(key, keep=False)
     if dup.any():
         row = df[dup].iloc[0]
         runs = ", ".join(sorted(set(df[dup].run)))

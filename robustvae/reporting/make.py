@@ -29,6 +29,7 @@ from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
 from robustvae.reporting import figures, tables
 from robustvae.reporting.load import RunSet, load_runs
+from robustvae.reporting.strength import strength_summary, strength_tables
 
 REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
                 "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md", "atlas.csv")
@@ -199,7 +200,7 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
         "table": a.table.to_dict("records"), "checks": a.checks.to_dict("records"),
         "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
         "layers": a.diag.to_dict("records"), "atlas": a.atlas.to_dict("records"), "layer_notes": a.notes,
-        "models": a.models,
+        "models": a.models, "strength": strength_summary(a.runs.records),
         "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
         "files": names,
     })
@@ -241,6 +242,7 @@ def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str,
                    zip(checks.to_dict("records"), shown_checks.value, shown_checks.limit)],
         "models": [_model_context(m) for m in a.models], "galleries": [(m, _data_uri(p)) for m, p in galleries.items()],
         "model_names": sorted(a.table.model.unique()),
+        "strength": [(title, _html_table(df, left)) for title, df, left in strength_tables(a.runs.records)],
     }
 
 
