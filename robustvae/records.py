@@ -226,6 +226,8 @@ def _fits(value: Any, tp: Any) -> bool:
         return value is None or _fits(value, next(a for a in args if a is not type(None)))
     if typing.get_origin(tp) is list:
         return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if typing.get_origin(tp) is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:

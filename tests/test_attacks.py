@@ -259,7 +259,7 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
         (["--layers", "0"], "counts start at 1"),
         (["--layers", "5"], "L=4 latent layers"),
         (["--layers", "a,b"], "--layers expects numbers"),
-        (["--eps", "nan"], "eps must be >= 0"),
+        (["--eps", "nan"], "eps must be a finite number"),
         (["--eps", "-0.1"], "eps must be >= 0"),
         (["--objective", "mse"], "unknown objective 'mse'"),
         (["--norm", "l1"], "unknown norm 'l1'"),

@@ -64,3 +64,16 @@ def test_a_run_resumes_after_a_torn_metrics_line(tmp_path):
     res = robustvae.train(None, out, resume=True, steps=6, device="cpu")
     rows = read_jsonl(out / "metrics.jsonl")
     assert res.summary["steps"] == 6 and [r["step"] for r in rows if r["kind"] == "train"] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("curve, problem", [({"10": 0.9, "25": 0.8}, None), (None, None),
+                                            ({"10": "x"}, "field 'curve'"), ([0.9], "field 'curve'")])
+def test_an_ensemble_rows_curve_is_checked_by_type(curve, problem):
+    from robustvae.records import attack_row_problem
+
+    row = {"unit": "u", "model": "m", "checkpoint_sha256": "s", "dataset": "d", "k": 1, "objective": "skl",
+           "optimizer": "apgd", "norm": "linf", "eps": 0.1, "steps": 5, "seed": 0, "temperature": 0.1, "kind": "attack",
+           "point": 0, "test_index": 3, "label": 1, "restart": 0, "msssim": 0.5, "msssim_input": 0.9,
+           "delta_linf": 0.1, "delta_l2": 1.0, "nonfinite": False, "member": "apgd-skl", "curve": curve}
+    found = attack_row_problem(row)
+    assert found is None if problem is None else (found or "").startswith(problem)
