@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 from robustvae.io import read_jsonl
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
+# Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
+NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
 LEGACY_NAMES = {"layers": "k"}  # old field name -> current one
 LEGACY_DEFAULTS = {"recon": "default", "temperature_convention": "std"}  # fields older attack records lack

@@ -28,7 +28,7 @@ from pathlib import Path
 
 VALUES = ("nan", "inf", "-1", "0", "abc")
 # numeric options where a zero (or negative) value is valid
-ZERO_OK = {"--eps", "--temperature", "-t", "--seed"}
+ZERO_OK = {"--eps", "--temperature", "-t", "--seed", "--eot"}  # --eot 0: the dither off (the default)
 NEGATIVE_OK: set[str] = set()
 SKIP_COMMANDS = {"zoo fetch"}  # needs the network
 SKIP_OPTIONS = {"--help", "--version", "--device-none"}

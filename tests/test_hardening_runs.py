@@ -301,6 +301,8 @@ def test_non_finite_scores_are_counted_from_values_not_from_the_flag(tmp_path, a
     assert not rows[atk[0]]["nonfinite"] and not rows[atk[1]]["nonfinite"]
     write_jsonl(out / "records.jsonl", rows)
     runs = load_runs([out])
+    unrelated = runs.records[runs.records.kind == "unrelated"]
+    assert len(unrelated) and unrelated.delta_linf.isna().all()  # not applicable to them: NaN by design, not counted
     assert int(nonfinite_rows(runs.records).sum()) == 2
     table = summarise(runs.records)
     assert int(table.nonfinite.sum()) == 2

@@ -512,11 +512,11 @@ def test_the_sweep_saves_the_most_damaged_points_for_the_gallery():
     score = torch.tensor([0.9, 0.8, 0.3, 0.7, float("nan"), 0.95, 0.5, 0.1])  # point x restart
     ctx = SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=2), pts=pts)
     X = torch.arange(8.0).view(8, 1, 1, 1)
-    out = _gallery(ctx, X, X + 100, torch.arange(4.0).view(4, 1, 1, 1), X + 200, score)
+    out = _gallery(ctx, X, X + 100, torch.arange(4.0).view(4, 1, 1, 1), X + 200, score, R)
     assert out["points"].tolist() == [11, 13] and out["restarts"].tolist() == [0, 1]
     assert out["msssim"].tolist() == pytest.approx([0.3, 0.1]) and out["x"].flatten().tolist() == [2.0, 7.0]
     assert out["rec"].flatten().tolist() == [1.0, 3.0]
-    assert _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score) is None
+    assert _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score, R) is None
 
 
 def test_the_report_names_the_image_sets_of_eval_and_of_the_layer_atlas(tmp_path):

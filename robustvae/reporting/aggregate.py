@@ -26,6 +26,7 @@ import pandas as pd
 from seaborn.algorithms import bootstrap
 from seaborn.utils import ci
 
+from robustvae.records import NOT_APPLICABLE
 from robustvae.reporting.load import CURVE_KEYS, PANEL_KEYS, RunSet
 from robustvae.reporting.strength import strength_checks
 
@@ -56,7 +57,8 @@ def mean_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float]:
 
 
 def per_point(records: pd.DataFrame) -> pd.DataFrame:
-    """Attack rows aggregated over restarts: one row per (curve, k, point) with ``mean``, ``worst``, ``restarts``,
+    """Attack rows aggregated over restarts: one row per (curve, k, point) with ``mean``, ``worst``, ``restarts``
+    (and ``members`` for an ensemble, whose views run over restarts and members),
     the point's ``no_attack`` level and the paired drops ``drop_mean`` / ``drop_worst`` (no-attack minus attacked).
 
     Records written before no-attack rows existed carry the default rule, whose no-attack
@@ -66,7 +68,10 @@ def per_point(records: pd.DataFrame) -> pd.DataFrame:
     att = records[records.kind == "attack"]
     finite = att.msssim.where(np.isfinite(att.msssim.astype(float)))
     g = finite.groupby([att[c] for c in keys])
-    out = pd.DataFrame({"mean": g.mean(), "worst": g.min(), "restarts": att.groupby(keys).size()}).reset_index()
+    cols = {"mean": g.mean(), "worst": g.min(), "restarts": att.groupby(keys).restart.nunique()}
+    if "member" in att and att.member.notna().any():  # an ensemble: the worst case is over restarts and members
+        cols["members"] = att.groupby(keys).member.nunique()
+    out = pd.DataFrame(cols).reset_index()
     base = records[records.kind == "no_attack"]
     level = base.msssim.where(np.isfinite(base.msssim.astype(float))).groupby([base[c] for c in keys]).mean()
     out["no_attack"] = level.reindex(pd.MultiIndex.from_frame(out[keys])).to_numpy() if len(out) else []
@@ -90,7 +95,7 @@ def nonfinite_rows(records: pd.DataFrame) -> pd.Series:
     """Rows with a non-finite number, counted from the values (NaN, inf, or not a number at all), or flagged.
 
     Optional columns count where the row has a value (``psnr`` of a floor row is absent,
-    not NaN); a PSNR of +inf is a perfect match (identical images), not a failure. The
+    not NaN), and a kind's not-applicable fields (:data:`robustvae.records.NOT_APPLICABLE`) not at all; a PSNR of +inf is a perfect match (identical images), not a failure. The
     writer's ``nonfinite`` flag is honoured but never trusted alone.
     """
     bad = records["nonfinite"].fillna(False).astype(bool) if "nonfinite" in records else pd.Series(False, records.index)
@@ -100,6 +105,8 @@ def nonfinite_rows(records: pd.DataFrame) -> pd.Series:
         required = col in ("msssim", "msssim_input", "delta_linf", "delta_l2")
         values = pd.to_numeric(records[col], errors="coerce").astype(float)
         given = pd.Series(True, records.index) if required else records[col].notna()
+        if "kind" in records:  # NaN by design where the field does not apply to the row's kind
+            given &= ~records["kind"].isin([k for k, cols in NOT_APPLICABLE.items() if col in cols])
         finite = np.isfinite(values.to_numpy()) | ((values.to_numpy() == np.inf) if col == "psnr" else False)
         bad |= given & ~finite
     return bad
@@ -122,6 +129,8 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
         row: dict[str, Any] = dict(zip(TABLE_KEYS, key))
         row["points"] = int(len(g))
         row["restarts"] = int(g.restarts.min())
+        if "members" in g:
+            row["members"] = int(g.members.max())
         for view in VIEWS:
             row[view], row[f"{view}_lo"], row[f"{view}_hi"] = mean_interval(g[view])
         for view in VIEWS:

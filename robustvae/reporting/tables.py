@@ -50,6 +50,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out["k"] = table.k.astype(int)
     out["points"] = table.points
     out["restarts"] = table.restarts
+    if "members" in table and table.members.notna().any():  # ensemble rows: the worst case also runs over members
+        out["members"] = table.members.fillna(1).astype(int)
     ci = f"{CI_LEVEL}% CI"
     for view, label in (("mean", "mean over restarts"), ("worst", "worst case")):
         if f"drop_{view}" in table:
