@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return LatentPGD(model, k=k, eps=0.1, steps=steps)(x, seeds=seeds)
 
         def attack_old():
-            return old_base.LatentAttack.forward(LatentPGD(model, k=k, eps=0.1, steps=steps), x, seeds=seeds)
+            atk = LatentPGD(model, k=k, eps=0.1, steps=steps)
+            with method(atk, "_init_state", lambda self, n, device: {}):  # the old loop's signature; PGD keeps no state
+                return old_base.LatentAttack.forward(atk, x, seeds=seeds)
 
         def attack_before():  # every change undone: old loop, old top-down pass, contiguous layout
             model.use_channels_last(False)

@@ -32,8 +32,10 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert "trained vdvae-mnist-tiny for 6 steps" in out
     assert "train vdvae-mnist-tiny: data synthetic, 6 steps, batch 16" in out  # the settings, before the run
     assert "[done]" in (run / "log.txt").read_text()  # progress lines in the run directory
+    train_log = (run / "log.txt").read_bytes()
     code, out, err = _run(capsys, ["eval", str(run), "-k", "4", "--limit", "24", "-q", "--batch-size", "12"])
     assert code == 0, err
+    assert (run / "log.txt").read_bytes() == train_log  # eval's progress goes beside its JSON, not over training's log
     res = json.loads((run / "eval-test.json").read_text())
     assert res["images"] == 24 and res["iw_samples"] == 4 and len(res["layers"]) == 4
     assert res["nll_nats"] > 0 and res["nelbo_nats"] > 0
@@ -47,7 +49,7 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     flat = " ".join(out.split())
     assert f"24 of {image_set['split_images']} images (label-stratified, selection seed 0" in flat
     assert image_set["images_sha256"][:12] in flat and "K=4" in flat
-    assert "importance samples (K=4 x 24 images)" in (run / "log.txt").read_text()
+    assert "importance samples (K=4 x 24 images)" in (run / "eval-test.log").read_text()
     code, out, err = _run(capsys, ["sample", str(run), "--n", "4", "-o", str(tmp_path / "s.png")])
     assert code == 0 and (tmp_path / "s.png").stat().st_size > 0
     # resume extends the run; changing its config on resume is refused

@@ -66,14 +66,17 @@ def test_reference_report_script_at_tiny_scale(tmp_path):
     """reports/make_mnist_cpu.sh with tiny presets and budgets: every command it runs works."""
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "VDVAE": "vdvae-mnist-tiny",
            "DCTVAE": "dctvae-mnist-tiny", "TRAIN_ARGS": "--steps 4", "IW_SAMPLES": "2", "EVAL_LIMIT": "10",
-           "ATTACK_ARGS": "--points 2 --restarts 1 --steps 2 --layers 1,2", "JOBS": "2", "RUNS": str(tmp_path / "runs"),
+           "POINTS": "2", "RESTARTS": "1", "STEPS": "2", "ATTACK_ARGS": "--layers 1,2", "RUNS": str(tmp_path / "runs"),
            "OUT": str(tmp_path / "report"), "FINDINGS": str(tmp_path / "none.md")}
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert {r["model"] for r in summary["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny"}
-    assert len(summary["runs"]) == 2  # two shards
+    assert len(summary["runs"]) == 1 and "auto" in summary["runs"][0]["command"]  # the ensemble's run
+    assert summary["certify"]  # DCT-VAE's context, certified on the same points
     notes = (tmp_path / "runs" / "commands.txt").read_text()
-    assert "--suite attacks/figure10-mnist.toml" in notes and "eval" in notes
+    assert "--suite attacks/figure10-mnist.toml" in notes and "eval" in notes and "certify" in notes
+    pgd = (tmp_path / "runs" / "attack-pgd-notes.md").read_text()  # the paper's attack, shown in the notes
+    assert "dctvae-mnist-tiny" in pgd and "MS-SSIM" in pgd
     # a second run reuses the trained models and the evaluation, and resumes the (finished) attack
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     assert "reused" in (tmp_path / "runs" / "commands.txt").read_text()

@@ -168,7 +168,7 @@ def eval_(
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit selection, the importance samples and the ELBO's sample."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
-        help="JSON output (progress lines go to log.txt beside it). With several checkpoints, --out gets one file "
+        help="JSON output (progress lines go to the same name with .log, beside it). With several checkpoints, --out gets one file "
              "holding every result ({\"results\": [...]}). \\[default: eval-<split>.json next to each checkpoint]",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
@@ -216,7 +216,7 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
         dest.parent.mkdir(parents=True, exist_ok=True)
         res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
                            seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
-                           log_path=dest.parent / "log.txt").record
+                           log_path=dest.with_suffix(".log")).record
         res["settings"]["weights"] = weights
         results.append(res)
     if len(results) == 1:

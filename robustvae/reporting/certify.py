@@ -101,8 +101,8 @@ def gradient_gap(cert: pd.DataFrame, attack_dirs: list[str | Path]) -> pd.DataFr
     out = []
     keys = _keys(both, "eps")
     for k, g in both.groupby(keys, sort=False):
-        out.append({**dict(zip(keys, k)), "points": len(g), "attack": f"{g.optimizer.iloc[0]} on "
-                    f"{g.objective.iloc[0]}", "gradient_msssim_k1": float(g.gradient.mean()),
+        out.append({**dict(zip(keys, k)), "points": len(g), "attack": _attack_name(g.optimizer.iloc[0], g.objective.iloc[0]),
+                    "gradient_msssim_k1": float(g.gradient.mean()),
                     "optimal_msssim_k1": float(g.msssim_k1.mean()), "gap": float((g.gradient - g.msssim_k1).mean()),
                     "optimal_proven": float(g.optimal_proven.mean())})
     return pd.DataFrame(out)
@@ -155,3 +155,11 @@ def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) 
                "table": cells(table), "radius": cells(radii), "gap": cells(gap) if len(gap) else None,
                "note": CERTIFICATE_NOTE, "dirs": [str(d) for d in certify_dirs]}
     return summary, context, files
+
+
+def _attack_name(optimizer: str, objective: str) -> str:
+    """``pgd on skl`` for one attack; an ensemble by its version (its members have their own objectives)."""
+    from robustvae.attacks.registry import ensemble_version
+
+    version = ensemble_version(optimizer)
+    return f"{version} ensemble" if version else f"{optimizer} on {objective}"
