@@ -13,7 +13,7 @@ created or changed. Outcomes:
   wrong type, or a negative/zero number where only positive ones make sense);
 * ``multi_line``: exit 2, but more than one line on stderr (a usage box);
 * ``traceback``: an exception escaped, or another exit code;
-* ``side_effect``: something outside ``--out`` was created or changed.
+* ``side_effect``: something outside ``--out`` (and a file output's ``.log`` beside it) was created or changed.
 """
 
 from __future__ import annotations
@@ -214,8 +214,10 @@ def run_case(fx: Fixtures, case: Case, index: int) -> Outcome:
         return Outcome(case, "traceback", code, f"{type(exc).__name__}: {exc}" if exc else lines[-1][:200])
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
                      and not k.startswith(str(work.relative_to(fx.root)) + "/"))
+    companion = out.with_suffix(".log").resolve()  # a file output's progress log beside it (eval)
     created_in_work = sorted(k for k in set(after) - set(before) if k.startswith(str(work.relative_to(fx.root)) + "/")
-                             and not (fx.root / k.rstrip("/")).resolve().is_relative_to(out.resolve()))
+                             and not (fx.root / k.rstrip("/")).resolve().is_relative_to(out.resolve())
+                             and (fx.root / k).resolve() != companion)
     if changed or created_in_work:
         return Outcome(case, "side_effect", code, ", ".join((changed + created_in_work)[:3]))
     if code == 2:
