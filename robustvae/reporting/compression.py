@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
 from robustvae.records import COMPRESSION_RUN_KIND
-from robustvae.reporting.figures import imshow_array, marker_map, new_figure, palette
+from robustvae.reporting.figures import dropped_note, imshow_array, marker_map, new_figure, palette
 from robustvae.reporting.tables import summary_table
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
@@ -157,8 +157,7 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
         handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls=":",
                               label="hollow: DCT-VAE context at its raw size (BPP*)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
-    dropped = int(table.nonfinite.sum()) if "nonfinite" in table else 0
-    note = f"; {dropped} non-finite reconstruction(s) left out" if dropped else ""
+    note = dropped_note(table, "non-finite reconstruction(s)")
     fig.suptitle(f"Rate-distortion, mean over {n_images} image{'s' if n_images != 1 else ''}: reconstruction "
                  f"from the top k layers (filled: context under its diffusion prior) vs JPEG{note}", fontsize=10)
     return fig

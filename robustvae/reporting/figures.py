@@ -49,6 +49,12 @@ class PlainTextFigure(Figure):
         super().draw(renderer)
 
 
+def dropped_note(table: pd.DataFrame, what: str) -> str:
+    """``"; N <what> left out"`` for a figure's title when the table counts non-finite rows it could not draw."""
+    dropped = int(table.nonfinite.sum()) if "nonfinite" in table else 0
+    return f"; {dropped} {what} left out" if dropped else ""
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure on its own Agg canvas: nothing touches pyplot's global state or a display; text is plain."""
     fig = PlainTextFigure(figsize=(width, height), layout="constrained")
@@ -157,8 +163,7 @@ def figure10(table: pd.DataFrame) -> Figure:
     if "no_attack" in table and (table.no_attack < 0.999).any():
         handles.append(Line2D([], [], color="grey", ls="-.", label="no-attack level under the same rule"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
-    dropped = int(table.nonfinite.sum()) if "nonfinite" in table else 0
-    note = f"; {dropped} row(s) with non-finite scores left out" if dropped else ""
+    note = dropped_note(table, "row(s) with non-finite scores")
     fig.suptitle(f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
                  f"{CI_LEVEL} % bootstrap interval over points{note}", fontsize=11)
     return fig
