@@ -227,6 +227,21 @@ def _image_set(dataset: str, split: str, split_seed: int, x: torch.Tensor, order
 # --------------------------------------------------------------------------- attack
 
 
+def attack_config(suite: str | os.PathLike | None = None, **options: Any) -> tuple[list[str], AttackConfig]:
+    """The models and settings of an attack suite file (``attacks/*.toml``), overridden by ``options`` (None values
+    are left out), validated: ``(models, config)``. Without ``suite``: no models and the options over the defaults."""
+    from robustvae.experiments.suite import attack_config as resolve
+
+    return resolve(suite, **options)
+
+
+def _shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """``(i, N)`` from a tuple or an ``"i/N"`` string (the CLI's --shard), checked."""
+    from robustvae.experiments.attack import parse_shard
+
+    return parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """The records of an attack sweep (this shard's) and their results table."""
@@ -239,20 +254,21 @@ class AttackResult:
 def attack(
     models: Sequence[ModelSpec], config: AttackConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
-    shard: tuple[int, int] = (1, 1), quiet: bool = True, command: list[str] | None = None,
+    shard: tuple[int, int] | str = (1, 1), quiet: bool = True, command: list[str] | None = None,
     dist: DistContext | None = None, eot: int = 0,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
     ``models``: zoo names, checkpoint files, run directories, loaded models or models
     in memory (these need ``data``). With ``out`` the run is written there and resumed
-    by a later call with the same settings; ``shard=(i, N)`` runs every N-th work unit.
+    by a later call with the same settings; ``shard=(i, N)`` (or ``"i/N"``) runs every N-th work unit.
     ``eot``: N > 0 attacks the authors' dithered context (kuzina-ladder DCT-VAEs only) with
     the dither on, averaged over N fixed draws; by default the dither is off (run.json says which).
     """
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
 
+    shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
     labelled = load_models(list(models), dev, data)
     if eot < 0:
@@ -282,7 +298,7 @@ class CertifyResult:
 def certify_models(
     models: Sequence[ModelSpec], config: CertifyConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
-    shard: tuple[int, int] = (1, 1), force: bool = False, quiet: bool = True, command: list[str] | None = None,
+    shard: tuple[int, int] | str = (1, 1), force: bool = False, quiet: bool = True, command: list[str] | None = None,
 ) -> CertifyResult:
     """Exact analysis of each model's quantised context on test points: certified radius, certificates, optimal attack.
 
@@ -296,6 +312,7 @@ def certify_models(
     from robustvae.experiments.certify import run_certify
     from robustvae.reporting.certify import certify_table
 
+    shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
     labelled = load_models(list(models), dev, data)
     records = run_certify(labelled, config or CertifyConfig(), out, device=dev, shard=shard, data_dir=data_dir,
@@ -349,7 +366,7 @@ class CompressResult:
     @property
     def warnings(self) -> list[str]:
         """(model, k) whose matched JPEG is not at the model's PSNR (none of its qualities gets there)."""
-        from robustvae.reporting.compression import match_warnings
+        from robustvae.compression.jpeg import match_warnings
 
         return match_warnings(self.records)
 
@@ -386,3 +403,11 @@ def sample(model: ModelSpec, n: int = 64, *, temperature: float = 1.0, seed: int
     (lm,) = load_models([model], _device(device), need_data=False)
     noise = lm.model.make_noise(n, torch.Generator().manual_seed(seed))
     return lm.model.sample(n, temperature=temperature, noise=noise).cpu()
+
+
+def save_grid(images: torch.Tensor, out: str | os.PathLike, settings: dict[str, Any] | None = None) -> int:
+    """Write ``images`` (N, C, H, W) in [0, 1] as one PNG grid (atomically), each image scaled up by nearest
+    neighbour to at least 84 px; ``settings`` go into the PNG's text chunk. Returns the scale factor."""
+    from robustvae.grid import save_grid as write
+
+    return write(images, Path(out), settings or {})

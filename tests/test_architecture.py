@@ -122,8 +122,28 @@ def test_no_import_cycle_in_the_package(lazy):
     """Not even through imports inside functions (the CLI and the demo once imported each other that way)."""
     graph = import_graph(lazy)
     assert "robustvae.experiments.attack" in graph and "robustvae.attacks" in graph["robustvae.experiments.attack"]
-    assert ("robustvae.api" in graph["robustvae.cli"]) == lazy  # the CLI imports the API inside its commands
+    cli = {m: deps for m, deps in graph.items() if m == "robustvae.cli" or m.startswith("robustvae.cli.")}
+    # the CLI imports the API inside its commands (a fast --help and fast errors)
+    assert any("robustvae.api" in deps for deps in cli.values()) == lazy
     assert _cycles(graph) == []
+
+
+def _reaches(graph: dict[str, set[str]], prefix: str) -> dict[str, set[str]]:
+    """Per module under ``prefix``: the robustvae modules it imports (at any level)."""
+    return {m: deps for m, deps in graph.items() if m == prefix or m.startswith(prefix + ".")}
+
+
+def test_layers_import_only_downwards():
+    """The CLI calls the API (never the experiments directly); experiments write records and never import the
+    report; the report reads records and run files and never imports the attacks that made them."""
+    graph = import_graph(True)
+    bad = [f"{m} -> {d}" for m, deps in _reaches(graph, "robustvae.cli").items() for d in deps
+           if d.startswith("robustvae.experiments")]
+    bad += [f"{m} -> {d}" for m, deps in _reaches(graph, "robustvae.experiments").items() for d in deps
+            if d.startswith("robustvae.reporting")]
+    bad += [f"{m} -> {d}" for m, deps in _reaches(graph, "robustvae.reporting").items() for d in deps
+            if d.startswith("robustvae.attacks")]
+    assert bad == []
 
 
 def test_the_attack_library_imports_no_data_io_or_orchestration():

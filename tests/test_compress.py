@@ -299,7 +299,7 @@ def _report_of(run: Path, out: Path) -> Path:
 
 def test_a_jpeg_that_cannot_reach_the_models_psnr_is_a_warning():
     """Hand-made rows: only (model, k) pairs with an image more than 1 dB from its matched JPEG are named."""
-    from robustvae.reporting.compression import match_warnings
+    from robustvae.compression.jpeg import match_warnings
 
     rows = pd.DataFrame({"model": ["a", "a", "a", "b"], "k": [1, 1, 2, 1], "image": ["x", "y", "x", "x"],
                          "psnr": [8.0, 30.0, 25.0, 40.0], "jpeg_psnr": [18.2, 30.4, 25.9, 40.0],

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from robustvae.metrics import ms_ssim, psnr, pytorch_msssim_accepts
@@ -22,6 +23,7 @@ from robustvae.metrics import ms_ssim, psnr, pytorch_msssim_accepts
 QUALITIES = tuple(range(1, 96))
 SETTINGS = {"encoder": "Pillow", "qualities": [QUALITIES[0], QUALITIES[-1]], "subsampling": "4:4:4",
             "optimize": False}
+MATCH_TOLERANCE_DB = 1.0  # a "matched" JPEG further than this from the model's PSNR is not at the same quality
 MSSSIM_BATCH = 8  # decoded images scored at once (memory: a Kodak image is 1.2 M values)
 
 
@@ -83,3 +85,17 @@ def sweep(pixels: np.ndarray, qualities: tuple[int, ...] = QUALITIES) -> Sweep:
     ps, ms = score(pixels, [decode(f) for f in files])
     pixel_count = pixels.shape[1] * pixels.shape[2]
     return Sweep(list(qualities), files, [8 * len(f) / pixel_count for f in files], ps, ms)
+
+
+def match_warnings(records: pd.DataFrame) -> list[str]:
+    """One line per (model, k) whose matched JPEG misses the model's PSNR by more than :data:`MATCH_TOLERANCE_DB`
+    on some image: no quality reaches it (the model is below JPEG at quality 1, or above it at 95), so the
+    comparison at "the same PSNR" does not hold there. ``records``: rows with model, k, psnr, jpeg_psnr, jpeg_quality."""
+    out = []
+    gap = (records.jpeg_psnr - records.psnr).abs()
+    for (model, k), g in records[gap > MATCH_TOLERANCE_DB].groupby(["model", "k"], sort=True):
+        n = int((records.model == model).mul(records.k == k).sum())
+        out.append(f"{model} k={k}: on {len(g)} of {n} image(s) no JPEG quality comes within {MATCH_TOLERANCE_DB:g} dB "
+                   f"of the model's PSNR (model {g.psnr.mean():.1f} dB, nearest JPEG q{int(g.jpeg_quality.iloc[0])} "
+                   f"{g.jpeg_psnr.mean():.1f} dB): the JPEG beside it is not at the same quality")
+    return out

@@ -36,7 +36,7 @@ from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.io import safe_name
 from robustvae.progress import make_progress
 from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord
-from robustvae.reporting.compression import match_warnings
+from robustvae.compression.jpeg import match_warnings
 
 # what a compression run writes (and ``force`` replaces); the figures among them come from the report package
 OUTPUTS = ("records.csv", "jpeg.csv", "run.json", "rd.png", "rd.pdf", "side-by-side", "images")

@@ -89,19 +89,21 @@ def gradient_gap(cert: pd.DataFrame, attack_dirs: list[str | Path]) -> pd.DataFr
 
     ``gap`` = gradient - optimal (> 0: the optimal context attack does more damage than the gradient attack).
     """
-    rows = [r for d in attack_dirs for f in sorted(Path(d).glob("records*.jsonl")) for r in read_attack_records(f)]
+    rows = [{**r, "attack_version": _ensemble_version(Path(d))}
+            for d in attack_dirs for f in sorted(Path(d).glob("records*.jsonl")) for r in read_attack_records(f)]
     att = pd.DataFrame(rows)
     if att.empty or "msssim_k1" not in cert or cert.msssim_k1.isna().all():
         return pd.DataFrame()
     att = att[(att.kind == "attack") & (att.k == 1)]
     cert = cert[cert.msssim_k1.notna()]
     best = att.groupby(["checkpoint_sha256", "norm", "eps", "test_index"], as_index=False).agg(
-        gradient=("msssim", "min"), objective=("objective", "first"), optimizer=("optimizer", "first"))
+        gradient=("msssim", "min"), objective=("objective", "first"), optimizer=("optimizer", "first"),
+        attack_version=("attack_version", "first"))
     both = cert.merge(best, on=["checkpoint_sha256", "norm", "eps", "test_index"])
     out = []
     keys = _keys(both, "eps")
     for k, g in both.groupby(keys, sort=False):
-        out.append({**dict(zip(keys, k)), "points": len(g), "attack": _attack_name(g.optimizer.iloc[0], g.objective.iloc[0]),
+        out.append({**dict(zip(keys, k)), "points": len(g), "attack": _attack_name(g.optimizer.iloc[0], g.objective.iloc[0], g.attack_version.iloc[0]),
                     "gradient_msssim_k1": float(g.gradient.mean()),
                     "optimal_msssim_k1": float(g.msssim_k1.mean()), "gap": float((g.gradient - g.msssim_k1).mean()),
                     "optimal_proven": float(g.optimal_proven.mean())})
@@ -157,9 +159,22 @@ def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) 
     return summary, context, files
 
 
-def _attack_name(optimizer: str, objective: str) -> str:
-    """``pgd on skl`` for one attack; an ensemble by its version (its members have their own objectives)."""
-    from robustvae.attacks.registry import ensemble_version
+def _ensemble_version(run_dir: Path) -> str | None:
+    """The ensemble version an attack run used, as its ``run.json`` records it (None for a single attack)."""
+    import json
 
-    version = ensemble_version(optimizer)
+    for path in sorted(run_dir.glob("run*.json")):  # run.json, or a shard's run-shard-i-of-N.json
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        ensemble = info.get("ensemble") if isinstance(info, dict) else None
+        if isinstance(ensemble, dict):
+            return ensemble.get("version")
+    return None
+
+
+def _attack_name(optimizer: str, objective: str, version: str | None) -> str:
+    """``pgd on skl`` for one attack; an ensemble by the version its run recorded (its members have their own
+    objectives)."""
     return f"{version} ensemble" if version else f"{optimizer} on {objective}"

@@ -33,7 +33,6 @@ from robustvae.reporting.figures import dropped_note, imshow_array, marker_map, 
 from robustvae.reporting.tables import summary_table
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
-MATCH_TOLERANCE_DB = 1.0  # a "matched" JPEG further than this from the model's PSNR is not at the same quality
 
 
 @dataclass
@@ -192,17 +191,3 @@ def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any,
             ax.set_yticks([])
             ax.set_title(title, fontsize=7.5)
     return fig
-
-
-def match_warnings(records: pd.DataFrame) -> list[str]:
-    """One line per (model, k) whose matched JPEG misses the model's PSNR by more than :data:`MATCH_TOLERANCE_DB`
-    on some image: no quality reaches it (the model is below JPEG at quality 1, or above it at 95), so the
-    comparison at "the same PSNR" does not hold there. ``records``: rows with model, k, psnr, jpeg_psnr, jpeg_quality."""
-    out = []
-    gap = (records.jpeg_psnr - records.psnr).abs()
-    for (model, k), g in records[gap > MATCH_TOLERANCE_DB].groupby(["model", "k"], sort=True):
-        n = int((records.model == model).mul(records.k == k).sum())
-        out.append(f"{model} k={k}: on {len(g)} of {n} image(s) no JPEG quality comes within {MATCH_TOLERANCE_DB:g} dB "
-                   f"of the model's PSNR (model {g.psnr.mean():.1f} dB, nearest JPEG q{int(g.jpeg_quality.iloc[0])} "
-                   f"{g.jpeg_psnr.mean():.1f} dB): the JPEG beside it is not at the same quality")
-    return out

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robustvae.compression.jpeg import match_warnings
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.rundir import RunDir
 from robustvae.io import safe_name, write_bytes
@@ -277,7 +278,7 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
         "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
         "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
         "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
-        "warnings": comp.match_warnings(run.records),
+        "warnings": match_warnings(run.records),
     }
 
 

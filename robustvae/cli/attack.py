@@ -1,0 +1,78 @@
+"""robustvae attack: latent attacks on the top-k layers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, print_frame, app, out_console
+from robustvae.errors import RobustVAEError
+
+
+@app.command()
+def attack(
+    models: list[str] = typer.Argument(None, help="Zoo names, checkpoint files or run directories."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers under attack: 1,2 or 1-4 or all. [default: 1]"),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Budget on [0, 1] pixels. [default: 0.1]"),
+    norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2. [default: linf]"),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label. [default: 50]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
+    eot: int = typer.Option(0, "--eot", help="kuzina-ladder DCT-VAEs: attack with the authors' context dither on, averaged over N fixed draws. [default: 0, dither off]"),
+    eps_sweep: Optional[str] = typer.Option(None, "--eps-sweep", help="Run the sweep at each of these budgets, e.g. 0.025,0.05,0.1,0.2,0.4,1.0 (instead of --eps). \\[default: none, --eps only]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
+    recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
+    temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),
+    straight_through: Optional[bool] = typer.Option(None, "--straight-through/--no-straight-through", help="DCT-VAE context: score quantised values with straight-through gradients. [default: off]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of points, starts and noise. [default: 0]"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="TOML file with the same settings (attacks/*.toml); options override it. \\[default: none]"),
+    out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
+    shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
+    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one batch. [default: 1024]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+) -> None:
+    """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records.
+
+    Multi-process: [bold]torchrun --nproc_per_node N -m robustvae attack ...[/bold] splits the
+    work units (of --shard i/N, for several machines) over the processes; rank 0 merges the records.
+    """
+    from robustvae import api
+    from robustvae.distributed import distributed
+
+    suite_models, cfg = api.attack_config(
+        suite, layers=layers, eps=eps, norm=norm, restarts=restarts, points=points, steps=steps, objective=objective,
+        optimizer=optimizer, step_size=step_size, temperature=temperature, recon=recon,
+        temperature_convention=temperature_convention, straight_through=straight_through,
+        seed=seed, max_batch_mib=max_batch_mib, eps_sweep=eps_sweep)
+    names = list(models or []) or suite_models
+    if not names:
+        raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
+    with distributed(backend, device) as (dd, dev):
+        if dd.is_main:
+            _print_attack_settings(names, cfg, out, dev)
+        res = api.attack(names, cfg, out, device=dev, shard=shard, data_dir=data_dir, quiet=quiet,
+                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot)
+    if not dd.is_main:
+        return
+    from robustvae.reporting.tables import display_table
+
+    print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
+    out_console.print(f"{len(res.records)} records in {out}")
+
+
+def _print_attack_settings(names: list[str], cfg, out: Path, device) -> None:
+    """Every setting of an attack run, on one line, before it starts."""
+    import dataclasses
+
+    fields = ", ".join(f"{k} {'default' if v is None else v}" for k, v in dataclasses.asdict(cfg).items())
+    out_console.print(f"attack {', '.join(names)} on {device}, out {out}: {fields}", markup=False, highlight=False,
+                      soft_wrap=True)

@@ -1,0 +1,55 @@
+"""robustvae zoo: presets and published checkpoints (list, import, fetch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from robustvae.cli.common import out_console, zoo_app
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """Presets (train them with robustvae train --preset NAME) and published checkpoints."""
+    from robustvae.zoo import list_entries
+
+    rows = list_entries()
+    table = Table(title="robustvae zoo")
+    table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+    for col in ("kind", "model", "data", "layers", "about"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(r[c] for c in ("name", "kind", "model", "data", "layers", "about")))
+    out_console.print(table)
+    if not any(r["kind"].startswith(("checkpoint", "published")) for r in rows):
+        out_console.print("No published checkpoints are registered yet; train a preset with robustvae train.")
+
+
+@zoo_app.command("import")
+def zoo_import(
+    file: Path = typer.Argument(..., help="A checkpoint file of another code base (downloaded by hand)."),
+    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae)."),
+    preset: str = typer.Option(..., "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Convert the authors' checkpoint (weights only, no code runs) into a robustvae checkpoint with provenance."""
+    from robustvae.zoo.kuzina import import_checkpoint
+
+    dest = import_checkpoint(file, preset, out, source=source, force=force)
+    out_console.print(f"imported {file} as {preset} into {dest}; evaluate it with: robustvae eval {out}")
+
+
+@zoo_app.command("fetch")
+def zoo_fetch(
+    name: str = typer.Argument(..., help="A published checkpoint (robustvae zoo list), e.g. kuzina-dctvae-mnist."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
+) -> None:
+    """Download a published checkpoint (Google Drive, needs gdown) and import it."""
+    from robustvae.zoo.kuzina import fetch
+
+    dest = fetch(name, out, force=force)
+    out_console.print(f"fetched and imported {name} into {dest}; evaluate it with: robustvae eval {out}")
