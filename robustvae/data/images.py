@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,9 @@ def _load_array(path: Path) -> np.ndarray | Tensor:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return np.asarray(_one_entry({k: z[k] for k in z.files}, path, "arrays"))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on the pickle protocol would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except RobustVAEError:
         raise
     except ValueError as e:
