@@ -474,6 +474,8 @@ def _compress_inputs(labelled: list[Labelled], images: Sequence[str | os.PathLik
 
     given = images is not None and (isinstance(images, (torch.Tensor, np.ndarray)) or len(images) > 0)
     one_source(data, images if given else None)
+    if data is None and limit is not None:
+        raise RobustVAEError("--limit picks images of --data; with --images every image given is compressed")
     if isinstance(images, (torch.Tensor, np.ndarray)):
         x, _, _ = read_array(images, labelled[0].model.cfg.image_channels)
         return from_tensor(x, [f"image-{i}" for i in range(len(x))], [f"<in memory>[{i}]" for i in range(len(x))]), \

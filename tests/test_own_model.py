@@ -306,6 +306,10 @@ def test_a_factory_model_evaluates_certifies_and_compresses(in_repo, tmp_path, c
     run = json.loads((tmp_path / "z" / "run.json").read_text())
     assert run["image_source"]["data"] == "synthetic" and len(run["images"]) == 2
     assert [im["name"].rsplit("-", 1)[0] for im in run["images"]] == ["synthetic-test"] * 2
+    # the API takes the images as a tensor too (here NHWC floats)
+    x = torch.rand(2, 30, 29, 1, generator=torch.Generator().manual_seed(0))
+    res = robustvae.compress([make()], x, robustvae.CompressConfig(layers="1"), tmp_path / "t", device="cpu")
+    assert list(res.records.image) == ["image-0", "image-1"] and list(res.records.width) == [29, 29]
 
 
 def test_a_factory_model_without_images_or_a_file_is_told_what_to_pass(in_repo, tmp_path, capsys):
@@ -322,8 +326,13 @@ def test_a_factory_model_without_images_or_a_file_is_told_what_to_pass(in_repo, 
     code, _, err = _cli(capsys, ["attack", spec, "--data", "synthetic", "--images", "examples/digits.npy", "-q",
                                  "--out", str(tmp_path / "b")])
     _error(code, err, "pass --data or --images, not both")
-    code, _, err = _cli(capsys, ["eval", spec, "--data", "synthetic-rgb", "-q", "--out", str(tmp_path / "e.json")])
+    code, _, err = _cli(capsys, ["eval", spec, "--data", "synthetic-rgb", "-q", "--out", str(tmp_path / "o" / "e.json")])
     _error(code, err, "dataset 'synthetic-rgb' has images of shape (3, 32, 32) but the model expects (1, 28, 28)")
+    code, _, err = _cli(capsys, ["eval", spec, "--data", "nope", "-q", "--out", str(tmp_path / "o" / "e.json")])
+    _error(code, err, "unknown dataset 'nope'")
+    code, _, err = _cli(capsys, ["compress", spec, "--images", "examples/digits.npy", "--limit", "2", "--layers", "1",
+                                 "-q", "--out", str(tmp_path / "z")])
+    _error(code, err, "--limit picks images of --data")
     assert not any(tmp_path.iterdir())  # nothing written by any of them
 
 

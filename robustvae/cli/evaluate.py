@@ -101,7 +101,12 @@ def _source(models, data: str | None, image_set) -> str:
     """Where the evaluated images come from (one place for every model: they are compared on the same images)."""
     if image_set is not None:
         return image_set.describe()
-    if data is not None:
+    if data is not None:  # checked here, before any output folder is made
+        from robustvae.config import DataConfig
+        from robustvae.data import check_compatible
+
+        for m in models:
+            check_compatible(DataConfig(data), m.model.cfg.image_channels, m.model.cfg.image_size)
         return data
     missing = [m.path for m in models if m.config is None]
     if missing:
