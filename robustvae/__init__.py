@@ -26,7 +26,7 @@ _LAZY = {
     **{name: "robustvae.api" for name in (
         "load", "train", "train_config", "evaluate", "attack", "report", "compress", "sample",
         "TrainResult", "EvalResult", "AttackResult", "ReportResult", "CompressResult", "certify_models",
-        "CertifyResult")},
+        "CertifyResult", "load_images")},
     **{name: "robustvae.config" for name in ("Config", "AttackConfig", "CompressConfig", "CertifyConfig")},
     "LoadedModel": "robustvae.zoo",
 }

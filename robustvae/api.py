@@ -8,12 +8,13 @@ Every user error raises :class:`robustvae.RobustVAEError` with a one-line messag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -21,8 +22,11 @@ import torch
 from robustvae.config import AttackConfig, CertifyConfig, CompressConfig, Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, require_nonnegative, require_positive
-from robustvae.experiments.models import Labelled, ModelSpec, load_models
+from robustvae.experiments.models import ImageSource, Labelled, ModelSpec, load_models
 from robustvae.zoo import LoadedModel
+
+if TYPE_CHECKING:
+    from robustvae.data.images import ImageSet
 
 DEFAULT_TRAIN_PRESET = "vdvae-mnist-tiny"
 
@@ -39,12 +43,29 @@ def _device(device: str | torch.device) -> torch.device:
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> LoadedModel:
     """A trained model in eval mode with its config and provenance (``.model``, ``.config``, ``.path``, ``.sha256``).
 
-    ``name_or_path``: a zoo name, a checkpoint file or a run directory (its best.pt,
-    else last.pt). ``weights``: ``auto`` (EMA weights when present), ``ema`` or ``raw``.
+    ``name_or_path``: a zoo name, a checkpoint file, a run directory (its best.pt,
+    else last.pt), or ``module.path:factory``: a user's own model, built by calling
+    ``factory()`` and checked against the model contract (docs/own-model.md; its
+    ``.sha256`` hashes its state dict, not a file). ``weights``: ``auto`` (EMA weights
+    when present), ``ema`` or ``raw``.
     """
     from robustvae import zoo
 
     return zoo.load(name_or_path, device=_device(device), weights=weights)
+
+
+def load_images(source: ImageSource, model: ModelSpec) -> ImageSet:
+    """A user's own images, checked against ``model``'s image shape: an :class:`~robustvae.data.images.ImageSet`
+    (``.images`` (N, C, H, W) floats in [0, 1] in file order, ``.path``, ``.layout``, ``.dtype``, ``.sha256``).
+
+    ``source``: a folder of PNG/JPEG files, an image file, a ``.npy`` / ``.npz`` / ``.pt`` array file, or an array
+    or tensor (uint8, or floats in [0, 1]; NCHW or NHWC, told apart by the model's channel count).
+    """
+    from robustvae.data.images import load_image_set
+
+    net = model.model if isinstance(model, LoadedModel) else model if isinstance(model, torch.nn.Module) else \
+        load(model).model
+    return load_image_set(source, net.cfg.image_channels, net.cfg.image_size)
 
 
 # --------------------------------------------------------------------------- train
@@ -173,46 +194,62 @@ def evaluate(
     model: ModelSpec, *, data: str | None = None, data_dir: str | os.PathLike | None = None, split: str = "test",
     iw_samples: int | None = None, limit: int | None = None, batch_size: int = 100, seed: int = 0,
     device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae", max_batch_mib: int | None = None,
-    log_path: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None, images: ImageSource | None = None,
 ) -> EvalResult:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer on a split of the model's dataset.
 
     ``limit`` evaluates a label-stratified subset (selected with ``seed``); ``iw_samples``
-    defaults to :func:`default_iw_samples`; ``data`` overrides the dataset (needed for a
-    model in memory); ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both``
+    defaults to :func:`default_iw_samples`; ``data`` overrides the dataset (a model without a
+    config, in memory or from a ``module.path:factory``, needs it or ``images``); ``images``
+    evaluates a user's own images instead (:func:`load_images`; ``limit``: the first N in
+    file order); ``estimator`` is ``iwae`` (the bound), ``authors`` or ``both``
     (:func:`robustvae.evaluation.evaluate_model`); ``max_batch_mib`` is the memory budget of
     one importance-sampling pass (default 64 on CPU, 2048 on CUDA); ``log_path`` receives
     the progress lines. The record names the images it used (``image_set``) and the settings (``settings``).
     """
-    from robustvae.data import eval_images, load_dataset, stratified_order
     from robustvae.evaluation import default_max_batch_mib, evaluate_model
 
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
     require_nonnegative(seed=seed)
     dev = _device(device)
-    (lm,) = load_models([model], dev, data)
+    (lm,) = load_models([model], dev, data, images=images)
+    x, image_set = _eval_images(lm, data_dir, split, limit, seed)
+    k = iw_samples or default_iw_samples(lm)
+    budget = max_batch_mib or default_max_batch_mib(dev)
+    res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
+                         estimator=estimator, max_batch_mib=budget, log_path=log_path, label=lm.label)
+    settings = {"split": image_set["split"], "iw_samples": k, "limit": limit, "batch_size": batch_size,
+                "max_batch_mib": budget, "seed": seed, "device": str(dev), "estimator": estimator}
+    return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "sha256_of": lm.loaded.sha256_of,
+                       "model": lm.label, "dataset": image_set["dataset"], "split": image_set["split"], **res,
+                       "image_set": image_set, "settings": settings})
+
+
+def _eval_images(lm: Labelled, data_dir: str | os.PathLike | None, split: str, limit: int | None,
+                 seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The images an evaluation scores (prepared as the model sees them) and its record of them (``image_set``)."""
+    from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
+
+    if lm.images is not None:  # a user's own images: the first ``limit`` in file order (no labels to stratify by)
+        x = fixed_prepare(lm.images.images, lm.model.cfg.binary)
+        order = torch.arange(limit) if limit is not None and limit < x.shape[0] else None
+        info = _image_set(lm.images.name, lm.images.name, None, x, order, None)
+        info.update(selection=f"the first {limit} in file order" if order is not None else "every image",
+                    **{k: v for k, v in lm.images.info().items() if k != "images"})
+        return x[order] if order is not None else x, info
     dcfg = dataclasses.replace(lm.data, data_dir=str(data_dir)) if data_dir is not None else lm.data
     ds = load_dataset(dcfg)
     x = eval_images(ds, split, lm.model.cfg.binary)
     order = None
     if limit is not None and limit < x.shape[0]:
         order = stratified_order(ds.split(split).labels, seed)[:limit]
-    image_set = _image_set(ds.name, split, dcfg.split_seed, x, order, seed)
-    x = x[order] if order is not None else x
-    k = iw_samples or default_iw_samples(lm)
-    budget = max_batch_mib or default_max_batch_mib(dev)
-    res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
-                         estimator=estimator, max_batch_mib=budget, log_path=log_path, label=lm.label)
-    settings = {"split": split, "iw_samples": k, "limit": limit, "batch_size": batch_size, "max_batch_mib": budget,
-                "seed": seed, "device": str(dev), "estimator": estimator}
-    return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "model": lm.label, "dataset": ds.name,
-                       "split": split, **res, "image_set": image_set, "settings": settings})
+    return (x[order] if order is not None else x), _image_set(ds.name, split, dcfg.split_seed, x, order, seed)
 
 
-def _image_set(dataset: str, split: str, split_seed: int, x: torch.Tensor, order: torch.Tensor | None,
-               seed: int) -> dict[str, Any]:
+def _image_set(dataset: str, split: str, split_seed: int | None, x: torch.Tensor, order: torch.Tensor | None,
+               seed: int | None) -> dict[str, Any]:
     """Which images an evaluation used: split, count, how they were selected, and a hash of the pixels."""
-    import hashlib
+    from robustvae.data.images import pixels_sha256
 
     chosen = x[order] if order is not None else x
     return {
@@ -220,7 +257,7 @@ def _image_set(dataset: str, split: str, split_seed: int, x: torch.Tensor, order
         "selection": "label-stratified subset" if order is not None else "whole split",
         "selection_seed": seed if order is not None else None, "split_seed": split_seed,
         "indices": order.tolist() if order is not None else None,
-        "images_sha256": hashlib.sha256(chosen.contiguous().numpy().tobytes()).hexdigest(),
+        "images_sha256": pixels_sha256(chosen),
     }
 
 
@@ -255,12 +292,14 @@ def attack(
     models: Sequence[ModelSpec], config: AttackConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
     shard: tuple[int, int] | str = (1, 1), quiet: bool = True, command: list[str] | None = None,
-    dist: DistContext | None = None, eot: int = 0,
+    dist: DistContext | None = None, eot: int = 0, images: ImageSource | None = None,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
-    ``models``: zoo names, checkpoint files, run directories, loaded models or models
-    in memory (these need ``data``). With ``out`` the run is written there and resumed
+    ``models``: zoo names, checkpoint files, run directories, ``module.path:factory`` names, loaded models or
+    models in memory (these last two kinds need ``data`` or ``images``). ``data`` replaces the models' dataset;
+    ``images`` attacks a user's own images instead (:func:`load_images`): the first ``config.points`` in file
+    order (they have no labels). With ``out`` the run is written there and resumed
     by a later call with the same settings; ``shard=(i, N)`` (or ``"i/N"``) runs every N-th work unit.
     ``eot``: N > 0 attacks the authors' dithered context (kuzina-ladder DCT-VAEs only) with
     the dither on, averaged over N fixed draws; by default the dither is off (run.json says which).
@@ -270,7 +309,7 @@ def attack(
 
     shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
-    labelled = load_models(list(models), dev, data)
+    labelled = load_models(list(models), dev, data, images=images)
     if eot < 0:
         raise RobustVAEError(f"--eot takes the number of dither draws (>= 1; 0: dither off), got {eot}")
     if eot:
@@ -299,6 +338,7 @@ def certify_models(
     models: Sequence[ModelSpec], config: CertifyConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
     shard: tuple[int, int] | str = (1, 1), force: bool = False, quiet: bool = True, command: list[str] | None = None,
+    images: ImageSource | None = None,
 ) -> CertifyResult:
     """Exact analysis of each model's quantised context on test points: certified radius, certificates, optimal attack.
 
@@ -307,18 +347,41 @@ def certify_models(
     the subpackage of the per-image analysis (``robustvae.certify.context_radius`` and
     friends); a top-level function of the same name would shadow it. With ``out`` the
     run is written there and resumed by a later call with the same settings (``force``
-    starts over). A model without a context layer is an error.
+    starts over). A model without a context layer is an error. ``data`` and ``images`` choose the points as for
+    :func:`attack`.
     """
     from robustvae.experiments.certify import run_certify
     from robustvae.reporting.certify import certify_table
 
     shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
-    labelled = load_models(list(models), dev, data)
+    labelled = load_models(list(models), dev, data, images=images)
     records = run_certify(labelled, config or CertifyConfig(), out, device=dev, shard=shard, data_dir=data_dir,
                           force=force, quiet=quiet, command=command)
     return CertifyResult(records, certify_table(records) if len(records) else pd.DataFrame(),
                          Path(out) if out is not None else None)
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+@contextlib.contextmanager
+def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "run") -> Iterator[Path]:
+    """Hold the folder ``out`` for a job that writes several things into it (the demo).
+
+    Refuses a file, a place this user cannot write, and, unless ``force``, a folder that
+    is not empty (naming ``what`` would be replaced); then holds its lock while the block
+    runs (a second writer gets a one-line error) and refuses symbolic links inside it, so
+    nothing is written or deleted through one (:class:`robustvae.experiments.rundir.RunDir`).
+    """
+    from robustvae.experiments.rundir import RunDir
+
+    run_dir = RunDir(out)
+    run_dir.check_usable()
+    if run_dir.entries() and not force:
+        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier {what} there, or use another --out")
+    with run_dir.locked():
+        yield Path(out)
 
 
 # --------------------------------------------------------------------------- report
@@ -372,24 +435,62 @@ class CompressResult:
 
 
 def compress(
-    models: Sequence[ModelSpec], images: Sequence[str | os.PathLike], config: CompressConfig | None = None,
-    out: str | os.PathLike = "runs/compress", *, device: str | torch.device = "auto", force: bool = False,
-    quiet: bool = True, command: list[str] | None = None,
+    models: Sequence[ModelSpec], images: Sequence[str | os.PathLike] | torch.Tensor = (),
+    config: CompressConfig | None = None, out: str | os.PathLike = "runs/compress", *, data: str | None = None,
+    data_dir: str | os.PathLike | None = None, split: str = "test", limit: int | None = None,
+    device: str | torch.device = "auto", force: bool = False, quiet: bool = True, command: list[str] | None = None,
 ) -> CompressResult:
     """Appendix G: compress images with the top k latent layers of each model and compare with JPEG at the same PSNR.
 
-    Writes records, the JPEG sweep, the images and the rate-distortion and side-by-side
-    figures into ``out`` (refused when not empty, unless ``force``).
+    ``images``: folders of PNG/JPEG files, image files and array files (any size of at least one patch), or an
+    array / tensor of images (uint8 or floats in [0, 1]); or, instead, ``data``: the images of a dataset's
+    ``split`` (``limit``: a label-stratified subset, selected with the config's seed). Writes records, the JPEG
+    sweep, the images and the rate-distortion and side-by-side figures into ``out`` (refused when not empty,
+    unless ``force``).
     """
     from robustvae.experiments.compress import run_compression
     from robustvae.reporting.compression import write_compression_figures
 
+    require_positive(limit=limit)
+    config = config or CompressConfig()
     dev = _device(device)
     labelled = load_models(list(models), dev, need_data=False)
-    records, jpeg = run_compression(labelled, list(images), config or CompressConfig(), out, device=dev, force=force,
-                                    quiet=quiet, command=command)
+    inputs, source = _compress_inputs(labelled, images, data, data_dir, split, limit, config.seed)
+    records, jpeg = run_compression(labelled, inputs, config, out, device=dev, force=force, quiet=quiet,
+                                    command=command, source=source)
     write_compression_figures(out)
     return CompressResult(records, jpeg, Path(out))
+
+
+def _compress_inputs(labelled: list[Labelled], images: Sequence[str | os.PathLike] | torch.Tensor, data: str | None,
+                     data_dir: str | os.PathLike | None, split: str, limit: int | None, seed: int) -> tuple[list, Any]:
+    """What :func:`compress` codes: file names (read by the experiment) or images already read, and their source."""
+    import numpy as np
+
+    from robustvae.compression.images import from_tensor
+    from robustvae.config import DataConfig
+    from robustvae.data import load_dataset, stratified_order, to_float
+    from robustvae.data.images import one_source, read_array
+
+    given = images is not None and (isinstance(images, (torch.Tensor, np.ndarray)) or len(images) > 0)
+    one_source(data, images if given else None)
+    if data is None and limit is not None:
+        raise RobustVAEError("--limit picks images of --data; with --images every image given is compressed")
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        x, _, _ = read_array(images, labelled[0].model.cfg.image_channels)
+        return from_tensor(x, [f"image-{i}" for i in range(len(x))], [f"<in memory>[{i}]" for i in range(len(x))]), \
+            {"path": "<in memory>", "images": len(x)}
+    if data is None:
+        return list(images), None
+    ds = load_dataset(DataConfig(data, data_dir=str(data_dir) if data_dir is not None else None))
+    part = ds.split(split)
+    order = stratified_order(part.labels, seed)[:limit] if limit is not None and limit < len(part) else \
+        torch.arange(len(part))
+    names = [f"{data}-{split}-{int(i)}" for i in order]
+    imgs = from_tensor(to_float(part.images[order]), names, [f"{data}:{split}[{int(i)}]" for i in order])
+    return imgs, {"data": data, "split": split, "images": len(imgs),
+                  "selection": f"label-stratified, seed {seed}" if limit is not None and limit < len(part) else
+                  "whole split"}
 
 
 # --------------------------------------------------------------------------- sample

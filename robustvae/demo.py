@@ -28,7 +28,6 @@ from typing import Any
 from rich.console import Console
 
 from robustvae.errors import RobustVAEError
-from robustvae.experiments.rundir import RunDir
 
 DEMO_PRESETS = ("vdvae-mnist-demo", "dctvae-mnist-demo")
 
@@ -156,13 +155,11 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
 
 
 def _run(out: str | Path, settings: DemoSettings | None, device: str, force: bool, quiet: bool) -> dict[str, Any]:
+    from robustvae import api
+
     s = settings or DemoSettings()
     out = Path(out)
-    run_dir = RunDir(out)
-    run_dir.check_usable()
-    if run_dir.entries() and not force:
-        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier demo there, or use another --out")
-    with run_dir.locked():  # refuses symbolic links anywhere in out before anything is deleted or written
+    with api.claim_output(out, force=force, what="demo"):  # refuses symbolic links in out before anything is deleted
         _clear(out, s)
         return _stages_run(out, s, device, quiet)
 

@@ -146,6 +146,62 @@ class Fixtures:
         }[command]
 
 
+IMAGE_COMMANDS = ("attack", "eval", "certify", "compress")  # the commands that take --images
+BAD_IMAGE_REASONS = {  # file -> what its one-line error must say (any of these: compress reads some differently)
+    "bool.npy": ("holds bool pixels",), "bytes-as-floats.npy": ("floats must be in [0, 1]",),
+    "cut.npy": ("cannot be read as a .npy array",), "empty-folder": ("no PNG/JPEG images in",),
+    "empty.npy": ("holds no images",), "flat.npy": ("holds an array of shape (2, 784)",),
+    "inf.npy": ("NaN or infinite",), "nan.npy": ("NaN or infinite",), "int64.npy": ("holds int64 pixels",),
+    "list.pt": ("not a tensor",), "negative.npy": ("from -0.1 to -0.1",),
+    "objects.npy": ("which robustvae does not unpickle",), "pickled.pt": ("holds pickled objects",),
+    "rgb-nhwc.npy": ("shape (2, 28, 28, 3)",), "rgb.npy": ("shape (2, 3, 28, 28)",),
+    "small-pngs": ("is 20x20 pixels",), "small.npy": ("shape (2, 1, 20, 20)", "is 20x20 pixels"),
+    "table.csv": ("unknown kind of file", "cannot be read as an image"), "two.npz": ("holds 2 arrays (a, b)",),
+}
+
+
+def _bad_image_files(folder: Path) -> dict[str, Path]:
+    """One file per way a user's image file can be wrong for the 1x28x28 fixtures (too small even for compress)."""
+    import pickle
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    class _Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    folder.mkdir(parents=True)
+    arrays = {
+        "small.npy": np.zeros((2, 1, 20, 20), np.uint8), "rgb.npy": np.zeros((2, 3, 28, 28), np.uint8),
+        "rgb-nhwc.npy": np.zeros((2, 28, 28, 3), np.uint8), "flat.npy": np.zeros((2, 784), np.uint8),
+        "empty.npy": np.zeros((0, 1, 28, 28), np.uint8), "int64.npy": np.zeros((2, 1, 28, 28), np.int64),
+        "bool.npy": np.zeros((2, 1, 28, 28), bool), "bytes-as-floats.npy": np.full((2, 1, 28, 28), 200.0, np.float32),
+        "negative.npy": np.full((2, 1, 28, 28), -0.1, np.float32),
+        "nan.npy": np.full((2, 1, 28, 28), np.nan, np.float32), "inf.npy": np.full((2, 1, 28, 28), np.inf),
+    }
+    for name, arr in arrays.items():
+        np.save(folder / name, arr)
+    np.save(folder / "objects.npy", np.array([_Evil()], dtype=object), allow_pickle=True)
+    np.savez(folder / "two.npz", a=np.zeros((1, 1, 28, 28)), b=np.zeros((1, 1, 28, 28)))
+    (folder / "pickled.pt").write_bytes(pickle.dumps(_Evil()))
+    torch.save([torch.zeros(1, 1, 28, 28)], folder / "list.pt")
+    (folder / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")
+    (folder / "table.csv").write_text("0,1\n")
+    pngs = folder / "small-pngs"
+    pngs.mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(pngs / "a.png")
+    (folder / "empty-folder").mkdir()
+    return {p.name: p for p in sorted(folder.iterdir())}
+
+
+def image_cases(fx: Fixtures) -> list[Case]:
+    """Every bad image file given to every command that takes --images: each must be a one-line error."""
+    files = _bad_image_files(fx.inputs / "bad-images")
+    return [Case(command, "--images", str(path), False) for command in IMAGE_COMMANDS for path in files.values()]
+
+
 def argv_for(fx: Fixtures, case: Case, out: Path) -> list[str]:
     """The base invocation with the option under test set to the case's value (replacing a base value)."""
     argv = fx.base(case.command, out)

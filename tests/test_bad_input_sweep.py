@@ -8,6 +8,9 @@ sweep, valid values included (each then runs its command on tiny inputs), is mar
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 
 import bad_input_sweep as sweep
@@ -36,6 +39,24 @@ def test_invalid_values_of_every_option_are_one_line_errors(tmp_path, monkeypatc
     results = [sweep.run_case(fx, c, i) for i, c in enumerate(cases)]
     _assert_clean(results)
     assert all(r.kind == "clean" for r in results)  # none accepted
+
+
+def test_bad_image_files_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch):
+    """Wrong size, channels, dtype, range, NaN / inf, pickled objects, unreadable or unknown files, empty sets: for
+    attack, eval, certify and compress, one line (exit 2) and no output at all."""
+    monkeypatch.setenv("ROBUSTVAE_DATA", str(tmp_path / "data"))
+    fx = sweep.Fixtures(tmp_path / "root")
+    cases = sweep.image_cases(fx)
+    assert len(cases) == 4 * len(sweep.BAD_IMAGE_REASONS) and {c.command for c in cases} == set(sweep.IMAGE_COMMANDS)
+    with warnings.catch_warnings(record=True) as caught:  # a warning would print as a second line on the terminal
+        warnings.simplefilter("always")
+        results = [sweep.run_case(fx, c, i) for i, c in enumerate(cases)]
+    _assert_clean(results)
+    assert all(r.kind == "clean" for r in results) and [str(w.message) for w in caught] == []
+    wrong = [f"{r.case.command} {Path(r.case.value).name}: {r.detail}" for r in results
+             if not any(f in r.detail for f in sweep.BAD_IMAGE_REASONS[Path(r.case.value).name])]
+    assert wrong == []  # each refused for its own reason, not for another one
+    assert not any((fx.root / "cases" / f"c{i}" / "out").exists() for i in range(len(cases)))  # nothing written
 
 
 @pytest.mark.slow

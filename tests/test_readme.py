@@ -76,9 +76,10 @@ def test_readme_shell_examples_are_found_and_only_resized():
 
 @pytest.mark.slow
 def test_readme_shell_examples_run_in_order(tmp_path):
-    """A fresh clone's view: the repository's attack suites and nothing else, each command in the order written,
-    at small sizes; every one exits 0 without a traceback, and what the next ones read exists."""
+    """A fresh clone's view: the repository's attack suites and examples and nothing else, each command in the order
+    written, at small sizes; every one exits 0 without a traceback, and what the next ones read exists."""
     shutil.copytree(README.parent / "attacks", tmp_path / "attacks")
+    shutil.copytree(README.parent / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "robustvae").write_text(f'#!/bin/sh\nexec {sys.executable} -m robustvae "$@"\n')
@@ -91,5 +92,7 @@ def test_readme_shell_examples_run_in_order(tmp_path):
         assert res.returncode == 0 and "Traceback" not in res.stderr, (command, res.stdout[-2000:], res.stderr[-2000:])
     for made in ("runs/vdvae-mnist/best.pt", "runs/vdvae-mnist/eval-test.json", "samples.png",
                  "reports/mine/index.html", "reports/demo/index.html", "runs/compress/records.csv",
-                 "runs/figure10-mnist/records.jsonl", "reports/compress/index.html", "reports/certify/index.html"):
+                 "runs/figure10-mnist/records.jsonl", "reports/compress/index.html", "reports/certify/index.html",
+                 "runs/vdvae-mnist/eval-images-digits.json", "runs/own-eval.json", "runs/own-attack/records.jsonl",
+                 "runs/own-certify/records.jsonl", "runs/own-compress/records.csv", "reports/own/index.html"):
         assert (tmp_path / made).is_file(), made

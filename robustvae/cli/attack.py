@@ -8,18 +8,19 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, print_frame, app, out_console
+from robustvae.cli.common import (BACKEND_HELP, DATA_HELP, DEVICE_HELP, IMAGES_HELP, MODELS_HELP, app,
+                                  image_source_text, load_with_images, out_console, print_frame, settings_text)
 from robustvae.errors import RobustVAEError
 
 
 @app.command()
 def attack(
-    models: list[str] = typer.Argument(None, help="Zoo names, checkpoint files or run directories."),
+    models: list[str] = typer.Argument(None, help=MODELS_HELP),
     layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers under attack: 1,2 or 1-4 or all. [default: 1]"),
     eps: Optional[float] = typer.Option(None, "--eps", help="Budget on [0, 1] pixels. [default: 0.1]"),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2. [default: linf]"),
     restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
-    points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label. [default: 50]"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label (--images: the first N in file order). [default: 50]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
@@ -35,6 +36,8 @@ def attack(
     out: Path = typer.Option(Path("runs/attack"), "--out", "-o", help="Output directory (resumed when the settings match)."),
     shard: str = typer.Option("1/1", "--shard", help="Run slice i of N of the work units, e.g. 1/2."),
     max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one batch. [default: 1024]"),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    images: Optional[Path] = typer.Option(None, "--images", help=IMAGES_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -57,10 +60,11 @@ def attack(
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
     with distributed(backend, device) as (dd, dev):
+        specs, image_set = load_with_images(names, images, data, dev)
         if dd.is_main:
-            _print_attack_settings(names, cfg, out, dev)
-        res = api.attack(names, cfg, out, device=dev, shard=shard, data_dir=data_dir, quiet=quiet,
-                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot)
+            _print_attack_settings(names, cfg, out, dev, image_source_text(image_set, data))
+        res = api.attack(specs, cfg, out, device=dev, shard=shard, data=data, data_dir=data_dir, quiet=quiet,
+                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot, images=image_set)
     if not dd.is_main:
         return
     from robustvae.reporting.tables import display_table
@@ -69,10 +73,7 @@ def attack(
     out_console.print(f"{len(res.records)} records in {out}")
 
 
-def _print_attack_settings(names: list[str], cfg, out: Path, device) -> None:
+def _print_attack_settings(names: list[str], cfg, out: Path, device, source: str) -> None:
     """Every setting of an attack run, on one line, before it starts."""
-    import dataclasses
-
-    fields = ", ".join(f"{k} {'default' if v is None else v}" for k, v in dataclasses.asdict(cfg).items())
-    out_console.print(f"attack {', '.join(names)} on {device}, out {out}: {fields}", markup=False, highlight=False,
-                      soft_wrap=True)
+    out_console.print(f"attack {', '.join(names)} on {device}, out {out}, {source}: {settings_text(cfg)}",
+                      markup=False, highlight=False, soft_wrap=True)

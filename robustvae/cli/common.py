@@ -25,6 +25,26 @@ DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
 BACKEND_HELP = "Under torchrun: gloo (CPU), nccl (CUDA) or auto (by device). Ignored in a single process."
 SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
 QUIET_HELP = "No progress display (log.txt in the output directory still gets the progress lines). \\[default: off]"
+MODELS_HELP = ("Zoo names, checkpoint files, run directories, or module.path:factory (your own model, "
+               "docs/own-model.md).")
+DATA_HELP = ("Dataset instead of the model's own, e.g. mnist-offline (a module:factory model needs --data or "
+             "--images). \\[default: the checkpoint's]")
+IMAGES_HELP = ("Your own images instead of a dataset: a folder of PNG/JPEG files, an image file, or a .npy/.npz/.pt "
+               "array (uint8, or floats in [0, 1]; NCHW or NHWC). \\[default: none]")
+
+
+def settings_text(cfg) -> str:
+    """A config's fields as ``name value, ...`` (None shows as ``default``), for a command's settings line."""
+    import dataclasses
+
+    return ", ".join(f"{k} {'default' if v is None else v}" for k, v in dataclasses.asdict(cfg).items())
+
+
+def image_source_text(images, data: str | None) -> str:
+    """Where a command's images come from, for its settings line: the image set, the dataset given, or the models'."""
+    if images is not None:
+        return f"images {images.describe()}"
+    return f"data {data}" if data else "data: each model's own"
 
 
 def _version(value: bool) -> None:
@@ -67,3 +87,15 @@ def print_frame(cells, title: str) -> None:
     out_console.print(title, markup=False, highlight=False, soft_wrap=True)
     out_console.print(markdown(cells), markup=False, highlight=False, soft_wrap=True)
 
+
+def load_with_images(names: list[str], images: Path | None, data: str | None, device):
+    """(models, image set): with --images, the models loaded here and the images read against the first one's image
+    shape, so that the settings line can say how they were read; else the names as given and None."""
+    from robustvae import api
+    from robustvae.data.images import one_source
+
+    one_source(data, images)
+    if images is None:
+        return names, None
+    loaded = [api.load(n, device=device) for n in names]
+    return loaded, api.load_images(images, loaded[0])

@@ -8,14 +8,17 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import DEVICE_HELP, print_frame, app, out_console
+from robustvae.cli.common import DEVICE_HELP, MODELS_HELP, app, out_console, print_frame
 from robustvae.errors import RobustVAEError
 
 
 @app.command()
 def compress(
-    models: list[str] = typer.Argument(..., help="Zoo names, checkpoint files or run directories (all grey or all RGB)."),
-    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, or image files (repeatable). \\[required]"),
+    models: list[str] = typer.Argument(..., help=MODELS_HELP + " All grey or all RGB."),
+    images: list[Path] = typer.Option([], "--images", help="A folder of PNG/JPEG files, image files, or .npy/.npz/.pt arrays (uint8, or floats in [0, 1]; NCHW or NHWC), any size of at least one patch (repeatable). \\[required unless --data]"),
+    data: Optional[str] = typer.Option(None, "--data", help="Instead of --images: the test images of a dataset, e.g. mnist-offline. \\[default: none]"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --data: a label-stratified subset of this many images, selected with --seed. \\[default: the whole test split]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files (--data). \\[default: $ROBUSTVAE_DATA, else ~/.cache/robustvae/data]"),
     layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers that carry the image: 1,2 or 1-4 or all. \\[required]"),
     temperature: float = typer.Option(0.1, "--temperature", help="Prior temperature of the layers below k."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior noise and of the rate's posterior samples."),
@@ -33,8 +36,8 @@ def compress(
     if layers is None:
         raise RobustVAEError("--layers is required: the top-k layers that carry the image, e.g. --layers 1,2 or 1-4 or all")
     cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size, max_pixels=max_pixels)
-    res = api.compress(models, list(images), cfg, out, device=device, force=force, quiet=quiet,
-                       command=["robustvae", *(sys.argv[1:])])
+    res = api.compress(models, list(images), cfg, out, data=data, data_dir=data_dir, limit=limit, device=device,
+                       force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])])
     print_compression_table(res.records)
     for line in res.warnings:
         out_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)

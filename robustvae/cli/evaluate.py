@@ -8,18 +8,21 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from robustvae.cli.common import DEVICE_HELP, QUIET_HELP, ctrl_c, write_json_file, app, out_console
+from robustvae.cli.common import DATA_HELP, DEVICE_HELP, IMAGES_HELP, QUIET_HELP, app, ctrl_c, out_console, write_json_file
 from robustvae.errors import RobustVAEError
 
 
 @app.command("eval")
 def eval_(
     checkpoints: list[str] = typer.Argument(
-        ..., help="Zoo name, checkpoint file, or run directory; give two (or more) to compare them side by side."
+        ..., help="Zoo name, checkpoint file, run directory, or module.path:factory (your own model, "
+                  "docs/own-model.md); give two (or more) to compare them side by side."
     ),
     split: str = typer.Option("test", "--split", help="train, val or test."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    images: Optional[Path] = typer.Option(None, "--images", help=IMAGES_HELP),
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K. \\[default: 1000 for binary data, 100 otherwise]"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a label-stratified subset of this many images, selected with --seed. \\[default: the whole split]"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a label-stratified subset of this many images, selected with --seed (--images: the first N in file order). \\[default: the whole split]"),
     batch_size: int = typer.Option(100, "--batch-size", help="Images per batch of the ELBO and the layer diagnostics."),
     max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 64 on CPU, 2048 on CUDA]"),
     weights: str = typer.Option("auto", "--weights", help="auto (EMA when present), ema or raw."),
@@ -29,7 +32,9 @@ def eval_(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
         help="JSON output (progress lines go to the same name with .log, beside it). With several checkpoints, --out gets one file "
-             "holding every result ({\"results\": [...]}). \\[default: eval-<split>.json next to each checkpoint]",
+             "holding every result ({\"results\": [...]}); needed for a module:factory model. \\[default: "
+             "eval-<split>.json next to each checkpoint; eval-<data>-<split>.json with --data, "
+             "eval-images-<name>.json with --images]",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     estimator: str = typer.Option(
@@ -49,34 +54,34 @@ def eval_(
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
     with ctrl_c("eval", "; nothing written"):
         _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-              quiet, estimator)
+              quiet, estimator, data, images)
 
 
 def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-          quiet, estimator="iwae") -> None:
+          quiet, estimator="iwae", data=None, images=None) -> None:
     """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
     from robustvae import api
+    from robustvae.data.images import one_source
 
+    one_source(data, images)
     models = [api.load(c, device=device, weights=weights) for c in checkpoints]
-    datasets = sorted({m.config.data.name for m in models})
-    if len(datasets) > 1:
-        raise RobustVAEError(
-            f"cannot compare models trained on different datasets ({', '.join(datasets)}); "
-            f"pass checkpoints of the same dataset"
-        )
-    dests = [out] * len(models) if out is not None else [Path(m.path).parent / f"eval-{split}.json" for m in models]
+    image_set = api.load_images(images, models[0]) if images is not None else None
+    source = _source(models, data, image_set)
+    dests = _destinations(models, out, split, data, image_set)
     ks = sorted({iw_samples or api.default_iw_samples(m) for m in models})
+    what = "the first" if image_set is not None else "label-stratified, seed"
     out_console.print(
-        f"eval of {len(models)} model(s) on {datasets[0]} {split}: "
-        f"{f'{limit} images (label-stratified, seed {seed})' if limit else 'every image'}, K={'/'.join(map(str, ks))}, "
-        f"estimator {estimator}, batch {batch_size}, --max-batch-mib {max_batch_mib or 'default'}, seed {seed}, "
-        f"weights {weights}, device {device}", markup=False, highlight=False, soft_wrap=True)
+        f"eval of {len(models)} model(s) on {source}{'' if image_set else f' {split}'}: "
+        f"{f'{limit} images ({what} {limit if image_set else seed})' if limit else 'every image'}, "
+        f"K={'/'.join(map(str, ks))}, estimator {estimator}, batch {batch_size}, --max-batch-mib "
+        f"{max_batch_mib or 'default'}, seed {seed}, weights {weights}, device {device}", markup=False,
+        highlight=False, soft_wrap=True)
     results = []
     for m, dest in zip(models, dests):
         dest.parent.mkdir(parents=True, exist_ok=True)
         res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
                            seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
-                           log_path=dest.with_suffix(".log")).record
+                           log_path=dest.with_suffix(".log"), data=data, images=image_set).record
         res["settings"]["weights"] = weights
         results.append(res)
     if len(results) == 1:
@@ -92,6 +97,42 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
     out_console.print(f"saved {out if out is not None else ', '.join(map(str, dests))}")
 
 
+def _source(models, data: str | None, image_set) -> str:
+    """Where the evaluated images come from (one place for every model: they are compared on the same images)."""
+    if image_set is not None:
+        return image_set.describe()
+    if data is not None:  # checked here, before any output folder is made
+        from robustvae.config import DataConfig
+        from robustvae.data import check_compatible
+
+        for m in models:
+            check_compatible(DataConfig(data), m.model.cfg.image_channels, m.model.cfg.image_size)
+        return data
+    missing = [m.path for m in models if m.config is None]
+    if missing:
+        raise RobustVAEError(f"{missing[0]} has no dataset of its own (a model factory): pass --data NAME (e.g. "
+                             f"mnist-offline) or --images PATH")
+    datasets = sorted({m.config.data.name for m in models})
+    if len(datasets) > 1:
+        raise RobustVAEError(
+            f"cannot compare models trained on different datasets ({', '.join(datasets)}); "
+            f"pass checkpoints of the same dataset, or evaluate all of them on one with --data"
+        )
+    return datasets[0]
+
+
+def _destinations(models, out: Path | None, split: str, data: str | None, image_set) -> list[Path]:
+    """Where each result goes: --out, else beside its checkpoint (named by the images), never beside no file."""
+    if out is not None:
+        return [out] * len(models)
+    factory = [m.path for m in models if m.sha256_of != "file"]
+    if factory:
+        raise RobustVAEError(f"{factory[0]} is not a checkpoint file to write beside: pass --out FILE.json")
+    name = (f"eval-images-{Path(image_set.path).stem}.json" if image_set is not None else
+            f"eval-{data}-{split}.json" if data is not None else f"eval-{split}.json")
+    return [Path(m.path).parent / name for m in models]
+
+
 def _layer_cells(row: dict) -> tuple[str, str]:
     """(KL cell, active-units cell) of one layer row; a context layer shows the levels it uses."""
     if row["active_units"] is None:
@@ -104,6 +145,9 @@ def _image_set_text(res: dict) -> str:
     s = res.get("image_set")
     if s is None:
         return f"{res['dataset']} {res['split']} ({res['images']} images)"
+    if "pixels_sha256" in s:  # a user's own images
+        return (f"{s['path']}: {s['images']:,} of {s['split_images']:,} images ({s['selection']}; pixels sha256 "
+                f"{s['images_sha256'][:12]})")
     how = f"label-stratified, selection seed {s['selection_seed']}" if s["selection_seed"] is not None else "whole split"
     return (f"{s['dataset']} {s['split']}: {s['images']:,} of {s['split_images']:,} images ({how}; "
             f"pixels sha256 {s['images_sha256'][:12]})")
@@ -141,7 +185,8 @@ def _print_comparison(results: list[dict]) -> None:
     table = Table(title=_image_set_text(first))
     table.add_column("", no_wrap=True)
     for r in results:
-        table.add_column(f"{r['model']}\n{Path(r['checkpoint']).parent.name}/{Path(r['checkpoint']).name}", justify="right")
+        where = Path(r["checkpoint"]) if r.get("sha256_of", "file") == "file" else None
+        table.add_column(r["model"] + (f"\n{where.parent.name}/{where.name}" if where else ""), justify="right")
 
     def cell(r: dict, key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r else "-"

@@ -1,12 +1,8 @@
-"""Images for the compression experiment: reading files, fitting them to a model, cutting them into patches.
+"""Images for the compression experiment: fitting them to a model, cutting them into patches.
 
-* :func:`find_images`: files and folders -> image files (a folder contributes its
-  ``*.png``, ``*.jpg``, ``*.jpeg``, not recursively; other files in it are skipped).
-* :func:`read_image`: one file -> an 8-bit (C, H, W) array as a model with
-  ``channels`` input channels sees it. A colour image for a one-channel model is
-  converted to grey by Pillow's ``convert("L")`` (ITU-R 601-2 luma,
-  L = 0.299 R + 0.587 G + 0.114 B); a grey image for an RGB model is refused (the
-  model would invent colours that JPEG never has to code); an alpha channel is dropped.
+* :func:`read_images`: files, folders and array files (read by :mod:`robustvae.data.images`,
+  which also holds the conversion rules: colour -> grey by luma, grey for an RGB model
+  refused) -> :class:`InputImage` s of at least one patch, as 8-bit pixels.
 * :func:`patchify` / :func:`stitch`: an image -> square patches of the model's input
   size, the right and bottom borders padded by reflection (no edge repeat, as
   ``torch.nn.functional.pad(mode="reflect")``), and back, cropped to the image.
@@ -26,12 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustvae.data.images import (  # noqa: F401 - re-exported: where compress read them before
+    ARRAY_SUFFIXES,
+    GREY_MODES,
+    IMAGE_SUFFIXES,
+    LUMA,
+    MAX_PIXELS,
+    find_images,
+    read_array,
+    read_image,
+)
 from robustvae.errors import RobustVAEError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREY_MODES = ("1", "L", "LA")
-DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-LUMA = "colour -> grey by Pillow convert('L'): ITU-R 601-2 luma, 0.299 R + 0.587 G + 0.114 B"
 
 
 @dataclass
@@ -58,98 +59,58 @@ class InputImage:
         return torch.from_numpy(self.pixels).float().div(255)
 
 
-def find_images(specs: list[str | os.PathLike]) -> tuple[list[Path], int]:
-    """Image files named by ``specs`` (files, or folders of PNG / JPEG files) and the number of other files skipped."""
-    if not specs:
-        raise RobustVAEError("no images given: pass --images with a folder of PNG/JPEG files or image files")
-    files: list[Path] = []
-    skipped = 0
-    for spec in specs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            inside = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-            found = [f for f in inside if f.suffix.lower() in IMAGE_SUFFIXES]
-            if not found:
-                raise RobustVAEError(
-                    f"no PNG/JPEG images in {p} (looked for {', '.join('*' + s for s in IMAGE_SUFFIXES)}); "
-                    f"pass a folder that holds images, or the image files themselves"
-                )
-            files += found
-            skipped += len(inside) - len(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise RobustVAEError(f"--images {p} does not exist; pass a folder of PNG/JPEG files or image files")
-    return files, skipped
-
-
-MAX_PIXELS = 4_000_000  # default size limit of one image (width x height): 4 MPixel, e.g. 2000 x 2000
-
-
-def read_image(path: Path, channels: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str, str]:
-    """(pixels (C, H, W) uint8, the file's Pillow mode, the conversion applied) for a model with ``channels`` inputs.
-
-    The size is checked from the header before any pixel is decoded, so a decompression
-    bomb (a small file that decodes to gigapixels) is refused without using the memory.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise RobustVAEError(
-                    f"{path} is {w}x{h} pixels, more than the limit of {max_pixels:,} pixels; crop or scale it "
-                    f"down, or raise --max-pixels")
-            im.load()
-            img = im.copy()
-    except Image.DecompressionBombError:
-        raise RobustVAEError(f"{path} decodes to far more pixels than its size suggests (a decompression bomb); "
-                             f"pass ordinary PNG/JPEG files") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise RobustVAEError(
-            f"{path} cannot be read as an image ({type(e).__name__}); pass PNG/JPEG files only"
-        ) from None
-    mode = img.mode
-    if mode in DEEP_MODES:
-        raise RobustVAEError(f"{path} has {mode} pixels (16-bit or float); save it as an 8-bit PNG first")
-    grey = mode in GREY_MODES
-    if channels == 1:
-        conversion = "" if mode == "L" else ("1-bit -> 8-bit grey" if mode == "1" else
-                                             "alpha dropped" if mode == "LA" else LUMA)
-        arr = np.asarray(img.convert("L"))[None]
-    elif channels == 3:
-        if grey:
-            raise RobustVAEError(
-                f"{path} is a greyscale image but the model takes RGB images; convert the file to RGB "
-                f"(e.g. Image.open(p).convert('RGB').save(...)) or use a greyscale model"
-            )
-        conversion = "" if mode == "RGB" else f"{mode} -> RGB" + (" (alpha dropped)" if "A" in mode else "")
-        arr = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
-    else:
-        raise RobustVAEError(f"models with {channels} input channels are not supported; use a grey or an RGB model")
-    return np.array(arr, dtype=np.uint8, order="C", copy=True), mode, conversion
-
-
 def read_images(specs: list[str | os.PathLike], channels: int, patch: int,
                 max_pixels: int = MAX_PIXELS) -> tuple[list[InputImage], int]:
-    """Every image named by ``specs``, converted for ``channels``, at least one ``patch`` x ``patch`` patch large and
-    at most ``max_pixels`` pixels."""
-    files, skipped = find_images(specs)
+    """Every image named by ``specs`` (folders, image files, array files), converted for ``channels``, at least one
+    ``patch`` x ``patch`` patch large and at most ``max_pixels`` pixels; and the number of files skipped."""
+    if not specs:
+        raise RobustVAEError("no images given: pass --images with a folder of PNG/JPEG files, image files or arrays, "
+                             "or --data NAME")
     out: list[InputImage] = []
+    skipped = 0
+    for spec in specs:
+        if Path(spec).suffix.lower() in ARRAY_SUFFIXES:
+            out += _array_images(Path(spec), channels, max_pixels)
+            continue
+        files, n = find_images([spec])
+        skipped += n
+        for f in files:
+            pixels, mode, conversion = read_image(f, channels, max_pixels)
+            out.append(InputImage(f.stem, str(f), pixels, mode, conversion, hashlib.sha256(f.read_bytes()).hexdigest()))
+    return check_images(out, patch), skipped
+
+
+def check_images(images: list[InputImage], patch: int) -> list[InputImage]:
+    """Refuse an image smaller than one ``patch`` x ``patch`` patch; make names unique (``#2``, ``#3``, ... for
+    repeats)."""
     seen: dict[str, int] = {}
-    for f in files:
-        pixels, mode, conversion = read_image(f, channels, max_pixels)
-        h, w = pixels.shape[1:]
-        if h < patch or w < patch:
+    for im in images:
+        if im.height < patch or im.width < patch:
             raise RobustVAEError(
-                f"{f} is {w}x{h} pixels, smaller than one {patch}x{patch} patch of the model; "
+                f"{im.path} is {im.width}x{im.height} pixels, smaller than one {patch}x{patch} patch of the model; "
                 f"use images of at least {patch}x{patch} pixels"
             )
-        seen[f.stem] = seen.get(f.stem, 0) + 1
-        name = f.stem if seen[f.stem] == 1 else f"{f.stem}#{seen[f.stem]}"
-        out.append(InputImage(name, str(f), pixels, mode, conversion, hashlib.sha256(f.read_bytes()).hexdigest()))
-    return out, skipped
+        seen[im.name] = seen.get(im.name, 0) + 1
+        if seen[im.name] > 1:
+            im.name = f"{im.name}#{seen[im.name]}"
+    return images
+
+
+def _array_images(path: Path, channels: int, max_pixels: int) -> list[InputImage]:
+    """The images of an array file as 8-bit images ``<stem>-<i>``; float pixels are rounded to 8 bits (noted)."""
+    if not path.is_file():
+        raise RobustVAEError(f"--images {path} does not exist; pass a folder of PNG/JPEG files, image files or arrays")
+    x, layout, dtype = read_array(path, channels, None, max_pixels)
+    conversion = "" if dtype == "uint8" else f"{dtype} in [0, 1] -> 8 bits (rounded)"
+    n = x.shape[0]
+    return from_tensor(x, [f"{path.stem}-{i}" for i in range(n)], [f"{path}[{i}]" for i in range(n)], conversion)
+
+
+def from_tensor(x: Tensor, names: list[str], paths: list[str], conversion: str = "") -> list[InputImage]:
+    """Images in [0, 1] (N, C, H, W) in memory (an array file's, a dataset's) as 8-bit :class:`InputImage` s."""
+    mode = "L" if x.shape[1] == 1 else "RGB"
+    return [InputImage(n, p, px, mode, conversion, hashlib.sha256(px.tobytes()).hexdigest())
+            for n, p, px in zip(names, paths, to_uint8(x))]
 
 
 def patch_count(height: int, width: int, size: int) -> int:

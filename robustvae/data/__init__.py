@@ -80,14 +80,21 @@ def prepare(images: Tensor, binary: bool, generator: torch.Generator | None = No
     return binarize(x, generator) if binary else x
 
 
-def eval_images(ds: Dataset, split: str, binary: bool, seed: int = 1234) -> Tensor:
-    """A whole split prepared once (with a fixed binarisation when ``binary``), so evaluations are repeatable.
+EVAL_BINARISATION_SEED = 1234
+
+
+def fixed_prepare(images: Tensor, binary: bool, seed: int = EVAL_BINARISATION_SEED) -> Tensor:
+    """Images prepared once for evaluation (a fixed binarisation when ``binary``), so evaluations are repeatable."""
+    return prepare(images, binary, torch.Generator().manual_seed(seed))
+
+
+def eval_images(ds: Dataset, split: str, binary: bool, seed: int = EVAL_BINARISATION_SEED) -> Tensor:
+    """A whole split prepared once (:func:`fixed_prepare`).
 
     ``binary`` comes from the model (:attr:`robustvae.config.ModelConfig.binary`), never
     from the dataset: training and evaluation must agree on what the model sees.
     """
-    s = ds.split(split)
-    return prepare(s.images, binary, torch.Generator().manual_seed(seed))
+    return fixed_prepare(ds.split(split).images, binary, seed)
 
 
 def stratified_order(labels: Tensor, seed: int) -> Tensor:

@@ -42,11 +42,11 @@ import torch
 from robustvae.attacks import LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
 from robustvae.config import AttackConfig, parse_layers, to_dict
-from robustvae.data import eval_images, load_dataset, stratified_order
+from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
 from robustvae.distributed import DistContext, current
 from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
-from robustvae.experiments.models import Labelled
+from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.io import atomic_file, safe_name
 from robustvae.metrics import ms_ssim, psnr
@@ -136,7 +136,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def select_points(lm: Labelled, cfg: AttackConfig, data_dir: str | None) -> Points:
     """A label-stratified, seeded selection from the split: the first ``points`` are attacked,
-    and up to :data:`DIAGNOSTIC_IMAGES` feed the per-layer KL / active-unit diagnostics."""
+    and up to :data:`DIAGNOSTIC_IMAGES` feed the per-layer KL / active-unit diagnostics.
+
+    On a user's own images (``lm.images``, no labels): the first ``points`` images in file order, and the
+    diagnostic images after them in file order."""
+    if lm.images is not None:
+        return image_points(lm, cfg.points)
     dcfg = lm.data
     if data_dir:
         dcfg = dataclasses.replace(dcfg, data_dir=data_dir)
@@ -147,6 +152,27 @@ def select_points(lm: Labelled, cfg: AttackConfig, data_dir: str | None) -> Poin
     order = stratified_order(split.labels, cfg.seed)[: max(cfg.points, min(DIAGNOSTIC_IMAGES, len(split)))]
     images = eval_images(ds, cfg.split, lm.model.cfg.binary)[order]
     return Points(ds.name, images, split.labels[order], order)
+
+
+def image_points(lm: Labelled, points: int) -> Points:
+    """The first ``points`` of a user's image set (file order; label -1: the set has none) and the diagnostic
+    images after them, binarised (for a binary-data model) exactly as ``robustvae eval`` binarises the set."""
+    n = len(lm.images)
+    if points > n:
+        raise RobustVAEError(f"--points {points} is more than the {n} images of {lm.images.path}; lower --points")
+    count = max(points, min(DIAGNOSTIC_IMAGES, n))
+    images = fixed_prepare(lm.images.images, lm.model.cfg.binary)[:count]
+    return Points(lm.images.name, images, torch.full((count,), -1, dtype=torch.long), torch.arange(count))
+
+
+def diagnostic_images_info(lm: Labelled, cfg: AttackConfig, count: int) -> dict[str, Any]:
+    """run.json's note on the images behind a model's layer diagnostics (not eval's: reports say which is which)."""
+    if lm.images is not None:
+        return {"split": lm.images.name, "images": count,
+                "selection": f"the first {count} images of {lm.images.path} in file order (no labels), the attacked "
+                             f"points first"}
+    return {"split": cfg.split, "images": count,
+            "selection": f"label-stratified with the attack's seed {cfg.seed}, the attacked points first"}
 
 
 # --------------------------------------------------------------------------- one unit
@@ -421,7 +447,8 @@ class _Sweep:
 
     def settings(self) -> dict[str, Any]:
         return {"attack": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
-                "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units]}
+                "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units],
+                **source_settings(self.models)}
 
     def expected(self) -> dict[str, int]:
         return {u.id: expected_rows(u, self.cfg, self.models[u.model].model) for u in self.shard_units}
@@ -474,14 +501,13 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
             "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
             "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
             "ensemble": ensemble_info(sw.cfg, sw.models), "context_dither": {m.label: _dither(m) for m in sw.models},
-            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.config),
-                        "num_layers": m.model.num_layers} for m in sw.models]}
+            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "sha256_of": m.loaded.sha256_of,
+                        "arch": m.model.arch, "config": to_dict(m.config), "num_layers": m.model.num_layers,
+                        **m.source_info()} for m in sw.models]}
     if sw.dist.is_main:
         for mi, lm in enumerate(sw.models):
             info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
-            info["models"][mi]["layer_diagnostics_images"] = {  # not eval's images: reports say which is which
-                "split": sw.cfg.split, "images": len(points[mi].images),
-                "selection": f"label-stratified with the attack's seed {sw.cfg.seed}, the attacked points first"}
+            info["models"][mi]["layer_diagnostics_images"] = diagnostic_images_info(lm, sw.cfg, len(points[mi].images))
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
         info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0

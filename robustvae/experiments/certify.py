@@ -32,7 +32,7 @@ from robustvae.config import AttackConfig, CertifyConfig, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.distributed import SINGLE
 from robustvae.experiments.attack import Points, Unit, _Sweep, _UnitContext, prior_noise, select_points
-from robustvae.experiments.models import Labelled
+from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.metrics import ms_ssim
 from robustvae.models.context import ContextCodec
@@ -121,7 +121,7 @@ class _Run(_Sweep):
 
     def settings(self) -> dict[str, Any]:
         return {"certify": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
-                "shard": f"{self.shard[0]}/{self.shard[1]}", "points": self.cfg.points}
+                "shard": f"{self.shard[0]}/{self.shard[1]}", "points": self.cfg.points, **source_settings(self.models)}
 
     def expected(self) -> dict[str, int]:
         return {u.id: len(self.cfg.eps) for u in self.shard_units}
@@ -146,8 +146,9 @@ def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) ->
     info = {"kind": CERTIFY_RUN_KIND, "command": command or sys.argv, "settings": run.settings(), **provenance(),
             "device": str(dev), "torch_threads": torch.get_num_threads(), "status": "running",
             "units_total": len(run.mine), "units_done": done, "wall_time_s": 0.0,
-            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "config": to_dict(m.config),
-                        "context": type(context_codec(m)).__name__} for m in run.models]}
+            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "sha256_of": m.loaded.sha256_of,
+                        "arch": m.model.arch, "config": to_dict(m.config), "context": type(context_codec(m)).__name__,
+                        **m.source_info()} for m in run.models]}
     if run.out is not None:
         prev = run.out.read_json(run.names[1])
         info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from robustvae.compression import code_images, context_raw_bits, jpeg
-from robustvae.compression.images import InputImage, patch_count, read_images
+from robustvae.compression.images import InputImage, check_images, patch_count, read_images
 from robustvae.config import CompressConfig, parse_layers, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.models import Labelled
@@ -80,7 +80,8 @@ def _sweep_rows(im: InputImage, sweep: jpeg.Sweep) -> list[dict[str, Any]]:
 def _model_info(lm: Labelled, ks: list[int], patches: int, seconds: float) -> dict[str, Any]:
     """What run.json says about one model: where it came from, what it coded, how fast."""
     model = lm.model
-    return {"label": lm.label, "path": lm.path, "sha256": lm.sha256, "arch": model.arch,
+    return {"label": lm.label, "path": lm.path, "sha256": lm.sha256, "sha256_of": lm.loaded.sha256_of,
+            "arch": model.arch,
             "config": to_dict(lm.config), "num_layers": model.num_layers,
             "layers": ks, "patch_size": model.cfg.image_size, "context_bits_raw_per_patch": context_raw_bits(model) or None,
             "patches": patches, "model_seconds": seconds, "patches_per_s": patches / max(seconds, 1e-9),
@@ -138,7 +139,7 @@ def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list
 
 def run_compression(
     models: list[Labelled],
-    images: list[str | os.PathLike],
+    images: list[str | os.PathLike] | list[InputImage],
     config: CompressConfig,
     out: str | os.PathLike,
     *,
@@ -146,11 +147,13 @@ def run_compression(
     force: bool = False,
     quiet: bool = True,
     command: list[str] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compress ``images`` with every model and JPEG; write the run into ``out``; return (records, JPEG sweep).
 
-    Everything is read and checked before anything is written, so a bad input leaves
-    ``out`` as it was.
+    ``images``: folders, image files and array files (:func:`~robustvae.compression.images.read_images`), or images
+    already read (a dataset's: ``source`` then says which, for run.json). Everything is read and checked before
+    anything is written, so a bad input leaves ``out`` as it was.
     """
     run = RunDir(out)
     run.check_fresh(force)
@@ -158,8 +161,14 @@ def run_compression(
     if len(channels) > 1:
         raise RobustVAEError("the models take grey and RGB images; compress grey and colour models in separate runs")
     ks = {lm.label: parse_layers(config.layers, lm.model.num_layers, lm.label) for lm in models}
-    imgs, skipped = read_images(list(images), channels.pop(), max(lm.model.cfg.image_size for lm in models),
-                                config.max_pixels)
+    channels, patch = channels.pop(), max(lm.model.cfg.image_size for lm in models)
+    if images and all(isinstance(im, InputImage) for im in images):
+        if any(im.pixels.shape[0] != channels for im in images):
+            raise RobustVAEError(f"the images have {images[0].pixels.shape[0]} channels but the models take {channels}; "
+                                 f"pass images of the models' kind")
+        imgs, skipped = check_images(list(images), patch), 0
+    else:
+        imgs, skipped = read_images(list(images), channels, patch, config.max_pixels)
     t0 = time.perf_counter()
     rows, recs, timing, sweeps = _code_all(models, imgs, ks, config, device, quiet)
     matched = [sweeps[r.image].closest(r.psnr) if math.isfinite(r.psnr) else None for r in rows]
@@ -170,7 +179,7 @@ def run_compression(
     info = {
         "kind": COMPRESSION_RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
         **provenance(["pillow"]), "device": str(device), "torch_threads": torch.get_num_threads(),
-        "wall_time_s": time.perf_counter() - t0, "skipped_files": skipped,
+        "wall_time_s": time.perf_counter() - t0, "skipped_files": skipped, "image_source": source,
         "images": [{"name": im.name, "path": im.path, "width": im.width, "height": im.height, "mode": im.mode,
                     "conversion": im.conversion, "sha256": im.sha256} for im in imgs],
         "models": [_model_info(lm, ks[lm.label], *timing[lm.label]) for lm in models],

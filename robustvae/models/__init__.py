@@ -1,5 +1,6 @@
 """Models: hierarchical VAEs and the distributions they are made of."""
 
+from robustvae.models.check import ContractError, check_contract, contract_problems
 from robustvae.models.dctvae import DCTVAE
 from robustvae.models.distributions import (
     Bernoulli,
@@ -11,6 +12,9 @@ from robustvae.models.distributions import (
 from robustvae.models.vdvae import VDVAE, ELBOResult, LayerInfo
 
 __all__ = [
+    "check_contract",
+    "contract_problems",
+    "ContractError",
     "VDVAE",
     "DCTVAE",
     "ELBOResult",

@@ -81,11 +81,13 @@ def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model_cfg = cfg.get("model", {})
         e = by_sha.get(m.get("sha256"))
         budget = f"{train['steps']} steps" if train.get("steps") else f"{train.get('epochs', '?')} epochs"
+        training = (f"{cfg.get('name', '?')}: {budget}, batch {train.get('batch_size', '?')}, "
+                    f"channels {model_cfg.get('channels', '?')}/{model_cfg.get('hidden', '?')}" if cfg else
+                    f"not trained by robustvae: {m.get('path')} (sha256 of its {m.get('sha256_of', 'file')})")
         rows.append({
-            "label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path"), "arch": model_cfg.get("arch"),
-            "dataset": cfg.get("data", {}).get("name"), "num_layers": m.get("num_layers"),
-            "training": f"{cfg.get('name', '?')}: {budget}, batch {train.get('batch_size', '?')}, "
-                        f"channels {model_cfg.get('channels', '?')}/{model_cfg.get('hidden', '?')}",
+            "label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path"),
+            "arch": model_cfg.get("arch") or m.get("arch"), "dataset": _images_of(m, cfg),
+            "num_layers": m.get("num_layers"), "training": training,
             "nll_nats": e.get("nll_nats") if e else None, "nelbo_nats": e.get("nelbo_nats") if e else None,
             "eval": {k: e.get(k) for k in ("split", "images", "iw_samples", "nll_bpd", "active_units", "total_units")}
                     if e else None,
@@ -93,6 +95,15 @@ def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "diag_images": m.get("layer_diagnostics_images"),
         })
     return rows
+
+
+def _images_of(m: dict[str, Any], cfg: dict[str, Any]) -> str | None:
+    """The images a model was attacked on: a user's image set (path, count, pixel hash), the dataset given instead
+    of its own (``data``), or its own dataset."""
+    s = m.get("image_set")
+    if s:
+        return f"{s['path']} ({s['images']} images, {s['layout']} {s['dtype']}, pixels sha256 {s['pixels_sha256'][:12]})"
+    return m.get("data") or cfg.get("data", {}).get("name")
 
 
 def _run_rows(runs: RunSet) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ atomically (temporary file + rename) so a crash never leaves half a checkpoint.
 
 ``load(name_or_path)`` returns a :class:`LoadedModel`: a ready model in eval mode with
 its config and provenance (file and sha256), from a zoo name (fetched once into
-torch.hub's cache and verified by sha256), a checkpoint file, or a run directory (its
-``best.pt``, else ``last.pt``).
+torch.hub's cache and verified by sha256), a checkpoint file, a run directory (its
+``best.pt``, else ``last.pt``), or a user's own model named ``module.path:factory``
+(:mod:`robustvae.zoo.factory`).
 """
 
 from __future__ import annotations
@@ -170,38 +171,55 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
             f"{fetch_hint}"
         )
     known = ", ".join(sorted(ZOO)) or "none registered"
-    raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run directory")
+    raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run "
+                          f"directory, nor a model factory (module.path:factory)")
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A model (:class:`~robustvae.models.contract.HierarchicalVAE`) with its config and where it came from.
 
-    ``config`` is None for a model built in memory without one (it then has no
-    dataset of its own); ``path`` is ``"<in memory>"`` and ``sha256`` empty for such models.
+    ``config`` is None for a model built in memory or by a user's factory (it then has no
+    dataset of its own). ``sha256_of`` says what ``sha256`` hashes: ``file`` (the checkpoint
+    file at ``path``), ``state_dict`` (a factory's model: its weights,
+    :func:`robustvae.zoo.factory.state_dict_sha256`; ``path`` is the ``module.path:factory``)
+    or ``none`` (a model in memory: ``path`` is ``"<in memory>"``, ``sha256`` empty).
     """
 
     model: nn.Module
     config: Config | None
     path: str
     sha256: str
+    sha256_of: str = "file"
 
     @property
     def name(self) -> str:
-        """The config's name (the preset it was trained from), else the architecture."""
-        return self.config.name if self.config is not None else self.model.arch
+        """The config's name (the preset it was trained from); a factory's model: its ``module.path:factory``; else
+        the architecture."""
+        if self.config is not None:
+            return self.config.name
+        return self.path if self.sha256_of == "state_dict" else self.model.arch
 
     @classmethod
     def in_memory(cls, model: nn.Module, config: Config | None = None) -> LoadedModel:
         """Wrap a model that was not loaded from a file."""
-        return cls(model, config, "<in memory>", "")
+        return cls(model, config, "<in memory>", "", "none")
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> LoadedModel:
-    """A ready model in eval mode, with its config and provenance, from a zoo name, checkpoint file or run directory.
+    """A ready model in eval mode, with its config and provenance, from a zoo name, checkpoint file, run directory
+    or ``module.path:factory`` (a user's own model, :mod:`robustvae.zoo.factory`).
 
-    ``weights``: ``auto`` (EMA weights when the checkpoint has them), ``ema`` or ``raw``.
+    ``weights``: ``auto`` (EMA weights when the checkpoint has them), ``ema`` or ``raw`` (a factory's model has
+    the weights its factory gives it: ``auto`` or ``raw``).
     """
+    from robustvae.zoo import factory
+
+    if factory.is_factory(name_or_path):
+        if weights == "ema":
+            raise CheckpointError(f"{name_or_path} is a model factory, with no EMA weights; use weights='auto' or 'raw'")
+        model = factory.build(str(name_or_path), device)
+        return LoadedModel(model, None, str(name_or_path), factory.state_dict_sha256(model), "state_dict")
     path = resolve_path(name_or_path)
     ckpt = read_checkpoint(path)
     model, cfg = model_from_checkpoint(ckpt, path, weights)
