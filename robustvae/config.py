@@ -299,7 +299,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2")  # the perturbation norms of attacks, certification and settings: defined here only
 
 
 @dataclass(frozen=True)
