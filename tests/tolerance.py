@@ -12,7 +12,10 @@ float32 rounding of the same value: a change of an ulp (unit in the last place) 
 How far that moves a test's result is the computation's sensitivity to float32 rounding.
 :class:`float32_jitter` measures it: inside it, the result of every such operation is
 multiplied by ``1 + 2^-23 u`` with ``u ~ U(-1, 1)`` drawn from a generator of its own (the
-computation's own random draws are untouched), which moves it by up to one ulp. Running a computation once as is and once
+computation's own random draws are untouched), which moves it by up to one ulp, and a sum (a
+matrix product, a convolution, a mean) is also moved by up to one ulp of the sum of its terms'
+magnitudes: summed in another order, a sum that cancels is rounded at the size of its partial
+sums (a scrambled model's activations reach 1e6 while its outputs are of order 1). Running a computation once as is and once
 jittered gives, per field, the change that one more rounding of everything makes; the
 tolerance of a comparison with a recorded number is ``SAFETY`` times that change, taken as the
 largest over a group of like fields (every row's ``msssim``, say: one draw of the jitter
@@ -43,13 +46,15 @@ SAFETY = 8
 
 # Operations whose float32 result depends on the kernel (order of summation, blocking, FMA, approximations).
 # Elementwise arithmetic, comparisons, min/max, clamp, rounding, indexing and copies are exact everywhere.
-KERNEL_DEPENDENT = frozenset({
-    # matrix products and convolutions
-    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "mv", "dot", "einsum", "linear",
+SUMS = frozenset({  # sums of products or of terms: another order rounds the partial sums, of the size of the terms
+    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "dot", "einsum", "linear",
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    # reductions
-    "sum", "mean", "prod", "cumsum", "cumprod", "var", "std", "norm", "vector_norm", "logsumexp", "nansum",
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "softmax", "log_softmax",
+    "sum", "mean", "nansum", "cumsum", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+})
+KERNEL_DEPENDENT = SUMS | frozenset({
+    # other reductions (of positive terms, or normalised)
+    "addmm", "baddbmm", "prod", "cumprod", "var", "std", "norm", "vector_norm", "logsumexp", "softmax", "log_softmax",
     "batch_norm", "group_norm", "layer_norm",
     # transcendental functions
     "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "pow", "__pow__", "__rpow__", "float_power",
@@ -58,27 +63,54 @@ KERNEL_DEPENDENT = frozenset({
 })
 
 
+# Elementwise arithmetic: the same on every CPU, but another implementation of a formula orders it otherwise
+# (float32_jitter(elementwise=True), for comparisons with another code base's numbers).
+ELEMENTWISE_SUMS = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub", "addcmul", "lerp"})
+ELEMENTWISE = ELEMENTWISE_SUMS | frozenset({"mul", "__mul__", "__rmul__", "div", "__truediv__", "__rtruediv__",
+                                           "sqrt", "rsqrt", "reciprocal", "square"})
+
+
+def _magnitudes(a: Any) -> Any:
+    return torch.utils._pytree.tree_map(lambda t: t.abs() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, a)
+
+
 class float32_jitter(TorchFunctionMode):
     """Within this context, the floating result of every kernel-dependent operation (``KERNEL_DEPENDENT``) is
-    multiplied by ``1 + eps * u``, u ~ U(-1, 1), eps the machine epsilon of its dtype (2^-23 for float32): moved
-    by up to one ulp, as another kernel's rounding of it may be.
+    rounded once more: multiplied by ``1 + eps u``, and a sum (``SUMS``: matrix products, convolutions, sums,
+    means, pooling) also moved by ``eps u' S``, where S is the same operation on the magnitudes of its inputs
+    (the sum of |terms|: a sum that cancels is rounded at the size of its partial sums, not of its result).
+    u, u' ~ U(-1, 1); eps is the machine epsilon of the dtype (2^-23 for float32): up to one ulp of each.
+
+    ``elementwise``: round elementwise arithmetic once more too (sums of two terms at the size of the terms),
+    which every CPU computes alike but another code base's formulas may order otherwise.
 
     The draws come from a generator seeded with ``seed``; torch's global generator is not touched, so a
     computation draws the same random numbers with and without the jitter. Gradients pass through the
-    factor, so a backward pass is jittered too.
+    factor (the backward pass is rounded once more too), not through the moved sums.
     """
 
-    def __init__(self, seed: int = 1):
+    def __init__(self, seed: int = 1, elementwise: bool = False):
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
+        self.ops = KERNEL_DEPENDENT | ELEMENTWISE if elementwise else KERNEL_DEPENDENT
+        self.sums = SUMS | ELEMENTWISE_SUMS if elementwise else SUMS
+
+    def _uniform(self, like: torch.Tensor) -> torch.Tensor:
+        return (torch.rand(like.shape, generator=self.generator, dtype=like.dtype) * 2 - 1).to(like.device)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if (getattr(func, "__name__", None) in KERNEL_DEPENDENT and isinstance(out, torch.Tensor)
-                and out.is_floating_point() and out.numel()):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", None)
+        if (name in self.ops and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel()
+                and "out" not in kwargs):
             eps = torch.finfo(out.dtype).eps
-            u = torch.rand(out.shape, generator=self.generator, dtype=out.dtype).to(out.device) * 2 - 1
-            out = out * (1 + eps * u)
+            moved = out * (1 + eps * self._uniform(out))
+            if name in self.sums:
+                with torch.no_grad():
+                    size = func(*_magnitudes(args), **_magnitudes(kwargs))
+                moved = moved + eps * self._uniform(out) * size
+            out = moved
         return out
 
 
