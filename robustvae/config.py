@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustvae.errors import ConfigError
+from robustvae.protocol import NORMS
 
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -299,7 +300,6 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-NORMS = ("linf", "l2")  # the perturbation norms of attacks, certification and settings: defined here only
 
 
 @dataclass(frozen=True)

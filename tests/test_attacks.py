@@ -16,7 +16,8 @@ from robustvae.api import attack as api_attack
 from robustvae.attacks import LatentPGD, LatentPGDL2, LatentSGD, make_attack, project, random_start
 from robustvae.experiments import attack as engine
 from robustvae.cli import main
-from robustvae.config import NORMS, AttackConfig
+from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.registry import build_model, get_preset
 from robustvae.training import Trainer
 

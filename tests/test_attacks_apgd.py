@@ -10,7 +10,8 @@ from torch import nn
 
 from robustvae.attacks import LatentAPGD, LatentPGD, LatentPGDL2, make_attack
 from robustvae.attacks.apgd import apgd_checkpoints
-from robustvae.config import NORMS, AttackConfig
+from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.models.distributions import DiagGaussian
 from test_objectives import digits, per_image_noise, tiny
 from tolerance import EPS32, SAFETY, RoundingTolerance, float32_jitter

@@ -19,7 +19,8 @@ from scipy.optimize import linprog, minimize
 from robustvae.certify import (
     affine_context, certified_fraction, certified_radius, coefficient_ranges, optimal_context_attack,
 )
-from robustvae.config import NORMS, DataConfig
+from robustvae.config import DataConfig
+from robustvae.protocol import NORMS
 from robustvae.data import eval_images, load_dataset
 from robustvae.models.context import DCTContext, DownsampleContext
 from robustvae.models.distributions import level_index

@@ -24,7 +24,8 @@ import robustvae
 from robustvae.attacks import ENSEMBLES, ensemble_plan, ensemble_version
 from robustvae.attacks.registry import AUTO_VERSION, EnsembleSpec, Member
 from robustvae.cli import main
-from robustvae.config import NORMS, AttackConfig
+from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.errors import RobustVAEError
 from robustvae.experiments import attack as engine
 from robustvae.reporting import strength

@@ -31,7 +31,7 @@ from torchattacks.attack import Attack
 from torch import Tensor
 
 from robustvae.attacks.objectives import LatentObjective
-from robustvae.config import NORMS
+from robustvae.protocol import NORMS
 
 CURVE_STEPS = (10, 25, 50, 100, 200)  # checkpoints of damage against iterations (those <= steps are kept)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustvae.config import NORMS
+from robustvae.protocol import NORMS
 from robustvae.models.context import ContextCodec
 
 UNIT32 = 2.0**-24  # unit roundoff of float32
