@@ -300,8 +300,6 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-
-
 @dataclass(frozen=True)
 class AttackConfig:
     """One latent-attack sweep (docs/protocol.md); also the schema of ``attacks/*.toml`` suites.
