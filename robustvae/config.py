@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustvae.errors import ConfigError
+from robustvae.protocol import NORMS
 
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -297,9 +298,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
-
-
-NORMS = ("linf", "l2")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+NORMS = ("linf", "l2")  # the threat models: perturbation norms of attacks, certification and settings (defined here only)
 CONVENTIONS = ("std", "var")
 
 

@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 
 from robustvae.io import read_jsonl
 
-ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
 # Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
 NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -170,7 +169,6 @@ class CertifyRecord(Record):
 
 
 ATTACK_COLUMNS = AttackRecord.columns()
-CERTIFY_COLUMNS = CertifyRecord.columns()
 CERTIFY_RUN_KIND = "certify"  # run.json "kind" of a certification run directory
 COMPRESSION_COLUMNS = CompressionRecord.columns()
 

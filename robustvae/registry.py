@@ -4,7 +4,6 @@
 * ``PRESETS``: named, fully resolved :class:`~robustvae.config.Config` objects. The
   paper presets follow Table 6 of the DCT-VAE paper; the
   ``-tiny`` ones are small enough for CI.
-* ``ZOO``: named checkpoints with a download URL and a sha256.
 * ``PUBLISHED``: checkpoints published by others without a known sha256 (robustvae zoo fetch).
 """
 
@@ -244,28 +243,6 @@ def get_preset(name: str) -> Config:
 
 
 # --------------------------------------------------------------------------- zoo
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """A published checkpoint: fetched once into torch.hub's cache and verified by sha256."""
-
-    name: str
-    preset: str
-    url: str
-    sha256: str
-    description: str = ""
-
-
-ZOO: dict[str, ZooEntry] = {}
-
-
-def register_zoo_entry(entry: ZooEntry) -> None:
-    """Add (or replace) a zoo checkpoint; the preset must exist."""
-    get_preset(entry.preset)
-    if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256.lower()):
-        raise ConfigError(f"zoo entry {entry.name!r}: sha256 must be 64 hex digits")
-    ZOO[entry.name] = entry
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Access to the Kuzina & Tomczak reference fixtures (../shared/fixtures/kuzina), for the tests only.
 
 The fixtures are data produced by running the authors' code; they are never copied into
-the repository. Tests that need them skip, saying why, when the folder is absent.
+the repository. Tests that need them skip, saying why, when the folder is absent;
+:func:`their_state_dict` needs no fixture file.
 """
 
 from __future__ import annotations
@@ -75,3 +76,12 @@ def perturbed(config: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
     root = need_fixtures() / config / "perturbed"
     io = torch.load(root / "io.pt", map_location="cpu", weights_only=True)
     return read_safetensors(root / "state_dict.safetensors"), io
+
+
+def their_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as the authors' code names them, their shared UNet copy included (no fixture file)."""
+    from robustvae.models.kuzina.convert import SHARED, their_name
+
+    sd = {their_name(k): v.clone() for k, v in model.state_dict().items()}
+    sd.update({SHARED[0] + k[len(SHARED[1]):]: v for k, v in sd.items() if k.startswith(SHARED[1])})
+    return sd

@@ -17,6 +17,7 @@ from robustvae.attacks import LatentPGD, LatentPGDL2, LatentSGD, make_attack, pr
 from robustvae.experiments import attack as engine
 from robustvae.cli import main
 from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.registry import build_model, get_preset
 from robustvae.training import Trainer
 
@@ -50,7 +51,7 @@ def trained(tmp_path_factory):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 2**16),
-    norm=st.sampled_from(["linf", "l2"]),
+    norm=st.sampled_from(NORMS),
     eps=st.floats(0.01, 3.0),
     objective=st.sampled_from(["skl", "kl_forward", "kl_reverse", "means"]),
     optimizer=st.sampled_from(["pgd", "sgd"]),
@@ -80,7 +81,7 @@ def test_l2_projection_goes_onto_the_ball_of_radius_eps(gen):
 
 def test_random_start_is_inside_the_ball_and_per_image(gen):
     x = torch.rand(4, 1, 28, 28, generator=gen)
-    for norm in ("linf", "l2"):
+    for norm in NORMS:
         d = random_start(x, 0.3, norm, seeds=[1, 2, 3, 4])
         alone = random_start(x[2:3], 0.3, norm, seeds=[3])
         assert torch.equal(d[2:3], alone)

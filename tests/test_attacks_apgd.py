@@ -11,8 +11,10 @@ from torch import nn
 from robustvae.attacks import LatentAPGD, LatentPGD, LatentPGDL2, make_attack
 from robustvae.attacks.apgd import apgd_checkpoints
 from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.models.distributions import DiagGaussian
 from test_objectives import digits, per_image_noise, tiny
+from tolerance import EPS32, SAFETY, RoundingTolerance, float32_jitter
 
 
 class RankOne(nn.Module):
@@ -58,21 +60,36 @@ def interior(n: int, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
     return 0.3 + 0.4 * torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
 
 
+# The weight noise that makes an untrained model's reconstruction depend on its input, for the batch tests: at 0.5
+# its activations reach 1e7 and float32 knows the objective at one point only to 5e-4 relative (batch and one image
+# differed by that on the same point under ATEN_CPU_CAPABILITY=default: output logits of 6e6 differed by 1.4e2, and a
+# pixel near the middle of the sigmoid moved by 0.08); at 0.2 activations stay below 10 and the reconstruction still
+# moves by 0.09 under L-inf noise of 0.1.
+RECON_SCRAMBLE = 0.2
+
+
 def assert_batch_equals_single(make, x: torch.Tensor, seeds: list[int], noise: list[torch.Tensor] | None = None):
     """A batch gives each image what it gets alone with the same seed (and noise row).
 
-    Batched convolutions sum in another order, so objectives agree to rounding and, where
-    two iterates tie to rounding, the kept best may differ: objectives within 1e-4
-    relative, and each image equal to 1e-5 on at least 90 % of its pixels.
+    Batched convolutions sum in another order: one image alone is another float32 rounding of
+    the same computation. Its objectives (every evaluation's best so far) agree with the batch's
+    within the rounding tolerance that a second batch run under ``float32_jitter`` measures
+    (tests/tolerance.py). Where two iterates tie to rounding, the kept
+    best may differ: each image equals the batch's, to the rounding of a pixel, on at least 90 % of its pixels.
+    The computation must be well conditioned for this to mean anything (see ``RECON_SCRAMBLE``).
     """
     attack = make()
     adv = attack(x, seeds=seeds, noise=noise)
+    with float32_jitter(1):
+        jittered = make()
+        jittered(x, seeds=seeds, noise=noise)
+    tol = RoundingTolerance({"loss": attack.progress.tolist()}, [{"loss": jittered.progress.tolist()}])
     for i in range(x.shape[0]):
         alone = make()
         one = alone(x[i : i + 1], seeds=seeds[i : i + 1], noise=None if noise is None else [t[i : i + 1] for t in noise])
-        torch.testing.assert_close(alone.best_loss, attack.best_loss[i : i + 1], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(alone.progress[:, 0], attack.progress[:, i], rtol=1e-4, atol=1e-6)
-        same = ((one - adv[i : i + 1]).abs() < 1e-5).float().mean()
+        tol.assert_close({"loss": alone.progress[:, 0].tolist()}, {"loss": attack.progress[:, i].tolist()}, f"image {i}")
+        tol.assert_close({"loss": alone.best_loss.tolist()}, {"loss": attack.best_loss[i : i + 1].tolist()}, f"image {i}")
+        same = ((one - adv[i : i + 1]).abs() <= SAFETY * EPS32).float().mean()  # pixels in [0, 1]
         assert same > 0.9, (i, float(same))
 
 
@@ -161,10 +178,12 @@ def test_progress_passes_and_the_best_iterate():
     torch.testing.assert_close(obj(adv, obj.reference(x)).double(), attack.best_loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("norm, objective", [("linf", "recon"), ("l2", "boundary")])
 def test_a_batch_gives_the_results_of_one_image_at_a_time(norm, objective):
-    # scrambled weights make an untrained reconstruction depend on its input (and its KLs huge: latent objectives unscrambled)
-    m, x = tiny("dctvae-mnist-tiny", scramble=0.5 if objective == "recon" else 0.0), digits(4)
+    # scrambled weights make an untrained reconstruction depend on its input (and its KLs huge: latent objectives
+    # unscrambled); by 0.2, not 0.5, whose activations reach 1e7 (see RECON_SCRAMBLE)
+    m, x = tiny("dctvae-mnist-tiny", scramble=RECON_SCRAMBLE if objective == "recon" else 0.0), digits(4)
     seeds = [10, 11, 12, 13]
     noise = per_image_noise(m, seeds)
     eps = 0.1 if norm == "linf" else 1.0
@@ -175,7 +194,7 @@ def test_a_batch_gives_the_results_of_one_image_at_a_time(norm, objective):
 @given(
     seed=st.integers(0, 2**16),
     optimizer=st.sampled_from(["apgd", "square"]),
-    norm=st.sampled_from(["linf", "l2"]),
+    norm=st.sampled_from(NORMS),
     eps=st.floats(0.01, 3.0),
     objective=st.sampled_from(["skl", "boundary", "recon", "kl_forward"]),
     straight_through=st.booleans(),
@@ -216,7 +235,7 @@ def test_apgd_is_never_weaker_than_pgd_on_the_l2_context_boundary():
     assert (apgd >= pgd).all(), (apgd - pgd).min()
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured, not a bug: on this piecewise-linear objective APGD's large first steps settle near another "
     "vertex than PGD's small ones; at 50 steps APGD is below PGD on 27 of 60 points by at most 0.058 cells "
     "(mean -4.642 against -4.649: ahead on average), and on 45 % of 500 restarts. No setting of APGD's own fixes "

@@ -14,6 +14,7 @@ from benchmarks.__main__ import main
 from benchmarks.attack import assert_same, compare
 from robustvae.attacks import LatentPGD
 from robustvae.registry import build_model, get_preset
+from tolerance import msssim_rounding
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ def test_before_after_loads_the_old_code_and_compares(capsys):
     assert "| change |" in capsys.readouterr().out
 
 
+@pytest.mark.numerical
 def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypatch):
     """Tiny models, tiny sizes: both attacks per model and k, the passes each used from the attacks' definitions."""
     from robustvae.attacks import ensemble_plan
@@ -99,7 +101,8 @@ def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypat
     ens = res["ensemble"]
     assert {(r["attack"], r["model"], r["k"]) for r in ens["rows"]} == {
         (a, m, 1) for a in ("pgd", "auto") for m in ("vdvae", "dctvae")}
-    assert all(0 <= r["worst_min"] <= r["worst_mean"] <= 1 for r in ens["rows"])
+    # MS-SSIM in [0, 1] up to its float32 rounding (an unchanged reconstruction may score 1.000002)
+    assert all(0 <= r["worst_min"] <= r["worst_mean"] <= 1 + msssim_rounding() for r in ens["rows"])
     passes = {(p["attack"], p["model"]): p for p in ens["passes"]}
     R, S = 2, 2  # --quick: restarts and steps
     assert passes[("pgd", "vdvae")]["backward"] == R * S and passes[("pgd", "vdvae")]["forward"] == R * (S + 1)

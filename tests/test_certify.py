@@ -20,6 +20,7 @@ from robustvae.certify import (
     affine_context, certified_fraction, certified_radius, coefficient_ranges, optimal_context_attack,
 )
 from robustvae.config import DataConfig
+from robustvae.protocol import NORMS
 from robustvae.data import eval_images, load_dataset
 from robustvae.models.context import DCTContext, DownsampleContext
 from robustvae.models.distributions import level_index
@@ -241,7 +242,7 @@ def test_coefficients_on_cell_edges_are_never_certified():
 # --------------------------------------------------------------------------- radius and fraction
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", NORMS)
 def test_certified_radius_is_exact(mnist, norm):
     model, x = mnist
     codec = model.codec
@@ -263,7 +264,7 @@ def test_certified_radius_is_exact(mnist, norm):
                 assert not coefficient_ranges(codec, x[b : b + 1], rk * (1 + 1e-4), norm).certified.flatten()[k]
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", NORMS)
 def test_a_perturbation_just_past_the_radius_changes_the_level(mnist, norm):
     model, x = mnist
     codec = model.codec
@@ -298,7 +299,7 @@ def test_a_perturbation_just_past_the_radius_changes_the_level(mnist, norm):
     assert flipped >= 6
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", NORMS)
 def test_certified_fraction_agrees_with_the_ranges(mnist, norm):
     model, x = mnist
     eps_list = [0.0, 1e-4, 5e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]

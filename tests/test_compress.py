@@ -26,6 +26,7 @@ from robustvae.compression.images import InputImage, patchify, read_image, stitc
 from robustvae.config import CompressConfig
 from robustvae.registry import build_model, get_preset
 from robustvae.seeding import derive_seed
+from tolerance import msssim_rounding
 
 
 def _random_image(gen: torch.Generator, channels: int, h: int, w: int) -> np.ndarray:
@@ -240,7 +241,7 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     assert len(rec) == 3 * 2 * 2 and set(rec.k) == {1, 2}
     for col in ("psnr", "msssim", "bpp", "bits", "jpeg_quality", "jpeg_psnr", "jpeg_bpp", "patches"):
         assert pd.api.types.is_numeric_dtype(rec[col]), col
-    assert (rec.bpp > 0).all() and rec.msssim.between(0, 1).all()
+    assert (rec.bpp > 0).all() and rec.msssim.between(0, 1 + msssim_rounding()).all()
     assert rec[rec.image == "b"].patches.eq(6).all() and set(rec.msssim_impl) == {"robustvae standard (small-image)"}
     assert rec[rec.image == "c"].conversion.str.contains("luma").all()
     assert rec[rec.arch == "dctvae"].bpp_context_raw.notna().all() and rec[rec.arch == "vdvae"].bpp_context_raw.isna().all()

@@ -122,14 +122,40 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_a_killed_distributed_run_resumes_to_the_uninterrupted_weights(tmp_path):
-    out = tmp_path / "killed"
-    proc = torchrun("train", *TRAIN, "--steps", "40", "--out", str(out), popen=True)
+# robustvae's command line, with the main process stopped for good right after it saved last.pt at step STOP_AT:
+# the run is killed there, whatever the machine's speed (a run that races a poll for last.pt may finish first)
+STOP_AT = 20
+HALT_AFTER_SAVE = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from robustvae.training.checkpoint import Checkpointer
+from robustvae.cli import main
+
+save_last = Checkpointer.save_last
+
+
+def save_then_halt(self, state):
+    save_last(self, state)
+    if self.dist.is_main and state.step == {STOP_AT}:
+        open(os.environ["HALTED_MARKER"], "w").close()
+        time.sleep(3600)  # the test kills every process here
+
+
+Checkpointer.save_last = save_then_halt
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_distributed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    out, marker, script = tmp_path / "killed", tmp_path / "halted", tmp_path / "halt_after_save.py"
+    script.write_text(HALT_AFTER_SAVE)
+    monkeypatch.setenv("HALTED_MARKER", str(marker))
+    proc = torchrun("train", *TRAIN, "--steps", "40", "--out", str(out), script=str(script), popen=True)
     deadline = time.monotonic() + 240
-    while not (out / "last.pt").exists():
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-        assert time.monotonic() < deadline, "no checkpoint after 240 s"
-        time.sleep(0.02)
+    while not marker.exists():  # the main process saved step STOP_AT and halted: nothing moves until the kill
+        assert proc.poll() is None, f"the run ended before it reached step {STOP_AT}: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint at step {STOP_AT} after 240 s"
+        time.sleep(0.05)
     for pid in _descendants(proc.pid) + [proc.pid]:  # a crash: no process gets to clean up
         try:
             os.kill(pid, signal.SIGKILL)
@@ -137,8 +163,7 @@ def test_a_killed_distributed_run_resumes_to_the_uninterrupted_weights(tmp_path)
             pass
     proc.wait(30)
     assert not (out / "summary.json").exists(), "the run finished before the kill; nothing was tested"
-    saved = torch.load(out / "last.pt", weights_only=True)["train_state"]["step"]
-    assert 0 < saved < 40
+    assert torch.load(out / "last.pt", weights_only=True)["train_state"]["step"] == STOP_AT
     r = torchrun("train", "--out", str(out), "--resume", "--steps", "40", "-q")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["steps"] == 40

@@ -25,6 +25,7 @@ from robustvae.attacks import ENSEMBLES, ensemble_plan, ensemble_version
 from robustvae.attacks.registry import AUTO_VERSION, EnsembleSpec, Member
 from robustvae.cli import main
 from robustvae.config import AttackConfig
+from robustvae.protocol import NORMS
 from robustvae.errors import RobustVAEError
 from robustvae.experiments import attack as engine
 from robustvae.reporting import strength
@@ -159,7 +160,7 @@ def test_batch_resume_and_shards_are_exact_with_members(tmp_path, monkeypatch):
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.01, 3.0), seed=st.integers(0, 1000))
+@given(norm=st.sampled_from(NORMS), eps=st.floats(0.01, 3.0), seed=st.integers(0, 1000))
 def test_every_member_respects_the_budget(norm, eps, seed):
     cfg = AttackConfig(layers="1", optimizer="auto", norm=norm, eps=eps, points=2, restarts=1, steps=4,
                        floor_draws=0, noise_draws=0, gallery_points=0, seed=seed)

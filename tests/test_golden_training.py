@@ -3,6 +3,17 @@
 The same two tiny runs (6 steps, batch 16, one CPU thread) are made with the current
 code; the logged metrics and, per state-dict key, the sum and absolute sum of the
 final weights must match the recorded ones.
+
+The recorded run was made on another CPU, whose kernels round float32 differently. The tolerance
+is derived from float32 rounding (tests/tolerance.py): the run is made a second time under
+``float32_jitter``, and a value may differ from the recorded one by ``SAFETY`` (8) times the largest
+change the jitter made in its group, plus 8 roundings of the value. A logged metric's group is its
+field (every row's ``loss_nats``); a weight sum's group is its kind (sum or absolute sum), its change
+measured per square root of the tensor's size (a sum of n independent changes grows as sqrt(n)). Not
+relative to the sum: a weight whose gradient is rounding noise still takes Adam steps of the full
+learning rate, in a direction rounding decides (a bias of dctvae's prior sums to 1.1e-4 in absolute
+value after 6 steps on the recording CPU, 2.0e-4 on an AVX2 one). Keys, row counts, steps and
+flags are exact.
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ import torch
 from robustvae import zoo
 from robustvae.registry import get_preset
 from robustvae.training import Trainer
+from tolerance import RoundingTolerance, float32_jitter
+
+pytestmark = pytest.mark.numerical  # CI runs these again under ATEN_CPU_CAPABILITY=default
 
 GOLDEN = Path(__file__).parent / "golden"
 CPU = torch.device("cpu")
@@ -49,26 +63,27 @@ def _golden_run(preset: str, out: Path) -> dict:
     }
 
 
-def _assert_rows_equal(got: list[dict], want: list[dict]) -> None:
-    assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g.keys() == w.keys(), i
-        for k, v in w.items():
-            if isinstance(v, float):
-                if math.isnan(v):
-                    assert math.isnan(g[k]), (i, k)
-                else:
-                    assert g[k] == pytest.approx(v, rel=1e-6), (i, k)
-            else:
-                assert g[k] == v, (i, k)
+def _sizes(out: Path) -> dict[str, int]:
+    return {k: v.numel() for k, v in zoo.read_checkpoint(out / "last.pt")["model"].items()}
+
+
+def _scale(sizes: dict[str, int]):
+    """Weight sums change in units of the square root of their tensor's size; logged metrics in absolute terms."""
+    return lambda path: math.sqrt(sizes[path[1]]) if path[0].startswith("weights") else 1.0
+
+
+def _group(path: tuple) -> str:
+    return path[0] if path[0].startswith("weights") else path[-1]
 
 
 @pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny"])
 def test_training_matches_the_golden_run(preset, tmp_path, one_thread):
     want = json.loads((GOLDEN / f"train-{preset}.json").read_text())
     got = _golden_run(preset, tmp_path / preset)
-    _assert_rows_equal(got["metrics"], want["metrics"])
-    for part in ("weights_sum", "weights_abs_sum"):
-        assert got[part].keys() == want[part].keys(), part
-        for k, v in want[part].items():
-            assert got[part][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (part, k)
+    with float32_jitter(1):
+        jittered = _golden_run(preset, tmp_path / "jittered")
+    assert len(got["metrics"]) == len(want["metrics"]) and got["weights_sum"].keys() == want["weights_sum"].keys()
+    tol = RoundingTolerance(got, [jittered], group=_group, scale=_scale(_sizes(tmp_path / preset)))
+    tol.assert_close(got, want, preset, exact=("lr", "epoch"))  # the schedule and the step count: Python arithmetic
+    print(f"{preset}: worst |new - golden| / tolerance {tol.worst[0]:.3g} at {tol.worst[1]} "
+          f"(|diff| {tol.worst[2]:.3g}, tolerance {tol.worst[3]:.3g})")

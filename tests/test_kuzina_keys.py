@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kuzina_fixtures import CONFIGS, perturbed, read_keys
+from kuzina_fixtures import CONFIGS, perturbed, read_keys, their_state_dict
 from robustvae.errors import CheckpointError
 from robustvae.models.kuzina.convert import SHARED, _basis, classify, convert_state_dict, rename
 from robustvae.registry import build_model, get_preset
@@ -57,9 +57,15 @@ def test_what_is_dropped_is_what_their_key_notes_call_unused_shared_or_constant(
             assert "UNUSED" not in notes, key
 
 
+def model_state(config: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the config's preset under the authors' names, built from the preset (no fixture file)."""
+    torch.manual_seed(seed)
+    return their_state_dict(_model(config))
+
+
 def test_legacy_weight_norm_is_g_times_v_over_its_norm():
     """SVHN / CIFAR-10 store weight_g, weight_v: the weight is g v / ||v||, the norm over all dims but the first."""
-    sd = random_state("svhn_dct_ladder")
+    sd = model_state("svhn_dct_ladder")
     model = build_model(get_preset(CONFIGS["svhn_dct_ladder"]).model)
     model.load_state_dict(convert_state_dict(sd, model))
     prefix = "encoder.encoder_blocks.0.0.net.1.net.1"
@@ -92,7 +98,7 @@ def _model(config: str):
     ],
 )
 def test_a_wrong_state_dict_is_one_line_naming_the_problem(edit, message):
-    sd = dict(random_state("mnist_dct_ladder"))
+    sd = model_state("mnist_dct_ladder")
     edit(sd)
     with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         convert_state_dict(sd, _model("mnist_dct_ladder"), "model.pt")
@@ -101,13 +107,13 @@ def test_a_wrong_state_dict_is_one_line_naming_the_problem(edit, message):
 
 def test_another_datasets_checkpoint_is_refused_naming_the_preset():
     with pytest.raises(CheckpointError, match="pick the preset"):
-        convert_state_dict(random_state("mnist_dct_ladder"), _model("omniglot_dct_ladder"))
+        convert_state_dict(model_state("mnist_dct_ladder"), _model("omniglot_dct_ladder"))
     with pytest.raises(CheckpointError, match="pick the preset"):
-        convert_state_dict(random_state("svhn_dct_ladder"), _model("cifar_dct_ladder"))
+        convert_state_dict(model_state("svhn_dct_ladder"), _model("cifar_dct_ladder"))
 
 
 def test_a_missing_renamed_tensor_is_named_as_their_file_names_it():
-    sd = dict(random_state("svhn_dct_ladder"))
+    sd = model_state("svhn_dct_ladder")
     sd.pop("decoder.z_L_prior.model.out.2.weight")
     sd.pop("encoder.encoder_blocks.1.0.net.2.net.1.weight_g")
     with pytest.raises(CheckpointError, match=r"2 missing.*first: encoder.encoder_blocks.1.0.net.2.net.1.weight_g"):

@@ -12,11 +12,11 @@ import torch
 import robustvae
 from robustvae.cli import main
 from robustvae.errors import CheckpointError, RobustVAEError
-from robustvae.models.kuzina.convert import their_name
 from robustvae.registry import build_model, get_preset
 from robustvae.zoo import sha256_file
 from robustvae.registry import PUBLISHED
 from robustvae.zoo.kuzina import fetch, import_checkpoint
+from kuzina_fixtures import their_state_dict
 
 TINY = "kuzina-dctvae-mnist-tiny"
 
@@ -31,17 +31,8 @@ def _model(seed: int = 0):
     return m
 
 
-def _theirs(model) -> dict[str, torch.Tensor]:
-    """``model``'s weights as the authors' code names them (their shared UNet copy included)."""
-    sd = {their_name(k): v.clone() for k, v in model.state_dict().items()}
-    prefix = "decoder.z_L_prior.model."
-    sd.update({"decoder.decoder_blocks.0.ctx_prior.model." + k[len(prefix):]: v for k, v in sd.items()
-               if k.startswith(prefix)})
-    return sd
-
-
 def _save(path, model, ema=None, **extra):
-    torch.save({"model_state_dict": _theirs(model), "ema_model_state_dict": _theirs(ema) if ema else None,
+    torch.save({"model_state_dict": their_state_dict(model), "ema_model_state_dict": their_state_dict(ema) if ema else None,
                 "epoch": 599, **extra}, path)
     return path
 
@@ -80,7 +71,7 @@ class _Boom:
         (lambda p, m: p.write_bytes(_save(p, m).read_bytes()[:5000]), "truncated"),
         (lambda p, m: torch.save({"state_dict": {}, "epoch": 1}, p), "has no 'model_state_dict' (found: epoch, state_dict)"),
         (lambda p, m: p.write_bytes(pickle.dumps({"model_state_dict": _Boom()})), "refuses"),
-        (lambda p, m: torch.save({"model_state_dict": {k: v for k, v in _theirs(m).items() if "post_process" not in k}},
+        (lambda p, m: torch.save({"model_state_dict": {k: v for k, v in their_state_dict(m).items() if "post_process" not in k}},
                                  p), "2 missing, 0 unknown, 0 mis-shaped tensors; first: decoder.post_process.0.weight"),
     ],
 )

@@ -31,8 +31,8 @@ from torchattacks.attack import Attack
 from torch import Tensor
 
 from robustvae.attacks.objectives import LatentObjective
+from robustvae.protocol import NORMS
 
-NORMS = ("linf", "l2")
 CURVE_STEPS = (10, 25, 50, 100, 200)  # checkpoints of damage against iterations (those <= steps are kept)
 
 

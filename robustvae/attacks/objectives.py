@@ -50,7 +50,6 @@ from torch import Tensor
 from robustvae.metrics import ms_ssim
 
 BOUNDARY_CAP = 0.1  # cells past the quantiser edge beyond which a coefficient earns nothing more
-RECONSTRUCTIONS = ("msssim", "l2")
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from robustvae.protocol import NORMS
 from robustvae.models.context import ContextCodec
 
-NORMS = ("linf", "l2")
 UNIT32 = 2.0**-24  # unit roundoff of float32
 
 _MAPS: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}

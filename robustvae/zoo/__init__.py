@@ -7,10 +7,10 @@ training runs the optimiser, scheduler, step and RNG states. Files are written
 atomically (temporary file + rename) so a crash never leaves half a checkpoint.
 
 ``load(name_or_path)`` returns a :class:`LoadedModel`: a ready model in eval mode with
-its config and provenance (file and sha256), from a zoo name (fetched once into
-torch.hub's cache and verified by sha256), a checkpoint file, a run directory (its
-``best.pt``, else ``last.pt``), or a user's own model named ``module.path:factory``
-(:mod:`robustvae.zoo.factory`).
+its config and provenance (file and sha256), from a checkpoint file, a run directory
+(its ``best.pt``, else ``last.pt``), or a user's own model named ``module.path:factory``
+(:mod:`robustvae.zoo.factory`). Checkpoints published by others are fetched and
+imported into a run directory first (``robustvae zoo fetch``, :mod:`robustvae.zoo.kuzina`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from robustvae.config import Config
 from robustvae.errors import CheckpointError, ConfigError
-from robustvae.registry import ARCHITECTURES, PRESETS, PUBLISHED, ZOO, ZooEntry, build_model
+from robustvae.registry import ARCHITECTURES, PRESETS, PUBLISHED, build_model
 
 FORMAT = "robustvae-checkpoint"
 FORMAT_VERSION = 1
@@ -152,10 +152,8 @@ def ema_weights(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_path(name_or_path: str | os.PathLike) -> Path:
-    """A zoo name, a checkpoint file or a run directory -> a local checkpoint file."""
+    """A checkpoint file or a run directory -> a local checkpoint file."""
     s = str(name_or_path)
-    if s in ZOO:
-        return fetch(ZOO[s])
     p = Path(s).expanduser()
     if p.is_dir():
         for cand in ("best.pt", "last.pt"):
@@ -170,8 +168,7 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
             f"{s!r} is a preset, not a trained checkpoint; train it with: robustvae train --preset {s} --out runs/{s}"
             f"{fetch_hint}"
         )
-    known = ", ".join(sorted(ZOO)) or "none registered"
-    raise CheckpointError(f"{s!r} is neither a zoo checkpoint (known: {known}) nor an existing checkpoint file or run "
+    raise CheckpointError(f"{s!r} is neither a zoo checkpoint (robustvae zoo list) nor an existing checkpoint file or run "
                           f"directory, nor a model factory (module.path:factory)")
 
 
@@ -226,31 +223,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", we
     return LoadedModel(model.to(device).eval(), cfg, str(path), sha256_file(path))
 
 
-def cache_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / "robustvae"
-
-
-def fetch(entry: ZooEntry) -> Path:
-    """Download a zoo checkpoint into torch.hub's cache once; verify its sha256 every time."""
-    dst = cache_dir() / f"{entry.name}-{entry.sha256[:12]}.pt"
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(entry.url, str(dst), hash_prefix=None, progress=True)
-        except Exception as e:  # noqa: BLE001 - network errors come in many types
-            raise CheckpointError(f"could not download zoo checkpoint {entry.name!r} from {entry.url}: {e}") from None
-    digest = sha256_file(dst)
-    if digest != entry.sha256:
-        dst.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"zoo checkpoint {entry.name!r} failed its sha256 check (expected {entry.sha256[:16]}..., "
-            f"got {digest[:16]}...); the corrupt download was deleted, try again"
-        )
-    return dst
-
-
 def list_entries() -> list[dict[str, str]]:
-    """Rows for ``robustvae zoo list``: every preset and every zoo checkpoint."""
+    """Rows for ``robustvae zoo list``: every preset and every published checkpoint."""
     from robustvae.registry import PRESET_NOTES
 
     rows = [
@@ -258,11 +232,6 @@ def list_entries() -> list[dict[str, str]]:
          "layers": str(c.model.num_layers), "about": PRESET_NOTES.get(n, "")}
         for n, c in PRESETS.items()
     ]
-    for n, e in ZOO.items():
-        c = PRESETS[e.preset]
-        cached = (cache_dir() / f"{e.name}-{e.sha256[:12]}.pt").is_file()
-        rows.append({"name": n, "kind": "checkpoint" + (" (cached)" if cached else ""), "model": c.model.arch,
-                     "data": c.data.name, "layers": str(c.model.num_layers), "about": e.description or e.url})
     for p in PUBLISHED.values():
         c = PRESETS[p.preset]
         rows.append({"name": p.name, "kind": "published (zoo fetch)", "model": c.model.arch, "data": c.data.name,
