@@ -75,9 +75,12 @@ def _same(new, old, where: str) -> None:
 def test_attack_records_equal_the_golden_ones(runs, name, tmp_path):
     res = robustvae.attack([runs / p for p in PRESETS], ATTACKS[name], tmp_path / "run", device="cpu")
     rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
-    # added since: the paired no-attack rows, the unrelated-images rows, and per attack row its curve and start gradient
-    new = [{k: v for k, v in r.items() if k not in ("curve", "grad_norm")} for r in rows
-           if r["kind"] not in ("no_attack", "unrelated")]
+    # added since: the paired no-attack rows, the unrelated-images rows, per attack row its curve and start gradient,
+    # and per targeted (supervised) attack row the target's split index and the MS-SSIM to the target's reconstruction
+    added = ("curve", "grad_norm", "target_test_index", "msssim_target", "msssim_target_before")
+    new = [{k: v for k, v in r.items() if k not in added} for r in rows if r["kind"] not in ("no_attack", "unrelated")]
+    targeted = ATTACKS[name].objective == "supervised"
+    assert all(("msssim_target" in r) == targeted for r in rows if r["kind"] == "attack")
     old = [upgrade_attack_row(json.loads(line))
            for line in (GOLDEN / "runs" / f"attack-{name}" / "records.jsonl").read_text().splitlines()]
     assert len(new) == len(old) and len(rows) == len(res.records) and "layers" not in new[0] and "k" in new[0]
