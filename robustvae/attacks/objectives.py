@@ -10,14 +10,16 @@ that lists them):
   layers, and the squared L2 distance of the coefficients before quantisation (or,
   ``straight_through``, of the quantised values with the coefficients' gradient) for a
   deterministic context layer. ``skl`` (the symmetric KL) is the default.
-* **targeted** (``target``, ``target_recon``; ``supervised``, the earlier form): the
+* **targeted** (``target``, ``target_recon``, ``target_recon_l2``; ``supervised``, the earlier form): the
   reference is another image t (a target) and the objective is minus a distance to it.
   ``target`` pulls the top k posteriors of x + d towards t's: minus the symmetric KL of
   each Gaussian layer, and for a context layer minus the squared distance of the
   coefficients before quantisation to t's *quantised levels* (the values the context
   must take to decode as t's; :func:`target_levels_distance`). ``target_recon`` pulls
   the protocol's reconstruction of x + d towards t's, under the same prior noise:
-  minus (1 - MS-SSIM). ``supervised`` is kept so that runs made with it reproduce: minus
+  minus (1 - MS-SSIM); ``target_recon_l2``: minus the squared L2 distance (MS-SSIM is
+  clipped at 0, where its gradient vanishes: far from the target only L2 points to it).
+  ``supervised`` is kept so that runs made with it reproduce: minus
   the symmetric KL to t's posteriors, the context compared coefficient to coefficient,
   and t the next attacked point (possibly of the same label). ``target_choice`` says how
   a sweep picks t (:mod:`robustvae.experiments.attack`).
@@ -101,6 +103,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                       context="levels", target_choice="other-label"),
         ObjectiveSpec("target_recon", "skl", "targeted: pull the reconstruction towards the target's under the same "
                       "prior noise (minus (1 - MS-SSIM))", sign=-1.0, needs_target=True, reconstruction="msssim",
+                      target_choice="other-label"),
+        ObjectiveSpec("target_recon_l2", "skl", "targeted: pull the reconstruction towards the target's under the same "
+                      "prior noise (minus the squared L2 distance)", sign=-1.0, needs_target=True, reconstruction="l2",
                       target_choice="other-label"),
         ObjectiveSpec("boundary", "skl", "context layers: margin past the nearer quantiser edge, capped (Gaussian: skl)",
                       context="boundary"),

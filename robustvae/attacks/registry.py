@@ -122,11 +122,13 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
             Member("square-recon", "square", "recon", 0.2),
         ), "APGD on skl, APGD on recon, APGD on the context boundary (context layers only), Square on recon"),
         EnsembleSpec("auto-target-v1", (
-            Member("apgd-target", "apgd", "target", 0.4),
-            Member("apgd-target-recon", "apgd", "target_recon", 0.4),
+            Member("apgd-target", "apgd", "target", 0.3),
+            Member("apgd-target-recon", "apgd", "target_recon", 0.2),
+            Member("apgd-target-recon-l2", "apgd", "target_recon_l2", 0.3),
             Member("square-target-recon", "square", "target_recon", 0.2),
-        ), "targeted: APGD on the target's posteriors (context: its levels), APGD and Square on the target's "
-           "reconstruction", targeted=True),
+        ), "targeted: APGD on the target's posteriors (context: its levels), APGD on the target's reconstruction "
+           "(MS-SSIM, and L2, whose gradient does not vanish where MS-SSIM is clipped at 0), Square on it (MS-SSIM)",
+           targeted=True),
     )
 }
 AUTO = "auto"  # the name configs use; it means the current version
