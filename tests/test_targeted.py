@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import robustvae
-from robustvae.attacks import ENSEMBLES, OBJECTIVES, LatentAPGD, LatentObjective, ensemble_plan, ensemble_version, make_attack
+from robustvae.attacks import ENSEMBLES, OBJECTIVES, LatentAPGD, ensemble_plan, ensemble_version, make_attack
 from robustvae.attacks.objectives import target_levels_distance
 from robustvae.attacks.registry import AUTO_TARGETED_VERSION, AUTO_VERSION
 from robustvae.cli import main
@@ -78,7 +78,7 @@ def optimum_l2(B: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     d(lam) = (B'B + lam I)^-1 B'b with ||d(lam)|| = eps, lam > 0 found by Brent's method on the SVD."""
     U, S, Vt = np.linalg.svd(B, full_matrices=False)
     c = U.T @ b
-    norm = lambda lam: np.linalg.norm(S * c / (S**2 + lam))  # noqa: E731
+    norm = lambda lam: np.linalg.norm(S * c / (S**2 + lam))
     assert norm(0.0) > eps, "the target is within reach: pick a farther one"
     lam = so.brentq(lambda v: norm(v) - eps, 0.0, 1e8, xtol=1e-15)
     return Vt.T @ (S * c / (S**2 + lam))
@@ -474,6 +474,7 @@ def test_old_targeted_records_load_and_are_counted_as_unscored():
 def trained_dct(tmp_path_factory):
     """A tiny DCT-VAE trained for 200 steps on offline MNIST (about 2 minutes on one thread)."""
     from conftest import tiny_config
+
     from robustvae.training import Trainer
 
     out = tmp_path_factory.mktemp("trained-dct") / "run"

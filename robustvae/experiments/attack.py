@@ -95,7 +95,8 @@ class Points:
 def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> int:
     """Memory one attacked image needs for a forward + backward pass, measured from autograd's saved tensors."""
     c, s = model.cfg.image_channels, model.cfg.image_size
-    kind = "recon" if ensemble_version(cfg.optimizer, cfg.objective) else "skl" if cfg.objective == "supervised" else cfg.objective
+    version = ensemble_version(cfg.optimizer, cfg.objective)
+    kind = "recon" if version else "skl" if cfg.objective == "supervised" else cfg.objective
     objective = LatentObjective(model, k, kind, cfg.straight_through)
     sizes = []
     for b in (1, 2):
@@ -246,7 +247,8 @@ class _UnitContext:
             label=int(self.points.labels[p]), restart=restart, **scores)
 
 
-def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int, target: dict | None = None) -> dict[str, torch.Tensor] | None:
+def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int,
+             target: dict | None = None) -> dict[str, torch.Tensor] | None:
     """Strongest-of-``R`` arrays (restarts, and members of an ensemble) of the unit's ``gallery_points`` points with
     the strongest attacks: the lowest MS-SSIM, or for a targeted attack (``target``: its ``rec`` and ``msssim``
     per row) the highest MS-SSIM to the target's reconstruction (:func:`robustvae.records.selection`)."""
