@@ -324,7 +324,7 @@ class AttackConfig:
     restarts: int = 5
     points: int = 50
     steps: int = 50
-    objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
+    objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES (targeted: target, target_recon, ...)
     optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square;
     # or an ensemble of robustvae.attacks.ENSEMBLES: auto (the current version, auto-v1)
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial

@@ -319,8 +319,11 @@ def test_targets_have_another_label_follow_the_seed_and_do_not_depend_on_the_uni
 
 def test_records_carry_the_target_and_the_scores_against_it(tmp_path):
     cfg = AttackConfig(layers="1,2", objective="target", optimizer="pgd", **SMALL)
-    df = sweep(cfg, tmp_path / "r")
+    res = robustvae.attack([scrambled()], cfg, tmp_path / "r", data="synthetic", device="cpu")
+    df = res.records
     att = df[df.kind == "attack"]
+    pd.testing.assert_frame_equal(res.targeted, report_targeted.targeted_table(df))  # what the CLI prints
+    assert list(res.targeted.k) == [1, 2]
     assert att.target_point.notna().all() and df[df.kind != "attack"].target_point.isna().all()
     points = _selection_points(cfg)
     for _, r in att.iterrows():
