@@ -286,6 +286,7 @@ class AttackResult:
     records: pd.DataFrame  # one row per AttackRecord (robustvae.records)
     table: pd.DataFrame  # per (dataset, norm, eps, model, k): mean / worst MS-SSIM with intervals, baselines
     out: Path | None
+    targeted: pd.DataFrame | None = None  # a targeted objective's success per (..., model, k): robustvae.reporting.targeted
 
 
 def attack(
@@ -306,6 +307,7 @@ def attack(
     """
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
+    from robustvae.reporting.targeted import targeted_table
 
     shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
@@ -318,8 +320,9 @@ def attack(
         labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
     records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
                         quiet=quiet, command=command, dist=dist)
+    targeted = targeted_table(records) if len(records) and "msssim_target" in records else None
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),
-                        Path(out) if out is not None else None)
+                        Path(out) if out is not None else None, targeted)
 
 
 # --------------------------------------------------------------------------- certify

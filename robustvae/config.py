@@ -322,7 +322,7 @@ class AttackConfig:
     restarts: int = 5
     points: int = 50
     steps: int = 50
-    objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES
+    objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES (targeted: target, target_recon, ...)
     optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square;
     # or an ensemble of robustvae.attacks.ENSEMBLES: auto (the current version, auto-v1)
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
@@ -371,6 +371,7 @@ class AttackConfig:
 
         if self.optimizer not in ATTACKS and ensemble_version(self.optimizer) is None:
             _fail(f"unknown optimizer {self.optimizer!r} (known: {', '.join([*ATTACKS, 'auto', *ENSEMBLES])})")
+        _check_ensemble_goal(self.optimizer, self.objective)
         if self.eps_sweep is not None:
             try:
                 sweep = self.eps_list
@@ -392,6 +393,26 @@ class AttackConfig:
             _fail(f"p_init must be in (0, 1], got {self.p_init}")
         if self.split not in ("train", "val", "test"):
             _fail(f"split must be train, val or test, got {self.split!r}")
+
+
+def _check_ensemble_goal(optimizer: str, objective: str) -> None:
+    """A targeted ensemble needs a targeted objective (its targets are drawn as that objective says) and an
+    untargeted one an untargeted objective (``auto`` picks the version that fits the objective)."""
+    from robustvae.attacks.objectives import OBJECTIVES
+    from robustvae.attacks.registry import AUTO_TARGETED_VERSION, ENSEMBLES, ensemble_version
+
+    version = ensemble_version(optimizer, objective)
+    if version is None:
+        return
+    spec, goal = ENSEMBLES[version], OBJECTIVES[objective]
+    if spec.targeted and not goal.needs_target:
+        _fail(f"{version} is a targeted ensemble; give a targeted objective (objective target), or use auto")
+    if goal.needs_target and not spec.targeted:
+        _fail(f"{version} is untargeted; with the targeted objective {objective!r} use auto ({AUTO_TARGETED_VERSION})")
+    choices = {OBJECTIVES[m.objective].target_choice for m in spec.members}
+    if spec.targeted and choices != {goal.target_choice}:
+        _fail(f"{version} draws each point's target as its members do ({', '.join(sorted(map(str, choices)))}); "
+              f"objective {objective!r} picks it as {goal.target_choice}: use objective target")
 
 
 @dataclass(frozen=True)

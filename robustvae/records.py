@@ -6,6 +6,9 @@
   (clean vs clean under other prior noise) or ``noise`` (a random perturbation of the
   same budget) or ``unrelated`` (the point's reconstruction against that of another,
   unrelated test image: the damage level a large enough budget must reach);
+* :class:`Selection` / :func:`selection`: which of a point's attack rows is the strongest
+  (the lowest ``msssim`` for an untargeted attack, the highest ``msssim_target`` for a
+  targeted one);
 * :class:`CompressionRecord`: one row of a compression run (``records.csv``), per
   model, image and k.
 
@@ -54,7 +57,8 @@ class AttackRecord(Record):
     """One row of an attack sweep: a scored reconstruction and the settings behind it."""
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
-                                            "curve", "grad_norm")
+                                            "curve", "grad_norm", "target_test_index", "msssim_target",
+                                            "msssim_target_before")
 
     unit: str  # the work unit that wrote the row (resume and merge go by units)
     model: str  # label of the checkpoint in the sweep
@@ -83,11 +87,44 @@ class AttackRecord(Record):
     delta_l2: float = 0.0
     final_loss: float | None = None  # the attack's best objective
     nonfinite: bool = False
-    target_point: int | None = None  # supervised objective: the point pulled towards
+    target_point: int | None = None  # targeted objectives: the target's position in the seeded selection (``point``'s)
     member: str | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
     member_steps: int | None = None  # that member's steps per restart (its share of ``steps``)
     curve: dict[str, float] | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
     grad_norm: float | None = None  # norm of the objective's gradient at the start (gradient attacks)
+    target_test_index: int | None = None  # targeted objectives: the target's index in its split
+    msssim_target: float | None = None  # targeted: MS-SSIM(rec(target), rec(x + delta)) under the same prior noise
+    msssim_target_before: float | None = None  # targeted: MS-SSIM(rec(target), rec(x)) under that noise
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How one point's attack rows (restarts, ensemble members) are ranked: by which score, and in which direction
+    the attack is stronger. The one place that says so: the sweep's gallery and the report use it."""
+
+    column: str
+    higher_is_stronger: bool
+
+    @property
+    def sign(self) -> float:
+        """-1 when higher is stronger, else 1: ``sign * score`` is lowest for the strongest row (tensors or frames)."""
+        return -1.0 if self.higher_is_stronger else 1.0
+
+    def strongest(self, frame, by: list[str]):
+        """Per group of the (pandas) ``frame`` by ``by``: the index label of its strongest row (a non-finite score
+        never wins unless nothing else is there; ties go to the first row)."""
+        rank = self.sign * frame[self.column].astype(float)
+        rank = rank.where(rank.abs() != float("inf"), float("inf")).fillna(float("inf"))
+        return rank.groupby([frame[c] for c in by], sort=True).idxmin()
+
+
+UNTARGETED = Selection("msssim", higher_is_stronger=False)  # damage: the lowest MS-SSIM to the clean reconstruction
+TARGETED = Selection("msssim_target", higher_is_stronger=True)  # success: the highest MS-SSIM to the target's
+
+
+def selection(targeted: bool) -> Selection:
+    """The ranking of a point's attack rows for a targeted (or untargeted) attack."""
+    return TARGETED if targeted else UNTARGETED
 
 
 @dataclass(frozen=True)

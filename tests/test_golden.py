@@ -96,8 +96,10 @@ def _attack_rows(runs: Path, name: str, out: Path) -> tuple[list[dict], list[dic
     """(all rows, the rows the golden run had, without what was added since, and the result's record count)."""
     res = robustvae.attack([runs / p for p in PRESETS], ATTACKS[name], out, device="cpu")
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    # added since: the paired no-attack rows, the unrelated-images rows, and per attack row its curve and start gradient
-    return rows, [{k: v for k, v in r.items() if k not in ("curve", "grad_norm")} for r in rows
+    # added since: the paired no-attack rows, the unrelated-images rows, per attack row its curve and start gradient,
+    # and per targeted (supervised) attack row the target's split index and the MS-SSIM to the target's reconstruction
+    added = ("curve", "grad_norm", "target_test_index", "msssim_target", "msssim_target_before")
+    return rows, [{k: v for k, v in r.items() if k not in added} for r in rows
                   if r["kind"] not in ("no_attack", "unrelated")], len(res.records)
 
 
@@ -106,6 +108,8 @@ def test_attack_records_equal_the_golden_ones(runs, jittered, name, tmp_path):
     rows, new, n_records = _attack_rows(runs, name, tmp_path / "run")
     with float32_jitter(2):
         _, jittered_new, _ = _attack_rows(jittered, name, tmp_path / "jittered")
+    targeted = ATTACKS[name].objective == "supervised"
+    assert all(("msssim_target" in r) == targeted for r in rows if r["kind"] == "attack")
     old = [upgrade_attack_row(json.loads(line))
            for line in (GOLDEN / "runs" / f"attack-{name}" / "records.jsonl").read_text().splitlines()]
     assert len(new) == len(old) and len(rows) == n_records and "layers" not in new[0] and "k" in new[0]

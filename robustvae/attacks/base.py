@@ -144,7 +144,7 @@ class LatentAttack(Attack):
                 noise: list[Tensor] | None = None) -> Tensor:
         """Adversarial images (the best iterate of each) for ``images`` in [0, 1].
 
-        ``target``: images whose posteriors the ``supervised`` objective pulls towards.
+        ``target``: one image per image, whose posteriors (or reconstruction) a targeted objective pulls towards.
         ``noise``: the prior noise of a reconstruction objective (``model.make_noise``, one
         row per image; the same noise scores the clean reconstruction); other objectives ignore it.
         ``labels`` is accepted for torchattacks' call style and ignored (the attack is unsupervised).
@@ -154,7 +154,10 @@ class LatentAttack(Attack):
             raise ValueError("images must lie in [0, 1]")
         spec = self.objective.spec
         if spec.needs_target != (target is not None):
-            raise ValueError("a targeted objective (supervised) needs target images, and only it takes them")
+            raise ValueError("a targeted objective (target, target_recon, supervised) needs target images, and only it "
+                             "takes them")
+        if target is not None and target.shape != images.shape:
+            raise ValueError(f"need one target per image: targets {tuple(target.shape)}, images {tuple(images.shape)}")
         if spec.needs_noise and noise is None:
             raise ValueError(f"the {spec.name} objective needs the protocol's prior noise (noise=model.make_noise(...), "
                              "one row per image), the same that scores the clean reconstruction")

@@ -3,14 +3,26 @@
 An objective is maximised. Three families, all in :data:`OBJECTIVES` (the one place
 that lists them):
 
-* **latent** (``skl``, ``kl_forward``, ``kl_reverse``, ``means``, ``supervised``): the
+* **latent** (``skl``, ``kl_forward``, ``kl_reverse``, ``means``): the
   sum over the attacked layers of the comparison each layer's posterior defines
   (:meth:`DiagGaussian.compare` / :meth:`PointMass.compare`): a divergence between
   q(z_l | x + d, ...) and q(z_l | x, ...) summed over the layer's units for Gaussian
   layers, and the squared L2 distance of the coefficients before quantisation (or,
   ``straight_through``, of the quantised values with the coefficients' gradient) for a
-  deterministic context layer. ``skl`` (the symmetric KL) is the default;
-  ``supervised`` pulls the posteriors towards a target image's (minus the symmetric KL).
+  deterministic context layer. ``skl`` (the symmetric KL) is the default.
+* **targeted** (``target``, ``target_recon``, ``target_recon_l2``; ``supervised``, the earlier form): the
+  reference is another image t (a target) and the objective is minus a distance to it.
+  ``target`` pulls the top k posteriors of x + d towards t's: minus the symmetric KL of
+  each Gaussian layer, and for a context layer minus the squared distance of the
+  coefficients before quantisation to t's *quantised levels* (the values the context
+  must take to decode as t's; :func:`target_levels_distance`). ``target_recon`` pulls
+  the protocol's reconstruction of x + d towards t's, under the same prior noise:
+  minus (1 - MS-SSIM); ``target_recon_l2``: minus the squared L2 distance (MS-SSIM is
+  clipped at 0, where its gradient vanishes: far from the target only L2 points to it).
+  ``supervised`` is kept so that runs made with it reproduce: minus
+  the symmetric KL to t's posteriors, the context compared coefficient to coefficient,
+  and t the next attacked point (possibly of the same label). ``target_choice`` says how
+  a sweep picks t (:mod:`robustvae.experiments.attack`).
 * **context boundary** (``boundary``): a quantised context layer scores, per
   coefficient, its margin past the nearer edge of the clean coefficient's quantiser
   cell, in cells (negative inside the cell), capped at ``boundary_cap`` past the edge,
@@ -50,6 +62,9 @@ from torch import Tensor
 from robustvae.metrics import ms_ssim
 
 BOUNDARY_CAP = 0.1  # cells past the quantiser edge beyond which a coefficient earns nothing more
+# How a sweep picks the target of a targeted objective: "other-label", a test image of another label drawn per point
+# from the seed; "next-point", the next attacked point (the earlier ``supervised`` rule, kept so its runs reproduce).
+TARGET_CHOICES = ("other-label", "next-point")
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,10 @@ class ObjectiveSpec:
     description: str
     sign: float = 1.0  # -1: minimise the divergence (towards a target)
     needs_target: bool = False
-    context: str | None = None  # "boundary": context layers score their quantiser margin instead of ``compare``
+    context: str | None = None  # "boundary": context layers score their quantiser margin instead of ``compare``;
+    # "levels": their coefficients' squared distance to the reference's quantised levels
     reconstruction: str | None = None  # "msssim" / "l2": the damage to the protocol's reconstruction instead
+    target_choice: str | None = None  # targeted objectives: how a sweep picks each point's target (TARGET_CHOICES)
 
     @property
     def needs_noise(self) -> bool:
@@ -77,8 +94,18 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         ObjectiveSpec("kl_forward", "kl_forward", "KL(clean || attacked)"),
         ObjectiveSpec("kl_reverse", "kl_reverse", "KL(attacked || clean)"),
         ObjectiveSpec("means", "means", "squared L2 distance between posterior means"),
-        ObjectiveSpec("supervised", "skl", "pull the posteriors towards a target image's (minus the symmetric KL)",
-                      sign=-1.0, needs_target=True),
+        ObjectiveSpec("supervised", "skl", "earlier targeted form: pull the posteriors towards the next attacked "
+                      "point's (minus the symmetric KL; context: coefficient to coefficient)", sign=-1.0,
+                      needs_target=True, target_choice="next-point"),
+        ObjectiveSpec("target", "skl", "targeted: pull the top-k posteriors towards another-label target's (minus the "
+                      "symmetric KL; context: minus the distance to the target's levels)", sign=-1.0, needs_target=True,
+                      context="levels", target_choice="other-label"),
+        ObjectiveSpec("target_recon", "skl", "targeted: pull the reconstruction towards the target's under the same "
+                      "prior noise (minus (1 - MS-SSIM))", sign=-1.0, needs_target=True, reconstruction="msssim",
+                      target_choice="other-label"),
+        ObjectiveSpec("target_recon_l2", "skl", "targeted: pull the reconstruction towards the target's under the same "
+                      "prior noise (minus the squared L2 distance)", sign=-1.0, needs_target=True, reconstruction="l2",
+                      target_choice="other-label"),
         ObjectiveSpec("boundary", "skl", "context layers: margin past the nearer quantiser edge, capped (Gaussian: skl)",
                       context="boundary"),
         ObjectiveSpec("recon", "skl", "1 - MS-SSIM between attacked and clean reconstructions (the protocol's rule)",
@@ -95,6 +122,14 @@ def get_objective(name: str) -> ObjectiveSpec:
         return OBJECTIVES[name]
     except KeyError:
         raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})") from None
+
+
+def target_levels_distance(q, reference, straight_through: bool = False) -> Tensor:
+    """Per-image squared distance of a context layer's coefficients before quantisation (``q.pre_quant``; with
+    ``straight_through`` its quantised values with their gradient) to the reference's quantised levels
+    (``reference.mean``): 0 exactly when every coefficient sits on the target's level, and the context then
+    decodes as the target's."""
+    return (q.value(straight_through) - reference.mean).pow(2).flatten(1).sum(1)
 
 
 def boundary_margin(q, reference, levels: int, cap: float = BOUNDARY_CAP, straight_through: bool = False) -> Tensor:
@@ -189,6 +224,8 @@ class LatentObjective:
         info = self.model.layers[i] if self.spec.context else None
         if info is not None and info.deterministic and self.spec.context == "boundary":
             return boundary_margin(q, r, info.levels, self.boundary_cap, self.straight_through)
+        if info is not None and info.deterministic and self.spec.context == "levels":
+            return target_levels_distance(q, r, self.straight_through)
         return q.compare(r, self.spec.divergence, self.straight_through)
 
     def _reconstruction_damage(self, images: Tensor, reference: ReconReference) -> Tensor:

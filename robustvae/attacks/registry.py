@@ -13,7 +13,10 @@ below where the config has them (their defaults otherwise): ``per_unit`` (all at
 False), ``momentum`` and ``rho`` (apgd; 0.75, 0.75), ``p_init`` (square; 0.8).
 
 ``ENSEMBLES`` maps a versioned ensemble (``auto-v1``) to its members; ``auto`` (the
-name a config uses, ``--attack auto``) is the current version (:data:`AUTO`). An
+name a config uses, ``--attack auto``) is the current version (:data:`AUTO`), and with a
+targeted objective (``--objective target``) the current targeted version
+(:data:`AUTO_TARGETED_VERSION`, ``auto-target-v1``), whose members are targeted and whose
+per point best is the highest ``msssim_target`` (:func:`robustvae.records.selection`). An
 ensemble runs each member on the same points and restarts with the same eps and norm
 and is scored per point by the worst case over members and restarts. Its budget is the
 config's ``steps`` per restart, split between the members that apply (a member of a
@@ -30,6 +33,7 @@ from typing import Any
 
 from robustvae.attacks.apgd import LatentAPGD
 from robustvae.attacks.base import LatentAttack
+from robustvae.attacks.objectives import OBJECTIVES
 from robustvae.attacks.pgd import LatentPGD
 from robustvae.attacks.pgdl2 import LatentPGDL2
 from robustvae.attacks.sgd import LatentSGD
@@ -100,11 +104,12 @@ class Member:
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """A fixed, versioned attack ensemble."""
+    """A fixed, versioned attack ensemble (``targeted``: its members' objectives pull towards a target image)."""
 
     version: str
     members: tuple[Member, ...]
     description: str
+    targeted: bool = False
 
 
 ENSEMBLES: dict[str, EnsembleSpec] = {
@@ -116,15 +121,27 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
             Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
             Member("square-recon", "square", "recon", 0.2),
         ), "APGD on skl, APGD on recon, APGD on the context boundary (context layers only), Square on recon"),
+        EnsembleSpec("auto-target-v1", (
+            Member("apgd-target", "apgd", "target", 0.3),
+            Member("apgd-target-recon", "apgd", "target_recon", 0.2),
+            Member("apgd-target-recon-l2", "apgd", "target_recon_l2", 0.3),
+            Member("square-target-recon", "square", "target_recon", 0.2),
+        ), "targeted: APGD on the target's posteriors (context: its levels), APGD on the target's reconstruction "
+           "(MS-SSIM, and L2, whose gradient does not vanish where MS-SSIM is clipped at 0), Square on it (MS-SSIM)",
+           targeted=True),
     )
 }
 AUTO = "auto"  # the name configs use; it means the current version
 AUTO_VERSION = "auto-v1"
+AUTO_TARGETED_VERSION = "auto-target-v1"  # what ``auto`` means with a targeted objective
 
 
-def ensemble_version(name: str) -> str | None:
-    """The ensemble version a config's ``optimizer`` names (``auto`` -> the current one), None for a single attack."""
-    name = AUTO_VERSION if name == AUTO else name
+def ensemble_version(name: str, objective: str | None = None) -> str | None:
+    """The ensemble version a config's ``optimizer`` names (``auto`` -> the current one, the current targeted one
+    when ``objective`` is targeted), None for a single attack."""
+    if name == AUTO:
+        spec = OBJECTIVES.get(objective or "")
+        name = AUTO_TARGETED_VERSION if spec is not None and spec.needs_target else AUTO_VERSION
     return name if name in ENSEMBLES else None
 
 

@@ -22,7 +22,7 @@ def attack(
     restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
     points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label (--images: the first N in file order). [default: 50]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps. [default: 50]"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage); targeted, towards another-label test image per point: target (its posteriors; context: its levels), target_recon or target_recon_l2 (its reconstruction), with --attack auto the ensemble auto-target-v1; supervised (the earlier targeted form). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
     eot: int = typer.Option(0, "--eot", help="kuzina-ladder DCT-VAEs: attack with the authors' context dither on, averaged over N fixed draws. [default: 0, dither off]"),
@@ -70,6 +70,11 @@ def attack(
     from robustvae.reporting.tables import display_table
 
     print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
+    if res.targeted is not None and len(res.targeted):
+        from robustvae.reporting.targeted import display_targeted
+
+        print_frame(display_targeted(res.targeted), "Targeted: MS-SSIM(attacked reconstruction, target's), strongest "
+                                                    "restart per point, mean over points")
     out_console.print(f"{len(res.records)} records in {out}")
 
 

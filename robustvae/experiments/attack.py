@@ -21,6 +21,15 @@ and the attacked image. Rows (:class:`~robustvae.records.AttackRecord`):
   without any attack);
 * ``kind="noise"``: a uniformly random perturbation of the same budget (an attack
   must beat it).
+
+A targeted objective (``target``, ``target_recon``, ``supervised``) gives each point a
+target image (:func:`choose_targets`; for ``target``: another image of the seeded
+selection with a different label, drawn from the seed per point, so every k, eps,
+restart and ensemble member of the point shares it). Its attack rows also carry
+``target_point``, ``msssim_target`` (the attacked reconstruction against the target's
+under the same prior noise) and ``msssim_target_before`` (the clean reconstruction
+against the target's), and a point's strongest row is the one with the highest
+``msssim_target`` (:func:`robustvae.records.selection`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustvae.attacks import LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
+from robustvae.attacks import OBJECTIVES, LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
 from robustvae.config import AttackConfig, parse_layers, to_dict
 from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
@@ -52,7 +61,7 @@ from robustvae.io import atomic_file, safe_name
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
 from robustvae.protocol import RECON_RULES, ReconRule, std_temperature
-from robustvae.records import AttackRecord, read_attack_records
+from robustvae.records import AttackRecord, read_attack_records, selection
 from robustvae.seeding import derive_seed
 
 DIAGNOSTIC_IMAGES = 500  # images behind the per-layer KL / active-unit diagnostics in run.json
@@ -86,7 +95,8 @@ class Points:
 def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> int:
     """Memory one attacked image needs for a forward + backward pass, measured from autograd's saved tensors."""
     c, s = model.cfg.image_channels, model.cfg.image_size
-    kind = "recon" if ensemble_version(cfg.optimizer) else "skl" if cfg.objective == "supervised" else cfg.objective
+    version = ensemble_version(cfg.optimizer, cfg.objective)
+    kind = "recon" if version else "skl" if cfg.objective == "supervised" else cfg.objective
     objective = LatentObjective(model, k, kind, cfg.straight_through)
     sizes = []
     for b in (1, 2):
@@ -175,6 +185,30 @@ def diagnostic_images_info(lm: Labelled, cfg: AttackConfig, count: int) -> dict[
             "selection": f"label-stratified with the attack's seed {cfg.seed}, the attacked points first"}
 
 
+def choose_targets(points: Points, pts: list[int], cfg: AttackConfig) -> list[int]:
+    """Each attacked point's target, as a position in the seeded selection (``points``), as the objective says.
+
+    ``other-label``: an image of the selection (the attacked points and the images after them) whose label
+    differs from the point's, drawn uniformly from a generator seeded by (seed, point): the same target at every
+    k, eps and restart, whatever the unit or shard. ``next-point`` (``supervised``): the next attacked point.
+    """
+    choice = OBJECTIVES[cfg.objective].target_choice
+    if choice == "next-point":
+        return [(p + 1) % cfg.points for p in pts]
+    labels, out = points.labels, []
+    if bool((labels < 0).all()):
+        raise RobustVAEError("a targeted objective draws each point's target from another label, and a user's image "
+                             "set has no labels; use an untargeted objective with --images, or a dataset (--data)")
+    for p in pts:
+        others = (labels != labels[p]).nonzero().flatten()
+        if len(others) == 0:
+            raise RobustVAEError(f"no image of the {cfg.split} selection has a label other than {int(labels[p])}: "
+                                 f"a targeted attack needs one (use an untargeted objective, or more --points)")
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "target", p))
+        out.append(int(others[int(torch.randint(len(others), (1,), generator=g))]))
+    return out
+
+
 # --------------------------------------------------------------------------- one unit
 
 
@@ -202,6 +236,15 @@ class _UnitContext:
     points: Points
     cfg: AttackConfig
     pts: list[int]
+    targets: list[int] | None = None  # targeted objectives: each point's target (a position in ``points``)
+
+    @property
+    def targeted(self) -> bool:
+        return self.targets is not None
+
+    def target_images(self, R: int) -> torch.Tensor:
+        """The targets of the unit's points, each repeated for its ``R`` restarts."""
+        return self.points.images[self.targets].repeat_interleave(R, 0)
 
     @property
     def rule(self) -> ReconRule:
@@ -222,6 +265,9 @@ class _UnitContext:
 
     def record(self, i: int, kind: str, restart: int, **scores: Any) -> AttackRecord:
         p, cfg = self.pts[i], self.cfg
+        if kind == "attack" and self.targeted:
+            t = self.targets[i]
+            scores.update(target_point=t, target_test_index=int(self.points.indices[t]))
         return AttackRecord(
             unit=self.unit.id, model=self.lm.label, checkpoint_sha256=self.lm.sha256, dataset=self.points.dataset,
             k=self.unit.k, objective=cfg.objective, optimizer=cfg.optimizer, norm=cfg.norm, eps=cfg.eps,
@@ -230,24 +276,31 @@ class _UnitContext:
             label=int(self.points.labels[p]), restart=restart, **scores)
 
 
-def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int) -> dict[str, torch.Tensor] | None:
-    """Worst-of-``R`` arrays (restarts, and members of an ensemble) of the unit's ``gallery_points`` most damaged
-    points (lowest worst-of-``R`` MS-SSIM)."""
-    per_point = score.view(len(ctx.pts), R).nan_to_num(2.0).min(1).values  # a non-finite score is no example
+def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int,
+             target: dict | None = None) -> dict[str, torch.Tensor] | None:
+    """Strongest-of-``R`` arrays (restarts, and members of an ensemble) of the unit's ``gallery_points`` points with
+    the strongest attacks: the lowest MS-SSIM, or for a targeted attack (``target``: its ``rec`` and ``msssim``
+    per row) the highest MS-SSIM to the target's reconstruction (:func:`robustvae.records.selection`)."""
+    sel = selection(target is not None)
+    rank = (sel.sign * (target["msssim"] if target is not None else score)).nan_to_num(2.0, 2.0, 2.0)
+    per_point = rank.view(len(ctx.pts), R).min(1).values  # a non-finite score is no example
     chosen = sorted(per_point.argsort(stable=True)[: ctx.cfg.gallery_points].tolist())
     if not chosen:
         return None
-    worst = [i * R + int(score[i * R : (i + 1) * R].nan_to_num(2.0).argmin()) for i in chosen]
-    return {"points": torch.tensor([ctx.pts[i] for i in chosen]), "restarts": torch.tensor([j % R for j in worst]),
-            "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[chosen].cpu(), "rec_adv": rec[worst].cpu(),
-            "msssim": score[worst].cpu()}
+    worst = [i * R + int(rank[i * R : (i + 1) * R].argmin()) for i in chosen]
+    out = {"points": torch.tensor([ctx.pts[i] for i in chosen]), "restarts": torch.tensor([j % R for j in worst]),
+           "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[chosen].cpu(), "rec_adv": rec[worst].cpu(),
+           "msssim": score[worst].cpu()}
+    if target is not None:
+        out.update(rec_target=target["rec"][worst].cpu(), msssim_target=target["msssim"][worst].cpu())
+    return out
 
 
 def members(ctx: _UnitContext) -> list[tuple[str | None, AttackConfig]]:
     """(member name, its config) of the unit's attack: one unnamed entry for a single attack, the members of an
     ensemble (``--attack auto``) that apply to its top k layers, each with its share of the steps."""
     cfg = ctx.cfg
-    version = ensemble_version(cfg.optimizer)
+    version = ensemble_version(cfg.optimizer, cfg.objective)
     if version is None:
         return [(None, cfg)]
     return [(m.name, dataclasses.replace(cfg, optimizer=m.optimizer, objective=m.objective, steps=n, step_size=None))
@@ -268,13 +321,11 @@ def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: 
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     attack = make_attack(model, k, cfg)
     attack.curve_steps = curve_steps(cfg.steps)
-    target = None
-    if attack.objective.spec.needs_target:  # pull towards the next attacked point (a fixed, different image)
-        target = ctx.points.images[[(p + 1) % cfg.points for p in ctx.pts]].to(X.device).repeat_interleave(R, 0)
+    target = ctx.target_images(R).to(X.device) if attack.objective.spec.needs_target else None
     adv = attack(X, target=target, seeds=seeds, noise=_repeat(noise, R))  # noise: for reconstruction objectives
     if ctx.rule.iterate == "last":
         adv = (X + attack.last_delta).detach()
-    return attack, adv, target is not None
+    return attack, adv
 
 
 @torch.no_grad()
@@ -284,13 +335,16 @@ def _curves(ctx: _UnitContext, attack, X, passes, clean_r) -> list[dict[str, flo
     return [{str(s): v[j] for s, v in cols.items()} for j in range(X.shape[0])]
 
 
-def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | None, mcfg: AttackConfig):
-    """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery."""
-    model, k, R, cfg = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts, ctx.cfg
-    attack, adv, targeted = _attack(ctx, X, noise, mcfg, member)
+def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | None, mcfg: AttackConfig,
+                 target: dict | None = None):
+    """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery
+    (``target``: a targeted attack's target reconstructions ``rec`` and clean scores ``before``, per row)."""
+    model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
+    attack, adv = _attack(ctx, X, noise, mcfg, member)
     with torch.no_grad():
         rec = ctx.reconstruct(adv, passes)
         score = ms_ssim(rec, clean_r)
+        to_target = ms_ssim(rec, target["rec"]) if target is not None else None
         score_in = ms_ssim(adv, X)
         ps = psnr(rec, clean_r)
         scorer = LatentObjective(model, k, "skl")
@@ -302,16 +356,17 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
     # one device-to-host copy per column, not one wait per value
     bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
         t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
+    targeted = {} if target is None else {"msssim_target": to_target.tolist(), "msssim_target_before": target["before"]}
     rows = []
     for j in range(len(ctx.pts) * R):
         i, r = divmod(j, R)
         rows.append(ctx.record(
             i, "attack", r, msssim=score_l[j], msssim_input=score_in_l[j], psnr=ps_l[j], skl=skl_l[j],
             delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
-            nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j],
-            target_point=(ctx.pts[i] + 1) % cfg.points if targeted else None, member=member,
-            member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j]))
-    return rows, adv, rec, score
+            nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j], member=member,
+            member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j],
+            **{name: v[j] for name, v in targeted.items()}))
+    return rows, adv, rec, score, to_target
 
 
 def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord], dict | None]:
@@ -322,12 +377,14 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     with torch.no_grad():
         passes = ctx.pass_noise("attacked pass", R, noise)
         clean_r = clean.repeat_interleave(R, 0)
-        base = ms_ssim(ctx.reconstruct(X, passes), clean_r).tolist()
-    rows, advs, recs, scores = [], [], [], []
+        unattacked = ctx.reconstruct(X, passes)
+        base = ms_ssim(unattacked, clean_r).tolist()
+        target = _target_scores(ctx, X, passes, unattacked) if ctx.targeted else None
+    rows, advs, recs, scores, to_targets = [], [], [], [], []
     for member, mcfg in members(ctx):
-        new, adv, rec, score = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg)
+        new, adv, rec, score, to_target = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg, target)
         rows += new
-        advs.append(adv), recs.append(rec), scores.append(score)
+        advs.append(adv), recs.append(rec), scores.append(score), to_targets.append(to_target)
     M = len(advs)
 
     def by_point(ts):  # (M, n R, ...) -> (n R M, ...): each point's restarts and members together
@@ -336,8 +393,17 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
 
     paired = [ctx.record(j // R, "no_attack", j % R, msssim=base[j], msssim_input=1.0, delta_linf=0.0,
                          delta_l2=0.0, nonfinite=not math.isfinite(base[j])) for j in range(len(ctx.pts) * R)]
-    gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M)
+    shown = None if target is None else {"rec": target["rec"].repeat_interleave(M, 0), "msssim": by_point(to_targets)}
+    gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M,
+                       shown)
     return rows + paired, gallery
+
+
+def _target_scores(ctx: _UnitContext, X, passes, unattacked) -> dict[str, Any]:
+    """A targeted unit's target reconstructions under each row's prior noise (``rec``, the noise of the attacked
+    pass, so only the image differs) and each row's clean score against them (``before``, a list)."""
+    rec = ctx.reconstruct(ctx.target_images(ctx.cfg.restarts).to(X.device), passes)
+    return {"rec": rec, "before": ms_ssim(unattacked, rec).tolist()}
 
 
 @torch.no_grad()
@@ -384,7 +450,9 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tup
     dev = next(lm.model.parameters()).device
     if unit.eps is not None:
         cfg = dataclasses.replace(cfg, eps=unit.eps)
-    ctx = _UnitContext(lm, unit, points, cfg, list(range(unit.start, unit.stop)))
+    pts = list(range(unit.start, unit.stop))
+    targets = choose_targets(points, pts, cfg) if OBJECTIVES[cfg.objective].needs_target else None
+    ctx = _UnitContext(lm, unit, points, cfg, pts, targets)
     x = points.images[unit.start : unit.stop].to(dev)
     noise = prior_noise(lm.model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
     with torch.no_grad():
@@ -397,7 +465,8 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
     """Worst-restart examples of a unit's most damaged points (x, x + delta, both reconstructions) as a .npz.
 
     Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
-    ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``.
+    ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``; a targeted
+    run's also ``rec_target`` and ``msssim_target`` (its points closest to their targets).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
@@ -411,7 +480,8 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
 
 def expected_rows(unit: Unit, cfg: AttackConfig, model=None) -> int:
     """Rows of a complete unit (an ensemble's members as ``model``'s top k layers admit them)."""
-    m = 1 if ensemble_version(cfg.optimizer) is None else len(ensemble_plan(model, unit.k, ensemble_version(cfg.optimizer), cfg.steps))
+    version = ensemble_version(cfg.optimizer, cfg.objective)
+    m = 1 if version is None else len(ensemble_plan(model, unit.k, version, cfg.steps))
     return (unit.stop - unit.start) * ((m + 1) * cfg.restarts + cfg.floor_draws + cfg.noise_draws + cfg.unrelated_draws)
 
 
@@ -475,7 +545,7 @@ class _Sweep:
 def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] | None:
     """run.json's record of an ensemble run: its version, and per model and k the members with their steps and
     the passes per point (members' steps x restarts; Square's are forward passes only). None for a single attack."""
-    version = ensemble_version(cfg.optimizer)
+    version = ensemble_version(cfg.optimizer, cfg.objective)
     if version is None:
         return None
     plans = {}

@@ -257,7 +257,7 @@ def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
         units = run.info.get("settings", {}).get("units")
         if isinstance(units, list) and units:
             plans.setdefault(tuple(map(str, units)), []).append(run)
-    present = set(runs.records["unit"].astype(str)) if "unit" in runs.records else set()
+    present = {str(u) for frame in (runs.records, runs.targeted) if "unit" in frame for u in frame["unit"]}
     for plan, members in plans.items():
         missing = [u for u in plan if u not in present]
         shards = sorted({str(r.info.get("settings", {}).get("shard", "1/1")) for r in members})

@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
+from robustvae.records import selection
 from robustvae.reporting.aggregate import CI_LEVEL, VIEWS
 from robustvae.reporting.load import PANEL_KEYS, GalleryEntry
 
@@ -232,11 +233,16 @@ def imshow_array(a: np.ndarray) -> np.ndarray:
 
 
 def worst_examples(entries: list[GalleryEntry], per_k: int) -> list[tuple[GalleryEntry, int]]:
-    """Per (panel, k), the ``per_k`` saved examples with the lowest MS-SSIM (the largest damage), worst first."""
+    """Per (panel, k), the ``per_k`` saved examples with the strongest attack, strongest first: the lowest MS-SSIM
+    (the largest damage), or in a targeted run's gallery the highest MS-SSIM to the target's reconstruction."""
     groups: dict[tuple, list[tuple[GalleryEntry, int]]] = {}
     for e in sorted(entries, key=lambda e: (e.dataset, e.norm, e.eps, e.k)):
         groups.setdefault((e.dataset, e.norm, e.eps, e.k), []).extend((e, i) for i in range(len(e.arrays["points"])))
-    key = lambda ei: np.nan_to_num(float(ei[0].arrays["msssim"][ei[1]]), nan=2.0)  # noqa: E731
+
+    def key(ei: tuple[GalleryEntry, int]) -> float:
+        sel = selection("msssim_target" in ei[0].arrays)
+        return np.nan_to_num(sel.sign * float(ei[0].arrays[sel.column][ei[1]]), nan=2.0)
+
     return [ei for group in groups.values() for ei in sorted(group, key=key)[:per_k]]
 
 
@@ -247,13 +253,15 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
     deltas = [e.arrays["x_adv"][i] - e.arrays["x"][i] for e, i in rows]
     biggest = max((float(np.abs(d).max()) for d in deltas), default=0.0) or 1.0
     scale = 0.5 / biggest
-    fig = new_figure(6.0, 1.2 * len(rows) + 0.8)
-    axes = fig.subplots(len(rows), 5, squeeze=False)
+    targeted = all("rec_target" in e.arrays for e, _ in rows) and bool(rows)  # a targeted run: its target too
+    fig = new_figure(6.0 + 1.2 * targeted, 1.2 * len(rows) + 0.8)
+    axes = fig.subplots(len(rows), 5 + targeted, squeeze=False)
     titles = ["x", "x + delta", f"delta x {scale:.3g} + 0.5\n(grey = 0; max |delta| {biggest:.3g})",
-              "rec(x)", "rec(x + delta)"]
+              "rec(x)", "rec(x + delta)", "rec(target)"]
     for r, ((e, i), d) in enumerate(zip(rows, deltas)):
         a = e.arrays
         cells = [a["x"][i], a["x_adv"][i], d * scale + 0.5, a["rec"][i], a["rec_adv"][i]]
+        cells += [a["rec_target"][i]] if targeted else []
         for c, img in enumerate(cells):
             ax = axes[r, c]
             ax.imshow(imshow_array(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -262,7 +270,9 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
             if r == 0:
                 ax.set_title(titles[c], fontsize=8)
         where = f"eps {e.eps:g}, " if several else ""
-        axes[r, 0].set_ylabel(f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}",
-                              fontsize=8)
-    fig.suptitle(f"{entries[0].model}: the most damaged points, worst restart of each", fontsize=10)
+        to_target = f"\nto target {float(a['msssim_target'][i]):.3f}" if targeted else ""
+        axes[r, 0].set_ylabel(f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}"
+                              f"{to_target}", fontsize=8)
+    what = "closest to their targets, strongest restart" if targeted else "most damaged points, worst restart"
+    fig.suptitle(f"{entries[0].model}: the {what} of each", fontsize=10)
     return fig

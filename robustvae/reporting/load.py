@@ -6,6 +6,11 @@ settings of the ``run*.json`` written beside it, so a setting that is not in the
 records (restarts, step size, ...) can still be checked. One curve of Figure 10 is
 one model in one panel; rows of one curve must share every setting in
 :data:`CURVE_CONSTANTS`, otherwise the merge is refused, naming the field.
+
+Targeted runs (whose attack rows name a ``target_point``) are kept apart, in
+:attr:`RunSet.targeted`, and checked as curves of their own: a report can show a
+targeted run beside an untargeted one of the same models. Figure 10, the tables and the
+checks read the untargeted runs, or the targeted ones when no untargeted run is given.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class RunSet:
     records: pd.DataFrame
     runs: list[RunFile]
     galleries: list[GalleryEntry] = field(default_factory=list)
+    targeted: pd.DataFrame = field(default_factory=pd.DataFrame)  # every row of the targeted runs (empty: none)
 
     def model_infos(self) -> list[dict[str, Any]]:
         """``run.json``'s model entries (label, sha256, config, layer diagnostics), one per checkpoint."""
@@ -179,7 +185,12 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> RunSet:
         if col not in df:
             df[col] = np.nan
     df["nonfinite"] = df["nonfinite"].fillna(False).astype(bool)
-    _check_curves(df)
+    targeted_runs = set(df.run[(df.kind == "attack") & df.target_point.notna()])
+    is_targeted = df.run.isin(targeted_runs)
+    targeted, untargeted = df[is_targeted], df[~is_targeted]
+    for part in (targeted, untargeted):
+        _check_curves(part)
+    main = untargeted if len(untargeted) else targeted
     # one gallery per run directory (shards share it)
-    galleries = [g for run in {r.dir: r for r in runs}.values() for g in _galleries(run, df)]
-    return RunSet(df, runs, galleries)
+    galleries = [g for run in {r.dir: r for r in runs}.values() for g in _galleries(run, main)]
+    return RunSet(main, runs, galleries, targeted)

@@ -29,11 +29,13 @@ from robustvae.reporting import aggregate as agg
 from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
 from robustvae.reporting import figures, tables
+from robustvae.reporting import targeted as tgt
 from robustvae.reporting.load import RunSet, load_runs
 from robustvae.reporting.strength import strength_summary, strength_tables
 
 REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
-                "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md", "atlas.csv")
+                "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md", "atlas.csv", "targeted.png",
+                "targeted.csv", "targeted.md")
 SUMMARY_FORMAT = "robustvae-report/1"
 
 
@@ -167,6 +169,7 @@ class _Attack:
     run_rows: list[dict[str, Any]]
     atlas: pd.DataFrame  # per panel, model and layer: utilisation beside the marginal damage
     notes: list[str]  # collapsed layers among the attacked ones
+    targeted: pd.DataFrame  # targeted success per panel, model, k and attack (empty without targeted runs)
 
 
 def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]]) -> _Attack:
@@ -175,8 +178,10 @@ def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, An
     table = agg.summarise(runs.records, diag)
     if table.empty:
         raise RobustVAEError(f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report")
+    untargeted = runs.records[~runs.records.run.isin(set(runs.targeted.get("run", [])))]
+    versions = {str(r.dir): (r.info.get("ensemble") or {}).get("version") for r in runs.runs}
     return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs),
-                   agg.layer_atlas(table, diag), agg.notes(table))
+                   agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions))
 
 
 def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
@@ -200,6 +205,10 @@ def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[st
         "table.tex": tables.to_latex(shown["table"]).encode(), "checks.csv": a.checks.to_csv(index=False).encode(),
         "checks.md": tables.markdown(shown["checks"]).encode(), "atlas.csv": a.atlas.to_csv(index=False).encode(),
     })
+    if len(a.targeted):
+        files.update({"targeted.png": figures.png_bytes(tgt.targeted_figure(a.targeted)),
+                      "targeted.csv": a.targeted.to_csv(index=False).encode(),
+                      "targeted.md": tables.markdown(tgt.display_targeted(a.targeted)).encode()})
     files.update({f"gallery-{safe_name(m)}.png": png for m, png in galleries.items()})
     return files
 
@@ -213,6 +222,7 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
         "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
         "layers": a.diag.to_dict("records"), "atlas": a.atlas.to_dict("records"), "layer_notes": a.notes,
         "models": a.models, "strength": strength_summary(a.runs.records),
+        "targeted": {"table": a.targeted.to_dict("records"), "unscored_rows": tgt.unscored_rows(a.runs.targeted)},
         "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
         "files": names,
     })
@@ -255,7 +265,19 @@ def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str,
         "models": [_model_context(m) for m in a.models], "galleries": [(m, _data_uri(p)) for m, p in galleries.items()],
         "model_names": sorted(a.table.model.unique()),
         "strength": [(title, _html_table(df, left)) for title, df, left in strength_tables(a.runs.records)],
+        "targeted": _targeted_context(a, files),
     }
+
+
+def _targeted_context(a: _Attack, files: dict[str, bytes]) -> dict[str, Any] | None:
+    """The page's targeted section (None without targeted runs)."""
+    unscored = tgt.unscored_rows(a.runs.targeted)
+    if a.targeted.empty and not unscored:
+        return None
+    note = (f"{unscored} attack rows of targeted runs were written before msssim_target was recorded and are not in "
+            f"this table (re-run them to score them)." if unscored else "")
+    return {"figure": _data_uri(files["targeted.png"]) if "targeted.png" in files else "",
+            "table": _html_table(tgt.display_targeted(a.targeted), 6), "note": note}
 
 
 def _attack_part(

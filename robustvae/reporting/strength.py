@@ -11,7 +11,8 @@ tight. Four views of the same records show whether it is tight:
 * :func:`eps_damage`: damage against eps (an eps sweep: ``--eps-sweep``) beside the
   ``unrelated`` level, the MS-SSIM between the reconstructions of two unrelated test images.
 * :func:`member_wins`: for an ensemble (``--attack auto``), which member gave each point's
-  worst case, how often per model and k.
+  strongest attack (the worst case; for a targeted ensemble the highest ``msssim_target``,
+  :func:`robustvae.records.selection`), how often per model and k.
 
 :func:`strength_checks` turns them into flags, rows of the report's checks (``passed``
 False when a flag fires), each with its number: a vanishing start gradient, the
@@ -26,9 +27,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from robustvae.records import selection
 from robustvae.reporting.load import CURVE_KEYS
 
 KEYS = [*CURVE_KEYS, "k"]
@@ -90,12 +91,13 @@ def member_wins(records: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, g in att.groupby(KEYS):
         order = list(dict.fromkeys(g.member))
-        best = g.groupby(["point", "member"]).msssim.min().unstack("member")[order]
-        winner = best.fillna(np.inf).idxmin(axis=1)
+        g = g.sort_values("member", key=lambda m: m.map(order.index), kind="stable")  # ties: the first member
+        targeted = "msssim_target" in g and g.msssim_target.notna().any()
+        winner = g.member[selection(targeted).strongest(g, ["point"]).to_numpy()]
         for m in order:
             wins = int((winner == m).sum())
-            rows.append({**dict(zip(KEYS, key)), "member": m, "wins": wins, "share": wins / len(best),
-                         "points": len(best)})
+            rows.append({**dict(zip(KEYS, key)), "member": m, "wins": wins, "share": wins / len(winner),
+                         "points": len(winner)})
     return pd.DataFrame(rows, columns=cols)
 
 
