@@ -284,6 +284,16 @@ def test_attack_a_factory_model_on_own_images(in_repo, tmp_path, capsys):
     _error(code, err, "holds a run with other settings (images.examples.own_model:make")
 
 
+def test_a_targeted_attack_on_unlabelled_images_is_one_line(in_repo, tmp_path, capsys):
+    """A targeted objective draws targets of another label; a user's image set has none: refused, nothing left."""
+    out = tmp_path / "t"
+    code, text, err = _cli(capsys, ["attack", "examples.own_model:make", "--images", "examples/digits.npy",
+                                    "--objective", "target", "--layers", "1", "--points", "2", "--restarts", "1",
+                                    "--steps", "2", "-q", "--out", str(out)])
+    _error(code, err, "a user's image set has no labels")
+    assert not (out / "records.jsonl").exists()
+
+
 def test_a_factory_model_evaluates_certifies_and_compresses(in_repo, tmp_path, capsys):
     import json
 
