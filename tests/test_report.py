@@ -175,10 +175,12 @@ def test_checks_pass_and_name_their_numbers(report):
     assert set(by) == {"budget respected", "attack beats noise", "attack below the no-attack level",
                        "attack did measurable damage", "damage monotone in eps", "no non-finite rows",
                        "restarts per point as configured", "run complete", "every planned unit present",
-                       "more restarts no longer pay"}  # the other strength flags need curves or gradients
+                       "more restarts no longer pay", "few MS-SSIM scores clipped at 0"}  # the other strength flags
+    # need curves or gradients
     assert all(c["passed"] for c in by["budget respected"] + by["no non-finite rows"] + by["run complete"]
                + by["every planned unit present"])
-    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"])
+    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"]
+               + by["few MS-SSIM scores clipped at 0"])
     assert len(by["attack beats noise"]) == 8 and all(c["passed"] for c in by["attack beats noise"])
     assert len(by["attack did measurable damage"]) == 8 and all(c["passed"] for c in by["attack did measurable damage"])
     assert all(c["passed"] for c in by["attack below the no-attack level"])
