@@ -70,13 +70,16 @@ def test_reference_report_script_at_tiny_scale(tmp_path):
            "OUT": str(tmp_path / "report"), "FINDINGS": str(tmp_path / "none.md")}
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert {r["model"] for r in summary["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny"}
-    assert len(summary["runs"]) == 1 and "auto" in summary["runs"][0]["command"]  # the ensemble's run
+    # the ensemble (its current version) and the paper's PGD side by side: a curve per model and attack
+    from robustvae.attacks.registry import AUTO_VERSION
+
+    assert {(r["model_label"], r["attack"]) for r in summary["table"]} == {
+        (m, a) for m in ("vdvae-mnist-tiny", "dctvae-mnist-tiny") for a in ("pgd on skl", AUTO_VERSION)}
+    assert "dctvae-mnist-tiny · pgd on skl" in {r["model"] for r in summary["table"]}
+    assert len(summary["runs"]) == 2 and {"auto", "pgd"} <= {w for r in summary["runs"] for w in r["command"].split()}
     assert summary["certify"]  # DCT-VAE's context, certified on the same points
     notes = (tmp_path / "runs" / "commands.txt").read_text()
     assert "--suite attacks/figure10-mnist.toml" in notes and "eval" in notes and "certify" in notes
-    pgd = (tmp_path / "runs" / "attack-pgd-notes.md").read_text()  # the paper's attack, shown in the notes
-    assert "dctvae-mnist-tiny" in pgd and "MS-SSIM" in pgd
     # a second run reuses the trained models and the evaluation, and resumes the (finished) attack
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     assert "reused" in (tmp_path / "runs" / "commands.txt").read_text()

@@ -55,7 +55,8 @@ def _numbers(check: dict) -> dict:
 
 REMOVED_CHECKS = {"damage monotone in k"}  # wrong for this protocol (damage shrinks towards k = L); removed on purpose
 NEW_COLUMNS = {"recon", "no_attack", "drop_mean", "drop_mean_lo", "drop_mean_hi", "drop_worst", "drop_worst_lo",
-               "drop_worst_hi"}  # the reconstruction rule and the paired drop, added since
+               "drop_worst_hi", "model_label", "attack"}  # the reconstruction rule and the paired drop, added since;
+# a curve's checkpoint label and attack configuration (attack runs side by side)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -309,19 +309,24 @@ def test_shards_merge_into_the_same_numbers(tmp_path):
 
 def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
     one = write_run(tmp_path / "one", records(models=("vdvae-a",)), gallery=False)
-    other = [{**r, "steps": 50} for r in records(models=("vdvae-a",))]
+    other = [{**r, "seed": 5} for r in records(models=("vdvae-a",))]  # other points: not comparable point by point
     two = write_run(tmp_path / "two", other, gallery=False)
-    with pytest.raises(RobustVAEError, match=r"mix steps = 10, 50") as e:
+    with pytest.raises(RobustVAEError, match=r"mix seed = 0, 5") as e:
         load_runs([one, two])
     assert str(one) in str(e.value) and str(two) in str(e.value)
     retrained = write_run(tmp_path / "sha", [{**r, "checkpoint_sha256": "c" * 64} for r in records(models=("vdvae-a",))],
                           gallery=False)
     with pytest.raises(RobustVAEError, match="mix checkpoint_sha256"):
         load_runs([one, retrained])
-    # a setting only run.json holds (restarts) is checked as well
-    more = write_run(tmp_path / "restarts", records(models=("vdvae-a",)), restarts=5, gallery=False)
-    with pytest.raises(RobustVAEError, match="mix restarts_configured"):
-        load_runs([one, more])
+    # a setting only run.json holds (the split) is checked as well
+    val = write_run(tmp_path / "val", records(models=("vdvae-a",)), gallery=False)
+    info = json.loads((val / "run.json").read_text())
+    info["settings"]["attack"]["split"] = "val"
+    (val / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RobustVAEError, match="mix split"):
+        load_runs([one, val])
+    # runs that differ in the attack (steps, restarts, optimizer, objective) are curves side by side instead
+    # (tests/test_report_attacks.py)
     # the same records twice (a copied run) would count twice
     twin = write_run(tmp_path / "twin", records(models=("vdvae-a",)), gallery=False)
     with pytest.raises(RobustVAEError, match="appear twice"):

@@ -131,7 +131,7 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
         row: dict[str, Any] = dict(zip(TABLE_KEYS, key))
         row["points"] = int(len(g))
         row["restarts"] = int(g.restarts.min())
-        if "members" in g:
+        if "members" in g and g.members.max() > 0:  # an ensemble's curve (a single attack beside it has none)
             row["members"] = int(g.members.max())
         for view in VIEWS:
             row[view], row[f"{view}_lo"], row[f"{view}_hi"] = mean_interval(g[view])
@@ -147,6 +147,9 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     table["floor"] = _baseline(records, "floor").reindex(idx).to_numpy()
     g = att.groupby(TABLE_KEYS)
     table["checkpoint_sha256"] = g.checkpoint_sha256.first().reindex(idx).to_numpy()
+    for col in ("model_label", "attack"):  # a curve's checkpoint label and attack configuration (reporting.load)
+        if col in att:
+            table[col] = g[col].first().reindex(idx).to_numpy()
     table["max_delta_linf"] = g.delta_linf.max().reindex(idx).to_numpy()
     table["max_delta_l2"] = g.delta_l2.max().reindex(idx).to_numpy()
     nonfinite = nonfinite_rows(records).groupby([records[c] for c in TABLE_KEYS]).sum()

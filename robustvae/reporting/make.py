@@ -24,7 +24,7 @@ import pandas as pd
 from robustvae.compression.jpeg import match_warnings
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.rundir import RunDir
-from robustvae.io import safe_name, write_bytes
+from robustvae.io import unique_names, write_bytes
 from robustvae.reporting import aggregate as agg
 from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
@@ -189,7 +189,7 @@ def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[st
         "table.tex": tables.to_latex(shown["table"]).encode(), "checks.csv": a.checks.to_csv(index=False).encode(),
         "checks.md": tables.markdown(shown["checks"]).encode(), "atlas.csv": a.atlas.to_csv(index=False).encode(),
     })
-    files.update({f"gallery-{safe_name(m)}.png": png for m, png in galleries.items()})
+    files.update({f"gallery-{name}.png": png for name, png in zip(unique_names(list(galleries)), galleries.values())})
     return files
 
 
