@@ -18,6 +18,7 @@ import pytest
 
 from robustvae.records import LEGACY_NAMES
 from robustvae.reporting import make_report
+from robustvae.reporting.confounders import CARRIED_COLUMNS
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = ["default", "l2-kl_forward", "sgd-supervised"]
@@ -55,8 +56,9 @@ def _numbers(check: dict) -> dict:
 
 REMOVED_CHECKS = {"damage monotone in k"}  # wrong for this protocol (damage shrinks towards k = L); removed on purpose
 NEW_COLUMNS = {"recon", "no_attack", "drop_mean", "drop_mean_lo", "drop_mean_hi", "drop_worst", "drop_worst_lo",
-               "drop_worst_hi", "model_label", "attack"}  # the reconstruction rule and the paired drop, added since;
-# a curve's checkpoint label and attack configuration (attack runs side by side)
+               "drop_worst_hi", "model_label", "attack", "unrelated", *CARRIED_COLUMNS}  # the reconstruction rule
+# and the paired drop, added since; a curve's checkpoint label and attack configuration (attack runs side by side);
+# the unrelated-image level and what the attacked layers carry
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -74,4 +76,5 @@ def test_report_of_golden_runs_is_unchanged(name, tmp_path):
     kept = [_numbers(_upgrade(c)) for c in golden["checks"] if c["check"] not in REMOVED_CHECKS]
     names = {c["check"] for c in kept}
     _same([_numbers(_upgrade(c)) for c in summary["checks"] if c["check"] in names], kept, "checks")
+    assert {d.pop("source") for d in summary["layers"]} == {"run.json"}  # where a layer's numbers come from: new
     _same(summary["layers"], golden["diagnostics"], "diagnostics")

@@ -63,9 +63,9 @@ def attack(
                          command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot)
     if not dd.is_main:
         return
-    from robustvae.reporting.tables import display_table
+    from robustvae.reporting.tables import TABLE_CAPTION, display_table
 
-    print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
+    print_frame(display_table(res.table), TABLE_CAPTION)
     out_console.print(f"{len(res.records)} records in {out}")
 
 

@@ -44,7 +44,7 @@ def fail_on_checks(summary: dict) -> None:
 def print_report_summary(summary: dict, out: Path) -> None:
     import pandas as pd
 
-    from robustvae.reporting.tables import display_table
+    from robustvae.reporting.tables import TABLE_CAPTION, display_table
 
     if "compression" in summary:
         print_compression_table(pd.DataFrame(summary["compression"]["records"]))
@@ -53,7 +53,7 @@ def print_report_summary(summary: dict, out: Path) -> None:
 
         print_frame(display_certify(pd.DataFrame(summary["certify"]["table"])), "context certification")
     if "checks" in summary:  # attack runs among the inputs
-        print_frame(display_table(pd.DataFrame(summary["table"])), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
+        print_frame(display_table(pd.DataFrame(summary["table"])), TABLE_CAPTION)
         failed = [c for c in summary["checks"] if not c["passed"]]
         out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
         for c in failed[:10]:

@@ -119,7 +119,8 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
 
     Columns: points, restarts (per point; the minimum when they differ), ``mean`` /
     ``worst`` with ``_lo`` / ``_hi`` interval bounds, the paired drops ``drop_mean`` /
-    ``drop_worst`` with theirs, ``no_attack`` (mean level), ``noise``, ``floor``, the largest
+    ``drop_worst`` with theirs, ``no_attack`` (mean level), ``noise``, ``floor``, ``unrelated``
+    (the score of an unrelated test image's reconstruction: the ceiling of damage), the largest
     attack perturbation in both norms, non-finite rows (all kinds), and with
     ``diagnostics`` the KL and active units of layer k (a collapsed layer is trivially
     robust).
@@ -145,6 +146,7 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     idx = pd.MultiIndex.from_frame(table[TABLE_KEYS])
     table["noise"] = _baseline(records, "noise").reindex(idx).to_numpy()
     table["floor"] = _baseline(records, "floor").reindex(idx).to_numpy()
+    table["unrelated"] = _baseline(records, "unrelated").reindex(idx).to_numpy()  # another image's reconstruction
     g = att.groupby(TABLE_KEYS)
     table["checkpoint_sha256"] = g.checkpoint_sha256.first().reindex(idx).to_numpy()
     for col in ("model_label", "attack"):  # a curve's checkpoint label and attack configuration (reporting.load)
@@ -163,16 +165,22 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     return table
 
 
-def diagnostics_frame(runs: RunSet) -> pd.DataFrame:
-    """Per-layer KL and active units of every attacked model (from run.json), one row per (model, layer)."""
+def diagnostics_frame(runs: RunSet, evals: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Per-layer KL and active units of every attacked model, one row per (model, layer): from run.json (on the
+    attacked split), else from a ``robustvae eval`` result of the same checkpoint (``source`` says which)."""
+    by_sha = {e.get("checkpoint_sha256"): e for e in evals or []}
     rows = []
     for m in runs.model_infos():
-        for d in m.get("layer_diagnostics") or []:
+        layers, source = m.get("layer_diagnostics") or [], "run.json"
+        if not layers and m.get("sha256") in by_sha:
+            layers, source = by_sha[m["sha256"]].get("layers") or [], "eval"
+        for d in layers:
             rows.append({"model": m["label"], "sha256": m.get("sha256", ""), "layer": d["layer"],
                          "resolution": d.get("resolution"), "units": d.get("units"), "kl_nats": d.get("kl_nats"),
                          "active_units": d.get("active_units"), "kind": d.get("kind", "gaussian"),
-                         "levels": d.get("levels"), "levels_used": d.get("levels_used")})
-    cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used"]
+                         "levels": d.get("levels"), "levels_used": d.get("levels_used"), "source": source})
+    cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used",
+            "source"]
     df = pd.DataFrame(rows, columns=cols).drop_duplicates(["sha256", "layer"])
     # a label shared by two checkpoints (e.g. in two runs) gets the hash's start, so figures keep them apart
     shared = df.groupby("model").sha256.transform("nunique") > 1
