@@ -15,6 +15,7 @@ from robustvae.cli.report import print_report_summary
 def demo(
     out: Path = typer.Option(Path("reports/demo"), "--out", "-o", help="Where the report (and runs/) go."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier demo in --out (only the files the demo writes)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo in --out with its saved settings: finished stages are kept, training continues from last.pt, the attack from its records; the report is made again. \\[default: off]"),
     preset: list[str] = typer.Option([], "--preset", help="Presets to train and compare (repeatable). [default: vdvae-mnist-demo, dctvae-mnist-demo]"),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Training steps per model. [default: the presets']"),
     points: Optional[int] = typer.Option(None, "--points", help="Test points attacked. [default: 50]"),
@@ -31,7 +32,9 @@ def demo(
 
     given = dict(presets=tuple(preset) or None, train_steps=train_steps, points=points, restarts=restarts,
                  attack_steps=attack_steps, iw_samples=iw_samples, eval_limit=eval_limit)
-    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
-    summary = run_demo(out, settings, device=device, force=force, quiet=quiet, threads=threads)
+    chosen = {k: v for k, v in given.items() if v is not None}
+    # --resume takes the saved settings; the options given with it must agree with them
+    settings = chosen if resume else DemoSettings(**chosen)
+    summary = run_demo(out, settings, device=device, force=force, resume=resume, quiet=quiet, threads=threads)
     if not quiet:
         print_report_summary(summary, out)
