@@ -118,26 +118,13 @@ def run_demo(
     ``resume`` continues an interrupted demo in ``out`` with its saved settings
     (``settings``, when given, must equal them; a mapping of some fields, e.g. the
     options given on the command line, must agree with them). ``threads``: torch's CPU threads for
-    the demo; by default 1 unless ``OMP_NUM_THREADS`` is set. The demo's models are so
-    small that extra threads gain nothing, and on a 2-core machine that is busy with
-    other work two threads made training 100 times slower or worse (OpenMP threads
-    waiting for a core).
+    the demo; by default 1 unless ``OMP_NUM_THREADS`` is set
+    (:func:`robustvae.device.cpu_threads`, whose ``THREADS_REASON`` says why).
     """
-    import os
+    from robustvae.device import cpu_threads
 
-    import torch
-
-    if threads is not None and threads < 1:
-        raise RobustVAEError(f"--threads must be a positive integer, got {threads}")
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:
-        threads = 1
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads):
         return _run(out, settings, device, force, resume, quiet)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callable[[], Any]]:

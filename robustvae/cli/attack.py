@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, print_frame, app, out_console
+from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, THREADS, app, out_console, print_frame
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -39,6 +40,7 @@ def attack(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records.
 
@@ -56,7 +58,7 @@ def attack(
     names = list(models or []) or suite_models
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
-    with distributed(backend, device) as (dd, dev):
+    with cpu_threads(threads), distributed(backend, device) as (dd, dev):
         if dd.is_main:
             _print_attack_settings(names, cfg, out, dev)
         res = api.attack(names, cfg, out, device=dev, shard=shard, data_dir=data_dir, quiet=quiet,

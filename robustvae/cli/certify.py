@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import DEVICE_HELP, print_frame, app, out_console
+from robustvae.cli.common import DEVICE_HELP, THREADS, app, out_console, print_frame
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -35,6 +36,7 @@ def certify(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Exact analysis of DCT-VAE's quantised context: certified radius, certified fraction, optimal context attack."""
     from robustvae import api
@@ -43,8 +45,9 @@ def certify(
 
     cfg = CertifyConfig(eps=_eps_list(eps), norm=norm, points=points, seed=seed, time_limit=time_limit,
                         optimal=optimal, temperature=temperature)
-    res = api.certify_models(models, cfg, out, device=device, shard=shard, data_dir=data_dir,
-                             force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])])
+    with cpu_threads(threads):
+        res = api.certify_models(models, cfg, out, device=device, shard=shard, data_dir=data_dir,
+                                 force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])])
     print_frame(display_certify(res.table), "context certification: certified fraction, median radius, "
                  "optimal attack (means over points)")
     out_console.print(f"{len(res.records)} records in {out}")

@@ -27,6 +27,16 @@ SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.
 QUIET_HELP = "No progress display (log.txt in the output directory still gets the progress lines). \\[default: off]"
 
 
+def _threads_help() -> str:
+    from robustvae.device import THREADS_REASON
+
+    return f"torch's CPU threads. \\[default: 1 unless OMP_NUM_THREADS is set: {THREADS_REASON}]"
+
+
+# one --threads for every command that computes (train, eval, attack, certify, compress, demo)
+THREADS = typer.Option(None, "--threads", help=_threads_help())
+
+
 def _version(value: bool) -> None:
     if value:
         from robustvae import __version__

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import DEVICE_HELP, app
+from robustvae.cli.common import DEVICE_HELP, THREADS, app
 from robustvae.cli.report import print_report_summary
 
 
@@ -23,7 +23,7 @@ def demo(
     attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Attack optimisation steps. [default: 50]"),
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", help="Importance samples of the NLL. [default: 100]"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Test images evaluated. [default: 200]"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads. [default: 1 unless OMP_NUM_THREADS is set; the models are tiny]"),
+    threads: Optional[int] = THREADS,
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
