@@ -1,4 +1,4 @@
-"""``robustvae demo``: the whole pipeline, offline, in minutes on a CPU.
+"""``robustvae demo``: the whole pipeline, offline, on one CPU thread.
 
 Trains a small VDVAE and a small DCT-VAE on real MNIST digits that ship with a PyPI
 package (``mnist-offline``), evaluates both on the same test images (importance-sampled
@@ -40,7 +40,7 @@ DEMO_PRESETS = ("vdvae-mnist-demo", "dctvae-mnist-demo")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the defaults fit in a few minutes on a 2-core CPU, tests shrink them."""
+    """What the demo runs; the defaults take 6 minutes of CPU time on one thread (README: The demo), tests shrink them."""
 
     presets: tuple[str, ...] = DEMO_PRESETS
     data: str = "mnist-offline"

@@ -27,7 +27,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Offline, in minutes: train a small VDVAE and DCT-VAE on real MNIST digits, evaluate, attack k = 1..L, report."""
+    """Offline, on one CPU thread: train a small VDVAE and DCT-VAE on real MNIST digits, evaluate, attack k = 1..L, report (Ctrl-C, then --resume, continues it)."""
     from robustvae.demo import DemoSettings, run_demo
 
     given = dict(presets=tuple(preset) or None, train_steps=train_steps, points=points, restarts=restarts,
