@@ -49,7 +49,16 @@ def certify(table: str, column: str) -> Callable[[dict], float]:
     return get
 
 
-FINDINGS, CERTIFY = "reports/mnist-cpu-findings.md", "docs/certify.md"
+def carried(model: str, k: int) -> Callable[[dict], float]:
+    """The KL of layers 1..k of ``model`` (nats), from the report's layer diagnostics."""
+    return lambda s: sum(d["kl_nats"] for d in s["layers"] if d["model"] == model and d["layer"] <= k)
+
+
+def ratio(a: Callable[[dict], float], b: Callable[[dict], float]) -> Callable[[dict], float]:
+    return lambda s: a(s) / b(s)
+
+
+FINDINGS, CERTIFY, PROTOCOL = "reports/mnist-cpu-findings.md", "docs/certify.md", "docs/protocol.md"
 # (file, pattern around the quoted numbers (each NUMBER a group), what each group must equal)
 QUOTES: list[tuple[str, str, list[Callable[[dict], float]]]] = [
     (FINDINGS, rf"vdvae-mnist\s+{NUMBER} nats, dctvae-mnist {NUMBER} nats", [nll("vdvae-mnist"), nll("dctvae-mnist")]),
@@ -67,6 +76,10 @@ QUOTES: list[tuple[str, str, list[Callable[[dict], float]]]] = [
      [certify("radius", "radius_median"), certify("radius", "radius_p10"), certify("radius", "radius_p90")]),
     (CERTIFY, rf"MS-SSIM to {NUMBER} against {NUMBER} for the attack\s+ensemble",
      [certify("table", "msssim_k1_mean"), certify("gradient_gap", "gradient_msssim_k1")]),
+    (PROTOCOL, rf"marks k = 1\s+\({NUMBER} against {NUMBER} nats, {NUMBER} times\) and not k = 2 \({NUMBER} against "
+               rf"{NUMBER} nats, {NUMBER} times\)",
+     [carried("vdvae-mnist", 1), carried("dctvae-mnist", 1), ratio(carried("dctvae-mnist", 1), carried("vdvae-mnist", 1)),
+      carried("vdvae-mnist", 2), carried("dctvae-mnist", 2), ratio(carried("dctvae-mnist", 2), carried("vdvae-mnist", 2))]),
 ]
 
 

@@ -34,8 +34,8 @@ from robustvae.reporting.load import PANEL_KEYS
 # A note when the attacked layers of two compared checkpoints differ in KL by this factor or more. An order of
 # magnitude: the KL bounds what the layers carry about x, and below a factor of 10 the damage relative to the
 # ceiling (which already measures what the layers can change) is the better guide; at 10x or more one model has
-# so much less to lose that its smaller drop says more about its layers than about its robustness. In the reference
-# report it marks k = 1 (0.52 against 20.1 nats, 39x) and not k = 2 (2.5 against 20.2 nats, 8x).
+# so much less to lose that its smaller drop says more about its layers than about its robustness (docs/protocol.md
+# says which k it marks in the reference report).
 NOTE_FACTOR = 10.0
 CARRIED_COLUMNS = ["attacked_kl_nats", "attacked_active_units", "attacked_units", "context_levels_used",
                    "context_levels", "ceiling", "ceiling_share_mean", "ceiling_share_worst"]
