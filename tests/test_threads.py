@@ -25,9 +25,8 @@ def test_cpu_threads_defaults_to_one_follows_omp_and_restores(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     with cpu_threads() as n:  # torch follows OMP_NUM_THREADS: nothing is changed
         assert n == before
-    with pytest.raises(RobustVAEError, match="--threads must be a positive integer, got 0"):
-        with cpu_threads(0):
-            pass
+    with pytest.raises(RobustVAEError, match="--threads must be a positive integer, got 0"), cpu_threads(0):
+        pass
 
 
 def test_every_computing_command_has_the_same_threads_option():
