@@ -55,6 +55,13 @@ def test_pgd_and_the_ensemble_are_two_curves_with_the_numbers_each_has_alone(tmp
         assert (checks.scope.str.startswith(name + " (")).sum() > 5, name
     legend = [t.get_text() for t in figures.figure10(table).legends[0].get_texts()]
     assert names <= set(legend)
+    # the layer atlas: KL per checkpoint, the marginal damage per curve, each curve in its Figure 10 colour
+    diag = agg.diagnostics_frame(runs)
+    fig = figures.layers_figure(diag, agg.layer_atlas(table, diag))
+    assert names | {M} <= {t.get_text() for t in fig.legends[0].get_texts()}
+    colours = figures.palette(sorted(names))
+    drawn = {tuple(p.get_facecolor()[:3]) for p in fig.axes[2].patches}
+    assert {tuple(float(c) for c in colours[n]) for n in names} <= {tuple(float(c) for c in d) for d in drawn}
     summary = make_report([pgd, auto], tmp_path / "out")
     assert {"gallery-vdvae-a___pgd_on_skl.png", "gallery-vdvae-a___auto-v1.png"} <= set(summary["files"])
     html = (tmp_path / "out" / "index.html").read_text()
