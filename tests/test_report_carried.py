@@ -112,3 +112,14 @@ def test_without_run_json_diagnostics_the_eval_file_states_them(tmp_path):
     assert [(r["k"], r["attacked_kl_nats"], r["attacked_active_units"]) for r in summary["table"]] == \
         [(1, 0.5, 3.0), (2, 2.0, 7.0)]
     assert {d["source"] for d in summary["layers"]} == {"eval"}
+
+
+def test_the_results_table_caption_says_it_leads_with_drops(report):
+    """The table's first score columns are drops (larger = more damage); its caption says so, on the page too."""
+    from robustvae.reporting.tables import TABLE_CAPTION, display_table
+    import pandas as pd
+
+    summary, html, _ = report
+    scores = [c for c in display_table(pd.DataFrame(summary["table"])).columns if "[95% CI]" in c]
+    assert scores[0].startswith("drop") and TABLE_CAPTION.startswith("Per model and k: the paired drop")
+    assert TABLE_CAPTION in html and "MS-SSIM(clean reconstruction, attacked reconstruction): mean over" not in html
