@@ -369,11 +369,13 @@ def certify_models(
 
 
 @contextlib.contextmanager
-def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "run") -> Iterator[Path]:
+def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "run",
+                 resumable: bool = False) -> Iterator[Path]:
     """Hold the folder ``out`` for a job that writes several things into it (the demo).
 
     Refuses a file, a place this user cannot write, and, unless ``force``, a folder that
-    is not empty (naming ``what`` would be replaced); then holds its lock while the block
+    is not empty (naming ``what`` would be replaced, and ``--resume`` when the job is ``resumable``);
+    then holds its lock while the block
     runs (a second writer gets a one-line error) and refuses symbolic links inside it, so
     nothing is written or deleted through one (:class:`robustvae.experiments.rundir.RunDir`).
     """
@@ -382,7 +384,9 @@ def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "ru
     run_dir = RunDir(out)
     run_dir.check_usable()
     if run_dir.entries() and not force:
-        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier {what} there, or use another --out")
+        resume = ", --resume to continue an interrupted one" if resumable else ""
+        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier {what} there{resume}, or use "
+                             f"another --out")
     with run_dir.locked():
         yield Path(out)
 

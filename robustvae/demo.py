@@ -1,4 +1,4 @@
-"""``robustvae demo``: the whole pipeline, offline, in minutes on a CPU.
+"""``robustvae demo``: the whole pipeline, offline, on one CPU thread.
 
 Trains a small VDVAE and a small DCT-VAE on real MNIST digits that ship with a PyPI
 package (``mnist-offline``), evaluates both on the same test images (importance-sampled
@@ -8,10 +8,15 @@ restarts, and writes the full report. Each stage calls the Python API
 (``train``, ``eval``, ``attack``, ``report``); the commands and their wall times go
 into the report's notes (``commands.txt``).
 
-Layout of ``out``: ``runs/<preset>/`` (trained models), ``runs/eval-test.json``,
-``runs/attack/`` (records), and the report itself at the top (``index.html``, ...).
-An ``out`` that is not empty is refused unless ``force``, which replaces only what
-the demo writes.
+Layout of ``out``: ``demo.json`` (the settings and the stages done, for ``resume``),
+``runs/<preset>/`` (trained models), ``runs/eval-test.json``, ``runs/attack/`` (records),
+and the report itself at the top (``index.html``, ...). An ``out`` that is not empty is
+refused unless ``force``, which replaces only what the demo writes.
+
+An interrupted demo (Ctrl-C) continues with ``resume``: finished stages are kept, a
+model's training continues from its ``last.pt``, the attack from its records (finished
+units are not run again), an interrupted evaluation runs again, and the report is made
+again. The interrupt message names the command that continues it.
 """
 
 from __future__ import annotations
@@ -20,21 +25,21 @@ import dataclasses
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from robustvae.errors import RobustVAEError
+from robustvae.errors import Interrupted, RobustVAEError
 
 DEMO_PRESETS = ("vdvae-mnist-demo", "dctvae-mnist-demo")
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the defaults fit in a few minutes on a 2-core CPU, tests shrink them."""
+    """What the demo runs; the defaults take 6 minutes of CPU time on one thread (README: The demo), tests shrink them."""
 
     presets: tuple[str, ...] = DEMO_PRESETS
     data: str = "mnist-offline"
@@ -76,13 +81,17 @@ def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple
     return stages
 
 
+STATE = "demo.json"  # the demo's settings and the stages it finished, in ``out``
+STATE_FORMAT = "robustvae-demo/1"
+
+
 def _clear(out: Path, s: DemoSettings) -> None:
     """``--force``: remove what an earlier demo wrote into ``out`` (and nothing else)."""
     from robustvae.reporting.make import REPORT_FILES
     from robustvae.training import RUN_FILES
 
     runs = out / "runs"
-    targets = [out / f for f in (*REPORT_FILES, "commands.txt")] + list(out.glob("gallery-*.png"))
+    targets = [out / f for f in (*REPORT_FILES, "commands.txt", STATE)] + list(out.glob("gallery-*.png"))
     targets += [runs / p / f for p in s.presets for f in RUN_FILES] + [runs / "eval-test.json"]
     attack = runs / "attack"
     targets += list(attack.glob("records*.jsonl")) + list(attack.glob("run*.json"))
@@ -95,35 +104,26 @@ def _clear(out: Path, s: DemoSettings) -> None:
 
 def run_demo(
     out: str | Path = "reports/demo",
-    settings: DemoSettings | None = None,
+    settings: DemoSettings | Mapping[str, Any] | None = None,
     *,
     device: str = "auto",
     force: bool = False,
+    resume: bool = False,
     quiet: bool = False,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, attack and report into ``out``; return the report's summary.
 
-    ``threads``: torch's CPU threads for the demo; by default 1 unless ``OMP_NUM_THREADS``
-    is set. The demo's models are so small that extra threads gain nothing, and on a
-    2-core machine that is busy with other work two threads made training 100 times
-    slower or worse (OpenMP threads waiting for a core).
+    ``resume`` continues an interrupted demo in ``out`` with its saved settings
+    (``settings``, when given, must equal them; a mapping of some fields, e.g. the
+    options given on the command line, must agree with them). ``threads``: torch's CPU threads for
+    the demo; by default 1 unless ``OMP_NUM_THREADS`` is set
+    (:func:`robustvae.device.cpu_threads`, whose ``THREADS_REASON`` says why).
     """
-    import os
+    from robustvae.device import cpu_threads
 
-    import torch
-
-    if threads is not None and threads < 1:
-        raise RobustVAEError(f"--threads must be a positive integer, got {threads}")
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:
-        threads = 1
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run(out, settings, device, force, quiet)
-    finally:
-        torch.set_num_threads(before)
+    with cpu_threads(threads):
+        return _run(out, settings, device, force, resume, quiet)
 
 
 def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callable[[], Any]]:
@@ -136,7 +136,12 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
 
     def train(preset: str) -> Callable[[], Any]:
         cfg = api.train_config(preset, data=s.data, steps=s.train_steps, seed=s.seed)
-        return lambda: api.train(cfg, runs / preset, force=True, device=device, quiet=quiet)
+
+        def call() -> Any:
+            if (runs / preset / "last.pt").is_file():  # an interrupted (or finished) training of this demo
+                return api.train(None, runs / preset, resume=True, device=device, quiet=quiet)
+            return api.train(cfg, runs / preset, force=True, device=device, quiet=quiet)
+        return call
 
     def evaluate() -> None:
         results = [api.evaluate(runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device,
@@ -154,32 +159,120 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
     ]
 
 
-def _run(out: str | Path, settings: DemoSettings | None, device: str, force: bool, quiet: bool) -> dict[str, Any]:
+def _run(out: str | Path, settings: DemoSettings | Mapping[str, Any] | None, device: str, force: bool, resume: bool,
+         quiet: bool) -> dict[str, Any]:
     from robustvae import api
 
-    s = settings or DemoSettings()
     out = Path(out)
-    with api.claim_output(out, force=force, what="demo"):  # refuses symbolic links in out before anything is deleted
-        _clear(out, s)
-        return _stages_run(out, s, device, quiet)
+    if resume and force:
+        raise RobustVAEError("--resume and --force contradict each other; pick one")
+    # refuses a file, an unwritable place and symbolic links in out before anything is deleted or written
+    with api.claim_output(out, force=force or resume, what="demo", resumable=True):
+        if resume:
+            state = _read_state(out)
+            s = _saved_settings(out, state, settings)
+        else:
+            s = settings if isinstance(settings, DemoSettings) else DemoSettings(**(settings or {}))
+            state = {"format": STATE_FORMAT, "settings": dataclasses.asdict(s), "stages": {}}
+            _clear(out, s)
+        _write_state(out, state)
+        return _stages_run(out, s, device, quiet, state)
 
 
-def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool) -> dict[str, Any]:
+def _read_state(out: Path) -> dict[str, Any]:
+    """``demo.json`` of an earlier demo in ``out``; a one-line error when there is none or it does not read."""
+    import json
+
+    path = out / STATE
+    if not path.is_file():
+        raise RobustVAEError(f"nothing to resume in {out} (no {STATE}: no demo was started there); drop --resume")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not isinstance(state.get("settings"), dict) \
+            or not isinstance(state.get("stages"), dict):
+        raise RobustVAEError(f"{path} is not a demo state file robustvae wrote; start afresh with --force")
+    return state
+
+
+def _saved_settings(out: Path, state: dict[str, Any], given: DemoSettings | Mapping[str, Any] | None) -> DemoSettings:
+    """The settings an interrupted demo ran with; settings given with --resume must agree with them."""
+    saved = dict(state["settings"])
+    saved["presets"] = tuple(saved.get("presets", ()))
+    try:
+        s = DemoSettings(**saved)
+    except TypeError:
+        raise RobustVAEError(f"{out / STATE} holds settings of another robustvae version; start afresh with "
+                             f"--force") from None
+    wanted = dataclasses.asdict(given) if isinstance(given, DemoSettings) else dict(given or {})
+    for field, value in wanted.items():
+        value = tuple(value) if isinstance(value, list) else value
+        if field not in saved or getattr(s, field) != value:
+            raise RobustVAEError(
+                f"--resume continues the demo in {out} with its saved settings ({field} "
+                f"{getattr(s, field, None)!r} there, {value!r} now); drop the option, or start afresh with --force")
+    return s
+
+
+def _write_state(out: Path, state: dict[str, Any]) -> None:
+    from robustvae.io import write_json
+
+    write_json(out / STATE, state)
+
+
+def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool, state: dict[str, Any]) -> dict[str, Any]:
+    """Run the stages not finished yet (every stage when starting afresh), always the report last."""
     console = Console(stderr=True, quiet=quiet)
     stages = commands(s, out, device, quiet)
     shown = {k: "+".join(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(s).items()}
     log = [f"robustvae demo ({', '.join(f'{k}={v}' for k, v in shown.items())}) ran:", ""]
+    done = state["stages"]
     t_all = time.perf_counter()
     result = None
     for i, ((what, argv), call) in enumerate(zip(stages, _stages(s, out, device, quiet)), 1):
         line = "robustvae " + shlex.join(argv)
         if what == "report":  # the notes shown in the report: every command and its wall time
-            log += [line, "", f"train + eval + attack: {time.perf_counter() - t_all:.1f} s wall time"]
+            total = sum(d.get("seconds", 0.0) for d in done.values())
+            log += [line, "", f"train + eval + attack: {total:.1f} s wall time"]
             (out / "commands.txt").write_text("\n".join(log) + "\n")
-        console.rule(f"[bold]demo {i}/{len(stages)}: {what}")
+        entry = done.get(what, {})
+        if entry.get("status") == "done" and what != "report":
+            console.rule(f"[bold]demo {i}/{len(stages)}: {what} (done before; kept)")
+            log.append(_log_line(line, what, entry))
+            continue
+        console.rule(f"[bold]demo {i}/{len(stages)}: {what}" + (" (resumed)" if entry else ""))
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         t0 = time.perf_counter()
-        result = call()
-        log.append(f"{line}\n    # {what}: {time.perf_counter() - t0:.1f} s")
+        try:
+            result = call()
+        except (KeyboardInterrupt, Interrupted) as e:
+            entry.update(status="interrupted", seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0,
+                         parts=entry.get("parts", 0) + 1)
+            done[what] = entry
+            _write_state(out, state)
+            raise Interrupted(_interrupted(out, what, i, len(stages), e)) from None
+        entry.update(status="done", seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0,
+                     parts=entry.get("parts", 0) + 1)
+        done[what] = entry
+        _write_state(out, state)
+        log.append(_log_line(line, what, entry))
     console.print(f"demo done in {time.perf_counter() - t_all:.1f} s: open {out / 'index.html'}")
     return result.summary
+
+
+def _log_line(line: str, what: str, entry: dict[str, Any]) -> str:
+    """A stage's command and wall time for ``commands.txt`` (summed over the runs of an interrupted stage)."""
+    parts = entry.get("parts", 1)
+    resumed = f", in {parts} parts (interrupted, continued with --resume)" if parts > 1 else ""
+    return f"{line}\n    # {what}: {entry.get('seconds', 0.0):.1f} s{resumed}"
+
+
+def _interrupted(out: Path, what: str, i: int, n: int, e: BaseException) -> str:
+    """The message of an interrupted demo: where it stopped, what is kept, the command that continues it."""
+    inner = str(e).removesuffix("; continue with --resume") if isinstance(e, Interrupted) else ""
+    kept = {"attack": "the records of finished units are kept",
+            "evaluate": "the evaluation runs again"}.get(what, "" if inner else "finished stages are kept")
+    detail = "; ".join(x for x in (inner, kept) if x)
+    return (f"demo interrupted during stage {i}/{n} ({what}){': ' + detail if detail else ''}; continue with: "
+            f"robustvae demo --out {shlex.quote(str(out))} --resume")

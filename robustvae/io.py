@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -144,3 +144,23 @@ def safe_name(name: str) -> str:
     """A file-name-safe version of a label or unit id (anything but letters, digits, ``-_.`` becomes ``_``)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return "_" + safe if not safe or safe.startswith(".") else safe  # never "", ".", ".." or a hidden file
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """:func:`safe_name` of each name, made distinct by ``-2``, ``-3``, ... in the order given (deterministic).
+
+    Names differ after :func:`safe_name` (``c d`` and ``c_d`` both become ``c_d``) and on
+    case-insensitive file systems (macOS, Windows) ``A`` and ``a`` are one file, so names
+    are compared case-folded: ``["c d", "c_d", "C_D"]`` -> ``["c_d", "c_d-2", "C_D-3"]``.
+    """
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = safe_name(name)
+        candidate, i = base, 1
+        while candidate.casefold() in taken:
+            i += 1
+            candidate = f"{base}-{i}"
+        taken.add(candidate.casefold())
+        out.append(candidate)
+    return out

@@ -111,7 +111,7 @@ _TINY_TRAIN = TrainConfig(
     epochs=1, batch_size=32, lr=2e-3, lr_min=1e-4, warmup_steps=20, checkpoint_every=100, log_every=10
 )
 
-# `robustvae demo`: the tiny architectures trained for a couple of minutes on a 2-core CPU
+# `robustvae demo`: the tiny architectures trained for 1,200 steps on one CPU thread (times: README, The demo)
 _DEMO_TRAIN = TrainConfig(
     epochs=1, steps=1200, batch_size=32, lr=3e-3, lr_min=1e-4, warmup_steps=50, checkpoint_every=400, log_every=50,
     val_batches=4,

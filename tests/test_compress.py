@@ -308,3 +308,44 @@ def test_a_jpeg_that_cannot_reach_the_models_psnr_is_a_warning():
     (line,) = match_warnings(rows)
     assert line.startswith("a k=1: on 1 of 2 image(s) no JPEG quality comes within 1 dB") and "q1 18.2 dB" in line
     assert match_warnings(rows.assign(jpeg_psnr=rows.psnr)) == []
+
+
+def test_output_names_are_distinct_whatever_the_file_names():
+    """Names that coincide after making them file-name-safe, or in case only, get -2, -3, ... in order."""
+    from robustvae.io import unique_names
+
+    assert unique_names(["c d", "c_d", "C_D", "x", "x#2", "x_2", "c_d-2"]) == \
+        ["c_d", "c_d-2", "C_D-3", "x", "x_2", "x_2-2", "c_d-2-2"]
+    assert unique_names(["", ".", ".."]) == ["_", "_.", "_..", ] and unique_names([]) == []
+    names = ["a b", "a_b", "A_B", "a?b", "ab"]
+    got = unique_names(names)
+    assert len({n.casefold() for n in got}) == len(names) and got == unique_names(names)  # distinct, deterministic
+
+
+def test_names_that_clash_on_disk_get_their_own_folders(checkpoints, tmp_path, capsys, gen):
+    """``c d.png`` and ``c_d.png`` (and x.png / x.jpg) in one folder: each image gets its own outputs, the report reads
+    them back, and nothing is written before the inputs are checked."""
+    images = tmp_path / "images"
+    pixels = {name: _random_image(gen, 1, 28, 28) for name in ("c d.png", "c_d.png", "x.png", "x.jpg", "X_2.png")}
+    for name, p in pixels.items():
+        _save(p, images / name)
+    out = tmp_path / "run"
+    model = str(checkpoints / "vdvae-mnist-tiny.pt")
+    # a bad image among them: refused before anything is written
+    (images / "z.png").write_bytes(b"not a png")
+    _one_line_error(capsys, ["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"],
+                    "cannot be read as an image")
+    assert not out.exists()
+    (images / "z.png").unlink()
+    assert main(["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"]) == 0, \
+        capsys.readouterr().err
+    info = json.loads((out / "run.json").read_text())
+    folders = {Path(im["path"]).name: im["folder"] for im in info["images"]}
+    # files are listed sorted: "X_2.png", "c d.png", "c_d.png", "x.jpg", "x.png" (x.png is the second x: x#2 -> x_2)
+    assert folders == {"X_2.png": "X_2", "c d.png": "c_d", "c_d.png": "c_d-2", "x.jpg": "x", "x.png": "x_2-2"}
+    for name, folder in folders.items():  # each folder holds its own image, bit for bit
+        original = np.asarray(Image.open(out / "images" / folder / "original.png"))
+        want = pixels[name][0] if name.endswith(".png") else np.asarray(Image.open(images / name))
+        assert np.array_equal(original, want), name
+        assert (out / "side-by-side" / f"{folder}.png").is_file()
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +20,15 @@ TINY = DemoSettings(presets=("vdvae-mnist-tiny", "dctvae-mnist-tiny"), train_ste
                     points=2, restarts=2, attack_steps=2)
 
 
-def test_demo_pipeline_end_to_end_on_tiny_models(tmp_path):
-    out = tmp_path / "demo"
-    summary = run_demo(out, TINY, device="cpu", quiet=True)
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """One uninterrupted demo at tiny sizes, shared by the tests of this module: (out, summary)."""
+    out = tmp_path_factory.mktemp("tiny") / "demo"
+    return out, run_demo(out, TINY, device="cpu", quiet=True)
+
+
+def test_demo_pipeline_end_to_end_on_tiny_models(tiny_demo):
+    out, summary = tiny_demo
     assert (out / "index.html").is_file() and (out / "figure10.png").is_file()
     rows = summary["table"]
     for preset in TINY.presets:
@@ -41,6 +48,7 @@ def test_demo_pipeline_end_to_end_on_tiny_models(tmp_path):
     before = (out / "summary.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "-q"]) == 2
     assert (out / "summary.json").stat().st_mtime_ns == before
+    assert json.loads((out / "demo.json").read_text())["stages"]["report"]["status"] == "done"
 
 
 def test_demo_refuses_a_non_empty_directory_and_bad_settings(tmp_path, capsys):
@@ -70,13 +78,107 @@ def test_reference_report_script_at_tiny_scale(tmp_path):
            "OUT": str(tmp_path / "report"), "FINDINGS": str(tmp_path / "none.md")}
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert {r["model"] for r in summary["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny"}
-    assert len(summary["runs"]) == 1 and "auto" in summary["runs"][0]["command"]  # the ensemble's run
+    # the ensemble (its current version) and the paper's PGD side by side: a curve per model and attack
+    from robustvae.attacks.registry import AUTO_VERSION
+
+    assert {(r["model_label"], r["attack"]) for r in summary["table"]} == {
+        (m, a) for m in ("vdvae-mnist-tiny", "dctvae-mnist-tiny") for a in ("pgd on skl", AUTO_VERSION)}
+    assert "dctvae-mnist-tiny · pgd on skl" in {r["model"] for r in summary["table"]}
+    assert len(summary["runs"]) == 2 and {"auto", "pgd"} <= {w for r in summary["runs"] for w in r["command"].split()}
     assert summary["certify"]  # DCT-VAE's context, certified on the same points
     notes = (tmp_path / "runs" / "commands.txt").read_text()
     assert "--suite attacks/figure10-mnist.toml" in notes and "eval" in notes and "certify" in notes
-    pgd = (tmp_path / "runs" / "attack-pgd-notes.md").read_text()  # the paper's attack, shown in the notes
-    assert "dctvae-mnist-tiny" in pgd and "MS-SSIM" in pgd
     # a second run reuses the trained models and the evaluation, and resumes the (finished) attack
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     assert "reused" in (tmp_path / "runs" / "commands.txt").read_text()
+
+
+TIMINGS = {"wall_time_s", "wall_time"}
+
+
+def _deterministic(out: Path) -> dict:
+    """summary.json minus timings: the output folder's path and each checkpoint's sha256 (best.pt stores the training's
+    wall time) are replaced by names, and wall times are dropped."""
+    summary = json.loads((out / "summary.json").read_text())
+    text = json.dumps(summary).replace(str(out), "<out>")
+    for m in summary["models"]:
+        text = text.replace(m["sha256"], f"<sha256 of {m['label']}>")
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in TIMINGS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+    return strip(json.loads(text))
+
+
+def test_an_interrupted_demo_resumes_to_the_report_of_an_uninterrupted_one(tiny_demo, tmp_path, monkeypatch):
+    """Ctrl-C during the second model's training, then again during the attack: --resume finishes the demo at the
+    stage and step it reached, and its report equals an uninterrupted demo's in every deterministic field."""
+    from robustvae.errors import Interrupted
+    from robustvae.experiments import attack as attack_module
+    from robustvae.training.loop import Trainer
+
+    whole, _ = tiny_demo
+    out = tmp_path / "interrupted"
+
+    stop_if_requested = Trainer._stop_if_requested
+
+    def ctrl_c_at_step_3(self, run):  # what the first Ctrl-C does: the handler sets the flag, the step finishes
+        if self.cfg.name == "dctvae-mnist-tiny" and run.state.step == 3:
+            self._stop_requested = True
+        return stop_if_requested(self, run)
+
+    monkeypatch.setattr(Trainer, "_stop_if_requested", ctrl_c_at_step_3)
+    with pytest.raises(Interrupted) as e:
+        run_demo(out, TINY, device="cpu", quiet=True)
+    msg = str(e.value)
+    assert msg.startswith("demo interrupted during stage 2/5 (train dctvae-mnist-tiny): interrupted at step 3/8")
+    assert msg.endswith(f"continue with: robustvae demo --out {out} --resume") and msg.count("--resume") == 1
+    assert (out / "runs" / "vdvae-mnist-tiny" / "summary.json").is_file()
+    assert not (out / "runs" / "dctvae-mnist-tiny" / "summary.json").exists()
+    monkeypatch.setattr(Trainer, "_stop_if_requested", stop_if_requested)
+
+    run_unit, calls = attack_module.run_unit, []
+
+    def ctrl_c_in_the_third_unit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run_unit(*args, **kwargs)
+
+    steps = []
+    monkeypatch.setattr(attack_module, "run_unit", ctrl_c_in_the_third_unit)
+    monkeypatch.setattr(Trainer, "fit", lambda self, resume=False, on_step=None, fit=Trainer.fit: (
+        steps.append((self.cfg.name, resume)), fit(self, resume, on_step))[1])
+    with pytest.raises(Interrupted) as e:  # the CLI's way in, as a user types it: --resume alone
+        run_demo(out, {}, device="cpu", quiet=True, resume=True)
+    assert steps == [("dctvae-mnist-tiny", True)]  # the first model was not trained again, the second continued
+    assert str(e.value).startswith("demo interrupted during stage 4/5 (attack): the records of finished units are kept")
+    kept = (out / "runs" / "attack" / "records.jsonl").read_text().splitlines()
+    assert kept and len({json.loads(r)["unit"] for r in kept}) == 2  # the two units finished before Ctrl-C
+    monkeypatch.setattr(attack_module, "run_unit", run_unit)
+
+    assert main(["demo", "--out", str(out), "--resume", "-q", "--points", "2", "--device", "cpu"]) == 0  # agrees: fine
+    assert steps == [("dctvae-mnist-tiny", True)] and len(calls) == 3 + 0  # nothing trained again
+    assert _deterministic(out) == _deterministic(whole)
+    notes = (out / "commands.txt").read_text()
+    assert "# attack: " in notes and "in 2 parts (interrupted, continued with --resume)" in notes
+
+
+def test_demo_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "none"), "--resume", "-q"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "x"), "--resume", "--force", "-q"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    d = tmp_path / "d"
+    d.mkdir()
+    saved = dataclasses.asdict(DemoSettings(points=3))
+    (d / "demo.json").write_text(json.dumps({"format": "robustvae-demo/1", "settings": saved, "stages": {}}))
+    assert main(["demo", "--out", str(d), "--resume", "--points", "4", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "saved settings (points 3 there, 4 now)" in err and len(err.strip().splitlines()) == 1
+    (d / "demo.json").write_text("[1, 2]")
+    assert main(["demo", "--out", str(d), "--resume", "-q"]) == 2
+    assert "not a demo state file" in capsys.readouterr().err

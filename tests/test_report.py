@@ -175,10 +175,12 @@ def test_checks_pass_and_name_their_numbers(report):
     assert set(by) == {"budget respected", "attack beats noise", "attack below the no-attack level",
                        "attack did measurable damage", "damage monotone in eps", "no non-finite rows",
                        "restarts per point as configured", "run complete", "every planned unit present",
-                       "more restarts no longer pay"}  # the other strength flags need curves or gradients
+                       "more restarts no longer pay", "few MS-SSIM scores clipped at 0"}  # the other strength flags
+    # need curves or gradients
     assert all(c["passed"] for c in by["budget respected"] + by["no non-finite rows"] + by["run complete"]
                + by["every planned unit present"])
-    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"])
+    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"]
+               + by["few MS-SSIM scores clipped at 0"])
     assert len(by["attack beats noise"]) == 8 and all(c["passed"] for c in by["attack beats noise"])
     assert len(by["attack did measurable damage"]) == 8 and all(c["passed"] for c in by["attack did measurable damage"])
     assert all(c["passed"] for c in by["attack below the no-attack level"])
@@ -307,19 +309,24 @@ def test_shards_merge_into_the_same_numbers(tmp_path):
 
 def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
     one = write_run(tmp_path / "one", records(models=("vdvae-a",)), gallery=False)
-    other = [{**r, "steps": 50} for r in records(models=("vdvae-a",))]
+    other = [{**r, "seed": 5} for r in records(models=("vdvae-a",))]  # other points: not comparable point by point
     two = write_run(tmp_path / "two", other, gallery=False)
-    with pytest.raises(RobustVAEError, match=r"mix steps = 10, 50") as e:
+    with pytest.raises(RobustVAEError, match=r"mix seed = 0, 5") as e:
         load_runs([one, two])
     assert str(one) in str(e.value) and str(two) in str(e.value)
     retrained = write_run(tmp_path / "sha", [{**r, "checkpoint_sha256": "c" * 64} for r in records(models=("vdvae-a",))],
                           gallery=False)
     with pytest.raises(RobustVAEError, match="mix checkpoint_sha256"):
         load_runs([one, retrained])
-    # a setting only run.json holds (restarts) is checked as well
-    more = write_run(tmp_path / "restarts", records(models=("vdvae-a",)), restarts=5, gallery=False)
-    with pytest.raises(RobustVAEError, match="mix restarts_configured"):
-        load_runs([one, more])
+    # a setting only run.json holds (the split) is checked as well
+    val = write_run(tmp_path / "val", records(models=("vdvae-a",)), gallery=False)
+    info = json.loads((val / "run.json").read_text())
+    info["settings"]["attack"]["split"] = "val"
+    (val / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RobustVAEError, match="mix split"):
+        load_runs([one, val])
+    # runs that differ in the attack (steps, restarts, optimizer, objective) are curves side by side instead
+    # (tests/test_report_attacks.py)
     # the same records twice (a copied run) would count twice
     twin = write_run(tmp_path / "twin", records(models=("vdvae-a",)), gallery=False)
     with pytest.raises(RobustVAEError, match="appear twice"):

@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import (BACKEND_HELP, DATA_HELP, DEVICE_HELP, IMAGES_HELP, MODELS_HELP, app,
+from robustvae.cli.common import (BACKEND_HELP, DATA_HELP, DEVICE_HELP, IMAGES_HELP, MODELS_HELP, THREADS, app,
                                   image_source_text, load_with_images, out_console, print_frame, settings_text)
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -42,6 +43,7 @@ def attack(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Latent attacks on the top-k layers: MS-SSIM of attacked vs clean reconstructions, as records.
 
@@ -59,7 +61,7 @@ def attack(
     names = list(models or []) or suite_models
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
-    with distributed(backend, device) as (dd, dev):
+    with cpu_threads(threads), distributed(backend, device) as (dd, dev):
         specs, image_set = load_with_images(names, images, data, dev)
         if dd.is_main:
             _print_attack_settings(names, cfg, out, dev, image_source_text(image_set, data))
@@ -67,9 +69,9 @@ def attack(
                          command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot, images=image_set)
     if not dd.is_main:
         return
-    from robustvae.reporting.tables import display_table
+    from robustvae.reporting.tables import TABLE_CAPTION, display_table
 
-    print_frame(display_table(res.table), "MS-SSIM(clean, attacked reconstruction): mean over points, 95 % bootstrap intervals")
+    print_frame(display_table(res.table), TABLE_CAPTION)
     if res.targeted is not None and len(res.targeted):
         from robustvae.reporting.targeted import display_targeted
 

@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import (DATA_HELP, DEVICE_HELP, IMAGES_HELP, app, image_source_text, load_with_images,
-                                  out_console, print_frame, settings_text)
+from robustvae.cli.common import (DATA_HELP, DEVICE_HELP, IMAGES_HELP, THREADS, app, image_source_text,
+                                  load_with_images, out_console, print_frame, settings_text)
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -38,6 +39,7 @@ def certify(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Exact analysis of DCT-VAE's quantised context: certified radius, certified fraction, optimal context attack."""
     from robustvae import api
@@ -46,11 +48,12 @@ def certify(
 
     cfg = CertifyConfig(eps=_eps_list(eps), norm=norm, points=points, seed=seed, time_limit=time_limit,
                         optimal=optimal, temperature=temperature)
-    specs, image_set = load_with_images(models, images, data, device)
-    out_console.print(f"certify {', '.join(models)} on {device}, out {out}, {image_source_text(image_set, data)}: "
-                      f"{settings_text(cfg)}", markup=False, highlight=False, soft_wrap=True)
-    res = api.certify_models(specs, cfg, out, device=device, shard=shard, data=data, data_dir=data_dir,
-                             force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])], images=image_set)
+    with cpu_threads(threads):
+        specs, image_set = load_with_images(models, images, data, device)
+        out_console.print(f"certify {', '.join(models)} on {device}, out {out}, {image_source_text(image_set, data)}: "
+                          f"{settings_text(cfg)}", markup=False, highlight=False, soft_wrap=True)
+        res = api.certify_models(specs, cfg, out, device=device, shard=shard, data=data, data_dir=data_dir,
+                                 force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])], images=image_set)
     print_frame(display_certify(res.table), "context certification: certified fraction, median radius, "
                  "optimal attack (means over points)")
     out_console.print(f"{len(res.records)} records in {out}")

@@ -47,6 +47,16 @@ def image_source_text(images, data: str | None) -> str:
     return f"data {data}" if data else "data: each model's own"
 
 
+def _threads_help() -> str:
+    from robustvae.device import THREADS_REASON
+
+    return f"torch's CPU threads. \\[default: 1 unless OMP_NUM_THREADS is set: {THREADS_REASON}]"
+
+
+# one --threads for every command that computes (train, eval, attack, certify, compress, demo)
+THREADS = typer.Option(None, "--threads", help=_threads_help())
+
+
 def _version(value: bool) -> None:
     if value:
         from robustvae import __version__

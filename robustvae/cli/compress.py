@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import DEVICE_HELP, MODELS_HELP, app, out_console, print_frame
+from robustvae.cli.common import DEVICE_HELP, MODELS_HELP, THREADS, app, out_console, print_frame
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -28,6 +29,7 @@ def compress(
     force: bool = typer.Option(False, "--force", help="Replace an earlier compression run in --out."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Appendix G: compress images patch by patch with the top k latent layers and compare with JPEG at the same PSNR."""
     from robustvae import api
@@ -36,8 +38,9 @@ def compress(
     if layers is None:
         raise RobustVAEError("--layers is required: the top-k layers that carry the image, e.g. --layers 1,2 or 1-4 or all")
     cfg = CompressConfig(layers=layers, temperature=temperature, seed=seed, batch_size=batch_size, max_pixels=max_pixels)
-    res = api.compress(models, list(images), cfg, out, data=data, data_dir=data_dir, limit=limit, device=device,
-                       force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])])
+    with cpu_threads(threads):
+        res = api.compress(models, list(images), cfg, out, data=data, data_dir=data_dir, limit=limit, device=device,
+                           force=force, quiet=quiet, command=["robustvae", *(sys.argv[1:])])
     print_compression_table(res.records)
     for line in res.warnings:
         out_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from robustvae.cli.common import DATA_HELP, DEVICE_HELP, IMAGES_HELP, QUIET_HELP, app, ctrl_c, out_console, write_json_file
+from robustvae.cli.common import (DATA_HELP, DEVICE_HELP, IMAGES_HELP, QUIET_HELP, THREADS, app, ctrl_c, out_console,
+                                  write_json_file)
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -42,6 +44,7 @@ def eval_(
         help="iwae (the true bound, every model), authors (Kuzina & Tomczak's estimate with analytic KLs, kuzina-* "
              "models; not a bound) or both, on the same images.",
     ),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer.
 
@@ -52,7 +55,7 @@ def eval_(
     from robustvae.errors import require_positive
 
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
-    with ctrl_c("eval", "; nothing written"):
+    with ctrl_c("eval", "; nothing written"), cpu_threads(threads):
         _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
               quiet, estimator, data, images)
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, QUIET_HELP, SET_HELP, ctrl_c, app, out_console
+from robustvae.cli.common import BACKEND_HELP, DEVICE_HELP, QUIET_HELP, SET_HELP, THREADS, app, ctrl_c, out_console
+from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
 
@@ -27,6 +28,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP + " \\[default: none]"),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Train a model from a preset; writes config, metrics, last/best checkpoints and log.txt to the run directory.
 
@@ -37,7 +39,7 @@ def train(
 
     if preset is not None:
         get_preset(preset)  # a typo fails here, before torch is imported
-    with ctrl_c("train"):
+    with ctrl_c("train"), cpu_threads(threads):
         _train(preset, data, data_dir, epochs, steps, batch_size, seed, device, out, resume, force, set_, quiet, backend)
 
 

@@ -33,7 +33,7 @@ from robustvae.config import CompressConfig, parse_layers, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.models import Labelled
 from robustvae.experiments.rundir import RunDir, provenance
-from robustvae.io import safe_name
+from robustvae.io import unique_names
 from robustvae.progress import make_progress
 from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord
 from robustvae.compression.jpeg import match_warnings
@@ -95,18 +95,31 @@ def save_png(pixels: np.ndarray, path: Path) -> None:
     Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
 
 
+def file_names(imgs: list[InputImage], models: list[Labelled]) -> tuple[list[str], dict[str, str]]:
+    """(a folder name per image, a file stem per model label): distinct on any file system, decided before any work.
+
+    Image names that differ only in characters a file name cannot hold (``c d`` and ``c_d``)
+    or in case get ``-2``, ``-3``, ... in the order given (:func:`~robustvae.io.unique_names`);
+    ``run.json`` records each (``folder``, ``file_stem``) so that readers never re-derive them.
+    """
+    return unique_names([im.name for im in imgs]), dict(zip([lm.label for lm in models],
+                                                            unique_names([lm.label for lm in models])))
+
+
 def _write_files(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, imgs: list[InputImage],
-                 recs: dict[str, list[dict[int, np.ndarray]]], sweeps: dict[str, jpeg.Sweep]) -> None:
+                 recs: dict[str, list[dict[int, np.ndarray]]], sweeps: dict[str, jpeg.Sweep],
+                 names: tuple[list[str], dict[str, str]]) -> None:
     """records.csv, jpeg.csv, and per image its input, reconstructions and matched JPEG files."""
+    folders, stems = names
     out.mkdir(parents=True, exist_ok=True)
     records.to_csv(out / "records.csv", index=False)
     sweep_rows.to_csv(out / "jpeg.csv", index=False)
-    for i, im in enumerate(imgs):
-        d = out / "images" / safe_name(im.name)
+    for i, (im, folder) in enumerate(zip(imgs, folders)):
+        d = out / "images" / folder
         d.mkdir(parents=True)
         save_png(im.pixels, d / "original.png")
         for _, r in records[records.image == im.name].iterrows():
-            save_png(recs[r.model][i][r.k], d / f"{safe_name(r.model)}-k{r.k}.png")
+            save_png(recs[r.model][i][r.k], d / f"{stems[r.model]}-k{r.k}.png")
             if pd.isna(r.jpeg_quality):
                 continue  # a non-finite reconstruction: no JPEG matched to it
             q = int(r.jpeg_quality)
@@ -169,6 +182,7 @@ def run_compression(
         imgs, skipped = check_images(list(images), patch), 0
     else:
         imgs, skipped = read_images(list(images), channels, patch, config.max_pixels)
+    names = file_names(imgs, models)  # every output name is known (and distinct) before any work
     t0 = time.perf_counter()
     rows, recs, timing, sweeps = _code_all(models, imgs, ks, config, device, quiet)
     matched = [sweeps[r.image].closest(r.psnr) if math.isfinite(r.psnr) else None for r in rows]
@@ -180,14 +194,16 @@ def run_compression(
         "kind": COMPRESSION_RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
         **provenance(["pillow"]), "device": str(device), "torch_threads": torch.get_num_threads(),
         "wall_time_s": time.perf_counter() - t0, "skipped_files": skipped, "image_source": source,
-        "images": [{"name": im.name, "path": im.path, "width": im.width, "height": im.height, "mode": im.mode,
-                    "conversion": im.conversion, "sha256": im.sha256} for im in imgs],
-        "models": [_model_info(lm, ks[lm.label], *timing[lm.label]) for lm in models],
+        "images": [{"name": im.name, "folder": folder, "path": im.path, "width": im.width, "height": im.height,
+                    "mode": im.mode, "conversion": im.conversion, "sha256": im.sha256}
+                   for im, folder in zip(imgs, names[0])],
+        "models": [{**_model_info(lm, ks[lm.label], *timing[lm.label]), "file_stem": names[1][lm.label]}
+                   for lm in models],
         "warnings": match_warnings(records),
     }
     with run.locked():
         run.check_fresh(force)  # again: the directory may have been filled meanwhile
         run.clear(OUTPUTS)
-        _write_files(run.path, records, sweep_rows, imgs, recs, sweeps)
+        _write_files(run.path, records, sweep_rows, imgs, recs, sweeps, names)
         run.write_json("run.json", info)  # last: a run.json means the run is complete
     return records, sweep_rows

@@ -27,6 +27,7 @@ from seaborn.algorithms import bootstrap
 from seaborn.utils import ci
 
 from robustvae.records import NOT_APPLICABLE
+from robustvae.reporting.checklist import CheckList
 from robustvae.reporting.load import CURVE_KEYS, PANEL_KEYS, RunSet
 from robustvae.reporting.strength import strength_checks
 
@@ -34,6 +35,7 @@ N_BOOT = 1000
 BOOT_SEED = 0
 CI_LEVEL = 95
 MONOTONE_TOL = 0.01  # an increase of MS-SSIM up to this much still counts as "monotone" (sampling noise)
+CLIPPED_LIMIT = 0.05  # share of attack scores clipped at 0 (a negative MS-SSIM level) beyond which the check fails
 VIEWS = {"mean": "mean over restarts", "worst": "worst case over restarts"}
 TABLE_KEYS = [*CURVE_KEYS, "k"]
 
@@ -117,7 +119,8 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
 
     Columns: points, restarts (per point; the minimum when they differ), ``mean`` /
     ``worst`` with ``_lo`` / ``_hi`` interval bounds, the paired drops ``drop_mean`` /
-    ``drop_worst`` with theirs, ``no_attack`` (mean level), ``noise``, ``floor``, the largest
+    ``drop_worst`` with theirs, ``no_attack`` (mean level), ``noise``, ``floor``, ``unrelated``
+    (the score of an unrelated test image's reconstruction: the ceiling of damage), the largest
     attack perturbation in both norms, non-finite rows (all kinds), and with
     ``diagnostics`` the KL and active units of layer k (a collapsed layer is trivially
     robust).
@@ -129,7 +132,7 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
         row: dict[str, Any] = dict(zip(TABLE_KEYS, key))
         row["points"] = int(len(g))
         row["restarts"] = int(g.restarts.min())
-        if "members" in g:
+        if "members" in g and g.members.max() > 0:  # an ensemble's curve (a single attack beside it has none)
             row["members"] = int(g.members.max())
         for view in VIEWS:
             row[view], row[f"{view}_lo"], row[f"{view}_hi"] = mean_interval(g[view])
@@ -143,8 +146,12 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     idx = pd.MultiIndex.from_frame(table[TABLE_KEYS])
     table["noise"] = _baseline(records, "noise").reindex(idx).to_numpy()
     table["floor"] = _baseline(records, "floor").reindex(idx).to_numpy()
+    table["unrelated"] = _baseline(records, "unrelated").reindex(idx).to_numpy()  # another image's reconstruction
     g = att.groupby(TABLE_KEYS)
     table["checkpoint_sha256"] = g.checkpoint_sha256.first().reindex(idx).to_numpy()
+    for col in ("model_label", "attack"):  # a curve's checkpoint label and attack configuration (reporting.load)
+        if col in att:
+            table[col] = g[col].first().reindex(idx).to_numpy()
     table["max_delta_linf"] = g.delta_linf.max().reindex(idx).to_numpy()
     table["max_delta_l2"] = g.delta_l2.max().reindex(idx).to_numpy()
     nonfinite = nonfinite_rows(records).groupby([records[c] for c in TABLE_KEYS]).sum()
@@ -158,16 +165,22 @@ def summarise(records: pd.DataFrame, diagnostics: pd.DataFrame | None = None) ->
     return table
 
 
-def diagnostics_frame(runs: RunSet) -> pd.DataFrame:
-    """Per-layer KL and active units of every attacked model (from run.json), one row per (model, layer)."""
+def diagnostics_frame(runs: RunSet, evals: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Per-layer KL and active units of every attacked model, one row per (model, layer): from run.json (on the
+    attacked split), else from a ``robustvae eval`` result of the same checkpoint (``source`` says which)."""
+    by_sha = {e.get("checkpoint_sha256"): e for e in evals or []}
     rows = []
     for m in runs.model_infos():
-        for d in m.get("layer_diagnostics") or []:
+        layers, source = m.get("layer_diagnostics") or [], "run.json"
+        if not layers and m.get("sha256") in by_sha:
+            layers, source = by_sha[m["sha256"]].get("layers") or [], "eval"
+        for d in layers:
             rows.append({"model": m["label"], "sha256": m.get("sha256", ""), "layer": d["layer"],
                          "resolution": d.get("resolution"), "units": d.get("units"), "kl_nats": d.get("kl_nats"),
                          "active_units": d.get("active_units"), "kind": d.get("kind", "gaussian"),
-                         "levels": d.get("levels"), "levels_used": d.get("levels_used")})
-    cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used"]
+                         "levels": d.get("levels"), "levels_used": d.get("levels_used"), "source": source})
+    cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used",
+            "source"]
     df = pd.DataFrame(rows, columns=cols).drop_duplicates(["sha256", "layer"])
     # a label shared by two checkpoints (e.g. in two runs) gets the hash's start, so figures keep them apart
     shared = df.groupby("model").sha256.transform("nunique") > 1
@@ -184,50 +197,94 @@ def _curve_name(key: tuple) -> str:
 
 
 def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
-    """The protocol's sanity evidence, one row per check and scope: ``passed`` plus the numbers behind it.
+    """The protocol's sanity evidence, one row per check and scope: ``passed`` plus the numbers behind it, in a text
+    that says what was found (differently on pass and fail; :class:`~robustvae.reporting.checklist.CheckList`).
 
     Damage is not expected to be monotone in k under this protocol (the top k layers are
     attacked and the same k come from the posterior, so at k = L everything comes from
     x + delta's posterior, near x's): there is no such check. It is monotone in eps.
     """
     df = runs.records
-    out: list[dict[str, Any]] = []
-
-    def add(check: str, scope: str, passed: bool, value: float, limit: float, detail: str) -> None:
-        out.append({"check": check, "scope": scope, "passed": bool(passed), "value": float(value),
-                    "limit": float(limit), "detail": detail})
-
-    for key, g in df[df.kind.isin(["attack", "noise"])].groupby(CURVE_KEYS):
-        eps, norm = key[2], key[1]
-        size = pd.to_numeric(g.delta_linf if norm == "linf" else g.delta_l2, errors="coerce").astype(float)
-        unknown = int((~np.isfinite(size.to_numpy())).sum())  # a NaN size is no evidence of a respected budget
-        worst = math.inf if unknown else float(size.max())
-        add("budget respected", _curve_name(key), worst <= eps * (1 + 1e-5) + 1e-7, worst, eps,
-            f"max {'L-inf' if norm == 'linf' else 'L2'} norm of delta over {len(g)} attack and noise rows"
-            + (f"; {unknown} rows have a non-finite size" if unknown else ""))
+    out = CheckList()
+    _budget_checks(out.add, df)
     # paired per point: how much lower the attack's MS-SSIM (mean over restarts) is than the noise's
     noise = df[df.kind == "noise"].groupby([*TABLE_KEYS, "point"]).msssim.mean().rename("noise")
     paired = per_point(df).join(noise, on=[*TABLE_KEYS, "point"])
-    for key, g in paired.groupby(TABLE_KEYS):
-        scope = f"{_curve_name(key[:-1])} k={key[-1]}"
-        if g.noise.isna().all():
-            add("attack beats noise", scope, False, math.nan, 0.0, "no noise rows (noise_draws = 0): no evidence")
-            continue
-        gain, lo, hi = mean_interval(g.noise - g["mean"])
-        add("attack beats noise", scope, (gain if math.isnan(lo) else lo) > 0, gain, 0.0,
-            f"noise minus attack MS-SSIM, paired per point: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}] "
-            f"(attack {g['mean'].mean():.4f}, noise {g.noise.mean():.4f}); passes when the interval is above 0")
-    _damage_checks(add, paired, _floor_spread(df))
+    _noise_checks(out.add, paired)
+    _damage_checks(out.add, paired, _floor_spread(df))
     for key, g in table.groupby(["dataset", "norm", "recon", "model", "k"]):
         if g.eps.nunique() > 1:
             dataset, norm, recon, model, k = key
             rule = "" if recon == "default" else f", {recon} rule"
-            _monotone(add, "damage monotone in eps", f"{model} ({dataset}, {norm}{rule}) k={k}", g.sort_values("eps"),
-                      "eps", "eps")
+            _monotone(out.add, "damage monotone in eps", f"{model} ({dataset}, {norm}{rule}) k={k}",
+                      g.sort_values("eps"), "eps", "eps")
     bad = nonfinite_rows(df)
     for key, g in df.groupby(CURVE_KEYS):
         n = int(bad[g.index].sum())
-        add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"{n} of {len(g)} rows have a non-finite score")
+        out.add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"all {len(g)} rows have finite scores",
+                f"{n} of {len(g)} rows have a non-finite score (left out of every mean)")
+    _clipped_checks(out.add, df)
+    _restart_checks(out.add, df)
+    _planned_units(out.add, runs)
+    for run in runs.runs:
+        done, total = run.info.get("units_done", 0), run.info.get("units_total", 0)
+        status = run.info.get("status", "?")
+        out.add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
+                f"run complete: {done} of {total} units done, {run.records} records",
+                f"run not complete: status {status}, {done} of {total} units done, {run.records} records; "
+                f"resume the attack to finish it")
+    for row in strength_checks(df):
+        out.rows.append(row)
+    return out.frame()
+
+
+def _budget_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
+    """Per curve: the largest perturbation of every attack and noise row is within eps (a NaN size is no evidence)."""
+    for key, g in df[df.kind.isin(["attack", "noise"])].groupby(CURVE_KEYS):
+        eps, norm = key[2], key[1]
+        name = "L-inf" if norm == "linf" else "L2"
+        size = pd.to_numeric(g.delta_linf if norm == "linf" else g.delta_l2, errors="coerce").astype(float)
+        unknown = int((~np.isfinite(size.to_numpy())).sum())
+        worst = math.inf if unknown else float(size.max())
+        add("budget respected", _curve_name(key), worst <= eps * (1 + 1e-5) + 1e-7, worst, eps,
+            f"every delta within the budget: max {name} norm {worst:.6g} <= eps {eps:g} over {len(g)} attack and "
+            f"noise rows",
+            f"budget unverifiable: {unknown} of {len(g)} attack and noise rows have a non-finite size" if unknown else
+            f"budget exceeded: max {name} norm {worst:.6g} > eps {eps:g} over {len(g)} attack and noise rows")
+
+
+def _noise_checks(add: Callable[..., None], paired: pd.DataFrame) -> None:
+    """Per (curve, k): the attack's MS-SSIM is below that of random noise of the same budget, paired per point."""
+    for key, g in paired.groupby(TABLE_KEYS):
+        scope = f"{_curve_name(key[:-1])} k={key[-1]}"
+        if g.noise.isna().all():
+            add("attack beats noise", scope, False, math.nan, 0.0, "",
+                "no evidence: no noise rows (noise_draws = 0)")
+            continue
+        gain, lo, hi = mean_interval(g.noise - g["mean"])
+        numbers = (f"noise minus attack MS-SSIM, paired per point: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                   f"(attack {g['mean'].mean():.4f}, noise {g.noise.mean():.4f})")
+        add("attack beats noise", scope, (gain if math.isnan(lo) else lo) > 0, gain, 0.0,
+            f"attack beats noise: {numbers}, interval above 0",
+            f"attack does not beat noise of the same budget: {numbers}, interval not above 0")
+
+
+def _clipped_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
+    """Per curve: how many attack scores are exactly 0, where MS-SSIM clips a negative level to 0 (as pytorch-msssim
+    does): a clipped score is a bound, not a measurement, and means over many of them hide differences."""
+    att = df[df.kind == "attack"]
+    for key, g in att.groupby(CURVE_KEYS):
+        scores = pd.to_numeric(g.msssim, errors="coerce")
+        n = int((scores == 0).sum())
+        share = n / max(len(g), 1)
+        add("few MS-SSIM scores clipped at 0", _curve_name(key), share <= CLIPPED_LIMIT, share, CLIPPED_LIMIT,
+            f"{n} of {len(g)} attack scores are clipped at 0 ({share:.1%} <= {CLIPPED_LIMIT:.0%})",
+            f"{n} of {len(g)} attack scores are clipped at 0 ({share:.1%} > {CLIPPED_LIMIT:.0%}): a negative "
+            f"structure term was clipped, so those scores bound the damage instead of measuring it")
+
+
+def _restart_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
+    """Per curve: every (k, point) (and ensemble member) has the configured number of restarts."""
     att = df[df.kind == "attack"]
     for key, g in att.groupby(CURVE_KEYS):
         by_member = ["member"] if "member" in g and g.member.notna().any() else []  # an ensemble: restarts per member
@@ -235,15 +292,8 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         want = g.restarts_configured.iloc[0]
         want = float(want) if want is not None and not pd.isna(want) else float(per.max())
         add("restarts per point as configured", _curve_name(key), bool((per == want).all()), float(per.min()), want,
+            f"every one of {len(per)} (k, point) pairs has the configured {want:g} restarts",
             f"{per.min()}..{per.max()} restarts per point over {len(per)} (k, point) pairs; configured {want:g}")
-    _planned_units(add, runs)
-    for run in runs.runs:
-        done, total = run.info.get("units_done", 0), run.info.get("units_total", 0)
-        status = run.info.get("status", "?")
-        add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
-            f"status {status}, {done} of {total} units done, {run.records} records")
-    out += strength_checks(df)
-    return pd.DataFrame(out, columns=["check", "scope", "passed", "value", "limit", "detail"])
 
 
 def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
@@ -265,7 +315,8 @@ def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
         hint = (f"; only shard(s) {', '.join(shards)} of {n} given: add the other shards' directories"
                 if n != "1" and len(shards) < int(n) else "; resume the attack to finish it")
         add("every planned unit present", f"{members[0].dir}/{members[0].name}", not missing, len(plan) - len(missing),
-            len(plan), f"{len(plan) - len(missing)} of {len(plan)} planned units have records"
+            len(plan), f"all {len(plan)} planned units have records",
+            f"{len(plan) - len(missing)} of {len(plan)} planned units have records"
             + (f" (first missing: {missing[0]}){hint}" if missing else ""))
 
 
@@ -288,16 +339,20 @@ def _damage_checks(add: Callable[..., None], paired: pd.DataFrame, spread: pd.Se
         scope = f"{_curve_name(key[:-1])} k={key[-1]}"
         drop, lo, hi = mean_interval(g.drop_mean)
         if math.isnan(drop):
-            add("attack below the no-attack level", scope, False, math.nan, 0.0, "no no-attack rows: no evidence")
+            add("attack below the no-attack level", scope, False, math.nan, 0.0, "", "no evidence: no no-attack rows")
         else:
+            numbers = (f"no-attack minus attacked MS-SSIM (mean over restarts), paired per point: {drop:+.4f} "
+                       f"[{lo:+.4f}, {hi:+.4f}] (no-attack {g.no_attack.mean():.4f})")
             add("attack below the no-attack level", scope, (drop if math.isnan(lo) else lo) > 0, drop, 0.0,
-                f"no-attack minus attacked MS-SSIM (mean over restarts), paired per point: {drop:+.4f} "
-                f"[{lo:+.4f}, {hi:+.4f}] (no-attack {g.no_attack.mean():.4f}); passes when the interval is above 0")
+                f"attack below the no-attack level: {numbers}, interval above 0",
+                f"attack not below the no-attack level: {numbers}, interval not above 0")
         limit = float(spread.get(key, math.nan))
+        floor = "the floor's spread (the scatter of clean-vs-clean scores under other prior noise)"
         add("attack did measurable damage", scope, not math.isnan(limit) and drop > limit, drop, limit,
-            f"mean paired drop {drop:+.4f} against the floor's spread {limit:.4f} (the scatter of clean-vs-clean "
-            f"scores under other prior noise); fails when the attack moves the score no more than noise does"
-            if not math.isnan(limit) else "no floor rows with a spread (floor_draws = 0): no evidence")
+            f"attack did measurable damage: mean paired drop {drop:+.4f} > {limit:.4f}, {floor}",
+            "no evidence: no floor rows with a spread (floor_draws = 0)" if math.isnan(limit) else
+            f"no measurable damage: mean paired drop {drop:+.4f} <= {limit:.4f}, {floor}: the attack moves the "
+            f"score no more than prior noise does")
 
 
 def notes(table: pd.DataFrame) -> list[str]:
@@ -318,7 +373,9 @@ def _monotone(add: Callable[..., None], check: str, scope: str, g: pd.DataFrame,
     rise = float(np.nanmax(np.diff(values))) if len(values) > 1 else 0.0
     listing = ", ".join(f"{name}={v:g}: {w:.4f}" for v, w in zip(g[by], values))
     add(check, scope, rise <= MONOTONE_TOL, rise, MONOTONE_TOL,
-        f"largest rise of worst-case MS-SSIM {rise:+.4f} (allowed {MONOTONE_TOL}); {listing}")
+        f"damage grows with {name}: worst-case MS-SSIM rises by at most {rise:+.4f} <= {MONOTONE_TOL}; {listing}",
+        f"damage shrinks as {name} grows: worst-case MS-SSIM rises by {rise:+.4f} > {MONOTONE_TOL} (a weaker attack "
+        f"at the larger budget); {listing}")
 
 
 def layer_atlas(table: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from robustvae.io import read_jsonl
 from robustvae.records import CERTIFY_RUN_KIND, read_attack_records
+from robustvae.reporting.load import attack_name, ensemble_version
 
 CERTIFICATE_NOTE = (
     "For a certified point the k = 1 reconstruction under the default protocol (shared prior noise) is provably "
@@ -89,21 +90,21 @@ def gradient_gap(cert: pd.DataFrame, attack_dirs: list[str | Path]) -> pd.DataFr
 
     ``gap`` = gradient - optimal (> 0: the optimal context attack does more damage than the gradient attack).
     """
-    rows = [{**r, "attack_version": _ensemble_version(Path(d))}
+    rows = [{**r, "attack": attack_name(r["optimizer"], r["objective"], _ensemble_version(Path(d)))}
             for d in attack_dirs for f in sorted(Path(d).glob("records*.jsonl")) for r in read_attack_records(f)]
     att = pd.DataFrame(rows)
     if att.empty or "msssim_k1" not in cert or cert.msssim_k1.isna().all():
         return pd.DataFrame()
     att = att[(att.kind == "attack") & (att.k == 1)]
     cert = cert[cert.msssim_k1.notna()]
-    best = att.groupby(["checkpoint_sha256", "norm", "eps", "test_index"], as_index=False).agg(
-        gradient=("msssim", "min"), objective=("objective", "first"), optimizer=("optimizer", "first"),
-        attack_version=("attack_version", "first"))
+    # one row per attack configuration given (the paper's PGD and the ensemble side by side)
+    best = att.groupby(["checkpoint_sha256", "norm", "eps", "test_index", "attack"], as_index=False).agg(
+        gradient=("msssim", "min"))
     both = cert.merge(best, on=["checkpoint_sha256", "norm", "eps", "test_index"])
     out = []
-    keys = _keys(both, "eps")
+    keys = [*_keys(both, "eps"), "attack"]
     for k, g in both.groupby(keys, sort=False):
-        out.append({**dict(zip(keys, k)), "points": len(g), "attack": _attack_name(g.optimizer.iloc[0], g.objective.iloc[0], g.attack_version.iloc[0]),
+        out.append({**dict(zip(keys, k)), "points": len(g),
                     "gradient_msssim_k1": float(g.gradient.mean()),
                     "optimal_msssim_k1": float(g.msssim_k1.mean()), "gap": float((g.gradient - g.msssim_k1).mean()),
                     "optimal_proven": float(g.optimal_proven.mean())})
@@ -168,13 +169,6 @@ def _ensemble_version(run_dir: Path) -> str | None:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        ensemble = info.get("ensemble") if isinstance(info, dict) else None
-        if isinstance(ensemble, dict):
-            return ensemble.get("version")
+        if ensemble_version(info):
+            return ensemble_version(info)
     return None
-
-
-def _attack_name(optimizer: str, objective: str, version: str | None) -> str:
-    """``pgd on skl`` for one attack; an ensemble by the version its run recorded (its members have their own
-    objectives)."""
-    return f"{version} ensemble" if version else f"{optimizer} on {objective}"

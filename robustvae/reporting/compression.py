@@ -44,9 +44,18 @@ class CompressionRun:
     records: pd.DataFrame
     jpeg: pd.DataFrame
 
+    def folder(self, image: dict[str, Any]) -> str:
+        """The file name of an image's outputs, as ``run.json`` records it (runs written before: its safe name)."""
+        return image.get("folder") or safe_name(image["name"])
+
+    def file_stem(self, model: str) -> str:
+        """The file stem of a model's reconstructions, as ``run.json`` records it (runs written before: its safe name)."""
+        stems = {m.get("label"): m.get("file_stem") for m in self.info.get("models", [])}
+        return stems.get(model) or safe_name(model)
+
     def side_by_side(self) -> list[tuple[str, Path]]:
         """(image name, picture) for every image, in the run's order."""
-        return [(im["name"], self.dir / "side-by-side" / f"{safe_name(im['name'])}.png") for im in self.info["images"]]
+        return [(im["name"], self.dir / "side-by-side" / f"{self.folder(im)}.png") for im in self.info["images"]]
 
 
 def is_compression_run(d: str | Path) -> bool:
@@ -87,12 +96,12 @@ def read_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
 
 def _side_by_side_panels(run: CompressionRun, image: dict[str, Any]) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
     """One image's original and, per row of its records (in order), (record, reconstruction, matched JPEG), from files."""
-    folder = run.dir / "images" / safe_name(image["name"])
+    folder = run.dir / "images" / run.folder(image)
     original = read_image(folder / "original.png")
     if original.shape[1:] != (image["height"], image["width"]):
         raise RobustVAEError(f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
                              f"{image['width']}x{image['height']}; copy the whole compression run directory")
-    panels = [(r, read_image(folder / f"{safe_name(r.model)}-k{r.k}.png"),
+    panels = [(r, read_image(folder / f"{run.file_stem(r.model)}-k{r.k}.png"),
                read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg") if pd.notna(r.jpeg_quality) else None)
               for _, r in run.records[run.records.image == image["name"]].iterrows()]
     return original, panels
@@ -103,7 +112,7 @@ def write_compression_figures(run_dir: str | os.PathLike) -> list[Path]:
 
     Reads ``run.json`` (its ``images``: name, width, height, in order), ``records.csv``,
     ``jpeg.csv`` and per image ``images/<image>/original.png``, ``<model>-k<k>.png`` and
-    ``jpeg-q<quality>.jpg`` (names through :func:`~robustvae.io.safe_name`); writes
+    ``jpeg-q<quality>.jpg`` (``run.json``'s ``folder`` and ``file_stem``); writes
     ``rd.png`` and ``rd.pdf`` (:func:`rd_figure`, dpi 130) and per image
     ``side-by-side/<image>.png`` (:func:`side_by_side_figure`, dpi 90). Returns the paths written.
     """

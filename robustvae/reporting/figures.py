@@ -216,13 +216,17 @@ def layers_figure(diag: pd.DataFrame, atlas: pd.DataFrame | None = None) -> Figu
     _grouped_bars(axes[1], use, "utilisation", models, colours, hatch_kind="context")
     axes[1].set_title("active fraction of units (hatched: context,\nfraction of quantiser levels used)", fontsize=9)
     axes[1].set_ylim(0, 1.05)
+    # the damage panels have a bar per curve of Figure 10 (a model under several attacks has several), in its colours
+    curves = sorted(atlas.model.unique()) if panels else []
+    curve_colours = palette(curves)
     for ax, (panel, g) in zip(axes[2:], panels):
         ax.axhline(0, color="grey", lw=0.8)
-        _grouped_bars(ax, g, "marginal", [m for m in models if m in set(g.model)], colours)
+        _grouped_bars(ax, g, "marginal", [m for m in curves if m in set(g.model)], curve_colours)
         ax.set_title(f"{panel_title(*panel)}\nmarginal damage: drop at k = l minus at k = l - 1", fontsize=9)
         ax.set_ylabel("change of paired MS-SSIM drop")
     handles = [Patch(color=colours[m], label=m) for m in models]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(models), 4), frameon=False)
+    handles += [Patch(color=curve_colours[c], label=c) for c in curves if c not in colours]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
     return fig
 
 

@@ -3,12 +3,21 @@
 Nothing is re-run: a report is a function of what ``robustvae attack`` wrote. Every
 ``records*.jsonl`` of a directory is read (shards merge) and each row gets the
 settings of the ``run*.json`` written beside it, so a setting that is not in the
-records (restarts, step size, ...) can still be checked. One curve of Figure 10 is
-one model in one panel; rows of one curve must share every setting in
-:data:`CURVE_CONSTANTS`, otherwise the merge is refused, naming the field.
+records (restarts, step size, the ensemble's version, ...) can still be checked.
+
+One curve of Figure 10 is one model under one attack configuration in one panel.
+Runs of the same model that differ in the attack (:data:`ATTACK_FIELDS`: the attack,
+named ``pgd on skl`` or by an ensemble's version such as ``auto-v1``, its steps,
+restarts, step size, straight-through) are side by side: each configuration becomes its
+own curve, its ``model`` named ``<label> · <what differs>`` (:func:`name_curves`; the
+label alone stays in ``model_label``, the configuration in ``attack``), the same name in
+every panel. Runs that differ in eps are panels. Rows of one curve must share every
+setting in :data:`CURVE_CONSTANTS` (the checkpoint, the reconstruction's temperature,
+the seed, the split: what makes two measurements incomparable), otherwise the merge is
+refused, naming the field.
 
 Targeted runs (whose attack rows name a ``target_point``) are kept apart, in
-:attr:`RunSet.targeted`, and checked as curves of their own: a report can show a
+:attr:`RunSet.targeted`, named and checked as curves of their own: a report can show a
 targeted run beside an untargeted one of the same models. Figure 10, the tables and the
 checks read the untargeted runs, or the targeted ones when no untargeted run is given.
 """
@@ -31,9 +40,62 @@ from robustvae.records import ATTACK_COLUMNS, read_attack_records, upgrade_row
 PANEL_KEYS = ["dataset", "norm", "eps", "recon"]  # a panel of Figure 10 per dataset, threat model, budget and rule
 CURVE_KEYS = [*PANEL_KEYS, "model"]  # a curve per model within a panel
 # settings that must be equal within one curve (records fields, then run.json settings)
-CURVE_CONSTANTS = ["checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "temperature_convention", "seed",
-                   "restarts_configured", "step_size", "straight_through", "split"]
+CURVE_CONSTANTS = ["checkpoint_sha256", "temperature", "temperature_convention", "seed", "split"]
+# what an attack configuration is: runs of one model that differ in these are curves side by side
+ATTACK_FIELDS = ["attack", "steps", "restarts_configured", "step_size", "straight_through"]
+CURVE_SEP = " · "  # between a model's label and what differs in its attack, e.g. "dctvae-mnist · pgd on skl"
 ROW_KEY = [*CURVE_KEYS, "k", "kind", "point", "restart"]
+
+
+def attack_name(optimizer: str, objective: str, version: str | None) -> str:
+    """``pgd on skl`` for one attack; an ensemble by the version its run recorded (``auto-v1``: its members have
+    their own objectives, and ``auto`` means whatever version was current when the run was made)."""
+    return str(version) if version else f"{optimizer} on {objective}"
+
+
+def ensemble_version(info: dict[str, Any]) -> str | None:
+    """The ensemble version a ``run.json`` records (None for a single attack)."""
+    ensemble = info.get("ensemble") if isinstance(info, dict) else None
+    return ensemble.get("version") if isinstance(ensemble, dict) else None
+
+
+def _describe(field_name: str, value: Any) -> str:
+    """One attack setting in a curve's name."""
+    if field_name == "attack":
+        return str(value)
+    if field_name == "steps":
+        return f"{value} steps"
+    if field_name == "restarts_configured":
+        return f"{value} restarts"
+    if field_name == "step_size":
+        return "default step size" if value is None or pd.isna(value) else f"step size {value:g}"
+    return "straight-through" if value else "plain gradients"
+
+
+def name_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model label, one curve per attack configuration (:data:`ATTACK_FIELDS`), named by what differs.
+
+    A label attacked one way keeps its name; attacked several ways, each configuration is
+    ``<label> · <settings that differ among them>`` (``dctvae-mnist · pgd on skl`` beside
+    ``dctvae-mnist · auto-v1``; ``vdvae · 10 steps`` beside ``vdvae · 50 steps``), the same
+    in every panel, so colours and the eps checks follow one configuration across panels.
+    ``model_label`` keeps the label.
+    """
+    df = df.assign(model_label=df.model)
+    if df.empty:
+        return df
+    key = df[ATTACK_FIELDS].astype(object).where(df[ATTACK_FIELDS].notna(), None).apply(tuple, axis=1)
+    names = pd.Series(df.model.to_numpy(), index=df.index, dtype=object)
+    for label, configs in key.groupby(df.model):
+        distinct = list(dict.fromkeys(configs))
+        if len(distinct) < 2:
+            continue
+        differ = [i for i, f in enumerate(ATTACK_FIELDS) if len({c[i] for c in distinct}) > 1]
+        for config in distinct:
+            desc = ", ".join(_describe(ATTACK_FIELDS[i], config[i]) for i in differ)
+            names[configs.index[configs.map(lambda c, config=config: c == config)]] = f"{label}{CURVE_SEP}{desc}"
+    df["model"] = names
+    return df
 
 
 @dataclass
@@ -105,11 +167,12 @@ def _read_dir(d: Path) -> tuple[list[RunFile], list[dict[str, Any]]]:
         if run is None:
             raise RobustVAEError(f"{path} has no {_run_name(path.name)} beside it; copy the whole run directory")
         attack = run.info["settings"].get("attack", {})
+        version = ensemble_version(run.info)
         extra = {"run": str(d), "restarts_configured": attack.get("restarts"), "step_size": attack.get("step_size"),
                  "straight_through": attack.get("straight_through"), "split": attack.get("split")}
         new = read_attack_records(path)
         run.records = len(new)
-        rows.extend({**r, **extra} for r in new)
+        rows.extend({**r, **extra, "attack": attack_name(r["optimizer"], r["objective"], version)} for r in new)
     return list(run_files.values()), rows
 
 
@@ -140,15 +203,16 @@ def _check_curves(df: pd.DataFrame) -> None:
 
 
 def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
+    """The run's gallery files, each under the curve its model's rows in this run belong to."""
     attack = run.info["settings"].get("attack", {})
     out = []
     for path in sorted((run.dir / "gallery").glob("*.npz")):
         arrays = _read_gallery(path)
-        model = str(arrays["model"])
-        datasets = df.loc[(df.model == model) & (df.run == str(run.dir)), "dataset"].unique()
-        if len(datasets):
-            out.append(GalleryEntry(str(datasets[0]), attack.get("norm", "?"), float(attack.get("eps", float("nan"))),
-                                    model, int(arrays["k"]), arrays))
+        mine = df[(df.model_label == str(arrays["model"])) & (df.run == str(run.dir))]
+        if len(mine):
+            out.append(GalleryEntry(str(mine.dataset.iloc[0]), attack.get("norm", "?"),
+                                    float(attack.get("eps", float("nan"))), str(mine.model.iloc[0]), int(arrays["k"]),
+                                    arrays))
     return out
 
 
@@ -187,7 +251,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike]) -> RunSet:
     df["nonfinite"] = df["nonfinite"].fillna(False).astype(bool)
     targeted_runs = set(df.run[(df.kind == "attack") & df.target_point.notna()])
     is_targeted = df.run.isin(targeted_runs)
-    targeted, untargeted = df[is_targeted], df[~is_targeted]
+    targeted, untargeted = name_curves(df[is_targeted]), name_curves(df[~is_targeted])
     for part in (targeted, untargeted):
         _check_curves(part)
     main = untargeted if len(untargeted) else targeted

@@ -24,10 +24,11 @@ import pandas as pd
 from robustvae.compression.jpeg import match_warnings
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.rundir import RunDir
-from robustvae.io import safe_name, write_bytes
+from robustvae.io import unique_names, write_bytes
 from robustvae.reporting import aggregate as agg
 from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
+from robustvae.reporting import confounders
 from robustvae.reporting import figures, tables
 from robustvae.reporting import targeted as tgt
 from robustvae.reporting.load import RunSet, load_runs
@@ -170,18 +171,21 @@ class _Attack:
     atlas: pd.DataFrame  # per panel, model and layer: utilisation beside the marginal damage
     notes: list[str]  # collapsed layers among the attacked ones
     targeted: pd.DataFrame  # targeted success per panel, model, k and attack (empty without targeted runs)
+    carried_notes: list[str]  # compared models whose attacked layers differ in information by a large factor
 
 
 def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]]) -> _Attack:
     runs = load_runs(run_dirs)
-    diag = agg.diagnostics_frame(runs)
+    diag = agg.diagnostics_frame(runs, eval_rows)
     table = agg.summarise(runs.records, diag)
     if table.empty:
         raise RobustVAEError(f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report")
+    table = confounders.add_carried(table, diag)
     untargeted = runs.records[~runs.records.run.isin(set(runs.targeted.get("run", [])))]
     versions = {str(r.dir): (r.info.get("ensemble") or {}).get("version") for r in runs.runs}
     return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs),
-                   agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions))
+                   agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions),
+                   confounders.carried_notes(table))
 
 
 def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
@@ -209,7 +213,7 @@ def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[st
         files.update({"targeted.png": figures.png_bytes(tgt.targeted_figure(a.targeted)),
                       "targeted.csv": a.targeted.to_csv(index=False).encode(),
                       "targeted.md": tables.markdown(tgt.display_targeted(a.targeted)).encode()})
-    files.update({f"gallery-{safe_name(m)}.png": png for m, png in galleries.items()})
+    files.update({f"gallery-{name}.png": png for name, png in zip(unique_names(list(galleries)), galleries.values())})
     return files
 
 
@@ -221,6 +225,7 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
         "table": a.table.to_dict("records"), "checks": a.checks.to_dict("records"),
         "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
         "layers": a.diag.to_dict("records"), "atlas": a.atlas.to_dict("records"), "layer_notes": a.notes,
+        "carried": {"note_factor": confounders.NOTE_FACTOR, "notes": a.carried_notes},
         "models": a.models, "strength": strength_summary(a.runs.records),
         "targeted": {"table": a.targeted.to_dict("records"), "unscored_rows": tgt.unscored_rows(a.runs.targeted)},
         "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
@@ -256,8 +261,11 @@ def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str,
         "ci_level": agg.CI_LEVEL, "n_boot": agg.N_BOOT, "boot_seed": agg.BOOT_SEED, "monotone_tol": agg.MONOTONE_TOL,
         "figure10": _data_uri(files["figure10.png"]),
         "layers_figure": _data_uri(files["layers.png"]) if "layers.png" in files else "",
-        "table": _html_table(shown["table"], left), "layer_table": _html_table(shown["layers"], 1),
+        "table": _html_table(shown["table"], left), "table_caption": tables.TABLE_CAPTION,
+        "layer_table": _html_table(shown["layers"], 1),
         "atlas_table": _html_table(shown["atlas"], 2), "layer_notes": a.notes,
+        "carried_table": _html_table(shown["carried"], 3 if "panel" in shown["carried"] else 2),
+        "carried_notes": a.carried_notes, "carried_factor": f"{confounders.NOTE_FACTOR:g}",
         "check_counts": [(name, int(g.passed.sum()), int((~g.passed).sum()))
                          for name, g in checks.groupby("check", sort=False)],
         "checks": [{**c, "value_text": v, "limit_text": lim} for c, v, lim in
@@ -286,7 +294,8 @@ def _attack_part(
     """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
     a = _analyse(run_dirs, eval_rows)
     shown = {"table": tables.display_table(a.table), "checks": tables.display_checks(a.checks),
-             "layers": tables.display_layers(a.diag), "atlas": tables.display_atlas(a.atlas)}
+             "layers": tables.display_layers(a.diag), "atlas": tables.display_atlas(a.atlas),
+             "carried": tables.display_carried(a.table)}
     galleries = _gallery_pngs(a.runs, gallery_per_k)
     files = _attack_files(a, shown, galleries)
     names = [f for f in REPORT_FILES if f in files or f in ("index.html", "summary.json")]

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from robustvae.records import selection
+from robustvae.reporting.checklist import CheckList
 from robustvae.reporting.load import CURVE_KEYS
 
 KEYS = [*CURVE_KEYS, "k"]
@@ -120,17 +121,12 @@ def _scope(key: tuple) -> str:
 
 def strength_checks(records: pd.DataFrame) -> list[dict[str, Any]]:
     """The failure flags as check rows (``check``, ``scope``, ``passed``, ``value``, ``limit``, ``detail``)."""
-    out: list[dict[str, Any]] = []
-
-    def add(check: str, scope: str, passed: bool, value: float, limit: float, detail: str) -> None:
-        out.append({"check": check, "scope": scope, "passed": bool(passed), "value": float(value),
-                    "limit": float(limit), "detail": detail})
-
+    out = CheckList()
     att = _attack_rows(records)
     for fn in (_vanishing, _gradient_free, _doubling, _last_restart):
-        fn(add, att, records)
-    _unrelated(add, records)
-    return out
+        fn(out.add, att, records)
+    _unrelated(out.add, records)
+    return out.rows
 
 
 def _vanishing(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -140,9 +136,11 @@ def _vanishing(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFram
     for key, g in grad.groupby([*KEYS, "member"]):
         share = float((g.grad_norm.astype(float) < GRAD_TOL).mean())
         who = f" {key[-1]}" if key[-1] else ""
+        numbers = (f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
+                   f"(median {g.grad_norm.astype(float).median():.3g})")
         add("no vanishing gradient", _scope(key[:-1]) + who, share <= VANISHING_LIMIT, share, VANISHING_LIMIT,
-            f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
-            f"(median {g.grad_norm.astype(float).median():.3g}): a vanished gradient masks the attack")
+            f"gradients present: {numbers}, <= {VANISHING_LIMIT:.0%}",
+            f"vanishing gradient: {numbers}, > {VANISHING_LIMIT:.0%}: a vanished gradient masks the attack")
 
 
 def _gradient_free(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -150,9 +148,12 @@ def _gradient_free(add: Callable[..., None], att: pd.DataFrame, records: pd.Data
     for key, g in wins.groupby(KEYS):
         free = g[g.member.str.startswith(GRADIENT_FREE)]
         share = float(free.share.sum())
+        numbers = (f"{', '.join(free.member) or 'no gradient-free member'} gave the worst case on "
+                   f"{int(free.wins.sum())} of {int(g.points.iloc[0])} points ({share:.0%})")
         add("gradient-free member rarely wins", _scope(key), share <= GRADIENT_FREE_LIMIT, share, GRADIENT_FREE_LIMIT,
-            f"{', '.join(free.member)} gave the worst case on {int(free.wins.sum())} of {int(g.points.iloc[0])} points: "
-            "when random search beats the gradient members, their gradients are masked")
+            f"gradient members win: {numbers}, <= {GRADIENT_FREE_LIMIT:.0%}",
+            f"gradient-free member wins often: {numbers}, > {GRADIENT_FREE_LIMIT:.0%}: when random search beats the "
+            "gradient members, their gradients are masked")
 
 
 def _doubling(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -165,9 +166,11 @@ def _doubling(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame
         at_half, at_end = float(half.worst.iloc[0]), float(g[g.steps == steps].worst.iloc[0])
         gain = at_half - at_end
         who = f" {key[-1]}" if key[-1] else ""
+        numbers = (f"mean worst-case MS-SSIM {at_half:.4f} after {max(steps // 2, 1)} steps, {at_end:.4f} after "
+                   f"{steps}: doubling the steps gained {gain:+.4f}")
         add("more steps no longer pay", _scope(key[:-1]) + who, gain <= DOUBLING_LIMIT, gain, DOUBLING_LIMIT,
-            f"mean worst-case MS-SSIM {at_half:.4f} after {max(steps // 2, 1)} steps, {at_end:.4f} after {steps}: "
-            "doubling the steps still improving the damage means the attack has not converged")
+            f"converged: {numbers} <= {DOUBLING_LIMIT}",
+            f"not converged: {numbers} > {DOUBLING_LIMIT}; more steps would still add damage")
 
 
 def _last_restart(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -177,9 +180,11 @@ def _last_restart(add: Callable[..., None], att: pd.DataFrame, records: pd.DataF
             continue
         g = g.sort_values("r")
         gain = float(g.worst.iloc[-2] - g.worst.iloc[-1])
+        numbers = (f"mean best-of-r MS-SSIM {g.worst.iloc[-2]:.4f} at r={len(g) - 1}, {g.worst.iloc[-1]:.4f} at "
+                   f"r={len(g)}: the last restart gained {gain:+.4f} (best on {g.last_is_best.iloc[-1]:.0%} of points)")
         add("more restarts no longer pay", _scope(key), gain <= RESTART_LIMIT, gain, RESTART_LIMIT,
-            f"mean best-of-r MS-SSIM {g.worst.iloc[-2]:.4f} at r={len(g) - 1}, {g.worst.iloc[-1]:.4f} at r={len(g)}; "
-            f"the last restart is the best on {g.last_is_best.iloc[-1]:.0%} of points")
+            f"restarts saturated: {numbers} <= {RESTART_LIMIT}",
+            f"more restarts still pay: {numbers} > {RESTART_LIMIT}")
 
 
 def _unrelated(add: Callable[..., None], records: pd.DataFrame) -> None:
@@ -190,10 +195,12 @@ def _unrelated(add: Callable[..., None], records: pd.DataFrame) -> None:
         top = g.sort_values("eps").iloc[-1]
         gap = float(top.worst - top.unrelated)
         dataset, norm, recon, model, k = key
+        numbers = f"at eps {top.eps:g} worst-case MS-SSIM {top.worst:.4f}, unrelated images {top.unrelated:.4f}"
         add("largest eps reaches unrelated images", f"{model} ({dataset}, {norm}) k={k}",
             not math.isnan(gap) and gap <= UNRELATED_TOL, gap, UNRELATED_TOL,
-            f"at eps {top.eps:g} worst-case MS-SSIM {top.worst:.4f}, unrelated images {top.unrelated:.4f}: an attack "
-            "that cannot reach the unrelated level at a large budget is too weak (or the budget too small)")
+            f"reaches unrelated images: {numbers}, within {UNRELATED_TOL}",
+            f"short of unrelated images: {numbers}, {gap:+.4f} above (> {UNRELATED_TOL}): an attack that cannot "
+            "reach the unrelated level at a large budget is too weak (or the budget too small)")
 
 
 def strength_summary(records: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

@@ -25,6 +25,12 @@ COMPRESSION_CELLS = [("PSNR (dB)", "psnr", ".2f"), ("MS-SSIM", "msssim", ".4f"),
                      ("JPEG bpp", "jpeg_bpp", ".4f")]
 
 
+# what the results table (display_table) holds, for its caption on a console and on the page
+TABLE_CAPTION = (f"Per model and k: the paired drop (no-attack level minus MS-SSIM(clean reconstruction, attacked "
+                 f"reconstruction); larger = more damage), then that MS-SSIM itself; means over points "
+                 f"[{CI_LEVEL} % bootstrap interval]")
+
+
 def number(v: Any, fmt: str = ".3f") -> str:
     """A number for a table cell; missing (None / NaN) shows as ``-``."""
     return "-" if v is None or pd.isna(v) else format(v, fmt)
@@ -73,6 +79,29 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "context" if pd.isna(a) and not pd.isna(u) else ("-" if pd.isna(a) else f"{int(a)}/{int(u)}")
             for a, u in zip(table.layer_active_units, table.layer_units)
         ]
+    return out.reset_index(drop=True)
+
+
+def display_carried(table: pd.DataFrame) -> pd.DataFrame:
+    """What the attacked layers carry beside the damage, as text cells: a row per curve, models compared at a k
+    next to each other (:mod:`robustvae.reporting.confounders`)."""
+    t = table.sort_values([*PANEL_KEYS, "k", "model"], kind="stable")
+    out = pd.DataFrame()
+    if t[PANEL_KEYS].drop_duplicates().shape[0] > 1:
+        out["panel"] = [f"{d}, {n} eps {e:g}, {r}" for d, n, e, r in zip(t.dataset, t.norm, t.eps, t.recon)]
+    out["k"] = t.k.astype(int).to_numpy()
+    out["model"] = t.model.to_numpy()
+    out["KL of layers 1..k (nats)"] = t.attacked_kl_nats.map(lambda v: number(v, ".3g")).to_numpy()
+    out["what layers 1..k use"] = [
+        "-" if pd.isna(u) else ", ".join(
+            ([f"context {number(lu, '.2f')}/{number(lv, '.0f')} levels"] if not pd.isna(lv) else [])
+            + ([f"{int(a)}/{int(u)} active units"] if u > 0 else []))
+        for a, u, lu, lv in zip(t.attacked_active_units, t.attacked_units, t.context_levels_used, t.context_levels)]
+    out["unrelated image MS-SSIM"] = t.unrelated.map(number).to_numpy()
+    out["ceiling (no-attack - unrelated)"] = t.ceiling.map(number).to_numpy()
+    out["drop, worst case"] = t.drop_worst.map(number).to_numpy()
+    out["drop / ceiling, worst case"] = t.ceiling_share_worst.map(lambda v: number(v, ".2f")).to_numpy()
+    out["drop / ceiling, mean over restarts"] = t.ceiling_share_mean.map(lambda v: number(v, ".2f")).to_numpy()
     return out.reset_index(drop=True)
 
 
