@@ -97,8 +97,9 @@ def saved_config(out: str | os.PathLike) -> Config:
 def _remove_if_empty(path: Path) -> None:
     """Remove a run directory this call created when it holds nothing but its lock file."""
     if path.is_dir() and all(p.name == ".lock" for p in path.iterdir()):
-        (path / ".lock").unlink(missing_ok=True)
-        path.rmdir()
+        from robustvae import io
+
+        io.remove(path, root=path.parent)
 
 
 def train(
@@ -387,8 +388,7 @@ def compress(
     dev = _device(device)
     labelled = load_models(list(models), dev, need_data=False)
     records, jpeg = run_compression(labelled, list(images), config or CompressConfig(), out, device=dev, force=force,
-                                    quiet=quiet, command=command)
-    write_compression_figures(out)
+                                    quiet=quiet, command=command, finish=write_compression_figures)
     return CompressResult(records, jpeg, Path(out))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustvae.errors import ConfigError
+from robustvae.validation import eps_problem
 
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -25,10 +26,16 @@ CONTEXTS = ("none", "dct", "downsample")
 CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
 SCHEDULES = ("linear", "cosine")
 BINARISATION = ("data", "model")
+MAX_DIFFUSION_STEPS = 100_000  # the schedule is built in Python at construction: bounded before any model is built
 
 
 def _fail(msg: str) -> None:
     raise ConfigError(msg)
+
+
+def _fail_if(problem: str | None) -> None:
+    if problem:
+        _fail(problem)
 
 
 def _positive(name: str, value: float) -> None:
@@ -192,8 +199,9 @@ class ModelConfig:
             )
         if not 1 <= self.context_bits <= 16:
             _fail(f"model.context_bits must be in 1..16 (2^bits quantisation levels), got {self.context_bits}")
-        if self.diffusion_steps < 1:
-            _fail(f"model.diffusion_steps must be at least 1 (T >= 1), got {self.diffusion_steps}")
+        if not 1 <= self.diffusion_steps <= MAX_DIFFUSION_STEPS:
+            _fail(f"model.diffusion_steps must be at least 1 (T >= 1) and at most {MAX_DIFFUSION_STEPS:,} (DDPMs use up "
+                  f"to a few thousand), got {self.diffusion_steps}")
         if not 0 < self.diffusion_beta_start <= self.diffusion_beta_end < 1:
             _fail(
                 "model.diffusion_beta_start and model.diffusion_beta_end need 0 < start <= end < 1, got "
@@ -358,6 +366,8 @@ class AttackConfig:
         parse_layers(self.layers)
         if not self.eps >= 0:
             _fail(f"eps must be >= 0 (0 disables the attack: the no-attack level), got {self.eps}")
+        if self.norm in NORMS:
+            _fail_if(eps_problem(self.norm, self.eps))
         if self.recon not in RECON_RULES:
             _fail(f"unknown recon rule {self.recon!r} (known: {', '.join(RECON_RULES)})")
         if self.temperature_convention is not None and self.temperature_convention not in CONVENTIONS:
@@ -380,6 +390,8 @@ class AttackConfig:
                 _fail(f"eps_sweep must be comma-separated numbers such as 0.025,0.05,0.1, got {self.eps_sweep!r}")
             if not sweep or any(not e > 0 for e in sweep):
                 _fail(f"eps_sweep needs at least one eps and every eps > 0, got {self.eps_sweep!r}")
+            for e in sweep:
+                _fail_if(eps_problem(self.norm, e, name="every eps of eps_sweep") if self.norm in NORMS else None)
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -427,6 +439,8 @@ class CertifyConfig:
             _fail(f"every eps must be finite and >= 0, got {', '.join(map(str, eps))}")
         if self.norm not in NORMS:
             _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
+        for e in eps:
+            _fail_if(eps_problem(self.norm, e, name="every eps"))
         if self.points < 1:
             _fail(f"points must be at least 1, got {self.points}")
         if not self.time_limit > 0:

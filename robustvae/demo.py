@@ -11,14 +11,14 @@ into the report's notes (``commands.txt``).
 Layout of ``out``: ``runs/<preset>/`` (trained models), ``runs/eval-test.json``,
 ``runs/attack/`` (records), and the report itself at the top (``index.html``, ...).
 An ``out`` that is not empty is refused unless ``force``, which replaces only what
-the demo writes.
+the demo writes (:func:`outputs`); the earlier demo is set aside and comes back whole
+if the new one fails or is stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
+from robustvae import io
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.rundir import RunDir
 
@@ -77,21 +78,12 @@ def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple
     return stages
 
 
-def _clear(out: Path, s: DemoSettings) -> None:
-    """``--force``: remove what an earlier demo wrote into ``out`` (and nothing else)."""
+def outputs(out: Path, s: DemoSettings) -> list[str]:
+    """What a demo writes into ``out`` (relative names; ``--force`` replaces these and nothing else)."""
     from robustvae.reporting.make import REPORT_FILES
-    from robustvae.training import RUN_FILES
 
-    runs = out / "runs"
-    targets = [out / f for f in (*REPORT_FILES, "commands.txt")] + list(out.glob("gallery-*.png"))
-    targets += [runs / p / f for p in s.presets for f in RUN_FILES] + [runs / "eval-test.json"]
-    attack = runs / "attack"
-    targets += list(attack.glob("records*.jsonl")) + list(attack.glob("run*.json"))
-    for t in targets:
-        if t.is_file():
-            t.unlink()
-    if (attack / "gallery").is_dir():
-        shutil.rmtree(attack / "gallery")
+    names = [*REPORT_FILES, "commands.txt", *(p.name for p in out.glob("gallery-*.png"))]
+    return names + [f"runs/{p}" for p in s.presets] + ["runs/eval-test.json", "runs/attack"]
 
 
 def run_demo(
@@ -131,7 +123,6 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
     """The API calls behind :func:`commands`, in the same order."""
     from robustvae import api
     from robustvae.config import AttackConfig
-    from robustvae.io import write_json
 
     runs = out / "runs"
 
@@ -142,7 +133,7 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
     def evaluate() -> None:
         results = [api.evaluate(runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device,
                                 quiet=quiet).record for p in s.presets]
-        write_json(runs / "eval-test.json", {"results": results})
+        io.write_json(runs / "eval-test.json", {"results": results}, root=out)
 
     cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed)
     attack = [str(runs / p) for p in s.presets]
@@ -163,8 +154,10 @@ def _run(out: str | Path, settings: DemoSettings | None, device: str, force: boo
     if run_dir.entries() and not force:
         raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier demo there, or use another --out")
     with run_dir.locked():  # refuses symbolic links anywhere in out before anything is deleted or written
-        _clear(out, s)
-        return _stages_run(out, s, device, quiet)
+        # an earlier demo is set aside (its files name their own paths, so the new one runs in place) and comes back
+        # whole if this one fails or is stopped
+        with io.set_aside(out, outputs(out, s)):
+            return _stages_run(out, s, device, quiet)
 
 
 def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool) -> dict[str, Any]:
@@ -178,7 +171,7 @@ def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool) -> dict[st
         line = "robustvae " + shlex.join(argv)
         if what == "report":  # the notes shown in the report: every command and its wall time
             log += [line, "", f"train + eval + attack: {time.perf_counter() - t_all:.1f} s wall time"]
-            (out / "commands.txt").write_text("\n".join(log) + "\n")
+            io.write_text(out / "commands.txt", "\n".join(log) + "\n", root=out)
         console.rule(f"[bold]demo {i}/{len(stages)}: {what}")
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         t0 = time.perf_counter()

@@ -22,11 +22,18 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from robustvae.io import read_jsonl
+from robustvae.validation import (Count, Curve, Int, Measure, Number, Positive, Score, Setting, UnitMeasure,
+                                  eps_problem, row_problem)
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
+Norm = Literal["linf", "l2"]
+Kind = Literal["attack", "no_attack", "floor", "noise", "unrelated"]  # ATTACK_KINDS
+Quality = Annotated[int, Field(ge=1, le=100)]  # a JPEG quality
 # Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
 NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -61,34 +68,34 @@ class AttackRecord(Record):
     model: str  # label of the checkpoint in the sweep
     checkpoint_sha256: str
     dataset: str
-    k: int  # the top k latent layers were attacked (and come from the posterior)
+    k: Positive  # the top k latent layers were attacked (and come from the posterior)
     objective: str
     optimizer: str
-    norm: str
-    eps: float
-    steps: int
-    seed: int
-    temperature: float
+    norm: Norm
+    eps: Setting
+    steps: Positive
+    seed: Count
+    temperature: Setting
     recon: str  # the reconstruction rule (robustvae.protocol): default | authors
     temperature_convention: str  # std | var: what the temperature scales
-    kind: str  # attack | no_attack | floor | noise | unrelated
-    point: int  # index among the attacked points
-    test_index: int  # index of the image in its split
-    label: int
-    restart: int  # restart (attack) or draw (floor, noise)
-    msssim: float  # MS-SSIM(clean reconstruction, this reconstruction)
-    msssim_input: float  # MS-SSIM(x, x + delta)
-    psnr: float | None = None
-    skl: list[float] | None = None  # symmetric KL per attacked layer (attack and noise rows)
-    delta_linf: float = 0.0
-    delta_l2: float = 0.0
-    final_loss: float | None = None  # the attack's best objective
+    kind: Kind  # attack | no_attack | floor | noise | unrelated
+    point: Count  # index among the attacked points
+    test_index: Count  # index of the image in its split
+    label: Int
+    restart: Count  # restart (attack) or draw (floor, noise)
+    msssim: Score  # MS-SSIM(clean reconstruction, this reconstruction)
+    msssim_input: Score  # MS-SSIM(x, x + delta)
+    psnr: Number | None = None
+    skl: list[Number] | None = None  # symmetric KL per attacked layer (attack and noise rows)
+    delta_linf: UnitMeasure = 0.0
+    delta_l2: Measure = 0.0
+    final_loss: Number | None = None  # the attack's best objective
     nonfinite: bool = False
-    target_point: int | None = None  # supervised objective: the point pulled towards
+    target_point: Count | None = None  # supervised objective: the point pulled towards
     member: str | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
-    member_steps: int | None = None  # that member's steps per restart (its share of ``steps``)
-    curve: dict[str, float] | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
-    grad_norm: float | None = None  # norm of the objective's gradient at the start (gradient attacks)
+    member_steps: Count | None = None  # that member's steps per restart (its share of ``steps``)
+    curve: Curve | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
+    grad_norm: Measure | None = None  # norm of the objective's gradient at the start (gradient attacks)
 
 
 @dataclass(frozen=True)
@@ -96,31 +103,31 @@ class CompressionRecord(Record):
     """One row of a compression run: a model's reconstruction of an image from its top k layers, and JPEG beside it."""
 
     image: str
-    width: int
-    height: int
-    channels: int
+    width: Positive
+    height: Positive
+    channels: Positive
     conversion: str | None
     model: str
     arch: str
     checkpoint_sha256: str
-    k: int
-    patch_size: int
-    patches: int
-    temperature: float
-    seed: int
-    psnr: float
-    msssim: float
+    k: Positive
+    patch_size: Positive
+    patches: Positive
+    temperature: Setting
+    seed: Count
+    psnr: Number
+    msssim: Score
     msssim_impl: str
-    bits: float
-    bpp: float
-    gaussian_bits: float
-    context_bits_prior: float
-    context_bits_raw: float
-    bpp_context_raw: float
-    jpeg_quality: int | None = None
-    jpeg_psnr: float | None = None
-    jpeg_msssim: float | None = None
-    jpeg_bpp: float | None = None
+    bits: Number
+    bpp: Number
+    gaussian_bits: Number
+    context_bits_prior: Number
+    context_bits_raw: Number
+    bpp_context_raw: Number
+    jpeg_quality: Quality | None = None
+    jpeg_psnr: Number | None = None
+    jpeg_msssim: Score | None = None
+    jpeg_bpp: Measure | None = None
 
 
 @dataclass(frozen=True)
@@ -141,32 +148,32 @@ class CertifyRecord(Record):
     checkpoint_sha256: str
     dataset: str
     context: str  # the codec's class
-    norm: str
-    eps: float
-    seed: int
-    temperature: float
-    point: int  # index among the selected points (the same as an attack run's with the same seed)
-    test_index: int
-    label: int
-    coefficients: int  # C * c * c
+    norm: Norm
+    eps: Setting
+    seed: Count
+    temperature: Setting
+    point: Count  # index among the selected points (the same as an attack run's with the same seed)
+    test_index: Count
+    label: Int
+    coefficients: Positive  # C * c * c
     certified: bool  # no image of the ball (and the box) changes any level: the k = 1 reconstruction is identical
-    changeable: int  # coefficients that may change level on their own
-    reachable_levels: int  # sum over coefficients of the levels each can reach (coefficients when certified)
-    radius: float | None = None
-    max_joint_changes: int | None = None  # most coefficients that change level jointly (the count MILP's best)
-    max_joint_bound: float | None = None
+    changeable: Count  # coefficients that may change level on their own
+    reachable_levels: Count  # sum over coefficients of the levels each can reach (coefficients when certified)
+    radius: Measure | None = None
+    max_joint_changes: Count | None = None  # most coefficients that change level jointly (the count MILP's best)
+    max_joint_bound: Number | None = None
     max_joint_proven: bool | None = None
-    optimal_decoded_l2: float | None = None  # L2 change of the decoded context under the optimal attack
-    optimal_bound: float | None = None  # the solver's upper bound on it
+    optimal_decoded_l2: Measure | None = None  # L2 change of the decoded context under the optimal attack
+    optimal_bound: Number | None = None  # the solver's upper bound on it
     optimal_proven: bool | None = None
-    optimal_changed: int | None = None  # levels changed by that attack
-    msssim_k1: float | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
+    optimal_changed: Count | None = None  # levels changed by that attack
+    msssim_k1: Score | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
     k1_identical: bool | None = None  # that reconstruction equals the clean one bit for bit
-    delta_linf: float | None = None
-    delta_l2: float | None = None
-    solve_time_s: float | None = None  # both MILPs together
+    delta_linf: UnitMeasure | None = None
+    delta_l2: Measure | None = None
+    solve_time_s: Measure | None = None  # both MILPs together
     status: str | None = None  # the decoded-change solve's message
-    gap: float | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
+    gap: Number | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
 
 
 ATTACK_COLUMNS = AttackRecord.columns()
@@ -201,41 +208,31 @@ def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[d
 
 
 def attack_row_problem(row: dict[str, Any]) -> str | None:
-    """What is wrong with an attack row (a missing field, a value of the wrong type), naming the field; else None.
+    """What is wrong with an attack row (a missing field, a type, a range: :mod:`robustvae.validation`), naming the
+    field; else None.
 
-    Numbers may be non-finite (a NaN score is data, counted by the report); ``layers`` is
-    the old name of ``k``.
+    Measured numbers may be non-finite (a NaN score is data, counted by the report), but a
+    finite MS-SSIM outside [0, 1] or a budget no threat model has is refused; ``layers`` is
+    the old name of ``k`` and older rows lack ``recon`` and ``temperature_convention``.
     """
-    import typing
-
-    row = upgrade_row(row)
-    hints = typing.get_type_hints(AttackRecord)
-    for f in dataclasses.fields(AttackRecord):
-        if f.name not in row:
-            if f.default is dataclasses.MISSING and f.name not in LEGACY_DEFAULTS:
-                return f"field '{f.name}' is missing"
-            continue
-        if not _fits(row[f.name], hints[f.name]):
-            return f"field '{f.name}' should be {_kind(hints[f.name])}, got {row[f.name]!r:.40}"
-    return None
+    return row_problem(AttackRecord, upgrade_attack_row(row), _budget)
 
 
-def _fits(value: Any, tp: Any) -> bool:
-    import typing
-
-    args = typing.get_args(tp)
-    if type(None) in args:
-        return value is None or _fits(value, next(a for a in args if a is not type(None)))
-    if typing.get_origin(tp) is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if typing.get_origin(tp) is dict:
-        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
+def certify_row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a certification row (as :func:`attack_row_problem`); else None."""
+    return row_problem(CertifyRecord, row, _budget)
 
 
-def _kind(tp: Any) -> str:
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(tp, str(tp).replace("typing.", ""))
+def compression_row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a row of a compression run's ``records.csv`` (empty cells are None); else None."""
+    return row_problem(CompressionRecord, row)
+
+
+def _budget(row: dict[str, Any]) -> str | None:
+    found = eps_problem(row["norm"], row["eps"])
+    return f"field 'eps': {found}" if found else None
+
+
+def read_certify_rows(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete rows of a certification records file, each checked (:func:`certify_row_problem`)."""
+    return read_jsonl(Path(path), repair=repair, check=certify_row_problem)

@@ -224,13 +224,14 @@ def test_symbolic_links_in_out_are_refused_and_nothing_outside_is_touched(tmp_pa
     assert all(p.read_bytes() in (b"keep",) for p in outside.iterdir())
 
 
-def test_writes_replace_a_link_instead_of_following_it(tmp_path):
+def test_writes_refuse_a_link_instead_of_following_it(tmp_path):
     target = tmp_path / "target.json"
     target.write_text("keep")
     link = tmp_path / "run.json"
     link.symlink_to(target)
-    write_json(link, {"a": 1})
-    assert target.read_text() == "keep" and not link.is_symlink() and json.loads(link.read_text()) == {"a": 1}
+    with pytest.raises(RobustVAEError, match="symbolic link"):
+        write_json(link, {"a": 1})
+    assert target.read_text() == "keep" and link.is_symlink()
     from robustvae.io import append_jsonl
 
     link2 = tmp_path / "records.jsonl"

@@ -55,7 +55,7 @@ def eval_(
 def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
           quiet, estimator="iwae") -> None:
     """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
-    from robustvae import api
+    from robustvae import api, io
 
     models = [api.load(c, device=device, weights=weights) for c in checkpoints]
     datasets = sorted({m.config.data.name for m in models})
@@ -73,7 +73,7 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
         f"weights {weights}, device {device}", markup=False, highlight=False, soft_wrap=True)
     results = []
     for m, dest in zip(models, dests):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        io.make_dirs(dest.parent)
         res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
                            seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
                            log_path=dest.with_suffix(".log")).record

@@ -56,18 +56,18 @@ def _data_uri(png: bytes) -> str:
 
 def read_evals(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Results of ``robustvae eval`` (one result or ``{"results": [...]}`` per file)."""
+    from robustvae.validation import EvalResult, check_json, read_json_any
+
+    fix = "pass a file written by robustvae eval"
     out: list[dict[str, Any]] = []
     for p in paths:
-        try:
-            obj = json.loads(Path(p).read_text())
-        except OSError as e:
-            raise RobustVAEError(f"cannot read eval file {p}: {e.strerror or e}") from None
-        except ValueError:
-            raise RobustVAEError(f"eval file {p} is not valid JSON; pass a file written by robustvae eval") from None
-        items = obj.get("results", [obj]) if isinstance(obj, dict) else []
-        if not items or not all(isinstance(r, dict) and "nll_nats" in r for r in items):
-            raise RobustVAEError(f"eval file {p} holds no robustvae eval result (no nll_nats)")
-        out.extend(items)
+        obj = read_json_any(p)
+        items = obj.get("results", [obj]) if isinstance(obj, dict) and "results" in obj else [obj]
+        if not isinstance(items, list) or not items:
+            raise RobustVAEError(f"eval file {p}: field 'results' should be a list of eval results; {fix}")
+        for i, item in enumerate(items):
+            where = f"{p} (result {i + 1})" if len(items) > 1 or isinstance(obj, dict) and "results" in obj else p
+            out.append(check_json(where, item, EvalResult, fix))
     return out
 
 
@@ -133,6 +133,8 @@ def _read_notes(notes: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     for p in notes:
         try:
             texts.append((Path(p).name, Path(p).read_text()))
+        except UnicodeDecodeError:
+            raise RobustVAEError(f"notes file {p} is not UTF-8 text; pass a text file") from None
         except OSError as e:
             raise RobustVAEError(f"cannot read notes file {p}: {e.strerror or e}") from None
     return texts
@@ -384,7 +386,7 @@ def make_report(
     _check_out(out, force, [*files, "summary.json", "index.html"])
     with RunDir(out).locked():  # files are replaced by rename: a link in out is replaced, never written through
         for name, data in files.items():
-            write_bytes(out / name, data)
-        write_bytes(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
-        write_bytes(out / "index.html", html.encode())
+            write_bytes(out / name, data, root=out)
+        write_bytes(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(), root=out)
+        write_bytes(out / "index.html", html.encode(), root=out)
     return summary
