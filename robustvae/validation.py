@@ -313,7 +313,7 @@ class CompressRun(_RunInfo):
     models: list[CompressModel]
     jpeg: dict[str, Any] | None = None
     warnings: list[str] | None = None
-    skipped_files: list[Any] | None = None
+    skipped_files: Count | None = None
 
 
 class EvalResult(_Strict):

@@ -136,7 +136,7 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
         seen["count"] += 1
         seen["bytes"] += _nbytes(tensor)
         if seen["count"] > limit_count or seen["bytes"] > limit_bytes:
-            raise _TooBig(f"{type(module).__name__}.{name}")
+            raise _TooBig(f"a {type(module).__name__}.{name} of shape {_shape(tensor.shape)}")
         return None
 
     hooks = [torch_module.register_module_parameter_registration_hook(count),
@@ -145,10 +145,11 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
         with torch.device("meta"):
             return build()
     except _TooBig as e:
-        held = f"{len(state)} tensors, {_mib(sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))}"
+        held = f"{len(state)} tensors ({_mib(sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))})"
         raise CheckpointError(
-            f"{where}: its config describes a model far larger than the weights it holds ({held}; the build was "
-            f"stopped at {e}); the config does not belong to these weights") from None
+            f"{where} does not fit the architecture its config describes: the config makes a model far larger than "
+            f"the {held} of tensors present (the build was stopped at {e}); the config does not belong to these "
+            f"weights") from None
     finally:
         for h in hooks:
             h.remove()
