@@ -333,7 +333,6 @@ class EvalResult(_Strict):
     split: str | None = None
     layers: list[LayerRow] | None = None
     image_set: dict[str, Any] | None = None
-    settings: dict[str, Any] | None = None
 
 
 class MetricsRow(_Strict):
@@ -473,7 +472,7 @@ def gallery_problem(arrays: dict[str, Any]) -> str | None:
     """What is wrong with a gallery file's arrays (see :func:`robustvae.experiments.attack.save_gallery`), else None."""
     import numpy as np
 
-    for name in ("model", "k", *GALLERY_IMAGES):
+    for name in ("model", "k", *GALLERY_IMAGES, "msssim", "points", "restarts"):
         if name not in arrays:
             return f"it has no '{name}' array"
     if arrays["model"].ndim != 0 or arrays["model"].dtype.kind not in "US":
@@ -493,12 +492,12 @@ def gallery_problem(arrays: dict[str, Any]) -> str | None:
             return f"'{name}' should hold pixels in [0, 1], got values in [{finite.min():.3g}, {finite.max():.3g}]"
     n = shape[0]
     for name, kind in (("msssim", "f"), ("points", "iu"), ("restarts", "iu")):
-        a = arrays.get(name)
-        if a is not None and (a.shape != (n,) or a.dtype.kind not in kind):
+        a = arrays[name]
+        if a.shape != (n,) or a.dtype.kind not in kind:
             return f"'{name}' should be {n} {'numbers' if kind == 'f' else 'integers'}, got {a.dtype} {a.shape}"
-    scores = arrays.get("msssim")
-    if scores is not None:
-        bad = [float(v) for v in scores if not math.isnan(v) and not -MSSSIM_TOLERANCE <= v <= 1 + MSSSIM_TOLERANCE]
-        if bad:
-            return f"'msssim' should be MS-SSIM scores in [0, 1], got {bad[0]!r}"
+        if kind == "iu" and n and not 0 <= int(a.min()) <= int(a.max()) < INT64:
+            return f"'{name}' should be indices >= 0, got {int(a.min())}..{int(a.max())}"
+    bad = [float(v) for v in arrays["msssim"] if not math.isnan(v) and not -MSSSIM_TOLERANCE <= v <= 1 + MSSSIM_TOLERANCE]
+    if bad:
+        return f"'msssim' should be MS-SSIM scores in [0, 1], got {bad[0]!r}"
     return None
