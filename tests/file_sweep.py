@@ -190,7 +190,8 @@ def _quiet():
 
 
 class Fixtures:
-    """Valid files of every kind, made once (lazily) under ``root/inputs`` by running the commands."""
+    """Valid files of every kind, made once (when first needed) under ``root/inputs`` by running the commands on tiny
+    inputs: a trained VDVAE run, a DCT-VAE run, an image folder, and an attack, eval, certify and compress run."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -216,23 +217,30 @@ class Fixtures:
         return self.inputs / "eval.json"
 
     @functools.cached_property
-    def certify(self) -> Path:
-        dct = self.inputs / "dct"
+    def dct(self) -> Path:
         _run(["train", "--preset", "dctvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-              "--steps", "2", "--out", str(dct)])
-        _run(["certify", str(dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
+              "--steps", "2", "--out", str(self.inputs / "dct")])
+        return self.inputs / "dct"
+
+    @functools.cached_property
+    def images(self) -> Path:
+        import numpy as np
+        from PIL import Image
+
+        d = self.inputs / "images"
+        d.mkdir()
+        Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype("uint8")).save(d / "a.png")
+        return d
+
+    @functools.cached_property
+    def certify(self) -> Path:
+        _run(["certify", str(self.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
               "--out", str(self.inputs / "certify")])
         return self.inputs / "certify"
 
     @functools.cached_property
     def compress(self) -> Path:
-        import numpy as np
-        from PIL import Image
-
-        images = self.inputs / "images"
-        images.mkdir()
-        Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype("uint8")).save(images / "a.png")
-        _run(["compress", str(self.run), "--images", str(images), "--layers", "1", "-q",
+        _run(["compress", str(self.run), "--images", str(self.images), "--layers", "1", "-q",
               "--out", str(self.inputs / "compress")])
         return self.inputs / "compress"
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bad_input_sweep as inputs
+import file_sweep as files
 
 Prepare = Callable[["Fixtures", Path], None]
 
@@ -47,42 +48,13 @@ class Outcome:
     detail: str
 
 
-class Fixtures:
-    """The inputs the commands read (made when first needed, once): a tiny trained VDVAE run, a DCT-VAE run, an image
-    folder, a finished attack run, and a checkpoint of the authors' code for ``zoo import``."""
+class Fixtures(files.Fixtures):
+    """The file sweep's inputs (made when first needed), a checkpoint of the authors' code for ``zoo import``, and the
+    starting states of the variants."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.inputs = root / "inputs"
-        self.inputs.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.base_out = root / "bases"  # the starting states, made once per variant
-
-    @functools.cached_property
-    def run(self) -> Path:
-        _run(_train_argv(self, self.inputs / "run"))
-        return self.inputs / "run"
-
-    @functools.cached_property
-    def dct(self) -> Path:
-        _run(["train", "--preset", "dctvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-              "--steps", "2", "--out", str(self.inputs / "dct")])
-        return self.inputs / "dct"
-
-    @functools.cached_property
-    def images(self) -> Path:
-        import numpy as np
-        from PIL import Image
-
-        d = self.inputs / "images"
-        d.mkdir()
-        Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype("uint8")).save(d / "a.png")
-        return d
-
-    @functools.cached_property
-    def attack(self) -> Path:
-        _run(["attack", str(self.run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1", "-q",
-              "--out", str(self.inputs / "attack")])
-        return self.inputs / "attack"
 
     @functools.cached_property
     def theirs(self) -> Path:
@@ -98,19 +70,11 @@ def _attack_argv(fx: Fixtures, out: Path) -> list[str]:
 
 def _half_attack(fx: Fixtures, out: Path) -> None:
     """An attack run cut after its first unit (the resume appends the second)."""
-    _run(_attack_argv(fx, out))
+    files._run(_attack_argv(fx, out))
     rec = out / "records.jsonl"
     rows = [json.loads(x) for x in rec.read_text().splitlines()]
     first = rows[0]["unit"]
     rec.write_text("".join(json.dumps(r) + "\n" for r in rows if r["unit"] == first))
-
-
-def _run(argv: list[str]) -> None:
-    from robustvae.cli import main
-
-    with inputs._quiet() as err:
-        code = main(argv)
-    assert code == 0, f"{argv}: {err.getvalue()[-500:]}"
 
 
 def _train_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
@@ -137,9 +101,9 @@ def _report_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
 
 VARIANTS = [
     Variant("train", lambda fx, o: _train_argv(fx, o)),
-    Variant("train --force", lambda fx, o: _train_argv(fx, o, "--force"), lambda fx, o: _run(_train_argv(fx, o))),
+    Variant("train --force", lambda fx, o: _train_argv(fx, o, "--force"), lambda fx, o: files._run(_train_argv(fx, o))),
     Variant("train --resume", lambda fx, o: ["train", "--resume", "--steps", "3", "--quiet", "--out", str(o)],
-            lambda fx, o: _run(_train_argv(fx, o))),
+            lambda fx, o: files._run(_train_argv(fx, o))),
     Variant("eval", lambda fx, o: ["eval", str(fx.run), "-k", "2", "--limit", "4", "--batch-size", "4", "-q",
                                    "--out", str(o / "e.json")]),
     Variant("sample --force", lambda fx, o: ["sample", str(fx.run), "--n", "2", "--out", str(o / "s.png"), "--force"]),
@@ -147,10 +111,10 @@ VARIANTS = [
     Variant("attack (resume)", _attack_argv, _half_attack),
     Variant("certify", lambda fx, o: ["certify", str(fx.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
                                       "--out", str(o)]),
-    Variant("compress --force", lambda fx, o: _compress_argv(fx, o, "--force"), lambda fx, o: _run(_compress_argv(fx, o))),
-    Variant("report --force", lambda fx, o: _report_argv(fx, o, "--force"), lambda fx, o: _run(_report_argv(fx, o))),
-    Variant("zoo import --force", lambda fx, o: _zoo_argv(fx, o, "--force"), lambda fx, o: _run(_zoo_argv(fx, o))),
-    Variant("demo --force", lambda fx, o: _demo_argv(fx, o, "--force"), lambda fx, o: _run(_demo_argv(fx, o)), slow=True),
+    Variant("compress --force", lambda fx, o: _compress_argv(fx, o, "--force"), lambda fx, o: files._run(_compress_argv(fx, o))),
+    Variant("report --force", lambda fx, o: _report_argv(fx, o, "--force"), lambda fx, o: files._run(_report_argv(fx, o))),
+    Variant("zoo import --force", lambda fx, o: _zoo_argv(fx, o, "--force"), lambda fx, o: files._run(_zoo_argv(fx, o))),
+    Variant("demo --force", lambda fx, o: _demo_argv(fx, o, "--force"), lambda fx, o: files._run(_demo_argv(fx, o)), slow=True),
 ]
 
 
@@ -179,7 +143,7 @@ def written(fx: Fixtures, v: Variant, index: int) -> list[str]:
     out = fx.root / "discover" / f"v{index}" / "out"
     out.parent.mkdir(parents=True)
     _start(fx, v, out)
-    _run(v.argv(fx, out))
+    files._run(v.argv(fx, out))
     return [p for p in _entries(out) if not Path(p).name.startswith(".staging-")]
 
 

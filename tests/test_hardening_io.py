@@ -26,9 +26,9 @@ import torch
 
 from robustvae.cli import main
 from robustvae.errors import CheckpointError, RobustVAEError
+from test_hardening_runs import _copy, trained  # noqa: F401 - a tiny trained run (module fixture), and copying a run
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8"]
 ATTACK = ["--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1", "-q"]
 
 
@@ -55,23 +55,11 @@ def _tree(d: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    assert main(["train", *TINY, "--steps", "2", "--out", str(root / "run")]) == 0
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
 def attacked(trained, tmp_path_factory):
+    """A finished attack run (one unit per k: layers 1, one point, one restart); tests copy it before changing it."""
     out = tmp_path_factory.mktemp("attacked") / "a"
     assert main(["attack", str(trained), *ATTACK, "--out", str(out)]) == 0
     return out
-
-
-def _copy(run: Path, dest: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(run, dest))
 
 
 # --------------------------------------------------------------------------- 1. writes outside --out

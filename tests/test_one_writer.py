@@ -322,3 +322,16 @@ def test_set_aside_restores_the_old_run_on_failure_and_keeps_a_first_runs_progre
             io.write_text(first / "runs" / "a" / "last.pt", "progress", root=first)
             raise KeyboardInterrupt
     assert (first / "runs" / "a" / "last.pt").read_text() == "progress"  # nothing to restore: the progress stays
+
+
+def test_a_killed_replacements_staging_folder_is_removed_and_an_old_run_set_aside_kept(tmp_path):
+    from robustvae.experiments.rundir import RunDir
+
+    d = tmp_path / "run"
+    (d / ".staging-1234abcd" / "images").mkdir(parents=True)
+    (d / ".previous-5678abcd").mkdir()
+    (d / ".previous-5678abcd" / "records.csv").write_text("the only copy")
+    assert RunDir(d).entries() == [d / ".previous-5678abcd"]  # a staging folder alone is not a run
+    with RunDir(d).locked():
+        pass
+    assert not (d / ".staging-1234abcd").exists() and (d / ".previous-5678abcd" / "records.csv").exists()

@@ -34,7 +34,7 @@ from typing import Any
 
 from robustvae.errors import RobustVAEError
 from robustvae import io
-from robustvae.io import LOCK, TMP_SUFFIX, read_jsonl
+from robustvae.io import LOCK, STAGING_PREFIX, TMP_SUFFIX, read_jsonl
 
 PARTS = ".parts"
 _HELD: dict[str, tuple[int, int]] = {}  # resolved directory -> (lock file descriptor, depth) held by this process
@@ -99,10 +99,11 @@ class RunDir:
             raise RobustVAEError(f"--out {self.path}: {existing} is not writable by this user; pass another --out")
 
     def entries(self) -> list[Path]:
-        """What the directory holds, leaving out robustvae's lock file and temporary files."""
+        """What the directory holds, leaving out robustvae's lock file, temporary files and staging folders."""
         if not self.path.is_dir():
             return []
-        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)]
+        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)
+                and not p.name.startswith(STAGING_PREFIX)]
 
     def check_fresh(self, force: bool) -> None:
         """A fresh run: refuse a file, an unwritable place, or a non-empty directory without ``force``."""
@@ -153,9 +154,13 @@ class RunDir:
                     raise io.link_error(p)
 
     def remove_orphans(self) -> list[Path]:
-        """Delete temporary files that a killed writer left (``.<name>.<random>.tmp``); only with the lock held."""
+        """Delete what a killed writer left: temporary files (``.<name>.<random>.tmp``) and the staging folder of an
+        unfinished ``--force`` replacement (:func:`robustvae.io.replace_outputs`); only with the lock held. An earlier
+        run set aside (``.previous-*``) is kept: it may be the only copy."""
         found = [p for d in (self.path, self.path / "gallery", self.path / PARTS) if d.is_dir()
                  for p in d.iterdir() if _is_tmp(p) and p.is_file()]
+        found += [p for p in self.path.iterdir() if p.name.startswith(STAGING_PREFIX) and p.is_dir()
+                  and not p.is_symlink()]
         for p in found:
             io.remove(p, root=self.path)
         return found
