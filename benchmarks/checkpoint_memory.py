@@ -26,12 +26,14 @@ PROBE = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
 code = 0
-if len(sys.argv) > 2:
-    from robustvae.cli import main
-    code = main(sys.argv[2:])
-else:
-    import robustvae.cli  # noqa: F401 - the baseline: imports only
-print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+try:
+    if len(sys.argv) > 2:
+        from robustvae.cli import main
+        code = main(sys.argv[2:])
+    else:
+        import robustvae.cli  # noqa: F401 - the baseline: imports only
+finally:  # also when the command ends in a traceback
+    print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 sys.exit(code)
 """
 
@@ -56,7 +58,7 @@ def measure(package_root: Path, limit: int, argv: list[str]) -> dict:
     """Run the probe with ``package_root`` first on the path; its peak RSS (MiB), exit code and last stderr line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package_root)}
     r = subprocess.run([sys.executable, "-c", PROBE, str(limit), *argv], capture_output=True, text=True, env=env,
-                       timeout=1800)
+                       timeout=1800, cwd=package_root)  # python -c puts the working folder first on the path
     peak = [ln for ln in r.stdout.splitlines() if ln.startswith("PEAK_KIB")]
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     return {"exit": r.returncode, "peak_mib": round(int(peak[0].split()[1]) / 1024, 1) if peak else None,

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustvae.errors import ConfigError
-from robustvae.validation import eps_problem
 
 LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
@@ -26,11 +25,29 @@ CONTEXTS = ("none", "dct", "downsample")
 CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
 SCHEDULES = ("linear", "cosine")
 BINARISATION = ("data", "model")
+MAX_NAME = 200  # characters of a config's name (a label: it becomes part of file names)
 MAX_DIFFUSION_STEPS = 100_000  # the schedule is built in Python at construction: bounded before any model is built
 
 
 def _fail(msg: str) -> None:
     raise ConfigError(msg)
+
+
+def eps_problem(norm: str, eps: float, pixels: int | None = None, name: str = "eps") -> str | None:
+    """An attack budget that no threat model on [0, 1] images can have: non-finite, negative, or the whole box.
+
+    L-inf: eps < 1 (at eps >= 1 every image of [0, 1] is in the ball). L2: eps below the
+    diameter of the box, sqrt(pixels) for images of ``pixels`` values (C x H x W), when known.
+    """
+    if not math.isfinite(eps) or eps < 0:
+        return f"{name} must be a finite number >= 0, got {eps!r}"
+    if norm == "linf" and eps >= 1:
+        return (f"{name} = {eps:g} is not below 1: at L-inf eps >= 1 every image in [0, 1] is reachable; "
+                f"give an eps in [0, 1)")
+    if norm == "l2" and pixels is not None and eps >= math.sqrt(pixels):
+        return (f"{name} = {eps:g} is not below {math.sqrt(pixels):.4g}, the L2 diameter of [0, 1]^{pixels} "
+                f"(every image is reachable); give a smaller eps")
+    return None
 
 
 def _fail_if(problem: str | None) -> None:
@@ -291,6 +308,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_NAME:  # the name labels the model in runs and becomes part of file names
+            _fail(f"name must be 1 to {MAX_NAME} characters, got {len(self.name):,}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

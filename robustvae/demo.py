@@ -57,6 +57,10 @@ class DemoSettings:
             raise RobustVAEError(f"--train-steps must be a positive integer, got {self.train_steps}")
         if not self.presets:
             raise RobustVAEError("the demo needs at least one preset")
+        from robustvae.config import eps_problem
+
+        if eps_problem("linf", self.eps):
+            raise RobustVAEError(eps_problem("linf", self.eps))
 
 
 def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple[str, list[str]]]:

@@ -26,9 +26,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from robustvae.config import eps_problem
 from robustvae.io import read_jsonl
-from robustvae.validation import (Count, Curve, Int, Measure, Number, Positive, Score, Setting, UnitMeasure,
-                                  eps_problem, row_problem)
+from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, Positive, Score, Setting, Sha256, Text,
+                                  UnitMeasure, row_problem)
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
 Norm = Literal["linf", "l2"]
@@ -64,20 +65,20 @@ class AttackRecord(Record):
     OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
                                             "curve", "grad_norm")
 
-    unit: str  # the work unit that wrote the row (resume and merge go by units)
-    model: str  # label of the checkpoint in the sweep
-    checkpoint_sha256: str
-    dataset: str
+    unit: Name  # the work unit that wrote the row (resume and merge go by units)
+    model: Name  # label of the checkpoint in the sweep
+    checkpoint_sha256: Sha256
+    dataset: Name
     k: Positive  # the top k latent layers were attacked (and come from the posterior)
-    objective: str
-    optimizer: str
+    objective: Name
+    optimizer: Name
     norm: Norm
     eps: Setting
     steps: Positive
     seed: Count
     temperature: Setting
-    recon: str  # the reconstruction rule (robustvae.protocol): default | authors
-    temperature_convention: str  # std | var: what the temperature scales
+    recon: Name  # the reconstruction rule (robustvae.protocol): default | authors
+    temperature_convention: Name  # std | var: what the temperature scales
     kind: Kind  # attack | no_attack | floor | noise | unrelated
     point: Count  # index among the attacked points
     test_index: Count  # index of the image in its split
@@ -92,7 +93,7 @@ class AttackRecord(Record):
     final_loss: Number | None = None  # the attack's best objective
     nonfinite: bool = False
     target_point: Count | None = None  # supervised objective: the point pulled towards
-    member: str | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
+    member: Name | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
     member_steps: Count | None = None  # that member's steps per restart (its share of ``steps``)
     curve: Curve | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
     grad_norm: Measure | None = None  # norm of the objective's gradient at the start (gradient attacks)
@@ -102,14 +103,14 @@ class AttackRecord(Record):
 class CompressionRecord(Record):
     """One row of a compression run: a model's reconstruction of an image from its top k layers, and JPEG beside it."""
 
-    image: str
+    image: Name
     width: Positive
     height: Positive
     channels: Positive
-    conversion: str | None
-    model: str
-    arch: str
-    checkpoint_sha256: str
+    conversion: Text | None
+    model: Name
+    arch: Name
+    checkpoint_sha256: Sha256
     k: Positive
     patch_size: Positive
     patches: Positive
@@ -117,7 +118,7 @@ class CompressionRecord(Record):
     seed: Count
     psnr: Number
     msssim: Score
-    msssim_impl: str
+    msssim_impl: Name
     bits: Number
     bpp: Number
     gaussian_bits: Number
@@ -143,11 +144,11 @@ class CertifyRecord(Record):
         "radius", "max_joint_changes", "max_joint_bound", "max_joint_proven", "optimal_decoded_l2", "optimal_bound",
         "optimal_proven", "optimal_changed", "msssim_k1", "k1_identical", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
 
-    unit: str  # the work unit that wrote the row (resume and merge go by units)
-    model: str
-    checkpoint_sha256: str
-    dataset: str
-    context: str  # the codec's class
+    unit: Name  # the work unit that wrote the row (resume and merge go by units)
+    model: Name
+    checkpoint_sha256: Sha256
+    dataset: Name
+    context: Name  # the codec's class
     norm: Norm
     eps: Setting
     seed: Count
@@ -172,7 +173,7 @@ class CertifyRecord(Record):
     delta_linf: UnitMeasure | None = None
     delta_l2: Measure | None = None
     solve_time_s: Measure | None = None  # both MILPs together
-    status: str | None = None  # the decoded-change solve's message
+    status: Text | None = None  # the decoded-change solve's message
     gap: Number | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
 
 

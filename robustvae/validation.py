@@ -38,10 +38,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from robustvae.config import MAX_NAME
 from robustvae.errors import RobustVAEError
 
 MSSSIM_TOLERANCE = 1e-5  # derived in the module docstring
 INT64 = 2**63
+MAX_TEXT = 2000
 
 
 def _score(v: float) -> float:
@@ -78,6 +80,11 @@ Int = Annotated[int, Field(gt=-INT64, lt=INT64)]
 Count = Annotated[int, Field(ge=0, lt=INT64)]  # an index, a seed, a count
 Positive = Annotated[int, Field(ge=1, lt=INT64)]  # k, steps, a size
 Curve = dict[Annotated[str, AfterValidator(_int_key)], Score]  # MS-SSIM after n steps, {"n": score}
+# A label, a unit id, a dataset or setting name: labels become file names (at most 255 bytes on common file systems)
+# and are printed in tables, so a name of megabytes is refused rather than rendered.
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]  # a message (a solver's status)
+Sha256 = Annotated[str, Field(max_length=MAX_NAME)]  # a file's hash (compared, shown); empty for a model in memory
 
 STRICT = ConfigDict(strict=True, extra="allow")
 
@@ -129,23 +136,6 @@ def row_problem(record: type, row: dict[str, Any], rules: Callable[[dict[str, An
     if found is None and rules is not None:
         found = rules(row)
     return found
-
-
-def eps_problem(norm: str, eps: float, pixels: int | None = None, name: str = "eps") -> str | None:
-    """An attack budget that no threat model on [0, 1] images can have: non-finite, negative, or the whole box.
-
-    L-inf: eps < 1 (at eps >= 1 every image of [0, 1] is in the ball). L2: eps below the
-    diameter of the box, sqrt(pixels) for images of ``pixels`` values (C x H x W), when known.
-    """
-    if not math.isfinite(eps) or eps < 0:
-        return f"{name} must be a finite number >= 0, got {eps!r}"
-    if norm == "linf" and eps >= 1:
-        return (f"{name} = {eps:g} is not below 1: at L-inf eps >= 1 every image in [0, 1] is reachable; "
-                f"give an eps in [0, 1)")
-    if norm == "l2" and pixels is not None and eps >= math.sqrt(pixels):
-        return (f"{name} = {eps:g} is not below {math.sqrt(pixels):.4g}, the L2 diameter of [0, 1]^{pixels} "
-                f"(every image is reachable); give a smaller eps")
-    return None
 
 
 # --------------------------------------------------------------------------- JSON files
@@ -217,8 +207,8 @@ class LayerRow(_Strict):
 class ModelEntry(_Strict):
     """A model as a run.json lists it."""
 
-    label: str
-    sha256: str = ""
+    label: Name
+    sha256: Sha256 = ""
     path: str | None = None
     config: ConfigTable | None = None
     num_layers: Positive | None = None
@@ -226,8 +216,8 @@ class ModelEntry(_Strict):
 
 
 class ModelRef(_Strict):
-    label: str
-    sha256: str
+    label: Name
+    sha256: Sha256
 
 
 class _RunInfo(_Strict):
@@ -252,11 +242,14 @@ class RunProgress(_RunInfo):
     settings: dict[str, Any]
 
 
+Shard = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}/[1-9][0-9]{0,8}$")]  # i/N
+
+
 class AttackSettings(_Strict):
     attack: AttackSettingsTable
     models: list[ModelRef] | None = None
-    shard: Annotated[str, Field(pattern=r"^[1-9][0-9]*/[1-9][0-9]*$")] = "1/1"
-    units: list[str] | None = None
+    shard: Shard = "1/1"
+    units: list[Name] | None = None
 
 
 class AttackRun(_RunInfo):
@@ -272,7 +265,7 @@ class AttackRun(_RunInfo):
 class CertifySettings(_Strict):
     certify: CertifySettingsTable
     models: list[ModelRef] | None = None
-    shard: Annotated[str, Field(pattern=r"^[1-9][0-9]*/[1-9][0-9]*$")] = "1/1"
+    shard: Shard = "1/1"
     points: Positive | None = None
 
 
@@ -289,7 +282,7 @@ class CertifyRun(_RunInfo):
 
 
 class ImageEntry(_Strict):
-    name: str
+    name: Name
     path: str | None = None
     width: Positive
     height: Positive
@@ -327,10 +320,10 @@ class EvalResult(_Strict):
     active_units: Count | None = None
     total_units: Count | None = None
     checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    model: str | None = None
-    dataset: str | None = None
-    split: str | None = None
+    checkpoint_sha256: Sha256 | None = None
+    model: Name | None = None
+    dataset: Name | None = None
+    split: Name | None = None
     layers: list[LayerRow] | None = None
     image_set: dict[str, Any] | None = None
 
@@ -345,7 +338,7 @@ class MetricsRow(_Strict):
 class TrainSummary(_Strict):
     """A training run's ``summary.json`` (returned again when a finished run is resumed)."""
 
-    name: str | None = None
+    name: Name | None = None
     steps: Count
     best_val_nelbo: float | None = None
     wall_time_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
@@ -402,7 +395,7 @@ def read_json_any(path: str | os.PathLike) -> Any:
 class JpegRow(_Strict):
     """One row of a compression run's ``jpeg.csv`` (the JPEG sweep of one image at one quality)."""
 
-    image: str
+    image: Name
     width: Positive
     height: Positive
     channels: Positive
@@ -411,7 +404,7 @@ class JpegRow(_Strict):
     bpp: Measure
     psnr: Number
     msssim: Score
-    msssim_impl: str
+    msssim_impl: Name
 
 
 def _fields(schema: type[BaseModel]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ accepted although invalid. Outcomes:
 * ``ok``: an invalid value refused with one ``error:`` line (exit 2), or a valid value accepted (exit 0);
 * ``accepted_invalid``: exit 0 on a value the table says is invalid;
 * ``refused_valid``: a one-line refusal of a value the table says is valid;
-* ``traceback``, ``multi_line``: an escape or another exit code, or an error of more than one line.
+* ``traceback``, ``multi_line``: an escape or another exit code, or an error of more than one line;
+* ``hang``: more than :data:`CPU_LIMIT_S` seconds of CPU time (a value that makes a reader crawl).
 
 A mutation that does not apply to a field (``out_of_range`` of a string, ``null`` in TOML) is not run. The figures'
 rasterisation is stubbed (``fast_figures``) to keep the sweep affordable: the values still reach the figure code,
@@ -35,29 +36,31 @@ from typing import Any
 
 MUTATIONS = ("missing", "null", "wrong_type", "out_of_range", "nan", "huge")
 
-# What each field may hold. Kinds: str, enum:a|b, int (any 64-bit), int0 (>= 0), int1 (>= 1), score (an MS-SSIM:
+# What each field may hold. Kinds: str (any text), name (a label or id: it becomes a file name, so at most 255 bytes;
+# huge is invalid), text (a message shown in reports: a few lines at most), sha (a file's hash: compared and shown,
+# never recomputed; short text, empty for a model built in memory), enum:a|b, int (any 64-bit), int0 (>= 0), int1 (>= 1), score (an MS-SSIM:
 # [0, 1] or NaN), measure (>= 0, or NaN / inf), unitmeasure (an L-inf distance of [0, 1] images: [0, 1] or NaN),
 # setting (finite, >= 0), eps (an L-inf budget: finite, in [0, 1)), number (any, NaN too), bool, list, dict, pixels
 # (an image array: values in [0, 1], NaN allowed in reconstructions), info (anything: only read to be shown).
 # Flags: "?" the field may be missing, "~" it may be null.
-RECORD_COMMON = {"unit": "str", "model": "str", "checkpoint_sha256": "str", "dataset": "str", "norm": "enum:linf|l2",
+RECORD_COMMON = {"unit": "name", "model": "name", "checkpoint_sha256": "sha", "dataset": "name", "norm": "enum:linf|l2",
                  "eps": "eps", "seed": "int0", "temperature": "setting", "point": "int0", "test_index": "int0",
                  "label": "int"}
 SPECS: dict[str, dict[str, str]] = {
     "attack records": {
-        **RECORD_COMMON, "k": "int1", "objective": "str", "optimizer": "str", "steps": "int1", "recon": "str",
-        "temperature_convention": "str", "kind": "enum:attack|no_attack|floor|noise|unrelated", "restart": "int0",
+        **RECORD_COMMON, "k": "int1", "objective": "name", "optimizer": "name", "steps": "int1", "recon": "name",
+        "temperature_convention": "name", "kind": "enum:attack|no_attack|floor|noise|unrelated", "restart": "int0",
         "msssim": "score", "msssim_input": "score", "psnr": "number?~", "skl": "list?~", "skl.0": "number",
         "delta_linf": "unitmeasure?", "delta_l2": "measure?", "final_loss": "number?~", "nonfinite": "bool?",
-        "target_point": "int0?~", "member": "str?~", "member_steps": "int0?~", "curve": "dict?~", "curve.1": "score",
+        "target_point": "int0?~", "member": "name?~", "member_steps": "int0?~", "curve": "dict?~", "curve.1": "score",
         "grad_norm": "measure?~",
     },
     "attack run.json": {
         "": "dict", "settings": "dict", "settings.attack": "dict", "settings.attack.eps": "eps?",
         "settings.attack.restarts": "int1?", "settings.attack.steps": "int1?", "settings.attack.norm": "enum:linf|l2?",
         "settings.attack.temperature": "setting?", "settings.attack.seed": "int0?", "settings.attack.split": "enum:train|val|test?",
-        "settings.models": "list?~", "settings.shard": "str?", "settings.units": "list?~",
-        "models": "list", "models.0.label": "str", "models.0.sha256": "str?", "models.0.num_layers": "int1?~",
+        "settings.models": "list?~", "settings.shard": "name?", "settings.units": "list?~",
+        "models": "list", "models.0.label": "name", "models.0.sha256": "sha?", "models.0.num_layers": "int1?~",
         "models.0.config": "dict?~", "models.0.config.model.channels": "int1?",
         "models.0.layer_diagnostics": "list?~", "models.0.layer_diagnostics.0.layer": "int1",
         "models.0.layer_diagnostics.0.units": "int1", "models.0.layer_diagnostics.0.kl_nats": "number",
@@ -65,47 +68,47 @@ SPECS: dict[str, dict[str, str]] = {
         "status": "enum:running|complete?~", "units_total": "int0?~", "units_done": "int0?~", "wall_time_s": "setting?~",
         "command": "info", "git_commit": "str?~", "device": "str?~", "torch_threads": "int1?~",
     },
-    "gallery": {"model": "str", "k": "int1", "x": "pixels", "x_adv": "pixels", "rec": "pixels", "rec_adv": "pixels",
+    "gallery": {"model": "name", "k": "int1", "x": "pixels", "x_adv": "pixels", "rec": "pixels", "rec_adv": "pixels",
                 "msssim": "score", "points": "int0", "restarts": "int0", "unit": "info"},
     "eval": {
         "": "dict", "nll_nats": "number", "nelbo_nats": "number?~", "nll_bpd": "number?~", "images": "int1?~",
-        "iw_samples": "int1?~", "active_units": "int0?~", "total_units": "int0?~", "checkpoint_sha256": "str?~",
-        "model": "str?~", "split": "str?~", "layers": "list?~", "layers.0.layer": "int1", "layers.0.units": "int1",
+        "iw_samples": "int1?~", "active_units": "int0?~", "total_units": "int0?~", "checkpoint_sha256": "sha?~",
+        "model": "name?~", "split": "name?~", "layers": "list?~", "layers.0.layer": "int1", "layers.0.units": "int1",
         "layers.0.kl_nats": "number", "layers.0.active_units": "int0?~", "image_set": "dict?~", "settings": "info",
     },
     "certify records": {
-        **RECORD_COMMON, "context": "str", "coefficients": "int1", "certified": "bool", "changeable": "int0",
+        **RECORD_COMMON, "context": "name", "coefficients": "int1", "certified": "bool", "changeable": "int0",
         "reachable_levels": "int0", "radius": "measure?~", "msssim_k1": "score?~", "k1_identical": "bool?~",
-        "delta_linf": "unitmeasure?~", "delta_l2": "measure?~", "status": "str?~",
+        "delta_linf": "unitmeasure?~", "delta_l2": "measure?~", "status": "text?~",
     },
     "certify run.json": {
         "": "dict", "kind": "enum:certify", "settings": "dict", "settings.certify": "dict",
         "settings.certify.norm": "enum:linf|l2?", "settings.certify.points": "int1?", "settings.certify.time_limit": "setting?",
-        "models": "list", "models.0.label": "str", "status": "enum:running|complete?~", "wall_time_s": "setting?~",
+        "models": "list", "models.0.label": "name", "status": "enum:running|complete?~", "wall_time_s": "setting?~",
     },
     "compress records.csv": {
-        "image": "str", "width": "int1", "height": "int1", "channels": "int1", "conversion": "str~", "model": "str",
-        "arch": "str", "k": "int1", "patch_size": "int1", "patches": "int1", "temperature": "setting", "seed": "int0",
-        "psnr": "number", "msssim": "score", "msssim_impl": "str", "bits": "number", "bpp": "number",
+        "image": "name", "width": "int1", "height": "int1", "channels": "int1", "conversion": "text~", "model": "name",
+        "arch": "name", "k": "int1", "patch_size": "int1", "patches": "int1", "temperature": "setting", "seed": "int0",
+        "psnr": "number", "msssim": "score", "msssim_impl": "name", "bits": "number", "bpp": "number",
         "jpeg_quality": "quality?~", "jpeg_psnr": "number?~", "jpeg_msssim": "score?~", "jpeg_bpp": "measure?~",
     },
-    "compress jpeg.csv": {"image": "str", "quality": "quality", "bytes": "int0", "bpp": "measure", "psnr": "number",
-                          "msssim": "score", "msssim_impl": "str"},
+    "compress jpeg.csv": {"image": "name", "quality": "quality", "bytes": "int0", "bpp": "measure", "psnr": "number",
+                          "msssim": "score", "msssim_impl": "name"},
     "compress run.json": {
         "": "dict", "kind": "enum:compress", "settings": "dict", "settings.temperature": "setting?",
-        "settings.batch_size": "int1?", "images": "list", "images.0.name": "str", "images.0.width": "int1",
-        "images.0.height": "int1", "models": "list", "models.0.label": "str", "wall_time_s": "setting?~",
+        "settings.batch_size": "int1?", "images": "list", "images.0.name": "name", "images.0.width": "int1",
+        "images.0.height": "int1", "models": "list", "models.0.label": "name", "wall_time_s": "setting?~",
         "warnings": "list?~",
     },
     "metrics.jsonl": {"kind": "enum:train|val", "step": "int0", "loss_nats": "info"},
-    "summary.json": {"": "dict", "steps": "int0", "name": "str?~", "wall_time_s": "setting?~"},
+    "summary.json": {"": "dict", "steps": "int0", "name": "name?~", "wall_time_s": "setting?~"},
     "train state": {"": "dict", "step": "int0", "best_val": "number", "skips": "int0?", "consecutive_skips": "int0?",
                     "elapsed": "setting?"},
     "suite": {"models": "list?", "eps": "eps?", "restarts": "int1?", "points": "int1?", "steps": "int1?",
-              "temperature": "setting?", "norm": "enum:linf|l2?", "seed": "int0?", "layers": "str?"},
-    "checkpoint config": {"": "dict", "name": "str?", "model.channels": "int1?", "model.hidden": "int1?",
+              "temperature": "setting?", "norm": "enum:linf|l2?", "seed": "int0?", "layers": "name?"},
+    "checkpoint config": {"": "dict", "name": "name?", "model.channels": "int1?", "model.hidden": "int1?",
                           "model.z_dim": "int1?", "model.latents": "list?", "model.image_size": "int1?",
-                          "model.logvar_limit": "setting?", "train.seed": "int0?", "data.name": "str?"},
+                          "model.logvar_limit": "setting?", "train.seed": "int0?", "data.name": "name?"},
 }
 HUGE_INT = 10**30
 HUGE_STR = "x" * 100_000
@@ -139,7 +142,7 @@ def value_for(tp: str, mutation: str) -> Any:
     if mutation == "nan":
         return ... if tp in ("info",) else math.nan
     if mutation == "wrong_type":
-        return 12345 if tp == "str" or tp.startswith("enum") else "abc"
+        return 12345 if tp in ("str", "name", "text", "sha") or tp.startswith("enum") else "abc"
     if mutation == "out_of_range":
         return {"int0": -1, "int1": 0, "score": 5.0, "measure": -1.0, "unitmeasure": 5.0, "setting": -1.0, "eps": -1.0,
                 "quality": 101, "pixels": 5.0}.get(tp, "bogus" if tp.startswith("enum") else ...)
@@ -148,7 +151,7 @@ def value_for(tp: str, mutation: str) -> Any:
             return HUGE_INT
         if tp in ("score", "measure", "unitmeasure", "setting", "eps", "number", "pixels"):
             return 1e308
-        return HUGE_STR if tp == "str" or tp.startswith("enum") else ...
+        return HUGE_STR if tp in ("str", "name", "text", "sha") or tp.startswith("enum") else ...
     return ...
 
 
@@ -445,7 +448,20 @@ def fast_figures():
         Figure.savefig = real
 
 
+class _Hang(BaseException):
+    """A case that used more than :data:`CPU_LIMIT_S` of CPU time (a value that makes a reader crawl)."""
+
+
+CPU_LIMIT_S = 120  # of CPU time, so a busy machine does not count: a tiny report takes a few seconds
+
+
+def _hang(signum, frame):  # noqa: ANN001
+    raise _Hang
+
+
 def run_case(fx: Fixtures, case: Case, index: int) -> Outcome | None:
+    import signal
+
     from robustvae.cli import main
 
     work = fx.root / "cases" / f"c{index}"
@@ -453,11 +469,18 @@ def run_case(fx: Fixtures, case: Case, index: int) -> Outcome | None:
     argv = prepare(fx, case, work)
     if argv is None:
         return None
+    previous = signal.signal(signal.SIGVTALRM, _hang)
+    signal.setitimer(signal.ITIMER_VIRTUAL, CPU_LIMIT_S)
     with _quiet() as err:
         try:
             code, exc = main(argv), None
+        except _Hang:
+            return Outcome(case, "hang", f"more than {CPU_LIMIT_S} s of CPU time")
         except BaseException as e:  # noqa: BLE001 - every escape is reported
             code, exc = None, e
+        finally:
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.signal(signal.SIGVTALRM, previous)
     text = err.getvalue()
     lines = [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("note: ")]
     valid = expected_valid(case)
@@ -499,7 +522,7 @@ def totals(results: list[Outcome]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for r in results:
         t = out.setdefault(r.case.kind, {"cases": 0, "ok": 0, "traceback": 0, "accepted_invalid": 0,
-                                         "refused_valid": 0, "multi_line": 0})
+                                         "refused_valid": 0, "multi_line": 0, "hang": 0})
         t["cases"] += 1
         t[r.kind] += 1
     return out

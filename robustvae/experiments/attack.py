@@ -41,7 +41,7 @@ import torch
 
 from robustvae.attacks import LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
-from robustvae.config import AttackConfig, parse_layers, to_dict
+from robustvae.config import AttackConfig, eps_problem, parse_layers, to_dict
 from robustvae.data import eval_images, load_dataset, stratified_order
 from robustvae.distributed import DistContext, current
 from robustvae.errors import RobustVAEError
@@ -50,7 +50,6 @@ from robustvae.experiments.models import Labelled
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae import io
 from robustvae.io import atomic_file, safe_name
-from robustvae.validation import eps_problem
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
 from robustvae.protocol import RECON_RULES, ReconRule, std_temperature

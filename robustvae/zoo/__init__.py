@@ -148,8 +148,7 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
         held = f"{len(state)} tensors ({_mib(sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))})"
         raise CheckpointError(
             f"{where} does not fit the architecture its config describes: the config makes a model far larger than "
-            f"the {held} of tensors present (the build was stopped at {e}); the config does not belong to these "
-            f"weights") from None
+            f"the {held} present (the build was stopped at {e}); the config does not belong to these weights") from None
     finally:
         for h in hooks:
             h.remove()
