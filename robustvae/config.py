@@ -26,7 +26,8 @@ CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a con
 SCHEDULES = ("linear", "cosine")
 BINARISATION = ("data", "model")
 MAX_NAME = 200  # characters of a config's name (a label: it becomes part of file names)
-MAX_DIFFUSION_STEPS = 100_000  # the schedule is built in Python at construction: bounded before any model is built
+MAX_DIFFUSION_STEPS = 100_000
+MAX_POINTS = 10_000_000  # attacked or certified points: planning makes a unit per batch of them  # the schedule is built in Python at construction: bounded before any model is built
 
 
 def _fail(msg: str) -> None:
@@ -50,6 +51,12 @@ def eps_problem(norm: str, eps: float, pixels: int | None = None, name: str = "e
     return None
 
 
+def _check_points(points: int) -> None:
+    """Points are test images: refused beyond any split's size before a run plans units for each of them."""
+    if points > MAX_POINTS:
+        _fail(f"points must be at most {MAX_POINTS:,} (more than any split holds), got {points:,}")
+
+
 def _fail_if(problem: str | None) -> None:
     if problem:
         _fail(problem)
@@ -61,7 +68,8 @@ def _positive(name: str, value: float) -> None:
 
 
 def check_numbers(obj: Any, prefix: str = "") -> None:
-    """Every number of a config dataclass is finite (no NaN, no inf) and every seed is >= 0, naming the field.
+    """Every number of a config dataclass is finite (no NaN, no inf), every integer fits in 64 bits and every seed is
+    >= 0, naming the field.
 
     Called first by each config's ``__post_init__``, so NaN never reaches a range check
     (``nan < 0`` is False) and no code path can build a config holding one.
@@ -75,6 +83,8 @@ def check_numbers(obj: Any, prefix: str = "") -> None:
             continue
         if not math.isfinite(value):
             _fail(f"{prefix}{f.name} must be a finite number, got {value!r}")
+        if isinstance(value, int) and not -(2**63) < value < 2**63:
+            _fail(f"{prefix}{f.name} must fit in 64 bits, got {value:.3g}")
         if (f.name == "seed" or f.name.endswith("_seed")) and value < 0:
             _fail(f"{prefix}{f.name} must be >= 0, got {value!r}")
 
@@ -416,6 +426,7 @@ class AttackConfig:
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")
+        _check_points(self.points)
         for name in ("floor_draws", "noise_draws", "gallery_points", "unrelated_draws"):
             if getattr(self, name) < 0:
                 _fail(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -464,6 +475,7 @@ class CertifyConfig:
             _fail_if(eps_problem(self.norm, e, name="every eps"))
         if self.points < 1:
             _fail(f"points must be at least 1, got {self.points}")
+        _check_points(self.points)
         if not self.time_limit > 0:
             _fail(f"time_limit must be positive (seconds per solve), got {self.time_limit}")
         if not self.interior >= 0:

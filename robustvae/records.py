@@ -28,8 +28,8 @@ from pydantic import Field
 
 from robustvae.config import eps_problem
 from robustvae.io import read_jsonl
-from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, Positive, Score, Setting, Sha256, Text,
-                                  UnitMeasure, row_problem)
+from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, PerLayer, Positive, Score, Setting, Sha256,
+                                  Text, UnitMeasure, row_problem)
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
 Norm = Literal["linf", "l2"]
@@ -87,7 +87,7 @@ class AttackRecord(Record):
     msssim: Score  # MS-SSIM(clean reconstruction, this reconstruction)
     msssim_input: Score  # MS-SSIM(x, x + delta)
     psnr: Number | None = None
-    skl: list[Number] | None = None  # symmetric KL per attacked layer (attack and noise rows)
+    skl: PerLayer | None = None  # symmetric KL per attacked layer (attack and noise rows)
     delta_linf: UnitMeasure = 0.0
     delta_l2: Measure = 0.0
     final_loss: Number | None = None  # the attack's best objective
@@ -224,9 +224,16 @@ def certify_row_problem(row: dict[str, Any]) -> str | None:
     return row_problem(CertifyRecord, row, _budget)
 
 
-def compression_row_problem(row: dict[str, Any]) -> str | None:
-    """What is wrong with a row of a compression run's ``records.csv`` (empty cells are None); else None."""
-    return row_problem(CompressionRecord, row)
+JPEG_FIELDS = ("jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp")
+
+
+def jpeg_match_problem(row: dict[str, Any]) -> str | None:
+    """The JPEG matched to a row comes whole (quality, PSNR, MS-SSIM, bpp) or not at all (a non-finite reconstruction)."""
+    given = [f for f in JPEG_FIELDS if row.get(f) is not None and row.get(f) == row.get(f)]
+    if given and len(given) != len(JPEG_FIELDS):
+        missing = next(f for f in JPEG_FIELDS if f not in given)
+        return f"field '{missing}' is empty while {given[0]} is given (a matched JPEG has all four)"
+    return None
 
 
 def _budget(row: dict[str, Any]) -> str | None:

@@ -79,7 +79,8 @@ Setting = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a finite setting
 Int = Annotated[int, Field(gt=-INT64, lt=INT64)]
 Count = Annotated[int, Field(ge=0, lt=INT64)]  # an index, a seed, a count
 Positive = Annotated[int, Field(ge=1, lt=INT64)]  # k, steps, a size
-Curve = dict[Annotated[str, AfterValidator(_int_key)], Score]  # MS-SSIM after n steps, {"n": score}
+Curve = Annotated[dict[Annotated[str, AfterValidator(_int_key)], Score], Field(min_length=1)]  # {"n": score after n steps}
+PerLayer = Annotated[list[Number], Field(min_length=1)]  # one number per attacked layer
 # A label, a unit id, a dataset or setting name: labels become file names (at most 255 bytes on common file systems)
 # and are printed in tables, so a name of megabytes is refused rather than rendered.
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
@@ -295,6 +296,8 @@ class CompressModel(ModelEntry):
     layers: list[Positive] | None = None
     patch_size: Positive | None = None
     patches: Count | None = None
+    patches_per_s: Measure
+    reconstructions_per_s: Measure
 
 
 class CompressRun(_RunInfo):
@@ -340,8 +343,10 @@ class TrainSummary(_Strict):
 
     name: Name | None = None
     steps: Count
+    epochs: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     best_val_nelbo: float | None = None
-    wall_time_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    final_val: dict[str, Number]
+    wall_time_s: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class TrainStateTable(_Strict):
@@ -428,7 +433,8 @@ def _text_fields(schema: type[BaseModel]) -> list[str]:
     return [n for n, tp in _fields(schema).items() if texty(tp)]
 
 
-def read_csv_rows(path: str | os.PathLike, schema: type[BaseModel], fix: str) -> Any:
+def read_csv_rows(path: str | os.PathLike, schema: type[BaseModel], fix: str,
+                  rules: Callable[[dict[str, Any]], str | None] | None = None) -> Any:
     """A CSV file as a DataFrame whose every row fits ``schema`` (cells parsed leniently, as CSV holds text only);
     else one line naming the file, the line and the field."""
     import numpy as np
@@ -452,6 +458,11 @@ def read_csv_rows(path: str | os.PathLike, schema: type[BaseModel], fix: str) ->
             schema.model_validate(plain, strict=False)
         except ValidationError as e:
             raise RobustVAEError(f"{path} line {i + 2}: {describe(e)}; {fix}") from None
+        if rules is not None and (found := rules(plain)):
+            raise RobustVAEError(f"{path} line {i + 2}: {found}; {fix}")
+    for name, f in schema.model_fields.items():  # optional columns a file lacks are columns of empty cells
+        if name not in df and not f.is_required():
+            df[name] = np.nan
     return df
 
 
@@ -468,8 +479,8 @@ def gallery_problem(arrays: dict[str, Any]) -> str | None:
     for name in ("model", "k", *GALLERY_IMAGES, "msssim", "points", "restarts"):
         if name not in arrays:
             return f"it has no '{name}' array"
-    if arrays["model"].ndim != 0 or arrays["model"].dtype.kind not in "US":
-        return "'model' should be one string"
+    if arrays["model"].ndim != 0 or arrays["model"].dtype.kind not in "US" or not 1 <= len(str(arrays["model"])) <= MAX_NAME:
+        return f"'model' should be one label of 1 to {MAX_NAME} characters"
     k = arrays["k"]
     if k.ndim != 0 or k.dtype.kind not in "iu" or not 1 <= int(k) < INT64:
         return f"'k' should be one integer >= 1, got {k!r:.40}"

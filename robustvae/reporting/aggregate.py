@@ -238,8 +238,8 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
             f"{per.min()}..{per.max()} restarts per point over {len(per)} (k, point) pairs; configured {want:g}")
     _planned_units(add, runs)
     for run in runs.runs:
-        done, total = run.info.get("units_done", 0), run.info.get("units_total", 0)
-        status = run.info.get("status", "?")
+        done, total = run.info.get("units_done") or 0, run.info.get("units_total") or 0  # null: not recorded
+        status = run.info.get("status") or "?"
         add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
             f"status {status}, {done} of {total} units done, {run.records} records")
     out += strength_checks(df)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustvae.records import CERTIFY_RUN_KIND, read_attack_records, read_certify_rows
+from robustvae.records import CERTIFY_RUN_KIND, CertifyRecord, read_attack_records, read_certify_rows
 from robustvae.validation import CertifyRun, read_json
 
 CERTIFICATE_NOTE = (
@@ -41,7 +41,11 @@ def read_certify_records(paths: list[str | Path]) -> pd.DataFrame:
     """Every record of the certification runs (shards merge), with its run directory's name as ``run``."""
     rows = [{**r, "run": Path(p).name} for p in paths for f in sorted(Path(p).glob("records*.jsonl"))
             for r in read_certify_rows(f)]
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for col in CertifyRecord.columns():  # optional fields no row holds are still columns (of NaN)
+        if col not in df:
+            df[col] = np.nan
+    return df
 
 
 def _keys(df: pd.DataFrame, *more: str) -> list[str]:

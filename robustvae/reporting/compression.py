@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from robustvae import io
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
-from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord
+from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord, jpeg_match_problem
 from robustvae.reporting.figures import dropped_note, imshow_array, marker_map, new_figure, palette
 from robustvae.reporting.tables import summary_table
 from robustvae.validation import CompressRun, JpegRow, read_csv_rows, read_json, row_schema
@@ -66,7 +66,7 @@ def load_compression_run(d: str | Path) -> CompressionRun:
     d = Path(d)
     fix = "copy the whole compression run directory, or re-run robustvae compress"
     info = read_json(d / "run.json", CompressRun, fix)
-    records = read_csv_rows(d / "records.csv", row_schema(CompressionRecord), fix)
+    records = read_csv_rows(d / "records.csv", row_schema(CompressionRecord), fix, jpeg_match_problem)
     jpeg = read_csv_rows(d / "jpeg.csv", JpegRow, fix)
     names = {im["name"] for im in info["images"]}
     for table, name in ((records, "records.csv"), (jpeg, "jpeg.csv")):

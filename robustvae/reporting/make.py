@@ -100,20 +100,29 @@ def _run_rows(runs: RunSet) -> list[dict[str, Any]]:
     rows = []
     for r in runs.runs:
         info = r.info
-        command = info.get("command") or []
         wall = info.get("wall_time_s")
         rows.append({
-            "dir": str(r.dir), "name": r.name, "records": r.records,
-            "command": shlex.join(map(str, command)) if isinstance(command, list) else str(command),
+            "dir": str(r.dir), "name": r.name, "records": r.records, "command": _command_text(info.get("command")),
             "status": info.get("status"), "units_done": info.get("units_done"), "units_total": info.get("units_total"),
-            "wall_time_s": wall, "wall_time": f"{wall:.1f} s" if isinstance(wall, (int, float)) else "?",
+            "wall_time_s": wall, "wall_time": _seconds_text(wall),
             "device": info.get("device"), "threads": info.get("torch_threads"), "git_commit": info.get("git_commit"),
-            "versions": info.get("versions", {}), "attack": info["settings"].get("attack", {}),
+            "versions": info.get("versions") or {}, "attack": info["settings"].get("attack", {}),
             "shard": info["settings"].get("shard", "1/1"),
             "models": [{"label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path")}
                        for m in info.get("models", [])],
         })
     return rows
+
+
+def _command_text(command: Any) -> str:
+    """A run.json's ``command`` (argv list, or a string from elsewhere) as one shell line; '?' when not recorded."""
+    if isinstance(command, list):
+        return shlex.join(map(str, command))
+    return str(command) if command else "?"
+
+
+def _seconds_text(seconds: Any) -> str:
+    return f"{seconds:.1f} s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "?"
 
 
 def _html_table(df: pd.DataFrame, left: int) -> dict[str, Any]:
@@ -276,10 +285,10 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
         "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(tables.display_compression(table), 1),
         "per_image": _html_table(tables.display_compression(per_image), 2),
         "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
-        "images": len(info["images"]), "command": shlex.join(map(str, info.get("command", []))),
-        "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
-        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
-        "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
+        "images": len(info["images"]), "command": _command_text(info.get("command")),
+        "wall_time": _seconds_text(info.get("wall_time_s")), "device": info.get("device"),
+        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg") or {},
+        "versions": info.get("versions") or {}, "git_commit": info.get("git_commit"), "models": models,
         "warnings": match_warnings(run.records),
     }
 
