@@ -118,8 +118,9 @@ def saved_config(out: str | os.PathLike) -> Config:
 def _remove_if_empty(path: Path) -> None:
     """Remove a run directory this call created when it holds nothing but its lock file."""
     if path.is_dir() and all(p.name == ".lock" for p in path.iterdir()):
-        (path / ".lock").unlink(missing_ok=True)
-        path.rmdir()
+        from robustvae import io
+
+        io.remove(path, root=path.parent)
 
 
 def train(
@@ -464,8 +465,7 @@ def compress(
     labelled = load_models(list(models), dev, need_data=False)
     inputs, source = _compress_inputs(labelled, images, data, data_dir, split, limit, config.seed)
     records, jpeg = run_compression(labelled, inputs, config, out, device=dev, force=force, quiet=quiet,
-                                    command=command, source=source)
-    write_compression_figures(out)
+                                    command=command, source=source, finish=write_compression_figures)
     return CompressResult(records, jpeg, Path(out))
 
 

@@ -26,10 +26,41 @@ CONTEXTS = ("none", "dct", "downsample")
 CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
 SCHEDULES = ("linear", "cosine")
 BINARISATION = ("data", "model")
+MAX_NAME = 200  # characters of a config's name (a label: it becomes part of file names)
+MAX_DIFFUSION_STEPS = 100_000
+MAX_POINTS = 10_000_000  # attacked or certified points: planning makes a unit per batch of them  # the schedule is built in Python at construction: bounded before any model is built
 
 
 def _fail(msg: str) -> None:
     raise ConfigError(msg)
+
+
+def eps_problem(norm: str, eps: float, pixels: int | None = None, name: str = "eps") -> str | None:
+    """An attack budget that no threat model on [0, 1] images can have: non-finite, negative, or the whole box.
+
+    L-inf: eps < 1 (at eps >= 1 every image of [0, 1] is in the ball). L2: eps below the
+    diameter of the box, sqrt(pixels) for images of ``pixels`` values (C x H x W), when known.
+    """
+    if not math.isfinite(eps) or eps < 0:
+        return f"{name} must be a finite number >= 0, got {eps!r}"
+    if norm == "linf" and eps >= 1:
+        return (f"{name} = {eps:g} is not below 1: at L-inf eps >= 1 every image in [0, 1] is reachable; "
+                f"give an eps in [0, 1)")
+    if norm == "l2" and pixels is not None and eps >= math.sqrt(pixels):
+        return (f"{name} = {eps:g} is not below {math.sqrt(pixels):.4g}, the L2 diameter of [0, 1]^{pixels} "
+                f"(every image is reachable); give a smaller eps")
+    return None
+
+
+def _check_points(points: int) -> None:
+    """Points are test images: refused beyond any split's size before a run plans units for each of them."""
+    if points > MAX_POINTS:
+        _fail(f"points must be at most {MAX_POINTS:,} (more than any split holds), got {points:,}")
+
+
+def _fail_if(problem: str | None) -> None:
+    if problem:
+        _fail(problem)
 
 
 def _positive(name: str, value: float) -> None:
@@ -38,7 +69,8 @@ def _positive(name: str, value: float) -> None:
 
 
 def check_numbers(obj: Any, prefix: str = "") -> None:
-    """Every number of a config dataclass is finite (no NaN, no inf) and every seed is >= 0, naming the field.
+    """Every number of a config dataclass is finite (no NaN, no inf), every integer fits in 64 bits and every seed is
+    >= 0, naming the field.
 
     Called first by each config's ``__post_init__``, so NaN never reaches a range check
     (``nan < 0`` is False) and no code path can build a config holding one.
@@ -52,6 +84,8 @@ def check_numbers(obj: Any, prefix: str = "") -> None:
             continue
         if not math.isfinite(value):
             _fail(f"{prefix}{f.name} must be a finite number, got {value!r}")
+        if isinstance(value, int) and not -(2**63) < value < 2**63:
+            _fail(f"{prefix}{f.name} must fit in 64 bits, got {value:.3g}")
         if (f.name == "seed" or f.name.endswith("_seed")) and value < 0:
             _fail(f"{prefix}{f.name} must be >= 0, got {value!r}")
 
@@ -193,8 +227,9 @@ class ModelConfig:
             )
         if not 1 <= self.context_bits <= 16:
             _fail(f"model.context_bits must be in 1..16 (2^bits quantisation levels), got {self.context_bits}")
-        if self.diffusion_steps < 1:
-            _fail(f"model.diffusion_steps must be at least 1 (T >= 1), got {self.diffusion_steps}")
+        if not 1 <= self.diffusion_steps <= MAX_DIFFUSION_STEPS:
+            _fail(f"model.diffusion_steps must be at least 1 (T >= 1) and at most {MAX_DIFFUSION_STEPS:,} (DDPMs use up "
+                  f"to a few thousand), got {self.diffusion_steps}")
         if not 0 < self.diffusion_beta_start <= self.diffusion_beta_end < 1:
             _fail(
                 "model.diffusion_beta_start and model.diffusion_beta_end need 0 < start <= end < 1, got "
@@ -285,6 +320,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_NAME:  # the name labels the model in runs and becomes part of file names
+            _fail(f"name must be 1 to {MAX_NAME} characters, got {len(self.name):,}")
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -356,6 +395,8 @@ class AttackConfig:
         parse_layers(self.layers)
         if not self.eps >= 0:
             _fail(f"eps must be >= 0 (0 disables the attack: the no-attack level), got {self.eps}")
+        if self.norm in NORMS:
+            _fail_if(eps_problem(self.norm, self.eps))
         if self.recon not in RECON_RULES:
             _fail(f"unknown recon rule {self.recon!r} (known: {', '.join(RECON_RULES)})")
         if self.temperature_convention is not None and self.temperature_convention not in CONVENTIONS:
@@ -379,9 +420,12 @@ class AttackConfig:
                 _fail(f"eps_sweep must be comma-separated numbers such as 0.025,0.05,0.1, got {self.eps_sweep!r}")
             if not sweep or any(not e > 0 for e in sweep):
                 _fail(f"eps_sweep needs at least one eps and every eps > 0, got {self.eps_sweep!r}")
+            for e in sweep:
+                _fail_if(eps_problem(self.norm, e, name="every eps of eps_sweep") if self.norm in NORMS else None)
         for name in ("restarts", "points", "steps", "max_batch_mib"):
             if getattr(self, name) < 1:
                 _fail(f"{name} must be at least 1, got {getattr(self, name)}")
+        _check_points(self.points)
         for name in ("floor_draws", "noise_draws", "gallery_points", "unrelated_draws"):
             if getattr(self, name) < 0:
                 _fail(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -446,8 +490,11 @@ class CertifyConfig:
             _fail(f"every eps must be finite and >= 0, got {', '.join(map(str, eps))}")
         if self.norm not in NORMS:
             _fail(f"unknown norm {self.norm!r} (known: {', '.join(NORMS)})")
+        for e in eps:
+            _fail_if(eps_problem(self.norm, e, name="every eps"))
         if self.points < 1:
             _fail(f"points must be at least 1, got {self.points}")
+        _check_points(self.points)
         if not self.time_limit > 0:
             _fail(f"time_limit must be positive (seconds per solve), got {self.time_limit}")
         if not self.interior >= 0:

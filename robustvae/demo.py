@@ -11,7 +11,8 @@ into the report's notes (``commands.txt``).
 Layout of ``out``: ``demo.json`` (the settings and the stages done, for ``resume``),
 ``runs/<preset>/`` (trained models), ``runs/eval-test.json``, ``runs/attack/`` (records),
 and the report itself at the top (``index.html``, ...). An ``out`` that is not empty is
-refused unless ``force``, which replaces only what the demo writes.
+refused unless ``force``, which replaces only what the demo writes (:func:`outputs`); the
+earlier demo is set aside and comes back whole if the new one fails or is stopped.
 
 An interrupted demo (Ctrl-C) continues with ``resume``: finished stages are kept, a
 model's training continues from its ``last.pt``, the attack from its records (finished
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
+from robustvae import io
 from robustvae.errors import Interrupted, RobustVAEError
 
 DEMO_PRESETS = ("vdvae-mnist-demo", "dctvae-mnist-demo")
@@ -60,6 +61,10 @@ class DemoSettings:
             raise RobustVAEError(f"--train-steps must be a positive integer, got {self.train_steps}")
         if not self.presets:
             raise RobustVAEError("the demo needs at least one preset")
+        from robustvae.config import eps_problem
+
+        if eps_problem("linf", self.eps):
+            raise RobustVAEError(eps_problem("linf", self.eps))
 
 
 def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple[str, list[str]]]:
@@ -85,21 +90,12 @@ STATE = "demo.json"  # the demo's settings and the stages it finished, in ``out`
 STATE_FORMAT = "robustvae-demo/1"
 
 
-def _clear(out: Path, s: DemoSettings) -> None:
-    """``--force``: remove what an earlier demo wrote into ``out`` (and nothing else)."""
+def outputs(out: Path, s: DemoSettings) -> list[str]:
+    """What a demo writes into ``out`` (relative names; ``--force`` replaces these and nothing else)."""
     from robustvae.reporting.make import REPORT_FILES
-    from robustvae.training import RUN_FILES
 
-    runs = out / "runs"
-    targets = [out / f for f in (*REPORT_FILES, "commands.txt", STATE)] + list(out.glob("gallery-*.png"))
-    targets += [runs / p / f for p in s.presets for f in RUN_FILES] + [runs / "eval-test.json"]
-    attack = runs / "attack"
-    targets += list(attack.glob("records*.jsonl")) + list(attack.glob("run*.json"))
-    for t in targets:
-        if t.is_file():
-            t.unlink()
-    if (attack / "gallery").is_dir():
-        shutil.rmtree(attack / "gallery")
+    names = [*REPORT_FILES, "commands.txt", STATE, *(p.name for p in out.glob("gallery-*.png"))]
+    return names + [f"runs/{p}" for p in s.presets] + ["runs/eval-test.json", "runs/attack"]
 
 
 def run_demo(
@@ -130,7 +126,6 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
     """The API calls behind :func:`commands`, in the same order."""
     from robustvae import api
     from robustvae.config import AttackConfig
-    from robustvae.io import write_json
 
     runs = out / "runs"
 
@@ -146,7 +141,7 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
     def evaluate() -> None:
         results = [api.evaluate(runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device,
                                 quiet=quiet).record for p in s.presets]
-        write_json(runs / "eval-test.json", {"results": results})
+        io.write_json(runs / "eval-test.json", {"results": results}, root=out)
 
     cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed)
     attack = [str(runs / p) for p in s.presets]
@@ -171,12 +166,22 @@ def _run(out: str | Path, settings: DemoSettings | Mapping[str, Any] | None, dev
         if resume:
             state = _read_state(out)
             s = _saved_settings(out, state, settings)
-        else:
-            s = settings if isinstance(settings, DemoSettings) else DemoSettings(**(settings or {}))
-            state = {"format": STATE_FORMAT, "settings": dataclasses.asdict(s), "stages": {}}
-            _clear(out, s)
-        _write_state(out, state)
-        return _stages_run(out, s, device, quiet, state)
+            return _stages_run(out, s, device, quiet, state)
+        s = settings if isinstance(settings, DemoSettings) else DemoSettings(**(settings or {}))
+        state = {"format": STATE_FORMAT, "settings": dataclasses.asdict(s), "stages": {}}
+        names = outputs(out, s)
+        earlier = any((out / n).exists() for n in names)
+        try:
+            # an earlier demo is set aside (its files name their own paths, so the new one runs in place) and comes
+            # back whole if this one fails or is stopped
+            with io.set_aside(out, names):
+                _write_state(out, state)
+                return _stages_run(out, s, device, quiet, state)
+        except Interrupted as e:
+            if not earlier:
+                raise
+            raise Interrupted(str(e).split("; continue with")[0] + f"; the earlier demo in {out} is back as it was "
+                              f"(--force replaces it only when the new demo finishes)") from None
 
 
 def _read_state(out: Path) -> dict[str, Any]:
@@ -216,9 +221,7 @@ def _saved_settings(out: Path, state: dict[str, Any], given: DemoSettings | Mapp
 
 
 def _write_state(out: Path, state: dict[str, Any]) -> None:
-    from robustvae.io import write_json
-
-    write_json(out / STATE, state)
+    io.write_json(out / STATE, state, root=out)
 
 
 def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool, state: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +238,7 @@ def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool, state: dic
         if what == "report":  # the notes shown in the report: every command and its wall time
             total = sum(d.get("seconds", 0.0) for d in done.values())
             log += [line, "", f"train + eval + attack: {total:.1f} s wall time"]
-            (out / "commands.txt").write_text("\n".join(log) + "\n")
+            io.write_text(out / "commands.txt", "\n".join(log) + "\n", root=out)
         entry = done.get(what, {})
         if entry.get("status") == "done" and what != "report":
             console.rule(f"[bold]demo {i}/{len(stages)}: {what} (done before; kept)")

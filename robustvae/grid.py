@@ -27,7 +27,6 @@ def save_grid(imgs: torch.Tensor, out: Path, settings: dict) -> int:
     pixels = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     info = PngImagePlugin.PngInfo()
     info.add_text("robustvae-sample", json.dumps({**settings, "scale": scale}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as f:
+    with atomic_file(out) as f:  # its folder is created; never written through a link
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(f, format="PNG", pnginfo=info)
     return scale

@@ -133,8 +133,9 @@ class Progress(rp.Progress):
         if self._plain is not None:
             print(line, file=self._plain, flush=True)
         if self._log_path is not None:
-            with open(self._log_path, "a") as f:
-                f.write(line + "\n")
+            from robustvae import io
+
+            io.append_text(self._log_path, line + "\n")  # never through a link (the file's folder is the root)
 
 
 def _stamp() -> str:

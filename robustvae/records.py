@@ -25,10 +25,18 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field
+
+from robustvae.config import eps_problem
 from robustvae.io import read_jsonl
+from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, PerLayer, Positive, Score, Setting, Sha256,
+                                  Text, UnitMeasure, row_problem)
 
+Norm = Literal["linf", "l2"]  # robustvae.protocol.NORMS
+Kind = Literal["attack", "no_attack", "floor", "noise", "unrelated"]
+Quality = Annotated[int, Field(ge=1, le=100)]  # a JPEG quality
 # Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
 NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -60,41 +68,41 @@ class AttackRecord(Record):
                                             "curve", "grad_norm", "target_test_index", "msssim_target",
                                             "msssim_target_before")
 
-    unit: str  # the work unit that wrote the row (resume and merge go by units)
-    model: str  # label of the checkpoint in the sweep
-    checkpoint_sha256: str
-    dataset: str
-    k: int  # the top k latent layers were attacked (and come from the posterior)
-    objective: str
-    optimizer: str
-    norm: str
-    eps: float
-    steps: int
-    seed: int
-    temperature: float
-    recon: str  # the reconstruction rule (robustvae.protocol): default | authors
-    temperature_convention: str  # std | var: what the temperature scales
-    kind: str  # attack | no_attack | floor | noise | unrelated
-    point: int  # index among the attacked points
-    test_index: int  # index of the image in its split
-    label: int
-    restart: int  # restart (attack) or draw (floor, noise)
-    msssim: float  # MS-SSIM(clean reconstruction, this reconstruction)
-    msssim_input: float  # MS-SSIM(x, x + delta)
-    psnr: float | None = None
-    skl: list[float] | None = None  # symmetric KL per attacked layer (attack and noise rows)
-    delta_linf: float = 0.0
-    delta_l2: float = 0.0
-    final_loss: float | None = None  # the attack's best objective
+    unit: Name  # the work unit that wrote the row (resume and merge go by units)
+    model: Name  # label of the checkpoint in the sweep
+    checkpoint_sha256: Sha256
+    dataset: Name
+    k: Positive  # the top k latent layers were attacked (and come from the posterior)
+    objective: Name
+    optimizer: Name
+    norm: Norm
+    eps: Setting
+    steps: Positive
+    seed: Count
+    temperature: Setting
+    recon: Name  # the reconstruction rule (robustvae.protocol): default | authors
+    temperature_convention: Name  # std | var: what the temperature scales
+    kind: Kind  # attack | no_attack | floor | noise | unrelated
+    point: Count  # index among the attacked points
+    test_index: Count  # index of the image in its split
+    label: Int
+    restart: Count  # restart (attack) or draw (floor, noise)
+    msssim: Score  # MS-SSIM(clean reconstruction, this reconstruction)
+    msssim_input: Score  # MS-SSIM(x, x + delta)
+    psnr: Number | None = None
+    skl: PerLayer | None = None  # symmetric KL per attacked layer (attack and noise rows)
+    delta_linf: UnitMeasure = 0.0
+    delta_l2: Measure = 0.0
+    final_loss: Number | None = None  # the attack's best objective
     nonfinite: bool = False
-    target_point: int | None = None  # targeted objectives: the target's position in the seeded selection (``point``'s)
-    member: str | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
-    member_steps: int | None = None  # that member's steps per restart (its share of ``steps``)
-    curve: dict[str, float] | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
-    grad_norm: float | None = None  # norm of the objective's gradient at the start (gradient attacks)
-    target_test_index: int | None = None  # targeted objectives: the target's index in its split
-    msssim_target: float | None = None  # targeted: MS-SSIM(rec(target), rec(x + delta)) under the same prior noise
-    msssim_target_before: float | None = None  # targeted: MS-SSIM(rec(target), rec(x)) under that noise
+    target_point: Count | None = None  # targeted objectives: the target's position in the seeded selection (``point``'s)
+    member: Name | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
+    member_steps: Count | None = None  # that member's steps per restart (its share of ``steps``)
+    curve: Curve | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
+    grad_norm: Measure | None = None  # norm of the objective's gradient at the start (gradient attacks)
+    target_test_index: Count | None = None  # targeted objectives: the target's index in its split
+    msssim_target: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x + delta)) under the same prior noise
+    msssim_target_before: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x)) under that noise
 
 
 @dataclass(frozen=True)
@@ -131,32 +139,32 @@ def selection(targeted: bool) -> Selection:
 class CompressionRecord(Record):
     """One row of a compression run: a model's reconstruction of an image from its top k layers, and JPEG beside it."""
 
-    image: str
-    width: int
-    height: int
-    channels: int
-    conversion: str | None
-    model: str
-    arch: str
-    checkpoint_sha256: str
-    k: int
-    patch_size: int
-    patches: int
-    temperature: float
-    seed: int
-    psnr: float
-    msssim: float
-    msssim_impl: str
-    bits: float
-    bpp: float
-    gaussian_bits: float
-    context_bits_prior: float
-    context_bits_raw: float
-    bpp_context_raw: float
-    jpeg_quality: int | None = None
-    jpeg_psnr: float | None = None
-    jpeg_msssim: float | None = None
-    jpeg_bpp: float | None = None
+    image: Name
+    width: Positive
+    height: Positive
+    channels: Positive
+    conversion: Text | None
+    model: Name
+    arch: Name
+    checkpoint_sha256: Sha256
+    k: Positive
+    patch_size: Positive
+    patches: Positive
+    temperature: Setting
+    seed: Count
+    psnr: Number
+    msssim: Score
+    msssim_impl: Name
+    bits: Number
+    bpp: Number
+    gaussian_bits: Number
+    context_bits_prior: Number
+    context_bits_raw: Number
+    bpp_context_raw: Number
+    jpeg_quality: Quality | None = None
+    jpeg_psnr: Number | None = None
+    jpeg_msssim: Score | None = None
+    jpeg_bpp: Measure | None = None
 
 
 @dataclass(frozen=True)
@@ -172,37 +180,37 @@ class CertifyRecord(Record):
         "radius", "max_joint_changes", "max_joint_bound", "max_joint_proven", "optimal_decoded_l2", "optimal_bound",
         "optimal_proven", "optimal_changed", "msssim_k1", "k1_identical", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
 
-    unit: str  # the work unit that wrote the row (resume and merge go by units)
-    model: str
-    checkpoint_sha256: str
-    dataset: str
-    context: str  # the codec's class
-    norm: str
-    eps: float
-    seed: int
-    temperature: float
-    point: int  # index among the selected points (the same as an attack run's with the same seed)
-    test_index: int
-    label: int
-    coefficients: int  # C * c * c
+    unit: Name  # the work unit that wrote the row (resume and merge go by units)
+    model: Name
+    checkpoint_sha256: Sha256
+    dataset: Name
+    context: Name  # the codec's class
+    norm: Norm
+    eps: Setting
+    seed: Count
+    temperature: Setting
+    point: Count  # index among the selected points (the same as an attack run's with the same seed)
+    test_index: Count
+    label: Int
+    coefficients: Positive  # C * c * c
     certified: bool  # no image of the ball (and the box) changes any level: the k = 1 reconstruction is identical
-    changeable: int  # coefficients that may change level on their own
-    reachable_levels: int  # sum over coefficients of the levels each can reach (coefficients when certified)
-    radius: float | None = None
-    max_joint_changes: int | None = None  # most coefficients that change level jointly (the count MILP's best)
-    max_joint_bound: float | None = None
+    changeable: Count  # coefficients that may change level on their own
+    reachable_levels: Count  # sum over coefficients of the levels each can reach (coefficients when certified)
+    radius: Measure | None = None
+    max_joint_changes: Count | None = None  # most coefficients that change level jointly (the count MILP's best)
+    max_joint_bound: Number | None = None
     max_joint_proven: bool | None = None
-    optimal_decoded_l2: float | None = None  # L2 change of the decoded context under the optimal attack
-    optimal_bound: float | None = None  # the solver's upper bound on it
+    optimal_decoded_l2: Measure | None = None  # L2 change of the decoded context under the optimal attack
+    optimal_bound: Number | None = None  # the solver's upper bound on it
     optimal_proven: bool | None = None
-    optimal_changed: int | None = None  # levels changed by that attack
-    msssim_k1: float | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
+    optimal_changed: Count | None = None  # levels changed by that attack
+    msssim_k1: Score | None = None  # MS-SSIM(clean, attacked k = 1 reconstruction) under the default rule
     k1_identical: bool | None = None  # that reconstruction equals the clean one bit for bit
-    delta_linf: float | None = None
-    delta_l2: float | None = None
-    solve_time_s: float | None = None  # both MILPs together
-    status: str | None = None  # the decoded-change solve's message
-    gap: float | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
+    delta_linf: UnitMeasure | None = None
+    delta_l2: Measure | None = None
+    solve_time_s: Measure | None = None  # both MILPs together
+    status: Text | None = None  # the decoded-change solve's message
+    gap: Number | None = None  # (bound - value) / bound of the decoded-change solve (0: proven)
 
 
 ATTACK_COLUMNS = AttackRecord.columns()
@@ -236,41 +244,38 @@ def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[d
 
 
 def attack_row_problem(row: dict[str, Any]) -> str | None:
-    """What is wrong with an attack row (a missing field, a value of the wrong type), naming the field; else None.
+    """What is wrong with an attack row (a missing field, a type, a range: :mod:`robustvae.validation`), naming the
+    field; else None.
 
-    Numbers may be non-finite (a NaN score is data, counted by the report); ``layers`` is
-    the old name of ``k``.
+    Measured numbers may be non-finite (a NaN score is data, counted by the report), but a
+    finite MS-SSIM outside [0, 1] or a budget no threat model has is refused; ``layers`` is
+    the old name of ``k`` and older rows lack ``recon`` and ``temperature_convention``.
     """
-    import typing
+    return row_problem(AttackRecord, upgrade_attack_row(row), _budget)
 
-    row = upgrade_row(row)
-    hints = typing.get_type_hints(AttackRecord)
-    for f in dataclasses.fields(AttackRecord):
-        if f.name not in row:
-            if f.default is dataclasses.MISSING and f.name not in LEGACY_DEFAULTS:
-                return f"field '{f.name}' is missing"
-            continue
-        if not _fits(row[f.name], hints[f.name]):
-            return f"field '{f.name}' should be {_kind(hints[f.name])}, got {row[f.name]!r:.40}"
+
+def certify_row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a certification row (as :func:`attack_row_problem`); else None."""
+    return row_problem(CertifyRecord, row, _budget)
+
+
+JPEG_FIELDS = ("jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp")
+
+
+def jpeg_match_problem(row: dict[str, Any]) -> str | None:
+    """The JPEG matched to a row comes whole (quality, PSNR, MS-SSIM, bpp) or not at all (a non-finite reconstruction)."""
+    given = [f for f in JPEG_FIELDS if row.get(f) is not None and row.get(f) == row.get(f)]
+    if given and len(given) != len(JPEG_FIELDS):
+        missing = next(f for f in JPEG_FIELDS if f not in given)
+        return f"field '{missing}' is empty while {given[0]} is given (a matched JPEG has all four)"
     return None
 
 
-def _fits(value: Any, tp: Any) -> bool:
-    import typing
-
-    args = typing.get_args(tp)
-    if type(None) in args:
-        return value is None or _fits(value, next(a for a in args if a is not type(None)))
-    if typing.get_origin(tp) is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if typing.get_origin(tp) is dict:
-        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
+def _budget(row: dict[str, Any]) -> str | None:
+    found = eps_problem(row["norm"], row["eps"])
+    return f"field 'eps': {found}" if found else None
 
 
-def _kind(tp: Any) -> str:
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(tp, str(tp).replace("typing.", ""))
+def read_certify_rows(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete rows of a certification records file, each checked (:func:`certify_row_problem`)."""
+    return read_jsonl(Path(path), repair=repair, check=certify_row_problem)

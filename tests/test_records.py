@@ -67,7 +67,7 @@ def test_a_run_resumes_after_a_torn_metrics_line(tmp_path):
 
 
 @pytest.mark.parametrize("curve, problem", [({"10": 0.9, "25": 0.8}, None), (None, None),
-                                            ({"10": "x"}, "field 'curve'"), ([0.9], "field 'curve'")])
+                                            ({"10": "x"}, "field 'curve.10'"), ([0.9], "field 'curve'")])
 def test_an_ensemble_rows_curve_is_checked_by_type(curve, problem):
     from robustvae.records import attack_row_problem
 

@@ -95,7 +95,8 @@ def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, 
                 "units_done": len(mine), "wall_time_s": 1.5,
                 "models": [{"label": m, "path": f"/runs/{m}/best.pt", "sha256": sha[m],
                             "config": {"name": m, "data": {"name": "mnist-offline"},
-                                       "model": {"arch": "dctvae" if m == EVIL else "vdvae", "channels": 8, "hidden": 8},
+                                       "model": {"arch": "dctvae", "context": "dct", "channels": 8, "hidden": 8} if m == EVIL
+                                       else {"arch": "vdvae", "channels": 8, "hidden": 8},
                                        "train": {"steps": 100, "batch_size": 32}},
                             "num_layers": 2, "layer_diagnostics": _diagnostics(m)} for m in models]}
         (d / f"run{suffix}.json").write_text(json.dumps(info))
@@ -415,7 +416,11 @@ def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 recs[model, k] = rec
                 q = (10, 50, 90)[k]
                 (folder / f"jpeg-q{q}.jpg").write_bytes(files[q])
-                rows.append({**dict.fromkeys(COMPRESSION_COLUMNS), "image": name, "width": pixels.shape[2],
+                rows.append({**dict.fromkeys(COMPRESSION_COLUMNS), "arch": model.split("/")[0][:5], "checkpoint_sha256": "c" * 64,
+                             "patch_size": 28, "patches": 4, "temperature": 0.1, "seed": 0,
+                             "msssim_impl": "robustvae standard (small-image)", "bits": 10.0 * k,
+                             "gaussian_bits": 10.0 * k, "context_bits_prior": 0.0, "context_bits_raw": 0.0,
+                             "image": name, "width": pixels.shape[2],
                              "height": pixels.shape[1], "channels": 1, "model": model, "k": k, "psnr": 12.0 + 3 * k,
                              "msssim": 0.3 + 0.2 * k, "bpp": 0.05 * k, "bpp_context_raw": 0.2 if model == "dct/b" else None,
                              "jpeg_quality": q, "jpeg_psnr": 10.0 + q / 5, "jpeg_msssim": 0.5 + q / 200,
@@ -427,7 +432,7 @@ def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     models = [{"label": m, "path": f"/runs/{m}", "sha256": "c" * 64, "layers": ks, "patch_size": 28, "patches": 4,
                "patches_per_s": 10.0, "reconstructions_per_s": 10.0 * len(ks)} for m, ks in COMPRESSION_MODELS.items()]
     (d / "run.json").write_text(json.dumps({
-        "kind": COMPRESSION_RUN_KIND, "command": ["robustvae", "compress"], "wall_time_s": 1.0, "models": models,
+        "kind": COMPRESSION_RUN_KIND, "command": ["robustvae", "compress"], "settings": {}, "wall_time_s": 1.0, "models": models,
         "images": [{"name": n, "width": p.shape[2], "height": p.shape[1]} for n, (p, _, _) in arrays.items()]}))
     return records, jpeg, arrays
 

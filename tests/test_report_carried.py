@@ -106,8 +106,9 @@ def test_without_run_json_diagnostics_the_eval_file_states_them(tmp_path):
     ev = tmp_path / "eval.json"
     ev.write_text(json.dumps({"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 90.0, "nelbo_nats": 95.0, "split": "test",
                               "images": 10, "iw_samples": 2, "active_units": 7, "total_units": 98, "layers": [
-                                  {"layer": 1, "units": 49, "kl_nats": 0.5, "active_units": 3},
-                                  {"layer": 2, "units": 49, "kl_nats": 1.5, "active_units": 4}]}))
+                                  {"layer": 1, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 0.5, "active_units": 3},
+                                  {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 1.5,
+                                   "active_units": 4}]}))
     summary = make_report([run], tmp_path / "out", evals=[ev])
     assert [(r["k"], r["attacked_kl_nats"], r["attacked_active_units"]) for r in summary["table"]] == \
         [(1, 0.5, 3.0), (2, 2.0, 7.0)]

@@ -18,7 +18,7 @@ from robustvae.errors import RobustVAEError
 def attack(
     models: list[str] = typer.Argument(None, help=MODELS_HELP),
     layers: Optional[str] = typer.Option(None, "--layers", help="Top-k layers under attack: 1,2 or 1-4 or all. [default: 1]"),
-    eps: Optional[float] = typer.Option(None, "--eps", help="Budget on [0, 1] pixels. [default: 0.1]"),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Budget on [0, 1] pixels: a finite number >= 0, below 1 for linf and below sqrt(C x H x W), the images' diameter, for l2 (a larger ball holds every image). [default: 0.1]"),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2. [default: linf]"),
     restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
     points: Optional[int] = typer.Option(None, "--points", help="Test points, stratified by label (--images: the first N in file order). [default: 50]"),
@@ -27,7 +27,7 @@ def attack(
     optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
     eot: int = typer.Option(0, "--eot", help="kuzina-ladder DCT-VAEs: attack with the authors' context dither on, averaged over N fixed draws. [default: 0, dither off]"),
-    eps_sweep: Optional[str] = typer.Option(None, "--eps-sweep", help="Run the sweep at each of these budgets, e.g. 0.025,0.05,0.1,0.2,0.4,1.0 (instead of --eps). \\[default: none, --eps only]"),
+    eps_sweep: Optional[str] = typer.Option(None, "--eps-sweep", help="Run the sweep at each of these budgets, e.g. 0.025,0.05,0.1,0.2,0.4,0.8 (instead of --eps; the same limits). \\[default: none, --eps only]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
     recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
     temperature_convention: Optional[str] = typer.Option(None, "--temperature-convention", help="What --temperature scales: std or var. [default: std for the default rule, var for authors]"),

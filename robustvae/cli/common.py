@@ -84,10 +84,10 @@ def ctrl_c(command: str, after: str = ""):
 
 
 def write_json_file(dest: Path, obj: dict) -> None:
-    from robustvae.io import write_json
+    """Write a command's JSON output (its folder is created; the file is never written through a link)."""
+    from robustvae import io
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_json(dest, obj)
+    io.write_json(dest, obj)
 
 
 def print_frame(cells, title: str) -> None:

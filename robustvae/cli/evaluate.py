@@ -63,7 +63,7 @@ def eval_(
 def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
           quiet, estimator="iwae", data=None, images=None) -> None:
     """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
-    from robustvae import api
+    from robustvae import api, io
     from robustvae.data.images import one_source
 
     one_source(data, images)
@@ -81,7 +81,7 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
         highlight=False, soft_wrap=True)
     results = []
     for m, dest in zip(models, dests):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        io.make_dirs(dest.parent)
         res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
                            seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
                            log_path=dest.with_suffix(".log"), data=data, images=image_set).record

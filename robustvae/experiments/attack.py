@@ -50,13 +50,14 @@ import torch
 
 from robustvae.attacks import OBJECTIVES, LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
-from robustvae.config import AttackConfig, parse_layers, to_dict
+from robustvae.config import AttackConfig, eps_problem, parse_layers, to_dict
 from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
 from robustvae.distributed import DistContext, current
 from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
 from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
+from robustvae import io
 from robustvae.io import atomic_file, safe_name
 from robustvae.metrics import ms_ssim, psnr
 from robustvae.progress import make_progress
@@ -461,15 +462,16 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tup
     return rows + _baseline_rows(ctx, x, clean, noise), gallery
 
 
-def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str) -> None:
+def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str,
+                 root: Path | None = None) -> None:
     """Worst-restart examples of a unit's most damaged points (x, x + delta, both reconstructions) as a .npz.
 
     Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
     ``x_adv``, ``rec``, ``rec_adv``, ``msssim`` and ``unit`` / ``model`` (strings), ``k``; a targeted
-    run's also ``rec_target`` and ``msssim_target`` (its points closest to their targets).
+    run's also ``rec_target`` and ``msssim_target`` (its points closest to their targets). ``root``: the run's
+    output folder (no link below it is written through).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
+    with atomic_file(path, root=root) as f:
         np.savez_compressed(f, unit=np.array(unit.id), model=np.array(model_label), k=np.array(unit.k),
                             **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
                                for k, v in arrays.items()})
@@ -528,7 +530,7 @@ class _Sweep:
         if self.out is None:
             return []
         if self.dist.is_main:
-            self.out.path.mkdir(parents=True, exist_ok=True)
+            io.make_dirs(self.out.path)
         self.dist.barrier()
         self.out.check_resumable(self.names[1], self.settings())
         if self.dist.is_main:
@@ -580,7 +582,7 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
             info["models"][mi]["layer_diagnostics_images"] = diagnostic_images_info(lm, sw.cfg, len(points[mi].images))
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
-        info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0
+        info["wall_time_s"] = (prev.get("wall_time_s") or 0.0) if prev else 0.0
         sw.out.write_json(sw.names[1], info)
     return info
 
@@ -599,8 +601,8 @@ def _run_units(sw: _Sweep, todo: list[Unit], points: dict, info: dict, quiet: bo
             rows.extend(new)
             if sw.out is not None:
                 if gallery is not None:
-                    save_gallery(sw.out / "gallery" / f"{safe_name(unit.id)}.npz", gallery, unit, lm.label)
-                RunDir.append(write_path, new)
+                    save_gallery(sw.out / "gallery" / f"{safe_name(unit.id)}.npz", gallery, unit, lm.label, sw.out.path)
+                sw.out.append(write_path, new)
                 if dd.is_main:
                     info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
                     sw.out.write_json(sw.names[1], info)
@@ -608,6 +610,15 @@ def _run_units(sw: _Sweep, todo: list[Unit], points: dict, info: dict, quiet: bo
             progress.update(task, advance=1, info=f"{unit.id} | {rate:.0f} attack steps/s")
     info["wall_time_s"] = time.perf_counter() - t0
     return rows
+
+
+def check_budgets(models: list[Labelled], norm: str, eps: list[float] | tuple[float, ...]) -> None:
+    """Refuse a budget that covers the whole box of a model's images (L2: eps at or above sqrt(C x H x W))."""
+    for lm in models:
+        for e in eps:
+            found = eps_problem(norm, e, lm.model.num_pixels)
+            if found:
+                raise RobustVAEError(f"{lm.label}: {found}")
 
 
 def run_sweep(
@@ -630,6 +641,7 @@ def run_sweep(
     returns the merged records (the other ranks their own).
     """
     dd = dist or current()
+    check_budgets(models, config.norm, config.eps_list)
     if dd.enabled and out is None:
         raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
     sw = _Sweep(models, config, shard, dd, plan_units(models, config, device), RunDir(out) if out is not None else None)

@@ -27,17 +27,18 @@ from typing import Any
 import pandas as pd
 import torch
 
+from robustvae import io
 from robustvae.certify import certified_radius, coefficient_ranges, optimal_context_attack
 from robustvae.config import AttackConfig, CertifyConfig, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.distributed import SINGLE
-from robustvae.experiments.attack import Points, Unit, _Sweep, _UnitContext, prior_noise, select_points
+from robustvae.experiments.attack import Points, Unit, _Sweep, _UnitContext, check_budgets, prior_noise, select_points
 from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.metrics import ms_ssim
 from robustvae.models.context import ContextCodec
 from robustvae.progress import make_progress
-from robustvae.records import CERTIFY_RUN_KIND, CertifyRecord
+from robustvae.records import CERTIFY_RUN_KIND, CertifyRecord, read_certify_rows
 from robustvae.seeding import derive_seed
 
 OUTPUTS = ("records.jsonl", "run.json")  # what --force removes (and its shard variants)
@@ -137,9 +138,9 @@ class _Run(_Sweep):
             raise RobustVAEError(f"{self.out.path} holds a {info.get('kind', 'attack')} run; use another --out")
         if force:
             self.out.clear(self.names)
-        self.out.path.mkdir(parents=True, exist_ok=True)
+        io.make_dirs(self.out.path)
         self.out.check_resumable(self.names[1], self.settings())
-        return self.out.merge(self.names[0], self.expected())
+        return self.out.merge(self.names[0], self.expected(), read_certify_rows)
 
 
 def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) ->
                         **m.source_info()} for m in run.models]}
     if run.out is not None:
         prev = run.out.read_json(run.names[1])
-        info["wall_time_s"] = prev.get("wall_time_s", 0.0) if prev else 0.0
+        info["wall_time_s"] = (prev.get("wall_time_s") or 0.0) if prev else 0.0
         run.out.write_json(run.names[1], info)
     return info
 
@@ -168,6 +169,7 @@ def run_certify(
     """
     for lm in models:
         context_codec(lm)
+    check_budgets(models, cfg.norm, cfg.eps)
     run = _Run(models, cfg, shard, SINGLE, plan(models, cfg), RunDir(out) if out is not None else None)
     with run.out.locked() if run.out is not None else contextlib.nullcontext():
         return _certify_locked(run, cfg, device, data_dir, force, quiet, command)
@@ -189,7 +191,7 @@ def _certify_locked(run: _Run, cfg: CertifyConfig, device: torch.device, data_di
             new = [r.to_row() for r in run_unit(models[unit.model], unit, points[unit.model], cfg)]
             rows.extend(new)
             if run.out is not None:
-                RunDir.append(run.out / run.names[0], new)
+                run.out.append(run.out / run.names[0], new)
                 info.update(units_done=info["units_done"] + 1, wall_time_s=time.perf_counter() - t0)
                 run.out.write_json(run.names[1], info)
             progress.update(task, advance=1, info=f"{unit.id} | radius {new[0].get('radius') or math.inf:.3g}")

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from robustvae.config import CompressConfig, parse_layers, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.experiments.models import Labelled
 from robustvae.experiments.rundir import RunDir, provenance
+from robustvae import io
 from robustvae.io import unique_names
 from robustvae.progress import make_progress
 from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord
@@ -88,11 +90,12 @@ def _model_info(lm: Labelled, ks: list[int], patches: int, seconds: float) -> di
             "reconstructions_per_s": patches * len(ks) / max(seconds, 1e-9)}
 
 
-def save_png(pixels: np.ndarray, path: Path) -> None:
-    """An 8-bit (C, H, W) array as a PNG (grey or RGB)."""
+def save_png(pixels: np.ndarray, path: Path, *, root: Path | None = None) -> None:
+    """An 8-bit (C, H, W) array as a PNG (grey or RGB), written atomically below ``root``."""
     from PIL import Image
 
-    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
+    with io.atomic_file(path, root=root) as f:
+        Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(f, format="PNG")
 
 
 def file_names(imgs: list[InputImage], models: list[Labelled]) -> tuple[list[str], dict[str, str]]:
@@ -109,21 +112,20 @@ def file_names(imgs: list[InputImage], models: list[Labelled]) -> tuple[list[str
 def _write_files(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, imgs: list[InputImage],
                  recs: dict[str, list[dict[int, np.ndarray]]], sweeps: dict[str, jpeg.Sweep],
                  names: tuple[list[str], dict[str, str]]) -> None:
-    """records.csv, jpeg.csv, and per image its input, reconstructions and matched JPEG files."""
+    """records.csv, jpeg.csv, and per image its input, reconstructions and matched JPEG files (all below ``out``)."""
     folders, stems = names
-    out.mkdir(parents=True, exist_ok=True)
-    records.to_csv(out / "records.csv", index=False)
-    sweep_rows.to_csv(out / "jpeg.csv", index=False)
+    io.write_text(out / "records.csv", records.to_csv(index=False), root=out)
+    io.write_text(out / "jpeg.csv", sweep_rows.to_csv(index=False), root=out)
     for i, (im, folder) in enumerate(zip(imgs, folders)):
         d = out / "images" / folder
-        d.mkdir(parents=True)
-        save_png(im.pixels, d / "original.png")
+        io.make_dirs(d, root=out)
+        save_png(im.pixels, d / "original.png", root=out)
         for _, r in records[records.image == im.name].iterrows():
-            save_png(recs[r.model][i][r.k], d / f"{stems[r.model]}-k{r.k}.png")
+            save_png(recs[r.model][i][r.k], d / f"{stems[r.model]}-k{r.k}.png", root=out)
             if pd.isna(r.jpeg_quality):
                 continue  # a non-finite reconstruction: no JPEG matched to it
             q = int(r.jpeg_quality)
-            (d / f"jpeg-q{q}.jpg").write_bytes(sweeps[im.name].files[sweeps[im.name].qualities.index(q)])
+            io.write_bytes(d / f"jpeg-q{q}.jpg", sweeps[im.name].files[sweeps[im.name].qualities.index(q)], root=out)
 
 
 def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list[int]], config: CompressConfig,
@@ -150,6 +152,21 @@ def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list
     return rows, recs, timing, sweeps
 
 
+def _inputs(models: list[Labelled], images: list[str | os.PathLike] | list[InputImage],
+            config: CompressConfig) -> tuple[list[InputImage], int]:
+    """The images to compress, read (files) or checked (images already read): (images, files skipped)."""
+    channels = {lm.model.cfg.image_channels for lm in models}
+    if len(channels) > 1:
+        raise RobustVAEError("the models take grey and RGB images; compress grey and colour models in separate runs")
+    channels, patch = channels.pop(), max(lm.model.cfg.image_size for lm in models)
+    if images and all(isinstance(im, InputImage) for im in images):
+        if any(im.pixels.shape[0] != channels for im in images):
+            raise RobustVAEError(f"the images have {images[0].pixels.shape[0]} channels but the models take {channels}; "
+                                 f"pass images of the models' kind")
+        return check_images(list(images), patch), 0
+    return read_images(list(images), channels, patch, config.max_pixels)
+
+
 def run_compression(
     models: list[Labelled],
     images: list[str | os.PathLike] | list[InputImage],
@@ -161,27 +178,19 @@ def run_compression(
     quiet: bool = True,
     command: list[str] | None = None,
     source: dict[str, Any] | None = None,
+    finish: Callable[[Path], Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compress ``images`` with every model and JPEG; write the run into ``out``; return (records, JPEG sweep).
 
     ``images``: folders, image files and array files (:func:`~robustvae.compression.images.read_images`), or images
     already read (a dataset's: ``source`` then says which, for run.json). Everything is read and checked before
-    anything is written, so a bad input leaves ``out`` as it was.
+    anything is written, so a bad input leaves ``out`` as it was. The run is written beside an earlier one
+    (``force``) and swapped in at the end; ``finish(folder)`` (the figures) runs on the new run before the swap.
     """
     run = RunDir(out)
     run.check_fresh(force)
-    channels = {lm.model.cfg.image_channels for lm in models}
-    if len(channels) > 1:
-        raise RobustVAEError("the models take grey and RGB images; compress grey and colour models in separate runs")
     ks = {lm.label: parse_layers(config.layers, lm.model.num_layers, lm.label) for lm in models}
-    channels, patch = channels.pop(), max(lm.model.cfg.image_size for lm in models)
-    if images and all(isinstance(im, InputImage) for im in images):
-        if any(im.pixels.shape[0] != channels for im in images):
-            raise RobustVAEError(f"the images have {images[0].pixels.shape[0]} channels but the models take {channels}; "
-                                 f"pass images of the models' kind")
-        imgs, skipped = check_images(list(images), patch), 0
-    else:
-        imgs, skipped = read_images(list(images), channels, patch, config.max_pixels)
+    imgs, skipped = _inputs(models, images, config)
     names = file_names(imgs, models)  # every output name is known (and distinct) before any work
     t0 = time.perf_counter()
     rows, recs, timing, sweeps = _code_all(models, imgs, ks, config, device, quiet)
@@ -203,7 +212,9 @@ def run_compression(
     }
     with run.locked():
         run.check_fresh(force)  # again: the directory may have been filled meanwhile
-        run.clear(OUTPUTS)
-        _write_files(run.path, records, sweep_rows, imgs, recs, sweeps, names)
-        run.write_json("run.json", info)  # last: a run.json means the run is complete
+        with io.replace_outputs(run.path, OUTPUTS) as new:  # an earlier run stays whole until the new one is written
+            _write_files(new, records, sweep_rows, imgs, recs, sweeps, names)
+            io.write_json(new / "run.json", info, root=new)  # a run.json means the run is complete
+            if finish is not None:
+                finish(new)
     return records, sweep_rows

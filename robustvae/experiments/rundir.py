@@ -24,21 +24,19 @@ Every experiment writes through a :class:`RunDir`:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustvae.errors import RobustVAEError
-from robustvae.io import TMP_SUFFIX, append_jsonl, read_jsonl, write_json, write_jsonl
+from robustvae import io
+from robustvae.io import LOCK, STAGING_PREFIX, TMP_SUFFIX, read_jsonl
 
 PARTS = ".parts"
-LOCK = ".lock"
 _HELD: dict[str, tuple[int, int]] = {}  # resolved directory -> (lock file descriptor, depth) held by this process
 
 
@@ -101,10 +99,11 @@ class RunDir:
             raise RobustVAEError(f"--out {self.path}: {existing} is not writable by this user; pass another --out")
 
     def entries(self) -> list[Path]:
-        """What the directory holds, leaving out robustvae's lock file and temporary files."""
+        """What the directory holds, leaving out robustvae's lock file, temporary files and staging folders."""
         if not self.path.is_dir():
             return []
-        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)]
+        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)
+                and not p.name.startswith(STAGING_PREFIX)]
 
     def check_fresh(self, force: bool) -> None:
         """A fresh run: refuse a file, an unwritable place, or a non-empty directory without ``force``."""
@@ -125,13 +124,13 @@ class RunDir:
             yield self
             return
         self.check_usable()
-        self.path.mkdir(parents=True, exist_ok=True)
+        io.make_dirs(self.path)
         key = str(self.path.resolve())
         if key in _HELD:
             fd, depth = _HELD[key]
             _HELD[key] = (fd, depth + 1)
         else:
-            fd = _lock(self.path)
+            fd = io.lock_file(self.path)
             _HELD[key] = (fd, 1)
         try:
             if _HELD[key][1] == 1:
@@ -152,36 +151,31 @@ class RunDir:
             for name in dirnames + filenames:
                 p = Path(dirpath) / name
                 if p.is_symlink():
-                    raise RobustVAEError(
-                        f"{p} is a symbolic link; robustvae does not write or delete through links in its output "
-                        f"directories: remove it, or use another --out")
+                    raise io.link_error(p)
 
     def remove_orphans(self) -> list[Path]:
-        """Delete temporary files that a killed writer left (``.<name>.<random>.tmp``); only with the lock held."""
+        """Delete what a killed writer left: temporary files (``.<name>.<random>.tmp``) and the staging folder of an
+        unfinished ``--force`` replacement (:func:`robustvae.io.replace_outputs`); only with the lock held. An earlier
+        run set aside (``.previous-*``) is kept: it may be the only copy."""
         found = [p for d in (self.path, self.path / "gallery", self.path / PARTS) if d.is_dir()
                  for p in d.iterdir() if _is_tmp(p) and p.is_file()]
+        found += [p for p in self.path.iterdir() if p.name.startswith(STAGING_PREFIX) and p.is_dir()
+                  and not p.is_symlink()]
         for p in found:
-            p.unlink(missing_ok=True)
+            io.remove(p, root=self.path)
         return found
 
     def clear(self, outputs: Sequence[str]) -> None:
         """Remove the named outputs of an earlier run (files or folders directly in the directory), nothing else."""
         for name in outputs:
-            p = self.path / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
+            io.remove(self.path / name, root=self.path)
 
     def check_resumable(self, info_name: str, settings: dict[str, Any]) -> None:
         """A resumed run: refuse a directory whose ``info_name`` holds other settings, naming the first difference."""
         path = self.path / info_name
         if not path.exists():
             return
-        try:
-            old = json.loads(path.read_text())["settings"]
-        except (ValueError, KeyError, TypeError):
-            raise RobustVAEError(f"{path} is unreadable; move it away or use another --out") from None
+        old = self.read_json(info_name)["settings"]
         new = json.loads(json.dumps(settings))
         if old != new:
             raise RobustVAEError(
@@ -192,13 +186,19 @@ class RunDir:
     # ------------------------------------------------------------------ files
 
     def read_json(self, name: str) -> dict[str, Any] | None:
-        """A JSON file of the run, or None when it does not exist."""
+        """The run file ``name`` (``run.json``: settings and progress), checked; None when it does not exist.
+
+        Its ``settings`` must be a table and its progress fields well typed
+        (:class:`robustvae.validation.RunProgress`); anything else is a one-line error.
+        """
+        from robustvae.validation import RunProgress, read_json
+
         path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, RunProgress, "move it away or use another --out") if path.exists() else None
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write a JSON file of the run atomically."""
-        write_json(self.path / name, obj)
+        io.write_json(self.path / name, obj, root=self.path)
 
     # ------------------------------------------------------------------ records
 
@@ -206,11 +206,9 @@ class RunDir:
         """The part file that process ``rank`` appends to under torchrun."""
         return self.path / PARTS / f"{records_name[: -len('.jsonl')]}.rank-{rank}.jsonl"
 
-    @staticmethod
-    def append(path: Path, rows: list[dict[str, Any]]) -> None:
-        """Append rows with one write + fsync (a unit's rows land together or not at all)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_jsonl(path, rows)
+    def append(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        """Append rows to a file of the run with one write + fsync (a unit's rows land together or not at all)."""
+        io.append_jsonl(path, rows, root=self.path)
 
     def merge(self, records_name: str, expected: dict[str, int], read=read_jsonl) -> list[dict[str, Any]]:
         """Fold the part files of ``records_name`` into it: complete units only, in ``expected``'s order.
@@ -232,27 +230,32 @@ class RunDir:
                 if uid not in complete and len(rs) == expected.get(uid):
                     complete[uid] = rs
         merged = [r for uid in expected if uid in complete for r in complete[uid]]
+        _say_dropped(self.path / records_name, old, complete, expected)
         if parts or merged != old:
-            write_jsonl(self.path / records_name, merged)
+            io.write_jsonl(self.path / records_name, merged, root=self.path)
         for p in parts:
-            p.unlink()
+            io.remove(p, root=self.path)
         if parts and not any(parts_dir.iterdir()):
-            parts_dir.rmdir()
+            io.remove(parts_dir, root=self.path)
         return merged
+
+
+def _say_dropped(path: Path, old: list[dict[str, Any]], complete: dict[str, list[dict[str, Any]]],
+                 expected: dict[str, int]) -> None:
+    """A notice for rows of the records file that a merge leaves out (units cut short: they run again)."""
+    kept = {id(r) for rows in complete.values() for r in rows}
+    left: dict[str, int] = {}
+    for r in old:
+        if id(r) not in kept:
+            left[r["unit"]] = left.get(r["unit"], 0) + 1
+    if left:
+        import warnings
+
+        units = ", ".join(f"{u} ({n} of {expected.get(u, 0)} rows)" for u, n in list(left.items())[:3])
+        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+        warnings.warn(f"{path}: {sum(left.values())} row(s) of unit(s) cut short by a crash are left out and run again: "
+                      f"{units}{more}", stacklevel=3)
 
 
 def _is_tmp(p: Path) -> bool:
     return p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or p.name.endswith(".tmp.npz"))
-
-
-def _lock(path: Path) -> int:
-    """An exclusive, non-blocking flock on ``path/.lock``; a one-line error when another process holds it."""
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RobustVAEError(
-            f"another robustvae process is writing to {path} (it holds {path / LOCK}); wait for it to finish, "
-            f"or use another --out") from None
-    return fd

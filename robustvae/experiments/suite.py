@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from robustvae.config import AttackConfig, from_dict
-from robustvae.errors import RobustVAEError
+from robustvae.errors import ConfigError, RobustVAEError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,11 +22,17 @@ def read_suite(path: str | os.PathLike) -> tuple[list[str], dict]:
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise RobustVAEError(f"cannot read suite {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise RobustVAEError(f"suite {path} is not UTF-8 text; pass an attacks/*.toml file") from None
     except tomllib.TOMLDecodeError as e:
         raise RobustVAEError(f"suite {path} is not valid TOML: {e}") from None
     models = data.pop("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise RobustVAEError(f"suite {path}: models must be a list of zoo names or checkpoint paths")
+    try:  # the suite's own settings, before the command line's options are laid over them
+        from_dict(AttackConfig, data)
+    except ConfigError as e:
+        raise RobustVAEError(f"suite {path}: {e}") from None
     return models, data
 
 

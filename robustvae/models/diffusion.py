@@ -155,7 +155,7 @@ class DiffusionPrior(nn.Module):
         post_var = betas * (1 - abar_prev) / (1 - abar)  # beta~_t; 0 at t = 1
         spacing = 2.0 / (levels - 1)
         lo = post_var.clone()
-        lo[0] = min((spacing / 20) ** 2, float(betas[0]))
+        lo[0] = betas[0].clamp(max=(spacing / 20) ** 2)  # tensor ops only: the model also builds on the meta device
         schedule = {
             "betas": betas,
             "abar": abar,

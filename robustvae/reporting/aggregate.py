@@ -227,8 +227,8 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
     _restart_checks(out.add, df)
     _planned_units(out.add, runs)
     for run in runs.runs:
-        done, total = run.info.get("units_done", 0), run.info.get("units_total", 0)
-        status = run.info.get("status", "?")
+        done, total = run.info.get("units_done") or 0, run.info.get("units_total") or 0  # null: not recorded
+        status = run.info.get("status") or "?"
         out.add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
                 f"run complete: {done} of {total} units done, {run.records} records",
                 f"run not complete: status {status}, {done} of {total} units done, {run.records} records; "

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustvae.io import read_jsonl
-from robustvae.records import CERTIFY_RUN_KIND, read_attack_records
+from robustvae.records import CERTIFY_RUN_KIND, CertifyRecord, read_attack_records, read_certify_rows
 from robustvae.reporting.load import attack_name, ensemble_version
+from robustvae.validation import CertifyRun, read_json
 
 CERTIFICATE_NOTE = (
     "For a certified point the k = 1 reconstruction under the default protocol (shared prior noise) is provably "
@@ -31,17 +31,22 @@ def is_certify_run(path: str | Path) -> bool:
     p = Path(path)
     for info in sorted(p.glob("run*.json")):
         try:
-            return json.loads(info.read_text()).get("kind") == CERTIFY_RUN_KIND
-        except ValueError:
+            obj = json.loads(info.read_text())
+        except (OSError, ValueError):
             return False
+        return isinstance(obj, dict) and obj.get("kind") == CERTIFY_RUN_KIND
     return False
 
 
 def read_certify_records(paths: list[str | Path]) -> pd.DataFrame:
     """Every record of the certification runs (shards merge), with its run directory's name as ``run``."""
     rows = [{**r, "run": Path(p).name} for p in paths for f in sorted(Path(p).glob("records*.jsonl"))
-            for r in read_jsonl(f)]
-    return pd.DataFrame(rows)
+            for r in read_certify_rows(f)]
+    df = pd.DataFrame(rows)
+    for col in CertifyRecord.columns():  # optional fields no row holds are still columns (of NaN)
+        if col not in df:
+            df[col] = np.nan
+    return df
 
 
 def _keys(df: pd.DataFrame, *more: str) -> list[str]:
@@ -146,7 +151,8 @@ def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) 
     df = read_certify_records(certify_dirs)
     table, radii, gap = certify_table(df), radius_table(df), gradient_gap(df, attack_dirs)
     png = png_bytes(certify_figure(df))
-    infos = [json.loads(p.read_text()) for d in certify_dirs for p in sorted(Path(d).glob("run*.json"))]
+    infos = [read_json(p, CertifyRun, "copy the whole certification run directory, or re-run robustvae certify")
+             for d in certify_dirs for p in sorted(Path(d).glob("run*.json"))]
     files = {"certify.png": png, "certify.csv": table.to_csv(index=False).encode(),
              "certify.md": markdown(display_certify(table)).encode()}
     summary = {"models": sorted(df.model.unique()), "table": table.to_dict("records"),

@@ -26,11 +26,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from robustvae import io
 from robustvae.errors import RobustVAEError
 from robustvae.io import safe_name
-from robustvae.records import COMPRESSION_RUN_KIND
+from robustvae.records import COMPRESSION_RUN_KIND, CompressionRecord, jpeg_match_problem
 from robustvae.reporting.figures import dropped_note, imshow_array, marker_map, new_figure, palette
 from robustvae.reporting.tables import summary_table
+from robustvae.validation import CompressRun, JpegRow, read_csv_rows, read_json, row_schema
 
 MAX_PICTURES = 4  # side-by-side pictures embedded per run (all of them stay in the run directory)
 
@@ -61,25 +63,26 @@ class CompressionRun:
 def is_compression_run(d: str | Path) -> bool:
     """Whether ``d`` holds a ``run.json`` written by ``robustvae compress``."""
     try:
-        return json.loads((Path(d) / "run.json").read_text()).get("kind") == COMPRESSION_RUN_KIND
-    except (OSError, ValueError, AttributeError):
+        info = json.loads((Path(d) / "run.json").read_text())
+    except (OSError, ValueError):
         return False
+    return isinstance(info, dict) and info.get("kind") == COMPRESSION_RUN_KIND
 
 
 def load_compression_run(d: str | Path) -> CompressionRun:
-    """Read a compression run directory (``run.json``, ``records.csv``, ``jpeg.csv``); one clear line when a file is missing."""
+    """Read a compression run directory (``run.json``, ``records.csv``, ``jpeg.csv``), every file checked
+    (:mod:`robustvae.validation`); one clear line naming the file, line and field otherwise."""
     d = Path(d)
-    try:
-        info = json.loads((d / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RobustVAEError(f"cannot read {d / 'run.json'} ({type(e).__name__}); copy the whole compression run directory") from None
-    tables = []
-    for name in ("records.csv", "jpeg.csv"):
-        try:  # names stay strings (an image file 001.png is named "001", not 1)
-            tables.append(pd.read_csv(d / name, keep_default_na=True, dtype={"image": str, "model": str}))
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise RobustVAEError(f"cannot read {d / name} ({type(e).__name__}); copy the whole compression run directory") from None
-    return CompressionRun(d, info, *tables)
+    fix = "copy the whole compression run directory, or re-run robustvae compress"
+    info = read_json(d / "run.json", CompressRun, fix)
+    records = read_csv_rows(d / "records.csv", row_schema(CompressionRecord), fix, jpeg_match_problem)
+    jpeg = read_csv_rows(d / "jpeg.csv", JpegRow, fix)
+    names = {im["name"] for im in info["images"]}
+    for table, name in ((records, "records.csv"), (jpeg, "jpeg.csv")):
+        unknown = sorted(set(table.image) - names)
+        if unknown:
+            raise RobustVAEError(f"{d / name} names image {unknown[0]!r}, which run.json does not list; {fix}")
+    return CompressionRun(d, info, records, jpeg)
 
 
 def read_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
@@ -120,11 +123,12 @@ def write_compression_figures(run_dir: str | os.PathLike) -> list[Path]:
     written = [run.dir / f"rd.{fmt}" for fmt in ("png", "pdf")]
     fig = rd_figure(run.records, run.jpeg)
     for path in written:
-        fig.savefig(path, format=path.suffix[1:], dpi=130)
-    (run.dir / "side-by-side").mkdir(exist_ok=True)
+        with io.atomic_file(path, root=run.dir) as f:
+            fig.savefig(f, format=path.suffix[1:], dpi=130)
     for (name, path), image in zip(run.side_by_side(), run.info["images"]):
         original, panels = _side_by_side_panels(run, image)
-        side_by_side_figure(name, original, panels).savefig(path, dpi=90)
+        with io.atomic_file(path, root=run.dir) as f:
+            side_by_side_figure(name, original, panels).savefig(f, format="png", dpi=90)
         written.append(path)
     return written
 

@@ -24,7 +24,6 @@ checks read the untargeted runs, or the targeted ones when no untargeted run is 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pandas as pd
 
 from robustvae.errors import RobustVAEError
 from robustvae.records import ATTACK_COLUMNS, read_attack_records, upgrade_row
+from robustvae.validation import AttackRun, gallery_problem, read_json
 
 PANEL_KEYS = ["dataset", "norm", "eps", "recon"]  # a panel of Figure 10 per dataset, threat model, budget and rule
 CURVE_KEYS = [*PANEL_KEYS, "model"]  # a curve per model within a panel
@@ -139,15 +139,8 @@ class RunSet:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except OSError as e:
-        raise RobustVAEError(f"cannot read {path}: {e.strerror or e}") from None
-    except ValueError:
-        raise RobustVAEError(f"{path} is not valid JSON; was it written by robustvae attack?") from None
-    if not isinstance(obj, dict) or "settings" not in obj:
-        raise RobustVAEError(f"{path} holds no attack settings; pass directories written by robustvae attack")
-    return obj
+    """An attack run's ``run.json``, checked (:class:`robustvae.validation.AttackRun`): one line naming the field."""
+    return read_json(path, AttackRun, fix="pass directories written by robustvae attack, or re-run the attack")
 
 
 def _run_name(records_name: str) -> str:
@@ -217,16 +210,17 @@ def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
 
 
 def _read_gallery(path: Path) -> dict[str, np.ndarray]:
-    """One gallery file's arrays; a corrupt or foreign file is a one-line error naming it (and the array missing)."""
+    """One gallery file's arrays; a corrupt, foreign or ill-shaped file is a one-line error naming it and the array
+    (:func:`robustvae.validation.gallery_problem`)."""
     try:
         with np.load(path, allow_pickle=False) as z:  # files written before k was named hold ``layers``
             arrays = upgrade_row({name: z[name] for name in z.files})
     except Exception as e:  # noqa: BLE001 - zip, pickle and format errors come in many types
         raise RobustVAEError(f"gallery file {path} is unreadable ({type(e).__name__}); delete it (the report "
                              f"then has no gallery for that unit) or re-run the attack") from None
-    for name in ("model", "k", "x", "x_adv", "rec", "rec_adv"):
-        if name not in arrays:
-            raise RobustVAEError(f"gallery file {path} has no '{name}' array; delete it or re-run the attack")
+    found = gallery_problem(arrays)
+    if found:
+        raise RobustVAEError(f"gallery file {path}: {found}; delete it or re-run the attack")
     return arrays
 
 

@@ -59,18 +59,18 @@ def _data_uri(png: bytes) -> str:
 
 def read_evals(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Results of ``robustvae eval`` (one result or ``{"results": [...]}`` per file)."""
+    from robustvae.validation import EvalResult, check_json, read_json_any
+
+    fix = "pass a file written by robustvae eval"
     out: list[dict[str, Any]] = []
     for p in paths:
-        try:
-            obj = json.loads(Path(p).read_text())
-        except OSError as e:
-            raise RobustVAEError(f"cannot read eval file {p}: {e.strerror or e}") from None
-        except ValueError:
-            raise RobustVAEError(f"eval file {p} is not valid JSON; pass a file written by robustvae eval") from None
-        items = obj.get("results", [obj]) if isinstance(obj, dict) else []
-        if not items or not all(isinstance(r, dict) and "nll_nats" in r for r in items):
-            raise RobustVAEError(f"eval file {p} holds no robustvae eval result (no nll_nats)")
-        out.extend(items)
+        obj = read_json_any(p)
+        items = obj.get("results", [obj]) if isinstance(obj, dict) and "results" in obj else [obj]
+        if not isinstance(items, list) or not items:
+            raise RobustVAEError(f"eval file {p}: field 'results' should be a list of eval results; {fix}")
+        for i, item in enumerate(items):
+            where = f"{p} (result {i + 1})" if len(items) > 1 or isinstance(obj, dict) and "results" in obj else p
+            out.append(check_json(where, item, EvalResult, fix))
     return out
 
 
@@ -114,20 +114,29 @@ def _run_rows(runs: RunSet) -> list[dict[str, Any]]:
     rows = []
     for r in runs.runs:
         info = r.info
-        command = info.get("command") or []
         wall = info.get("wall_time_s")
         rows.append({
-            "dir": str(r.dir), "name": r.name, "records": r.records,
-            "command": shlex.join(map(str, command)) if isinstance(command, list) else str(command),
+            "dir": str(r.dir), "name": r.name, "records": r.records, "command": _command_text(info.get("command")),
             "status": info.get("status"), "units_done": info.get("units_done"), "units_total": info.get("units_total"),
-            "wall_time_s": wall, "wall_time": f"{wall:.1f} s" if isinstance(wall, (int, float)) else "?",
+            "wall_time_s": wall, "wall_time": _seconds_text(wall),
             "device": info.get("device"), "threads": info.get("torch_threads"), "git_commit": info.get("git_commit"),
-            "versions": info.get("versions", {}), "attack": info["settings"].get("attack", {}),
+            "versions": info.get("versions") or {}, "attack": info["settings"].get("attack", {}),
             "shard": info["settings"].get("shard", "1/1"),
             "models": [{"label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path")}
                        for m in info.get("models", [])],
         })
     return rows
+
+
+def _command_text(command: Any) -> str:
+    """A run.json's ``command`` (argv list, or a string from elsewhere) as one shell line; '?' when not recorded."""
+    if isinstance(command, list):
+        return shlex.join(map(str, command))
+    return str(command) if command else "?"
+
+
+def _seconds_text(seconds: Any) -> str:
+    return f"{seconds:.1f} s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "?"
 
 
 def _html_table(df: pd.DataFrame, left: int) -> dict[str, Any]:
@@ -147,6 +156,8 @@ def _read_notes(notes: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     for p in notes:
         try:
             texts.append((Path(p).name, Path(p).read_text()))
+        except UnicodeDecodeError:
+            raise RobustVAEError(f"notes file {p} is not UTF-8 text; pass a text file") from None
         except OSError as e:
             raise RobustVAEError(f"cannot read notes file {p}: {e.strerror or e}") from None
     return texts
@@ -316,10 +327,10 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
         "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(tables.display_compression(table), 1),
         "per_image": _html_table(tables.display_compression(per_image), 2),
         "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
-        "images": len(info["images"]), "command": shlex.join(map(str, info.get("command", []))),
-        "wall_time": f"{info.get('wall_time_s', math.nan):.1f} s", "device": info.get("device"),
-        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg", {}),
-        "versions": info.get("versions", {}), "git_commit": info.get("git_commit"), "models": models,
+        "images": len(info["images"]), "command": _command_text(info.get("command")),
+        "wall_time": _seconds_text(info.get("wall_time_s")), "device": info.get("device"),
+        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg") or {},
+        "versions": info.get("versions") or {}, "git_commit": info.get("git_commit"), "models": models,
         "warnings": match_warnings(run.records),
     }
 
@@ -426,7 +437,7 @@ def make_report(
     _check_out(out, force, [*files, "summary.json", "index.html"])
     with RunDir(out).locked():  # files are replaced by rename: a link in out is replaced, never written through
         for name, data in files.items():
-            write_bytes(out / name, data)
-        write_bytes(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
-        write_bytes(out / "index.html", html.encode())
+            write_bytes(out / name, data, root=out)
+        write_bytes(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(), root=out)
+        write_bytes(out / "index.html", html.encode(), root=out)
     return summary

@@ -12,7 +12,8 @@ import torch
 
 from robustvae.config import Config
 from robustvae.distributed import DistContext
-from robustvae.io import read_jsonl, write_jsonl
+from robustvae import io
+from robustvae.io import read_jsonl
 from robustvae.training.build import TrainParts
 from robustvae.zoo import atomic_save, load_weights, make_checkpoint, read_checkpoint
 
@@ -76,25 +77,33 @@ class Checkpointer:
         atomic_save(
             make_checkpoint(self.cfg, p.model, p.ema, optimizer=p.opt.state_dict(), scheduler=p.sched.state_dict(),
                             train_state=state.to_dict(), rng=self.rng_state()),
-            self.last,
+            self.last, root=self.out,
         )
 
     def save_best(self, state: TrainState) -> None:
         if self.dist.is_main:
             atomic_save(make_checkpoint(self.cfg, self.parts.model, self.parts.ema, train_state=state.to_dict()),
-                        self.out / "best.pt")
+                        self.out / "best.pt", root=self.out)
 
     def resume(self) -> TrainState:
         """Load weights, optimiser, schedule, EMA, state and RNG from ``last.pt``; drop later log lines."""
+        from robustvae.errors import CheckpointError
+        from robustvae.validation import TrainStateTable, check_json
+
         p = self.parts
         ckpt = read_checkpoint(self.last, map_location=self.device)
         load_weights(p.model, ckpt["model"], self.last)
-        p.opt.load_state_dict(ckpt["optimizer"])
-        p.sched.load_state_dict(ckpt["scheduler"])
-        if p.ema is not None and ckpt.get("ema") is not None:
-            p.ema.load_state_dict(ckpt["ema"])
-        state = TrainState.from_dict(ckpt["train_state"])
-        self.restore_rng(ckpt["rng"])
+        state = TrainState.from_dict(check_json(f"{self.last} (train_state)", ckpt.get("train_state"), TrainStateTable,
+                                                "it is not a training checkpoint of this robustvae; start over with --force"))
+        try:  # optimiser, schedule, EMA and RNG states: torch checks them; any failure is one line
+            p.opt.load_state_dict(ckpt["optimizer"])
+            p.sched.load_state_dict(ckpt["scheduler"])
+            if p.ema is not None and ckpt.get("ema") is not None:
+                p.ema.load_state_dict(ckpt["ema"])
+            self.restore_rng(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"{self.last} holds a training state that does not fit this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); start over with --force") from None
         self.truncate_metrics(state.step)
         return state
 
@@ -103,5 +112,8 @@ class Checkpointer:
         path = self.out / "metrics.jsonl"
         if not self.dist.is_main or not path.exists():
             return
-        keep = [row for row in read_jsonl(path, repair=True) if row.get("step", 0) <= step]  # a torn tail is cut
-        write_jsonl(path, keep)
+        from robustvae.validation import MetricsRow, problem
+
+        rows = read_jsonl(path, repair=True, check=lambda row: problem(MetricsRow, row))  # a torn tail is cut
+        keep = [row for row in rows if row["step"] <= step]
+        io.write_jsonl(path, keep, root=self.out)

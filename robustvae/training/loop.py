@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from robustvae import errors
+from robustvae import errors, io
 from robustvae.config import Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, TrainingError
@@ -77,14 +77,21 @@ class Trainer:
             )
         if dist.is_main:
             for f in existing:
-                (out / f).unlink()
-            out.mkdir(parents=True, exist_ok=True)
+                io.remove(out / f, root=out)
+            io.make_dirs(out)
         dist.barrier()
 
     @staticmethod
     def resume_config(out: Path) -> Config:
-        ckpt = read_checkpoint(out / "last.pt")
-        return config_of(ckpt, out / "last.pt")
+        """The config saved in ``last.pt``, checked against its tensors before any model is built (meta device)."""
+        from robustvae.registry import build_model
+        from robustvae.zoo import check_state
+
+        path = out / "last.pt"
+        ckpt = read_checkpoint(path)
+        cfg = config_of(ckpt, path)
+        check_state(lambda: build_model(cfg.model), ckpt.get("model"), path)
+        return cfg
 
     # ------------------------------------------------------------------ main loop
 
@@ -125,7 +132,7 @@ class Trainer:
         else:
             state = TrainState()
             if self.dist.is_main:
-                (self.out / "config.json").write_text(self.cfg.to_json() + "\n")
+                io.write_text(self.out / "config.json", self.cfg.to_json() + "\n", root=self.out)
         return _Run(data=data, parts=parts, ckpt=ckpt, state=state)
 
     def _count_update(self, run: _Run, r: StepResult) -> None:
@@ -188,7 +195,9 @@ class Trainer:
         st, data = run.state, run.data
         done = self.out / "summary.json"
         if not run.last_val and done.is_file():  # --resume of a finished run: nothing ran, its summary stands
-            return json.loads(done.read_text())
+            from robustvae.validation import TrainSummary, read_json
+
+            return read_json(done, TrainSummary, "delete it and resume again")
         summary = {
             "name": self.cfg.name, "steps": st.step, "epochs": st.step / data.steps_per_epoch,
             "skipped_steps": st.skips, "best_val_nelbo": st.best_val, "final_val": run.last_val,
@@ -196,7 +205,7 @@ class Trainer:
             "train_images": data.size, "images_per_s": st.step * data.batch_size / max(st.elapsed, 1e-9),
         }
         if self.dist.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            io.write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n", root=self.out)
         return summary
 
     # ------------------------------------------------------------------ helpers
@@ -204,8 +213,7 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        io.append_jsonl(self.out / "metrics.jsonl", [row], root=self.out)
 
     @contextmanager
     def _sigint_guard(self):

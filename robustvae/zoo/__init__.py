@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,12 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (:func:`robustvae.io.atomic_file`)."""
+def atomic_save(obj: Any, path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (:func:`robustvae.io.atomic_file`;
+    ``root``: the output folder below which no link is written through)."""
     from robustvae.io import atomic_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
+    with atomic_file(path, root=root) as f:
         torch.save(obj, f)
 
 
@@ -102,21 +102,138 @@ def config_of(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> C
         raise CheckpointError(f"{path} holds an invalid config ({e}); was it made by another robustvae version?") from None
 
 
-def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
-    """Load a state dict, turning shape/key mismatches into one clear line."""
-    own = model.state_dict()
+# The model a checkpoint describes may hold derived tensors that the file does not store (non-persistent
+# buffers: diffusion schedules, quantiser levels); they may add this much memory to the tensors present.
+DERIVED_ALLOWANCE_BYTES = 16 << 20
+
+
+class _TooBig(Exception):
+    """Raised inside a meta-device build that already registers more than the file holds (stops it early)."""
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None = None,
+               where: str | os.PathLike = "checkpoint") -> nn.Module:
+    """``build()`` on the ``meta`` device: every parameter and buffer has its shape, none has memory.
+
+    With ``state`` (the tensors a file holds) the build is stopped as soon as it has
+    registered far more tensors, or bytes, than ``state`` holds (a config that describes a
+    giant model is refused in time proportional to the file, not to the config).
+    """
+    from torch.nn.modules import module as torch_module
+
+    limit_count = limit_bytes = None
+    if state is not None:
+        limit_count = 2 * len(state) + 64  # weight norm and similar register a tensor more than once
+        limit_bytes = 2 * sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)) + DERIVED_ALLOWANCE_BYTES
+    seen = {"count": 0, "bytes": 0}
+
+    def count(module, name, tensor):  # noqa: ANN001 - torch's hook signature
+        if limit_count is None or tensor is None:
+            return None
+        seen["count"] += 1
+        seen["bytes"] += _nbytes(tensor)
+        if seen["count"] > limit_count or seen["bytes"] > limit_bytes:
+            raise _TooBig(f"a {type(module).__name__}.{name} of shape {_shape(tensor.shape)}")
+        return None
+
+    hooks = [torch_module.register_module_parameter_registration_hook(count),
+             torch_module.register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            return build()
+    except _TooBig as e:
+        held = f"{len(state)} tensors ({_mib(sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))})"
+        raise CheckpointError(
+            f"{where} does not fit the architecture its config describes: the config makes a model far larger than "
+            f"the {held} present (the build was stopped at {e}); the config does not belong to these weights") from None
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def state_problem(meta: nn.Module, state: Mapping[str, Any]) -> str | None:
+    """What keeps ``state`` from loading into the meta-device model ``meta`` (key, type, shape, size); else None.
+
+    Compares every parameter and persistent buffer's shape with the tensor stored
+    under its name, then the model's total size (derived buffers included) with the
+    tensors present (:data:`DERIVED_ALLOWANCE_BYTES` allowed on top).
+    """
+    own = meta.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (
-            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors"
-            f" (first: {(missing + unexpected + wrong)[0]})"
-        )
+    if missing or unexpected:
+        first = (missing + unexpected)[0]
+        what = "missing" if missing and first == missing[0] else "not part of the model"
+        return (f"{len(missing)} missing and {len(unexpected)} unexpected tensors (first: {first}, {what})")
+    for k, t in own.items():
+        v = state[k]
+        if not isinstance(v, torch.Tensor):
+            return f"entry {k} is a {type(v).__name__}, not a tensor"
+        if tuple(v.shape) != tuple(t.shape):
+            return (f"tensor {k} has shape {_shape(v.shape)} in the file, but the stored config makes it "
+                    f"{_shape(t.shape)}")
+        if v.is_floating_point() != t.is_floating_point():
+            return f"tensor {k} is {v.dtype} in the file, the model needs {t.dtype}"
+    present = sum(_nbytes(v) for v in state.values())
+    needed = sum(_nbytes(t) for t in meta.parameters()) + sum(_nbytes(b) for b in meta.buffers())
+    if needed > sum(_nbytes(t) for t in own.values()) + DERIVED_ALLOWANCE_BYTES:
+        name, big = max(((n, b) for n, b in meta.named_buffers() if n not in own), key=lambda nb: _nbytes(nb[1]))
+        return (f"the stored config makes the model {_mib(needed)}, beyond the {_mib(present)} of tensors present "
+                f"(derived buffer {name}: {_shape(big.shape)})")
+    return None
+
+
+def _shape(shape) -> str:  # noqa: ANN001
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def check_state(build: Callable[[], nn.Module], state: Mapping[str, Any], where: str | os.PathLike = "checkpoint") -> None:
+    """Refuse ``state`` unless it fits the model ``build()`` makes, decided on the meta device (no memory spent).
+
+    A one-line :class:`~robustvae.errors.CheckpointError` names the first tensor that is
+    missing, unexpected or mis-shaped, or the size the config would need beyond the
+    tensors present.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{where}: the weights are not a mapping of names to tensors; re-create the checkpoint")
+    problem = state_problem(meta_model(build, state, where), state)
+    if problem:
         raise CheckpointError(
-            f"{path} does not fit the architecture its config describes ({detail}); "
-            f"it was made by a different architecture or robustvae version"
-        )
+            f"{where} does not fit the architecture its config describes: {problem}; it was made by a different "
+            f"architecture or robustvae version, or its config was changed")
+
+
+def build_checked(build: Callable[[], nn.Module], state: Mapping[str, Any],
+                  where: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The model ``build()`` makes, with ``state`` loaded: shapes and sizes are checked before any memory is spent.
+
+    The one loader of weights from files for every model family: ``build`` is a
+    zero-argument function that constructs the family's module (it is called twice,
+    first on the ``meta`` device, where the shapes and the total size are compared with
+    ``state`` (:func:`check_state`), then for real), and ``state`` its state dict (the
+    converted one, for an imported checkpoint). Derived buffers that the state dict does
+    not hold are computed by ``build`` itself.
+    """
+    check_state(build, state, where)
+    model = build()
+    model.load_state_dict(dict(state))
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+    """Load a state dict into an existing model, turning key and shape mismatches into one clear line."""
+    problem = state_problem(model, state) if isinstance(state, Mapping) else "the weights are not a mapping"
+    if problem:
+        raise CheckpointError(f"{path} does not fit the architecture its config describes: {problem}; it was made by "
+                              f"a different architecture or robustvae version")
     model.load_state_dict(state)
 
 
@@ -125,16 +242,21 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, Config]:
     """Build the model a checkpoint describes and load its weights (EMA ones when present).
 
-    ``weights`` is ``auto`` (EMA when the checkpoint has it), ``ema`` or ``raw``.
+    ``weights`` is ``auto`` (EMA when the checkpoint has it), ``ema`` or ``raw``. The
+    stored config is checked against the stored tensors on the meta device before the
+    model takes any memory (:func:`build_checked`).
     """
     cfg = config_of(ckpt, path)
     if weights not in ("auto", "ema", "raw"):
         raise ConfigError(f"weights must be auto, ema or raw, got {weights!r}")
     if weights == "ema" and ckpt.get("ema") is None:
         raise CheckpointError(f"{path} has no EMA weights (train.ema_decay was 0); use weights='raw'")
-    model = build_model(cfg.model)
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
-    load_weights(model, ema_weights(ckpt["ema"]) if use_ema else ckpt["model"], path)
+    state = ckpt["ema"] if use_ema else ckpt.get("model")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: its {'ema' if use_ema else 'model'} weights are not a state dict; re-create "
+                              f"the checkpoint")
+    model = build_checked(lambda: build_model(cfg.model), ema_weights(state) if use_ema else state, path)
     return model, cfg
 
 

@@ -16,9 +16,7 @@ read, and :func:`fetch` downloads with the optional ``gdown`` package
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from robustvae.errors import CheckpointError, RobustVAEError
 from robustvae.registry import PUBLISHED
 
 SOURCES = ("kuzina",)
+IMPORT_FILES = ("best.pt", "imported.json")  # what an import writes into --out (and --force replaces)
 
 
 def _safe_types() -> list:
@@ -59,12 +58,14 @@ def read_authors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _weights(state: Any, preset: str, where: str) -> torch.nn.Module:
+    """The preset's model with their ``state`` converted and loaded; shapes checked on the meta device first."""
     from robustvae.models.kuzina.convert import convert_state_dict
     from robustvae.registry import build_model, get_preset
+    from robustvae.zoo import build_checked, meta_model
 
-    model = build_model(get_preset(preset).model)
-    model.load_state_dict(convert_state_dict(state, model, where))
-    return model
+    cfg = get_preset(preset).model
+    converted = convert_state_dict(state, meta_model(lambda: build_model(cfg)), where)
+    return build_checked(lambda: build_model(cfg), converted, where)
 
 
 def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLike, *, source: str = "kuzina",
@@ -79,8 +80,13 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
     if cfg.model.arch != "kuzina-ladder":
         raise RobustVAEError(f"preset {preset!r} is not one of the authors' architectures; pick a kuzina-* preset "
                              f"(robustvae zoo list)")
+    from robustvae import io
+    from robustvae.experiments.rundir import RunDir
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
+    run = RunDir(out)
+    run.check_usable()
+    if run.entries() and not force:
         raise RobustVAEError(f"{out} is not empty; pass --force to replace its checkpoint, or pick another --out")
     ckpt = read_authors_checkpoint(path)
     model = _weights(ckpt["model_state_dict"], preset, f"{path} (model_state_dict)")
@@ -88,8 +94,9 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
     ema = _weights(ema_state, preset, f"{path} (ema_model_state_dict)") if ema_state is not None else None
     provenance = {"source": source, "file": Path(path).name, "sha256": sha256_file(path), "preset": preset,
                   "ema": ema is not None, "url": url}
-    atomic_save(make_checkpoint(cfg, model, ema, provenance=provenance), out / "best.pt")
-    (out / "imported.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    with run.locked(), io.replace_outputs(out, IMPORT_FILES) as new:  # --force: the old files stay until both are written
+        atomic_save(make_checkpoint(cfg, model, ema, provenance=provenance), new / "best.pt", root=new)
+        io.write_json(new / "imported.json", provenance, root=new)
     return out / "best.pt"
 
 
@@ -109,8 +116,10 @@ def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_g
     if name not in PUBLISHED:
         raise RobustVAEError(f"unknown published checkpoint {name!r} (known: {', '.join(PUBLISHED)})")
     entry = PUBLISHED[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        dest = Path(tmp) / f"{name}.pth"
+    from robustvae import io
+
+    with io.temporary_dir() as tmp:
+        dest = tmp / f"{name}.pth"
         download(entry.drive_id, dest)
         return import_checkpoint(dest, entry.preset, out, source=entry.source, force=force, url=entry.url)
 
