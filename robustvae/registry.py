@@ -219,7 +219,7 @@ PRESETS.update({
 
 
 # openai/vdvae's five published configurations (docs/openai-vdvae.md), from hps.py and data.py at ea35b49: width,
-# zdim, the decoder and encoder block strings, custom widths, no_bias_above (64) and the mixture size; the encoder's
+# zdim, the decoder and encoder block strings, custom widths, no_bias_above and the mixture size; the encoder's
 # input normalisation (x_uint8 + shift) * scale of data.py as pixel_mean = -shift, pixel_std = 1 / scale (FFHQ-1024
 # normalises x in [0, 1]: 0.4387 and 0.2743, times 255 here). Bottleneck 0.25 x width; 5-bit likelihood for FFHQ-256.
 def openai_latents(dec_blocks: str) -> tuple[tuple[int, int], ...]:
@@ -240,32 +240,56 @@ def openai_latents(dec_blocks: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(counts.items(), reverse=True))
 
 
-def _openai(image: int, width: int, dec: str, enc: str, mean: float, std: float, *, mixtures: int = 10, bits: int = 8,
-            widths: tuple[tuple[int, int], ...] = ()) -> ModelConfig:
+_OPENAI_DATA = {  # upstream's H.dataset -> (image size, pixel_mean, pixel_std, likelihood bits) of its data.py
+    "cifar10": (32, 120.63838, 64.16736, 8),
+    "imagenet32": (32, 116.2373, 69.37404, 8),
+    "imagenet64": (64, 115.92961967, 69.37404, 8),
+    "ffhq_256": (256, 112.8666757481, 69.84780273, 5),
+    "ffhq_1024": (1024, 0.4387 * 255, 0.2743 * 255, 8),  # data.py: (x - 0.4387) / 0.2743 for x in [0, 1]
+}
+
+
+def openai_model_config(dataset: str, *, width: int, zdim: int, dec_blocks: str, enc_blocks: str,
+                        custom_width_str: str = "", bottleneck_multiple: float = 0.25, no_bias_above: int = 64,
+                        num_mixtures: int = 10, image_size: int | None = None) -> ModelConfig:
+    """The model of upstream's hyperparameters (the names of its hps.py; ``dataset`` is its ``H.dataset``)."""
+    try:
+        size, mean, std, bits = _OPENAI_DATA[dataset]
+    except KeyError:
+        raise ConfigError(f"unknown openai/vdvae dataset {dataset!r} (known: {', '.join(_OPENAI_DATA)})") from None
+    hidden = int(width * bottleneck_multiple)
+    if hidden / width != bottleneck_multiple:
+        raise ConfigError(f"bottleneck_multiple {bottleneck_multiple} x width {width} is not a whole width")
+    widths = tuple(sorted(((int(r), int(w)) for r, w in (e.split(":") for e in custom_width_str.split(",") if e)),
+                          reverse=True))
     return ModelConfig(
-        arch="openai-vdvae", image_channels=3, image_size=image, likelihood="dmol", num_mixtures=mixtures, dmol_bits=bits,
-        channels=width, hidden=width // 4, latents=openai_latents(dec), z_dim=16, enc_blocks=0, out_blocks=0,
-        activation="gelu", enc_layout=enc, widths=widths, bias_max_res=64, pixel_mean=mean, pixel_std=std,
+        arch="openai-vdvae", image_channels=3, image_size=image_size or size, likelihood="dmol",
+        num_mixtures=num_mixtures, dmol_bits=bits, channels=width, hidden=hidden, latents=openai_latents(dec_blocks),
+        z_dim=zdim, enc_blocks=0, out_blocks=0, activation="gelu", enc_layout=enc_blocks, widths=widths,
+        bias_max_res=no_bias_above, pixel_mean=mean, pixel_std=std,
     )
 
 
-_OPENAI_I64_DEC = "1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128"
+_CIFAR10_HPS = dict(width=384, zdim=16, dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
+                    enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3")
+_I32_HPS = dict(_CIFAR10_HPS, width=512, dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
+                enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6")
+_I64_HPS = dict(_I32_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
+                enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5")
+_FFHQ256_HPS = dict(_I64_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
+                    enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4")
+_FFHQ1024_HPS = dict(
+    _FFHQ256_HPS, num_mixtures=2, width=16,
+    dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,256x2,512m256,1024m512",
+    enc_blocks="1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
+    custom_width_str="512:32,256:64,128:512,64:512,32:512,16:512,8:512,4:512,1:512",
+)
 OPENAI_HPS: dict[str, ModelConfig] = {  # upstream's --hps name -> the model
-    "cifar10": _openai(32, 384, "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21", "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
-                       120.63838, 64.16736),
-    "imagenet32": _openai(32, 512, "1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
-                          "32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6", 116.2373, 69.37404),
-    "imagenet64": _openai(64, 512, "1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
-                          "64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5", 115.92961967, 69.37404),
-    "ffhq256": _openai(256, 512, _OPENAI_I64_DEC,
-                       "256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
-                       112.8666757481, 69.84780273, bits=5),
-    "ffhq1024": _openai(1024, 16, "1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,256x2,"
-                        "512m256,1024m512",
-                        "1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,16d2,8x5,8d2,4x5,"
-                        "4d4,1x4", 0.4387 * 255, 0.2743 * 255, mixtures=2,
-                        widths=((512, 32), (256, 64), (128, 512), (64, 512), (32, 512), (16, 512), (8, 512), (4, 512),
-                                (1, 512))),
+    "cifar10": openai_model_config("cifar10", **_CIFAR10_HPS),
+    "imagenet32": openai_model_config("imagenet32", **_I32_HPS),
+    "imagenet64": openai_model_config("imagenet64", **_I64_HPS),
+    "ffhq256": openai_model_config("ffhq_256", **_FFHQ256_HPS),
+    "ffhq1024": openai_model_config("ffhq_1024", **_FFHQ1024_HPS),
 }
 # their optimiser (AdamW, betas 0.9 / 0.9, 100 warm-up steps, then a constant rate), batch per GPU, EMA, clip and skip
 _OPENAI_TRAIN = {

@@ -143,6 +143,18 @@ DMOL_LAYOUTS = ("grouped", "per-channel")  # how the decoder's output channels h
 DMOL_GRIDS = ("even", "uint8")  # where the likelihood puts the levels of a [0, 1] image
 
 
+def quantise_levels(x01: Tensor, bits: int, grid: str = "even") -> Tensor:
+    """[0, 1] images -> the ``2**bits`` levels on [-1, 1] of :class:`DiscretizedLogisticMixture`'s ``grid``."""
+    if grid == "uint8":
+        v = torch.round(x01.clamp(0, 1) * 255)
+        if bits < 8:
+            step = 2 ** (8 - bits)
+            v = torch.floor(v / step) * step
+        return (v - 127.5) * (1 / 127.5)
+    n = 2**bits - 1
+    return torch.round(x01.clamp(0, 1) * n) / n * 2 - 1
+
+
 class DiscretizedLogisticMixture:
     """Discretised mixture of logistics (PixelCNN++ / VDVAE) over ``2**bits`` levels.
 
@@ -205,14 +217,7 @@ class DiscretizedLogisticMixture:
 
     def quantise(self, x01: Tensor) -> Tensor:
         """[0, 1] images -> the levels on [-1, 1] that the likelihood scores (see ``grid``)."""
-        if self.grid == "uint8":
-            v = torch.round(x01.clamp(0, 1) * 255)
-            if self.bits < 8:
-                step = 2 ** (8 - self.bits)
-                v = torch.floor(v / step) * step
-            return (v - 127.5) * (1 / 127.5)
-        n = self.levels - 1
-        return torch.round(x01.clamp(0, 1) * n) / n * 2 - 1
+        return quantise_levels(x01, self.bits, self.grid)
 
     def log_prob(self, x01: Tensor) -> Tensor:
         """Per-image log p(x) in nats; x in [0, 1] is quantised to ``2**bits`` levels."""

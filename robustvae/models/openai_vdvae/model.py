@@ -36,11 +36,22 @@ from torch import Tensor, nn
 from robustvae.config import ModelConfig, parse_block_string
 from robustvae.models.blocks import Block, conv, hidden_width, residual_scale
 from robustvae.models.contract import LayerInfo
-from robustvae.models.distributions import DiagGaussian, DiscretizedLogisticMixture, at_least_float32
+from robustvae.models.distributions import DiagGaussian, DiscretizedLogisticMixture, at_least_float32, quantise_levels
 from robustvae.models.vdvae import DecoderBlock, VDVAE
 
 UPSTREAM_COMMIT = "ea35b490313bc33e7f8ac63dd8132f3cc1a729b4"
 TINY_BIN = 1e-5  # upstream scores a bin whose probability is not above this by its centre's density
+
+
+def encoder_input(x: Tensor, cfg: ModelConfig) -> Tensor:
+    """What the encoder sees: (255 x - pixel_mean) / pixel_std, computed as upstream does, (u + shift) * scale."""
+    return (x * 255 - cfg.pixel_mean) * (1 / cfg.pixel_std)
+
+
+def likelihood_target(x: Tensor, cfg: ModelConfig) -> Tensor:
+    """The levels on [-1, 1] the likelihood scores for images ``x`` in [0, 1] (upstream's ``x / 127.5 - 1``; the
+    5-bit FFHQ-256 first clears the 3 lowest bits)."""
+    return quantise_levels(x, cfg.dmol_bits, "uint8")
 
 
 class OpenAIVDVAE(VDVAE):
@@ -95,7 +106,7 @@ class OpenAIVDVAE(VDVAE):
         """Encoder features by resolution: the last block output at each (upstream's ``activations``)."""
         cfg = self.cfg
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        h = self.in_conv(((x * 255 - cfg.pixel_mean) * (1 / cfg.pixel_std)).contiguous(memory_format=fmt))
+        h = self.in_conv(encoder_input(x, cfg).contiguous(memory_format=fmt))
         acts = {h.shape[-1]: h}
         for blk, down in zip(self.enc_blocks, self._enc_down):
             h = blk(h)
