@@ -55,8 +55,8 @@ def import_checkpoint(file: str | os.PathLike, source: str, out: str | os.PathLi
     """Convert a checkpoint of another code base into ``out``/best.pt (with provenance); returns that file.
 
     ``source`` ``kuzina`` (AKuzina/dct_vae) needs ``preset`` (a kuzina-* preset);
-    ``openai-vdvae`` (openai/vdvae) needs ``hps`` (cifar10, imagenet32, imagenet64, ffhq256,
-    ffhq1024) or the matching openai-vdvae-* ``preset``.
+    ``openai-vdvae`` (openai/vdvae) needs ``hps`` (upstream's ``--hps``: cifar10, imagenet32,
+    imagenet64, ffhq256, ffhq1024) or an openai-vdvae ``preset``.
     """
     if source == "kuzina":
         if preset is None or hps is not None:
@@ -66,15 +66,12 @@ def import_checkpoint(file: str | os.PathLike, source: str, out: str | os.PathLi
         return kuzina_import(file, preset, out, source=source, force=force)
     if source == "openai-vdvae":
         from robustvae.zoo.openai_vdvae import import_checkpoint as openai_import
+        from robustvae.zoo.openai_vdvae import preset_of
 
-        if preset is not None:
-            if hps is not None or not preset.startswith("openai-vdvae-"):
-                raise RobustVAEError("--from openai-vdvae takes --hps NAME (cifar10, imagenet32, imagenet64, ffhq256, "
-                                     "ffhq1024) or its openai-vdvae-NAME --preset, not both")
-            hps = preset.removeprefix("openai-vdvae-")
-        if hps is None:
-            raise RobustVAEError("--from openai-vdvae needs --hps: cifar10, imagenet32, imagenet64, ffhq256 or ffhq1024")
-        return openai_import(file, hps, out, force=force)
+        if (preset is None) == (hps is None):
+            raise RobustVAEError("--from openai-vdvae needs --hps (cifar10, imagenet32, imagenet64, ffhq256 or "
+                                 "ffhq1024) or an openai-vdvae --preset, one of them")
+        return openai_import(file, preset or preset_of(hps), out, force=force)
     raise RobustVAEError(f"unknown checkpoint source {source!r} (known: {', '.join(IMPORT_SOURCES)})")
 
 

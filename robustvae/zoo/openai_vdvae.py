@@ -42,7 +42,12 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; download it first (robustvae zoo list shows the links)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it); older files load whole
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
         raise CheckpointError(
             f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
@@ -54,17 +59,23 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
-def import_checkpoint(path: str | os.PathLike, hps: str, out: str | os.PathLike, *, force: bool = False,
+def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLike, *, force: bool = False,
                       url: str | None = None) -> Path:
-    """Convert upstream's state-dict file ``path`` of configuration ``hps`` into ``out``/best.pt; returns that file."""
+    """Convert upstream's state-dict file ``path`` into ``out``/best.pt; returns that file.
+
+    ``preset``: an openai-vdvae preset, ``openai-vdvae-HPS`` for upstream's ``--hps HPS`` (:func:`preset_of`).
+    """
     from robustvae.io import atomic_file
     from robustvae.models.openai_vdvae import UPSTREAM_COMMIT
     from robustvae.models.openai_vdvae.convert import load_upstream
     from robustvae.registry import get_preset
     from robustvae.zoo import atomic_save, make_checkpoint, sha256_file
 
-    preset = preset_of(hps)
     cfg = get_preset(preset)
+    if cfg.model.arch != SOURCE:
+        raise RobustVAEError(f"preset {preset!r} is not an openai-vdvae architecture; name upstream's configuration "
+                             f"with --hps ({', '.join(OPENAI_HPS)})")
+    hps = preset.removeprefix("openai-vdvae-") if preset.removeprefix("openai-vdvae-") in OPENAI_HPS else None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RobustVAEError(f"--out {out} is a file; pick a folder")
@@ -101,4 +112,4 @@ def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_h
         if entry.sha256 and sha256_file(dest) != entry.sha256:
             raise CheckpointError(f"{entry.url} failed its sha256 check (expected {entry.sha256[:16]}...); the "
                                   f"download was deleted, try again")
-        return import_checkpoint(dest, entry.preset.removeprefix("openai-vdvae-"), out, force=force, url=entry.url)
+        return import_checkpoint(dest, entry.preset, out, force=force, url=entry.url)
