@@ -36,7 +36,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import count_flops, dense_conv_flops_per_s, machine, peak_memory, synchronizer, timed
+from benchmarks.common import (
+    count_flops,
+    dense_conv_flops_per_s,
+    machine,
+    peak_memory,
+    synchronizer,
+    timed,
+)
 
 PRESET = "openai-vdvae-cifar10"
 RESULTS = Path(__file__).with_name("real-size-results.json")
@@ -152,7 +159,13 @@ def measure_pgd_flops(model, k: int, device: torch.device) -> int:
 def measure_eval(model, args, device: torch.device) -> dict:
     """``robustvae eval``'s NLL (K = ``--eval-k``) and ELBO on ``--eval-images`` images: seconds per image."""
     from benchmarks.eval import flop_counts
-    from robustvae.evaluation import Chunk, _Noise, bytes_per_row, default_max_batch_mib, iwae_nll
+    from robustvae.evaluation import (
+        Chunk,
+        _Noise,
+        bytes_per_row,
+        default_max_batch_mib,
+        iwae_nll,
+    )
     from robustvae.progress import make_progress
 
     n, K = args.real_eval_images, args.real_eval_k

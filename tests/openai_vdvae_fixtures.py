@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures_openai_vdvae"
 SMALL = ("cifar10_small", "ffhq256_small", "ffhq1024_small")
 
 
-@lru_cache(maxsize=None)
+@cache
 def read(name: str) -> dict:
     return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
 

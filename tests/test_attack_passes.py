@@ -6,26 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import perturbed_model
 
 import robustvae
 from robustvae.config import AttackConfig
 from robustvae.experiments import attack as sweep
 from robustvae.experiments.models import load_models
-from robustvae.registry import build_model, get_preset
-
-
-def _model():
-    torch.manual_seed(0)
-    m = build_model(get_preset("openai-vdvae-tiny").model)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
 
 
 @pytest.mark.parametrize("optimizer", ["pgd", "auto"])
 def test_restarts_beyond_the_budget_run_in_passes_with_the_batchs_results(monkeypatch, optimizer):
-    model = _model()
+    model = perturbed_model("openai-vdvae-tiny")
     cfg = AttackConfig(layers="1,3", points=2, restarts=3, steps=4, optimizer=optimizer, floor_draws=0, noise_draws=0,
                        unrelated_draws=0, gallery_points=0, max_batch_mib=64)
     whole = robustvae.attack([model], cfg, data="synthetic-rgb", device="cpu").records

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from openai_vdvae_fixtures import FIXTURES, SMALL, group, ours, read, read_keys
+
 from robustvae.models.openai_vdvae.model import encoder_input, likelihood_target
 from robustvae.registry import OPENAI_HPS
 

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import perturbed_model
 from PIL import Image
 
 import robustvae
 from robustvae.cli import main
 from robustvae.config import AttackConfig, CompressConfig
 from robustvae.models.openai_vdvae.convert import their_name
-from robustvae.registry import build_model, get_preset
 
 TINY = "openai-vdvae-tiny"
 
@@ -23,11 +23,7 @@ TINY = "openai-vdvae-tiny"
 def imported(tmp_path_factory):
     """A tiny model saved in upstream's format and imported (training is the same code as every family's)."""
     tmp = tmp_path_factory.mktemp("openai")
-    torch.manual_seed(0)
-    m = build_model(get_preset(TINY).model)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    m = perturbed_model(TINY)
     torch.save({"module." + their_name(k, m.cfg): v for k, v in m.state_dict().items()}, tmp / "tiny-model.th")
     assert main(["zoo", "import", str(tmp / "tiny-model.th"), "--from", "openai-vdvae", "--preset", TINY, "--out",
                  str(tmp / "run")]) == 0

@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import perturbed_model
 
 import robustvae
 from robustvae.api import fetch_checkpoint, import_checkpoint
@@ -22,12 +23,7 @@ TINY = "openai-vdvae-tiny"
 
 
 def _model(seed: int = 0):
-    torch.manual_seed(seed)
-    m = build_model(get_preset(TINY).model)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturbed_model(TINY, seed)
 
 
 def _theirs(model, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -248,23 +248,15 @@ class DiscretizedLogisticMixture:
         return ((comp * w).sum(2).clamp(-1, 1) + 1) / 2
 
     def _means_of_means(self) -> Tensor:
-        ms: list[Tensor] = []
-        j = 0
-        for c in range(self.C):
-            m = self.locs[:, c]
-            for d in range(c):
-                m = m + self.coeffs[:, j] * ms[d]
-                j += 1
-            ms.append(m)
-        return torch.stack(ms, 1)
+        return self._chain(self.locs, self.coeffs, lambda c, m: m)
 
     def _select(self, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(locations, log-scales, coefficients) of component ``k`` (B, H, W) at every pixel."""
         onehot = F.one_hot(k, self.K).permute(0, 3, 1, 2).unsqueeze(1).to(self.locs.dtype)  # B,1,K,H,W
         return (self.locs * onehot).sum(2), (self.log_scales * onehot).sum(2), (self.coeffs * onehot).sum(2)
 
-    def _chain(self, locs: Tensor, coeffs: Tensor) -> list[Tensor]:
-        """Channel by channel: location + coefficients x earlier (clipped) channels, clipped to [-1, 1]."""
+    def _chain(self, locs: Tensor, coeffs: Tensor, finish) -> Tensor:
+        """Channel by channel: ``finish(c, location + coefficients x the earlier channels' finished values)``."""
         xs: list[Tensor] = []
         j = 0
         for c in range(self.C):
@@ -272,31 +264,23 @@ class DiscretizedLogisticMixture:
             for d in range(c):
                 m = m + coeffs[:, j] * xs[d]
                 j += 1
-            xs.append(m.clamp(-1, 1))
-        return xs
+            xs.append(finish(c, m))
+        return torch.stack(xs, 1)
 
     def top_component_image(self) -> Tensor:
         """A deterministic image in [0, 1]: at every pixel the component with the largest logit, its locations
         with the coefficients applied channel by channel to the clipped earlier channels, each clipped to [-1, 1]
         (openai/vdvae's sampler with its mixture and logistic noise at their medians)."""
         locs, _, coeffs = self._select(self.logit_probs.argmax(1))
-        return (torch.stack(self._chain(locs, coeffs), 1) + 1) / 2
+        return (self._chain(locs, coeffs, lambda c, m: m.clamp(-1, 1)) + 1) / 2
 
     def sample(self) -> Tensor:
         """Draw images in [0, 1] (one mixture component per pixel, channels in order)."""
         k = torch.distributions.Categorical(logits=self.logit_probs.permute(0, 2, 3, 1)).sample()  # B,H,W
         locs, log_s, coeffs = self._select(k)
         u = torch.rand_like(locs).clamp(1e-5, 1 - 1e-5)
-        xs: list[Tensor] = []
-        j = 0
-        for c in range(self.C):
-            m = locs[:, c]
-            for d in range(c):
-                m = m + coeffs[:, j] * xs[d]
-                j += 1
-            xc = (m + log_s[:, c].exp() * (torch.log(u[:, c]) - torch.log1p(-u[:, c]))).clamp(-1, 1)
-            xs.append(self.quantise((xc + 1) / 2))
-        return (torch.stack(xs, 1) + 1) / 2
+        noise = log_s.exp() * (torch.log(u) - torch.log1p(-u))
+        return (self._chain(locs, coeffs, lambda c, m: self.quantise(((m + noise[:, c]).clamp(-1, 1) + 1) / 2)) + 1) / 2
 
 
 class PointMass:

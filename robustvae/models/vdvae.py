@@ -178,7 +178,7 @@ class VDVAE(nn.Module):
 
     def _state_bias(self, r: int) -> Tensor | None:
         """The learnt start of the decoder state at resolution ``r`` (None: the model has none there, it starts at 0)."""
-        return self.bias[str(r)] if str(r) in self.bias else None
+        return self.bias.get(str(r))
 
     def _start(self, batch: int, r: int) -> Tensor:
         """The decoder state at the top layer's resolution, before any layer."""

@@ -65,6 +65,28 @@ def make_checkpoint(cfg: Config, model: nn.Module, ema: nn.Module | None = None,
     }
 
 
+def load_foreign(path: str | os.PathLike, *, safe_globals: list | tuple = (), mmap: bool = False) -> Any:
+    """Another code base's ``torch.save`` file, read without executing code (``weights_only``; ``safe_globals`` are
+    the plain-data types also allowed), memory-mapped when ``mmap`` and the file's format allows it; one line on
+    a missing, wrong, truncated or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)")
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it): older files load whole
+                if not mmap or "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
+        raise CheckpointError(
+            f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
+            f"refuses ({type(e).__name__}); download it again"
+        ) from None
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint file (weights only; never executes code)."""
     path = Path(path)

@@ -40,17 +40,9 @@ def _safe_types() -> list:
 
 def read_authors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Their checkpoint dict, read without executing code; one line on a wrong, truncated or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)")
-    try:
-        with torch.serialization.safe_globals(_safe_types()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
-        raise CheckpointError(
-            f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
-            f"refuses ({type(e).__name__}); download it again"
-        ) from None
+    from robustvae.zoo import load_foreign
+
+    ckpt = load_foreign(path, safe_globals=_safe_types())
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         found = ", ".join(sorted(map(str, ckpt))[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} has no 'model_state_dict' (found: {found or 'nothing'}); it is not a checkpoint "

@@ -38,21 +38,9 @@ def preset_of(hps: str) -> str:
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """The file's state dict, memory-mapped, without executing code; one line on a wrong, truncated or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; download it first (robustvae zoo list shows the links)")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it); older files load whole
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
-        raise CheckpointError(
-            f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
-            f"refuses ({type(e).__name__}); download it again"
-        ) from None
+    from robustvae.zoo import load_foreign
+
+    state = load_foreign(path, mmap=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict; it is not a model file of "
                               f"openai/vdvae (*-model.th or *-model-ema.th)")

@@ -7,4 +7,4 @@ onto it strictly.
 
 from robustvae.models.openai_vdvae.model import UPSTREAM_COMMIT, OpenAIVDVAE
 
-__all__ = ["OpenAIVDVAE", "UPSTREAM_COMMIT"]
+__all__ = ["UPSTREAM_COMMIT", "OpenAIVDVAE"]

@@ -36,8 +36,13 @@ from torch import Tensor, nn
 from robustvae.config import ModelConfig, parse_block_string
 from robustvae.models.blocks import Block, conv, hidden_width, residual_scale
 from robustvae.models.contract import LayerInfo
-from robustvae.models.distributions import DiagGaussian, DiscretizedLogisticMixture, at_least_float32, quantise_levels
-from robustvae.models.vdvae import DecoderBlock, VDVAE
+from robustvae.models.distributions import (
+    DiagGaussian,
+    DiscretizedLogisticMixture,
+    at_least_float32,
+    quantise_levels,
+)
+from robustvae.models.vdvae import VDVAE, DecoderBlock
 
 UPSTREAM_COMMIT = "ea35b490313bc33e7f8ac63dd8132f3cc1a729b4"
 TINY_BIN = 1e-5  # upstream scores a bin whose probability is not above this by its centre's density
