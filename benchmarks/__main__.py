@@ -16,7 +16,9 @@ Everything runs in one process and every ratio is measured in one run, so it com
   batched evaluation, and samples/s per ``--max-batch-mib``;
 * peak memory of each (CUDA: max_memory_allocated; CPU: torch.profiler's allocation events);
 * on request (``--only ensemble``, :mod:`benchmarks.ensemble`): the old default attack (PGD skl) against the
-  ensemble (``--attack auto``) on ``--ensemble-run`` models, worst-case MS-SSIM per k and passes per point.
+  ensemble (``--attack auto``) on ``--ensemble-run`` models, worst-case MS-SSIM per k and passes per point;
+* on request (``--only real-size``, :mod:`benchmarks.real_size`): openai/vdvae's CIFAR-10 model at full size,
+  seconds per point of the attack and the ensemble per k, seconds per image of ``eval``, peak memory.
 
 The attack and eval model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
 freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import eval as eval_bench
+from benchmarks import real_size
 from benchmarks.attack import measure_attack, measure_ms_ssim
 from benchmarks.common import dense_conv_flops_per_s, machine
 from benchmarks.training import measure_training
@@ -42,7 +45,7 @@ from robustvae.registry import build_model, get_preset
 
 GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
 PARTS = ("train", "attack", "msssim", "eval")  # the default parts
-OPTIONAL_PARTS = ("ensemble",)  # run when --only names them
+OPTIONAL_PARTS = ("ensemble", "real-size")  # run when --only names them
 RESULTS = Path(__file__).with_name("results.json")
 HEADER = (
     "| benchmark | workload | throughput | GFLOP / item (image, image-step, sample) | GFLOP/s | of limit | speed-up | goal | peak memory |",
@@ -67,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
     eval_bench.add_arguments(ap)
+    real_size.add_arguments(ap)
     ap.add_argument("--ensemble-run", action="append", help="ensemble part: trained models (run directories or "
                     "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)")
     ap.add_argument("--ensemble-layers", default="1,2", help="ensemble part: k values (default 1,2)")
@@ -112,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
     amp = not args.no_amp and dev.type == "cuda"
     res: dict = {"command": "python -m benchmarks " + " ".join(args.argv), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "machine": machine(), "device": str(dev), "quick": args.quick, "goals": GOALS}
-    if not set(args.only) & set(PARTS):  # the ensemble part alone measures no speed: no limit needed
-        return {**res, "ensemble": _ensemble(args, dev)}
+    if not set(args.only) & set(PARTS):  # the optional parts alone: no limit of the suite's own needed
+        return {**res, **_optional(args, dev)}
     res["limit"] = dense_conv_flops_per_s(dev, args.quick)
     if amp and "train" in args.only:
         res["limit_bf16"] = dense_conv_flops_per_s(dev, args.quick, autocast=True)
@@ -137,9 +141,16 @@ def run(args: argparse.Namespace) -> dict:
             res["ms_ssim"] = measure_ms_ssim(model, args.points * args.restarts, dev, args.repeats * 3)
         if "eval" in args.only:
             res["eval"] = eval_bench.run(args, dev, res["limit"]["flops_per_s"], model)
+    return {**res, **_optional(args, dev)}
+
+
+def _optional(args: argparse.Namespace, device: torch.device) -> dict:
+    out = {}
     if "ensemble" in args.only:
-        res["ensemble"] = _ensemble(args, dev)
-    return res
+        out["ensemble"] = _ensemble(args, device)
+    if "real-size" in args.only:
+        out["real_size"] = real_size.run(args, device)
+    return out
 
 
 def _ensemble(args: argparse.Namespace, device: torch.device) -> dict:
@@ -168,7 +179,8 @@ def _met(ok: bool) -> str:
 def table(res: dict) -> str:
     """The results as one markdown table (plus a header line naming the machine and the limit)."""
     if "limit" not in res:
-        return _ensemble_text(res)
+        return "\n\n".join(t for t in (_ensemble_text(res) if "ensemble" in res else "",
+                                       _real_size_text(res)) if t)
     lim = res["limit"]
     m = res["machine"]
     lines = [
@@ -218,10 +230,16 @@ def table(res: dict) -> str:
         lines += ["", f"attack / MS-SSIM / eval model: {res['attack_model']}"]
     if "ensemble" in res:
         lines += ["", _ensemble_text(res)]
+    if "real_size" in res:
+        lines += ["", _real_size_text(res)]
     mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
     if mem:
         lines.append(f"peak memory: {mem}, above what was held before the call")
     return "\n".join(lines)
+
+
+def _real_size_text(res: dict) -> str:
+    return real_size.table(res["real_size"], res["device"]) if "real_size" in res else ""
 
 
 def _ensemble_text(res: dict) -> str:

@@ -68,6 +68,48 @@ def load_images(source: ImageSource, model: ModelSpec) -> ImageSet:
     return load_image_set(source, net.cfg.image_channels, net.cfg.image_size)
 
 
+IMPORT_SOURCES = ("kuzina", "openai-vdvae")  # whose checkpoints `robustvae zoo import --from` reads
+
+
+def import_checkpoint(file: str | os.PathLike, source: str, out: str | os.PathLike, *, preset: str | None = None,
+                      hps: str | None = None, force: bool = False) -> Path:
+    """Convert a checkpoint of another code base into ``out``/best.pt (with provenance); returns that file.
+
+    ``source`` ``kuzina`` (AKuzina/dct_vae) needs ``preset`` (a kuzina-* preset);
+    ``openai-vdvae`` (openai/vdvae) needs ``hps`` (upstream's ``--hps``: cifar10, imagenet32,
+    imagenet64, ffhq256, ffhq1024) or an openai-vdvae ``preset``.
+    """
+    if source == "kuzina":
+        if preset is None or hps is not None:
+            raise RobustVAEError("--from kuzina takes --preset (a kuzina-* preset, robustvae zoo list), not --hps")
+        from robustvae.zoo.kuzina import import_checkpoint as kuzina_import
+
+        return kuzina_import(file, preset, out, source=source, force=force)
+    if source == "openai-vdvae":
+        from robustvae.zoo.openai_vdvae import import_checkpoint as openai_import
+        from robustvae.zoo.openai_vdvae import preset_of
+
+        if (preset is None) == (hps is None):
+            raise RobustVAEError("--from openai-vdvae needs --hps (cifar10, imagenet32, imagenet64, ffhq256 or "
+                                 "ffhq1024) or an openai-vdvae --preset, one of them")
+        return openai_import(file, preset or preset_of(hps), out, force=force)
+    raise RobustVAEError(f"unknown checkpoint source {source!r} (known: {', '.join(IMPORT_SOURCES)})")
+
+
+def fetch_checkpoint(name: str, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Download a published checkpoint (``robustvae zoo list``) and import it into ``out``/best.pt."""
+    from robustvae.registry import PUBLISHED
+
+    entry = PUBLISHED.get(name)
+    if entry is None:
+        raise RobustVAEError(f"unknown published checkpoint {name!r} (known: {', '.join(PUBLISHED)})")
+    if entry.source == "openai-vdvae":
+        from robustvae.zoo.openai_vdvae import fetch
+    else:
+        from robustvae.zoo.kuzina import fetch
+    return fetch(name, out, force=force)
+
+
 # --------------------------------------------------------------------------- train
 
 

@@ -24,6 +24,7 @@ LIKELIHOODS = ("bernoulli", "dmol")
 ACTIVATIONS = ("silu", "gelu", "relu")
 CONTEXTS = ("none", "dct", "downsample")
 CONTEXT_ARCHS = ("dctvae", "kuzina-ladder")  # architectures that may have a context layer
+OPENAI_ARCH = "openai-vdvae"  # the architecture that reads enc_layout, widths and bias_max_res
 SCHEDULES = ("linear", "cosine")
 BINARISATION = ("data", "model")
 MAX_NAME = 200  # characters of a config's name (a label: it becomes part of file names)
@@ -173,6 +174,9 @@ class ModelConfig:
     pixel_std: float = 127.5
     target_binarisation: str = "data"  # data | model (grey input, target binarised inside every call)
     context_eot_draws: int = 1  # kuzina-ladder with context_dither: fixed dither draws averaged over (EOT)
+    enc_layout: str = ""  # openai-vdvae: the encoder's block string, e.g. "32x11,32d2,16x6,16d2,..."
+    widths: tuple[tuple[int, int], ...] = ()  # openai-vdvae: (resolution, channels) where they differ from channels
+    bias_max_res: int | None = None  # openai-vdvae: the decoder state has a learnt start at resolutions <= this only
 
     def __post_init__(self) -> None:
         check_numbers(self, "model.")
@@ -202,6 +206,50 @@ class ModelConfig:
                 )
             prev = res
         self._check_context()
+        self._check_openai()
+
+    def width_at(self, resolution: int) -> int:
+        """Channels of the state at ``resolution``: ``widths``' entry for it, else ``channels``."""
+        return dict(self.widths).get(resolution, self.channels)
+
+    def _check_openai(self) -> None:
+        if self.arch != OPENAI_ARCH:
+            for name, unset in (("enc_layout", ""), ("widths", ()), ("bias_max_res", None)):
+                if getattr(self, name) != unset:
+                    _fail(f"model.{name} only applies to model.arch={OPENAI_ARCH} (got arch {self.arch!r})")
+            return
+        if self.image_channels != 3 or self.likelihood != "dmol":
+            _fail(f"model.arch={OPENAI_ARCH} models RGB images with a logistic mixture: set model.image_channels=3 "
+                  f"and model.likelihood=dmol")
+        if self.latents[0][0] != self.image_size:
+            _fail(f"model.arch={OPENAI_ARCH}: the finest latents must be at the image size {self.image_size}, "
+                  f"got {self.latents[0][0]}")
+        try:
+            blocks = parse_block_string(self.enc_layout)
+        except ValueError as e:
+            _fail(f"model.enc_layout: {e}")
+        res = self.image_size
+        for b in blocks:
+            if b.resolution != res or b.mixin is not None:
+                _fail(f"model.enc_layout must run from the image size {self.image_size} down, a block at the "
+                      f"resolution the one before left (RxN, RdF), got {self.enc_layout!r}")
+            if b.down is not None:
+                if res % b.down:
+                    _fail(f"model.enc_layout: {res}d{b.down} does not divide resolution {res}")
+                res //= b.down
+        missing = sorted({r for r, _ in self.latents} - {self.image_size} - {b.resolution // (b.down or 1) for b in blocks})
+        if missing:
+            _fail(f"model.enc_layout leaves no encoder features at latent resolution(s) {missing}")
+        for r, w in self.widths:
+            _positive(f"model.widths entry for resolution {r}", w)
+        by_res = sorted({r for r, _ in self.latents} | {self.image_size})
+        if any(self.width_at(a) < self.width_at(b) for a, b in zip(by_res, by_res[1:])):
+            _fail("model.widths must not grow from coarse to fine resolutions (a finer state takes the coarser "
+                  "one's first channels)")
+        if self.width_at(self.image_size) != self.channels:
+            _fail(f"model.widths: the image resolution's width must be model.channels={self.channels}")
+        if self.bias_max_res is not None and self.bias_max_res < 1:
+            _fail(f"model.bias_max_res must be >= 1 or none, got {self.bias_max_res}")
 
     def _check_context(self) -> None:
         if self.context not in CONTEXTS:
@@ -558,6 +606,49 @@ def parse_layers(spec: str, num_layers: int | None = None, model: str = "the mod
     if num_layers is not None and max(ks) > num_layers:
         _fail(f"--layers {max(ks)} is more than {model} has: L={num_layers} latent layers")
     return sorted(ks)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One entry of a block string: a block at ``resolution``; ``down`` pools its output by that factor
+    (``"32d2"``), ``mixin`` names the coarser resolution whose state it upsamples and adds (``"4m1"``)."""
+
+    resolution: int
+    down: int | None = None
+    mixin: int | None = None
+
+
+def parse_block_string(text: str) -> list[BlockSpec]:
+    """VDVAE's block strings, e.g. ``"32x11,32d2,16x6"`` (encoder) or ``"1x1,4m1,4x2"`` (decoder).
+
+    ``RxN`` is N blocks at resolution R, ``RdF`` one block at R whose output is pooled by F,
+    ``RmS`` one block at R that mixes in the state of resolution S, ``R`` one block. Raises
+    ValueError naming the entry that is none of these.
+    """
+    out: list[BlockSpec] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "x" in part:
+                res, n = (int(v) for v in part.split("x"))
+                if n < 1:
+                    raise ValueError
+                out += [BlockSpec(res)] * n
+            elif "m" in part:
+                res, mix = (int(v) for v in part.split("m"))
+                out.append(BlockSpec(res, mixin=mix))
+            elif "d" in part:
+                res, down = (int(v) for v in part.split("d"))
+                out.append(BlockSpec(res, down=down))
+            else:
+                out.append(BlockSpec(int(part)))
+        except ValueError:
+            raise ValueError(f"block string entry {part!r} is not RxN, RdF, RmS or R (R, N, F, S positive integers) "
+                             f"in {text!r}") from None
+        last = out[-1]
+        if min(last.resolution, last.down or 1, last.mixin or 1) < 1:
+            raise ValueError(f"block string entry {part!r} has a number below 1 in {text!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

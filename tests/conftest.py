@@ -40,6 +40,21 @@ def tiny_config(preset: str = "vdvae-mnist-tiny", data: str = "synthetic", **tra
     )
 
 
+def perturbed_model(preset: str, seed: int = 0, scale: float = 0.05):
+    """A preset's model, eval mode, with N(0, scale^2) added to every tensor so that its zero-initialised layers
+    (the prior nets' last convolutions, biases) matter."""
+    import torch
+
+    from robustvae.registry import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(get_preset(preset).model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
 def node_seed(request: pytest.FixtureRequest) -> int:
     """A seed derived from the test's node id (file, name, parameters): fixed, and different for every test."""
     return zlib.crc32(request.node.nodeid.encode())

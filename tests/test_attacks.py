@@ -57,6 +57,8 @@ def trained(tmp_path_factory):
     optimizer=st.sampled_from(["pgd", "sgd"]),
 )
 def test_the_budget_is_never_exceeded(seed, norm, eps, objective, optimizer):
+    if norm == "linf":
+        eps /= 3.0 + 1e-3  # an L-inf budget lies below 1 (at 1 the ball is the whole box, which the config refuses)
     m = _random_model(seed % 7)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(3, 1, 28, 28, generator=g)

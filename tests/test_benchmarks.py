@@ -110,3 +110,20 @@ def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypat
     plan = ensemble_plan(model, 1, "auto-v1", S)  # 2 steps, 4 members: one step each
     assert passes[("auto", "dctvae")]["backward"] == R * sum(n for m, n in plan if m.optimizer != "square")
     assert "| dctvae | 1 |" in ens["table"] and "old default (pgd) against the ensemble" in res["table"]
+
+
+def test_real_size_part_reports_seconds_per_point_passes_and_memory(tmp_path):
+    """The real-size part on a tiny stand-in model: its structure, and the attack's passes follow the budget."""
+    out = tmp_path / "rs.json"
+    res = main(["--only", "real-size", "--quick", "--device", "cpu", "--real-preset", "openai-vdvae-tiny",
+                "--real-ks", "4", "--real-max-batch-mib", "1", "--real-eval-k", "4", "--out", str(out)])
+    rs = json.loads(out.read_text())["real_size"]
+    assert rs == json.loads(json.dumps(res["real_size"])) and "seconds per point" in res["table"]
+    assert [(a["k"], a["optimizer"]) for a in rs["attacks"]] == [(4, "pgd"), (4, "auto")]
+    for a in rs["attacks"]:
+        rows = max(1, min(2, 2**20 // (3 * a["bytes_per_image_estimate"])))  # --real-max-batch-mib 1, 2 restarts
+        assert a["images_per_pass"] == rows and a["passes_per_point"] == -(-2 // rows)
+        assert a["seconds_per_point"] > 0 and a["pass_peak_memory"]["bytes"] > 0 and a["members"]
+    assert len(rs["attacks"][1]["members"]) > 1  # the ensemble's members, each timed
+    assert rs["eval"]["seconds_per_image"] > 0 and rs["eval"]["flops_per_sample"] > 0
+    assert rs["flops_per_pgd_step"]["4"] > 0

@@ -1,4 +1,4 @@
-"""VDVAE and DCT-VAE: structure, the public API the attack engine relies on, and the likelihood bounds."""
+"""VDVAE, DCT-VAE and openai-vdvae: structure, the public API the attack engine relies on, and the likelihood bounds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from robustvae.config import ModelConfig
 from robustvae.models.distributions import PointMass
 from robustvae.registry import build_model, get_preset
 
-TINY = ["vdvae-mnist-tiny", "vdvae-cifar10-tiny", "dctvae-mnist-tiny"]
+TINY = ["vdvae-mnist-tiny", "vdvae-cifar10-tiny", "dctvae-mnist-tiny", "openai-vdvae-tiny"]
 
 
 def _model(preset: str, seed: int = 0):
@@ -182,7 +182,7 @@ def test_bad_k_and_bad_shapes_raise(gen):
         m.encode(torch.rand(1, 3, 28, 28))
 
 
-@pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny"])
+@pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny", "openai-vdvae-tiny"])
 def test_iwae_k1_matches_the_analytic_elbo_in_expectation(preset, gen):
     """E_q[log p(x,z) - log q(z|x)] is the ELBO: the sampled path against the analytic KLs."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
@@ -214,7 +214,7 @@ def _below(a: torch.Tensor, b: torch.Tensor, z: float = 4.0, paired: bool = Fals
     return bool(a.mean() < b.mean() + z * (a.var() / len(a) + b.var() / len(b)).sqrt())
 
 
-@pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny"])
+@pytest.mark.parametrize("preset", ["vdvae-mnist-tiny", "dctvae-mnist-tiny", "openai-vdvae-tiny"])
 def test_iwae_bound_lies_between_elbo_and_zero_and_tightens_with_k(preset, gen):
     """E[NLL_K] falls with K and lies between 0 and E[-ELBO]; every comparison allows 4 standard errors of the
     difference, estimated from the repeats. The K's of one repeat share its noise: DCT-VAE's context bound, one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -30,16 +31,18 @@ def zoo_list() -> None:
 @zoo_app.command("import")
 def zoo_import(
     file: Path = typer.Argument(..., help="A checkpoint file of another code base (downloaded by hand)."),
-    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae)."),
-    preset: str = typer.Option(..., "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist."),
+    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae) or openai-vdvae (openai/vdvae)."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist (kuzina: required; openai-vdvae: this or --hps). \\[default: none]"),
+    hps: Optional[str] = typer.Option(None, "--hps", help="openai-vdvae: its hyperparameter set, cifar10|imagenet32|imagenet64|ffhq256|ffhq1024 (or --preset). \\[default: none]"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
     force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
 ) -> None:
-    """Convert the authors' checkpoint (weights only, no code runs) into a robustvae checkpoint with provenance."""
-    from robustvae.zoo.kuzina import import_checkpoint
+    """Convert a checkpoint of the authors (kuzina) or of openai/vdvae (weights only, no code runs) into a robustvae
+    checkpoint with provenance."""
+    from robustvae.api import import_checkpoint
 
-    dest = import_checkpoint(file, preset, out, source=source, force=force)
-    out_console.print(f"imported {file} as {preset} into {dest}; evaluate it with: robustvae eval {out}")
+    dest = import_checkpoint(file, source, out, preset=preset, hps=hps, force=force)
+    out_console.print(f"imported {file} ({source}) into {dest}; evaluate it with: robustvae eval {out}")
 
 
 @zoo_app.command("fetch")
@@ -48,8 +51,8 @@ def zoo_fetch(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
     force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
 ) -> None:
-    """Download a published checkpoint (Google Drive, needs gdown) and import it."""
-    from robustvae.zoo.kuzina import fetch
+    """Download a published checkpoint (kuzina-*: Google Drive, needs gdown) and import it."""
+    from robustvae.api import fetch_checkpoint
 
-    dest = fetch(name, out, force=force)
+    dest = fetch_checkpoint(name, out, force=force)
     out_console.print(f"fetched and imported {name} into {dest}; evaluate it with: robustvae eval {out}")

@@ -1,7 +1,8 @@
 """The attack sweep: latent attacks over models x k x points x restarts, written as records.
 
 Work is cut into units with stable ids (model, k, a slice of points). A unit attacks
-all its points x restarts in one batch (sized to ``max_batch_mib``), scores the
+all its points x restarts in one batch (sized to ``max_batch_mib``; when one point's
+restarts alone exceed it, in passes of as many images as fit: ``Unit.rows``), scores the
 attacked reconstructions with MS-SSIM, adds the baselines, and appends its rows to
 ``records.jsonl`` in one write. A run started again with the same settings skips the
 finished units; ``shard=(i, N)`` runs every N-th unit so processes or machines can
@@ -78,6 +79,7 @@ class Unit:
     start: int  # slice of the attacked points
     stop: int
     eps: float | None = None  # the unit's budget in an eps sweep (None: the config's eps)
+    rows: int | None = None  # attacked images (points x restarts) per pass; None: all in one
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,13 @@ def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device) 
             per = bytes_per_sample(lm.model, k, cfg, device)
             budget = cfg.max_batch_mib * 2**20
             n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
+            rows = max(1, budget // (3 * per))  # one point's restarts may not fit: then they run in passes
             for eps in sweep:
                 tag = "" if eps is None else f"|eps={eps:g}"
                 for a in range(0, cfg.points, n_points):
                     b = min(a + n_points, cfg.points)
-                    units.append(Unit(f"{lm.label}|k={k}{tag}|points={a}-{b - 1}", mi, k, a, b, eps))
+                    units.append(Unit(f"{lm.label}|k={k}{tag}|points={a}-{b - 1}", mi, k, a, b, eps,
+                                      rows if rows < (b - a) * cfg.restarts else None))
     return units
 
 
@@ -313,20 +317,56 @@ def curve_steps(steps: int) -> tuple[int, ...]:
     return tuple(sorted({s for s in CURVE_STEPS if s <= steps} | {max(steps // 2, 1), steps}))
 
 
+@dataclass
+class AttackOutcome:
+    """What the sweep keeps of an attack on a unit's images: per image, its best objective, last iterate, whether
+    it met a non-finite value and its start gradient norm (None for a gradient-free attack); the best iterate
+    at each curve step."""
+
+    best_loss: torch.Tensor
+    last_delta: torch.Tensor
+    nonfinite: torch.Tensor
+    start_grad_norm: torch.Tensor | None
+    snapshots: dict[int, torch.Tensor]
+
+    @classmethod
+    def of(cls, attack) -> AttackOutcome:
+        return cls(attack.best_loss, attack.last_delta, attack.nonfinite, attack.start_grad_norm, attack.snapshots)
+
+    @classmethod
+    def cat(cls, parts: list[AttackOutcome]) -> AttackOutcome:
+        """The outcomes of passes over consecutive images, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        grads = [p.start_grad_norm for p in parts]
+        return cls(torch.cat([p.best_loss for p in parts]), torch.cat([p.last_delta for p in parts]),
+                   torch.cat([p.nonfinite for p in parts]), None if grads[0] is None else torch.cat(grads),
+                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots})
+
+
 def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None):
-    """The attack of every point x restart in one batch (each restart its own seeded start); the scored iterate.
+    """The attack of every point x restart (each restart its own seeded start), in one batch or in passes of
+    ``unit.rows`` images (each image's attack is its own, so the passes give the batch's results); the outcome
+    and the scored iterate.
 
     An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
     of its attack run by itself (``member`` only names them)."""
     model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     attack = make_attack(model, k, cfg)
-    attack.curve_steps = curve_steps(cfg.steps)
     target = ctx.target_images(R).to(X.device) if attack.objective.spec.needs_target else None
-    adv = attack(X, target=target, seeds=seeds, noise=_repeat(noise, R))  # noise: for reconstruction objectives
-    if ctx.rule.iterate == "last":
-        adv = (X + attack.last_delta).detach()
-    return attack, adv
+    noise_r = _repeat(noise, R)  # noise: for reconstruction objectives
+    step = ctx.unit.rows or X.shape[0]
+    parts, advs = [], []
+    for a in range(0, X.shape[0], step):
+        rows = slice(a, a + step)
+        attack = attack if a == 0 else make_attack(model, k, cfg)
+        attack.curve_steps = curve_steps(cfg.steps)
+        adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows],
+                     noise=[t[rows] for t in noise_r])
+        parts.append(AttackOutcome.of(attack))
+        advs.append((X[rows] + attack.last_delta).detach() if ctx.rule.iterate == "last" else adv)
+    return AttackOutcome.cat(parts), torch.cat(advs)
 
 
 @torch.no_grad()

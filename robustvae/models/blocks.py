@@ -67,3 +67,8 @@ class Block(nn.Module):
 
 def residual_scale(num_blocks: int) -> float:
     return math.sqrt(1.0 / max(num_blocks, 1))
+
+
+def hidden_width(cin: int, hidden: int, channels: int) -> int:
+    """A block's bottleneck width when its input is ``cin`` wide: ``cin`` times ``hidden / channels``."""
+    return max(int(cin * (hidden / channels)), 1)

@@ -31,6 +31,11 @@ def sum_except_batch(t: Tensor) -> Tensor:
     return t.flatten(1).sum(1)
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is of lower precision (autocast's bfloat16), else as it is (float32, float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def soft_clamp(x: Tensor, limit: float) -> Tensor:
     """Smoothly keep ``x`` inside (-limit, limit); identity near 0, gradients everywhere."""
     return limit * torch.tanh(x / limit)
@@ -134,6 +139,22 @@ def _log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
     return a + torch.log(-torch.expm1(b - a)) - F.softplus(a) - F.softplus(b)
 
 
+DMOL_LAYOUTS = ("grouped", "per-channel")  # how the decoder's output channels hold the mixture's parameters
+DMOL_GRIDS = ("even", "uint8")  # where the likelihood puts the levels of a [0, 1] image
+
+
+def quantise_levels(x01: Tensor, bits: int, grid: str = "even") -> Tensor:
+    """[0, 1] images -> the ``2**bits`` levels on [-1, 1] of :class:`DiscretizedLogisticMixture`'s ``grid``."""
+    if grid == "uint8":
+        v = torch.round(x01.clamp(0, 1) * 255)
+        if bits < 8:
+            step = 2 ** (8 - bits)
+            v = torch.floor(v / step) * step
+        return (v - 127.5) * (1 / 127.5)
+    n = 2**bits - 1
+    return torch.round(x01.clamp(0, 1) * n) / n * 2 - 1
+
+
 class DiscretizedLogisticMixture:
     """Discretised mixture of logistics (PixelCNN++ / VDVAE) over ``2**bits`` levels.
 
@@ -142,15 +163,38 @@ class DiscretizedLogisticMixture:
     coefficients that make channel c depend on channels < c. The extreme levels
     take the whole tails, so the probabilities over all levels sum to 1 exactly.
     Images are given in [0, 1] and modelled on [-1, 1] internally.
+
+    Options (the defaults are robustvae's own; openai/vdvae's checkpoints use the others):
+
+    * ``layout``: ``"grouped"`` (after the K logits: every channel's K locations, then
+      every channel's K log-scales, then the K coefficients of each channel pair) or
+      ``"per-channel"`` (PixelCNN++ / openai/vdvae, 3 channels: for each channel its K
+      locations, K log-scales and K coefficients);
+    * ``grid``: ``"even"`` (level j of n = 2**bits - 1 at 2j/n - 1) or ``"uint8"`` (the
+      8-bit value v = round(255 x) with its lowest 8 - bits bits cleared, at (v - 127.5) / 127.5:
+      openai/vdvae's 5-bit FFHQ-256, whose top level sits below 1 and has no tail; the same
+      levels as ``"even"`` at 8 bits);
+    * ``tiny_bin``: where a bin's probability, computed as sigmoid(upper) - sigmoid(lower),
+      is not above this, score the bin's density at its centre times its width instead
+      (openai/vdvae and PixelCNN++ use 1e-5); None scores every bin exactly.
     """
 
-    def __init__(self, params: Tensor, channels: int, num_mixtures: int, bits: int = 8, min_log_scale: float = -7.0):
+    def __init__(self, params: Tensor, channels: int, num_mixtures: int, bits: int = 8, min_log_scale: float = -7.0,
+                 *, layout: str = "grouped", grid: str = "even", tiny_bin: float | None = None):
         B, _, H, W = params.shape
         K, C = num_mixtures, channels
+        if layout not in DMOL_LAYOUTS or grid not in DMOL_GRIDS:
+            raise ValueError(f"layout must be one of {DMOL_LAYOUTS} and grid one of {DMOL_GRIDS}, got {layout!r}, {grid!r}")
         self.C, self.K, self.bits = C, K, bits
         self.levels = 2**bits
+        self.grid, self.tiny_bin = grid, tiny_bin
         self.logit_probs = params[:, :K]  # B,K,H,W
-        rest = params[:, K:].reshape(B, -1, K, H, W)
+        if layout == "per-channel":
+            if C != 3:
+                raise ValueError(f"the per-channel layout holds 3 coefficients per channel: it needs 3 channels, got {C}")
+            rest = params[:, K:].reshape(B, C, 3, K, H, W).transpose(1, 2).reshape(B, 3 * C, K, H, W)
+        else:
+            rest = params[:, K:].reshape(B, -1, K, H, W)
         self.locs = rest[:, :C]  # B,C,K,H,W
         self.log_scales = rest[:, C : 2 * C].clamp(min=min_log_scale)
         self.coeffs = torch.tanh(rest[:, 2 * C :])  # B,C(C-1)/2,K,H,W
@@ -172,9 +216,8 @@ class DiscretizedLogisticMixture:
         return torch.stack(means, 1)
 
     def quantise(self, x01: Tensor) -> Tensor:
-        """[0, 1] images -> the level centres on [-1, 1] that the likelihood scores."""
-        n = self.levels - 1
-        return torch.round(x01.clamp(0, 1) * n) / n * 2 - 1
+        """[0, 1] images -> the levels on [-1, 1] that the likelihood scores (see ``grid``)."""
+        return quantise_levels(x01, self.bits, self.grid)
 
     def log_prob(self, x01: Tensor) -> Tensor:
         """Per-image log p(x) in nats; x in [0, 1] is quantised to ``2**bits`` levels."""
@@ -187,6 +230,10 @@ class DiscretizedLogisticMixture:
         plus = inv_s * (centred + half)
         minus = inv_s * (centred - half)
         lp_mid = _log_sigmoid_diff(plus, minus)
+        if self.tiny_bin is not None:
+            mid = inv_s * centred
+            at_centre = mid - self.log_scales - 2.0 * F.softplus(mid) + math.log(2 * half)
+            lp_mid = torch.where(torch.sigmoid(plus) - torch.sigmoid(minus) > self.tiny_bin, lp_mid, at_centre)
         lp_low = F.logsigmoid(plus)  # the lowest level takes (-inf, edge]
         lp_high = -F.softplus(minus)  # the highest level takes [edge, inf)
         lp = torch.where(xk < -1 + half / 2, lp_low, torch.where(xk > 1 - half / 2, lp_high, lp_mid))
@@ -201,25 +248,15 @@ class DiscretizedLogisticMixture:
         return ((comp * w).sum(2).clamp(-1, 1) + 1) / 2
 
     def _means_of_means(self) -> Tensor:
-        ms: list[Tensor] = []
-        j = 0
-        for c in range(self.C):
-            m = self.locs[:, c]
-            for d in range(c):
-                m = m + self.coeffs[:, j] * ms[d]
-                j += 1
-            ms.append(m)
-        return torch.stack(ms, 1)
+        return self._chain(self.locs, self.coeffs, lambda c, m: m)
 
-    def sample(self) -> Tensor:
-        """Draw images in [0, 1] (one mixture component per pixel, channels in order)."""
-        B, K, H, W = self.logit_probs.shape
-        k = torch.distributions.Categorical(logits=self.logit_probs.permute(0, 2, 3, 1)).sample()  # B,H,W
-        onehot = F.one_hot(k, K).permute(0, 3, 1, 2).unsqueeze(1).to(self.locs.dtype)  # B,1,K,H,W
-        locs = (self.locs * onehot).sum(2)
-        log_s = (self.log_scales * onehot).sum(2)
-        coeffs = (self.coeffs * onehot).sum(2)
-        u = torch.rand_like(locs).clamp(1e-5, 1 - 1e-5)
+    def _select(self, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(locations, log-scales, coefficients) of component ``k`` (B, H, W) at every pixel."""
+        onehot = F.one_hot(k, self.K).permute(0, 3, 1, 2).unsqueeze(1).to(self.locs.dtype)  # B,1,K,H,W
+        return (self.locs * onehot).sum(2), (self.log_scales * onehot).sum(2), (self.coeffs * onehot).sum(2)
+
+    def _chain(self, locs: Tensor, coeffs: Tensor, finish) -> Tensor:
+        """Channel by channel: ``finish(c, location + coefficients x the earlier channels' finished values)``."""
         xs: list[Tensor] = []
         j = 0
         for c in range(self.C):
@@ -227,9 +264,23 @@ class DiscretizedLogisticMixture:
             for d in range(c):
                 m = m + coeffs[:, j] * xs[d]
                 j += 1
-            xc = (m + log_s[:, c].exp() * (torch.log(u[:, c]) - torch.log1p(-u[:, c]))).clamp(-1, 1)
-            xs.append(self.quantise((xc + 1) / 2))
-        return (torch.stack(xs, 1) + 1) / 2
+            xs.append(finish(c, m))
+        return torch.stack(xs, 1)
+
+    def top_component_image(self) -> Tensor:
+        """A deterministic image in [0, 1]: at every pixel the component with the largest logit, its locations
+        with the coefficients applied channel by channel to the clipped earlier channels, each clipped to [-1, 1]
+        (openai/vdvae's sampler with its mixture and logistic noise at their medians)."""
+        locs, _, coeffs = self._select(self.logit_probs.argmax(1))
+        return (self._chain(locs, coeffs, lambda c, m: m.clamp(-1, 1)) + 1) / 2
+
+    def sample(self) -> Tensor:
+        """Draw images in [0, 1] (one mixture component per pixel, channels in order)."""
+        k = torch.distributions.Categorical(logits=self.logit_probs.permute(0, 2, 3, 1)).sample()  # B,H,W
+        locs, log_s, coeffs = self._select(k)
+        u = torch.rand_like(locs).clamp(1e-5, 1 - 1e-5)
+        noise = log_s.exp() * (torch.log(u) - torch.log1p(-u))
+        return (self._chain(locs, coeffs, lambda c, m: self.quantise(((m + noise[:, c]).clamp(-1, 1) + 1) / 2)) + 1) / 2
 
 
 class PointMass:

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustvae.config import ModelConfig
-from robustvae.models.blocks import Block, conv, residual_scale
+from robustvae.models.blocks import Block, conv, hidden_width, residual_scale
 from robustvae.models.contract import ELBOResult, LayerInfo
 from robustvae.models.distributions import (
     Bernoulli,
     DiagGaussian,
     DiscretizedLogisticMixture,
+    at_least_float32,
     soft_clamp,
     sum_except_batch,
 )
@@ -45,11 +46,17 @@ class _TopDown:
 
 
 class DecoderBlock(nn.Module):
-    """One stochastic layer: prior net, posterior net, z projection, residual block."""
+    """One stochastic layer: prior net, posterior net, z projection, residual block.
 
-    def __init__(self, cfg: ModelConfig, resolution: int, num_layers: int):
+    ``width``: the decoder state's channels at this layer (``cfg.channels`` when None); a
+    different width scales the blocks' bottleneck with it (``hidden / channels`` times it).
+    """
+
+    def __init__(self, cfg: ModelConfig, resolution: int, num_layers: int, width: int | None = None):
         super().__init__()
         C, H, z = cfg.channels, cfg.hidden, cfg.z_dim
+        if width is not None and width != C:
+            C, H = width, hidden_width(width, cfg.hidden, cfg.channels)
         s = residual_scale(num_layers)
         self.posterior = Block(2 * C, H, 2 * z, cfg, resolution)
         self.prior = Block(C, H, 2 * z + C, cfg, resolution, zero_last=True)
@@ -165,8 +172,31 @@ class VDVAE(nn.Module):
             acts[r] = h
         return acts
 
+    def _width(self, r: int) -> int:  # noqa: ARG002 - a family with per-resolution widths overrides it
+        """Channels of the decoder state at resolution ``r``."""
+        return self.cfg.channels
+
+    def _state_bias(self, r: int) -> Tensor | None:
+        """The learnt start of the decoder state at resolution ``r`` (None: the model has none there, it starts at 0)."""
+        return self.bias.get(str(r))
+
+    def _start(self, batch: int, r: int) -> Tensor:
+        """The decoder state at the top layer's resolution, before any layer."""
+        b = self._state_bias(r)
+        if b is None:
+            return self.out_conv.weight.new_zeros(batch, self._width(r), r, r)
+        return b.expand(batch, -1, -1, -1)
+
     def _upsample(self, state: Tensor, r: int, context: Tensor | None = None) -> Tensor:
-        return self._inject(F.interpolate(state, size=(r, r), mode="nearest") + self.bias[str(r)], context)
+        """The state carried to resolution ``r`` (nearest neighbour; its first ``_width(r)`` channels) plus
+        ``r``'s learnt start."""
+        up = F.interpolate(state[:, : self._width(r)], size=(r, r), mode="nearest")
+        b = self._state_bias(r)
+        return self._inject(up + b if b is not None else up, context)
+
+    def _gaussian(self, mean: Tensor, raw: Tensor) -> DiagGaussian:
+        """A layer's prior or posterior from its net's two halves: the second is a log-variance, soft-clamped."""
+        return DiagGaussian(mean, soft_clamp(raw, self.cfg.logvar_limit))
 
     def _inject(self, state: Tensor, context: Tensor | None) -> Tensor:
         """Conditioning added to the decoder state at the top and after every change of scale.
@@ -198,9 +228,8 @@ class VDVAE(nn.Module):
         run (it only feeds the layers below), so ``priors`` and ``state`` end one layer earlier.
         """
         cfg = self.cfg
-        lim = cfg.logvar_limit
         top = self._ladder[0].resolution
-        state = self._inject(self.bias[str(top)].expand(batch, -1, -1, -1), context)
+        state = self._inject(self._start(batch, top), context)
         posteriors: list[DiagGaussian | None] = []
         priors: list[DiagGaussian] = []
         zs: list[Tensor] = []
@@ -209,13 +238,13 @@ class VDVAE(nn.Module):
                 state = self._upsample(state, info.resolution, context)
             q = None
             if i < n_posterior:
-                qm, qlv = blk.posterior(torch.cat([state, acts[info.resolution]], 1)).float().chunk(2, 1)
-                q = DiagGaussian(qm, soft_clamp(qlv, lim))
+                qm, qlv = at_least_float32(blk.posterior(torch.cat([state, acts[info.resolution]], 1))).chunk(2, 1)
+                q = self._gaussian(qm, qlv)
             stop = stop_after is not None and i + 1 >= stop_after
             if q is None or not stop:  # at a posterior stop layer the prior net only feeds the layers below
-                pm, plv, xpp = blk.prior(state).split([cfg.z_dim, cfg.z_dim, cfg.channels], 1)
-                pm, plv = pm.float(), plv.float()  # distributions stay in float32 under autocast
-                p = DiagGaussian(pm, soft_clamp(plv, lim))
+                pm, plv, xpp = blk.prior(state).split([cfg.z_dim, cfg.z_dim, state.shape[1]], 1)
+                # distributions stay in float32 under autocast
+                p = self._gaussian(at_least_float32(pm), at_least_float32(plv))
                 state = state + xpp
                 priors.append(p)
             eps = noise[i] if noise is not None else None
@@ -235,7 +264,7 @@ class VDVAE(nn.Module):
         return _TopDown(state, posteriors, priors, zs)
 
     def likelihood(self, state: Tensor) -> Bernoulli | DiscretizedLogisticMixture:
-        out = self.out_conv(state).float()
+        out = at_least_float32(self.out_conv(state))
         if self.cfg.likelihood == "bernoulli":
             return Bernoulli(out)
         return DiscretizedLogisticMixture(out, self.cfg.image_channels, self.cfg.num_mixtures, self.cfg.dmol_bits)
@@ -333,7 +362,11 @@ class VDVAE(nn.Module):
         acts = self._encoder(x) if k > 0 else None
         td = self._top_down(batch, acts, n_posterior=k, posterior_sample=posterior_sample, noise=noise,
                             temperature=temperature, context=context)
-        return self.likelihood(td.state).mean
+        return self._image(td.state)
+
+    def _image(self, state: Tensor) -> Tensor:
+        """The image a decoder state stands for (what reconstruct and sample return): the likelihood's mean."""
+        return self.likelihood(state).mean
 
     def _elbo_ladder(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(KL per Gaussian layer (B, L), -log p(x | z) (B,)) with one posterior sample per layer."""

@@ -66,6 +66,58 @@ def make_checkpoint(cfg: Config, model: nn.Module, ema: nn.Module | None = None,
     }
 
 
+IMPORT_FILES = ("best.pt", "imported.json")  # what a `zoo import` writes into --out (and --force replaces)
+
+
+def import_target(out: str | os.PathLike, force: bool) -> Path:
+    """Check a `zoo import`'s ``out`` before anything is read: a usable folder (no file, no link), empty unless
+    ``force``."""
+    from robustvae.errors import RobustVAEError
+    from robustvae.experiments.rundir import RunDir
+
+    run = RunDir(out)
+    run.check_usable()
+    if run.entries() and not force:
+        raise RobustVAEError(f"{out} is not empty; pass --force to replace its checkpoint, or pick another --out")
+    return Path(out)
+
+
+def write_import(out: str | os.PathLike, cfg: Config, model: nn.Module, ema: nn.Module | None,
+                 provenance: dict[str, Any]) -> Path:
+    """Write an imported checkpoint (``best.pt``, with its ``provenance``) and ``imported.json`` into ``out``; with
+    ``--force`` the old files stay until both new ones are written. Returns ``out``/best.pt."""
+    from robustvae import io
+    from robustvae.experiments.rundir import RunDir
+
+    out = Path(out)
+    with RunDir(out).locked(), io.replace_outputs(out, IMPORT_FILES) as new:
+        atomic_save(make_checkpoint(cfg, model, ema, provenance=provenance), new / "best.pt", root=new)
+        io.write_json(new / "imported.json", provenance, root=new)
+    return out / "best.pt"
+
+
+def load_foreign(path: str | os.PathLike, *, safe_globals: list | tuple = (), mmap: bool = False) -> Any:
+    """Another code base's ``torch.save`` file, read without executing code (``weights_only``; ``safe_globals`` are
+    the plain-data types also allowed), memory-mapped when ``mmap`` and the file's format allows it; one line on
+    a missing, wrong, truncated or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)")
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it): older files load whole
+                if not mmap or "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
+        raise CheckpointError(
+            f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
+            f"refuses ({type(e).__name__}); download it again"
+        ) from None
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint file (weights only; never executes code)."""
     path = Path(path)

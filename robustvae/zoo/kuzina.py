@@ -26,7 +26,6 @@ from robustvae.errors import CheckpointError, RobustVAEError
 from robustvae.registry import PUBLISHED
 
 SOURCES = ("kuzina",)
-IMPORT_FILES = ("best.pt", "imported.json")  # what an import writes into --out (and --force replaces)
 
 
 def _safe_types() -> list:
@@ -39,17 +38,9 @@ def _safe_types() -> list:
 
 def read_authors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Their checkpoint dict, read without executing code; one line on a wrong, truncated or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)")
-    try:
-        with torch.serialization.safe_globals(_safe_types()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
-        raise CheckpointError(
-            f"cannot read {path}: it is truncated, corrupt, not a torch file, or holds objects that safe loading "
-            f"refuses ({type(e).__name__}); download it again"
-        ) from None
+    from robustvae.zoo import load_foreign
+
+    ckpt = load_foreign(path, safe_globals=_safe_types())
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         found = ", ".join(sorted(map(str, ckpt))[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} has no 'model_state_dict' (found: {found or 'nothing'}); it is not a checkpoint "
@@ -72,7 +63,7 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
                       force: bool = False, url: str | None = None) -> Path:
     """Convert their checkpoint ``path`` for ``preset`` into ``out``/best.pt; returns that file."""
     from robustvae.registry import get_preset
-    from robustvae.zoo import atomic_save, make_checkpoint, sha256_file
+    from robustvae.zoo import import_target, sha256_file, write_import
 
     if source not in SOURCES:
         raise RobustVAEError(f"unknown checkpoint source {source!r} (known: {', '.join(SOURCES)})")
@@ -80,24 +71,14 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
     if cfg.model.arch != "kuzina-ladder":
         raise RobustVAEError(f"preset {preset!r} is not one of the authors' architectures; pick a kuzina-* preset "
                              f"(robustvae zoo list)")
-    from robustvae import io
-    from robustvae.experiments.rundir import RunDir
-
-    out = Path(out)
-    run = RunDir(out)
-    run.check_usable()
-    if run.entries() and not force:
-        raise RobustVAEError(f"{out} is not empty; pass --force to replace its checkpoint, or pick another --out")
+    out = import_target(out, force)
     ckpt = read_authors_checkpoint(path)
     model = _weights(ckpt["model_state_dict"], preset, f"{path} (model_state_dict)")
     ema_state = ckpt.get("ema_model_state_dict")
     ema = _weights(ema_state, preset, f"{path} (ema_model_state_dict)") if ema_state is not None else None
     provenance = {"source": source, "file": Path(path).name, "sha256": sha256_file(path), "preset": preset,
                   "ema": ema is not None, "url": url}
-    with run.locked(), io.replace_outputs(out, IMPORT_FILES) as new:  # --force: the old files stay until both are written
-        atomic_save(make_checkpoint(cfg, model, ema, provenance=provenance), new / "best.pt", root=new)
-        io.write_json(new / "imported.json", provenance, root=new)
-    return out / "best.pt"
+    return write_import(out, cfg, model, ema, provenance)
 
 
 def _gdown_download(drive_id: str, dest: Path) -> None:

@@ -24,11 +24,6 @@ def kuzina_logvar(raw: Tensor) -> Tensor:
     return torch.log(F.softplus(raw, beta=SOFTPLUS_BETA)).clamp(*LOGVAR_RANGE)
 
 
-def hidden_width(cin: int, hidden: int, channels: int) -> int:
-    """A block's bottleneck width: its input width times ``hidden / channels`` (their ``block_ch_mult``)."""
-    return max(int(cin * (hidden / channels)), 1)
-
-
 class _Unit(nn.Module):
     """One convolution with its SiLU before (encoder blocks) or after it (decoder blocks), as ``net``."""
 

@@ -34,12 +34,12 @@ from torch import Tensor, nn
 
 from robustvae.config import ModelConfig
 from robustvae.models import rng
-from robustvae.models.blocks import conv
+from robustvae.models.blocks import conv, hidden_width
 from robustvae.models.contract import ELBOResult, LayerInfo
 from robustvae.models.distributions import DiagGaussian, PointMass, sum_except_batch
 from robustvae.models.kuzina.context import KuzinaDCTContext, signed_image
 from robustvae.models.kuzina.eot import DrawAverage, dither_draws
-from robustvae.models.kuzina.layers import DecoderBlock2x3, EncoderBlock, PriorNet, hidden_width, kuzina_logvar
+from robustvae.models.kuzina.layers import DecoderBlock2x3, EncoderBlock, PriorNet, kuzina_logvar
 from robustvae.models.kuzina.likelihood import likelihood, num_params
 from robustvae.models.kuzina.prior import KuzinaDiffusionPrior
 from robustvae.models.vdvae import VDVAE
