@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from robustvae.config import AttackConfig, CertifyConfig, CompressConfig, Config
+from robustvae.defences.base import Defence
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, require_nonnegative, require_positive
 from robustvae.experiments.models import Labelled, ModelSpec, load_models
@@ -240,7 +241,7 @@ def attack(
     models: Sequence[ModelSpec], config: AttackConfig | None = None, out: str | os.PathLike | None = None, *,
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
     shard: tuple[int, int] = (1, 1), quiet: bool = True, command: list[str] | None = None,
-    dist: DistContext | None = None, eot: int = 0,
+    dist: DistContext | None = None, eot: int = 0, defence: str | Defence | None = None, adaptive: bool = False,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
@@ -249,10 +250,21 @@ def attack(
     by a later call with the same settings; ``shard=(i, N)`` runs every N-th work unit.
     ``eot``: N > 0 attacks the authors' dithered context (kuzina-ladder DCT-VAEs only) with
     the dither on, averaged over N fixed draws; by default the dither is off (run.json says which).
+    ``defence``: a test-time defence (a :class:`robustvae.defences.Defence`, or a name of
+    ``robustvae.defences.DEFENCES`` with its default settings) through which every scored
+    reconstruction goes; ``adaptive`` attacks through it instead of attacking the model
+    (docs/defences.md). Its curves are named ``<model>+hmc`` and ``<model>+hmc/adaptive``.
     """
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
 
+    from robustvae.defences import make_defence
+    from robustvae.defences.sweep import DefenceRun
+
+    if adaptive and defence is None:
+        raise RobustVAEError("--adaptive attacks through a defence: add --defence hmc (or drop --adaptive)")
+    run_defence = None if defence is None else DefenceRun(
+        make_defence(defence) if isinstance(defence, str) else defence, adaptive)
     dev = _device(device)
     labelled = load_models(list(models), dev, data)
     if eot < 0:
@@ -262,7 +274,7 @@ def attack(
 
         labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
     records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
-                        quiet=quiet, command=command, dist=dist)
+                        quiet=quiet, command=command, dist=dist, defence=run_defence)
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),
                         Path(out) if out is not None else None)
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from robustvae.io import read_jsonl
 
 ATTACK_KINDS = ("attack", "no_attack", "floor", "noise", "unrelated")
+DEFENCE_FIELDS = ("defence", "adaptive", "defence_settings", "defence_stats", "attack_cost")
 # Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
 NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -55,7 +56,7 @@ class AttackRecord(Record):
     """One row of an attack sweep: a scored reconstruction and the settings behind it."""
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
-                                            "curve", "grad_norm")
+                                            "curve", "grad_norm", *DEFENCE_FIELDS)
 
     unit: str  # the work unit that wrote the row (resume and merge go by units)
     model: str  # label of the checkpoint in the sweep
@@ -89,6 +90,13 @@ class AttackRecord(Record):
     member_steps: int | None = None  # that member's steps per restart (its share of ``steps``)
     curve: dict[str, float] | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
     grad_norm: float | None = None  # norm of the objective's gradient at the start (gradient attacks)
+    # a defended sweep (robustvae.defences.sweep); absent in an undefended one
+    defence: str | None = None  # the defence every scored pass went through (robustvae.defences.DEFENCES)
+    adaptive: bool | None = None  # the attack differentiated through the defence (else it attacked the model)
+    defence_settings: dict[str, float] | None = None  # the defence's settings (Defence.settings)
+    defence_stats: dict[str, float] | None = None  # attack / no_attack rows: the scoring pass's accept, step_size,
+    # passes and seconds per image (absent where the defence did nothing, e.g. no Gaussian layer among the top k)
+    attack_cost: dict[str, float] | None = None  # attack rows: seconds and model forward passes of this restart
 
 
 @dataclass(frozen=True)
