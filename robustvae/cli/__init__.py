@@ -394,7 +394,7 @@ def attack(
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, supervised, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
-    eot: Optional[int] = typer.Option(None, "--eot", help="Fixed draws of randomness the attack averages over (EOT): kuzina-ladder DCT-VAEs: the authors' context dither on, N draws (0 or none: dither off); --defence hmc --adaptive: N chain draws. \\[default: none: dither off, 4 chain draws]"),
+    eot: Optional[int] = typer.Option(None, "--eot", help="Fixed draws of randomness the attack averages over (EOT): with --defence hmc --adaptive, N chain draws; without a defence, kuzina-ladder DCT-VAEs: the authors' context dither on, N draws (0 or none: off). \\[default: none: 4 chain draws; dither off]"),
     defence: Optional[str] = typer.Option(None, "--defence", help="Test-time defence every scored reconstruction goes through (robustvae.defences.DEFENCES): hmc (Kuzina, Welling & Tomczak 2022) or none. \\[default: none]"),
     adaptive: bool = typer.Option(False, "--adaptive/--no-adaptive", help="Attack through the defence (gradients through the chain, EOT over --eot draws) instead of attacking the model."),
     hmc_steps: Optional[int] = typer.Option(None, "--hmc-steps", help="HMC transitions per reconstruction, burn-in included. [default: 20]"),
@@ -441,7 +441,8 @@ def attack(
         if dd.is_main:
             _print_attack_settings(names, cfg, out, dev)
         res = api.attack(names, cfg, out, device=dev, shard=shard_t, data_dir=data_dir, quiet=quiet,
-                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot or 0, defence=run_defence,
+                         command=["robustvae", *(sys.argv[1:])], dist=dd, defence=run_defence,
+                         eot=0 if run_defence is not None else eot or 0,  # with a defence: its chain draws
                          adaptive=adaptive)
     if not dd.is_main:
         return

@@ -350,7 +350,8 @@ class AttackView(DefendedModel):
                     noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
         """The mean over the draws of the defended reconstruction."""
         k = self._k(k)
-        if not gaussian_layers(self.model, k):
+        if not gaussian_layers(self.model, k):  # nothing to defend: one pass of the model
+            self.forward_passes += 1
             return self.model.reconstruct(x, k, temperature, self._draws(x.shape[0], noise)[0],
                                           posterior_sample=posterior_sample)
         zs, _, model_noise = self._expected(x, k, temperature, noise, posterior_sample)
@@ -365,6 +366,7 @@ class AttackView(DefendedModel):
         k = self._k(k)
         layers = gaussian_layers(self.model, k)
         if not layers:
+            self.forward_passes += 1
             return self.model.encode(x, k)
         zs, qs, _ = self._expected(x, k, self.temperature, noise, sample)
         moved = dict(zip(layers, (z.mean(0) for z in zs)))

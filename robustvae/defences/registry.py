@@ -50,9 +50,10 @@ def defence_from_options(name: str | None, *, adaptive: bool = False, eot: int |
                          hmc_step_size: str | float | None = None) -> Defence | None:
     """The defence the command line asks for (``--defence``, ``--adaptive``, ``--eot``, ``--hmc-*``), or None.
 
-    ``eot`` is the number of fixed draws of randomness an attack averages over; for the HMC
-    defence it is the adaptive attack's chain draws (default :attr:`HMCConfig.eot`), and an
-    adaptive attack needs at least one. Settings of a defence that is not asked for are refused.
+    ``eot`` is the number of fixed draws of randomness an attack averages over; with a defence
+    it is the adaptive attack's chain draws (default :attr:`HMCConfig.eot`; at least one, and
+    only with ``adaptive``), never the kuzina-ladder context dither (the hmc defence does not
+    take kuzina-ladder models). Settings of a defence that is not asked for are refused.
     """
     from robustvae.defences.hmc import parse_step_size
 
@@ -64,6 +65,9 @@ def defence_from_options(name: str | None, *, adaptive: bool = False, eot: int |
         return None
     if name != "hmc":
         make_defence(name)  # unknown: the registry's message
+    if not adaptive and eot:
+        raise RobustVAEError("with a defence, --eot N is the adaptive attack's chain draws: add --adaptive (without "
+                             "--defence, --eot turns on the kuzina-ladder context dither)")
     if adaptive and eot is not None and eot < 1:
         raise RobustVAEError(f"an adaptive attack on the hmc defence averages over --eot N >= 1 chain draws, got {eot}"
                              f" (--eot 0 only turns the kuzina-ladder context dither off)")

@@ -590,6 +590,8 @@ def run_sweep(
     if dd.enabled and out is None:
         raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
     if defence is not None:
+        for lm in models:  # a model the defence cannot wrap is refused before anything is written
+            defence.scorer(lm.model, config.temperature)
         models = [dataclasses.replace(lm, label=defence.label(lm.label)) for lm in models]
     sw = _Sweep(models, config, shard, dd, plan_units(models, config, device, defence),
                 RunDir(out) if out is not None else None, defence)
