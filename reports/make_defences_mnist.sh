@@ -36,13 +36,8 @@ NOTES="$RUNS/commands.txt"
   echo
 } > "$NOTES"
 
-run() {
-  echo "$*" >> "$NOTES"
-  echo "+ $*" >&2
-  local t0=$SECONDS
-  "$@"
-  echo "    # $((SECONDS - t0)) s" >> "$NOTES"
-}
+# run COMMAND...: echo it into the notes, run it, note its wall time
+source reports/notes.sh
 
 rv=("$PYTHON" -m robustvae)
 hmc=(--defence hmc --hmc-steps "$HMC_STEPS" --hmc-leapfrog "$HMC_LEAPFROG")
