@@ -5,7 +5,8 @@
   delta = 0 under the same rule and noise, paired with each attack row), ``floor``
   (clean vs clean under other prior noise) or ``noise`` (a random perturbation of the
   same budget) or ``unrelated`` (the point's reconstruction against that of another,
-  unrelated test image: the damage level a large enough budget must reach);
+  unrelated test image: the damage level a large enough budget must reach); a defended
+  sweep's rows also carry the defence (:data:`DEFENCE_FIELDS`, docs/defences.md);
 * :class:`CompressionRecord`: one row of a compression run (``records.csv``), per
   model, image and k.
 

@@ -343,7 +343,7 @@ class AttackView(DefendedModel):
         model_noise, seeds = self._draws(B, noise)
         zs, qs, res = self._chain(x, k, temperature, model_noise, seeds, posterior_sample)
         n = len(seeds) // B
-        self.forward_passes += n * (res.gradient_evals + 1) + 1
+        self.forward_passes += n * res.gradient_evals + 1  # the chains' gradient evaluations and the encoder
         return [z.view(n, B, *z.shape[1:]) for z in zs], qs, model_noise
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
@@ -359,6 +359,7 @@ class AttackView(DefendedModel):
         xs = x.repeat(n, 1, 1, 1)
         rep = [t.repeat(n, *([1] * (t.dim() - 1))) for t in model_noise]
         mean = self.model.latent_log_joint(xs, [z.flatten(0, 1) for z in zs], temperature, rep).mean
+        self.forward_passes += n  # each draw's decoding pass
         return mean.view(n, *x.shape).mean(0)
 
     def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list:
