@@ -58,6 +58,8 @@ def test_chain_samples_the_exact_posterior_of_a_linear_gaussian_model():
     z0 = 2 * torch.randn(chains, d, generator=g, dtype=F64)  # over-dispersed starts: convergence is part of the test
     res = run_chain(potential, z0, _noise(chains, 60, d, 4), leapfrog_steps=5, step_size=0.1, adapt_steps=30)
     _assert_matches(res.z, mean, cov)
+    se = res.z_mean.std(0) / math.sqrt(chains)  # the mean of each chain's 30 states after burn-in
+    assert ((res.z_mean.mean(0) - mean).abs() <= 4 * se).all()
 
 
 class _LinearLadder(torch.nn.Module):
@@ -109,7 +111,8 @@ def test_defended_model_samples_the_exact_posterior_of_a_linear_gaussian_ladder(
     shared = model.make_noise(1, g)  # one prior draw below k, shared by every chain (as the protocol shares it)
     seeds = torch.randint(0, 2**62, (chains,), generator=g)
     noise = [*(n.expand(chains, -1, -1, -1) for n in shared), seeds]
-    z = torch.cat([q.mean.flatten(1) for q in defended.encode(x.expand(chains, -1, -1, -1), k, noise=noise)], 1)
+    xs = x.expand(chains, -1, -1, -1)
+    z = torch.cat([q.mean.flatten(1) for q in defended.encode(xs, k, sample=True, noise=noise)], 1)  # last states
     A1, A2, C, s = model.A[:, :2], model.A[:, 2:], model.C, model.s
     if k == 2:
         prior = torch.cat([torch.cat([torch.eye(2, dtype=F64), C.T], 1), torch.cat([C, C @ C.T + s**2 * torch.eye(2, dtype=F64)], 1)])
@@ -119,6 +122,12 @@ def test_defended_model_samples_the_exact_posterior_of_a_linear_gaussian_ladder(
         mean, cov = _linear_gaussian_posterior(A1 + A2 @ C, b, model.sigma2, x.flatten(), torch.eye(2, dtype=F64))
     _assert_matches(z, mean, cov)
     assert defended.last.passes == 1 + 80 * 5 + 2
+    # under the default rule (posterior means) the defence decodes the mean of the states after burn-in: an estimate
+    # of the exact posterior mean (chains independent: 4 standard errors of their spread)
+    zbar = torch.cat([q.mean.flatten(1) for q in defended.encode(xs, k, noise=noise)], 1)
+    se = zbar.std(0) / math.sqrt(chains)
+    assert ((zbar.mean(0) - mean).abs() <= 4 * se).all(), (zbar.mean(0), mean, se)
+    assert (zbar.var(0) < cov.diagonal()).all()  # an average of 40 states scatters less than one draw
 
 
 def _mixture():

@@ -8,8 +8,10 @@ default rule, its samples under the authors' rule); target log p(x | z) + log p(
 log p(z) is the model's prior over those layers (each given the ones above) and p(x | z)
 decodes with the layers below k drawn from the prior at the rule's temperature with the
 protocol's prior noise (:meth:`~robustvae.models.vdvae.VDVAE.latent_log_joint`): the very
-reconstruction rule the attack is scored under, so the defended reconstruction is the
-decoder's mean at the chain's last state. ``steps`` transitions of ``leapfrog`` steps each;
+reconstruction rule the attack is scored under. The defended reconstruction decodes what
+the rule asks of the posterior, now the true one: its mean, estimated by the mean of the
+chain's states after burn-in (default rule), or a sample, the chain's last state (authors'
+rule, as their code decodes). ``steps`` transitions of ``leapfrog`` steps each;
 the step size is fixed or adapted per image during the first ``burn_in`` share of the
 transitions towards ``target_accept`` (a Robbins-Monro recursion, then frozen).
 
@@ -240,9 +242,11 @@ class DefendedModel(nn.Module):
 
     def _chain(self, x: Tensor, k: int, temperature: float, model_noise: list[Tensor], seeds: list[int],
                posterior_sample: bool) -> tuple[list[Tensor], list, ChainResult]:
-        """Run the chains over the top-k Gaussian layers: (their last states, the k posteriors of x, the result).
+        """Run the chains over the top-k Gaussian layers: (their estimates, the k posteriors of x, the result).
 
-        ``seeds`` holds one seed per chain: len(seeds) / len(x) draws per image, draw-major (rows
+        The estimate follows the rule: the mean of the states after burn-in where the rule takes
+        posterior means, the last state (a posterior sample) where it takes samples. ``seeds`` holds one seed per
+        chain: len(seeds) / len(x) draws per image, draw-major (rows
         [d B, (d + 1) B) of the states are draw d), all started from the same posterior of x.
         """
         layers = gaussian_layers(self.model, k)
@@ -267,11 +271,11 @@ class DefendedModel(nn.Module):
         res = run_chain(potential, z0.repeat(n, 1) if n > 1 else z0, noise, leapfrog_steps=cfg.leapfrog,
                         step_size=cfg.step_size or cfg.init_step_size, adapt_steps=cfg.adapt_steps,
                         target_accept=cfg.target_accept, differentiable=differentiable, accept_grad=cfg.accept_grad)
-        return split(res.z), qs, res
+        return split(res.z if posterior_sample else res.z_mean), qs, res
 
     def _defended(self, x: Tensor, k: int | None, temperature: float, noise: list[Tensor] | None,
                   posterior_sample: bool) -> tuple[list[Tensor], list, list[Tensor]] | None:
-        """(last states, posteriors, the model's noise) of a defended call; None where no Gaussian layer is among
+        """(the chains' estimates, posteriors, the model's noise) of a defended call; None where no Gaussian layer is among
         the top k (the defence then does nothing)."""
         k = self._k(k)
         if not gaussian_layers(self.model, k):
@@ -287,8 +291,9 @@ class DefendedModel(nn.Module):
 
     def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
                     noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
-        """The decoder's mean at the chain's last state (the model's own reconstruction when the top k layers hold
-        no Gaussian layer)."""
+        """The decoder's mean at the chain's estimate of the top k layers: the mean of its states after burn-in
+        (``posterior_sample`` False: the rule's posterior mean, of the true posterior now) or its last state (True: a
+        sample); the model's own reconstruction when the top k layers hold no Gaussian layer."""
         out = self._defended(x, k, temperature, noise, posterior_sample)
         if out is None:
             self.last = None
@@ -298,8 +303,9 @@ class DefendedModel(nn.Module):
         return self.model.latent_log_joint(x, zs, temperature, model_noise).mean
 
     def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list:
-        """The top k posteriors with each Gaussian layer's mean moved to the chain's last state (its variance the
-        encoder's), as the authors' attack code reads a defended encoding; deterministic layers unchanged."""
+        """The top k posteriors with each Gaussian layer's mean moved to the chain's estimate (its mean after burn-in,
+        or with ``sample`` its last state; the variance the encoder's), as the authors' attack code reads a defended
+        encoding; deterministic layers unchanged."""
         out = self._defended(x, k, self.temperature, noise, sample)
         if out is None:
             self.last = None
@@ -317,7 +323,7 @@ class AttackView(DefendedModel):
     ``eot_seeds``: per draw, one chain seed per row of the batch the attack runs on; ``noise``:
     the rows' prior noise (the model's part), used where a call brings none. A call on a batch
     of other size (the engine's memory probe) draws both afresh. ``reconstruct`` averages the
-    draws' mean images; ``encode`` averages their last states.
+    draws' mean images; ``encode`` averages their estimates.
     """
 
     def __init__(self, model: nn.Module, config: HMCConfig, temperature: float, noise: list[Tensor] | None,
@@ -338,7 +344,7 @@ class AttackView(DefendedModel):
 
     def _expected(self, x: Tensor, k: int, temperature: float, noise: list[Tensor] | None,
                   posterior_sample: bool) -> tuple[list[Tensor], list, list[Tensor]]:
-        """(per Gaussian layer the draws' mean last state, the k posteriors of x, the model's noise)."""
+        """(per Gaussian layer every draw's estimate, the k posteriors of x, the model's noise)."""
         B = x.shape[0]
         model_noise, seeds = self._draws(B, noise)
         zs, qs, res = self._chain(x, k, temperature, model_noise, seeds, posterior_sample)
@@ -363,7 +369,7 @@ class AttackView(DefendedModel):
         return mean.view(n, *x.shape).mean(0)
 
     def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list:
-        """The top k posteriors with each Gaussian layer's mean at the draws' mean last state."""
+        """The top k posteriors with each Gaussian layer's mean at the draws' mean estimate."""
         k = self._k(k)
         layers = gaussian_layers(self.model, k)
         if not layers:
