@@ -55,13 +55,7 @@ NOTES="$RUNS/commands.txt"
 } > "$NOTES"
 
 # run COMMAND...: echo it into the notes, run it, note its wall time
-run() {
-  echo "$*" >> "$NOTES"
-  echo "+ $*" >&2
-  local t0=$SECONDS
-  "$@"
-  echo "    # $((SECONDS - t0)) s" >> "$NOTES"
-}
+source reports/notes.sh
 
 rv=("$PYTHON" -m robustvae)
 models=()

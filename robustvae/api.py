@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from robustvae.config import AttackConfig, CertifyConfig, CompressConfig, Config
+from robustvae.defences.base import Defence
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, require_nonnegative, require_positive
 from robustvae.experiments.models import ImageSource, Labelled, ModelSpec, load_models
@@ -337,6 +338,7 @@ def attack(
     data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
     shard: tuple[int, int] | str = (1, 1), quiet: bool = True, command: list[str] | None = None,
     dist: DistContext | None = None, eot: int = 0, images: ImageSource | None = None,
+    defence: str | Defence | None = None, adaptive: bool = False,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
@@ -347,12 +349,23 @@ def attack(
     by a later call with the same settings; ``shard=(i, N)`` (or ``"i/N"``) runs every N-th work unit.
     ``eot``: N > 0 attacks the authors' dithered context (kuzina-ladder DCT-VAEs only) with
     the dither on, averaged over N fixed draws; by default the dither is off (run.json says which).
+    ``defence``: a test-time defence (a :class:`robustvae.defences.Defence`, or a name of
+    ``robustvae.defences.DEFENCES`` with its default settings) through which every scored
+    reconstruction goes; ``adaptive`` attacks through it instead of attacking the model
+    (docs/defences.md). Its curves are named ``<model>+hmc`` and ``<model>+hmc/adaptive``.
     """
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
     from robustvae.reporting.targeted import targeted_table
 
+    from robustvae.defences import make_defence
+    from robustvae.defences.sweep import DefenceRun
+
     shard = _shard(shard)  # a bad shard fails before any model is loaded
+    if adaptive and defence is None:
+        raise RobustVAEError("--adaptive attacks through a defence: add --defence hmc (or drop --adaptive)")
+    run_defence = None if defence is None else DefenceRun(
+        make_defence(defence) if isinstance(defence, str) else defence, adaptive)
     dev = _device(device)
     labelled = load_models(list(models), dev, data, images=images)
     if eot < 0:
@@ -362,7 +375,7 @@ def attack(
 
         labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
     records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
-                        quiet=quiet, command=command, dist=dist)
+                        quiet=quiet, command=command, dist=dist, defence=run_defence)
     targeted = targeted_table(records) if len(records) and "msssim_target" in records else None
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),
                         Path(out) if out is not None else None, targeted)

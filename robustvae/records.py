@@ -5,7 +5,8 @@
   delta = 0 under the same rule and noise, paired with each attack row), ``floor``
   (clean vs clean under other prior noise) or ``noise`` (a random perturbation of the
   same budget) or ``unrelated`` (the point's reconstruction against that of another,
-  unrelated test image: the damage level a large enough budget must reach);
+  unrelated test image: the damage level a large enough budget must reach); a defended
+  sweep's rows also carry the defence (:data:`DEFENCE_FIELDS`, docs/defences.md);
 * :class:`Selection` / :func:`selection`: which of a point's attack rows is the strongest
   (the lowest ``msssim`` for an untargeted attack, the highest ``msssim_target`` for a
   targeted one);
@@ -37,6 +38,7 @@ from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, PerL
 Norm = Literal["linf", "l2"]  # robustvae.protocol.NORMS
 Kind = Literal["attack", "no_attack", "floor", "noise", "unrelated"]
 Quality = Annotated[int, Field(ge=1, le=100)]  # a JPEG quality
+DEFENCE_FIELDS = ("defence", "adaptive", "defence_settings", "defence_stats", "attack_cost")
 # Fields a row kind writes as NaN because they do not apply to it (an unrelated image has no perturbation).
 NOT_APPLICABLE: dict[str, tuple[str, ...]] = {"unrelated": ("msssim_input", "delta_linf", "delta_l2")}
 COMPRESSION_RUN_KIND = "compress"  # run.json "kind" of a compression run directory
@@ -66,7 +68,7 @@ class AttackRecord(Record):
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
                                             "curve", "grad_norm", "target_test_index", "msssim_target",
-                                            "msssim_target_before")
+                                            "msssim_target_before", *DEFENCE_FIELDS)
 
     unit: Name  # the work unit that wrote the row (resume and merge go by units)
     model: Name  # label of the checkpoint in the sweep
@@ -103,6 +105,13 @@ class AttackRecord(Record):
     target_test_index: Count | None = None  # targeted objectives: the target's index in its split
     msssim_target: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x + delta)) under the same prior noise
     msssim_target_before: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x)) under that noise
+    # a defended sweep (robustvae.defences.sweep); absent in an undefended one
+    defence: Name | None = None  # the defence every scored pass went through (robustvae.defences.DEFENCES)
+    adaptive: bool | None = None  # the attack differentiated through the defence (else it attacked the model)
+    defence_settings: dict[str, float] | None = None  # the defence's settings (Defence.settings)
+    defence_stats: dict[str, float] | None = None  # attack / no_attack rows: the scoring pass's accept, step_size,
+    # passes and seconds per image (absent where the defence did nothing, e.g. no Gaussian layer among the top k)
+    attack_cost: dict[str, float] | None = None  # attack rows: seconds and model forward passes of this restart
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,12 @@ def attack(
     objective: Optional[str] = typer.Option(None, "--objective", help="Objective (robustvae.attacks.OBJECTIVES): skl, kl_forward, kl_reverse, means, boundary (quantised context: margin to the nearest quantiser edge), recon or recon_l2 (the scored reconstruction's damage); targeted, towards another-label test image per point: target (its posteriors; context: its levels), target_recon or target_recon_l2 (its reconstruction), with --attack auto the ensemble auto-target-v1; supervised (the earlier targeted form). [default: skl]"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", "--attack", help="Attack (robustvae.attacks.ATTACKS): pgd, sgd (the authors': lr 1.0, plateau), apgd (Croce & Hein 2020) or square (gradient-free); or auto, the fixed ensemble auto-v1 (robustvae.attacks.ENSEMBLES: worst case per point over its members, the same passes per point as one attack of --steps). [default: pgd]"),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step or SGD learning rate. \\[default: 2.5 eps / steps for PGD, 1.0 for SGD]"),
-    eot: int = typer.Option(0, "--eot", help="kuzina-ladder DCT-VAEs: attack with the authors' context dither on, averaged over N fixed draws. [default: 0, dither off]"),
+    eot: Optional[int] = typer.Option(None, "--eot", help="Fixed draws of randomness the attack averages over (EOT): with --defence hmc --adaptive, N chain draws; without a defence, kuzina-ladder DCT-VAEs: the authors' context dither on, N draws (0 or none: off). \\[default: none: 4 chain draws; dither off]"),
+    defence: Optional[str] = typer.Option(None, "--defence", help="Test-time defence every scored reconstruction goes through (robustvae.defences.DEFENCES): hmc (Kuzina, Welling & Tomczak 2022) or none. \\[default: none]"),
+    adaptive: bool = typer.Option(False, "--adaptive/--no-adaptive", help="Attack through the defence (gradients through the chain, EOT over --eot draws) instead of attacking the model."),
+    hmc_steps: Optional[int] = typer.Option(None, "--hmc-steps", help="HMC transitions per reconstruction, burn-in included. [default: 20]"),
+    hmc_leapfrog: Optional[int] = typer.Option(None, "--hmc-leapfrog", help="Leapfrog steps per HMC transition. [default: 5]"),
+    hmc_step_size: Optional[str] = typer.Option(None, "--hmc-step-size", help="auto (adapted per image during burn-in towards acceptance 0.9, from 0.1) or a fixed step. [default: auto]"),
     eps_sweep: Optional[str] = typer.Option(None, "--eps-sweep", help="Run the sweep at each of these budgets, e.g. 0.025,0.05,0.1,0.2,0.4,0.8 (instead of --eps; the same limits). \\[default: none, --eps only]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Prior temperature below layer k. [default: 0.1]"),
     recon: Optional[str] = typer.Option(None, "--recon", help="Reconstruction rule: default (posterior means, shared noise, best iterate) or authors (posterior samples, independent noise, last iterate). [default: default]"),
@@ -51,6 +56,7 @@ def attack(
     work units (of --shard i/N, for several machines) over the processes; rank 0 merges the records.
     """
     from robustvae import api
+    from robustvae.defences import defence_from_options
     from robustvae.distributed import distributed
 
     suite_models, cfg = api.attack_config(
@@ -58,6 +64,8 @@ def attack(
         optimizer=optimizer, step_size=step_size, temperature=temperature, recon=recon,
         temperature_convention=temperature_convention, straight_through=straight_through,
         seed=seed, max_batch_mib=max_batch_mib, eps_sweep=eps_sweep)
+    run_defence = defence_from_options(defence, adaptive=adaptive, eot=eot, hmc_steps=hmc_steps,
+                                       hmc_leapfrog=hmc_leapfrog, hmc_step_size=hmc_step_size)
     names = list(models or []) or suite_models
     if not names:
         raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
@@ -66,7 +74,9 @@ def attack(
         if dd.is_main:
             _print_attack_settings(names, cfg, out, dev, image_source_text(image_set, data))
         res = api.attack(specs, cfg, out, device=dev, shard=shard, data=data, data_dir=data_dir, quiet=quiet,
-                         command=["robustvae", *(sys.argv[1:])], dist=dd, eot=eot, images=image_set)
+                         command=["robustvae", *(sys.argv[1:])], dist=dd, images=image_set, defence=run_defence,
+                         eot=0 if run_defence is not None else eot or 0,  # with a defence: its chain draws
+                         adaptive=adaptive)
     if not dd.is_main:
         return
     from robustvae.reporting.tables import TABLE_CAPTION, display_table

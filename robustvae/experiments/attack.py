@@ -36,6 +36,7 @@ against the target's), and a point's strongest row is the one with the highest
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import contextlib
 import os
@@ -53,6 +54,7 @@ from robustvae.attacks import OBJECTIVES, LatentObjective, ensemble_plan, ensemb
 from robustvae.attacks.base import CURVE_STEPS
 from robustvae.config import AttackConfig, eps_problem, parse_layers, to_dict
 from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
+from robustvae.defences.sweep import DefenceRun
 from robustvae.distributed import DistContext, current
 from robustvae.errors import RobustVAEError
 from robustvae.evaluation import layer_diagnostics
@@ -119,13 +121,16 @@ def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> 
     return max(sizes[1] - sizes[0], 1)
 
 
-def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device) -> list[Unit]:
-    """Every unit of the sweep, in a fixed order."""
+def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device,
+               defence: DefenceRun | None = None) -> list[Unit]:
+    """Every unit of the sweep, in a fixed order (batches sized for the model the attack differentiates)."""
     units = []
     sweep = cfg.eps_list if cfg.eps_sweep else [None]  # a single-eps run keeps its unit ids
     for mi, lm in enumerate(models):
         for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
-            per = bytes_per_sample(lm.model, k, cfg, device)
+            attacked = lm.model if defence is None else defence.attack_model(
+                lm.model, std_temperature(cfg.temperature, cfg.convention), None, [], k, cfg.seed)
+            per = bytes_per_sample(attacked, k, cfg, device)
             budget = cfg.max_batch_mib * 2**20
             n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
             rows = max(1, budget // (3 * per))  # one point's restarts may not fit: then they run in passes
@@ -242,6 +247,7 @@ class _UnitContext:
     cfg: AttackConfig
     pts: list[int]
     targets: list[int] | None = None  # targeted objectives: each point's target (a position in ``points``)
+    defence: DefenceRun | None = None
 
     @property
     def targeted(self) -> bool:
@@ -255,17 +261,39 @@ class _UnitContext:
     def rule(self) -> ReconRule:
         return RECON_RULES[self.cfg.recon]
 
+    @property
+    def temperature(self) -> float:
+        return std_temperature(self.cfg.temperature, self.cfg.convention)
+
+    @functools.cached_property
+    def scorer(self) -> torch.nn.Module:
+        """The model that reconstructs every scored pass: the defended model in a defended sweep."""
+        return self.lm.model if self.defence is None else self.defence.scorer(self.lm.model, self.temperature)
+
+    def model_noise(self, noise: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The model's own part of a noise list (a defended model's noise ends with its chain seeds)."""
+        return noise if self.defence is None else noise[:-1]
+
     def reconstruct(self, x: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
-        """The reconstruction with k layers under the run's rule and temperature convention."""
-        t = std_temperature(self.cfg.temperature, self.cfg.convention)
-        return self.lm.model.reconstruct(x, self.unit.k, t, noise, posterior_sample=self.rule.posterior_sample)
+        """The reconstruction with k layers under the run's rule and temperature convention (defended, if so)."""
+        return self.scorer.reconstruct(x, self.unit.k, self.temperature, noise, posterior_sample=self.rule.posterior_sample)
+
+    def reconstruct_clean(self, x: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        """The reference: the undefended model's reconstruction of the clean image."""
+        return self.lm.model.reconstruct(x, self.unit.k, self.temperature, self.model_noise(noise),
+                                         posterior_sample=self.rule.posterior_sample)
+
+    def defence_stats(self, n: int) -> list[dict[str, float] | None]:
+        """Per image of the latest scored pass, the defence's statistics (None without a defence or where it idled)."""
+        last = getattr(self.scorer, "last", None) if self.defence is not None else None
+        return last.rows() if last is not None else [None] * n
 
     def pass_noise(self, what: str, R: int, clean: list[torch.Tensor]) -> list[torch.Tensor]:
         """Noise of the passes that are compared with the clean one: the clean noise itself (shared-noise rule),
         else an independent seeded draw per point and draw r."""
         if self.rule.shared_noise:
             return _repeat(clean, R)
-        return prior_noise(self.lm.model, [derive_seed(self.cfg.seed, what, self.unit.k, p, r)
+        return prior_noise(self.scorer, [derive_seed(self.cfg.seed, what, self.unit.k, p, r)
                                            for p in self.pts for r in range(R)])
 
     def record(self, i: int, kind: str, restart: int, **scores: Any) -> AttackRecord:
@@ -273,6 +301,8 @@ class _UnitContext:
         if kind == "attack" and self.targeted:
             t = self.targets[i]
             scores.update(target_point=t, target_test_index=int(self.points.indices[t]))
+        if self.defence is not None:
+            scores = {**self.defence.record_fields(), **scores}
         return AttackRecord(
             unit=self.unit.id, model=self.lm.label, checkpoint_sha256=self.lm.sha256, dataset=self.points.dataset,
             k=self.unit.k, objective=cfg.objective, optimizer=cfg.optimizer, norm=cfg.norm, eps=cfg.eps,
@@ -328,10 +358,12 @@ class AttackOutcome:
     nonfinite: torch.Tensor
     start_grad_norm: torch.Tensor | None
     snapshots: dict[int, torch.Tensor]
+    passes: dict[str, int]  # the attack's model passes (forward, backward): each image's, every pass the same
 
     @classmethod
     def of(cls, attack) -> AttackOutcome:
-        return cls(attack.best_loss, attack.last_delta, attack.nonfinite, attack.start_grad_norm, attack.snapshots)
+        return cls(attack.best_loss, attack.last_delta, attack.nonfinite, attack.start_grad_norm, attack.snapshots,
+                   dict(attack.passes))
 
     @classmethod
     def cat(cls, parts: list[AttackOutcome]) -> AttackOutcome:
@@ -341,7 +373,7 @@ class AttackOutcome:
         grads = [p.start_grad_norm for p in parts]
         return cls(torch.cat([p.best_loss for p in parts]), torch.cat([p.last_delta for p in parts]),
                    torch.cat([p.nonfinite for p in parts]), None if grads[0] is None else torch.cat(grads),
-                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots})
+                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots}, parts[0].passes)
 
 
 def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None):
@@ -351,22 +383,27 @@ def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: 
 
     An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
     of its attack run by itself (``member`` only names them)."""
-    model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
+    k, R = ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
-    attack = make_attack(model, k, cfg)
-    target = ctx.target_images(R).to(X.device) if attack.objective.spec.needs_target else None
-    noise_r = _repeat(noise, R)  # noise: for reconstruction objectives
+    target = ctx.target_images(R).to(X.device) if OBJECTIVES[cfg.objective].needs_target else None
+    noise_r = _repeat(ctx.model_noise(noise), R)  # noise: for reconstruction objectives
+    ids = [(p, r) for p in ctx.pts for r in range(R)]
     step = ctx.unit.rows or X.shape[0]
-    parts, advs = [], []
+    parts, advs, attacked = [], [], None
     for a in range(0, X.shape[0], step):
         rows = slice(a, a + step)
-        attack = attack if a == 0 else make_attack(model, k, cfg)
+        part_noise = [t[rows] for t in noise_r]
+        model = ctx.lm.model if ctx.defence is None else ctx.defence.attack_model(
+            ctx.lm.model, ctx.temperature, part_noise, ids[rows], k, cfg.seed)
+        if attacked is None:  # the first pass's attacked model (its passes per row are every pass's)
+            attacked = model
+        attack = make_attack(model, k, cfg)
         attack.curve_steps = curve_steps(cfg.steps)
         adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows],
-                     noise=[t[rows] for t in noise_r])
+                     noise=part_noise)
         parts.append(AttackOutcome.of(attack))
         advs.append((X[rows] + attack.last_delta).detach() if ctx.rule.iterate == "last" else adv)
-    return AttackOutcome.cat(parts), torch.cat(advs)
+    return AttackOutcome.cat(parts), torch.cat(advs), attacked
 
 
 @torch.no_grad()
@@ -381,9 +418,12 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
     """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery
     (``target``: a targeted attack's target reconstructions ``rec`` and clean scores ``before``, per row)."""
     model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
-    attack, adv = _attack(ctx, X, noise, mcfg, member)
+    t0 = time.perf_counter()
+    attack, adv, attacked = _attack(ctx, X, noise, mcfg, member)
+    cost = ctx.defence.attack_cost(attack, attacked, time.perf_counter() - t0, X.shape[0]) if ctx.defence else None
     with torch.no_grad():
         rec = ctx.reconstruct(adv, passes)
+        stats = ctx.defence_stats(X.shape[0])
         score = ms_ssim(rec, clean_r)
         to_target = ms_ssim(rec, target["rec"]) if target is not None else None
         score_in = ms_ssim(adv, X)
@@ -406,7 +446,7 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
             delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
             nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j], member=member,
             member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j],
-            **{name: v[j] for name, v in targeted.items()}))
+            defence_stats=stats[j], attack_cost=cost, **{name: v[j] for name, v in targeted.items()}))
     return rows, adv, rec, score, to_target
 
 
@@ -420,6 +460,7 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
         clean_r = clean.repeat_interleave(R, 0)
         unattacked = ctx.reconstruct(X, passes)
         base = ms_ssim(unattacked, clean_r).tolist()
+        base_stats = ctx.defence_stats(X.shape[0])
         target = _target_scores(ctx, X, passes, unattacked) if ctx.targeted else None
     rows, advs, recs, scores, to_targets = [], [], [], [], []
     for member, mcfg in members(ctx):
@@ -433,7 +474,8 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
         return t.reshape(-1, *t.shape[2:])
 
     paired = [ctx.record(j // R, "no_attack", j % R, msssim=base[j], msssim_input=1.0, delta_linf=0.0,
-                         delta_l2=0.0, nonfinite=not math.isfinite(base[j])) for j in range(len(ctx.pts) * R)]
+                         delta_l2=0.0, nonfinite=not math.isfinite(base[j]), defence_stats=base_stats[j])
+              for j in range(len(ctx.pts) * R)]
     shown = None if target is None else {"rec": target["rec"].repeat_interleave(M, 0), "msssim": by_point(to_targets)}
     gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M,
                        shown)
@@ -453,7 +495,7 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
     model, k, cfg, pts = ctx.lm.model, ctx.unit.k, ctx.cfg, ctx.pts
     rows = []
     for d in range(cfg.floor_draws):
-        other = prior_noise(model, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
+        other = prior_noise(ctx.scorer, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
         s = ms_ssim(ctx.reconstruct(x, other), clean).tolist()
         rows += [ctx.record(i, "floor", d, msssim=s[i], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
                             nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
@@ -462,7 +504,7 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
     for d in range(cfg.noise_draws):
         xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
         passes = noise if ctx.rule.shared_noise else prior_noise(
-            model, [derive_seed(cfg.seed, "noise pass", k, p, d) for p in pts])
+            ctx.scorer, [derive_seed(cfg.seed, "noise pass", k, p, d) for p in pts])
         s = ms_ssim(ctx.reconstruct(xn, passes), clean).tolist()
         s_in = ms_ssim(xn, x).tolist()
         kl_n = scorer.per_layer(xn, ref_x).tolist()
@@ -486,18 +528,22 @@ def _unrelated_rows(ctx: _UnitContext, clean, noise) -> list[AttackRecord]:
     return rows
 
 
-def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig) -> tuple[list[AttackRecord], dict | None]:
-    """Attack one unit's points x restarts in one batch; its rows (attack, no_attack, floor, noise) and gallery."""
+def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig,
+             defence: DefenceRun | None = None) -> tuple[list[AttackRecord], dict | None]:
+    """Attack one unit's points x restarts in one batch; its rows (attack, no_attack, floor, noise) and gallery.
+
+    With ``defence`` every scored pass goes through the defended model and the attack runs on the model or, adaptive,
+    through the defence (:mod:`robustvae.defences.sweep`); the reference stays the undefended clean reconstruction."""
     dev = next(lm.model.parameters()).device
     if unit.eps is not None:
         cfg = dataclasses.replace(cfg, eps=unit.eps)
     pts = list(range(unit.start, unit.stop))
     targets = choose_targets(points, pts, cfg) if OBJECTIVES[cfg.objective].needs_target else None
-    ctx = _UnitContext(lm, unit, points, cfg, pts, targets)
+    ctx = _UnitContext(lm, unit, points, cfg, pts, targets, defence)
     x = points.images[unit.start : unit.stop].to(dev)
-    noise = prior_noise(lm.model, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
+    noise = prior_noise(ctx.scorer, [derive_seed(cfg.seed, "prior", p) for p in ctx.pts])
     with torch.no_grad():
-        clean = ctx.reconstruct(x, noise)
+        clean = ctx.reconstruct_clean(x, noise)
     rows, gallery = _attack_rows(ctx, x, clean, noise)
     return rows + _baseline_rows(ctx, x, clean, noise), gallery
 
@@ -543,6 +589,7 @@ class _Sweep:
     dist: DistContext
     units: list[Unit]  # the whole sweep
     out: RunDir | None
+    defence: DefenceRun | None = None
 
     @property
     def shard_units(self) -> list[Unit]:
@@ -558,9 +605,12 @@ class _Sweep:
         return file_names(self.shard)
 
     def settings(self) -> dict[str, Any]:
-        return {"attack": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
-                "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units],
-                **source_settings(self.models)}
+        settings = {"attack": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
+                    "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units],
+                    **source_settings(self.models)}
+        if self.defence is not None:  # a run of another defence (or none) in the same directory is refused
+            settings["defence"] = self.defence.record_fields()
+        return settings
 
     def expected(self) -> dict[str, int]:
         return {u.id: expected_rows(u, self.cfg, self.models[u.model].model) for u in self.shard_units}
@@ -613,6 +663,9 @@ def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: in
             "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
             "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
             "ensemble": ensemble_info(sw.cfg, sw.models), "context_dither": {m.label: _dither(m) for m in sw.models},
+            "defence": None if sw.defence is None else sw.defence.info(
+                [(m.label, m.model) for m in sw.models],
+                {m.label: parse_layers(sw.cfg.layers, m.model.num_layers, m.label) for m in sw.models}),
             "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "sha256_of": m.loaded.sha256_of,
                         "arch": m.model.arch, "config": to_dict(m.config), "num_layers": m.model.num_layers,
                         **m.source_info()} for m in sw.models]}
@@ -636,7 +689,7 @@ def _run_units(sw: _Sweep, todo: list[Unit], points: dict, info: dict, quiet: bo
         task = progress.add_task(label, total=len(sw.mine), completed=len(sw.mine) - len(todo), info="")
         for unit in todo:
             lm, ts = sw.models[unit.model], time.perf_counter()
-            records, gallery = run_unit(lm, unit, points[unit.model], sw.cfg)
+            records, gallery = run_unit(lm, unit, points[unit.model], sw.cfg, sw.defence)
             new = [r.to_row() for r in records]
             rows.extend(new)
             if sw.out is not None:
@@ -672,19 +725,27 @@ def run_sweep(
     quiet: bool = True,
     command: list[str] | None = None,
     dist: DistContext | None = None,
+    defence: DefenceRun | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep over labelled models and return this shard's records as a DataFrame.
 
     With ``out`` the records and ``run.json`` are written there; a later call with the
     same settings skips the units already done. Under torchrun (``dist``, by default
     the running command's context) the shard is split over the processes and rank 0
-    returns the merged records (the other ranks their own).
+    returns the merged records (the other ranks their own). ``defence``: evaluate the
+    models defended (:mod:`robustvae.defences.sweep`); their curves are named with the
+    defence's suffix.
     """
     dd = dist or current()
     check_budgets(models, config.norm, config.eps_list)
     if dd.enabled and out is None:
         raise RobustVAEError("an attack under torchrun needs --out: the processes merge their records there")
-    sw = _Sweep(models, config, shard, dd, plan_units(models, config, device), RunDir(out) if out is not None else None)
+    if defence is not None:
+        for lm in models:  # a model the defence cannot wrap is refused before anything is written
+            defence.scorer(lm.model, config.temperature)
+        models = [dataclasses.replace(lm, label=defence.label(lm.label)) for lm in models]
+    sw = _Sweep(models, config, shard, dd, plan_units(models, config, device, defence),
+                RunDir(out) if out is not None else None, defence)
     with sw.out.locked(dd.is_main) if sw.out is not None else contextlib.nullcontext():
         return _sweep_locked(sw, device, data_dir, quiet, command)
 

@@ -75,6 +75,34 @@ class ELBOResult:
     bpd: Tensor  # (B,): nelbo in bits per dimension
 
 
+@dataclass
+class LatentJoint:
+    """Per-image terms of log p(x, z) with the top Gaussian layers fixed (``latent_log_joint``), in nats.
+
+    ``log_prior`` is log p(z_1 .. z_m) of the fixed layers (each given the ones above, and the
+    context of x where there is one); ``log_likelihood`` is log p(x | z) with the layers below
+    drawn from the prior at the given temperature and noise; ``mean`` is that decoder's mean image.
+    """
+
+    log_prior: Tensor  # (B,)
+    log_likelihood: Tensor  # (B,)
+    mean: Tensor  # (B, C, H, W)
+
+    @property
+    def log_joint(self) -> Tensor:
+        """log p(x | z) + log p(z): the unnormalised log posterior of the fixed layers."""
+        return self.log_prior + self.log_likelihood
+
+
+@runtime_checkable
+class SupportsLatentJoint(Protocol):
+    """A model whose top Gaussian layers can be fixed and scored (what an MCMC defence needs)."""
+
+    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
+                         noise: list[Tensor] | None = None) -> LatentJoint:
+        """log p(z) and log p(x | z) with the top ``len(zs)`` Gaussian layers at ``zs``, the prior below."""
+
+
 @runtime_checkable
 class HierarchicalVAE(Protocol):
     """What every model offers (VDVAE, DCT-VAE and any family added later)."""

@@ -41,7 +41,7 @@ from robustvae.models.blocks import conv
 from robustvae.models.context import build_codec
 from robustvae.models.diffusion import DiffusionPrior
 from robustvae.models.distributions import DiagGaussian, PointMass
-from robustvae.models.contract import ELBOResult, LayerInfo
+from robustvae.models.contract import ELBOResult, LatentJoint, LayerInfo
 from robustvae.models.vdvae import VDVAE
 
 
@@ -114,6 +114,13 @@ class DCTVAE(VDVAE):
         y = self.codec(x).value if k > 0 else self._prior_context(x.shape[0], noise)
         return self._decode_ladder(x, x.shape[0], max(k - 1, 0), temperature, _below(noise), self.codec.decode(y),
                                    posterior_sample=posterior_sample)
+
+    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
+                         noise: list[Tensor] | None = None) -> LatentJoint:
+        """VDVAE's joint over Gaussian layers 2 .. len(zs) + 1, given the context of x (a deterministic function
+        of x: its posterior is the point mass the encoder returns, so there is nothing to sample)."""
+        self._check_input(x)
+        return self._latent_joint_ladder(x, zs, temperature, _below(noise), self.codec.decode(self.codec(x).value))
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """-ELBO terms; ``kl[:, 0]`` is the diffusion bound on -log p(context) in nats."""

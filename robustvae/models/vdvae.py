@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robustvae.config import ModelConfig
 from robustvae.models.blocks import Block, conv, hidden_width, residual_scale
-from robustvae.models.contract import ELBOResult, LayerInfo
+from robustvae.models.contract import ELBOResult, LatentJoint, LayerInfo
 from robustvae.models.distributions import (
     Bernoulli,
     DiagGaussian,
@@ -217,6 +217,7 @@ class VDVAE(nn.Module):
         temperature: float = 1.0,
         stop_after: int | None = None,
         context: Tensor | None = None,
+        given: list[Tensor] | None = None,
     ) -> _TopDown:
         """Run the decoder top-down over the Gaussian layers.
 
@@ -226,6 +227,8 @@ class VDVAE(nn.Module):
         :meth:`_inject` at the top and at every change of scale. ``stop_after`` ends the
         pass at that layer (1-based); when it takes its posterior, its prior net is not
         run (it only feeds the layers below), so ``priors`` and ``state`` end one layer earlier.
+        ``given`` fixes z of the first ``len(given)`` layers that take no posterior (their
+        priors are still computed, so ``log p(z)`` can be read off ``priors``).
         """
         cfg = self.cfg
         top = self._ladder[0].resolution
@@ -250,6 +253,8 @@ class VDVAE(nn.Module):
             eps = noise[i] if noise is not None else None
             if q is not None:
                 z = q.sample(eps) if posterior_sample else q.mean
+            elif given is not None and i < len(given):
+                z = given[i]
             else:
                 z = p.sample(eps, temperature)
             posteriors.append(q)
@@ -305,6 +310,17 @@ class VDVAE(nn.Module):
         """
         self._check_input(x)
         return self._decode_ladder(x, x.shape[0], self._check_k(k), temperature, noise, posterior_sample=posterior_sample)
+
+    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
+                         noise: list[Tensor] | None = None) -> LatentJoint:
+        """The joint density over the top ``len(zs)`` Gaussian layers fixed at ``zs`` (see :class:`LatentJoint`).
+
+        The layers below are drawn from the prior at ``temperature`` with ``noise`` (as in
+        :meth:`reconstruct`), so the result is a function of ``zs`` alone: the target of an MCMC
+        defence over the top layers, differentiable in ``zs`` and ``x``.
+        """
+        self._check_input(x)
+        return self._latent_joint_ladder(x, zs, temperature, noise)
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative ELBO terms with one posterior sample per layer (analytic KLs)."""
@@ -367,6 +383,16 @@ class VDVAE(nn.Module):
     def _image(self, state: Tensor) -> Tensor:
         """The image a decoder state stands for (what reconstruct and sample return): the likelihood's mean."""
         return self.likelihood(state).mean
+
+    def _latent_joint_ladder(self, x: Tensor, zs: list[Tensor], temperature: float, noise: list[Tensor] | None,
+                             context: Tensor | None = None) -> LatentJoint:
+        if not 1 <= len(zs) <= len(self._ladder):
+            raise ValueError(f"need z for 1..{len(self._ladder)} top Gaussian layers, got {len(zs)}")
+        td = self._top_down(x.shape[0], None, n_posterior=0, noise=noise, temperature=temperature, context=context,
+                            given=zs)
+        log_prior = sum(sum_except_batch(p.log_prob(z)) for p, z in zip(td.priors, zs))
+        lik = self.likelihood(td.state)
+        return LatentJoint(log_prior, lik.log_prob(x), lik.mean)
 
     def _elbo_ladder(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(KL per Gaussian layer (B, L), -log p(x | z) (B,)) with one posterior sample per layer."""

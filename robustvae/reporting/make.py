@@ -29,6 +29,7 @@ from robustvae.reporting import aggregate as agg
 from robustvae.reporting import certify as cert
 from robustvae.reporting import compression as comp
 from robustvae.reporting import confounders
+from robustvae.reporting import defences as dfn
 from robustvae.reporting import figures, tables
 from robustvae.reporting import targeted as tgt
 from robustvae.reporting.load import RunSet, load_runs
@@ -194,7 +195,11 @@ def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, An
     table = confounders.add_carried(table, diag)
     untargeted = runs.records[~runs.records.run.isin(set(runs.targeted.get("run", [])))]
     versions = {str(r.dir): (r.info.get("ensemble") or {}).get("version") for r in runs.runs}
-    return _Attack(runs, diag, table, agg.checks(runs, table), _models(runs, eval_rows), _run_rows(runs),
+    checks = agg.checks(runs, table)
+    if dfn.has_defences(runs.records):  # the adaptive attack must not be weaker than the non-adaptive one
+        checks = pd.concat([checks, pd.DataFrame(dfn.defence_checks(runs.records), columns=checks.columns)],
+                           ignore_index=True)
+    return _Attack(runs, diag, table, checks, _models(runs, eval_rows), _run_rows(runs),
                    agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions),
                    confounders.carried_notes(table))
 
@@ -309,9 +314,15 @@ def _attack_part(
              "carried": tables.display_carried(a.table)}
     galleries = _gallery_pngs(a.runs, gallery_per_k)
     files = _attack_files(a, shown, galleries)
+    defences, defences_context, defence_files = dfn.defence_part(a.runs.records)
+    files.update(defence_files)
     names = [f for f in REPORT_FILES if f in files or f in ("index.html", "summary.json")]
-    names += [f for f in files if f.startswith("gallery-")]
-    return _attack_summary(a, names), _attack_context(a, shown, files, galleries), files
+    names += [f for f in files if f.startswith("gallery-")] + list(defence_files)
+    summary, context = _attack_summary(a, names), _attack_context(a, shown, files, galleries)
+    if defences is not None:
+        summary["defences"] = defences
+    context["defences"] = defences_context
+    return summary, context, files
 
 
 def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: bytes, pictures: int) -> dict[str, Any]:
@@ -376,7 +387,7 @@ def _parts(
     """Every part of a report: (summary entries, page context, files by name, model names), nothing written."""
     attack = bool(attack_dirs) or not (compression or certify_dirs)
     parts: dict[str, Any] = {}
-    context: dict[str, Any] = {"attack": attack, "compression": None, "certify": None}
+    context: dict[str, Any] = {"attack": attack, "compression": None, "certify": None, "defences": None}
     files: dict[str, bytes] = {}
     names = ["index.html", "summary.json"]
     models: list[str] = []
