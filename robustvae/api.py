@@ -44,7 +44,7 @@ def _device(device: str | torch.device) -> torch.device:
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> LoadedModel:
     """A trained model in eval mode with its config and provenance (``.model``, ``.config``, ``.path``, ``.sha256``).
 
-    ``name_or_path``: a zoo name, a checkpoint file, a run directory (its best.pt,
+    ``name_or_path``: a checkpoint file, a run directory (its best.pt,
     else last.pt), or ``module.path:factory``: a user's own model, built by calling
     ``factory()`` and checked against the model contract (docs/own-model.md; its
     ``.sha256`` hashes its state dict, not a file). ``weights``: ``auto`` (EMA weights
@@ -342,7 +342,7 @@ def attack(
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
-    ``models``: zoo names, checkpoint files, run directories, ``module.path:factory`` names, loaded models or
+    ``models``: checkpoint files, run directories, ``module.path:factory`` names, loaded models or
     models in memory (these last two kinds need ``data`` or ``images``). ``data`` replaces the models' dataset;
     ``images`` attacks a user's own images instead (:func:`load_images`): the first ``config.points`` in file
     order (they have no labels). With ``out`` the run is written there and resumed

@@ -292,7 +292,7 @@ def test_cli_attack_bad_input(trained, tmp_path, capsys, args, fragment):
 
 def test_cli_attack_unknown_model(tmp_path, capsys):
     assert main(["attack", "no-such-model", "--out", str(tmp_path / "o")]) == 2
-    assert "neither a zoo checkpoint" in capsys.readouterr().err
+    assert "neither an existing checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("straight_through", [False, True])

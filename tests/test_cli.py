@@ -124,9 +124,9 @@ def test_zoo_list_and_version(capsys):
         (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_bits=0"], "model.context_bits must be in 1..16"),
         (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.diffusion_steps=0"], "(T >= 1)"),
         (["train", *TINY, "--resume", "--force"], "contradict"),
-        (["eval", "missing.pt"], "neither a zoo checkpoint"),
+        (["eval", "missing.pt"], "neither an existing checkpoint"),
         (["eval", "vdvae-mnist"], "is a preset, not a trained checkpoint"),
-        (["sample", "missing.pt"], "neither a zoo checkpoint"),
+        (["sample", "missing.pt"], "neither an existing checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def test_checkpoints_of_other_architectures_or_formats_give_one_clear_line(ckpt_
 
 
 def test_missing_truncated_and_non_checkpoint_files(ckpt_path, tmp_path):
-    with pytest.raises(CheckpointError, match="neither a zoo checkpoint"):
+    with pytest.raises(CheckpointError, match="neither an existing checkpoint"):
         zoo.load(tmp_path / "nope.pt")
     cut = tmp_path / "cut.pt"
     cut.write_bytes(ckpt_path.read_bytes()[:1000])

@@ -68,7 +68,7 @@ def attack(
                                        hmc_leapfrog=hmc_leapfrog, hmc_step_size=hmc_step_size)
     names = list(models or []) or suite_models
     if not names:
-        raise RobustVAEError("no model given: name zoo checkpoints, checkpoint files or run directories (or a --suite with models)")
+        raise RobustVAEError("no model given: name checkpoint files, run directories or module.path:factory models (or a --suite with models)")
     with cpu_threads(threads), distributed(backend, device) as (dd, dev):
         specs, image_set = load_with_images(names, images, data, dev)
         if dd.is_main:

@@ -23,7 +23,7 @@ def _eps_list(text: str) -> tuple[float, ...]:
 
 @app.command()
 def certify(
-    models: list[str] = typer.Argument(..., help="DCT-VAE zoo names, checkpoint files, run directories, or module.path:factory (your own model with a context layer, docs/own-model.md)."),
+    models: list[str] = typer.Argument(..., help="DCT-VAE checkpoint files, run directories, or module.path:factory (your own model with a context layer, docs/own-model.md)."),
     eps: str = typer.Option("0.025,0.05,0.1,0.2", "--eps", help="Comma-separated budgets on [0, 1] pixels: finite, >= 0, below 1 for linf and below sqrt(C x H x W) for l2."),
     norm: str = typer.Option("linf", "--norm", help="linf or l2."),
     points: int = typer.Option(50, "--points", help="Test points, stratified by label (the same as attack's with the same --seed; --images: the first N in file order)."),

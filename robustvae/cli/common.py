@@ -25,7 +25,7 @@ DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
 BACKEND_HELP = "Under torchrun: gloo (CPU), nccl (CUDA) or auto (by device). Ignored in a single process."
 SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
 QUIET_HELP = "No progress display (log.txt in the output directory still gets the progress lines). \\[default: off]"
-MODELS_HELP = ("Zoo names, checkpoint files, run directories, or module.path:factory (your own model, "
+MODELS_HELP = ("Checkpoint files, run directories (robustvae zoo fetch makes one of a published checkpoint), or module.path:factory (your own model, "
                "docs/own-model.md).")
 DATA_HELP = ("Dataset instead of the model's own, e.g. mnist-offline (a module:factory model needs --data or "
              "--images). \\[default: the checkpoint's]")

@@ -17,7 +17,7 @@ from robustvae.errors import RobustVAEError
 @app.command("eval")
 def eval_(
     checkpoints: list[str] = typer.Argument(
-        ..., help="Zoo name, checkpoint file, run directory, or module.path:factory (your own model, "
+        ..., help="Checkpoint file, run directory, or module.path:factory (your own model, "
                   "docs/own-model.md); give two (or more) to compare them side by side."
     ),
     split: str = typer.Option("test", "--split", help="train, val or test."),

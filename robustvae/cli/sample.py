@@ -12,7 +12,7 @@ from robustvae.errors import RobustVAEError
 
 @app.command()
 def sample(
-    checkpoint: str = typer.Argument(..., help="Zoo name, checkpoint file, or run directory."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint file or run directory (robustvae zoo fetch makes one of a published checkpoint)."),
     n: int = typer.Option(64, "--n", help="Number of samples."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Prior temperature (of the Gaussian layers; DCT-VAE draws its context from the diffusion prior)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prior noise."),

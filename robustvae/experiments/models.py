@@ -23,7 +23,7 @@ from robustvae.data.images import ImageSet, load_image_set, one_source
 from robustvae.errors import RobustVAEError
 from robustvae.zoo import LoadedModel, load
 
-ModelSpec = str | nn.Module | LoadedModel  # a zoo name, checkpoint file, run directory or module:factory; or a model
+ModelSpec = str | nn.Module | LoadedModel  # a checkpoint file, run directory or module:factory; or a model
 ImageSource = str | os.PathLike | np.ndarray | torch.Tensor | ImageSet  # a user's own images (robustvae.data.images)
 
 
@@ -91,7 +91,7 @@ def source_settings(models: list[Labelled]) -> dict[str, Any]:
 
 def load_models(specs: list[ModelSpec], device: torch.device, data: str | DataConfig | None = None,
                 need_data: bool = True, images: ImageSource | None = None) -> list[Labelled]:
-    """Zoo names, checkpoint files, run directories, ``module.path:factory`` names or models in memory -> labelled
+    """Checkpoint files, run directories, ``module.path:factory`` names or models in memory -> labelled
     models on ``device``.
 
     Labels are the config names (the architecture for a model without one), with

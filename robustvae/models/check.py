@@ -142,7 +142,7 @@ def _shape(problems: list[str], what: str, t: Any, shape: tuple[int, ...], unit:
 
 
 def _probe(model: nn.Module) -> list[str]:
-    c, s, L = model.cfg.image_channels, model.cfg.image_size, len(model.layers)
+    c, s = model.cfg.image_channels, model.cfg.image_size
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, c, s, s, generator=g)

@@ -250,7 +250,6 @@ def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
 
 
 def _model_context(m: dict[str, Any]) -> dict[str, Any]:
-    e = m["eval"]
     return {**m, "nll": tables.number(m["nll_nats"], ".2f"), "nelbo": tables.number(m["nelbo_nats"], ".2f"),
             "eval_note": _eval_note(m)}
 

@@ -342,8 +342,9 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
             f"{s!r} is a preset, not a trained checkpoint; train it with: robustvae train --preset {s} --out runs/{s}"
             f"{fetch_hint}"
         )
-    raise CheckpointError(f"{s!r} is neither a zoo checkpoint (robustvae zoo list) nor an existing checkpoint file or run "
-                          f"directory, nor a model factory (module.path:factory)")
+    raise CheckpointError(f"{s!r} is neither an existing checkpoint file or run directory nor a model factory "
+                          f"(module.path:factory); a published checkpoint (robustvae zoo list) is fetched into a run "
+                          f"directory first: robustvae zoo fetch NAME --out DIR")
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,7 @@ class LoadedModel:
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto") -> LoadedModel:
-    """A ready model in eval mode, with its config and provenance, from a zoo name, checkpoint file, run directory
+    """A ready model in eval mode, with its config and provenance, from a checkpoint file, run directory
     or ``module.path:factory`` (a user's own model, :mod:`robustvae.zoo.factory`).
 
     ``weights``: ``auto`` (EMA weights when the checkpoint has them), ``ema`` or ``raw`` (a factory's model has
