@@ -19,7 +19,7 @@ from hypothesis import settings
 settings.register_profile("robustvae", derandomize=True)
 settings.load_profile("robustvae")
 
-from robustvae.registry import get_preset
+from robustvae.registry import get_preset  # noqa: E402 - after the hypothesis profile, which must load first
 
 
 @pytest.fixture(autouse=True)

@@ -121,10 +121,10 @@ VARIANTS = [
 def _entries(root: Path) -> list[str]:
     """Every file and folder under ``root`` (relative paths), folders before what they hold."""
     out = []
-    for dirpath, dirnames, files in os.walk(root):
+    for dirpath, dirnames, names in os.walk(root):
         d = Path(dirpath)
         dirnames.sort()
-        out += [str((d / n).relative_to(root)) for n in dirnames + sorted(files)]
+        out += [str((d / n).relative_to(root)) for n in dirnames + sorted(names)]
     return sorted(out, key=lambda p: (p.count(os.sep), p))
 
 

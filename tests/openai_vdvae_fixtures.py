@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -70,7 +71,7 @@ def test_unknown_keys_in_saved_configs_are_rejected():
 
 
 def test_configs_are_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ModelConfig().channels = 3  # type: ignore[misc]
 
 

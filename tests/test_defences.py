@@ -18,7 +18,6 @@ from robustvae.cli import main
 from robustvae.config import AttackConfig
 from robustvae.defences import HMCConfig, HMCDefence, defence_from_options, make_defence
 from robustvae.errors import RobustVAEError
-from robustvae.metrics import ms_ssim
 from robustvae.registry import build_model, get_preset
 from robustvae.reporting import defences as dfn
 

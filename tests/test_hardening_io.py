@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import warnings

@@ -78,7 +78,9 @@ def optimum_l2(B: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     d(lam) = (B'B + lam I)^-1 B'b with ||d(lam)|| = eps, lam > 0 found by Brent's method on the SVD."""
     U, S, Vt = np.linalg.svd(B, full_matrices=False)
     c = U.T @ b
-    norm = lambda lam: np.linalg.norm(S * c / (S**2 + lam))
+    def norm(lam):
+        return np.linalg.norm(S * c / (S**2 + lam))
+
     assert norm(0.0) > eps, "the target is within reach: pick a farther one"
     lam = so.brentq(lambda v: norm(v) - eps, 0.0, 1e8, xtol=1e-15)
     return Vt.T @ (S * c / (S**2 + lam))

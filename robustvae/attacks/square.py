@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from robustvae.attacks.base import LatentAttack, _keep_best, _score, project
+from robustvae.attacks.base import LatentAttack, _keep_best, project
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10000 steps: p halves after each
 

@@ -164,7 +164,7 @@ class Decoder(nn.Module):
         self.register_buffer("s_L", torch.zeros(1, top_ch, top_res, top_res))
         blocks: list[nn.Module] = [ContextBlock(cfg, top_ch, top_res)] if cfg.context != "none" else []
         self.plan: list[int | None] = []  # per ladder block: the resolution it upsamples to (None: stays)
-        for s, ((res, n), ch) in enumerate(scales):
+        for s, ((_res, n), ch) in enumerate(scales):
             nxt = scales[s + 1] if s + 1 < len(scales) else None
             for j in range(n):
                 last = j == n - 1
