@@ -7,6 +7,7 @@ hypothesis derandomised, so a rerun draws the same numbers and a failure reprodu
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import zlib
 
@@ -14,6 +15,11 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import settings
+
+# Under pytest-xdist (pyproject's addopts: -n 2), each worker gets its share of the cores, so two workers do not
+# oversubscribe a 2-core machine; a single process keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # hypothesis draws its examples from a fixed seed too (the examples of a failure are printed with it)
 settings.register_profile("robustvae", derandomize=True)

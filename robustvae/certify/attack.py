@@ -164,7 +164,7 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
 
     Same LP relaxation as the one-hot binaries, but a branch splits a coefficient at a
     cell edge (above / below) instead of fixing one level, which balances the search tree.
-    Returns z0, T (Z, Y) and the ordering rows O (y_i,k+1 - y_ik <= 0).
+    Returns z0, T (Z, Y) and the ordering rows Ord (y_i,k+1 - y_ik <= 0).
     """
     Z = len(pb.gain)
     first = np.r_[True, pb.zrow[1:] != pb.zrow[:-1]]  # binaries are grouped by row, in level order
@@ -179,9 +179,9 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
             r.append(z), c.append(col[z + 1]), v.append(-1.0)
     T = sp.csr_matrix((v, (r, c)), shape=(Z, len(ys)))
     pairs = [(col[z], col[z + 1]) for z in ys[:-1] if z + 1 < Z and not first[z + 1]]
-    O = sp.csr_matrix((np.tile([-1.0, 1.0], len(pairs)), (np.repeat(np.arange(len(pairs)), 2), np.ravel(pairs))),
+    Ord = sp.csr_matrix((np.tile([-1.0, 1.0], len(pairs)), (np.repeat(np.arange(len(pairs)), 2), np.ravel(pairs))),
                       shape=(len(pairs), len(ys)))
-    return first.astype(float), T, O
+    return first.astype(float), T, Ord
 
 
 def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
@@ -191,7 +191,7 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
     and ``fun`` / ``mip_dual_bound`` are in terms of z.
     """
     N = pb.W.shape[1]
-    z0, T, O = _incremental(pb)
+    z0, T, Ord = _incremental(pb)
     Y = T.shape[1]
     LA = pb.pick.multiply(pb.zA[None]).tocsr()
     UB = pb.pick.multiply(pb.zB[None]).tocsr()
@@ -199,8 +199,8 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
         (sp.hstack([pb.W, -(LA @ T)]), LA @ z0, np.inf),  # w_i . delta >= sum_j z_ij A_ij
         (sp.hstack([pb.W, -(UB @ T)]), -np.inf, UB @ z0),  # w_i . delta <= sum_j z_ij B_ij
     ]
-    if O.shape[0]:
-        blocks.append((sp.hstack([sp.csr_matrix((O.shape[0], N)), O]), -np.inf, 0.0))  # levels are ordered
+    if Ord.shape[0]:
+        blocks.append((sp.hstack([sp.csr_matrix((Ord.shape[0], N)), Ord]), -np.inf, 0.0))  # levels are ordered
     if nogoods:
         A, lo, hi = _nogood_block(nogoods, len(pb.gain))
         blocks.append((sp.hstack([sp.csr_matrix((A.shape[0], N)), A @ T]), lo, hi - A @ z0))
@@ -218,7 +218,7 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
 def _master_l2(pb: _Problem, cuts: list[tuple[np.ndarray, float]], nogoods: list[np.ndarray], eps: float,
                time_limit: float):
     """The Benders master of L2: max gain . z over the one-hot choices and the cuts (all linear in z)."""
-    Z, m = len(pb.gain), pb.W.shape[0]
+    Z = len(pb.gain)
     blocks = [(pb.pick, 1.0, 1.0)]
     G = (pb.W @ pb.W.T).toarray()
     if np.abs(G - np.diag(np.diag(G))).max() <= 1e-12 * np.diag(G).max():
