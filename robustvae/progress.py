@@ -138,6 +138,9 @@ class Progress(rp.Progress):
             io.append_text(self._log_path, line + "\n")  # never through a link (the file's folder is the root)
 
 
+LOG_NAME = "log.txt"  # the progress lines of a run, in its output directory (train, attack, certify)
+
+
 def _stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 

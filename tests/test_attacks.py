@@ -260,6 +260,8 @@ def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
     assert diag_images["images"] == 500 and diag_images["split"] == "test" and "seed 0" in diag_images["selection"]
     printed = " ".join(capsys.readouterr().out.split())
     assert "MS-SSIM" in printed
+    log = (tmp_path / "o" / "log.txt").read_text()  # progress lines in the output directory, also with -q
+    assert "attack: 1/1 (100%)" in log and log.rstrip().endswith("[done]")
     # the settings in force (suite, then the options over it), before the run starts
     assert printed.index(f"attack {trained} on cpu") < printed.index("MS-SSIM")
     assert "layers 1, eps 0.1," in printed and "points 2, steps 2," in printed and "step_size default" in printed

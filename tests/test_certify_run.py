@@ -79,6 +79,7 @@ def test_certify_cli_records_resume_and_report(checkpoints, tmp_path, capsys):
     code, stdout, err = _run(capsys, argv)
     assert code == 0, err
     assert "| dctvae-mnist-tiny" in stdout and "certified" in stdout and "4 records" in stdout
+    assert "certify: 2/2 (100%)" in (out / "log.txt").read_text()  # progress lines beside the records, also with -q
     rows = _records(out)
     info = json.loads((out / "run.json").read_text())
     assert info["kind"] == "certify" and info["status"] == "complete" and info["settings"]["certify"]["points"] == 2

@@ -8,8 +8,21 @@ from typing import Optional
 
 import typer
 
-from robustvae.cli.common import (BACKEND_HELP, DATA_HELP, DEVICE_HELP, IMAGES_HELP, MODELS_HELP, THREADS, app,
-                                  image_source_text, load_with_images, out_console, print_frame, settings_text)
+from robustvae.cli.common import (
+    BACKEND_HELP,
+    DATA_HELP,
+    DEVICE_HELP,
+    IMAGES_HELP,
+    MODELS_HELP,
+    QUIET_HELP,
+    THREADS,
+    app,
+    image_source_text,
+    load_with_images,
+    out_console,
+    print_frame,
+    settings_text,
+)
 from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
@@ -46,7 +59,7 @@ def attack(
     images: Optional[Path] = typer.Option(None, "--images", help=IMAGES_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     threads: Optional[int] = THREADS,
 ) -> None:

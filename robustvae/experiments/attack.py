@@ -63,7 +63,7 @@ from robustvae.experiments.rundir import RunDir, provenance
 from robustvae import io
 from robustvae.io import atomic_file, safe_name
 from robustvae.metrics import ms_ssim, psnr
-from robustvae.progress import make_progress
+from robustvae.progress import LOG_NAME, make_progress
 from robustvae.protocol import RECON_RULES, ReconRule, std_temperature
 from robustvae.records import AttackRecord, read_attack_records, selection
 from robustvae.seeding import derive_seed
@@ -685,7 +685,8 @@ def _run_units(sw: _Sweep, todo: list[Unit], points: dict, info: dict, quiet: bo
     dd, write_path, rows = sw.dist, sw.write_path(), []
     t0 = time.perf_counter() - info["wall_time_s"]
     label = f"attack (rank 0 of {dd.world_size})" if dd.enabled else "attack"
-    with make_progress(quiet or not dd.is_main) as progress:
+    log = sw.out / LOG_NAME if sw.out is not None and dd.is_main else None
+    with make_progress(quiet or not dd.is_main, log) as progress:
         task = progress.add_task(label, total=len(sw.mine), completed=len(sw.mine) - len(todo), info="")
         for unit in todo:
             lm, ts = sw.models[unit.model], time.perf_counter()

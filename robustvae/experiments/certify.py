@@ -37,7 +37,7 @@ from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
 from robustvae.metrics import ms_ssim
 from robustvae.models.context import ContextCodec
-from robustvae.progress import make_progress
+from robustvae.progress import LOG_NAME, make_progress
 from robustvae.records import CERTIFY_RUN_KIND, CertifyRecord, read_certify_rows
 from robustvae.seeding import derive_seed
 
@@ -185,7 +185,7 @@ def _certify_locked(run: _Run, cfg: CertifyConfig, device: torch.device, data_di
     points = {mi: select_points(lm, cfg, data_dir) for mi, lm in enumerate(models)}
     info = _info(run, device, command, len(finished))
     t0 = time.perf_counter() - info["wall_time_s"]
-    with make_progress(quiet) as progress:
+    with make_progress(quiet, run.out / LOG_NAME if run.out is not None else None) as progress:
         task = progress.add_task("certify", total=len(run.mine), completed=len(run.mine) - len(todo), info="")
         for unit in todo:
             new = [r.to_row() for r in run_unit(models[unit.model], unit, points[unit.model], cfg)]

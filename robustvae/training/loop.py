@@ -18,7 +18,7 @@ from robustvae import errors, io
 from robustvae.config import Config
 from robustvae.distributed import SINGLE, DistContext
 from robustvae.errors import RobustVAEError, TrainingError
-from robustvae.progress import make_progress
+from robustvae.progress import LOG_NAME, make_progress
 from robustvae.training.build import TrainData, TrainParts, build_parts
 from robustvae.training.checkpoint import Checkpointer, TrainState
 from robustvae.training.step import StepResult, evaluate_nelbo, train_step
@@ -100,7 +100,7 @@ class Trainer:
         data, parts, st = run.data, run.parts, run.state
         parts.model.train()
         t0 = time.perf_counter() - st.elapsed
-        log = self.out / "log.txt" if self.dist.is_main else None  # plain progress lines, also for nohup / cluster jobs
+        log = self.out / LOG_NAME if self.dist.is_main else None  # plain progress lines, also for nohup / cluster jobs
         with self._sigint_guard(), make_progress(self.quiet, log) as progress:
             task = progress.add_task(self.cfg.name, total=data.total, completed=st.step, info="")
             while st.step < data.total:
