@@ -324,3 +324,17 @@ def test_a_dataset_that_cannot_be_fetched_is_one_line_and_leaves_no_run_director
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: MNIST not found under")
     assert "Tried https://a/, got: <urlopen error>" in err and not out.exists()
+
+
+def test_an_error_quoting_a_huge_value_is_one_bounded_line(tmp_path, capsys):
+    """A value quoted from a hostile file or argument can be megabytes: the error stays one line of at most
+    MESSAGE_LIMIT characters (plus the note of what was left out), keeping its start and its fix."""
+    from robustvae.cli import MESSAGE_LIMIT
+
+    code = main(["attack", "x" * 100_000, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: cannot use xxx")
+    assert "characters left out" in lines[0] and lines[0].endswith("check the path and its permissions")
+    assert len(lines[0]) <= MESSAGE_LIMIT + len(" ... (100,000 characters left out) ... ")
+    assert not (tmp_path / "o").exists()

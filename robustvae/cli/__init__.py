@@ -87,11 +87,25 @@ def _print_once(message: str, every_rank: bool = False) -> None:
     """
     import os
 
+    message = _bounded(message)
     rank = os.environ.get("RANK", "0") or "0"
     if rank == "0":
         print(message, file=sys.stderr)
     elif every_rank:
         print(f"rank {rank}: {message}", file=sys.stderr)
+
+
+MESSAGE_LIMIT = 2000  # characters of an error line; a value quoted from a hostile file can be megabytes
+
+
+def _bounded(message: str) -> str:
+    """One line of at most :data:`MESSAGE_LIMIT` characters: a longer message keeps its start (what is wrong) and
+    its end (how to fix it) and says how much of the middle it left out."""
+    message = " ".join(message.splitlines())
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    head, tail = MESSAGE_LIMIT * 2 // 3, MESSAGE_LIMIT // 4
+    return f"{message[:head]} ... ({len(message) - head - tail:,} characters left out) ... {message[-tail:]}"
 
 
 def run() -> None:
