@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -154,10 +155,13 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
 
 
 def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float,
-           gap: float = 0.0):
+           gap: float = 0.0, highs: dict | None = None):
+    """scipy's milp (HiGHS); ``highs``: HiGHS options scipy does not know, passed verbatim (its warning silenced)."""
     cons = [LinearConstraint(A.tocsr(), lo, hi) for A, lo, hi in blocks]
-    return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
-                options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
+        return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
+                    options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False, **(highs or {})})
 
 
 def _cutoff(gain: np.ndarray, floor: float) -> float:
@@ -198,36 +202,55 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
     return first.astype(float), T, Ord
 
 
+# HiGHS options of the L-inf MILP beyond scipy's (passed verbatim). Left at HiGHS' defaults: switching off its
+# RINS / RENS sub-MIPs (most of the LP iterations on dctvae-mnist) tightened the bound but found weaker incumbents
+# and proved fewer points (benchmarks/milp.py, 8 points at 10 s: 0 proven against 1; issue 22)
+HIGHS_LINF: dict[str, object] = {}
+
+
 def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutoff: float | None = None,
                gap: float = 0.0):
     """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells.
 
-    Solved in the incremental encoding (:func:`_incremental`); the result's ``x`` ends with z
-    and ``fun`` / ``mip_dual_bound`` are in terms of z. ``cutoff``: only assignments with
-    gain . z > cutoff are feasible (an incumbent the answer must beat; infeasible = none does).
+    Variables (delta, u, y): u = W delta is each coefficient's move from v0, bounded by its exact
+    range (:func:`coefficient_ranges`), so the dense W appears once (W delta - u = 0) and the cell
+    rows are sparse in u; the levels are in the incremental encoding (:func:`_incremental`).
+    The result's ``x`` is (delta, z) and ``fun`` / ``mip_dual_bound`` are in terms of z.
+    ``cutoff``: only assignments with gain . z > cutoff are feasible (an incumbent the answer
+    must beat; infeasible = none does).
     """
-    N = pb.W.shape[1]
+    N, m = pb.W.shape[1], pb.W.shape[0]
     z0, T, Ord = _incremental(pb)
     Y = T.shape[1]
+    W = pb.W.tocsr().copy()
+    W.data[np.abs(W.data) <= 1e-12 * np.abs(W.data).max()] = 0.0  # the probe's round-off (HiGHS drops it anyway)
+    W.eliminate_zeros()
+    eye = sp.identity(m, format="csr")
     LA = pb.pick.multiply(pb.zA[None]).tocsr()
     UB = pb.pick.multiply(pb.zB[None]).tocsr()
+    zero = lambda r, c: sp.csr_matrix((r, c))  # noqa: E731
     blocks = [
-        (sp.hstack([pb.W, -(LA @ T)]), LA @ z0, np.inf),  # w_i . delta >= sum_j z_ij A_ij
-        (sp.hstack([pb.W, -(UB @ T)]), -np.inf, UB @ z0),  # w_i . delta <= sum_j z_ij B_ij
+        (sp.hstack([W, -eye, zero(m, Y)]), 0.0, 0.0),  # u = W delta
+        (sp.hstack([zero(m, N), eye, -(LA @ T)]), LA @ z0, np.inf),  # u_i >= sum_j z_ij A_ij
+        (sp.hstack([zero(m, N), eye, -(UB @ T)]), -np.inf, UB @ z0),  # u_i <= sum_j z_ij B_ij
     ]
     if Ord.shape[0]:
-        blocks.append((sp.hstack([sp.csr_matrix((Ord.shape[0], N)), Ord]), -np.inf, 0.0))  # levels are ordered
+        blocks.append((sp.hstack([zero(Ord.shape[0], N + m), Ord]), -np.inf, 0.0))  # levels are ordered
     if nogoods:
         A, lo, hi = _nogood_block(nogoods, len(pb.gain))
-        blocks.append((sp.hstack([sp.csr_matrix((A.shape[0], N)), A @ T]), lo, hi - A @ z0))
+        blocks.append((sp.hstack([zero(A.shape[0], N + m), A @ T]), lo, hi - A @ z0))
     offset = pb.gain @ z0
     if cutoff is not None:
-        blocks.append((sp.hstack([sp.csr_matrix((1, N)), sp.csr_matrix(T.T @ pb.gain)]),
-                       _cutoff(pb.gain, cutoff) - offset, np.inf))
-    res = _solve(np.concatenate([np.zeros(N), -(T.T @ pb.gain)]), np.r_[np.zeros(N), np.ones(Y)],
-                 np.r_[pb.lb, np.zeros(Y)], np.r_[pb.ub, np.ones(Y)], blocks, time_limit, gap)
+        blocks.append((sp.hstack([zero(1, N + m), sp.csr_matrix(T.T @ pb.gain)]), _cutoff(pb.gain, cutoff) - offset,
+                       np.inf))
+    u_lo = np.full(m, np.inf)
+    u_hi = np.full(m, -np.inf)
+    np.minimum.at(u_lo, pb.zrow, pb.zA)
+    np.maximum.at(u_hi, pb.zrow, pb.zB)
+    res = _solve(np.concatenate([np.zeros(N + m), -(T.T @ pb.gain)]), np.r_[np.zeros(N + m), np.ones(Y)],
+                 np.r_[pb.lb, u_lo, np.zeros(Y)], np.r_[pb.ub, u_hi, np.ones(Y)], blocks, time_limit, gap, HIGHS_LINF)
     if res.x is not None:
-        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N:])]
+        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N + m:])]
         res.fun = res.fun - offset
     if res.get("mip_dual_bound") is not None:
         res.mip_dual_bound = res.mip_dual_bound - offset
