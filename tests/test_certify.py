@@ -637,3 +637,18 @@ def test_bad_start_and_score_are_refused(mnist):
         optimal_context_attack(model, x[:1], 0.1, pool=0)
     with pytest.raises(ValueError, match="score must return"):
         optimal_context_attack(model, x[:1], 0.01, time_limit=5, score=lambda xa, b: torch.zeros(xa.shape[0] + 1))
+
+
+@pytest.mark.parametrize("cls", CODECS)
+def test_without_any_solve_the_bound_is_still_a_valid_finite_bound(cls):
+    """max_rounds=0: no program is solved; the bound (every coefficient at its best level) still covers the optimum."""
+    codec = tiny_codec(cls, seed=5)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(13))
+    mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
+    res = optimal_context_attack(codec, x, 0.2, "linf", max_rounds=0)
+    want, _ = exhaustive(codec, x, 0.2, "linf", mu, "decoded_l2")
+    n = codec.levels - 1
+    pixels = (x.shape[-1] // codec.size) ** 2 / 4 if cls is DownsampleContext else 1
+    most = float((codec.scale.double() ** 2 * (2 / n) ** 2 * pixels).sum()) * n**2  # every coefficient n levels
+    assert not res.proven_optimal.item() and res.changed.item() == 0
+    assert want * (1 - 1e-9) <= res.bound.item() ** 2 <= most * (1 + 1e-9)

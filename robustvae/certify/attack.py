@@ -488,7 +488,9 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
     N = pb.W.shape[1]
     cuts, nogoods, found = [], [], []
     exact = True  # every cut so far is valid for the real problem, so the solver's bound is an upper bound
-    upper, solved, msg, nr = math.inf, False, "", 0
+    # a bound before any solve: every coefficient at its best candidate level (valid, ignores their coupling)
+    trivial = float(np.maximum.reduceat(pb.gain, np.flatnonzero(np.r_[True, pb.zrow[1:] != pb.zrow[:-1]])).sum())
+    upper, solved, msg, nr = trivial, False, "", 0
     while nr < max_rounds:
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0:
