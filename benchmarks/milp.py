@@ -11,8 +11,8 @@ of points proven optimal, the process (CPU) seconds per point (the limit itself 
 HiGHS' wall clock), the mean relative gap (bound - value) / bound, the mean decoded
 change reached, and the ratios after / before. Where both prove optimality their optima
 must agree (checked: a changed formulation must not change the answer). ``--warm`` adds a
-third run per point: the working tree warm-started (``start=``) from a short PGD on the
-decoded change, the start's seconds counted.
+third run per point: the working tree warm-started (``start=``, ``start_cutoff=True``)
+from a short PGD on the decoded change, the start's seconds counted.
 
 The model is ``--model`` (a DCT-VAE run directory or checkpoint; its points are the
 certify / attack sweep's, label-stratified by ``--seed``) or, without it, the
@@ -91,8 +91,10 @@ def pgd_start(model, x: torch.Tensor, eps: float, steps: int = 30, restarts: int
 
 
 def warm(model, x, eps, norm, objective, time_limit):
-    """The working tree's MILP warm-started from :func:`pgd_start` (its seconds counted)."""
-    return optimal_context_attack(model, x, eps, norm, objective, time_limit, start=pgd_start(model, x, eps))
+    """The working tree's MILP warm-started from :func:`pgd_start` with the cutoff row (its seconds counted; without
+    the row the solve is the plain one's)."""
+    return optimal_context_attack(model, x, eps, norm, objective, time_limit, start=pgd_start(model, x, eps),
+                                  start_cutoff=True)
 
 
 def solve(fn, model, x: torch.Tensor, eps: float, time_limit: float) -> dict:

@@ -558,8 +558,9 @@ def realisable(codec, x, eps, mu):
     return out
 
 
+@pytest.mark.parametrize("cutoff", [False, True])
 @pytest.mark.parametrize("cls", CODECS)
-def test_a_warm_start_keeps_the_exhaustive_optimum(cls):
+def test_a_warm_start_keeps_the_exhaustive_optimum(cls, cutoff):
     codec = tiny_codec(cls, seed=5)
     gen = torch.Generator().manual_seed(11)
     x = torch.rand(2, 1, 4, 4, generator=gen)
@@ -568,7 +569,7 @@ def test_a_warm_start_keeps_the_exhaustive_optimum(cls):
     cold = optimal_context_attack(codec, x, eps, "linf")
     for start in ((torch.rand(x.shape, generator=gen) * 2 - 1) * 0.5,  # outside the ball: projected into it
                   cold.delta):  # already optimal: nothing strictly better exists
-        res = optimal_context_attack(codec, x, eps, "linf", start=start)
+        res = optimal_context_attack(codec, x, eps, "linf", start=start, start_cutoff=cutoff)
         assert res.proven_optimal.all(), res.status
         check_verified(codec, x, res)
         for b in range(2):
@@ -590,7 +591,7 @@ def test_a_start_better_than_the_interior_optimum_is_kept(mnist):
     n = model.codec.levels
     val = decoded_sq(model.codec, level_values(n, lv).float(), level_values(n, levels_of(model.codec, xb)).float().expand_as(lv))
     s = starts[int(val.argmax())][None]
-    res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s)
+    res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s, start_cutoff=True)
     check_verified(model.codec, xb, res)
     assert res.decoded_l2.item() ** 2 >= val.max().item() * (1 - 1e-5)
 

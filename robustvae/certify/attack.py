@@ -366,7 +366,7 @@ def _realise(codec, x32: Tensor, x64: np.ndarray, delta: np.ndarray, eps: float,
 def optimal_context_attack(
     codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2", time_limit: float = 60.0,
     interior: float = 1e-5, max_rounds: int = 100_000, start: Tensor | None = None,
-    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4,
+    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4, start_cutoff: bool = False,
 ) -> ContextAttackResult:
     """The attack that changes the quantised context most within the eps-ball and [0, 1], by MILP.
 
@@ -382,10 +382,13 @@ def optimal_context_attack(
 
     ``start`` (B, C, H, W): a perturbation to warm-start from (e.g. a gradient attack's
     best iterate). It is projected into the box and the budget, verified through the codec
-    and becomes the incumbent; HiGHS (no MIP-start API in scipy) then gets the cutoff row
-    ``objective > incumbent``, so it only searches for strictly better assignments and an
-    infeasible answer proves the incumbent optimal. Without a better assignment found in
-    time the start itself is returned. ``score(x_adv, b)``: the real objective of candidate
+    and becomes the incumbent: the answer is never weaker than it, a solver answer no better
+    is not even verified, and it proves optimality when it reaches the bound. scipy's HiGHS
+    has no MIP-start API; ``start_cutoff=True`` also adds the cutoff row ``objective >
+    incumbent`` (the solver then searches only for strictly better assignments; infeasible
+    proves the incumbent optimal). Off by default: from a weak start (a PGD on the decoded
+    change, reaching a third of the optimum) the row made proofs slower on the reference
+    model (benchmarks/milp.py ``--warm``). ``score(x_adv, b)``: the real objective of candidate
     attacked images x_adv (n, C, H, W) of image b, (n,) values, lower is stronger (e.g. the
     k = 1 MS-SSIM of the reconstruction). With it, x_adv is the lowest-scored of every
     verified candidate: the start, each round's solution and, for L-inf, up to ``pool``
@@ -421,7 +424,7 @@ def optimal_context_attack(
         sc = None if score is None else (lambda xa, bi=bi: score(xa.to(x.device), bi))
         one = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective, gain_w,
                           time_limit, max_rounds, t0, None if start is None else start[bi].reshape(-1).numpy(),
-                          sc, pool)
+                          sc, pool, start_cutoff)
         xa, lv, bd, ok, msg, nr, val, s, nc = one
         out_x.append(xa)
         out_lv.append(lv)
@@ -457,7 +460,7 @@ def _slice(rng, i: int):
 
 
 def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0,
-                start=None, score=None, pool=1):
+                start=None, score=None, pool=1, start_cutoff=False):
     """(x_adv, levels, objective bound, proven optimal, message, programs solved, best value, score, candidates)
     for one image."""
     def value(lv: np.ndarray) -> float:
@@ -475,7 +478,7 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
         cand = verify(start)
         cands.append(cand)
         best = cand if cand[2] > best[2] else best
-    warm = start is not None  # an incumbent the solver must beat (the cutoff row)
+    warm = start is not None and start_cutoff  # the solver must beat the incumbent (the cutoff row)
 
     def finish(bound, ok, msg, nr):
         return _choose(best, cands, score, bound, ok, msg, nr)
