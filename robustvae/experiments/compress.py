@@ -167,6 +167,18 @@ def _inputs(models: list[Labelled], images: list[str | os.PathLike] | list[Input
     return read_images(list(images), channels, patch, config.max_pixels)
 
 
+def _inputs_info(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list[int]],
+                 timing: dict[str, tuple[int, float]], names) -> dict[str, Any]:
+    """run.json's ``images`` and ``models`` entries: what was coded, with which output names, at what cost."""
+    return {
+        "images": [{"name": im.name, "folder": folder, "path": im.path, "width": im.width, "height": im.height,
+                    "mode": im.mode, "conversion": im.conversion, "sha256": im.sha256}
+                   for im, folder in zip(imgs, names[0])],
+        "models": [{**_model_info(lm, ks[lm.label], *timing[lm.label]), "file_stem": names[1][lm.label]}
+                   for lm in models],
+    }
+
+
 def run_compression(
     models: list[Labelled],
     images: list[str | os.PathLike] | list[InputImage],
@@ -203,12 +215,7 @@ def run_compression(
         "kind": COMPRESSION_RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
         **provenance(["pillow"]), "device": str(device), "torch_threads": torch.get_num_threads(),
         "wall_time_s": time.perf_counter() - t0, "skipped_files": skipped, "image_source": source,
-        "images": [{"name": im.name, "folder": folder, "path": im.path, "width": im.width, "height": im.height,
-                    "mode": im.mode, "conversion": im.conversion, "sha256": im.sha256}
-                   for im, folder in zip(imgs, names[0])],
-        "models": [{**_model_info(lm, ks[lm.label], *timing[lm.label]), "file_stem": names[1][lm.label]}
-                   for lm in models],
-        "warnings": match_warnings(records),
+        **_inputs_info(models, imgs, ks, timing, names), "warnings": match_warnings(records),
     }
     with run.locked():
         run.check_fresh(force)  # again: the directory may have been filled meanwhile
