@@ -46,7 +46,7 @@ class LatentContextSearch(LatentAPGD):
     """auto-v2's context member (module docstring): MILP and level-flip seeds, then APGD on ``objective``.
 
     Arguments as :class:`LatentAPGD` (``step_size`` default ``eps / 4``), and ``time_limit``: MILP seconds per
-    point. Set ``warm`` (deltas, one per image) before the call to add those starts to the flip search.
+    point (default :data:`CONTEXT_TIME_LIMIT`). Set ``warm`` (deltas, one per image) before the call to add those starts to the flip search.
     After a call ``solver_seconds`` (per image) is the time spent in the MILP (shared by a point's rows: each
     row carries its share) and the flip search; ``seed_decoded_l2`` the decoded change of each image's seed.
     """
@@ -54,12 +54,12 @@ class LatentContextSearch(LatentAPGD):
     _milp_cache: dict[tuple, Tensor] = {}
 
     def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50,
-                 step_size: float | None = None, objective: str = "recon", *, time_limit: float = CONTEXT_TIME_LIMIT,
+                 step_size: float | None = None, objective: str = "recon", *, time_limit: float | None = None,
                  **kwargs):
         super().__init__(model, k, eps, norm, steps, step_size if step_size is not None else eps / 4,
                          objective=objective, **kwargs)
         self.name = "LatentContextSearch"
-        self.time_limit = time_limit
+        self.time_limit = time_limit if time_limit is not None else CONTEXT_TIME_LIMIT
         self.warm: Tensor | None = None
 
     def _optimise(self, images: Tensor, ref, seeds: list[int] | None):
@@ -92,10 +92,13 @@ class LatentContextSearch(LatentAPGD):
         return best
 
     def _milp(self, codec, images: Tensor) -> Tensor:
-        """The MILP's delta per image; a point's restarts (equal images) and later k reuse one solve."""
+        """The MILP's delta per image; a point's restarts (equal images) and later k reuse one solve (the cache is
+        keyed by the codec's kind, levels, size and state, the budget, the time limit and the image's bytes)."""
         from robustvae.certify import optimal_context_attack
 
-        keys = [(id(codec), self.eps, self.norm, self.time_limit, im.cpu().numpy().tobytes()) for im in images]
+        codec_key = (type(codec).__name__, codec.levels, codec.size,
+                     *(t.detach().cpu().numpy().tobytes() for t in codec.state_dict().values()))
+        keys = [(codec_key, self.eps, self.norm, self.time_limit, im.cpu().numpy().tobytes()) for im in images]
         for key in dict.fromkeys(keys):
             if key in self._milp_cache:
                 continue
@@ -141,20 +144,20 @@ def flip_search(codec, images: Tensor, start: Tensor, eps: float, norm: str,
 
     codec, ac, x32, _, clean = prepare(codec, images)
     rng = coefficient_ranges(codec, x32, eps, norm)
-    w = ac.decoded_weights().reshape(-1).float()  # (C K,) decoded change per squared level step
+    w = ac.decoded_weights().reshape(-1)  # (C K,) decoded change per squared level step, float64
     weights = ac.weights.float()  # (C, K, P)
     C, K, P = weights.shape
     deltas, values = [], []
     for b in range(images.shape[0]):
         x = x32[b : b + 1].cpu()
-        cl = clean[b].reshape(-1).float()
-        lo, hi = rng.reach_lo[b].reshape(-1).float(), rng.reach_hi[b].reshape(-1).float()
+        cl = clean[b].reshape(-1).double()
+        lo, hi = rng.reach_lo[b].reshape(-1).double(), rng.reach_hi[b].reshape(-1).double()
         potential = w * torch.maximum((hi - cl) ** 2, (lo - cl) ** 2)
         order = [int(i) for i in potential.argsort(descending=True)[:candidates] if potential[i] > 0]
         delta = project(start[b : b + 1].detach().float().cpu(), x, eps, norm)
 
         def value(d: Tensor) -> Tensor:
-            lv = codec_level(codec, (x + d).clamp(0, 1)).reshape(d.shape[0], -1).float()
+            lv = codec_level(codec, (x + d).clamp(0, 1)).reshape(d.shape[0], -1).double()
             return ((lv - cl) ** 2 * w).sum(1), lv
 
         best, levels = value(delta)
@@ -179,5 +182,5 @@ def flip_search(codec, images: Tensor, start: Tensor, eps: float, norm: str,
             if not moved:
                 break
         deltas.append(delta.to(images))
-        values.append(best.double().sqrt())
+        values.append(best.sqrt())
     return torch.cat(deltas), torch.stack(values).to(torch.float64)

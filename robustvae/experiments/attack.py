@@ -52,7 +52,7 @@ import torch
 
 from robustvae.attacks import OBJECTIVES, LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
-from robustvae.attacks.context import CONTEXT_TIME_LIMIT
+from robustvae.attacks import context as context_member
 from robustvae.config import AttackConfig, eps_problem, parse_layers, to_dict
 from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
 from robustvae.defences.sweep import DefenceRun
@@ -668,7 +668,7 @@ def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] |
             plans[f"{lm.label}|k={k}"] = {"members": {m.name: n for m, n in plan},
                                          "passes_per_point": sum(n for _, n in plan) * cfg.restarts}
             if any(m.optimizer == "context" for m, _ in plan):
-                plans[f"{lm.label}|k={k}"].update(solver_time_limit_s=CONTEXT_TIME_LIMIT, solver_s_per_point=None)
+                plans[f"{lm.label}|k={k}"].update(solver_time_limit_s=context_member.CONTEXT_TIME_LIMIT, solver_s_per_point=None)
     return {"version": version, "plans": plans}
 
 
