@@ -12,8 +12,9 @@ Every builder reads ``eps``, ``norm``, ``steps``, ``step_size``, ``objective``,
 below where the config has them (their defaults otherwise): ``per_unit`` (all attacks;
 False), ``momentum`` and ``rho`` (apgd; 0.75, 0.75), ``p_init`` (square; 0.8).
 
-``ENSEMBLES`` maps a versioned ensemble (``auto-v1``) to its members; ``auto`` (the
-name a config uses, ``--attack auto``) is the current version (:data:`AUTO`), and with a
+``ENSEMBLES`` maps a versioned ensemble (``auto-v1``, ``auto-v2``) to its members; ``auto`` (the
+name a config uses, ``--attack auto``) is the current version (:data:`AUTO_VERSION`, ``auto-v2``; ``auto-v1``
+stays selectable so that old runs compare), and with a
 targeted objective (``--objective target``) the current targeted version
 (:data:`AUTO_TARGETED_VERSION`, ``auto-target-v1``), whose members are targeted and whose
 per point best is the highest ``msssim_target`` (:func:`robustvae.records.selection`). An
@@ -22,7 +23,11 @@ and is scored per point by the worst case over members and restarts. Its budget 
 config's ``steps`` per restart, split between the members that apply (a member of a
 quantised context layer applies only where the attacked layers include one), so an
 ensemble spends as many model passes per point as one attack of ``steps`` steps:
-:func:`ensemble_plan`. Settings of an ensemble are fixed, never tuned per model.
+:func:`ensemble_plan`. Settings of an ensemble are fixed, never tuned per model. auto-v2
+adds to auto-v1's members the context member (:mod:`robustvae.attacks.context`): the
+optimal context attack's MILP and a level-flip search seed APGD on the reconstruction;
+its solver seconds are counted apart from the model passes. :data:`DEFAULT_ATTACK` is
+what runs when no attack is named.
 """
 
 from __future__ import annotations
@@ -151,6 +156,11 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
 AUTO = "auto"  # the name configs use; it means the current version
 AUTO_VERSION = "auto-v2"
 AUTO_TARGETED_VERSION = "auto-target-v1"  # what ``auto`` means with a targeted objective
+# What ``robustvae attack``, ``robustvae.attack(config=None)``, ``robustvae.attack_config()`` and the demo run when not
+# told which attack: the ensemble (the paper's PGD, which overstates robustness, is ``--attack pgd``; the Figure 10
+# suites under attacks/ pin it). ``AttackConfig``'s own field default stays ``pgd``, so configs written before keep
+# meaning what they meant.
+DEFAULT_ATTACK = AUTO
 
 
 def ensemble_version(name: str, objective: str | None = None) -> str | None:

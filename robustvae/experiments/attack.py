@@ -70,6 +70,9 @@ from robustvae.records import AttackRecord, read_attack_records, selection
 from robustvae.seeding import derive_seed
 
 DIAGNOSTIC_IMAGES = 500  # images behind the per-layer KL / active-unit diagnostics in run.json
+GRADIENT_CHECK_MEMBER = "apgd-boundary"  # the ensemble member also run with the other gradient (straight-through/plain)
+GRADIENT_CHECK_POINTS = 4  # ... on the sweep's first points, first restart
+GRADIENT_CHECK_LIMIT = 0.02  # MS-SSIM between the two ways above which run.json flags a disagreement
 
 
 @dataclass(frozen=True)
@@ -475,6 +478,8 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     for member, mcfg in members(ctx):
         new, adv, rec, score, to_target = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg, target,
                                                        _warm(X, advs, scores, to_targets, target is not None))
+        if member == GRADIENT_CHECK_MEMBER:
+            new = _gradient_check(ctx, new, X, clean_r, passes, noise, mcfg)
         rows += new
         advs.append(adv), recs.append(rec), scores.append(score), to_targets.append(to_target)
     M = len(advs)
@@ -490,6 +495,47 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M,
                        shown)
     return rows + paired, gallery
+
+
+def _gradient_check(ctx: _UnitContext, rows: list[AttackRecord], X, clean_r, passes, noise,
+                    mcfg: AttackConfig) -> list[AttackRecord]:
+    """The boundary member's rows, those of restart 0 of the sweep's first :data:`GRADIENT_CHECK_POINTS` points with
+    ``gradient_check``: its MS-SSIM with straight-through and with plain quantiser gradients (the same start, the
+    member run again the other way). Not in a defended sweep (its scoring pass is the defence's)."""
+    R = ctx.cfg.restarts
+    idx = [i * R for i, p in enumerate(ctx.pts) if p < GRADIENT_CHECK_POINTS]
+    if not idx or ctx.defence is not None:
+        return rows
+    other = dataclasses.replace(mcfg, straight_through=not mcfg.straight_through)
+    attack = make_attack(ctx.lm.model, ctx.unit.k, other)
+    adv = attack(X[idx], seeds=[derive_seed(other.seed, "start", ctx.unit.k, ctx.pts[j // R], 0) for j in idx],
+                 noise=[t[idx] for t in _repeat(ctx.model_noise(noise), R)])
+    if ctx.rule.iterate == "last":
+        adv = (X[idx] + attack.last_delta).detach()
+    with torch.no_grad():
+        score = ms_ssim(ctx.reconstruct(adv, [t[idx] for t in passes]), clean_r[idx]).tolist()
+    rows = list(rows)
+    for j, s in zip(idx, score):
+        both = (rows[j].msssim, s) if mcfg.straight_through else (s, rows[j].msssim)
+        rows[j] = dataclasses.replace(rows[j], gradient_check={"straight_through": both[0], "plain": both[1]})
+    return rows
+
+
+def gradient_checks(info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """run.json: per ensemble plan with rows that carry ``gradient_check``, the mean MS-SSIM over those points of the
+    boundary member with straight-through and with plain gradients, and ``flagged`` when they differ by more than
+    :data:`GRADIENT_CHECK_LIMIT` (one way's gradient is weaker: masked, or biased by the straight-through estimate)."""
+    plans = (info.get("ensemble") or {}).get("plans", {})
+    both: dict[str, list] = {}
+    for r in rows:
+        key = f"{r['model']}|k={r['k']}"
+        if r.get("kind") == "attack" and r.get("gradient_check") and key in plans:
+            both.setdefault(key, []).append(r["gradient_check"])
+    for key, checks in both.items():
+        st, plain = (float(np.mean([c[w] for c in checks])) for w in ("straight_through", "plain"))
+        plans[key]["gradient_check"] = {"points": len(checks), "msssim_straight_through": st, "msssim_plain": plain,
+                                        "difference": abs(st - plain), "limit": GRADIENT_CHECK_LIMIT,
+                                        "flagged": abs(st - plain) > GRADIENT_CHECK_LIMIT}
 
 
 def _warm(X, advs: list, scores: list, to_targets: list, targeted: bool) -> torch.Tensor | None:
@@ -806,6 +852,7 @@ def _sweep_locked(sw: _Sweep, device: torch.device, data_dir: str | None, quiet:
             rows = sw.out.merge(sw.names[0], sw.expected(), read_attack_records)
     info.update(status="complete", units_done=len(sw.shard_units))
     solver_seconds(info, rows)
+    gradient_checks(info, rows)
     if sw.out is not None and dd.is_main:
         sw.out.write_json(sw.names[1], info)
     return pd.DataFrame(rows)
