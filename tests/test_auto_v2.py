@@ -251,3 +251,35 @@ def test_the_report_check_fires_on_a_disagreement_and_passes_on_agreement():
         row = pd.DataFrame(strength.strength_checks(records(st))).set_index("check").loc[
             "straight-through and plain gradients agree"]
         assert row.passed == passed and row.value == pytest.approx(abs(st - 0.5)), (st, row.value)
+
+
+# --------------------------------------------------------------------------- the ensemble by default, named
+
+
+def test_a_bare_attack_runs_auto_v2_and_the_report_names_it_in_table_figure_and_page(tmp_path, monkeypatch):
+    """No attack named (the API without a config, the CLI's settings without --attack or a suite): auto-v2, which
+    the report's table, Figure 10 legend and HTML page name; the Figure 10 suites still pin the paper's PGD."""
+    import pandas as pd
+
+    from robustvae import api
+    from robustvae.reporting.figures import curve_label
+    from robustvae.reporting.tables import display_table
+
+    assert api.attack_config()[1].optimizer == "auto" and api.attack_config(optimizer="pgd")[1].optimizer == "pgd"
+    for suite in ("figure10-mnist", "figure10-cifar10", "figure10-omniglot"):
+        assert api.attack_config(f"attacks/{suite}.toml")[1].optimizer == "pgd"
+    torch.manual_seed(0)
+    vd = build_model(get_preset("vdvae-mnist-tiny").model).eval()
+    seen = []
+    monkeypatch.setattr(engine, "run_sweep", lambda models, cfg, *a, **kw: seen.append(cfg) or pd.DataFrame())
+    robustvae.attack([vd], data="synthetic", device="cpu")
+    assert seen[0].optimizer == "auto" and seen[0] == AttackConfig(optimizer="auto")
+    monkeypatch.undo()
+    cfg = api.attack_config(layers="1", points=2, restarts=1, steps=4, floor_draws=1, noise_draws=1)[1]
+    robustvae.attack([vd], cfg, tmp_path / "run", data="synthetic", device="cpu")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["settings"]["attack"]["optimizer"] == "auto" and info["ensemble"]["version"] == "auto-v2"
+    res = robustvae.report([tmp_path / "run"], tmp_path / "report")
+    assert display_table(res.table).attack.tolist() == ["auto-v2"]
+    assert curve_label(res.table, "vdvae") == "vdvae · auto-v2"
+    assert "auto-v2" in (tmp_path / "report" / "index.html").read_text()
