@@ -531,3 +531,109 @@ def test_a_certified_point_has_exactly_the_clean_k1_reconstruction(mnist):
     assert past.changed.item() >= 1
     with torch.no_grad():
         assert not torch.equal(model.reconstruct(past.x_adv, 1, 0.1, noise), clean)
+
+
+# --------------------------------------------------------------------------- warm start and the real objective
+
+
+def realisable(codec, x, eps, mu):
+    """L-inf: every joint level assignment some image of the ball realises with each coefficient mu inside its cell
+    (scipy's linprog per assignment), as (K,) level arrays."""
+    v0, w = linear_map(codec, x[0])
+    xf = x[0].double().flatten().numpy()
+    n, K = codec.levels - 1, v0.size
+    box = list(zip(np.maximum(-eps, -xf), np.minimum(eps, 1 - xf)))
+    out = []
+    for js in itertools.product(range(n + 1), repeat=K):
+        A, bnd = [], []
+        for k, j in enumerate(js):
+            if j > 0:
+                A.append(-w[k])
+                bnd.append(v0[k] - ((2 * j - 1 - n) / n + mu[k]))
+            if j < n:
+                A.append(w[k])
+                bnd.append((2 * j + 1 - n) / n - mu[k] - v0[k])
+        if linprog(np.zeros(xf.size), A_ub=np.array(A), b_ub=np.array(bnd), bounds=box, method="highs").status == 0:
+            out.append(np.array(js))
+    return out
+
+
+@pytest.mark.parametrize("cls", CODECS)
+def test_a_warm_start_keeps_the_exhaustive_optimum(cls):
+    codec = tiny_codec(cls, seed=5)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(2, 1, 4, 4, generator=gen)
+    eps = 0.2
+    mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
+    cold = optimal_context_attack(codec, x, eps, "linf")
+    for start in ((torch.rand(x.shape, generator=gen) * 2 - 1) * 0.5,  # outside the ball: projected into it
+                  cold.delta):  # already optimal: nothing strictly better exists
+        res = optimal_context_attack(codec, x, eps, "linf", start=start)
+        assert res.proven_optimal.all(), res.status
+        check_verified(codec, x, res)
+        for b in range(2):
+            want, _ = exhaustive(codec, x[b : b + 1], eps, "linf", mu, "decoded_l2")
+            assert res.decoded_l2[b].item() ** 2 == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # the optimal start is its own answer: the cutoff leaves the solver nothing better (infeasible, or an
+    # assignment of the same value within HiGHS' row tolerance), which proves it in one program
+    assert torch.equal(res.x_adv, cold.x_adv) and (res.rounds == 1).all()
+
+
+def test_a_start_better_than_the_interior_optimum_is_kept(mnist):
+    """A start whose levels the interior-restricted MILP cannot reach still counts: never weaker than the start."""
+    model, x = mnist
+    xb = x[:1]
+    eps = 0.02
+    gen = torch.Generator().manual_seed(3)
+    starts = (torch.rand((16, *xb.shape[1:]), generator=gen) * 2 - 1) * eps
+    lv = levels_of(model.codec, (xb + starts).clamp(0, 1))
+    n = model.codec.levels
+    val = decoded_sq(model.codec, level_values(n, lv).float(), level_values(n, levels_of(model.codec, xb)).float().expand_as(lv))
+    s = starts[int(val.argmax())][None]
+    res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s)
+    check_verified(model.codec, xb, res)
+    assert res.decoded_l2.item() ** 2 >= val.max().item() * (1 - 1e-5)
+
+
+@pytest.mark.parametrize("cls", CODECS)
+def test_score_chooses_the_exhaustive_best_of_every_realisable_assignment(cls):
+    """With a pool larger than the realisable assignments, the scored answer is the exhaustive minimum of the score."""
+    codec = tiny_codec(cls, seed=5)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.rand(1, 1, 4, 4, generator=gen)
+    eps = 0.12
+    mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
+    options = realisable(codec, x, eps, mu)
+    assert 3 <= len(options) <= 40
+    r = torch.randn(codec.size**2, generator=gen, dtype=torch.float64)
+    f = lambda lv: (torch.as_tensor(lv, dtype=torch.float64).reshape(-1, r.numel()) * r).sum(1)  # noqa: E731
+    calls = []
+
+    def score(xa, b):
+        calls.append((xa.shape[0], b))
+        return f(levels_of(codec, xa).flatten(1))
+
+    res = optimal_context_attack(codec, x, eps, "linf", score=score, pool=len(options) + 2)
+    check_verified(codec, x, res)
+    want = min(float(f(o)) for o in options)
+    assert res.score.item() == pytest.approx(want, abs=1e-9)
+    assert res.score.item() == pytest.approx(float(f(res.levels.flatten())), abs=1e-9)
+    assert res.candidates.item() == len(options) and calls == [(len(options), 0)]
+    # the objective's own optimum is still what bound / proven / value describe
+    plain = optimal_context_attack(codec, x, eps, "linf")
+    assert res.proven_optimal.item() and res.value.item() == pytest.approx(plain.decoded_l2.item(), rel=1e-9)
+    assert res.bound.item() == pytest.approx(plain.bound.item(), rel=1e-9)
+    assert res.score.item() <= float(f(plain.levels.flatten())) + 1e-12
+    assert math.isnan(plain.score.item()) and plain.candidates.item() == 0
+
+
+def test_bad_start_and_score_are_refused(mnist):
+    model, x = mnist
+    with pytest.raises(ValueError, match="shape"):
+        optimal_context_attack(model, x[:1], 0.1, start=torch.zeros(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="finite"):
+        optimal_context_attack(model, x[:1], 0.1, start=torch.full((1, 1, 28, 28), math.nan))
+    with pytest.raises(ValueError, match="pool"):
+        optimal_context_attack(model, x[:1], 0.1, pool=0)
+    with pytest.raises(ValueError, match="score must return"):
+        optimal_context_attack(model, x[:1], 0.01, time_limit=5, score=lambda xa, b: torch.zeros(xa.shape[0] + 1))

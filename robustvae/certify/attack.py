@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,6 +60,10 @@ class ContextAttackResult:
     over attacks whose coefficients land ``interior`` inside their cells.
     ``proven_optimal`` (B,): the attack reaches that bound (solver status optimal).
     ``status``: solver messages; ``solve_time`` seconds; ``rounds``: MILPs solved.
+    ``value`` (B,): the best verified objective over every candidate (decoded L2 norm, or
+    count); it equals ``decoded_l2`` / ``changed`` unless ``score`` chose another candidate.
+    ``score`` (B,): the chosen candidate's score (NaN without ``score``); ``candidates`` (B,):
+    how many verified candidates were scored (0 without ``score``).
     """
 
     eps: float
@@ -76,6 +81,9 @@ class ContextAttackResult:
     solve_time: Tensor | None = None
     rounds: Tensor | None = None
     interior: float = 0.0
+    value: Tensor | None = None
+    score: Tensor | None = None
+    candidates: Tensor | None = None
 
 
 @dataclass
@@ -145,10 +153,16 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
                     np.maximum(-eps, -xf), np.minimum(eps, 1 - xf))
 
 
-def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float):
+def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float,
+           gap: float = 0.0):
     cons = [LinearConstraint(A.tocsr(), lo, hi) for A, lo, hi in blocks]
     return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
-                options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": 0.0, "disp": False})
+                options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False})
+
+
+def _cutoff(gain: np.ndarray, floor: float) -> float:
+    """Right-hand side of gain . z >= rhs: strictly better than ``floor`` (beyond the solver's tolerances)."""
+    return floor + 1e-9 * max(1.0, abs(floor))
 
 
 def _nogood_block(nogoods: list[np.ndarray], Z: int, offset: int = 0):
@@ -184,11 +198,13 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
     return first.astype(float), T, Ord
 
 
-def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
+def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutoff: float | None = None,
+               gap: float = 0.0):
     """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells.
 
     Solved in the incremental encoding (:func:`_incremental`); the result's ``x`` ends with z
-    and ``fun`` / ``mip_dual_bound`` are in terms of z.
+    and ``fun`` / ``mip_dual_bound`` are in terms of z. ``cutoff``: only assignments with
+    gain . z > cutoff are feasible (an incumbent the answer must beat; infeasible = none does).
     """
     N = pb.W.shape[1]
     z0, T, Ord = _incremental(pb)
@@ -204,9 +220,12 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
     if nogoods:
         A, lo, hi = _nogood_block(nogoods, len(pb.gain))
         blocks.append((sp.hstack([sp.csr_matrix((A.shape[0], N)), A @ T]), lo, hi - A @ z0))
-    res = _solve(np.concatenate([np.zeros(N), -(T.T @ pb.gain)]), np.r_[np.zeros(N), np.ones(Y)],
-                 np.r_[pb.lb, np.zeros(Y)], np.r_[pb.ub, np.ones(Y)], blocks, time_limit)
     offset = pb.gain @ z0
+    if cutoff is not None:
+        blocks.append((sp.hstack([sp.csr_matrix((1, N)), sp.csr_matrix(T.T @ pb.gain)]),
+                       _cutoff(pb.gain, cutoff) - offset, np.inf))
+    res = _solve(np.concatenate([np.zeros(N), -(T.T @ pb.gain)]), np.r_[np.zeros(N), np.ones(Y)],
+                 np.r_[pb.lb, np.zeros(Y)], np.r_[pb.ub, np.ones(Y)], blocks, time_limit, gap)
     if res.x is not None:
         res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N:])]
         res.fun = res.fun - offset
@@ -216,7 +235,7 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float):
 
 
 def _master_l2(pb: _Problem, cuts: list[tuple[np.ndarray, float]], nogoods: list[np.ndarray], eps: float,
-               time_limit: float):
+               time_limit: float, cutoff: float | None = None):
     """The Benders master of L2: max gain . z over the one-hot choices and the cuts (all linear in z)."""
     Z = len(pb.gain)
     blocks = [(pb.pick, 1.0, 1.0)]
@@ -230,6 +249,8 @@ def _master_l2(pb: _Problem, cuts: list[tuple[np.ndarray, float]], nogoods: list
         blocks.append((sp.csr_matrix(np.array([g for g, _ in cuts])), -np.inf, np.array([h for _, h in cuts])))
     if nogoods:
         blocks.append(_nogood_block(nogoods, Z))
+    if cutoff is not None:
+        blocks.append((sp.csr_matrix(pb.gain[None]), _cutoff(pb.gain, cutoff), np.inf))
     return _solve(-pb.gain, np.ones(Z), np.zeros(Z), np.ones(Z), blocks, time_limit)
 
 
@@ -321,7 +342,8 @@ def _realise(codec, x32: Tensor, x64: np.ndarray, delta: np.ndarray, eps: float,
 
 def optimal_context_attack(
     codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2", time_limit: float = 60.0,
-    interior: float = 1e-5, max_rounds: int = 100_000,
+    interior: float = 1e-5, max_rounds: int = 100_000, start: Tensor | None = None,
+    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4,
 ) -> ContextAttackResult:
     """The attack that changes the quantised context most within the eps-ball and [0, 1], by MILP.
 
@@ -334,26 +356,50 @@ def optimal_context_attack(
     margin of an edge are not used. L-inf: exact (``proven_optimal`` when HiGHS proves
     it). L2: exact when the cutting-plane loop closes (``proven_optimal``), otherwise the
     best verified attack (a lower bound on the damage) and ``bound`` (an upper bound).
+
+    ``start`` (B, C, H, W): a perturbation to warm-start from (e.g. a gradient attack's
+    best iterate). It is projected into the box and the budget, verified through the codec
+    and becomes the incumbent; HiGHS (no MIP-start API in scipy) then gets the cutoff row
+    ``objective > incumbent``, so it only searches for strictly better assignments and an
+    infeasible answer proves the incumbent optimal. Without a better assignment found in
+    time the start itself is returned. ``score(x_adv, b)``: the real objective of candidate
+    attacked images x_adv (n, C, H, W) of image b, (n,) values, lower is stronger (e.g. the
+    k = 1 MS-SSIM of the reconstruction). With it, x_adv is the lowest-scored of every
+    verified candidate: the start, each round's solution and, for L-inf, up to ``pool``
+    assignments in decreasing objective order (each next one by a no-good cut, within the
+    time left; those solves stop at a 5 % relative gap). ``bound`` / ``proven_optimal`` /
+    ``value`` always describe the MILP objective.
     Why: the strongest possible context attack, the counterpart of the certificate.
     """
     check_norm(norm)
     eps = check_eps(eps)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
+    if not (isinstance(pool, int) and pool >= 1):
+        raise ValueError(f"pool must be an int >= 1, got {pool!r}")
     codec, ac, x32, x64, clean = prepare(codec, x)
+    if start is not None:
+        if tuple(start.shape) != tuple(x32.shape):
+            raise ValueError(f"start must have the shape of x {tuple(x32.shape)}, got {tuple(start.shape)}")
+        if not torch.isfinite(start).all():
+            raise ValueError("start must be finite")
+        start = start.detach().double().cpu()
     rng = coefficient_ranges(codec, x32, eps, norm)
     weight = ac.decoded_weights().reshape(-1).numpy()
     gain_w = _gain_table(ac, objective)
     mu = (ac.margin.reshape(-1) + interior).numpy()
     B = x32.shape[0]
-    out_x, out_lv, bounds, proven, status, times, rounds = [], [], [], [], [], [], []
+    out_x, out_lv, bounds, proven, status, times, rounds, values, scores, counts = ([] for _ in range(10))
     for bi in range(B):
         t0 = time.perf_counter()
         xb = x64[bi].reshape(-1).numpy()
         cl = clean[bi].reshape(-1).numpy()
         rb = _slice(rng, bi)
-        xa, lv, bd, ok, msg, nr = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective,
-                                              gain_w, time_limit, max_rounds, t0)
+        sc = None if score is None else (lambda xa, bi=bi: score(xa.to(x.device), bi))
+        one = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective, gain_w,
+                          time_limit, max_rounds, t0, None if start is None else start[bi].reshape(-1).numpy(),
+                          sc, pool)
+        xa, lv, bd, ok, msg, nr, val, s, nc = one
         out_x.append(xa)
         out_lv.append(lv)
         bounds.append(bd)
@@ -361,6 +407,9 @@ def optimal_context_attack(
         status.append(msg)
         times.append(time.perf_counter() - t0)
         rounds.append(nr)
+        values.append(val)
+        scores.append(s)
+        counts.append(nc)
     shape = (B, ac.channels, codec.size, codec.size)
     x_adv = torch.cat(out_x).to(x.device) if B else x32.clone()  # per-image work is on the CPU
     levels = torch.stack(out_lv).view(shape) if B else clean.view(shape)
@@ -368,13 +417,14 @@ def optimal_context_attack(
     decoded = (steps.pow(2) * torch.from_numpy(weight)[None]).sum(1).sqrt()
     changed = (steps != 0).sum(1)
     bound = torch.tensor(bounds, dtype=torch.float64)
+    value = torch.tensor(values, dtype=torch.float64)
     proven = [ok and eps < r for ok, r in zip(proven, codec.affine_radius(x32, norm).tolist())]  # else not exact
     if objective == "decoded_l2":
-        bound = bound.clamp(min=0).sqrt()
+        bound, value = bound.clamp(min=0).sqrt(), value.clamp(min=0).sqrt()
     return ContextAttackResult(
         eps, norm, objective, x_adv, x_adv.double().cpu() - x32.double().cpu(), levels, clean.view(shape), decoded,
         changed, bound, torch.tensor(proven, dtype=torch.bool), status, torch.tensor(times), torch.tensor(rounds),
-        interior,
+        interior, value, torch.tensor(scores, dtype=torch.float64), torch.tensor(counts),
     )
 
 
@@ -383,8 +433,10 @@ def _slice(rng, i: int):
     return type(rng)(**{k: v[i : i + 1] if isinstance(v, Tensor) and k != "margin" else v for k, v in vars(rng).items()})
 
 
-def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0):
-    """(x_adv, levels, objective bound, proven optimal, message, programs solved) for one image."""
+def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0,
+                start=None, score=None, pool=1):
+    """(x_adv, levels, objective bound, proven optimal, message, programs solved, best value, score, candidates)
+    for one image."""
     def value(lv: np.ndarray) -> float:
         d = lv - clean
         return float(((d * d if objective == "decoded_l2" else (d != 0)) * gain_w).sum())
@@ -395,13 +447,23 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
         return xa, lv, value(lv)
 
     best = (x32.clone(), clean.copy(), 0.0)
+    cands = []  # every verified candidate, for the score
+    if start is not None:
+        cand = verify(start)
+        cands.append(cand)
+        best = cand if cand[2] > best[2] else best
+    warm = start is not None  # an incumbent the solver must beat (the cutoff row)
+
+    def finish(bound, ok, msg, nr):
+        return _choose(best, cands, score, bound, ok, msg, nr)
+
     pb = _build(ac, rng, xb, clean, mu, eps, gain_w, objective)
     if pb is None:
-        return _pack(best, math.inf, False, "some coefficient has no cell reachable with the interior margin", 0)
+        return finish(math.inf, False, "some coefficient has no cell reachable with the interior margin", 0)
     if pb.W.shape[0] == 0:
-        return _pack(best, 0.0, True, "certified: no coefficient can change level", 0)
+        return finish(0.0, True, "certified: no coefficient can change level", 0)
     N = pb.W.shape[1]
-    cuts, nogoods = [], []
+    cuts, nogoods, found = [], [], []
     exact = True  # every cut so far is valid for the real problem, so the solver's bound is an upper bound
     upper, solved, msg, nr = math.inf, False, "", 0
     while nr < max_rounds:
@@ -410,11 +472,15 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
             msg, solved = "time limit", False
             break
         nr += 1
-        res = _milp_linf(pb, nogoods, left) if norm == "linf" else _master_l2(pb, cuts, nogoods, eps, left)
+        cutoff = best[2] if warm else None
+        res = (_milp_linf(pb, nogoods, left, cutoff) if norm == "linf"
+               else _master_l2(pb, cuts, nogoods, eps, left, cutoff))
         msg, solved = res.message, res.status == 0
-        if res.x is None:  # infeasible: every assignment left was proven unrealisable; else out of time
+        if res.x is None:  # infeasible: every assignment left was proven unrealisable (or no better one); else time
             if res.status == 2 and exact:
                 upper, solved = best[2], True
+            elif exact and math.isfinite(res.get("mip_dual_bound") or math.inf):  # out of time: the bound holds
+                upper = min(upper, max(-res.mip_dual_bound, best[2]))
             break
         if exact:
             dual = -res.fun if solved else -(res.get("mip_dual_bound") or -math.inf)
@@ -432,6 +498,8 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
                 scale = max(np.abs(g).max(), 1e-300)
                 cuts.append((g / scale, (0.5 * eps * eps - Q) / scale + 1e-12 * (1 + abs(Q / scale))))
                 heur = _repair(pb, sel, clean, xb, eps, best[2], value, verify)
+                if heur is not None:
+                    cands.append(heur)
                 best = heur if heur is not None and heur[2] > best[2] else best
                 continue
             if np.linalg.norm(dmin) > eps * (1 + 1e-12):  # undecided by the dual: exclude it, lose the proof
@@ -439,6 +507,8 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
                 nogoods.append(sel)
                 continue
             cand = verify(dmin)
+        cands.append(cand)
+        found.append(sel)
         best = cand if cand[2] > best[2] else best
         if np.array_equal(cand[1], target):
             break  # realises the relaxation's optimum
@@ -447,7 +517,37 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
     else:
         msg, solved = f"round limit ({max_rounds})", False
     ok = exact and solved and best[2] >= upper - 1e-6 * max(1.0, upper)
-    return _pack(best, max(upper, best[2]), ok, msg, nr)
+    if score is not None and norm == "linf":  # the next assignments in objective order, for the score to choose
+        _pool(pb, nogoods + found, cands, verify, pool - len(found), time_limit, t0)
+    return finish(max(upper, best[2]), ok, msg, nr)
+
+
+def _pool(pb: _Problem, nogoods: list, cands: list, verify, n: int, time_limit: float, t0: float) -> None:
+    """L-inf: up to ``n`` more verified candidates, each the best assignment not yet seen (5 % gap), in the time left."""
+    nogoods = list(nogoods)
+    N = pb.W.shape[1]
+    for _ in range(max(n, 0)):
+        left = time_limit - (time.perf_counter() - t0)
+        if left <= 0:
+            return
+        res = _milp_linf(pb, nogoods, left, gap=0.05)
+        if res.x is None:
+            return
+        sel = _assignment(pb, res.x[-len(pb.gain):])
+        nogoods.append(sel)
+        cands.append(verify(_centre(pb, sel, res.x[:N])))
+
+
+def _choose(best, cands, score, bound, ok, msg, nr):
+    """The result tuple: ``best`` (the highest objective), or with ``score`` the lowest-scored candidate."""
+    if score is None or not cands:
+        return (*_pack(best, bound, ok, msg, nr), best[2], math.nan, 0)
+    with torch.no_grad():
+        s = torch.as_tensor(score(torch.cat([c[0] for c in cands]))).double().flatten().cpu()
+    if s.numel() != len(cands) or not torch.isfinite(s).all():
+        raise ValueError(f"score must return {len(cands)} finite values, got {s.tolist()}")
+    i = min(range(len(cands)), key=lambda i: (float(s[i]), -cands[i][2]))  # ties: the larger objective
+    return (*_pack(cands[i], bound, ok, msg, nr), best[2], float(s[i]), len(cands))
 
 
 def _repair(pb: _Problem, sel: np.ndarray, clean: np.ndarray, xb: np.ndarray, eps: float, floor: float, value, verify):
