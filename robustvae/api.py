@@ -343,8 +343,8 @@ def attack(
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
-    ``config``: the attack and its settings; without one, the defaults with the ensemble (``optimizer="auto"``,
-    auto-v2; the paper's PGD is ``AttackConfig(optimizer="pgd")``, whose field default it still is).
+    ``config``: the attack and its settings; by default (``AttackConfig()``) the ensemble ``optimizer="auto"``
+    (auto-v2); the paper's PGD is ``AttackConfig(optimizer="pgd")``.
 
     ``models``: checkpoint files, run directories, ``module.path:factory`` names, loaded models or
     models in memory (these last two kinds need ``data`` or ``images``). ``data`` replaces the models' dataset;
@@ -358,7 +358,6 @@ def attack(
     reconstruction goes; ``adaptive`` attacks through it instead of attacking the model
     (docs/defences.md). Its curves are named ``<model>+hmc`` and ``<model>+hmc/adaptive``.
     """
-    from robustvae.attacks.registry import DEFAULT_ATTACK
     from robustvae.experiments.attack import run_sweep
     from robustvae.reporting.aggregate import summarise
     from robustvae.reporting.targeted import targeted_table
@@ -379,7 +378,7 @@ def attack(
         from robustvae.zoo.kuzina import with_dither
 
         labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
-    records = run_sweep(labelled, config or AttackConfig(optimizer=DEFAULT_ATTACK), out, device=dev, shard=shard, data_dir=data_dir,
+    records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
                         quiet=quiet, command=command, dist=dist, defence=run_defence)
     targeted = targeted_table(records) if len(records) and "msssim_target" in records else None
     return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),

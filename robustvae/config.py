@@ -410,9 +410,9 @@ class AttackConfig:
     points: int = 50
     steps: int = 50
     objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES (targeted: target, target_recon, ...)
-    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd, square or context;
-    # or an ensemble of robustvae.attacks.ENSEMBLES: auto (the current version, auto-v2), auto-v1. The field's default
-    # is the paper's PGD; robustvae attack, robustvae.attack(config=None) and the demo run auto (DEFAULT_ATTACK)
+    optimizer: str = "auto"  # an attack of robustvae.attacks.ATTACKS: pgd (the paper's), sgd (the authors'), apgd,
+    # square or context; or an ensemble of robustvae.attacks.ENSEMBLES: auto (the default: the current version,
+    # auto-v2), auto-v1
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
     # step (2 * eps); square: unused
     per_unit: bool = False  # divide each layer's term by its units, so layers of different widths are commensurate

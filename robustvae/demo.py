@@ -126,7 +126,6 @@ def run_demo(
 def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callable[[], Any]]:
     """The API calls behind :func:`commands`, in the same order."""
     from robustvae import api
-    from robustvae.attacks.registry import DEFAULT_ATTACK
     from robustvae.config import AttackConfig
 
     runs = out / "runs"
@@ -145,8 +144,7 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
                                 quiet=quiet).record for p in s.presets]
         io.write_json(runs / "eval-test.json", {"results": results}, root=out)
 
-    cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed,
-                       optimizer=DEFAULT_ATTACK)
+    cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed)
     attack = [str(runs / p) for p in s.presets]
     return [train(p) for p in s.presets] + [
         evaluate,

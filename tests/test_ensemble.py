@@ -182,7 +182,7 @@ def test_every_member_respects_the_budget(norm, eps, seed):
 
 
 def test_eps_sweep_and_the_unrelated_baseline():
-    cfg = AttackConfig(layers="1", eps_sweep="0.05,0.9", points=2, restarts=1, steps=3, floor_draws=0, noise_draws=0,
+    cfg = AttackConfig(optimizer="pgd", layers="1", eps_sweep="0.05,0.9", points=2, restarts=1, steps=3, floor_draws=0, noise_draws=0,
                        gallery_points=0)
     df = sweep(VD, cfg)
     att = attack_rows(df)
@@ -275,12 +275,12 @@ def test_a_zeroed_encoder_gradient_trips_the_vanishing_gradient_flag(monkeypatch
         return real(self, x.detach() + 0 * x, k)  # the same values, no gradient to x
 
     monkeypatch.setattr(type(m), "encode", blind)
-    df = sweep(VD, AttackConfig(layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
+    df = sweep(VD, AttackConfig(optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
                                 gallery_points=0))
     row = pd.DataFrame(strength.strength_checks(df)).set_index("check").loc["no vanishing gradient"]
     assert not row.passed and row.value == 1.0 and (attack_rows(df).grad_norm == 0).all()
     monkeypatch.setattr(type(m), "encode", real)
-    ok = sweep(VD, AttackConfig(layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
+    ok = sweep(VD, AttackConfig(optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
                                 gallery_points=0))
     assert pd.DataFrame(strength.strength_checks(ok)).set_index("check").loc["no vanishing gradient"].passed
 

@@ -149,7 +149,7 @@ def test_pgd_reaches_the_linf_optimum_and_apgd_is_never_weaker_than_pgd():
     _check_optimum(pgd, model, x, t, pgd(x, target=t, seeds=list(range(N))), 0.1, "linf", rel_gap=1e-4)
     model, x, t = _problem(3, "l2")
     for norm, eps in (("l2", 0.15), ("linf", 0.1)):
-        cfg = AttackConfig(eps=eps, norm=norm, steps=100, objective="target")
+        cfg = AttackConfig(optimizer="pgd", eps=eps, norm=norm, steps=100, objective="target")
         pgd, apgd = make_attack(model, 1, cfg), make_attack(model, 1, dataclasses.replace(cfg, optimizer="apgd"))
         adv = pgd(x, target=t, seeds=list(range(N)))
         apgd(x, target=t, seeds=list(range(N)))

@@ -26,8 +26,9 @@ ensemble spends as many model passes per point as one attack of ``steps`` steps:
 :func:`ensemble_plan`. Settings of an ensemble are fixed, never tuned per model. auto-v2
 adds to auto-v1's members the context member (:mod:`robustvae.attacks.context`): the
 optimal context attack's MILP and a level-flip search seed APGD on the reconstruction;
-its solver seconds are counted apart from the model passes. :data:`DEFAULT_ATTACK` is
-what runs when no attack is named.
+its solver seconds are counted apart from the model passes. ``auto`` is what runs
+when no attack is named (``AttackConfig.optimizer``'s default); the paper's PGD, which
+overstates robustness, is ``pgd``, and the Figure 10 suites under ``attacks/`` pin it.
 """
 
 from __future__ import annotations
@@ -156,11 +157,6 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
 AUTO = "auto"  # the name configs use; it means the current version
 AUTO_VERSION = "auto-v2"
 AUTO_TARGETED_VERSION = "auto-target-v1"  # what ``auto`` means with a targeted objective
-# What ``robustvae attack``, ``robustvae.attack(config=None)``, ``robustvae.attack_config()`` and the demo run when not
-# told which attack: the ensemble (the paper's PGD, which overstates robustness, is ``--attack pgd``; the Figure 10
-# suites under attacks/ pin it). ``AttackConfig``'s own field default stays ``pgd``, so configs written before keep
-# meaning what they meant.
-DEFAULT_ATTACK = AUTO
 
 
 def ensemble_version(name: str, objective: str | None = None) -> str | None:
