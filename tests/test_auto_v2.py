@@ -267,6 +267,12 @@ def test_a_bare_attack_runs_auto_v2_and_the_report_names_it_in_table_figure_and_
     from robustvae.reporting.tables import display_table
 
     assert api.attack_config()[1].optimizer == "auto" and api.attack_config(optimizer="pgd")[1].optimizer == "pgd"
+    # an objective other than the default is a single attack's: the ensemble, which would ignore it, refuses it
+    from robustvae.errors import RobustVAEError
+
+    with pytest.raises(RobustVAEError, match="--attack pgd"):
+        AttackConfig(objective="means")
+    assert AttackConfig(objective="means", optimizer="pgd").objective == "means"
     for suite in ("figure10-mnist", "figure10-cifar10", "figure10-omniglot"):
         assert api.attack_config(f"attacks/{suite}.toml")[1].optimizer == "pgd"
     torch.manual_seed(0)

@@ -303,7 +303,7 @@ def _selection_points(cfg: AttackConfig):
 
 
 def test_targets_have_another_label_follow_the_seed_and_do_not_depend_on_the_unit():
-    cfg = AttackConfig(objective="target", points=12)
+    cfg = AttackConfig(optimizer="pgd", objective="target", points=12)
     points = _selection_points(cfg)
     pts = list(range(cfg.points))
     targets = engine.choose_targets(points, pts, cfg)
