@@ -256,15 +256,12 @@ def test_the_report_check_fires_on_a_disagreement_and_passes_on_agreement():
 # --------------------------------------------------------------------------- the ensemble by default, named
 
 
-def test_a_bare_attack_runs_auto_v2_and_the_report_names_it_in_table_figure_and_page(tmp_path, monkeypatch):
+def test_a_bare_attack_runs_auto_v2(tmp_path, monkeypatch):
     """No attack named (AttackConfig's default, the API without a config, the CLI's settings without --attack or a
-    suite): auto-v2, which the report's table, Figure 10 legend and HTML page name; the Figure 10 suites still pin
-    the paper's PGD."""
+    suite): auto-v2, which run.json records; the Figure 10 suites still pin the paper's PGD."""
     import pandas as pd
 
     from robustvae import api
-    from robustvae.reporting.figures import curve_label
-    from robustvae.reporting.tables import display_table
 
     assert api.attack_config()[1].optimizer == "auto" and api.attack_config(optimizer="pgd")[1].optimizer == "pgd"
     # an objective other than the default is a single attack's: the ensemble, which would ignore it, refuses it
@@ -286,7 +283,31 @@ def test_a_bare_attack_runs_auto_v2_and_the_report_names_it_in_table_figure_and_
     robustvae.attack([vd], cfg, tmp_path / "run", data="synthetic", device="cpu")
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["settings"]["attack"]["optimizer"] == "auto" and info["ensemble"]["version"] == "auto-v2"
+
+
+def test_the_table_and_the_figure_legend_name_the_attack_behind_each_curve():
+    import pandas as pd
+
+    from robustvae.reporting.figures import curve_label
+    from robustvae.reporting.tables import display_table
+
+    row = dict(dataset="d", norm="linf", eps=0.1, recon="default", k=1, points=2, restarts=1, mean=0.5, mean_lo=0.4,
+               mean_hi=0.6, worst=0.4, worst_lo=0.3, worst_hi=0.5, noise=0.9, floor=0.95, max_delta_linf=0.1,
+               max_delta_l2=1.0, nonfinite=0)
+    table = pd.DataFrame([{**row, "model": "vdvae", "attack": "auto-v2"},
+                          {**row, "model": "dct · pgd on skl", "attack": "pgd on skl"},
+                          {**row, "model": "dct · auto-v1", "attack": "auto-v1"}])
+    assert display_table(table).attack.tolist() == ["auto-v2", "pgd on skl", "auto-v1"]
+    assert [curve_label(table, m) for m in table.model] == ["vdvae · auto-v2", "dct · pgd on skl", "dct · auto-v1"]
+
+
+@pytest.mark.slow
+def test_the_report_page_of_a_bare_attack_names_auto_v2(tmp_path):
+    torch.manual_seed(0)
+    vd = build_model(get_preset("vdvae-mnist-tiny").model).eval()
+    robustvae.attack([vd], AttackConfig(layers="1", points=2, restarts=1, steps=4, floor_draws=1, noise_draws=1),
+                     tmp_path / "run", data="synthetic", device="cpu")
     res = robustvae.report([tmp_path / "run"], tmp_path / "report")
-    assert display_table(res.table).attack.tolist() == ["auto-v2"]
-    assert curve_label(res.table, "vdvae") == "vdvae · auto-v2"
-    assert "auto-v2" in (tmp_path / "report" / "index.html").read_text()
+    assert res.table.attack.tolist() == ["auto-v2"]
+    assert "auto-v2" in (tmp_path / "report" / "table.md").read_text()
+    assert "auto-v2" in (tmp_path / "report" / "index.html").read_text()  # the page's table (the legend is an image)
