@@ -57,7 +57,7 @@ def _no_layer_diagnostics(monkeypatch):
     """run.json's per-layer diagnostics are not under test here, and cost more than these small sweeps; nor is the
     strength of auto-v2's context member (tests/test_auto_v2.py), whose MILP gets a short time limit here."""
     monkeypatch.setattr(engine, "layer_diagnostics", lambda *a, **kw: [])
-    monkeypatch.setattr("robustvae.attacks.context.CONTEXT_TIME_LIMIT", 0.25)
+    monkeypatch.setattr("robustvae.attacks.context.CONTEXT_TIME_LIMIT", 0.1)
 
 
 def sweep(preset: str, cfg: AttackConfig, out=None, scramble: float = 0.5, **kw) -> pd.DataFrame:
