@@ -18,7 +18,9 @@ Everything runs in one process and every ratio is measured in one run, so it com
 * on request (``--only ensemble``, :mod:`benchmarks.ensemble`): the old default attack (PGD skl) against the
   ensemble (``--attack auto``) on ``--ensemble-run`` models, worst-case MS-SSIM per k and passes per point;
 * on request (``--only real-size``, :mod:`benchmarks.real_size`): openai/vdvae's CIFAR-10 model at full size,
-  seconds per point of the attack and the ensemble per k, seconds per image of ``eval``, peak memory.
+  seconds per point of the attack and the ensemble per k, seconds per image of ``eval``, peak memory;
+* on request (``--only milp``, :mod:`benchmarks.milp`): the optimal context attack's MILP before and after issue
+  22's changes, proven-optimal fraction and CPU seconds per point at each ``--milp-time-limits``.
 
 The attack and eval model is ``--checkpoint`` (a run directory or checkpoint) or, without it, a
 freshly initialised ``--preset``; the table says which. ``--quick`` shrinks every size so a
@@ -36,7 +38,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import eval as eval_bench
-from benchmarks import real_size
+from benchmarks import milp, real_size
 from benchmarks.attack import measure_attack, measure_ms_ssim
 from benchmarks.common import dense_conv_flops_per_s, machine
 from benchmarks.training import measure_training
@@ -45,7 +47,7 @@ from robustvae.registry import build_model, get_preset
 
 GOALS = {"train_fraction_of_limit": 0.40, "attack_speedup": 10.0, "ms_ssim_speedup": 20.0}
 PARTS = ("train", "attack", "msssim", "eval")  # the default parts
-OPTIONAL_PARTS = ("ensemble", "real-size")  # run when --only names them
+OPTIONAL_PARTS = ("ensemble", "real-size", "milp")  # run when --only names them
 RESULTS = Path(__file__).with_name("results.json")
 HEADER = (
     "| benchmark | workload | throughput | GFLOP / item (image, image-step, sample) | GFLOP/s | of limit | speed-up | goal | peak memory |",
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
     eval_bench.add_arguments(ap)
     real_size.add_arguments(ap)
+    milp.add_arguments(ap, prefix="milp-")
     ap.add_argument("--ensemble-run", action="append", help="ensemble part: trained models (run directories or "
                     "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)")
     ap.add_argument("--ensemble-layers", default="1,2", help="ensemble part: k values (default 1,2)")
@@ -150,6 +153,9 @@ def _optional(args: argparse.Namespace, device: torch.device) -> dict:
         out["ensemble"] = _ensemble(args, device)
     if "real-size" in args.only:
         out["real_size"] = real_size.run(args, device)
+    if "milp" in args.only:
+        out["milp"] = milp.run(args.milp_model, 2 if args.quick else args.milp_points, args.milp_eps,
+                               [0.5] if args.quick else args.milp_time_limits, args.milp_rev)
     return out
 
 
@@ -180,7 +186,7 @@ def table(res: dict) -> str:
     """The results as one markdown table (plus a header line naming the machine and the limit)."""
     if "limit" not in res:
         return "\n\n".join(t for t in (_ensemble_text(res) if "ensemble" in res else "",
-                                       _real_size_text(res)) if t)
+                                       _real_size_text(res), _milp_text(res)) if t)
     lim = res["limit"]
     m = res["machine"]
     lines = [
@@ -232,6 +238,8 @@ def table(res: dict) -> str:
         lines += ["", _ensemble_text(res)]
     if "real_size" in res:
         lines += ["", _real_size_text(res)]
+    if "milp" in res:
+        lines += ["", _milp_text(res)]
     mem = next((r["peak_memory"]["method"] for part in ("training", "attack") for r in res.get(part, [])), None)
     if mem:
         lines.append(f"peak memory: {mem}, above what was held before the call")
@@ -240,6 +248,14 @@ def table(res: dict) -> str:
 
 def _real_size_text(res: dict) -> str:
     return real_size.table(res["real_size"], res["device"]) if "real_size" in res else ""
+
+
+def _milp_text(res: dict) -> str:
+    if "milp" not in res:
+        return ""
+    m = res["milp"]
+    return (f"optimal context attack MILP, before ({m['rev']}) and after, L-inf eps {m['eps']}, {m['model']}\n"
+            + m["table"])
 
 
 def _ensemble_text(res: dict) -> str:

@@ -127,3 +127,49 @@ def test_real_size_part_reports_seconds_per_point_passes_and_memory(tmp_path):
     assert len(rs["attacks"][1]["members"]) > 1  # the ensemble's members, each timed
     assert rs["eval"]["seconds_per_image"] > 0 and rs["eval"]["flops_per_sample"] > 0
     assert rs["flops_per_pgd_step"]["4"] > 0
+
+
+def _milp_rows(values_after):
+    """Two points at one limit: before proves point 0 only, after proves both (values as given)."""
+    rows = []
+    for p, (vb, va) in enumerate(zip([3.0, 2.0], values_after)):
+        rows.append({"time_limit": 5.0, "point": p, "version": "before", "cpu_s": 4.0, "wall_s": 5.0,
+                     "proven": p == 0, "value": vb, "bound": 4.0, "gap": (4.0 - vb) / 4.0})
+        rows.append({"time_limit": 5.0, "point": p, "version": "after", "cpu_s": 1.0 + p, "wall_s": 2.0,
+                     "proven": True, "value": va, "bound": va, "gap": 0.0})
+    return rows
+
+
+def test_milp_summary_counts_proofs_and_ratios_and_catches_disagreeing_optima():
+    from benchmarks.milp import check_agreement, summary, table
+
+    (s,) = summary(_milp_rows([3.0, 2.5]))
+    assert s["before"]["proven"] == 1 and s["after"]["proven"] == 2 and s["both_proven"] == 1
+    assert s["before"]["cpu_s_per_point"] == 4.0 and s["after"]["cpu_s_per_point"] == 1.5
+    assert s["cpu_ratio_after_over_before"] == pytest.approx(1.5 / 4.0)
+    assert s["before"]["mean_gap"] == pytest.approx((0.25 + 0.5) / 2) and s["after"]["mean_gap"] == 0.0
+    check_agreement([s])
+    assert "| 5 | 2 | 1 | 2 | 4.00 | 1.50 | 0.38 |" in table([s])
+    # point 0 proven optimal by both with different values: a changed formulation changed the answer
+    with pytest.raises(AssertionError, match="different optima"):
+        check_agreement(summary(_milp_rows([3.1, 2.5])))
+
+
+@pytest.mark.slow  # needs the git history back to benchmarks.milp.BEFORE, which a shallow CI clone may lack
+def test_milp_benchmark_runs_before_and_after_in_one_run(tmp_path):
+    from benchmarks.milp import main as milp_main
+
+    res = milp_main(["--points", "1", "--time-limits", "0.5", "--out", str(tmp_path / "m.json")])
+    (s,) = res["summary"]
+    assert s["before"]["points"] == s["after"]["points"] == 1 and s["before"]["cpu_s_per_point"] > 0
+    assert json.loads((tmp_path / "m.json").read_text())["table"] == res["table"]
+
+
+def test_milp_cpu_to_proof_counts_points_proven_within_each_budget():
+    from benchmarks.milp import cpu_to_proof
+
+    rows = [{"version": "after", "time_limit": 40.0, "cpu_s": c, "proven": ok}
+            for c, ok in ((2.0, True), (7.0, True), (12.0, True), (3.0, False))]
+    (r,) = cpu_to_proof(rows, [5.0, 10.0])
+    assert r["proven_within"] == {"5": 1, "10": 2} and r["proven_at_wall_limit"] == 3 and r["points"] == 4
+    assert r["mean_cpu_s_of_proven"] == pytest.approx(7.0)

@@ -558,8 +558,9 @@ def realisable(codec, x, eps, mu):
     return out
 
 
+@pytest.mark.parametrize("cutoff", [False, True])
 @pytest.mark.parametrize("cls", CODECS)
-def test_a_warm_start_keeps_the_exhaustive_optimum(cls):
+def test_a_warm_start_keeps_the_exhaustive_optimum(cls, cutoff):
     codec = tiny_codec(cls, seed=5)
     gen = torch.Generator().manual_seed(11)
     x = torch.rand(2, 1, 4, 4, generator=gen)
@@ -568,7 +569,7 @@ def test_a_warm_start_keeps_the_exhaustive_optimum(cls):
     cold = optimal_context_attack(codec, x, eps, "linf")
     for start in ((torch.rand(x.shape, generator=gen) * 2 - 1) * 0.5,  # outside the ball: projected into it
                   cold.delta):  # already optimal: nothing strictly better exists
-        res = optimal_context_attack(codec, x, eps, "linf", start=start)
+        res = optimal_context_attack(codec, x, eps, "linf", start=start, start_cutoff=cutoff)
         assert res.proven_optimal.all(), res.status
         check_verified(codec, x, res)
         for b in range(2):
@@ -590,7 +591,7 @@ def test_a_start_better_than_the_interior_optimum_is_kept(mnist):
     n = model.codec.levels
     val = decoded_sq(model.codec, level_values(n, lv).float(), level_values(n, levels_of(model.codec, xb)).float().expand_as(lv))
     s = starts[int(val.argmax())][None]
-    res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s)
+    res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s, start_cutoff=True)
     check_verified(model.codec, xb, res)
     assert res.decoded_l2.item() ** 2 >= val.max().item() * (1 - 1e-5)
 
@@ -598,10 +599,10 @@ def test_a_start_better_than_the_interior_optimum_is_kept(mnist):
 @pytest.mark.parametrize("cls", CODECS)
 def test_score_chooses_the_exhaustive_best_of_every_realisable_assignment(cls):
     """With a pool larger than the realisable assignments, the scored answer is the exhaustive minimum of the score."""
-    codec = tiny_codec(cls, seed=5)
+    codec = tiny_codec(cls, seed=5, bits=1)  # 2^4 joint assignments: 8 (DCT) and 16 (pooling) realisable
     gen = torch.Generator().manual_seed(12)
     x = torch.rand(1, 1, 4, 4, generator=gen)
-    eps = 0.12
+    eps = 0.2
     mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
     options = realisable(codec, x, eps, mu)
     assert 3 <= len(options) <= 40
@@ -637,3 +638,18 @@ def test_bad_start_and_score_are_refused(mnist):
         optimal_context_attack(model, x[:1], 0.1, pool=0)
     with pytest.raises(ValueError, match="score must return"):
         optimal_context_attack(model, x[:1], 0.01, time_limit=5, score=lambda xa, b: torch.zeros(xa.shape[0] + 1))
+
+
+@pytest.mark.parametrize("cls", CODECS)
+def test_without_any_solve_the_bound_is_still_a_valid_finite_bound(cls):
+    """max_rounds=0: no program is solved; the bound (every coefficient at its best level) still covers the optimum."""
+    codec = tiny_codec(cls, seed=5)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(13))
+    mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
+    res = optimal_context_attack(codec, x, 0.2, "linf", max_rounds=0)
+    want, _ = exhaustive(codec, x, 0.2, "linf", mu, "decoded_l2")
+    n = codec.levels - 1
+    pixels = (x.shape[-1] // codec.size) ** 2 / 4 if cls is DownsampleContext else 1
+    most = float((codec.scale.double() ** 2 * (2 / n) ** 2 * pixels).sum()) * n**2  # every coefficient n levels
+    assert not res.proven_optimal.item() and res.changed.item() == 0
+    assert want * (1 - 1e-9) <= res.bound.item() ** 2 <= most * (1 + 1e-9)

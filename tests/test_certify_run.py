@@ -153,6 +153,31 @@ def test_report_gap_to_a_gradient_attack_on_the_same_points(checkpoints, tmp_pat
     assert gap["optimal_msssim_k1"] == pytest.approx(np.mean([r["msssim_k1"] for r in crow]))
     assert gap["gradient_msssim_k1"] == pytest.approx(np.mean([r["msssim"] for r in arow]))
     assert "Figure 10" in (tmp_path / "rep" / "index.html").read_text()  # the attack part is still there
+    # the ensemble beside it: per-point gaps, the side-by-side table and the check, recomputed from the records
+    ens = tmp_path / "ens"
+    assert main(["attack", str(dct), "--attack", "auto", "--eps", "0.1", "--points", "2", "--restarts", "1",
+                 "--steps", "3", "--device", "cpu", "-q", "--out", str(ens)]) == 0
+    capsys.readouterr()
+    code, _, err = _run(capsys, ["report", str(att), str(ens), str(cert), "--out", str(tmp_path / "rep2")])
+    assert code == 0, err
+    summary = json.loads((tmp_path / "rep2" / "summary.json").read_text())
+    version = json.loads((ens / "run.json").read_text())["ensemble"]["version"]
+    opt = {r["test_index"]: r["msssim_k1"] for r in crow}
+    worst: dict[int, float] = {}
+    for s in (ens / "records.jsonl").read_text().splitlines():
+        r = json.loads(s)
+        if r["kind"] == "attack" and r["k"] == 1:
+            worst[r["test_index"]] = min(worst.get(r["test_index"], 1.0), r["msssim"])
+    pts = [p for p in summary["certify"]["optimality_gap"]["points"] if p["attack"] == version]
+    assert {p["test_index"]: p["gap"] for p in pts} == pytest.approx({t: worst[t] - opt[t] for t in opt})
+    (side,) = summary["certify"]["optimality_gap"]["table"]
+    assert side[f"{version}: gap mean"] == pytest.approx(np.mean([worst[t] - opt[t] for t in opt]))
+    assert "pgd on skl: gap mean" in side
+    (check,) = [c for c in summary["checks"] if c["check"] == "ensemble reaches the optimum"]
+    assert check["value"] == pytest.approx(np.mean(list(worst.values())) - np.mean(list(opt.values())))
+    assert check["passed"] == (check["value"] <= 0.02) and version in check["scope"]
+    assert (tmp_path / "rep2" / "optimality-gap.png").exists() and "Optimality gap" in (
+        tmp_path / "rep2" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -154,10 +155,13 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
 
 
 def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float,
-           gap: float = 0.0):
+           gap: float = 0.0, highs: dict | None = None):
+    """scipy's milp (HiGHS); ``highs``: HiGHS options scipy does not know, passed verbatim (its warning silenced)."""
     cons = [LinearConstraint(A.tocsr(), lo, hi) for A, lo, hi in blocks]
-    return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
-                options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
+        return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
+                    options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False, **(highs or {})})
 
 
 def _cutoff(gain: np.ndarray, floor: float) -> float:
@@ -198,36 +202,55 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
     return first.astype(float), T, Ord
 
 
+# HiGHS options of the L-inf MILP beyond scipy's (passed verbatim). Left at HiGHS' defaults: switching off its
+# RINS / RENS sub-MIPs (most of the LP iterations on dctvae-mnist) tightened the bound but found weaker incumbents
+# and proved fewer points (benchmarks/milp.py, 8 points at 10 s: 0 proven against 1; issue 22)
+HIGHS_LINF: dict[str, object] = {}
+
+
 def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutoff: float | None = None,
                gap: float = 0.0):
     """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells.
 
-    Solved in the incremental encoding (:func:`_incremental`); the result's ``x`` ends with z
-    and ``fun`` / ``mip_dual_bound`` are in terms of z. ``cutoff``: only assignments with
-    gain . z > cutoff are feasible (an incumbent the answer must beat; infeasible = none does).
+    Variables (delta, u, y): u = W delta is each coefficient's move from v0, bounded by its exact
+    range (:func:`coefficient_ranges`), so the dense W appears once (W delta - u = 0) and the cell
+    rows are sparse in u; the levels are in the incremental encoding (:func:`_incremental`).
+    The result's ``x`` is (delta, z) and ``fun`` / ``mip_dual_bound`` are in terms of z.
+    ``cutoff``: only assignments with gain . z > cutoff are feasible (an incumbent the answer
+    must beat; infeasible = none does).
     """
-    N = pb.W.shape[1]
+    N, m = pb.W.shape[1], pb.W.shape[0]
     z0, T, Ord = _incremental(pb)
     Y = T.shape[1]
+    W = pb.W.tocsr().copy()
+    W.data[np.abs(W.data) <= 1e-12 * np.abs(W.data).max()] = 0.0  # the probe's round-off (HiGHS drops it anyway)
+    W.eliminate_zeros()
+    eye = sp.identity(m, format="csr")
     LA = pb.pick.multiply(pb.zA[None]).tocsr()
     UB = pb.pick.multiply(pb.zB[None]).tocsr()
+    zero = lambda r, c: sp.csr_matrix((r, c))  # noqa: E731
     blocks = [
-        (sp.hstack([pb.W, -(LA @ T)]), LA @ z0, np.inf),  # w_i . delta >= sum_j z_ij A_ij
-        (sp.hstack([pb.W, -(UB @ T)]), -np.inf, UB @ z0),  # w_i . delta <= sum_j z_ij B_ij
+        (sp.hstack([W, -eye, zero(m, Y)]), 0.0, 0.0),  # u = W delta
+        (sp.hstack([zero(m, N), eye, -(LA @ T)]), LA @ z0, np.inf),  # u_i >= sum_j z_ij A_ij
+        (sp.hstack([zero(m, N), eye, -(UB @ T)]), -np.inf, UB @ z0),  # u_i <= sum_j z_ij B_ij
     ]
     if Ord.shape[0]:
-        blocks.append((sp.hstack([sp.csr_matrix((Ord.shape[0], N)), Ord]), -np.inf, 0.0))  # levels are ordered
+        blocks.append((sp.hstack([zero(Ord.shape[0], N + m), Ord]), -np.inf, 0.0))  # levels are ordered
     if nogoods:
         A, lo, hi = _nogood_block(nogoods, len(pb.gain))
-        blocks.append((sp.hstack([sp.csr_matrix((A.shape[0], N)), A @ T]), lo, hi - A @ z0))
+        blocks.append((sp.hstack([zero(A.shape[0], N + m), A @ T]), lo, hi - A @ z0))
     offset = pb.gain @ z0
     if cutoff is not None:
-        blocks.append((sp.hstack([sp.csr_matrix((1, N)), sp.csr_matrix(T.T @ pb.gain)]),
-                       _cutoff(pb.gain, cutoff) - offset, np.inf))
-    res = _solve(np.concatenate([np.zeros(N), -(T.T @ pb.gain)]), np.r_[np.zeros(N), np.ones(Y)],
-                 np.r_[pb.lb, np.zeros(Y)], np.r_[pb.ub, np.ones(Y)], blocks, time_limit, gap)
+        blocks.append((sp.hstack([zero(1, N + m), sp.csr_matrix(T.T @ pb.gain)]), _cutoff(pb.gain, cutoff) - offset,
+                       np.inf))
+    u_lo = np.full(m, np.inf)
+    u_hi = np.full(m, -np.inf)
+    np.minimum.at(u_lo, pb.zrow, pb.zA)
+    np.maximum.at(u_hi, pb.zrow, pb.zB)
+    res = _solve(np.concatenate([np.zeros(N + m), -(T.T @ pb.gain)]), np.r_[np.zeros(N + m), np.ones(Y)],
+                 np.r_[pb.lb, u_lo, np.zeros(Y)], np.r_[pb.ub, u_hi, np.ones(Y)], blocks, time_limit, gap, HIGHS_LINF)
     if res.x is not None:
-        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N:])]
+        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N + m:])]
         res.fun = res.fun - offset
     if res.get("mip_dual_bound") is not None:
         res.mip_dual_bound = res.mip_dual_bound - offset
@@ -343,7 +366,7 @@ def _realise(codec, x32: Tensor, x64: np.ndarray, delta: np.ndarray, eps: float,
 def optimal_context_attack(
     codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2", time_limit: float = 60.0,
     interior: float = 1e-5, max_rounds: int = 100_000, start: Tensor | None = None,
-    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4,
+    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4, start_cutoff: bool = False,
 ) -> ContextAttackResult:
     """The attack that changes the quantised context most within the eps-ball and [0, 1], by MILP.
 
@@ -359,10 +382,13 @@ def optimal_context_attack(
 
     ``start`` (B, C, H, W): a perturbation to warm-start from (e.g. a gradient attack's
     best iterate). It is projected into the box and the budget, verified through the codec
-    and becomes the incumbent; HiGHS (no MIP-start API in scipy) then gets the cutoff row
-    ``objective > incumbent``, so it only searches for strictly better assignments and an
-    infeasible answer proves the incumbent optimal. Without a better assignment found in
-    time the start itself is returned. ``score(x_adv, b)``: the real objective of candidate
+    and becomes the incumbent: the answer is never weaker than it, a solver answer no better
+    is not even verified, and it proves optimality when it reaches the bound. scipy's HiGHS
+    has no MIP-start API; ``start_cutoff=True`` also adds the cutoff row ``objective >
+    incumbent`` (the solver then searches only for strictly better assignments; infeasible
+    proves the incumbent optimal). Off by default: from a weak start (a PGD on the decoded
+    change, reaching a third of the optimum) the row made proofs slower on the reference
+    model (benchmarks/milp.py ``--warm``). ``score(x_adv, b)``: the real objective of candidate
     attacked images x_adv (n, C, H, W) of image b, (n,) values, lower is stronger (e.g. the
     k = 1 MS-SSIM of the reconstruction). With it, x_adv is the lowest-scored of every
     verified candidate: the start, each round's solution and, for L-inf, up to ``pool``
@@ -398,7 +424,7 @@ def optimal_context_attack(
         sc = None if score is None else (lambda xa, bi=bi: score(xa.to(x.device), bi))
         one = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective, gain_w,
                           time_limit, max_rounds, t0, None if start is None else start[bi].reshape(-1).numpy(),
-                          sc, pool)
+                          sc, pool, start_cutoff)
         xa, lv, bd, ok, msg, nr, val, s, nc = one
         out_x.append(xa)
         out_lv.append(lv)
@@ -434,7 +460,7 @@ def _slice(rng, i: int):
 
 
 def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0,
-                start=None, score=None, pool=1):
+                start=None, score=None, pool=1, start_cutoff=False):
     """(x_adv, levels, objective bound, proven optimal, message, programs solved, best value, score, candidates)
     for one image."""
     def value(lv: np.ndarray) -> float:
@@ -452,7 +478,7 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
         cand = verify(start)
         cands.append(cand)
         best = cand if cand[2] > best[2] else best
-    warm = start is not None  # an incumbent the solver must beat (the cutoff row)
+    warm = start is not None and start_cutoff  # the solver must beat the incumbent (the cutoff row)
 
     def finish(bound, ok, msg, nr):
         return _choose(best, cands, score, bound, ok, msg, nr)
@@ -465,7 +491,9 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
     N = pb.W.shape[1]
     cuts, nogoods, found = [], [], []
     exact = True  # every cut so far is valid for the real problem, so the solver's bound is an upper bound
-    upper, solved, msg, nr = math.inf, False, "", 0
+    # a bound before any solve: every coefficient at its best candidate level (valid, ignores their coupling)
+    trivial = float(np.maximum.reduceat(pb.gain, np.flatnonzero(np.r_[True, pb.zrow[1:] != pb.zrow[:-1]])).sum())
+    upper, solved, msg, nr = trivial, False, "", 0
     while nr < max_rounds:
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0:

@@ -186,7 +186,8 @@ class _Attack:
     carried_notes: list[str]  # compared models whose attacked layers differ in information by a large factor
 
 
-def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]]) -> _Attack:
+def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]],
+             certify_dirs: Sequence[str | os.PathLike] = ()) -> _Attack:
     runs = load_runs(run_dirs)
     diag = agg.diagnostics_frame(runs, eval_rows)
     table = agg.summarise(runs.records, diag)
@@ -199,6 +200,11 @@ def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, An
     if dfn.has_defences(runs.records):  # the adaptive attack must not be weaker than the non-adaptive one
         checks = pd.concat([checks, pd.DataFrame(dfn.defence_checks(runs.records), columns=checks.columns)],
                            ignore_index=True)
+    if certify_dirs:  # an ensemble's k = 1 worst case against the optimal context attack on the same points
+        gap = cert.gap_checks(cert.optimality_gap(cert.read_certify_records(list(certify_dirs)),
+                                                 cert.attack_worst_k1(list(run_dirs))))
+        if gap:
+            checks = pd.concat([checks, pd.DataFrame(gap, columns=checks.columns)], ignore_index=True)
     return _Attack(runs, diag, table, checks, _models(runs, eval_rows), _run_rows(runs),
                    agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions),
                    confounders.carried_notes(table))
@@ -304,10 +310,13 @@ def _targeted_context(a: _Attack, files: dict[str, bytes]) -> dict[str, Any] | N
 
 
 def _attack_part(
-    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int
+    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int,
+    certify_dirs: Sequence[str | os.PathLike] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
-    """The attack part of a report: (summary entries, page context, files by name), computed, nothing written."""
-    a = _analyse(run_dirs, eval_rows)
+    """The attack part of a report: (summary entries, page context, files by name), computed, nothing written.
+    ``certify_dirs``: certification runs given alongside, whose optimal context attack the ensembles are checked
+    against."""
+    a = _analyse(run_dirs, eval_rows, certify_dirs)
     shown = {"table": tables.display_table(a.table), "checks": tables.display_checks(a.checks),
              "layers": tables.display_layers(a.diag), "atlas": tables.display_atlas(a.atlas),
              "carried": tables.display_carried(a.table)}
@@ -391,7 +400,7 @@ def _parts(
     names = ["index.html", "summary.json"]
     models: list[str] = []
     if attack:
-        parts, ctx, files = _attack_part(attack_dirs, eval_rows, gallery_per_k)
+        parts, ctx, files = _attack_part(attack_dirs, eval_rows, gallery_per_k, certify_dirs)
         names = parts.pop("files")
         models = ctx.pop("model_names")
         context.update(ctx)
