@@ -15,10 +15,11 @@ it can find and only then follows the gradient:
    are pushed one level further from the clean one; each move is verified through the
    codec and kept only when the decoded change grows. It improves the MILP's answer
    where the solver ran out of time. The MILP itself starts cold: warm-starting it
-   (certify's ``start=``) from the flipped gradient iterate was measured weaker at this
-   time limit (mean k = 1 worst case 0.542 against 0.505 cold, a 300-step
-   dctvae-mnist-tiny, 8 points, L-inf 0.1: its cutoff row leaves HiGHS less time for
-   better assignments), so the gradient iterate enters through the flip search;
+   (certify's ``start=``, then with its cutoff row) from the flipped gradient iterate was
+   measured weaker at this time limit (mean k = 1 worst case 0.542 against 0.505 cold, a
+   300-step dctvae-mnist-tiny, 8 points, L-inf 0.1, before the stronger MILP formulation);
+   a start without the cutoff row (certify's default since) is not measured here. The
+   gradient iterate enters through the flip search;
 3. **APGD refinement**: the best seed by the decoded change is the start of APGD on the
    reconstruction objective (straight-through quantisers), with an initial step of
    ``eps / 4`` so the first steps stay near the seed, inside the same ball.
