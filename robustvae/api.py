@@ -310,7 +310,8 @@ def _image_set(dataset: str, split: str, split_seed: int | None, x: torch.Tensor
 
 def attack_config(suite: str | os.PathLike | None = None, **options: Any) -> tuple[list[str], AttackConfig]:
     """The models and settings of an attack suite file (``attacks/*.toml``), overridden by ``options`` (None values
-    are left out), validated: ``(models, config)``. Without ``suite``: no models and the options over the defaults."""
+    are left out), validated: ``(models, config)``. Without ``suite``: no models and the options over the defaults.
+    Where neither names the attack (``optimizer``): the ensemble ``auto`` (auto-v2), as ``robustvae attack`` runs it."""
     from robustvae.experiments.suite import attack_config as resolve
 
     return resolve(suite, **options)
@@ -341,6 +342,9 @@ def attack(
     defence: str | Defence | None = None, adaptive: bool = False,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
+
+    ``config``: the attack and its settings; by default (``AttackConfig()``) the ensemble ``optimizer="auto"``
+    (auto-v2); the paper's PGD is ``AttackConfig(optimizer="pgd")``.
 
     ``models``: checkpoint files, run directories, ``module.path:factory`` names, loaded models or
     models in memory (these last two kinds need ``data`` or ``images``). ``data`` replaces the models' dataset;

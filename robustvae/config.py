@@ -410,8 +410,9 @@ class AttackConfig:
     points: int = 50
     steps: int = 50
     objective: str = "skl"  # an objective of robustvae.attacks.OBJECTIVES (targeted: target, target_recon, ...)
-    optimizer: str = "pgd"  # an attack of robustvae.attacks.ATTACKS: pgd, sgd (the authors'), apgd or square;
-    # or an ensemble of robustvae.attacks.ENSEMBLES: auto (the current version, auto-v1)
+    optimizer: str = "auto"  # an attack of robustvae.attacks.ATTACKS: pgd (the paper's), sgd (the authors'), apgd,
+    # square or context; or an ensemble of robustvae.attacks.ENSEMBLES: auto (the default: the current version,
+    # auto-v2), auto-v1
     step_size: float | None = None  # pgd: 2.5 * eps / steps; sgd: the initial learning rate 1.0; apgd: the initial
     # step (2 * eps); square: unused
     per_unit: bool = False  # divide each layer's term by its units, so layers of different widths are commensurate
@@ -489,7 +490,8 @@ class AttackConfig:
 
 def _check_ensemble_goal(optimizer: str, objective: str) -> None:
     """A targeted ensemble needs a targeted objective (its targets are drawn as that objective says) and an
-    untargeted one an untargeted objective (``auto`` picks the version that fits the objective)."""
+    untargeted one the default objective, skl, whose members then use their own (``auto`` picks the version that
+    fits the objective); another objective needs a single attack."""
     from robustvae.attacks.objectives import OBJECTIVES
     from robustvae.attacks.registry import AUTO_TARGETED_VERSION, ENSEMBLES, ensemble_version
 
@@ -501,10 +503,14 @@ def _check_ensemble_goal(optimizer: str, objective: str) -> None:
         _fail(f"{version} is a targeted ensemble; give a targeted objective (objective target), or use auto")
     if goal.needs_target and not spec.targeted:
         _fail(f"{version} is untargeted; with the targeted objective {objective!r} use auto ({AUTO_TARGETED_VERSION})")
+    if not spec.targeted and objective != "skl":  # skl: the field's default, which an ensemble leaves to its members
+        _fail(f"{version} (the default attack) runs each member on its own objective, not {objective!r}: to attack "
+              f"that objective name a single attack, e.g. --attack pgd or --attack apgd")
     choices = {OBJECTIVES[m.objective].target_choice for m in spec.members}
     if spec.targeted and choices != {goal.target_choice}:
         _fail(f"{version} draws each point's target as its members do ({', '.join(sorted(map(str, choices)))}); "
-              f"objective {objective!r} picks it as {goal.target_choice}: use objective target")
+              f"objective {objective!r} picks it as {goal.target_choice}: use objective target, or a single attack "
+              "(--attack pgd)")
 
 
 @dataclass(frozen=True)

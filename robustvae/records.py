@@ -68,7 +68,8 @@ class AttackRecord(Record):
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
                                             "curve", "grad_norm", "target_test_index", "msssim_target",
-                                            "msssim_target_before", *DEFENCE_FIELDS)
+                                            "msssim_target_before", "solver_s", "gradient_check",
+                                            *DEFENCE_FIELDS)
 
     unit: Name  # the work unit that wrote the row (resume and merge go by units)
     model: Name  # label of the checkpoint in the sweep
@@ -105,6 +106,10 @@ class AttackRecord(Record):
     target_test_index: Count | None = None  # targeted objectives: the target's index in its split
     msssim_target: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x + delta)) under the same prior noise
     msssim_target_before: Score | None = None  # targeted: MS-SSIM(rec(target), rec(x)) under that noise
+    solver_s: Measure | None = None  # auto-v2's context member: seconds of MILP and level-flip search behind this row
+    # (a point's MILP is shared by its restarts, each row carrying its share), apart from the model passes
+    gradient_check: dict[str, float] | None = None  # an ensemble's boundary member, restart 0 of the first points: its
+    # MS-SSIM with straight-through and with plain quantiser gradients from the same start ({"straight_through", "plain"})
     # a defended sweep (robustvae.defences.sweep); absent in an undefended one
     defence: Name | None = None  # the defence every scored pass went through (robustvae.defences.DEFENCES)
     adaptive: bool | None = None  # the attack differentiated through the defence (else it attacked the model)

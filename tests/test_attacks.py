@@ -136,7 +136,7 @@ def test_a_nonfinite_image_keeps_its_start_and_leaves_the_others_alone(gen):
 
 
 def test_the_attack_beats_same_budget_noise_on_a_trained_model(trained):
-    df = run_attack([str(trained)], AttackConfig(layers="1,2", points=10, restarts=2, steps=20), device="cpu")
+    df = run_attack([str(trained)], AttackConfig(optimizer="pgd", layers="1,2", points=10, restarts=2, steps=20), device="cpu")
     for k in (1, 2):
         att = df[(df.kind == "attack") & (df.k == k)].msssim.mean()
         noise = df[(df.kind == "noise") & (df.k == k)].msssim.mean()
@@ -177,7 +177,7 @@ def test_targeted_attack_moves_the_reconstruction_towards_the_target(trained, mo
 
 
 def test_same_seed_same_records_and_resume_and_shards(trained, tmp_path, monkeypatch):
-    cfg = AttackConfig(layers="1,2", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, max_batch_mib=1)
+    cfg = AttackConfig(optimizer="pgd", layers="1,2", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, max_batch_mib=1)
     whole = run_attack([str(trained)], cfg, tmp_path / "whole", device="cpu")
     again = run_attack([str(trained)], cfg, tmp_path / "again", device="cpu")
     pd.testing.assert_frame_equal(whole, again)
@@ -230,14 +230,14 @@ def test_nonfinite_rows_are_kept_and_counted(trained, monkeypatch):
         return out * float("nan") if x.requires_grad is False and x.shape[0] == 4 else out
 
     monkeypatch.setattr(VDVAE, "reconstruct", broken)
-    df = run_attack([str(trained)], AttackConfig(points=2, restarts=2, steps=2, floor_draws=0, noise_draws=0),
+    df = run_attack([str(trained)], AttackConfig(optimizer="pgd", points=2, restarts=2, steps=2, floor_draws=0, noise_draws=0),
                     device="cpu")
     att = df[df.kind == "attack"]
     assert len(att) == 4 and att.nonfinite.all()
 
 
 def test_l2_and_sgd_attacks_run_through_the_engine(trained):
-    for cfg in (AttackConfig(norm="l2", eps=1.5, points=2, restarts=1, steps=4),
+    for cfg in (AttackConfig(optimizer="pgd", norm="l2", eps=1.5, points=2, restarts=1, steps=4),
                 AttackConfig(optimizer="sgd", points=2, restarts=1, steps=4)):
         df = run_attack([str(trained)], cfg, device="cpu")
         att = df[df.kind == "attack"]
@@ -310,7 +310,7 @@ def test_dctvae_context_is_layer_one_of_the_attack(tmp_path, straight_through, g
     atk = LatentPGD(model, k=1, eps=0.1, steps=5, straight_through=straight_through)
     atk(x, seeds=[0, 1])
     assert torch.isfinite(atk.best_loss).all() and (atk.best_loss >= 0).all()
-    acfg = AttackConfig(layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1,
+    acfg = AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1,
                         straight_through=straight_through)
     df = run_attack([str(tmp_path)], acfg, device="cpu")
     att = df[df.kind == "attack"]

@@ -272,7 +272,7 @@ def test_attack_help_shows_its_defaults_and_flags_without_a_value(monkeypatch):
     with contextlib.redirect_stdout(buf):
         assert main(["attack", "--help"]) == 0
     text = " ".join(buf.getvalue().replace("│", " ").split())
-    assert "[default: 0.1]" in text and "[default: pgd]" in text and "[default: off]" in text
+    assert "[default: 0.1]" in text and "[default: auto; a --suite's own" in text and "[default: off]" in text
     assert re.search(r"--straight-through --no-straight-through DCT-VAE", text), text
     assert not re.search(r"--quiet -q <bool>", text), text
 

@@ -114,7 +114,7 @@ def test_gradient_reaches_the_input_through_the_chain_and_eot_averages_fixed_dra
 
 
 def _run(tmp_path, name, **kw):
-    cfg = AttackConfig(layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=1)
+    cfg = AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=1)
     return api_attack([str(tmp_path / "model")], cfg, tmp_path / name, device="cpu", **kw).records
 
 
@@ -254,7 +254,7 @@ def test_adaptive_attack_is_not_weaker_than_the_non_adaptive_one_on_a_trained_mo
     cfg = tiny_config(data="mnist-offline", steps=200, batch_size=32, lr=3e-3, checkpoint_every=1000, val_batches=2)
     Trainer.prepare_dir(out, resume=False, force=False)
     Trainer(cfg, out, CPU, quiet=True).fit()
-    acfg = AttackConfig(layers="1-3", points=6, restarts=2, steps=20, floor_draws=1, noise_draws=1, objective="recon")
+    acfg = AttackConfig(optimizer="pgd", layers="1-3", points=6, restarts=2, steps=20, floor_draws=1, noise_draws=1, objective="recon")
     defence = HMCDefence(HMCConfig(steps=6, leapfrog=3, eot=2))
     runs = [api_attack([str(out)], acfg, tmp_path / name, device="cpu", **kw).records
             for name, kw in (("plain", {}), ("def", {"defence": defence}),

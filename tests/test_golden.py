@@ -38,8 +38,8 @@ pytestmark = pytest.mark.numerical  # CI runs these again under ATEN_CPU_CAPABIL
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PRESETS = ("vdvae-mnist-tiny", "dctvae-mnist-tiny")
 ATTACKS = {
-    "default": AttackConfig(layers="all", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, gallery_points=1),
-    "l2-kl_forward": AttackConfig(layers="1,2", eps=0.5, norm="l2", points=2, restarts=2, steps=3, objective="kl_forward",
+    "default": AttackConfig(optimizer="pgd", layers="all", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, gallery_points=1),
+    "l2-kl_forward": AttackConfig(optimizer="pgd", layers="1,2", eps=0.5, norm="l2", points=2, restarts=2, steps=3, objective="kl_forward",
                                   floor_draws=1, noise_draws=1, gallery_points=0),
     "sgd-supervised": AttackConfig(layers="2", points=2, restarts=1, steps=3, objective="supervised", optimizer="sgd",
                                    floor_draws=1, noise_draws=1, gallery_points=0, straight_through=True),

@@ -348,7 +348,7 @@ def test_a_factory_model_without_images_or_a_file_is_told_what_to_pass(in_repo, 
 
 def test_a_factory_model_attacks_like_the_same_model_in_memory(in_repo):
     """The factory path changes the label and the provenance, nothing else: the same numbers as the model itself."""
-    cfg = robustvae.AttackConfig(layers="1,2", points=2, restarts=2, steps=3, floor_draws=1, noise_draws=1)
+    cfg = robustvae.AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=2, steps=3, floor_draws=1, noise_draws=1)
     images = torch.from_numpy(__import__("numpy").load(REPO / "examples" / "digits.npy"))
     a = robustvae.attack(["examples.own_model:make"], cfg, images=images, device="cpu").records
     b = robustvae.attack([make()], cfg, images=images, device="cpu").records

@@ -73,7 +73,7 @@ def test_last_iterate_is_kept_beside_the_best():
 
 
 def _run(trained, tmp_path, name: str, **cfg) -> pd.DataFrame:
-    base = dict(layers="1,2", points=8, restarts=2, steps=20, floor_draws=3, noise_draws=1, gallery_points=0)
+    base = dict(optimizer="pgd", layers="1,2", points=8, restarts=2, steps=20, floor_draws=3, noise_draws=1, gallery_points=0)
     return robustvae.attack([trained], AttackConfig(**{**base, **cfg}), tmp_path / name, device="cpu").records
 
 

@@ -149,7 +149,7 @@ def test_pgd_reaches_the_linf_optimum_and_apgd_is_never_weaker_than_pgd():
     _check_optimum(pgd, model, x, t, pgd(x, target=t, seeds=list(range(N))), 0.1, "linf", rel_gap=1e-4)
     model, x, t = _problem(3, "l2")
     for norm, eps in (("l2", 0.15), ("linf", 0.1)):
-        cfg = AttackConfig(eps=eps, norm=norm, steps=100, objective="target")
+        cfg = AttackConfig(optimizer="pgd", eps=eps, norm=norm, steps=100, objective="target")
         pgd, apgd = make_attack(model, 1, cfg), make_attack(model, 1, dataclasses.replace(cfg, optimizer="apgd"))
         adv = pgd(x, target=t, seeds=list(range(N)))
         apgd(x, target=t, seeds=list(range(N)))
@@ -303,7 +303,7 @@ def _selection_points(cfg: AttackConfig):
 
 
 def test_targets_have_another_label_follow_the_seed_and_do_not_depend_on_the_unit():
-    cfg = AttackConfig(objective="target", points=12)
+    cfg = AttackConfig(optimizer="pgd", objective="target", points=12)
     points = _selection_points(cfg)
     pts = list(range(cfg.points))
     targets = engine.choose_targets(points, pts, cfg)

@@ -110,6 +110,7 @@ class LatentAttack(Attack):
             raise ValueError(f"k must be in 1..{L} (the model has L={L} latent layers), got {k}")
         self.k, self.eps, self.norm, self.steps = k, eps, norm, steps
         self.random_start = random_start
+        self.start: Tensor | None = None  # a given start per image (a delta), used instead of the random one
         self.curve_steps: tuple[int, ...] = ()
         self.objective = LatentObjective(model, k, objective, straight_through, temperature=temperature,
                                          per_unit=per_unit)
@@ -193,7 +194,9 @@ class LatentAttack(Attack):
     def _optimise(self, images: Tensor, ref, seeds: list[int] | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The gradient loop: (best_loss, best_delta, nonfinite, loss_history) of a run from the random start."""
         n = images.shape[0]
-        if self.random_start:
+        if self.start is not None:
+            delta = project(self.start.detach().to(images), images, self.eps, self.norm)
+        elif self.random_start:
             delta = random_start(images, self.eps, self.norm, seeds)
         else:
             delta = torch.zeros_like(images)

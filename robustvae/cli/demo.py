@@ -18,7 +18,7 @@ def demo(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo in --out with its saved settings: finished stages are kept, training continues from last.pt, the attack from its records; the report is made again. \\[default: off]"),
     preset: list[str] = typer.Option([], "--preset", help="Presets to train and compare (repeatable). [default: vdvae-mnist-demo, dctvae-mnist-demo]"),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Training steps per model. [default: the presets']"),
-    points: Optional[int] = typer.Option(None, "--points", help="Test points attacked. [default: 50]"),
+    points: Optional[int] = typer.Option(None, "--points", help="Test points attacked (by the ensemble auto, auto-v2). [default: 20]"),
     restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts per point. [default: 5]"),
     attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Attack optimisation steps. [default: 50]"),
     iw_samples: Optional[int] = typer.Option(None, "--iw-samples", help="Importance samples of the NLL. [default: 100]"),

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from robustvae.config import DataConfig
 from robustvae.errors import DataError
+from robustvae.pixels import to_float  # noqa: F401  (re-exported: robustvae.data.to_float)
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/chardata.mat"
 
@@ -62,11 +63,6 @@ def data_dir(cfg: DataConfig) -> Path:
     """Where dataset files are looked for and downloaded to."""
     d = cfg.data_dir or os.environ.get("ROBUSTVAE_DATA") or Path.home() / ".cache" / "robustvae" / "data"
     return Path(d).expanduser()
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 0..255 or float [0, 1] -> float32 in [0, 1]."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
 def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -52,6 +52,7 @@ import torch
 
 from robustvae.attacks import OBJECTIVES, LatentObjective, ensemble_plan, ensemble_version, make_attack, random_start
 from robustvae.attacks.base import CURVE_STEPS
+from robustvae.attacks import context as context_member
 from robustvae.config import AttackConfig, eps_problem, parse_layers, to_dict
 from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
 from robustvae.defences.sweep import DefenceRun
@@ -69,6 +70,9 @@ from robustvae.records import AttackRecord, read_attack_records, selection
 from robustvae.seeding import derive_seed
 
 DIAGNOSTIC_IMAGES = 500  # images behind the per-layer KL / active-unit diagnostics in run.json
+GRADIENT_CHECK_MEMBER = "apgd-boundary"  # the ensemble member also run with the other gradient (straight-through/plain)
+GRADIENT_CHECK_POINTS = 4  # ... on the sweep's first points, first restart
+GRADIENT_CHECK_LIMIT = 0.02  # MS-SSIM between the two ways above which run.json flags a disagreement
 
 
 @dataclass(frozen=True)
@@ -359,30 +363,34 @@ class AttackOutcome:
     start_grad_norm: torch.Tensor | None
     snapshots: dict[int, torch.Tensor]
     passes: dict[str, int]  # the attack's model passes (forward, backward): each image's, every pass the same
+    solver_s: torch.Tensor | None = None  # per image: seconds of solver work outside the model passes (context member)
 
     @classmethod
     def of(cls, attack) -> AttackOutcome:
         return cls(attack.best_loss, attack.last_delta, attack.nonfinite, attack.start_grad_norm, attack.snapshots,
-                   dict(attack.passes))
+                   dict(attack.passes), getattr(attack, "solver_seconds", None))
 
     @classmethod
     def cat(cls, parts: list[AttackOutcome]) -> AttackOutcome:
         """The outcomes of passes over consecutive images, as one."""
         if len(parts) == 1:
             return parts[0]
-        grads = [p.start_grad_norm for p in parts]
+        grads, solver = [p.start_grad_norm for p in parts], [p.solver_s for p in parts]
         return cls(torch.cat([p.best_loss for p in parts]), torch.cat([p.last_delta for p in parts]),
                    torch.cat([p.nonfinite for p in parts]), None if grads[0] is None else torch.cat(grads),
-                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots}, parts[0].passes)
+                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots}, parts[0].passes,
+                   None if solver[0] is None else torch.cat(solver))
 
 
-def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None):
+def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None,
+            warm: torch.Tensor | None = None):
     """The attack of every point x restart (each restart its own seeded start), in one batch or in passes of
     ``unit.rows`` images (each image's attack is its own, so the passes give the batch's results); the outcome
     and the scored iterate.
 
     An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
-    of its attack run by itself (``member`` only names them)."""
+    of its attack run by itself (``member`` only names them); an attack that takes a ``warm`` start (auto-v2's
+    context member) also gets the earlier members' best delta per row."""
     k, R = ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     target = ctx.target_images(R).to(X.device) if OBJECTIVES[cfg.objective].needs_target else None
@@ -399,6 +407,8 @@ def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: 
             attacked = model
         attack = make_attack(model, k, cfg)
         attack.curve_steps = curve_steps(cfg.steps)
+        if warm is not None and hasattr(attack, "warm"):
+            attack.warm = warm[rows]
         adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows],
                      noise=part_noise)
         parts.append(AttackOutcome.of(attack))
@@ -414,12 +424,13 @@ def _curves(ctx: _UnitContext, attack, X, passes, clean_r) -> list[dict[str, flo
 
 
 def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | None, mcfg: AttackConfig,
-                 target: dict | None = None):
+                 target: dict | None = None, warm: torch.Tensor | None = None):
     """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery
-    (``target``: a targeted attack's target reconstructions ``rec`` and clean scores ``before``, per row)."""
+    (``target``: a targeted attack's target reconstructions ``rec`` and clean scores ``before``, per row; ``warm``:
+    the earlier members' best delta per row)."""
     model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
     t0 = time.perf_counter()
-    attack, adv, attacked = _attack(ctx, X, noise, mcfg, member)
+    attack, adv, attacked = _attack(ctx, X, noise, mcfg, member, warm)
     cost = ctx.defence.attack_cost(attack, attacked, time.perf_counter() - t0, X.shape[0]) if ctx.defence else None
     with torch.no_grad():
         rec = ctx.reconstruct(adv, passes)
@@ -438,6 +449,7 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
     bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
         t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
     targeted = {} if target is None else {"msssim_target": to_target.tolist(), "msssim_target_before": target["before"]}
+    solver = [None] * X.shape[0] if attack.solver_s is None else attack.solver_s.tolist()
     rows = []
     for j in range(len(ctx.pts) * R):
         i, r = divmod(j, R)
@@ -446,7 +458,7 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
             delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
             nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j], member=member,
             member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j],
-            defence_stats=stats[j], attack_cost=cost, **{name: v[j] for name, v in targeted.items()}))
+            defence_stats=stats[j], attack_cost=cost, solver_s=solver[j], **{name: v[j] for name, v in targeted.items()}))
     return rows, adv, rec, score, to_target
 
 
@@ -464,7 +476,10 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
         target = _target_scores(ctx, X, passes, unattacked) if ctx.targeted else None
     rows, advs, recs, scores, to_targets = [], [], [], [], []
     for member, mcfg in members(ctx):
-        new, adv, rec, score, to_target = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg, target)
+        new, adv, rec, score, to_target = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg, target,
+                                                       _warm(X, advs, scores, to_targets, target is not None))
+        if member == GRADIENT_CHECK_MEMBER:
+            new = _gradient_check(ctx, new, X, clean_r, passes, noise, mcfg)
         rows += new
         advs.append(adv), recs.append(rec), scores.append(score), to_targets.append(to_target)
     M = len(advs)
@@ -480,6 +495,56 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
     gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M,
                        shown)
     return rows + paired, gallery
+
+
+def _gradient_check(ctx: _UnitContext, rows: list[AttackRecord], X, clean_r, passes, noise,
+                    mcfg: AttackConfig) -> list[AttackRecord]:
+    """The boundary member's rows, those of restart 0 of the sweep's first :data:`GRADIENT_CHECK_POINTS` points with
+    ``gradient_check``: its MS-SSIM with straight-through and with plain quantiser gradients (the same start, the
+    member run again the other way). Not in a defended sweep (its scoring pass is the defence's)."""
+    R = ctx.cfg.restarts
+    idx = [i * R for i, p in enumerate(ctx.pts) if p < GRADIENT_CHECK_POINTS]
+    if not idx or ctx.defence is not None:
+        return rows
+    other = dataclasses.replace(mcfg, straight_through=not mcfg.straight_through)
+    attack = make_attack(ctx.lm.model, ctx.unit.k, other)
+    adv = attack(X[idx], seeds=[derive_seed(other.seed, "start", ctx.unit.k, ctx.pts[j // R], 0) for j in idx],
+                 noise=[t[idx] for t in _repeat(ctx.model_noise(noise), R)])
+    if ctx.rule.iterate == "last":
+        adv = (X[idx] + attack.last_delta).detach()
+    with torch.no_grad():
+        score = ms_ssim(ctx.reconstruct(adv, [t[idx] for t in passes]), clean_r[idx]).tolist()
+    rows = list(rows)
+    for j, s in zip(idx, score):
+        both = (rows[j].msssim, s) if mcfg.straight_through else (s, rows[j].msssim)
+        rows[j] = dataclasses.replace(rows[j], gradient_check={"straight_through": both[0], "plain": both[1]})
+    return rows
+
+
+def gradient_checks(info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """run.json: per ensemble plan with rows that carry ``gradient_check``, the mean MS-SSIM over those points of the
+    boundary member with straight-through and with plain gradients, and ``flagged`` when they differ by more than
+    :data:`GRADIENT_CHECK_LIMIT` (one way's gradient is weaker: masked, or biased by the straight-through estimate)."""
+    plans = (info.get("ensemble") or {}).get("plans", {})
+    both: dict[str, list] = {}
+    for r in rows:
+        key = f"{r['model']}|k={r['k']}"
+        if r.get("kind") == "attack" and r.get("gradient_check") and key in plans:
+            both.setdefault(key, []).append(r["gradient_check"])
+    for key, checks in both.items():
+        st, plain = (float(np.mean([c[w] for c in checks])) for w in ("straight_through", "plain"))
+        plans[key]["gradient_check"] = {"points": len(checks), "msssim_straight_through": st, "msssim_plain": plain,
+                                        "difference": abs(st - plain), "limit": GRADIENT_CHECK_LIMIT,
+                                        "flagged": abs(st - plain) > GRADIENT_CHECK_LIMIT}
+
+
+def _warm(X, advs: list, scores: list, to_targets: list, targeted: bool) -> torch.Tensor | None:
+    """Per row the delta of the strongest member so far (lowest MS-SSIM; targeted: highest to the target)."""
+    if not advs:
+        return None
+    rank = torch.stack([selection(targeted).sign * (t if targeted else s) for s, t in zip(scores, to_targets)])
+    best = rank.nan_to_num(2.0, 2.0, 2.0).argmin(0)
+    return torch.stack(advs)[best, torch.arange(X.shape[0])] - X
 
 
 def _target_scores(ctx: _UnitContext, X, passes, unattacked) -> dict[str, Any]:
@@ -635,8 +700,10 @@ class _Sweep:
 
 
 def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] | None:
-    """run.json's record of an ensemble run: its version, and per model and k the members with their steps and
-    the passes per point (members' steps x restarts; Square's are forward passes only). None for a single attack."""
+    """run.json's record of an ensemble run: its version, and per model and k the members with their steps, the
+    passes per point (members' steps x restarts; Square's are forward passes only) and, where a member solves
+    (auto-v2's context member), its time limit per point; the solver's seconds per point are added as the rows come
+    (:func:`solver_seconds`). None for a single attack."""
     version = ensemble_version(cfg.optimizer, cfg.objective)
     if version is None:
         return None
@@ -646,7 +713,24 @@ def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] |
             plan = ensemble_plan(lm.model, k, version, cfg.steps)
             plans[f"{lm.label}|k={k}"] = {"members": {m.name: n for m, n in plan},
                                          "passes_per_point": sum(n for _, n in plan) * cfg.restarts}
+            if any(m.optimizer == "context" for m, _ in plan):
+                plans[f"{lm.label}|k={k}"].update(solver_time_limit_s=context_member.CONTEXT_TIME_LIMIT, solver_s_per_point=None)
     return {"version": version, "plans": plans}
+
+
+def solver_seconds(info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Fill run.json's ``solver_s_per_point`` of each ensemble plan with a solver: the seconds its rows spent outside
+    the model passes (``solver_s``), summed over restarts, averaged over the points and budgets done so far."""
+    plans = (info.get("ensemble") or {}).get("plans", {})
+    total: dict[str, float] = {}
+    points: dict[str, set] = {}
+    for r in rows:
+        key = f"{r['model']}|k={r['k']}"
+        if r.get("kind") == "attack" and key in plans and "solver_s_per_point" in plans[key]:
+            total[key] = total.get(key, 0.0) + (r.get("solver_s") or 0.0)
+            points.setdefault(key, set()).add((r["point"], r["eps"]))
+    for key, seconds in total.items():
+        plans[key]["solver_s_per_point"] = seconds / len(points[key])
 
 
 def _dither(lm: Labelled) -> str | None:
@@ -768,6 +852,8 @@ def _sweep_locked(sw: _Sweep, device: torch.device, data_dir: str | None, quiet:
         if dd.is_main:
             rows = sw.out.merge(sw.names[0], sw.expected(), read_attack_records)
     info.update(status="complete", units_done=len(sw.shard_units))
+    solver_seconds(info, rows)
+    gradient_checks(info, rows)
     if sw.out is not None and dd.is_main:
         sw.out.write_json(sw.names[1], info)
     return pd.DataFrame(rows)

@@ -37,7 +37,8 @@ def read_suite(path: str | os.PathLike) -> tuple[list[str], dict]:
 
 
 def attack_config(suite: str | os.PathLike | None = None, **options) -> tuple[list[str], AttackConfig]:
-    """The suite's models and its settings overridden by ``options`` (None values ignored), validated."""
+    """The suite's models and its settings overridden by ``options`` (None values ignored), validated. Where neither
+    names the attack: AttackConfig's default, the ensemble ``auto``."""
     models, settings = read_suite(suite) if suite is not None else ([], {})
     settings.update({k: v for k, v in options.items() if v is not None})
     return models, from_dict(AttackConfig, settings)

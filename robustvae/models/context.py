@@ -19,15 +19,18 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustvae.config import ModelConfig
-from robustvae.data import to_float
+from robustvae.pixels import to_float
 from robustvae.models import rng
 from robustvae.models.distributions import level_index, snap_to_levels
+
+if TYPE_CHECKING:  # annotations only: importing the config here would close a cycle through certify and attacks
+    from robustvae.config import ModelConfig
 
 _DCT_MATRICES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from robustvae.records import selection
 from robustvae.reporting.aggregate import CI_LEVEL, VIEWS
-from robustvae.reporting.load import PANEL_KEYS, GalleryEntry
+from robustvae.reporting.load import CURVE_SEP, PANEL_KEYS, GalleryEntry
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DODGE = 0.08  # k units between neighbouring models' curves in a panel where two of them coincide
@@ -134,6 +134,13 @@ def _panel(ax: Axes, base: pd.DataFrame, view: str, colours: dict[str, tuple], m
             ax.plot(g.k, g.no_attack, ls="-.", lw=1.2, color=colours[model], alpha=0.8)
 
 
+def curve_label(table: pd.DataFrame, model: str) -> str:
+    """A curve's legend entry: its name with the attack (and ensemble version) behind it, unless the name says it."""
+    attacks = table.loc[table.model == model, "attack"].dropna().unique() if "attack" in table else []
+    missing = [str(a) for a in attacks if str(a) not in model]
+    return f"{model}{CURVE_SEP}{', '.join(missing)}" if missing else model
+
+
 def figure10(table: pd.DataFrame) -> Figure:
     """Figure 10 from the results table: per panel, the mean and worst case over restarts against k, a line per model.
 
@@ -158,7 +165,7 @@ def figure10(table: pd.DataFrame) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(bottom - 0.01, 1.01)
             ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in models]
+    handles = [Line2D([], [], color=colours[m], marker=markers[m], label=curve_label(table, m)) for m in models]
     handles += [Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
                 Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise")]
     if "no_attack" in table and (table.no_attack < 0.999).any():

@@ -17,8 +17,10 @@ tight. Four views of the same records show whether it is tight:
 :func:`strength_checks` turns them into flags, rows of the report's checks (``passed``
 False when a flag fires), each with its number: a vanishing start gradient, the
 gradient-free member winning, doubling the steps still paying, the largest eps short of
-the unrelated level, and the last restart still paying. Straight-through against plain
-gradients is not measured here (it would need a second run of the sweep).
+the unrelated level, the last restart still paying, and straight-through against plain
+quantiser gradients disagreeing: an ensemble's context-boundary member runs both ways on
+the first points (records' ``gradient_check``), and the mean MS-SSIM of the two ways may
+differ by at most ``STRAIGHT_THROUGH_LIMIT``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ GRADIENT_FREE_LIMIT = 0.05  # share of points a gradient-free member may win
 DOUBLING_LIMIT = 0.01  # MS-SSIM gained from steps/2 to steps that says "more steps needed"
 RESTART_LIMIT = 0.01  # MS-SSIM gained by the last restart that says "more restarts needed"
 UNRELATED_TOL = 0.05  # the largest eps must bring the worst case within this of the unrelated level
+STRAIGHT_THROUGH_LIMIT = 0.02  # MS-SSIM between straight-through and plain gradients that flags a disagreement
 GRADIENT_FREE = ("square",)  # members whose name starts with one of these use no gradient
 
 
@@ -123,7 +126,7 @@ def strength_checks(records: pd.DataFrame) -> list[dict[str, Any]]:
     """The failure flags as check rows (``check``, ``scope``, ``passed``, ``value``, ``limit``, ``detail``)."""
     out = CheckList()
     att = _attack_rows(records)
-    for fn in (_vanishing, _gradient_free, _doubling, _last_restart):
+    for fn in (_vanishing, _gradient_free, _doubling, _last_restart, _straight_through):
         fn(out.add, att, records)
     _unrelated(out.add, records)
     return out.rows
@@ -185,6 +188,22 @@ def _last_restart(add: Callable[..., None], att: pd.DataFrame, records: pd.DataF
         add("more restarts no longer pay", _scope(key), gain <= RESTART_LIMIT, gain, RESTART_LIMIT,
             f"restarts saturated: {numbers} <= {RESTART_LIMIT}",
             f"more restarts still pay: {numbers} > {RESTART_LIMIT}")
+
+
+def _straight_through(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
+    if "gradient_check" not in att:
+        return
+    both = att[att.gradient_check.apply(lambda c: isinstance(c, dict))]
+    for key, g in both.groupby([*KEYS, "member"]):
+        st = float(g.gradient_check.apply(lambda c: c["straight_through"]).mean())
+        plain = float(g.gradient_check.apply(lambda c: c["plain"]).mean())
+        gap = abs(st - plain)
+        numbers = (f"{key[-1]} on {len(g)} points: mean MS-SSIM {st:.4f} with straight-through gradients, {plain:.4f} "
+                   f"with plain ones (difference {gap:.4f})")
+        add("straight-through and plain gradients agree", _scope(key[:-1]), gap <= STRAIGHT_THROUGH_LIMIT, gap,
+            STRAIGHT_THROUGH_LIMIT, f"agree: {numbers} <= {STRAIGHT_THROUGH_LIMIT}",
+            f"disagree: {numbers} > {STRAIGHT_THROUGH_LIMIT}: the weaker way's gradient misleads the attack (masked, "
+            "or biased by the straight-through estimate); trust the stronger")
 
 
 def _unrelated(add: Callable[..., None], records: pd.DataFrame) -> None:

@@ -53,6 +53,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["dataset"], out["norm"], out["eps"] = table.dataset, table.norm, table.eps.map(lambda v: f"{v:g}")
         out["rule"] = table.recon
     out["model"] = table.model
+    if "attack" in table:  # the attack (an ensemble by its version) behind each curve
+        out["attack"] = table.attack.fillna("").astype(str).to_numpy()
     out["k"] = table.k.astype(int)
     out["points"] = table.points
     out["restarts"] = table.restarts
