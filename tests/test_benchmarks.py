@@ -93,6 +93,7 @@ def test_before_after_loads_the_old_code_and_compares(capsys):
 def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypatch):
     """Tiny models, tiny sizes: both attacks per model and k, the passes each used from the attacks' definitions."""
     from robustvae.attacks import ensemble_plan
+    from robustvae.attacks.registry import AUTO_VERSION
     from robustvae.experiments import attack as engine
 
     monkeypatch.setattr(engine, "layer_diagnostics", lambda *a, **kw: [])  # run.json's diagnostics: not used here
@@ -107,7 +108,7 @@ def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypat
     R, S = 2, 2  # --quick: restarts and steps
     assert passes[("pgd", "vdvae")]["backward"] == R * S and passes[("pgd", "vdvae")]["forward"] == R * (S + 1)
     model = build_model(get_preset("dctvae-mnist-tiny").model)
-    plan = ensemble_plan(model, 1, "auto-v1", S)  # 2 steps, 4 members: one step each
+    plan = ensemble_plan(model, 1, AUTO_VERSION, S)  # 2 steps, more members than steps: one step each
     assert passes[("auto", "dctvae")]["backward"] == R * sum(n for m, n in plan if m.optimizer != "square")
     assert "| dctvae | 1 |" in ens["table"] and "old default (pgd) against the ensemble" in res["table"]
 
