@@ -59,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests (the numbers mean nothing)")
-    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default: {','.join(PARTS)})")
-    ap.add_argument("--train-preset", action="append", help="training preset(s) (default: vdvae-mnist and dctvae-mnist)")
+    ap.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts to run (default: {','.join(PARTS)})"
+    )
+    ap.add_argument(
+        "--train-preset", action="append", help="training preset(s) (default: vdvae-mnist and dctvae-mnist)"
+    )
     ap.add_argument("--batch-size", type=int, help="training batch (default 128; quick 8)")
     ap.add_argument("--checkpoint", help="trained model for the attack (default: a freshly initialised --preset)")
     ap.add_argument("--preset", default="vdvae-mnist", help="attack model when no --checkpoint (default vdvae-mnist)")
@@ -69,16 +73,26 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, help="attack steps (default 10; quick 2)")
     ap.add_argument("--k", help="layers under attack, comma-separated; L = all (default 1,L)")
     ap.add_argument("--repeats", type=int, help="timed repeats, the best is kept (default 5; quick 1)")
-    ap.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast")
+    ap.add_argument(
+        "--no-amp", action="store_true", help="CUDA: train in float32 instead of the presets' bf16 autocast"
+    )
     ap.add_argument("--compile", action="store_true", help="train through torch.compile (slow start)")
     eval_bench.add_arguments(ap)
     real_size.add_arguments(ap)
     milp.add_arguments(ap, prefix="milp-")
-    ap.add_argument("--ensemble-run", action="append", help="ensemble part: trained models (run directories or "
-                    "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)")
+    ap.add_argument(
+        "--ensemble-run",
+        action="append",
+        help="ensemble part: trained models (run directories or "
+        "checkpoints; default: freshly initialised vdvae-mnist-tiny and dctvae-mnist-tiny on synthetic data)",
+    )
     ap.add_argument("--ensemble-layers", default="1,2", help="ensemble part: k values (default 1,2)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON results (default {RESULTS.name} next to this file; with --quick, results-quick.json)",
+    )
     return ap
 
 
@@ -86,8 +100,13 @@ def _defaults(args: argparse.Namespace) -> None:
     q = args.quick
     if args.out is None:  # a quick run never overwrites the committed full results
         args.out = RESULTS.with_name("results-quick.json") if q else RESULTS
-    for name, full, quick in (("batch_size", 128, 8), ("points", 50, 2), ("restarts", 5, 2), ("steps", 10, 2),
-                              ("repeats", 5, 1)):
+    for name, full, quick in (
+        ("batch_size", 128, 8),
+        ("points", 50, 2),
+        ("restarts", 5, 2),
+        ("steps", 10, 2),
+        ("repeats", 5, 1),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
     eval_bench.defaults(args)
@@ -117,8 +136,14 @@ def run(args: argparse.Namespace) -> dict:
     """Measure the parts ``args.only`` names; the results as one JSON-ready dict."""
     dev = resolve_device(args.device)
     amp = not args.no_amp and dev.type == "cuda"
-    res: dict = {"command": "python -m benchmarks " + " ".join(args.argv), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                 "machine": machine(), "device": str(dev), "quick": args.quick, "goals": GOALS}
+    res: dict = {
+        "command": "python -m benchmarks " + " ".join(args.argv),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "machine": machine(),
+        "device": str(dev),
+        "quick": args.quick,
+        "goals": GOALS,
+    }
     if not set(args.only) & set(PARTS):  # the optional parts alone: no limit of the suite's own needed
         return {**res, **_optional(args, dev)}
     res["limit"] = dense_conv_flops_per_s(dev, args.quick)
@@ -154,8 +179,13 @@ def _optional(args: argparse.Namespace, device: torch.device) -> dict:
     if "real-size" in args.only:
         out["real_size"] = real_size.run(args, device)
     if "milp" in args.only:
-        out["milp"] = milp.run(args.milp_model, 2 if args.quick else args.milp_points, args.milp_eps,
-                               [0.5] if args.quick else args.milp_time_limits, args.milp_rev)
+        out["milp"] = milp.run(
+            args.milp_model,
+            2 if args.quick else args.milp_points,
+            args.milp_eps,
+            [0.5] if args.quick else args.milp_time_limits,
+            args.milp_rev,
+        )
     return out
 
 
@@ -167,10 +197,20 @@ def _ensemble(args: argparse.Namespace, device: torch.device) -> dict:
     models, data = args.ensemble_run, None
     if not models:
         torch.manual_seed(0)
-        models, data = [build_model(get_preset(p).model).eval() for p in ("vdvae-mnist-tiny", "dctvae-mnist-tiny")], \
-            "synthetic"
-    base = AttackConfig(layers=args.ensemble_layers, points=args.points, restarts=args.restarts, steps=args.steps,
-                        floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+        models, data = (
+            [build_model(get_preset(p).model).eval() for p in ("vdvae-mnist-tiny", "dctvae-mnist-tiny")],
+            "synthetic",
+        )
+    base = AttackConfig(
+        layers=args.ensemble_layers,
+        points=args.points,
+        restarts=args.restarts,
+        steps=args.steps,
+        floor_draws=0,
+        noise_draws=0,
+        unrelated_draws=0,
+        gallery_points=0,
+    )
     return run_ensemble(models, base, str(device), data)
 
 
@@ -185,8 +225,9 @@ def _met(ok: bool) -> str:
 def table(res: dict) -> str:
     """The results as one markdown table (plus a header line naming the machine and the limit)."""
     if "limit" not in res:
-        return "\n\n".join(t for t in (_ensemble_text(res) if "ensemble" in res else "",
-                                       _real_size_text(res), _milp_text(res)) if t)
+        return "\n\n".join(
+            t for t in (_ensemble_text(res) if "ensemble" in res else "", _real_size_text(res), _milp_text(res)) if t
+        )
     lim = res["limit"]
     m = res["machine"]
     lines = [
@@ -200,36 +241,86 @@ def table(res: dict) -> str:
     def row(*cells: str) -> None:
         lines.append("| " + " | ".join(cells) + " |")
 
-    row("limit", lim["workload"], "", "", f"{lim['flops_per_s'] / 1e9:.1f}", "100 %",
-        " / ".join(f"{k} {v / 1e9:.1f}" for k, v in lim["per_layout"].items()), "", "")
+    row(
+        "limit",
+        lim["workload"],
+        "",
+        "",
+        f"{lim['flops_per_s'] / 1e9:.1f}",
+        "100 %",
+        " / ".join(f"{k} {v / 1e9:.1f}" for k, v in lim["per_layout"].items()),
+        "",
+        "",
+    )
     goals = res["goals"]
     for r in res.get("training", []):
         extra = (", bf16 autocast" if r["bf16_autocast"] else "") + (", compiled" if r["compiled"] else "")
         cl = f"{r['channels_last_speedup']:.2f}x channels-last vs contiguous" if r["channels_last_speedup"] else ""
-        row(f"train {r['preset']}", f"batch {r['batch_size']}, full step{extra}", f"{r['images_per_s']:.1f} img/s",
-            f"{r['flops_per_image'] / 1e9:.3f}", f"{r['achieved_flops_per_s'] / 1e9:.1f}", f"{r['fraction_of_limit']:.1%}",
-            cl, f">= {goals['train_fraction_of_limit']:.0%} of limit: {_met(r['fraction_of_limit'] >= goals['train_fraction_of_limit'])}",
-            _mib(r["peak_memory"]))
+        row(
+            f"train {r['preset']}",
+            f"batch {r['batch_size']}, full step{extra}",
+            f"{r['images_per_s']:.1f} img/s",
+            f"{r['flops_per_image'] / 1e9:.3f}",
+            f"{r['achieved_flops_per_s'] / 1e9:.1f}",
+            f"{r['fraction_of_limit']:.1%}",
+            cl,
+            f">= {goals['train_fraction_of_limit']:.0%} of limit: {_met(r['fraction_of_limit'] >= goals['train_fraction_of_limit'])}",
+            _mib(r["peak_memory"]),
+        )
     for r in res.get("attack", []):
         work = f"k={r['k']}, {r['points']} points x {r['restarts']} restarts x {r['steps']} steps"
-        same = (f"same results: {r['matching_images']:.1%} of images equal to rounding, objectives within "
-                f"{r['max_loss_rel_difference']:.1e} relative")
-        row("attack batched", f"{work}; {same}", f"{r['image_steps_per_s']:.1f} img-steps/s",
-            f"{r['flops_per_image_step'] / 1e9:.3f}", f"{r['achieved_flops_per_s'] / 1e9:.1f}", f"{r['fraction_of_limit']:.1%}",
+        same = (
+            f"same results: {r['matching_images']:.1%} of images equal to rounding, objectives within "
+            f"{r['max_loss_rel_difference']:.1e} relative"
+        )
+        row(
+            "attack batched",
+            f"{work}; {same}",
+            f"{r['image_steps_per_s']:.1f} img-steps/s",
+            f"{r['flops_per_image_step'] / 1e9:.3f}",
+            f"{r['achieved_flops_per_s'] / 1e9:.1f}",
+            f"{r['fraction_of_limit']:.1%}",
             f"{r['speedup']:.2f}x vs one at a time",
-            f">= {goals['attack_speedup']:.0f}x: {_met(r['speedup'] >= goals['attack_speedup'])}", _mib(r["peak_memory"]))
+            f">= {goals['attack_speedup']:.0f}x: {_met(r['speedup'] >= goals['attack_speedup'])}",
+            _mib(r["peak_memory"]),
+        )
         one = r["one_at_a_time_flops_per_s"]
-        row("attack one at a time", f"k={r['k']}, one point x one restart per call", f"{r['image_steps_per_s'] / r['speedup']:.1f} img-steps/s",
-            f"{r['flops_per_image_step'] / 1e9:.3f}", f"{one / 1e9:.1f}", f"{one / lim['flops_per_s']:.1%}", "1x", "",
-            _mib(r["one_at_a_time_peak_memory"]))
+        row(
+            "attack one at a time",
+            f"k={r['k']}, one point x one restart per call",
+            f"{r['image_steps_per_s'] / r['speedup']:.1f} img-steps/s",
+            f"{r['flops_per_image_step'] / 1e9:.3f}",
+            f"{one / 1e9:.1f}",
+            f"{one / lim['flops_per_s']:.1%}",
+            "1x",
+            "",
+            _mib(r["one_at_a_time_peak_memory"]),
+        )
     if "ms_ssim" in res:
         r = res["ms_ssim"]
         shape = "x".join(map(str, r["shape"]))
-        row("MS-SSIM batched", f"{r['images']} pairs of {shape}, one call; values {r['max_abs_difference']:.0e} apart",
-            f"{r['images'] / r['batched_s']:.0f} img/s", "", "", "", f"{r['speedup']:.1f}x vs per image",
-            f">= {goals['ms_ssim_speedup']:.0f}x: {_met(r['speedup'] >= goals['ms_ssim_speedup'])}", _mib(r["peak_memory"]))
-        row("MS-SSIM per image", f"{r['images']} calls of one pair", f"{r['images'] / r['per_image_s']:.0f} img/s", "", "", "",
-            "1x", "", _mib(r["per_image_peak_memory"]))
+        row(
+            "MS-SSIM batched",
+            f"{r['images']} pairs of {shape}, one call; values {r['max_abs_difference']:.0e} apart",
+            f"{r['images'] / r['batched_s']:.0f} img/s",
+            "",
+            "",
+            "",
+            f"{r['speedup']:.1f}x vs per image",
+            f">= {goals['ms_ssim_speedup']:.0f}x: {_met(r['speedup'] >= goals['ms_ssim_speedup'])}",
+            _mib(r["peak_memory"]),
+        )
+        row(
+            "MS-SSIM per image",
+            f"{r['images']} calls of one pair",
+            f"{r['images'] / r['per_image_s']:.0f} img/s",
+            "",
+            "",
+            "",
+            "1x",
+            "",
+            _mib(r["per_image_peak_memory"]),
+        )
     for cells in eval_bench.rows(res["eval"]) if "eval" in res else []:
         row(*cells)
     if "attack_model" in res:
@@ -254,13 +345,16 @@ def _milp_text(res: dict) -> str:
     if "milp" not in res:
         return ""
     m = res["milp"]
-    return (f"optimal context attack MILP, before ({m['rev']}) and after, L-inf eps {m['eps']}, {m['model']}\n"
-            + m["table"])
+    return (
+        f"optimal context attack MILP, before ({m['rev']}) and after, L-inf eps {m['eps']}, {m['model']}\n" + m["table"]
+    )
 
 
 def _ensemble_text(res: dict) -> str:
-    return ("old default (pgd) against the ensemble (auto): worst-case MS-SSIM per point, passes per point\n"
-            + res["ensemble"]["table"])
+    return (
+        "old default (pgd) against the ensemble (auto): worst-case MS-SSIM per point, passes per point\n"
+        + res["ensemble"]["table"]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

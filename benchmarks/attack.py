@@ -14,6 +14,7 @@ from benchmarks.common import best_time, count_flops, peak_memory, synchronizer,
 from robustvae.attacks import LatentPGD
 from robustvae.metrics import ms_ssim
 
+
 def inputs(model, n: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     """``n`` fixed random images of the model's shape."""
     c, s = model.cfg.image_channels, model.cfg.image_size
@@ -36,10 +37,14 @@ def compare(adv: torch.Tensor, loss: torch.Tensor, ref_adv: torch.Tensor, ref_lo
     close = bool((gap <= LOSS_ATOL + LOSS_RTOL * scale).all())
     # 95 % of the images; on the few images of a --quick run, at most one may take another path
     allowed_off = max(int((1 - MIN_MATCHING) * matching.numel()), 1)
-    return {"max_abs_difference": (adv - ref_adv).abs().max().item(), "same_pixels": pixels.float().mean().item(),
-            "matching_images": matching.float().mean().item(), "max_loss_abs_difference": gap.max().item(),
-            "max_loss_rel_difference": (gap / scale.clamp_min(LOSS_ATOL)).max().item(),
-            "same": close and int((~matching).sum()) <= allowed_off}
+    return {
+        "max_abs_difference": (adv - ref_adv).abs().max().item(),
+        "same_pixels": pixels.float().mean().item(),
+        "matching_images": matching.float().mean().item(),
+        "max_loss_abs_difference": gap.max().item(),
+        "max_loss_rel_difference": (gap / scale.clamp_min(LOSS_ATOL)).max().item(),
+        "same": close and int((~matching).sum()) <= allowed_off,
+    }
 
 
 def assert_same(cmp: dict[str, object], what: str) -> None:
@@ -78,10 +83,20 @@ def measure_attack(model, k: int, points: int, restarts: int, steps: int, device
     assert_same(cmp, f"attack k={k}, one at a time vs batched")
     flops = attack_flops(batched.objective, x[:1], steps) * x.shape[0]  # every image costs the same
     return {
-        "k": k, "points": points, "restarts": restarts, "steps": steps, "images": x.shape[0],
-        "batched_s": t_batched, "one_at_a_time_s": t_single, "speedup": t_single / t_batched,
-        "image_steps_per_s": x.shape[0] * steps / t_batched, "flops": flops, "flops_per_image_step": flops / (x.shape[0] * steps),
-        "achieved_flops_per_s": flops / t_batched, "one_at_a_time_flops_per_s": flops / t_single, **cmp,
+        "k": k,
+        "points": points,
+        "restarts": restarts,
+        "steps": steps,
+        "images": x.shape[0],
+        "batched_s": t_batched,
+        "one_at_a_time_s": t_single,
+        "speedup": t_single / t_batched,
+        "image_steps_per_s": x.shape[0] * steps / t_batched,
+        "flops": flops,
+        "flops_per_image_step": flops / (x.shape[0] * steps),
+        "achieved_flops_per_s": flops / t_batched,
+        "one_at_a_time_flops_per_s": flops / t_single,
+        **cmp,
         # memory does not grow with the number of steps: one step of each
         "peak_memory": peak_memory(lambda: attack(1)(x, seeds=seeds), device),
         "one_at_a_time_peak_memory": peak_memory(lambda: attack(1)(x[:1], seeds=seeds[:1]), device),
@@ -99,8 +114,16 @@ def measure_ms_ssim(model, n: int, device: torch.device, repeats: int) -> dict[s
     if diff > 1e-4:
         raise AssertionError(f"MS-SSIM per image differs from batched by {diff:.2e}")
     t_batched = best_time(lambda: ms_ssim(x, y), repeats, sync=sync)
-    t_single = best_time(lambda: [ms_ssim(x[i : i + 1], y[i : i + 1]) for i in range(n)], max(1, repeats // 3), sync=sync)
-    return {"images": n, "shape": list(x.shape[1:]), "batched_s": t_batched, "per_image_s": t_single,
-            "speedup": t_single / t_batched, "max_abs_difference": diff,
-            "peak_memory": peak_memory(lambda: ms_ssim(x, y), device),
-            "per_image_peak_memory": peak_memory(lambda: ms_ssim(x[:1], y[:1]), device)}
+    t_single = best_time(
+        lambda: [ms_ssim(x[i : i + 1], y[i : i + 1]) for i in range(n)], max(1, repeats // 3), sync=sync
+    )
+    return {
+        "images": n,
+        "shape": list(x.shape[1:]),
+        "batched_s": t_batched,
+        "per_image_s": t_single,
+        "speedup": t_single / t_batched,
+        "max_abs_difference": diff,
+        "peak_memory": peak_memory(lambda: ms_ssim(x, y), device),
+        "per_image_peak_memory": peak_memory(lambda: ms_ssim(x[:1], y[:1]), device),
+    }

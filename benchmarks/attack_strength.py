@@ -45,7 +45,9 @@ def measure(model, x: torch.Tensor, k: int, cfg: AttackConfig, restarts: int, se
     """One row per configuration (and the random-noise row first), each scored with the sweep's protocol."""
     n = x.shape[0]
     X = x.repeat_interleave(restarts, 0)
-    noise = [t.repeat_interleave(restarts, 0) for t in prior_noise(model, [derive_seed(seed, "prior", p) for p in range(n)])]
+    noise = [
+        t.repeat_interleave(restarts, 0) for t in prior_noise(model, [derive_seed(seed, "prior", p) for p in range(n)])
+    ]
     seeds = [derive_seed(seed, "start", k, p, r) for p in range(n) for r in range(restarts)]
     count = LatentObjective(model, k).levels_changed
     with torch.no_grad():
@@ -55,9 +57,15 @@ def measure(model, x: torch.Tensor, k: int, cfg: AttackConfig, restarts: int, se
         with torch.no_grad():
             score = ms_ssim(model.reconstruct(adv, k, cfg.temperature, noise), clean).view(n, restarts)
         worst = score.min(1).values
-        return {"attack": name, "levels_changed": count(X, adv).mean().item(), "msssim_mean_of_worst": worst.mean().item(),
-                "msssim_worst": worst.min().item(), "forward_per_image": passes["forward"],
-                "backward_per_image": passes["backward"], "seconds": seconds}
+        return {
+            "attack": name,
+            "levels_changed": count(X, adv).mean().item(),
+            "msssim_mean_of_worst": worst.mean().item(),
+            "msssim_worst": worst.min().item(),
+            "forward_per_image": passes["forward"],
+            "backward_per_image": passes["backward"],
+            "seconds": seconds,
+        }
 
     rows = [row("uniform noise", X + random_start(X, cfg.eps, cfg.norm, seeds), {"forward": 0, "backward": 0}, 0.0)]
     for optimizer, objective, st in CONFIGS:
@@ -65,8 +73,14 @@ def measure(model, x: torch.Tensor, k: int, cfg: AttackConfig, restarts: int, se
         attack = make_attack(model, k, c)
         t = time.perf_counter()
         adv = attack(X, seeds=seeds, noise=noise)
-        rows.append(row(f"{optimizer} {objective}{' (straight-through)' if st else ''}", adv, attack.passes,
-                        time.perf_counter() - t))
+        rows.append(
+            row(
+                f"{optimizer} {objective}{' (straight-through)' if st else ''}",
+                adv,
+                attack.passes,
+                time.perf_counter() - t,
+            )
+        )
     return rows
 
 
@@ -87,13 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     x = eval_images(ds, "test", model.cfg.binary)[order]
     cfg = AttackConfig(eps=args.eps, norm=args.norm, steps=args.steps, restarts=args.restarts)
     rows = measure(model, x, args.k, cfg, args.restarts)
-    print(f"{args.run}: k={args.k}, {args.norm} eps {args.eps}, {args.points} points x {args.restarts} restarts, "
-          f"{args.steps} steps; context levels: {sum(i.dims for i in model.layers[: args.k] if i.deterministic)}")
-    print("| attack | levels changed | MS-SSIM mean of worst | MS-SSIM worst | forward / backward passes per image | s |")
+    print(
+        f"{args.run}: k={args.k}, {args.norm} eps {args.eps}, {args.points} points x {args.restarts} restarts, "
+        f"{args.steps} steps; context levels: {sum(i.dims for i in model.layers[: args.k] if i.deterministic)}"
+    )
+    print(
+        "| attack | levels changed | MS-SSIM mean of worst | MS-SSIM worst | forward / backward passes per image | s |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['attack']} | {r['levels_changed']:.2f} | {r['msssim_mean_of_worst']:.4f} | {r['msssim_worst']:.4f} | "
-              f"{r['forward_per_image']} / {r['backward_per_image']} | {r['seconds']:.1f} |")
+        print(
+            f"| {r['attack']} | {r['levels_changed']:.2f} | {r['msssim_mean_of_worst']:.4f} | {r['msssim_worst']:.4f} | "
+            f"{r['forward_per_image']} / {r['backward_per_image']} | {r['seconds']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ BEFORE = "53180d5"  # the last commit before the speed work of issue 7
 
 def old_module(path: str, rev: str) -> types.ModuleType:
     """The file ``path`` as it was at git revision ``rev``, loaded as a standalone module."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True, capture_output=True, text=True).stdout
+    src = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True, capture_output=True, text=True
+    ).stdout
     name = f"_before_{rev}_" + path.removesuffix(".py").replace("/", "_")
     mod = sys.modules[name] = types.ModuleType(name)
     exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
@@ -64,8 +66,10 @@ def side_by_side(old, new, repeats: int, sync) -> tuple[float, float]:
 def _agreement(a, b) -> dict[str, float]:
     """Largest difference relative to the largest value, and the share of entries equal within 1e-5."""
     gap = (a - b).abs()
-    return {"max_rel_difference": (gap.max() / b.abs().max().clamp_min(1e-30)).item(),
-            "equal_share": (gap <= 1e-5).float().mean().item()}
+    return {
+        "max_rel_difference": (gap.max() / b.abs().max().clamp_min(1e-30)).item(),
+        "equal_share": (gap <= 1e-5).float().mean().item(),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -95,12 +99,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def record(change: str, workload: str, old, new) -> None:
         t_old, t_new = side_by_side(old, new, args.repeats, sync)
-        rows.append({"change": change, "workload": workload, "old_s": t_old, "new_s": t_new, "ratio": t_old / t_new,
-                     **_agreement(old(), new())})
+        rows.append(
+            {
+                "change": change,
+                "workload": workload,
+                "old_s": t_old,
+                "new_s": t_new,
+                "ratio": t_old / t_new,
+                **_agreement(old(), new()),
+            }
+        )
 
     y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dev)).clamp(0, 1)
-    record("MS-SSIM as matrix products, cached windows", f"{n} pairs, one call",
-           lambda: old_metrics.ms_ssim(x, y), lambda: metrics.ms_ssim(x, y))
+    record(
+        "MS-SSIM as matrix products, cached windows",
+        f"{n} pairs, one call",
+        lambda: old_metrics.ms_ssim(x, y),
+        lambda: metrics.ms_ssim(x, y),
+    )
 
     for k in sorted({1, model.num_layers}):
         objective = LatentObjective(model, k)
@@ -147,8 +163,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| change | workload | before | after | speed-up | max difference / max value | equal within 1e-5 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['change']} | {r['workload']} | {r['old_s'] * 1e3:.1f} ms | {r['new_s'] * 1e3:.1f} ms "
-              f"| {r['ratio']:.2f}x | {r['max_rel_difference']:.1e} | {r['equal_share']:.1%} |")
+        print(
+            f"| {r['change']} | {r['workload']} | {r['old_s'] * 1e3:.1f} ms | {r['new_s'] * 1e3:.1f} ms "
+            f"| {r['ratio']:.2f}x | {r['max_rel_difference']:.1e} | {r['equal_share']:.1%} |"
+        )
     return rows
 
 

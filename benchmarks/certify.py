@@ -30,8 +30,14 @@ def radius_stats(model, x: torch.Tensor) -> dict[str, dict[str, float]]:
     for norm in ("linf", "l2"):
         t0 = time.perf_counter()
         r = certified_radius(model, x, norm)
-        out[norm] = {"seconds": time.perf_counter() - t0, "median": r.median().item(), "min": r.min().item(),
-                     "max": r.max().item(), "mean": r.mean().item(), "zero": int((r == 0).sum())}
+        out[norm] = {
+            "seconds": time.perf_counter() - t0,
+            "median": r.median().item(),
+            "min": r.min().item(),
+            "max": r.max().item(),
+            "mean": r.mean().item(),
+            "zero": int((r == 0).sum()),
+        }
     return out
 
 
@@ -41,16 +47,32 @@ def attack_times(model, x: torch.Tensor, runs: list[tuple[str, float]], time_lim
         for norm, eps in runs:
             for objective in ("decoded_l2", "count"):
                 res = optimal_context_attack(model, x[b : b + 1], eps, norm, objective=objective, time_limit=time_limit)
-                rows.append({"digit": b, "norm": norm, "eps": eps, "objective": objective,
-                             "seconds": res.solve_time.item(), "proven_optimal": bool(res.proven_optimal.item()),
-                             "decoded_l2": res.decoded_l2.item(), "changed": int(res.changed.item()),
-                             "bound": res.bound.item(), "rounds": int(res.rounds.item()), "status": res.status[0]})
+                rows.append(
+                    {
+                        "digit": b,
+                        "norm": norm,
+                        "eps": eps,
+                        "objective": objective,
+                        "seconds": res.solve_time.item(),
+                        "proven_optimal": bool(res.proven_optimal.item()),
+                        "decoded_l2": res.decoded_l2.item(),
+                        "changed": int(res.changed.item()),
+                        "bound": res.bound.item(),
+                        "rounds": int(res.rounds.item()),
+                        "status": res.status[0],
+                    }
+                )
                 r = rows[-1]
-                what = (f"decoded L2 {r['decoded_l2']:.3f} (bound {r['bound']:.3f}), changed {r['changed']}"
-                        if objective == "decoded_l2" else
-                        f"changed {r['changed']} (bound {r['bound']:g}), decoded L2 {r['decoded_l2']:.3f}")
-                print(f"  digit {b} {norm:4s} eps {eps:<5g} {objective:10s} {r['seconds']:7.2f} s  "
-                      f"{'optimal   ' if r['proven_optimal'] else 'NOT proven'}  {what}  rounds {r['rounds']}", flush=True)
+                what = (
+                    f"decoded L2 {r['decoded_l2']:.3f} (bound {r['bound']:.3f}), changed {r['changed']}"
+                    if objective == "decoded_l2"
+                    else f"changed {r['changed']} (bound {r['bound']:g}), decoded L2 {r['decoded_l2']:.3f}"
+                )
+                print(
+                    f"  digit {b} {norm:4s} eps {eps:<5g} {objective:10s} {r['seconds']:7.2f} s  "
+                    f"{'optimal   ' if r['proven_optimal'] else 'NOT proven'}  {what}  rounds {r['rounds']}",
+                    flush=True,
+                )
     return rows
 
 
@@ -71,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     stats = radius_stats(model, x[: a.points])
     print(f"certified radius over {a.points} mnist-offline test digits (dctvae-mnist-tiny codec):")
     for norm, s in stats.items():
-        print(f"  {norm:4s} median {s['median']:.5f}  min {s['min']:.5f}  max {s['max']:.5f}  mean {s['mean']:.5f}  "
-              f"zero {s['zero']}  ({s['seconds']:.2f} s)")
+        print(
+            f"  {norm:4s} median {s['median']:.5f}  min {s['min']:.5f}  max {s['max']:.5f}  mean {s['mean']:.5f}  "
+            f"zero {s['zero']}  ({s['seconds']:.2f} s)"
+        )
     fractions = {}
     for norm, grid in (("linf", [0.0005, 0.001, 0.002, 0.005, 0.01]), ("l2", [0.005, 0.01, 0.02, 0.05, 0.1])):
         f = certified_fraction(model, x[: a.points], grid, norm)

@@ -45,8 +45,25 @@ def giant_checkpoint(work: Path, width: int) -> Path:
     from robustvae.cli import main
 
     run = work / "run"
-    assert main(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-                 "--steps", "2", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "--quiet",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(run / "best.pt", weights_only=True)
     ckpt["config"]["model"]["channels"] = ckpt["config"]["model"]["hidden"] = width
     path = work / f"giant-{width}.pt"
@@ -57,13 +74,23 @@ def giant_checkpoint(work: Path, width: int) -> Path:
 def measure(package_root: Path, limit: int, argv: list[str]) -> dict:
     """Run the probe with ``package_root`` first on the path; its peak RSS (MiB), exit code and last stderr line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package_root)}
-    r = subprocess.run([sys.executable, "-c", PROBE, str(limit), *argv], capture_output=True, text=True, env=env,
-                       timeout=1800, cwd=package_root)  # python -c puts the working folder first on the path
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, str(limit), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        cwd=package_root,
+    )  # python -c puts the working folder first on the path
     peak = [ln for ln in r.stdout.splitlines() if ln.startswith("PEAK_KIB")]
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    return {"exit": r.returncode, "peak_mib": round(int(peak[0].split()[1]) / 1024, 1) if peak else None,
-            "stderr_lines": len(lines), "last_line": lines[-1][:240] if lines else "",
-            "traceback": "Traceback" in r.stderr}
+    return {
+        "exit": r.returncode,
+        "peak_mib": round(int(peak[0].split()[1]) / 1024, 1) if peak else None,
+        "stderr_lines": len(lines),
+        "last_line": lines[-1][:240] if lines else "",
+        "traceback": "Traceback" in r.stderr,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,9 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("ROBUSTVAE_DATA", str(work / "data"))
         ckpt = giant_checkpoint(work, a.width)
         cmd = ["eval", str(ckpt), "-k", "2", "--limit", "4", "--batch-size", "4", "-q", "--out", str(work / "e.json")]
-        res = {"command": "python -m benchmarks.checkpoint_memory " + " ".join(argv or sys.argv[1:]),
-               "width": a.width, "address_space_limit_gib": a.limit_gib,
-               "baseline (import only)": measure(ROOT, limit, []), "this tree": measure(ROOT, limit, cmd)}
+        res = {
+            "command": "python -m benchmarks.checkpoint_memory " + " ".join(argv or sys.argv[1:]),
+            "width": a.width,
+            "address_space_limit_gib": a.limit_gib,
+            "baseline (import only)": measure(ROOT, limit, []),
+            "this tree": measure(ROOT, limit, cmd),
+        }
         if a.before is not None:
             res[f"before ({a.before})"] = measure(a.before, limit, cmd)
     print(json.dumps(res, indent=1))

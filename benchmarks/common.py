@@ -24,7 +24,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return fc.get_total_flops()
 
 
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+def best_time(
+    fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None
+) -> float:
     """The fastest of ``repeats`` timed calls (after ``warmup`` untimed ones), in seconds."""
     for _ in range(warmup):
         fn()
@@ -65,10 +67,16 @@ def dense_conv_flops_per_s(device: torch.device, quick: bool = False, autocast: 
             y.float().sum().backward()
 
         flops = count_flops(step)
-        per_layout[name] = flops / best_time(step, 2 if quick else 5, warmup=1 if quick else 2, sync=synchronizer(device))
+        per_layout[name] = flops / best_time(
+            step, 2 if quick else 5, warmup=1 if quick else 2, sync=synchronizer(device)
+        )
     best = max(per_layout, key=per_layout.get)
-    return {"flops_per_s": per_layout[best], "layout": best, "per_layout": per_layout,
-            "workload": f"conv {c}->{c} 3x3 on {b}x{c}x{s}x{s}, forward + backward" + (", bf16" if autocast else "")}
+    return {
+        "flops_per_s": per_layout[best],
+        "layout": best,
+        "per_layout": per_layout,
+        "workload": f"conv {c}->{c} 3x3 on {b}x{c}x{s}x{s}, forward + backward" + (", bf16" if autocast else ""),
+    }
 
 
 def _cpu_peak_bytes(fn: Callable[[], object]) -> int:

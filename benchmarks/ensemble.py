@@ -31,8 +31,11 @@ def passes_per_point(model, k: int, cfg: AttackConfig) -> dict[str, int]:
     """Forward and backward passes one point costs under ``cfg`` (all restarts; the scoring pass of each
     restart's last iterate included), from the attacks' definitions."""
     version = ensemble_version(cfg.optimizer)
-    plan = [(cfg.optimizer, cfg.steps)] if version is None else [(m.optimizer, n) for m, n in
-                                                                  ensemble_plan(model, k, version, cfg.steps)]
+    plan = (
+        [(cfg.optimizer, cfg.steps)]
+        if version is None
+        else [(m.optimizer, n) for m, n in ensemble_plan(model, k, version, cfg.steps)]
+    )
     forward = sum(n + 1 for _, n in plan) * cfg.restarts
     backward = sum(0 if opt == "square" else n for opt, n in plan) * cfg.restarts
     return {"forward": forward, "backward": backward}
@@ -48,22 +51,38 @@ def measure_ensemble(models: list, base: AttackConfig, device: str = "cpu", data
         seconds = time.perf_counter() - t
         pp = per_point(res.records)
         for (model, k), g in pp.groupby(["model", "k"]):
-            rows.append({"attack": name, "model": model, "k": int(k), "worst_mean": float(g.worst.mean()),
-                         "worst_min": float(g.worst.min()), "points": int(len(g)), "seconds": seconds})
+            rows.append(
+                {
+                    "attack": name,
+                    "model": model,
+                    "k": int(k),
+                    "worst_mean": float(g.worst.mean()),
+                    "worst_min": float(g.worst.min()),
+                    "points": int(len(g)),
+                    "seconds": seconds,
+                }
+            )
     return rows
 
 
 def table(rows: list[dict], passes: dict[tuple[str, str, int], dict[str, int]]) -> str:
     """Markdown: per model and k, the two attacks side by side."""
     by = {(r["model"], r["k"], r["attack"]): r for r in rows}
-    lines = ["| model | k | " + " | ".join(f"{a}: mean of worst | {a}: lowest | {a}: passes (fwd/bwd)" for a in ATTACKS)
-             + " |", "|" + " --- |" * (2 + 3 * len(ATTACKS))]
+    lines = [
+        "| model | k | "
+        + " | ".join(f"{a}: mean of worst | {a}: lowest | {a}: passes (fwd/bwd)" for a in ATTACKS)
+        + " |",
+        "|" + " --- |" * (2 + 3 * len(ATTACKS)),
+    ]
     for model, k in sorted({(r["model"], r["k"]) for r in rows}):
         cells = [model, str(k)]
         for a in ATTACKS:
             r, p = by.get((model, k, a)), passes.get((a, model, k), {})
-            cells += [f"{r['worst_mean']:.4f}", f"{r['worst_min']:.4f}", f"{p.get('forward')}/{p.get('backward')}"] \
-                if r else ["-", "-", "-"]
+            cells += (
+                [f"{r['worst_mean']:.4f}", f"{r['worst_min']:.4f}", f"{p.get('forward')}/{p.get('backward')}"]
+                if r
+                else ["-", "-", "-"]
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -80,8 +99,12 @@ def run(models: list, base: AttackConfig, device: str = "cpu", data: str | None 
         for k in parse_layers(base.layers, lm.model.num_layers, lm.label):
             for a in ATTACKS:
                 passes[(a, lm.label, k)] = passes_per_point(lm.model, k, AttackConfig(**{**vars(base), "optimizer": a}))
-    return {"settings": vars(base), "rows": rows, "table": table(rows, passes),
-            "passes": [{"attack": a, "model": m, "k": k, **p} for (a, m, k), p in passes.items()]}
+    return {
+        "settings": vars(base),
+        "rows": rows,
+        "table": table(rows, passes),
+        "passes": [{"attack": a, "model": m, "k": k, **p} for (a, m, k), p in passes.items()],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,11 +120,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
-    base = AttackConfig(layers=args.layers, points=args.points, restarts=args.restarts, steps=args.steps, eps=args.eps,
-                        norm=args.norm, floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+    base = AttackConfig(
+        layers=args.layers,
+        points=args.points,
+        restarts=args.restarts,
+        steps=args.steps,
+        eps=args.eps,
+        norm=args.norm,
+        floor_draws=0,
+        noise_draws=0,
+        unrelated_draws=0,
+        gallery_points=0,
+    )
     res = run(list(args.runs), base, args.device, args.data)
-    print(f"worst-case MS-SSIM per point (over restarts, and the ensemble's members), {args.norm} eps {args.eps}, "
-          f"{args.points} points x {args.restarts} restarts x {args.steps} steps")
+    print(
+        f"worst-case MS-SSIM per point (over restarts, and the ensemble's members), {args.norm} eps {args.eps}, "
+        f"{args.points} points x {args.restarts} restarts x {args.steps} steps"
+    )
     print(res["table"])
     if args.out:
         args.out.write_text(json.dumps(res, indent=1))

@@ -78,12 +78,23 @@ def measure_target(model, images: int, k: int, device: torch.device) -> dict:
     pass_x = x[:group]
     with torch.inference_mode():
         peak = peak_memory(lambda: model.log_importance_weights(pass_x, one, noise=pass_noise), device)
-    return {"images": images, "iw_samples": k, "seconds": seconds, "samples_per_s": images * k / seconds,
-            "flops": flops, "flops_per_sample": flops / (images * k), "achieved_flops_per_s": flops / seconds,
-            "best_pass_flops_per_s": best, "max_batch_mib": budget, "rows_per_pass": rows,
-            "largest_pass_rows": group * one,
-            "bytes_per_row_estimate": per_row, "pass_peak_memory": peak, "nll_nats": float(nll.mean()),
-            "readme_example_s": seconds * README_IMAGES / images}
+    return {
+        "images": images,
+        "iw_samples": k,
+        "seconds": seconds,
+        "samples_per_s": images * k / seconds,
+        "flops": flops,
+        "flops_per_sample": flops / (images * k),
+        "achieved_flops_per_s": flops / seconds,
+        "best_pass_flops_per_s": best,
+        "max_batch_mib": budget,
+        "rows_per_pass": rows,
+        "largest_pass_rows": group * one,
+        "bytes_per_row_estimate": per_row,
+        "pass_peak_memory": peak,
+        "nll_nats": float(nll.mean()),
+        "readme_example_s": seconds * README_IMAGES / images,
+    }
 
 
 @contextmanager
@@ -134,9 +145,18 @@ def measure_old_vs_new(model, images: int, k: int, device: torch.device, rev: st
         for name, fn in (("new", evaluate_model), ("old", old.evaluate_model)):
             results[name], t = run(fn)
             times[name] = min(times[name], t)
-    return {"rev": rev, "available": True, "images": images, "iw_samples": k, "old_s": times["old"],
-            "new_s": times["new"], "speedup": times["old"] / times["new"], "old_nll_nats": results["old"]["nll_nats"],
-            "new_nll_nats": results["new"]["nll_nats"], "nelbo_nats": results["new"]["nelbo_nats"]}
+    return {
+        "rev": rev,
+        "available": True,
+        "images": images,
+        "iw_samples": k,
+        "old_s": times["old"],
+        "new_s": times["new"],
+        "speedup": times["old"] / times["new"],
+        "old_nll_nats": results["old"]["nll_nats"],
+        "new_nll_nats": results["new"]["nll_nats"],
+        "nelbo_nats": results["new"]["nelbo_nats"],
+    }
 
 
 def measure_budgets(model, images: int, k: int, device: torch.device, budgets: list[int]) -> dict:
@@ -162,34 +182,68 @@ def run(args: argparse.Namespace, dev: torch.device, limit: float, model) -> dic
     target["limit_flops_per_s"] = max(limit, again)
     target["fraction_of_limit"] = target["achieved_flops_per_s"] / target["limit_flops_per_s"]
     target["best_pass_fraction_of_limit"] = target["best_pass_flops_per_s"] / target["limit_flops_per_s"]
-    return {"model": Path(args.checkpoint).name if args.checkpoint else args.preset, "goal_fraction_of_limit": GOAL,
-            "target": target, "limit_before_after": [limit, again],
-            "old_vs_new": measure_old_vs_new(model, args.compare_images, args.compare_k, dev, args.rev),
-            "budgets": measure_budgets(model, args.budget_images, args.compare_k, dev, args.budgets)}
+    return {
+        "model": Path(args.checkpoint).name if args.checkpoint else args.preset,
+        "goal_fraction_of_limit": GOAL,
+        "target": target,
+        "limit_before_after": [limit, again],
+        "old_vs_new": measure_old_vs_new(model, args.compare_images, args.compare_k, dev, args.rev),
+        "budgets": measure_budgets(model, args.budget_images, args.compare_k, dev, args.budgets),
+    }
 
 
 def rows(res: dict) -> list[list[str]]:
     """Table rows (the suite's columns) of an eval result."""
     t, o, b = res["target"], res["old_vs_new"], res["budgets"]
     speed = f"{o['speedup']:.2f}x vs git {o['rev']}" if o["available"] else f"git {o['rev']} not in this clone"
-    mem = (f"{t['pass_peak_memory']['bytes'] / 2**20:.1f} MiB in its largest pass ({t['largest_pass_rows']} of the "
-           f"{t['rows_per_pass']} samples a {t['max_batch_mib']} MiB pass may hold)")
-    out = [[f"eval NLL {res['model']}",
+    mem = (
+        f"{t['pass_peak_memory']['bytes'] / 2**20:.1f} MiB in its largest pass ({t['largest_pass_rows']} of the "
+        f"{t['rows_per_pass']} samples a {t['max_batch_mib']} MiB pass may hold)"
+    )
+    out = [
+        [
+            f"eval NLL {res['model']}",
             f"K={t['iw_samples']} x {t['images']} images, --max-batch-mib {t['max_batch_mib']}; "
             f"whole MNIST test split about {t['readme_example_s'] / 3600:.1f} h",
-            f"{t['samples_per_s']:.0f} samples/s", f"{t['flops_per_sample'] / 1e9:.3f}",
+            f"{t['samples_per_s']:.0f} samples/s",
+            f"{t['flops_per_sample'] / 1e9:.3f}",
             f"{t['achieved_flops_per_s'] / 1e9:.1f}",
             f"{t['fraction_of_limit']:.1%} (best pass {t['best_pass_fraction_of_limit']:.1%}; limit "
-            f"{t['limit_flops_per_s'] / 1e9:.1f}: the higher before / after)", speed,
+            f"{t['limit_flops_per_s'] / 1e9:.1f}: the higher before / after)",
+            speed,
             f">= {res['goal_fraction_of_limit']:.0%} of limit: {'met' if t['fraction_of_limit'] >= res['goal_fraction_of_limit'] else 'NOT met'}",
-            mem]]
+            mem,
+        ]
+    ]
     if o["available"]:
-        out.append([f"eval old vs new ({o['rev']})", f"evaluate_model, K={o['iw_samples']} x {o['images']} images; "
-                    f"NLL {o['old_nll_nats']:.2f} old / {o['new_nll_nats']:.2f} new (other draws)",
-                    f"{o['old_s']:.1f} s old / {o['new_s']:.1f} s new", "", "", "", f"{o['speedup']:.2f}x", "", ""])
+        out.append(
+            [
+                f"eval old vs new ({o['rev']})",
+                f"evaluate_model, K={o['iw_samples']} x {o['images']} images; "
+                f"NLL {o['old_nll_nats']:.2f} old / {o['new_nll_nats']:.2f} new (other draws)",
+                f"{o['old_s']:.1f} s old / {o['new_s']:.1f} s new",
+                "",
+                "",
+                "",
+                f"{o['speedup']:.2f}x",
+                "",
+                "",
+            ]
+        )
     sweep = ", ".join(f"{r['max_batch_mib']} MiB: {r['samples_per_s']:.0f}/s" for r in b["budgets"])
-    out.append(["eval per budget", f"K={b['iw_samples']} x {b['images']} images; NLLs {b['max_nll_difference']:.1e} apart",
-                sweep, "", "", "", "", "", ""])
+    out.append(
+        [
+            "eval per budget",
+            f"K={b['iw_samples']} x {b['images']} images; NLLs {b['max_nll_difference']:.1e} apart",
+            sweep,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     return out
 
 
@@ -209,18 +263,28 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-images", type=int, help="images of the target workload (default 100; quick 2)")
     ap.add_argument("--eval-k", type=int, help="importance samples of the target workload (default 1000; quick 8)")
     ap.add_argument("--compare-images", type=int, help="images of old vs new (default 100; quick 2)")
-    ap.add_argument("--compare-k", type=int, help="importance samples of old vs new and the budgets (default 100; quick 4)")
+    ap.add_argument(
+        "--compare-k", type=int, help="importance samples of old vs new and the budgets (default 100; quick 4)"
+    )
     ap.add_argument("--budget-images", type=int, help="images of the budget sweep (default 10; quick 2)")
     ap.add_argument("--rev", default=OLD_REV, help=f"git revision of the old evaluation code (default {OLD_REV})")
-    ap.add_argument("--budgets", type=lambda s: [int(v) for v in s.split(",")],
-                    help="--max-batch-mib values compared (default 32,64,128,256,512,1024,2048; quick 1,4)")
+    ap.add_argument(
+        "--budgets",
+        type=lambda s: [int(v) for v in s.split(",")],
+        help="--max-batch-mib values compared (default 32,64,128,256,512,1024,2048; quick 1,4)",
+    )
 
 
 def defaults(args: argparse.Namespace) -> None:
     q = args.quick
-    for name, full, quick in (("eval_images", 100, 2), ("eval_k", 1000, 8), ("compare_images", 100, 2),
-                              ("compare_k", 100, 4), ("budget_images", 10, 2),
-                              ("budgets", [32, 64, 128, 256, 512, 1024, 2048], [1, 4])):
+    for name, full, quick in (
+        ("eval_images", 100, 2),
+        ("eval_k", 1000, 8),
+        ("compare_images", 100, 2),
+        ("compare_k", 100, 4),
+        ("budget_images", 10, 2),
+        ("budgets", [32, 64, 128, 256, 512, 1024, 2048], [1, 4]),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
 
@@ -233,11 +297,19 @@ def main(argv: list[str] | None = None) -> dict:
     dev = resolve_device(args.device)
     limit = dense_conv_flops_per_s(dev, args.quick)
     model, label = model_for(args, dev)
-    res = {"command": "python -m benchmarks.eval " + " ".join(sys.argv[1:] if argv is None else argv),
-           "machine": machine(), "device": str(dev), "limit": limit,
-           "eval": run(args, dev, limit["flops_per_s"], model)}
-    lines = [f"limit {limit['flops_per_s'] / 1e9:.1f} GFLOP/s ({limit['workload']}, {limit['layout']}); model: {label}",
-             "", *HEADER, *("| " + " | ".join(r) + " |" for r in rows(res["eval"]))]
+    res = {
+        "command": "python -m benchmarks.eval " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "device": str(dev),
+        "limit": limit,
+        "eval": run(args, dev, limit["flops_per_s"], model),
+    }
+    lines = [
+        f"limit {limit['flops_per_s'] / 1e9:.1f} GFLOP/s ({limit['workload']}, {limit['layout']}); model: {label}",
+        "",
+        *HEADER,
+        *("| " + " | ".join(r) + " |" for r in rows(res["eval"])),
+    ]
     print("\n".join(lines))
     out = args.out or (RESULTS.with_name("eval-results-quick.json") if args.quick else RESULTS)
     out.write_text(json.dumps(res, indent=2) + "\n")

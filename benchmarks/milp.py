@@ -55,7 +55,11 @@ def problems(model: str | None, points: int, seed: int = 0) -> tuple[object, tor
     torch.manual_seed(0)
     m = build_model(get_preset("dctvae-mnist-tiny").model).eval()
     m.fit_data(ds.train.images)
-    return m, eval_images(ds, "test", True)[:points], f"dctvae-mnist-tiny codec fitted on mnist-offline ({points} test digits)"
+    return (
+        m,
+        eval_images(ds, "test", True)[:points],
+        f"dctvae-mnist-tiny codec fitted on mnist-offline ({points} test digits)",
+    )
 
 
 def pgd_start(model, x: torch.Tensor, eps: float, steps: int = 30, restarts: int = 4, seed: int = 0) -> torch.Tensor:
@@ -93,8 +97,9 @@ def pgd_start(model, x: torch.Tensor, eps: float, steps: int = 30, restarts: int
 def warm(model, x, eps, norm, objective, time_limit):
     """The working tree's MILP warm-started from :func:`pgd_start` with the cutoff row (its seconds counted; without
     the row the solve is the plain one's)."""
-    return optimal_context_attack(model, x, eps, norm, objective, time_limit, start=pgd_start(model, x, eps),
-                                  start_cutoff=True)
+    return optimal_context_attack(
+        model, x, eps, norm, objective, time_limit, start=pgd_start(model, x, eps), start_cutoff=True
+    )
 
 
 def solve(fn, model, x: torch.Tensor, eps: float, time_limit: float) -> dict:
@@ -104,12 +109,26 @@ def solve(fn, model, x: torch.Tensor, eps: float, time_limit: float) -> dict:
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     value, bound = float(r.decoded_l2[0]), float(r.bound[0])
     gap = (bound - value) / bound if math.isfinite(bound) and bound > 0 else (0.0 if bound == 0 else math.nan)
-    return {"cpu_s": cpu, "wall_s": wall, "proven": bool(r.proven_optimal[0]), "value": value, "bound": bound,
-            "gap": gap}
+    return {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "proven": bool(r.proven_optimal[0]),
+        "value": value,
+        "bound": bound,
+        "gap": gap,
+    }
 
 
-def measure(model, x: torch.Tensor, eps: float, time_limits: list[float], old_fn, new_fn=optimal_context_attack,
-            echo: bool = True, with_warm: bool = False) -> list[dict]:
+def measure(
+    model,
+    x: torch.Tensor,
+    eps: float,
+    time_limits: list[float],
+    old_fn,
+    new_fn=optimal_context_attack,
+    echo: bool = True,
+    with_warm: bool = False,
+) -> list[dict]:
     """Rows per (time limit, point, version); the versions alternate who goes first."""
     rows = []
     for tl in time_limits:
@@ -119,9 +138,11 @@ def measure(model, x: torch.Tensor, eps: float, time_limits: list[float], old_fn
                 r = {"time_limit": tl, "point": p, "version": version, **solve(fn, model, x[p : p + 1], eps, tl)}
                 rows.append(r)
                 if echo:
-                    print(f"  limit {tl:g} s point {p:2d} {version:6s} cpu {r['cpu_s']:6.2f} s  "
-                          f"{'optimal   ' if r['proven'] else 'NOT proven'}  value {r['value']:.4f} bound {r['bound']:.4f}",
-                          flush=True)
+                    print(
+                        f"  limit {tl:g} s point {p:2d} {version:6s} cpu {r['cpu_s']:6.2f} s  "
+                        f"{'optimal   ' if r['proven'] else 'NOT proven'}  value {r['value']:.4f} bound {r['bound']:.4f}",
+                        flush=True,
+                    )
     return rows
 
 
@@ -135,15 +156,29 @@ def summary(rows: list[dict]) -> list[dict]:
             if not g:
                 continue
             n = len(g)
-            s[v] = {"points": n, "proven": sum(r["proven"] for r in g), "cpu_s_per_point": sum(r["cpu_s"] for r in g) / n,
-                    "wall_s_per_point": sum(r["wall_s"] for r in g) / n,
-                    "mean_gap": sum(r["gap"] for r in g) / n, "mean_value": sum(r["value"] for r in g) / n}
+            s[v] = {
+                "points": n,
+                "proven": sum(r["proven"] for r in g),
+                "cpu_s_per_point": sum(r["cpu_s"] for r in g) / n,
+                "wall_s_per_point": sum(r["wall_s"] for r in g) / n,
+                "mean_gap": sum(r["gap"] for r in g) / n,
+                "mean_value": sum(r["value"] for r in g) / n,
+            }
         b, a = s["before"], s["after"]
         s["cpu_ratio_after_over_before"] = a["cpu_s_per_point"] / b["cpu_s_per_point"]
         if "warm" in s:
             s["cpu_ratio_warm_over_before"] = s["warm"]["cpu_s_per_point"] / b["cpu_s_per_point"]
-        both = [(r, q) for r in rows for q in rows if r["time_limit"] == q["time_limit"] == tl and r["point"] == q["point"]
-                and r["version"] == "before" and q["version"] == "after" and r["proven"] and q["proven"]]
+        both = [
+            (r, q)
+            for r in rows
+            for q in rows
+            if r["time_limit"] == q["time_limit"] == tl
+            and r["point"] == q["point"]
+            and r["version"] == "before"
+            and q["version"] == "after"
+            and r["proven"]
+            and q["proven"]
+        ]
         s["both_proven"] = len(both)
         s["max_optimum_difference"] = max((abs(r["value"] - q["value"]) for r, q in both), default=0.0)
         out.append(s)
@@ -159,10 +194,16 @@ def cpu_to_proof(rows: list[dict], cpu_limits: list[float]) -> list[dict]:
         if not g:
             continue
         proven = [r["cpu_s"] for r in g if r["proven"]]
-        out.append({"version": v, "points": len(g), "wall_limit": g[0]["time_limit"],
-                    "proven_within": {f"{c:g}": sum(t <= c for t in proven) for c in cpu_limits},
-                    "proven_at_wall_limit": len(proven),
-                    "mean_cpu_s_of_proven": sum(proven) / len(proven) if proven else None})
+        out.append(
+            {
+                "version": v,
+                "points": len(g),
+                "wall_limit": g[0]["time_limit"],
+                "proven_within": {f"{c:g}": sum(t <= c for t in proven) for c in cpu_limits},
+                "proven_at_wall_limit": len(proven),
+                "mean_cpu_s_of_proven": sum(proven) / len(proven) if proven else None,
+            }
+        )
     return out
 
 
@@ -175,38 +216,63 @@ def check_agreement(summ: list[dict]) -> None:
 
 def table(summ: list[dict]) -> str:
     """Markdown: per time limit, before and after side by side (and the warm-started run, when measured)."""
-    lines = ["| time limit (s) | points | proven before | proven after | CPU s/point before | CPU s/point after | "
-             "after / before | mean gap before | mean gap after | mean decoded L2 before / after |",
-             "|" + " --- |" * 10]
+    lines = [
+        "| time limit (s) | points | proven before | proven after | CPU s/point before | CPU s/point after | "
+        "after / before | mean gap before | mean gap after | mean decoded L2 before / after |",
+        "|" + " --- |" * 10,
+    ]
     for s in summ:
         b, a = s["before"], s["after"]
-        lines.append(f"| {s['time_limit']:g} | {b['points']} | {b['proven']} | {a['proven']} | {b['cpu_s_per_point']:.2f} | "
-                     f"{a['cpu_s_per_point']:.2f} | {s['cpu_ratio_after_over_before']:.2f} | {b['mean_gap']:.3f} | "
-                     f"{a['mean_gap']:.3f} | {b['mean_value']:.3f} / {a['mean_value']:.3f} |")
+        lines.append(
+            f"| {s['time_limit']:g} | {b['points']} | {b['proven']} | {a['proven']} | {b['cpu_s_per_point']:.2f} | "
+            f"{a['cpu_s_per_point']:.2f} | {s['cpu_ratio_after_over_before']:.2f} | {b['mean_gap']:.3f} | "
+            f"{a['mean_gap']:.3f} | {b['mean_value']:.3f} / {a['mean_value']:.3f} |"
+        )
     for s in summ:
         if "warm" in s:
             w = s["warm"]
-            lines.append(f"\nwarm-started from a 30-step PGD on the decoded change (its time counted), limit "
-                         f"{s['time_limit']:g} s: proven {w['proven']} of {w['points']}, CPU s/point "
-                         f"{w['cpu_s_per_point']:.2f} ({s['cpu_ratio_warm_over_before']:.2f} x before), mean gap "
-                         f"{w['mean_gap']:.3f}, mean decoded L2 {w['mean_value']:.3f}")
+            lines.append(
+                f"\nwarm-started from a 30-step PGD on the decoded change (its time counted), limit "
+                f"{s['time_limit']:g} s: proven {w['proven']} of {w['points']}, CPU s/point "
+                f"{w['cpu_s_per_point']:.2f} ({s['cpu_ratio_warm_over_before']:.2f} x before), mean gap "
+                f"{w['mean_gap']:.3f}, mean decoded L2 {w['mean_value']:.3f}"
+            )
     return "\n".join(lines)
 
 
-def run(model: str | None, points: int, eps: float, time_limits: list[float], rev: str = BEFORE, seed: int = 0,
-        echo: bool = True, with_warm: bool = False) -> dict:
+def run(
+    model: str | None,
+    points: int,
+    eps: float,
+    time_limits: list[float],
+    rev: str = BEFORE,
+    seed: int = 0,
+    echo: bool = True,
+    with_warm: bool = False,
+) -> dict:
     target, x, label = problems(model, points, seed)
     old = old_module("robustvae/certify/attack.py", rev)
     rows = measure(target, x, eps, time_limits, old.optimal_context_attack, echo=echo, with_warm=with_warm)
     summ = summary(rows)
     check_agreement(summ)
-    return {"model": label, "eps": eps, "norm": "linf", "rev": rev, "omp_threads": torch.get_num_threads(),
-            "rows": rows, "summary": summ, "table": table(summ)}
+    return {
+        "model": label,
+        "eps": eps,
+        "norm": "linf",
+        "rev": rev,
+        "omp_threads": torch.get_num_threads(),
+        "rows": rows,
+        "summary": summ,
+        "table": table(summ),
+    }
 
 
 def add_arguments(ap: argparse.ArgumentParser, prefix: str = "") -> None:
-    ap.add_argument(f"--{prefix}model", default=None, help="DCT-VAE run directory or checkpoint (default: the "
-                    "dctvae-mnist-tiny codec fitted on mnist-offline)")
+    ap.add_argument(
+        f"--{prefix}model",
+        default=None,
+        help="DCT-VAE run directory or checkpoint (default: the dctvae-mnist-tiny codec fitted on mnist-offline)",
+    )
     ap.add_argument(f"--{prefix}points", type=int, default=20)
     ap.add_argument(f"--{prefix}eps", type=float, default=0.1)
     ap.add_argument(f"--{prefix}time-limits", type=float, nargs="+", default=[5.0, 10.0])
@@ -218,13 +284,20 @@ def main(argv: list[str] | None = None) -> dict:
     add_arguments(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warm", action="store_true", help="also run the working tree warm-started from a PGD")
-    ap.add_argument("--cpu-limits", type=float, nargs="*", default=None,
-                    help="also count, per version, the points proven within these CPU seconds (use one generous "
-                         "--time-limits value: on a loaded machine the wall limit leaves each solve a fraction of a CPU)")
+    ap.add_argument(
+        "--cpu-limits",
+        type=float,
+        nargs="*",
+        default=None,
+        help="also count, per version, the points proven within these CPU seconds (use one generous "
+        "--time-limits value: on a loaded machine the wall limit leaves each solve a fraction of a CPU)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     a = ap.parse_args(argv)
     res = run(a.model, a.points, a.eps, a.time_limits, a.rev, a.seed, with_warm=a.warm)
-    print(f"optimal context attack, L-inf eps {a.eps}, decoded_l2, {res['model']}; before = {a.rev}, after = working tree")
+    print(
+        f"optimal context attack, L-inf eps {a.eps}, decoded_l2, {res['model']}; before = {a.rev}, after = working tree"
+    )
     print(res["table"])
     if a.cpu_limits:
         res["cpu_to_proof"] = cpu_to_proof(res["rows"], a.cpu_limits)
@@ -232,8 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
         for r in res["cpu_to_proof"]:
             within = ", ".join(f"{c} s: {n}" for c, n in r["proven_within"].items())
             mean = r["mean_cpu_s_of_proven"]
-            print(f"  {r['version']:6s} {within} (of {r['points']}; {r['proven_at_wall_limit']} within the "
-                  f"{r['wall_limit']:g} s wall limit" + (f", mean {mean:.2f} CPU s per proven point)" if mean else ")"))
+            print(
+                f"  {r['version']:6s} {within} (of {r['points']}; {r['proven_at_wall_limit']} within the "
+                f"{r['wall_limit']:g} s wall limit" + (f", mean {mean:.2f} CPU s per proven point)" if mean else ")")
+            )
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))
     return res

@@ -54,16 +54,21 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--real-steps", type=int, default=50, help="steps of the attack whose cost is given (default 50)")
     ap.add_argument("--real-timed-steps", type=int, help="steps timed beyond the first (default 2; quick 1)")
     ap.add_argument("--real-max-batch-mib", type=int, help="attack memory budget (default 1024 on CPU, 65536 on CUDA)")
-    ap.add_argument("--real-eval-images", type=int, help="images of the NLL measurement (default 1 on CPU, 20 on "
-                    "CUDA; quick 1 / 8)")
+    ap.add_argument(
+        "--real-eval-images", type=int, help="images of the NLL measurement (default 1 on CPU, 20 on CUDA; quick 1 / 8)"
+    )
     ap.add_argument("--real-eval-k", type=int, default=100, help="importance samples per image (default 100)")
 
 
 def defaults(args: argparse.Namespace, device: torch.device) -> None:
     q, cuda = args.quick, device.type == "cuda"
-    for name, full, quick in (("real_ks", "1,5,20,43", "1,43"), ("real_restarts", 5, 2), ("real_timed_steps", 2, 1),
-                              ("real_max_batch_mib", 65536 if cuda else 1024, 65536 if cuda else 1024),
-                              ("real_eval_images", 20 if cuda else 1, 8 if cuda else 1)):
+    for name, full, quick in (
+        ("real_ks", "1,5,20,43", "1,43"),
+        ("real_restarts", 5, 2),
+        ("real_timed_steps", 2, 1),
+        ("real_max_batch_mib", 65536 if cuda else 1024, 65536 if cuda else 1024),
+        ("real_eval_images", 20 if cuda else 1, 8 if cuda else 1),
+    ):
         if getattr(args, name, None) is None:
             setattr(args, name, quick if q else full)
 
@@ -120,6 +125,7 @@ def measure_attack(model, k: int, optimizer: str, args, device: torch.device) ->
     members = []
     timed_steps = args.real_timed_steps
     for name, opt, objective, n_steps in _members(model, k, optimizer, args.real_steps):
+
         def run(steps: int, opt=opt, objective=objective):
             cfg = dataclasses.replace(base, optimizer=opt, objective=objective, steps=steps, step_size=None)
             return make_attack(model, k, cfg)(x, seeds=list(range(rows)), noise=noise)
@@ -128,18 +134,36 @@ def measure_attack(model, k: int, optimizer: str, args, device: torch.device) ->
         _, t1, c1 = clocks(lambda: run(1), sync)
         _, t2, c2 = clocks(lambda: run(1 + timed_steps), sync)
         step, cpu_step = max(t2 - t1, 0.0) / timed_steps, max(c2 - c1, 0.0) / timed_steps
-        members.append({"member": name, "steps": n_steps, "seconds_per_step": step, "seconds_fixed": t1 - step,
-                        "cpu_seconds_per_step": cpu_step, "cpu_seconds_fixed": c1 - cpu_step})
+        members.append(
+            {
+                "member": name,
+                "steps": n_steps,
+                "seconds_per_step": step,
+                "seconds_fixed": t1 - step,
+                "cpu_seconds_per_step": cpu_step,
+                "cpu_seconds_fixed": c1 - cpu_step,
+            }
+        )
         fixed, cpu_fixed = fixed + t1 - step, cpu_fixed + c1 - cpu_step
         per_step, cpu_per_step = per_step + step * n_steps, cpu_per_step + cpu_step * n_steps
     pass_s, cpu_pass_s = fixed + per_step, cpu_fixed + cpu_per_step
     mem = peak_memory(lambda: _members_once(model, k, base, optimizer, x, noise), device)
-    return {"k": k, "optimizer": optimizer, "restarts": R, "steps": args.real_steps, "images_per_pass": rows,
-            "passes_per_point": passes, "bytes_per_image_estimate": per, "max_batch_mib": budget,
-            "seconds_per_pass": pass_s, "seconds_per_point": pass_s * R / rows,
-            "cpu_seconds_per_point": cpu_pass_s * R / rows, "members": members,
-            "pass_peak_memory": mem,
-            "timing": f"timed at 1 and {1 + timed_steps} steps per member, scaled to {args.real_steps}"}
+    return {
+        "k": k,
+        "optimizer": optimizer,
+        "restarts": R,
+        "steps": args.real_steps,
+        "images_per_pass": rows,
+        "passes_per_point": passes,
+        "bytes_per_image_estimate": per,
+        "max_batch_mib": budget,
+        "seconds_per_pass": pass_s,
+        "seconds_per_point": pass_s * R / rows,
+        "cpu_seconds_per_point": cpu_pass_s * R / rows,
+        "members": members,
+        "pass_peak_memory": mem,
+        "timing": f"timed at 1 and {1 + timed_steps} steps per member, scaled to {args.real_steps}",
+    }
 
 
 def _members_once(model, k, base, optimizer, x, noise):
@@ -180,8 +204,9 @@ def measure_eval(model, args, device: torch.device) -> dict:
     sync = synchronizer(device)
     with make_progress(quiet=True) as progress:
         iwae_nll(model, x[:1], 2, device=device, seed=0, max_batch_mib=budget, progress=progress)  # warm-up
-        nll, seconds, cpu_seconds = clocks(lambda: iwae_nll(model, x, K, device=device, seed=0,
-                                                            max_batch_mib=budget, progress=progress), sync)
+        nll, seconds, cpu_seconds = clocks(
+            lambda: iwae_nll(model, x, K, device=device, seed=0, max_batch_mib=budget, progress=progress), sync
+        )
     with torch.no_grad():
         _, elbo_s, _ = clocks(lambda: model.elbo(x), sync)
     per_row = bytes_per_row(model, x[:1])
@@ -191,12 +216,19 @@ def measure_eval(model, args, device: torch.device) -> dict:
     with torch.inference_mode():
         mem = peak_memory(lambda: model.log_importance_weights(x[:1], one, noise=pass_noise), device)
     per_image_flops, per_sample_flops = flop_counts(model, x[:1])
-    return {"images": n, "iw_samples": K, "max_batch_mib": budget,
-            "seconds_per_image": seconds / n, "cpu_seconds_per_image": cpu_seconds / n,
-            "elbo_seconds_per_image": elbo_s / n,
-            "flops_per_sample": per_sample_flops, "flops_per_image_fixed": per_image_flops,
-            "nll_bits_per_dim": float(nll.mean()) / (model.num_pixels * math.log(2)), "pass_rows": one,
-            "pass_peak_memory": mem}
+    return {
+        "images": n,
+        "iw_samples": K,
+        "max_batch_mib": budget,
+        "seconds_per_image": seconds / n,
+        "cpu_seconds_per_image": cpu_seconds / n,
+        "elbo_seconds_per_image": elbo_s / n,
+        "flops_per_sample": per_sample_flops,
+        "flops_per_image_fixed": per_image_flops,
+        "nll_bits_per_dim": float(nll.mean()) / (model.num_pixels * math.log(2)),
+        "pass_rows": one,
+        "pass_peak_memory": mem,
+    }
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
@@ -204,14 +236,23 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     limit = dense_conv_flops_per_s(device, args.quick)
     model = real_size_model(args.real_preset, device)
     ks = [int(v) for v in str(args.real_ks).split(",")]
-    res = {"model": f"{args.real_preset}, random weights: {sum(p.numel() for p in model.parameters()):,} parameters, "
-                    f"{model.num_layers} stochastic layers", "limit": limit, "attacks": [], "flops_per_pgd_step": {}}
+    res = {
+        "model": f"{args.real_preset}, random weights: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{model.num_layers} stochastic layers",
+        "limit": limit,
+        "attacks": [],
+        "flops_per_pgd_step": {},
+    }
     for k in ks:
         for optimizer in ("pgd", "auto"):
             t = time.perf_counter()
             res["attacks"].append(measure_attack(model, k, optimizer, args, device))
-            print(f"  k={k} {optimizer}: {res['attacks'][-1]['seconds_per_point']:.1f} s per point "
-                  f"(measured in {time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  k={k} {optimizer}: {res['attacks'][-1]['seconds_per_point']:.1f} s per point "
+                f"(measured in {time.perf_counter() - t:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         res["flops_per_pgd_step"][k] = measure_pgd_flops(model, k, device)
     res["eval"] = measure_eval(model, args, device)
     again = dense_conv_flops_per_s(device, args.quick)["flops_per_s"]
@@ -220,45 +261,59 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     clock = "cpu_seconds" if device.type == "cpu" else "seconds"  # on the CPU: what competition does not inflate
     res["cost_clock"] = clock
     res["cifar10_test_split_hours"] = e[f"{clock}_per_image"] * TEST_SPLIT / 3600
-    res["sweep_50_points_hours"] = {f"{a['optimizer']} k={a['k']}": a[f"{clock}_per_point"] * SWEEP_POINTS / 3600
-                                    for a in res["attacks"]}
+    res["sweep_50_points_hours"] = {
+        f"{a['optimizer']} k={a['k']}": a[f"{clock}_per_point"] * SWEEP_POINTS / 3600 for a in res["attacks"]
+    }
     return res
 
 
 def rows(res: dict) -> list[str]:
     lim = res["limit"]["flops_per_s"]
-    out = ["| workload | seconds per point (per image for eval): wall, CPU | images per pass x passes "
-           "| FLOP per step / sample | of limit | peak memory of a pass |", "|---|---|---|---|---|---|"]
+    out = [
+        "| workload | seconds per point (per image for eval): wall, CPU | images per pass x passes "
+        "| FLOP per step / sample | of limit | peak memory of a pass |",
+        "|---|---|---|---|---|---|",
+    ]
     for a in res["attacks"]:
         flops = res["flops_per_pgd_step"].get(a["k"], res["flops_per_pgd_step"].get(str(a["k"]), 0))
         frac = ""
         if a["optimizer"] == "pgd" and flops:
             step = next(m["seconds_per_step"] for m in a["members"])
             frac = f"{flops * a['images_per_pass'] / step / lim:.1%}" if step > 0 else ""
-        out.append(f"| attack {a['optimizer']} k={a['k']}, {a['restarts']} restarts x {a['steps']} steps "
-                   f"| {a['seconds_per_point']:.1f}, {a['cpu_seconds_per_point']:.1f} "
-                   f"| {a['images_per_pass']} x {a['passes_per_point']} "
-                   f"| {flops / 1e9:.3g} G | {frac} | {a['pass_peak_memory']['bytes'] / 2**20:.0f} MiB "
-                   f"(budget {a['max_batch_mib']} MiB) |")
+        out.append(
+            f"| attack {a['optimizer']} k={a['k']}, {a['restarts']} restarts x {a['steps']} steps "
+            f"| {a['seconds_per_point']:.1f}, {a['cpu_seconds_per_point']:.1f} "
+            f"| {a['images_per_pass']} x {a['passes_per_point']} "
+            f"| {flops / 1e9:.3g} G | {frac} | {a['pass_peak_memory']['bytes'] / 2**20:.0f} MiB "
+            f"(budget {a['max_batch_mib']} MiB) |"
+        )
     e = res["eval"]
-    frac = (f"{e['flops_per_sample'] * e['iw_samples'] / e['seconds_per_image'] / lim:.1%}"
-            if e["flops_per_sample"] else "")
-    out.append(f"| eval NLL K={e['iw_samples']} (+ ELBO {e['elbo_seconds_per_image']:.2f} s) "
-               f"| {e['seconds_per_image']:.1f}, {e['cpu_seconds_per_image']:.1f} "
-               f"| {e['images']} images, {e['pass_rows']} samples per pass | {e['flops_per_sample'] / 1e9:.3g} G "
-               f"| {frac} | {e['pass_peak_memory']['bytes'] / 2**20:.0f} MiB (budget {e['max_batch_mib']} MiB) |")
+    frac = (
+        f"{e['flops_per_sample'] * e['iw_samples'] / e['seconds_per_image'] / lim:.1%}" if e["flops_per_sample"] else ""
+    )
+    out.append(
+        f"| eval NLL K={e['iw_samples']} (+ ELBO {e['elbo_seconds_per_image']:.2f} s) "
+        f"| {e['seconds_per_image']:.1f}, {e['cpu_seconds_per_image']:.1f} "
+        f"| {e['images']} images, {e['pass_rows']} samples per pass | {e['flops_per_sample'] / 1e9:.3g} G "
+        f"| {frac} | {e['pass_peak_memory']['bytes'] / 2**20:.0f} MiB (budget {e['max_batch_mib']} MiB) |"
+    )
     return out
 
 
 def table(res: dict, device: str) -> str:
-    lines = [f"{res['model']}; device {device}; limit {res['limit']['flops_per_s'] / 1e9:.1f} GFLOP/s "
-             f"(again after: {res['limit_before_after'][1] / 1e9:.1f})", "", *rows(res), "",
-             f"from {res['cost_clock'].replace('_', ' ')}: "
-             f"CIFAR-10 test split (10,000 images) at K={res['eval']['iw_samples']}: "
-             f"{res['cifar10_test_split_hours']:.1f} h; a 50-point sweep: "
-             + ", ".join(f"{k} {h:.1f} h" for k, h in res["sweep_50_points_hours"].items()),
-             "attack seconds: each attack (each ensemble member) timed at 1 and 1 + --real-timed-steps steps, the per-step "
-             "part scaled to the steps given"]
+    lines = [
+        f"{res['model']}; device {device}; limit {res['limit']['flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"(again after: {res['limit_before_after'][1] / 1e9:.1f})",
+        "",
+        *rows(res),
+        "",
+        f"from {res['cost_clock'].replace('_', ' ')}: "
+        f"CIFAR-10 test split (10,000 images) at K={res['eval']['iw_samples']}: "
+        f"{res['cifar10_test_split_hours']:.1f} h; a 50-point sweep: "
+        + ", ".join(f"{k} {h:.1f} h" for k, h in res["sweep_50_points_hours"].items()),
+        "attack seconds: each attack (each ensemble member) timed at 1 and 1 + --real-timed-steps steps, the per-step "
+        "part scaled to the steps given",
+    ]
     return "\n".join(lines)
 
 
@@ -273,9 +328,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
     res = run(args, dev)
-    res.update({"command": "python -m benchmarks.real_size " + " ".join(sys.argv[1:] if argv is None else argv),
-                "machine": machine(), "device": str(dev), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                "load_average": os.getloadavg()})
+    res.update(
+        {
+            "command": "python -m benchmarks.real_size " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine(),
+            "device": str(dev),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": os.getloadavg(),
+        }
+    )
     res["table"] = table(res, str(dev))
     print(res["table"])
     out = args.out or (RESULTS.with_name(f"real-size-results-{dev.type}{'-quick' if args.quick else ''}.json"))

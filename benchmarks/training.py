@@ -8,8 +8,9 @@ from benchmarks.common import LAYOUTS, best_time, count_flops, peak_memory, sync
 from robustvae.registry import build_model, get_preset
 
 
-def measure_training(preset: str, batch_size: int, device: torch.device, repeats: int, *, amp: bool = True,
-                     compile: bool = False) -> dict[str, object]:
+def measure_training(
+    preset: str, batch_size: int, device: torch.device, repeats: int, *, amp: bool = True, compile: bool = False
+) -> dict[str, object]:
     """Images/s, FLOPs per image and peak memory of a training step of ``preset``.
 
     The step is the trainer's: forward, -ELBO per dimension, backward, gradient clipping,
@@ -46,8 +47,15 @@ def measure_training(preset: str, batch_size: int, device: torch.device, repeats
         x = x.contiguous(memory_format=LAYOUTS[name])
         seconds[name] = best_time(step, repeats, warmup=2, sync=sync)
     t = seconds["channels_last"]
-    return {"preset": preset, "batch_size": batch_size, "bf16_autocast": bf16, "compiled": compile,
-            "seconds_per_step": t, "images_per_s": batch_size / t, "flops_per_image": flops / batch_size,
-            "achieved_flops_per_s": flops / t,
-            "channels_last_speedup": seconds["contiguous"] / t if "contiguous" in seconds else None,
-            "peak_memory": peak_memory(step, device)}
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "bf16_autocast": bf16,
+        "compiled": compile,
+        "seconds_per_step": t,
+        "images_per_s": batch_size / t,
+        "flops_per_image": flops / batch_size,
+        "achieved_flops_per_s": flops / t,
+        "channels_last_speedup": seconds["contiguous"] / t if "contiguous" in seconds else None,
+        "peak_memory": peak_memory(step, device),
+    }

@@ -120,8 +120,16 @@ class LadderVAE(nn.Module):
 
     # ------------------------------------------------------------------ the Gaussian ladder
 
-    def _ladder(self, x: Tensor | None, ctx: Tensor | None, batch: int, n_post: int, noise: list[Tensor] | None,
-                temperature: float = 1.0, posterior_sample: bool = False):
+    def _ladder(
+        self,
+        x: Tensor | None,
+        ctx: Tensor | None,
+        batch: int,
+        n_post: int,
+        noise: list[Tensor] | None,
+        temperature: float = 1.0,
+        posterior_sample: bool = False,
+    ):
         """Top-down pass: the first ``n_post`` Gaussian layers from q (means, or samples driven by ``noise``), the rest
         from p at ``temperature``. Returns (Bernoulli logits, posteriors, priors, zs)."""
         c7 = self._context_features(ctx, batch)
@@ -152,7 +160,7 @@ class LadderVAE(nn.Module):
         return k
 
     def _gaussian_noise(self, noise: list[Tensor] | None) -> list[Tensor] | None:
-        return noise[int(self.has_context):] if noise is not None else None
+        return noise[int(self.has_context) :] if noise is not None else None
 
     # ------------------------------------------------------------------ the contract
 
@@ -171,16 +179,23 @@ class LadderVAE(nn.Module):
             out += qs[:n]
         return out
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None,
-                    posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """Mean image: the top k layers from the posterior, the rest from the prior at ``temperature`` (``noise``)."""
         k = self._check(x, k)
         noise = noise if noise is not None else self.make_noise(x.shape[0])
         ctx = None
         if self.has_context:
             ctx = self.codec(x).value if k else self._prior_context(noise[0])
-        logits, *_ = self._ladder(x, ctx, x.shape[0], self._split(k), self._gaussian_noise(noise), temperature,
-                                  posterior_sample)
+        logits, *_ = self._ladder(
+            x, ctx, x.shape[0], self._split(k), self._gaussian_noise(noise), temperature, posterior_sample
+        )
         return torch.sigmoid(logits)
 
     def elbo(self, x: Tensor) -> ELBOResult:
@@ -198,8 +213,9 @@ class LadderVAE(nn.Module):
     def forward(self, x: Tensor) -> ELBOResult:
         return self.elbo(x)
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
-                               noise: list[Tensor] | None = None) -> Tensor:
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, noise: list[Tensor] | None = None
+    ) -> Tensor:
         """log p(x | z) + log p(z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B).
 
         ``noise``: per Gaussian layer a (K, B, *shape) standard-normal tensor. The context is
@@ -210,8 +226,9 @@ class LadderVAE(nn.Module):
         ctx = self.codec(x).value if self.has_context else None
         xr = x.repeat(K, 1, 1, 1)  # sample-major: row s * B + b is image b's sample s
         eps = [n.reshape(K * B, *n.shape[2:]).to(x.device) for n in noise] if noise is not None else None
-        logits, qs, ps, zs = self._ladder(xr, ctx.repeat(K, 1, 1, 1) if ctx is not None else None, K * B, 2, eps,
-                                          posterior_sample=True)
+        logits, qs, ps, zs = self._ladder(
+            xr, ctx.repeat(K, 1, 1, 1) if ctx is not None else None, K * B, 2, eps, posterior_sample=True
+        )
         logw = -F.binary_cross_entropy_with_logits(logits.float(), xr, reduction="none").flatten(1).sum(1)
         for q, p, z in zip(qs, ps, zs):
             logw = logw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
@@ -220,8 +237,11 @@ class LadderVAE(nn.Module):
 
     def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
         """Standard-normal noise of ``num_samples`` importance samples of one image: (K, *shape) per Gaussian layer."""
-        return [torch.randn((num_samples, *info.shape), generator=generator) for info in self.layers
-                if not info.deterministic]
+        return [
+            torch.randn((num_samples, *info.shape), generator=generator)
+            for info in self.layers
+            if not info.deterministic
+        ]
 
     def nll_iwae(self, x: Tensor, num_samples: int, chunk: int | None = None) -> Tensor:
         """Importance-sampled upper bound on -log p(x), in nats."""

@@ -64,7 +64,9 @@ def write_inputs() -> None:
     test = (load_dataset(DataConfig("mnist-offline")).test.images[:64, 0] * 255).round().to(torch.uint8).numpy()
     for i in range(8):
         save(test[i], RUNS / "images" / "digits" / f"digit{i}.png")
-    save(test.reshape(8, 8, 28, 28).transpose(0, 2, 1, 3).reshape(224, 224), RUNS / "images" / "tiled" / "digits-8x8.png")
+    save(
+        test.reshape(8, 8, 28, 28).transpose(0, 2, 1, 3).reshape(224, 224), RUNS / "images" / "tiled" / "digits-8x8.png"
+    )
     for name in TEST_IMAGES:
         save(getattr(skimage.data, name)(), RUNS / "images" / "natural" / f"{name}.png")
 
@@ -91,17 +93,23 @@ def train_tiny(out: Path) -> None:
     from robustvae.training import Trainer
 
     DATASETS["skimage-natural-crops"] = DatasetSpec(
-        natural_crops, False, (3, 32, 32), 500, "32x32 crops (stride 16) of 6 scikit-image photographs")
+        natural_crops, False, (3, 32, 32), 500, "32x32 crops (stride 16) of 6 scikit-image photographs"
+    )
     cfg = get_preset("vdvae-cifar10-tiny")
-    cfg = dataclasses.replace(cfg, name="vdvae-cifar10-tiny-natural",
-                              data=dataclasses.replace(cfg.data, name="skimage-natural-crops"),
-                              train=dataclasses.replace(cfg.train, steps=TRAIN_STEPS, batch_size=32, val_batches=8))
+    cfg = dataclasses.replace(
+        cfg,
+        name="vdvae-cifar10-tiny-natural",
+        data=dataclasses.replace(cfg.data, name="skimage-natural-crops"),
+        train=dataclasses.replace(cfg.train, steps=TRAIN_STEPS, batch_size=32, val_batches=8),
+    )
     Trainer.prepare_dir(out, resume=False, force=True)
     t0 = time.perf_counter()
     s = Trainer(cfg, out, torch.device("cpu"), quiet=True).fit()
-    note(f"# trained {cfg.name} in-process (Trainer API): vdvae-cifar10-tiny, {TRAIN_STEPS} steps of batch 32 on "
-         f"skimage-natural-crops = 32x32 crops, stride 16, of {', '.join(TRAIN_IMAGES)}, stereo_motorcycle (both views); "
-         f"validation -ELBO {s['final_val']['bpd']:.3f} bits/dim\n    # {time.perf_counter() - t0:.0f} s")
+    note(
+        f"# trained {cfg.name} in-process (Trainer API): vdvae-cifar10-tiny, {TRAIN_STEPS} steps of batch 32 on "
+        f"skimage-natural-crops = 32x32 crops, stride 16, of {', '.join(TRAIN_IMAGES)}, stereo_motorcycle (both views); "
+        f"validation -ELBO {s['final_val']['bpd']:.3f} bits/dim\n    # {time.perf_counter() - t0:.0f} s"
+    )
 
 
 def run(*args: str) -> None:
@@ -116,8 +124,10 @@ def run(*args: str) -> None:
 
 def main() -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
-    NOTES.write_text(f"Produced by reports/make_compression_cpu.py on {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
-                     f"one CPU thread.\n\n")
+    NOTES.write_text(
+        f"Produced by reports/make_compression_cpu.py on {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
+        f"one CPU thread.\n\n"
+    )
     write_inputs()
     tiny = RUNS / "vdvae-cifar10-tiny-natural"
     if FORCE or not (tiny / "summary.json").is_file():
@@ -126,14 +136,61 @@ def main() -> None:
         note(f"# reused {tiny} (FORCE=1 retrains)")
     mnist = [str(MNIST_RUNS / "vdvae-mnist-cpu"), str(MNIST_RUNS / "dctvae-mnist-cpu")]
     images = RUNS / "images"
-    run("compress", *mnist, "--images", str(images / "digits"), "--layers", "1-8", "--out", str(RUNS / "mnist-digits"),
-        "--device", "cpu", "--force", "-q")
-    run("compress", *mnist, "--images", str(images / "tiled"), "--layers", "1-8", "--out", str(RUNS / "mnist-tiled"),
-        "--device", "cpu", "--force", "-q")
-    run("compress", str(tiny), "--images", str(images / "natural"), "--layers", "all", "--out",
-        str(RUNS / "natural-tiny"), "--device", "cpu", "--force", "-q")
-    run("report", str(RUNS / "mnist-digits"), str(RUNS / "mnist-tiled"), str(RUNS / "natural-tiny"), "--notes", str(NOTES),
-        "--out", str(OUT), "--force", "--title", "robustvae compression (Appendix G) on a CPU budget")
+    run(
+        "compress",
+        *mnist,
+        "--images",
+        str(images / "digits"),
+        "--layers",
+        "1-8",
+        "--out",
+        str(RUNS / "mnist-digits"),
+        "--device",
+        "cpu",
+        "--force",
+        "-q",
+    )
+    run(
+        "compress",
+        *mnist,
+        "--images",
+        str(images / "tiled"),
+        "--layers",
+        "1-8",
+        "--out",
+        str(RUNS / "mnist-tiled"),
+        "--device",
+        "cpu",
+        "--force",
+        "-q",
+    )
+    run(
+        "compress",
+        str(tiny),
+        "--images",
+        str(images / "natural"),
+        "--layers",
+        "all",
+        "--out",
+        str(RUNS / "natural-tiny"),
+        "--device",
+        "cpu",
+        "--force",
+        "-q",
+    )
+    run(
+        "report",
+        str(RUNS / "mnist-digits"),
+        str(RUNS / "mnist-tiled"),
+        str(RUNS / "natural-tiny"),
+        "--notes",
+        str(NOTES),
+        "--out",
+        str(OUT),
+        "--force",
+        "--title",
+        "robustvae compression (Appendix G) on a CPU budget",
+    )
 
 
 if __name__ == "__main__":

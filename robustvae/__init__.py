@@ -23,10 +23,27 @@ except PackageNotFoundError:  # running from a source tree without install
 from robustvae.errors import RobustVAEError  # noqa: E402
 
 _LAZY = {
-    **{name: "robustvae.api" for name in (
-        "load", "train", "train_config", "evaluate", "attack", "report", "compress", "sample",
-        "TrainResult", "EvalResult", "AttackResult", "ReportResult", "CompressResult", "certify_models",
-        "CertifyResult", "load_images")},
+    **{
+        name: "robustvae.api"
+        for name in (
+            "load",
+            "train",
+            "train_config",
+            "evaluate",
+            "attack",
+            "report",
+            "compress",
+            "sample",
+            "TrainResult",
+            "EvalResult",
+            "AttackResult",
+            "ReportResult",
+            "CompressResult",
+            "certify_models",
+            "CertifyResult",
+            "load_images",
+        )
+    },
     **{name: "robustvae.config" for name in ("Config", "AttackConfig", "CompressConfig", "CertifyConfig")},
     "LoadedModel": "robustvae.zoo",
 }

@@ -64,16 +64,28 @@ def load_images(source: ImageSource, model: ModelSpec) -> ImageSet:
     """
     from robustvae.data.images import load_image_set
 
-    net = model.model if isinstance(model, LoadedModel) else model if isinstance(model, torch.nn.Module) else \
-        load(model).model
+    net = (
+        model.model
+        if isinstance(model, LoadedModel)
+        else model
+        if isinstance(model, torch.nn.Module)
+        else load(model).model
+    )
     return load_image_set(source, net.cfg.image_channels, net.cfg.image_size)
 
 
 IMPORT_SOURCES = ("kuzina", "openai-vdvae")  # whose checkpoints `robustvae zoo import --from` reads
 
 
-def import_checkpoint(file: str | os.PathLike, source: str, out: str | os.PathLike, *, preset: str | None = None,
-                      hps: str | None = None, force: bool = False) -> Path:
+def import_checkpoint(
+    file: str | os.PathLike,
+    source: str,
+    out: str | os.PathLike,
+    *,
+    preset: str | None = None,
+    hps: str | None = None,
+    force: bool = False,
+) -> Path:
     """Convert a checkpoint of another code base into ``out``/best.pt (with provenance); returns that file.
 
     ``source`` ``kuzina`` (AKuzina/dct_vae) needs ``preset`` (a kuzina-* preset);
@@ -91,8 +103,10 @@ def import_checkpoint(file: str | os.PathLike, source: str, out: str | os.PathLi
         from robustvae.zoo.openai_vdvae import preset_of
 
         if (preset is None) == (hps is None):
-            raise RobustVAEError("--from openai-vdvae needs --hps (cifar10, imagenet32, imagenet64, ffhq256 or "
-                                 "ffhq1024) or an openai-vdvae --preset, one of them")
+            raise RobustVAEError(
+                "--from openai-vdvae needs --hps (cifar10, imagenet32, imagenet64, ffhq256 or "
+                "ffhq1024) or an openai-vdvae --preset, one of them"
+            )
         return openai_import(file, preset or preset_of(hps), out, force=force)
     raise RobustVAEError(f"unknown checkpoint source {source!r} (known: {', '.join(IMPORT_SOURCES)})")
 
@@ -129,8 +143,14 @@ class TrainResult:
 
 
 def train_config(
-    preset: str | Config | None = None, *, data: str | None = None, data_dir: str | os.PathLike | None = None,
-    epochs: int | None = None, steps: int | None = None, batch_size: int | None = None, seed: int | None = None,
+    preset: str | Config | None = None,
+    *,
+    data: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
     overrides: Sequence[str] = (),
 ) -> Config:
     """A preset (by name, default ``vdvae-mnist-tiny``) or config with options and ``section.key=value`` overrides applied."""
@@ -140,7 +160,9 @@ def train_config(
     given = []
     if epochs is not None:
         given += [f"train.epochs={epochs}", "train.steps=none"]
-    given += [f"train.{k}={v}" for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed)) if v is not None]
+    given += [
+        f"train.{k}={v}" for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed)) if v is not None
+    ]
     if data is not None:
         given.append(f"data.name={data}")
     if data_dir is not None:
@@ -167,9 +189,16 @@ def _remove_if_empty(path: Path) -> None:
 
 
 def train(
-    config: Config | str | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,
-    force: bool = False, steps: int | None = None, epochs: int | None = None, device: str | torch.device = "auto",
-    quiet: bool = True, dist: DistContext = SINGLE,
+    config: Config | str | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    steps: int | None = None,
+    epochs: int | None = None,
+    device: str | torch.device = "auto",
+    quiet: bool = True,
+    dist: DistContext = SINGLE,
 ) -> TrainResult:
     """Train ``config`` (a Config or a preset name) into ``out`` (default ``runs/<name>``).
 
@@ -187,8 +216,9 @@ def train(
     if resume:
         saved = saved_config(out_dir)
         if config is not None and train_config(config) != saved:
-            raise RobustVAEError(f"--resume continues the saved config of {out_dir}; start a new run with another --out "
-                                 f"to change it")
+            raise RobustVAEError(
+                f"--resume continues the saved config of {out_dir}; start a new run with another --out to change it"
+            )
         cfg = train_config(saved, steps=steps, epochs=epochs)
     else:
         cfg = train_config(config, steps=steps, epochs=epochs)
@@ -235,10 +265,21 @@ def default_iw_samples(model: LoadedModel | Labelled) -> int:
 
 
 def evaluate(
-    model: ModelSpec, *, data: str | None = None, data_dir: str | os.PathLike | None = None, split: str = "test",
-    iw_samples: int | None = None, limit: int | None = None, batch_size: int = 100, seed: int = 0,
-    device: str | torch.device = "auto", quiet: bool = True, estimator: str = "iwae", max_batch_mib: int | None = None,
-    log_path: str | os.PathLike | None = None, images: ImageSource | None = None,
+    model: ModelSpec,
+    *,
+    data: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    iw_samples: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 100,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    quiet: bool = True,
+    estimator: str = "iwae",
+    max_batch_mib: int | None = None,
+    log_path: str | os.PathLike | None = None,
+    images: ImageSource | None = None,
 ) -> EvalResult:
     """NLL (importance-sampled bound), ELBO, bits/dim, KL and active units per layer on a split of the model's dataset.
 
@@ -260,17 +301,47 @@ def evaluate(
     x, image_set = _eval_images(lm, data_dir, split, limit, seed)
     k = iw_samples or default_iw_samples(lm)
     budget = max_batch_mib or default_max_batch_mib(dev)
-    res = evaluate_model(lm.model, x, iw_samples=k, batch_size=batch_size, device=dev, seed=seed, quiet=quiet,
-                         estimator=estimator, max_batch_mib=budget, log_path=log_path, label=lm.label)
-    settings = {"split": image_set["split"], "iw_samples": k, "limit": limit, "batch_size": batch_size,
-                "max_batch_mib": budget, "seed": seed, "device": str(dev), "estimator": estimator}
-    return EvalResult({"checkpoint": lm.path, "checkpoint_sha256": lm.sha256, "sha256_of": lm.loaded.sha256_of,
-                       "model": lm.label, "dataset": image_set["dataset"], "split": image_set["split"], **res,
-                       "image_set": image_set, "settings": settings})
+    res = evaluate_model(
+        lm.model,
+        x,
+        iw_samples=k,
+        batch_size=batch_size,
+        device=dev,
+        seed=seed,
+        quiet=quiet,
+        estimator=estimator,
+        max_batch_mib=budget,
+        log_path=log_path,
+        label=lm.label,
+    )
+    settings = {
+        "split": image_set["split"],
+        "iw_samples": k,
+        "limit": limit,
+        "batch_size": batch_size,
+        "max_batch_mib": budget,
+        "seed": seed,
+        "device": str(dev),
+        "estimator": estimator,
+    }
+    return EvalResult(
+        {
+            "checkpoint": lm.path,
+            "checkpoint_sha256": lm.sha256,
+            "sha256_of": lm.loaded.sha256_of,
+            "model": lm.label,
+            "dataset": image_set["dataset"],
+            "split": image_set["split"],
+            **res,
+            "image_set": image_set,
+            "settings": settings,
+        }
+    )
 
 
-def _eval_images(lm: Labelled, data_dir: str | os.PathLike | None, split: str, limit: int | None,
-                 seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def _eval_images(
+    lm: Labelled, data_dir: str | os.PathLike | None, split: str, limit: int | None, seed: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """The images an evaluation scores (prepared as the model sees them) and its record of them (``image_set``)."""
     from robustvae.data import eval_images, fixed_prepare, load_dataset, stratified_order
 
@@ -278,8 +349,10 @@ def _eval_images(lm: Labelled, data_dir: str | os.PathLike | None, split: str, l
         x = fixed_prepare(lm.images.images, lm.model.cfg.binary)
         order = torch.arange(limit) if limit is not None and limit < x.shape[0] else None
         info = _image_set(lm.images.name, lm.images.name, None, x, order, None)
-        info.update(selection=f"the first {limit} in file order" if order is not None else "every image",
-                    **{k: v for k, v in lm.images.info().items() if k != "images"})
+        info.update(
+            selection=f"the first {limit} in file order" if order is not None else "every image",
+            **{k: v for k, v in lm.images.info().items() if k != "images"},
+        )
         return x[order] if order is not None else x, info
     dcfg = dataclasses.replace(lm.data, data_dir=str(data_dir)) if data_dir is not None else lm.data
     ds = load_dataset(dcfg)
@@ -290,16 +363,21 @@ def _eval_images(lm: Labelled, data_dir: str | os.PathLike | None, split: str, l
     return (x[order] if order is not None else x), _image_set(ds.name, split, dcfg.split_seed, x, order, seed)
 
 
-def _image_set(dataset: str, split: str, split_seed: int | None, x: torch.Tensor, order: torch.Tensor | None,
-               seed: int | None) -> dict[str, Any]:
+def _image_set(
+    dataset: str, split: str, split_seed: int | None, x: torch.Tensor, order: torch.Tensor | None, seed: int | None
+) -> dict[str, Any]:
     """Which images an evaluation used: split, count, how they were selected, and a hash of the pixels."""
     from robustvae.data.images import pixels_sha256
 
     chosen = x[order] if order is not None else x
     return {
-        "dataset": dataset, "split": split, "images": int(chosen.shape[0]), "split_images": int(x.shape[0]),
+        "dataset": dataset,
+        "split": split,
+        "images": int(chosen.shape[0]),
+        "split_images": int(x.shape[0]),
         "selection": "label-stratified subset" if order is not None else "whole split",
-        "selection_seed": seed if order is not None else None, "split_seed": split_seed,
+        "selection_seed": seed if order is not None else None,
+        "split_seed": split_seed,
         "indices": order.tolist() if order is not None else None,
         "images_sha256": pixels_sha256(chosen),
     }
@@ -331,15 +409,27 @@ class AttackResult:
     records: pd.DataFrame  # one row per AttackRecord (robustvae.records)
     table: pd.DataFrame  # per (dataset, norm, eps, model, k): mean / worst MS-SSIM with intervals, baselines
     out: Path | None
-    targeted: pd.DataFrame | None = None  # a targeted objective's success per (..., model, k): robustvae.reporting.targeted
+    targeted: pd.DataFrame | None = (
+        None  # a targeted objective's success per (..., model, k): robustvae.reporting.targeted
+    )
 
 
 def attack(
-    models: Sequence[ModelSpec], config: AttackConfig | None = None, out: str | os.PathLike | None = None, *,
-    data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
-    shard: tuple[int, int] | str = (1, 1), quiet: bool = True, command: list[str] | None = None,
-    dist: DistContext | None = None, eot: int = 0, images: ImageSource | None = None,
-    defence: str | Defence | None = None, adaptive: bool = False,
+    models: Sequence[ModelSpec],
+    config: AttackConfig | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    device: str | torch.device = "auto",
+    shard: tuple[int, int] | str = (1, 1),
+    quiet: bool = True,
+    command: list[str] | None = None,
+    dist: DistContext | None = None,
+    eot: int = 0,
+    images: ImageSource | None = None,
+    defence: str | Defence | None = None,
+    adaptive: bool = False,
 ) -> AttackResult:
     """Latent attacks on the top-k layers of each model: MS-SSIM of attacked vs clean reconstructions.
 
@@ -368,8 +458,11 @@ def attack(
     shard = _shard(shard)  # a bad shard fails before any model is loaded
     if adaptive and defence is None:
         raise RobustVAEError("--adaptive attacks through a defence: add --defence hmc (or drop --adaptive)")
-    run_defence = None if defence is None else DefenceRun(
-        make_defence(defence) if isinstance(defence, str) else defence, adaptive)
+    run_defence = (
+        None
+        if defence is None
+        else DefenceRun(make_defence(defence) if isinstance(defence, str) else defence, adaptive)
+    )
     dev = _device(device)
     labelled = load_models(list(models), dev, data, images=images)
     if eot < 0:
@@ -378,11 +471,25 @@ def attack(
         from robustvae.zoo.kuzina import with_dither
 
         labelled = [dataclasses.replace(lm, loaded=with_dither(lm.loaded, eot)) for lm in labelled]
-    records = run_sweep(labelled, config or AttackConfig(), out, device=dev, shard=shard, data_dir=data_dir,
-                        quiet=quiet, command=command, dist=dist, defence=run_defence)
+    records = run_sweep(
+        labelled,
+        config or AttackConfig(),
+        out,
+        device=dev,
+        shard=shard,
+        data_dir=data_dir,
+        quiet=quiet,
+        command=command,
+        dist=dist,
+        defence=run_defence,
+    )
     targeted = targeted_table(records) if len(records) and "msssim_target" in records else None
-    return AttackResult(records, summarise(records) if len(records) else pd.DataFrame(),
-                        Path(out) if out is not None else None, targeted)
+    return AttackResult(
+        records,
+        summarise(records) if len(records) else pd.DataFrame(),
+        Path(out) if out is not None else None,
+        targeted,
+    )
 
 
 # --------------------------------------------------------------------------- certify
@@ -398,9 +505,17 @@ class CertifyResult:
 
 
 def certify_models(
-    models: Sequence[ModelSpec], config: CertifyConfig | None = None, out: str | os.PathLike | None = None, *,
-    data: str | None = None, data_dir: str | None = None, device: str | torch.device = "auto",
-    shard: tuple[int, int] | str = (1, 1), force: bool = False, quiet: bool = True, command: list[str] | None = None,
+    models: Sequence[ModelSpec],
+    config: CertifyConfig | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    device: str | torch.device = "auto",
+    shard: tuple[int, int] | str = (1, 1),
+    force: bool = False,
+    quiet: bool = True,
+    command: list[str] | None = None,
     images: ImageSource | None = None,
 ) -> CertifyResult:
     """Exact analysis of each model's quantised context on test points: certified radius, certificates, optimal attack.
@@ -419,18 +534,29 @@ def certify_models(
     shard = _shard(shard)  # a bad shard fails before any model is loaded
     dev = _device(device)
     labelled = load_models(list(models), dev, data, images=images)
-    records = run_certify(labelled, config or CertifyConfig(), out, device=dev, shard=shard, data_dir=data_dir,
-                          force=force, quiet=quiet, command=command)
-    return CertifyResult(records, certify_table(records) if len(records) else pd.DataFrame(),
-                         Path(out) if out is not None else None)
+    records = run_certify(
+        labelled,
+        config or CertifyConfig(),
+        out,
+        device=dev,
+        shard=shard,
+        data_dir=data_dir,
+        force=force,
+        quiet=quiet,
+        command=command,
+    )
+    return CertifyResult(
+        records, certify_table(records) if len(records) else pd.DataFrame(), Path(out) if out is not None else None
+    )
 
 
 # --------------------------------------------------------------------------- output folders
 
 
 @contextlib.contextmanager
-def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "run",
-                 resumable: bool = False) -> Iterator[Path]:
+def claim_output(
+    out: str | os.PathLike, *, force: bool = False, what: str = "run", resumable: bool = False
+) -> Iterator[Path]:
     """Hold the folder ``out`` for a job that writes several things into it (the demo).
 
     Refuses a file, a place this user cannot write, and, unless ``force``, a folder that
@@ -445,8 +571,9 @@ def claim_output(out: str | os.PathLike, *, force: bool = False, what: str = "ru
     run_dir.check_usable()
     if run_dir.entries() and not force:
         resume = ", --resume to continue an interrupted one" if resumable else ""
-        raise RobustVAEError(f"{out} is not empty; pass --force to replace an earlier {what} there{resume}, or use "
-                             f"another --out")
+        raise RobustVAEError(
+            f"{out} is not empty; pass --force to replace an earlier {what} there{resume}, or use another --out"
+        )
     with run_dir.locked():
         yield Path(out)
 
@@ -473,8 +600,13 @@ class ReportResult:
 
 
 def report(
-    runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, evals: Sequence[str | os.PathLike] = (),
-    notes: Sequence[str | os.PathLike] = (), title: str | None = None, force: bool = False,
+    runs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    evals: Sequence[str | os.PathLike] = (),
+    notes: Sequence[str | os.PathLike] = (),
+    title: str | None = None,
+    force: bool = False,
 ) -> ReportResult:
     """Figure 10, tables, checks, gallery (and a compression section) from run directories; nothing is re-run."""
     from robustvae.reporting import make_report
@@ -502,10 +634,19 @@ class CompressResult:
 
 
 def compress(
-    models: Sequence[ModelSpec], images: Sequence[str | os.PathLike] | torch.Tensor = (),
-    config: CompressConfig | None = None, out: str | os.PathLike = "runs/compress", *, data: str | None = None,
-    data_dir: str | os.PathLike | None = None, split: str = "test", limit: int | None = None,
-    device: str | torch.device = "auto", force: bool = False, quiet: bool = True, command: list[str] | None = None,
+    models: Sequence[ModelSpec],
+    images: Sequence[str | os.PathLike] | torch.Tensor = (),
+    config: CompressConfig | None = None,
+    out: str | os.PathLike = "runs/compress",
+    *,
+    data: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    force: bool = False,
+    quiet: bool = True,
+    command: list[str] | None = None,
 ) -> CompressResult:
     """Appendix G: compress images with the top k latent layers of each model and compare with JPEG at the same PSNR.
 
@@ -523,13 +664,30 @@ def compress(
     dev = _device(device)
     labelled = load_models(list(models), dev, need_data=False)
     inputs, source = _compress_inputs(labelled, images, data, data_dir, split, limit, config.seed)
-    records, jpeg = run_compression(labelled, inputs, config, out, device=dev, force=force, quiet=quiet,
-                                    command=command, source=source, finish=write_compression_figures)
+    records, jpeg = run_compression(
+        labelled,
+        inputs,
+        config,
+        out,
+        device=dev,
+        force=force,
+        quiet=quiet,
+        command=command,
+        source=source,
+        finish=write_compression_figures,
+    )
     return CompressResult(records, jpeg, Path(out))
 
 
-def _compress_inputs(labelled: list[Labelled], images: Sequence[str | os.PathLike] | torch.Tensor, data: str | None,
-                     data_dir: str | os.PathLike | None, split: str, limit: int | None, seed: int) -> tuple[list, Any]:
+def _compress_inputs(
+    labelled: list[Labelled],
+    images: Sequence[str | os.PathLike] | torch.Tensor,
+    data: str | None,
+    data_dir: str | os.PathLike | None,
+    split: str,
+    limit: int | None,
+    seed: int,
+) -> tuple[list, Any]:
     """What :func:`compress` codes: file names (read by the experiment) or images already read, and their source."""
     import numpy as np
 
@@ -544,26 +702,35 @@ def _compress_inputs(labelled: list[Labelled], images: Sequence[str | os.PathLik
         raise RobustVAEError("--limit picks images of --data; with --images every image given is compressed")
     if isinstance(images, (torch.Tensor, np.ndarray)):
         x, _, _ = read_array(images, labelled[0].model.cfg.image_channels)
-        return from_tensor(x, [f"image-{i}" for i in range(len(x))], [f"<in memory>[{i}]" for i in range(len(x))]), \
-            {"path": "<in memory>", "images": len(x)}
+        return from_tensor(x, [f"image-{i}" for i in range(len(x))], [f"<in memory>[{i}]" for i in range(len(x))]), {
+            "path": "<in memory>",
+            "images": len(x),
+        }
     if data is None:
         return list(images), None
     ds = load_dataset(DataConfig(data, data_dir=str(data_dir) if data_dir is not None else None))
     part = ds.split(split)
-    order = stratified_order(part.labels, seed)[:limit] if limit is not None and limit < len(part) else \
-        torch.arange(len(part))
+    order = (
+        stratified_order(part.labels, seed)[:limit]
+        if limit is not None and limit < len(part)
+        else torch.arange(len(part))
+    )
     names = [f"{data}-{split}-{int(i)}" for i in order]
     imgs = from_tensor(to_float(part.images[order]), names, [f"{data}:{split}[{int(i)}]" for i in order])
-    return imgs, {"data": data, "split": split, "images": len(imgs),
-                  "selection": f"label-stratified, seed {seed}" if limit is not None and limit < len(part) else
-                  "whole split"}
+    return imgs, {
+        "data": data,
+        "split": split,
+        "images": len(imgs),
+        "selection": f"label-stratified, seed {seed}" if limit is not None and limit < len(part) else "whole split",
+    }
 
 
 # --------------------------------------------------------------------------- sample
 
 
-def sample(model: ModelSpec, n: int = 64, *, temperature: float = 1.0, seed: int = 0,
-           device: str | torch.device = "auto") -> torch.Tensor:
+def sample(
+    model: ModelSpec, n: int = 64, *, temperature: float = 1.0, seed: int = 0, device: str | torch.device = "auto"
+) -> torch.Tensor:
     """``n`` ancestral samples (decoder mean images in [0, 1], on the CPU) at prior ``temperature``."""
     require_positive(n=n)
     require_nonnegative(temperature=temperature, seed=seed)

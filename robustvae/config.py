@@ -45,11 +45,15 @@ def eps_problem(norm: str, eps: float, pixels: int | None = None, name: str = "e
     if not math.isfinite(eps) or eps < 0:
         return f"{name} must be a finite number >= 0, got {eps!r}"
     if norm == "linf" and eps >= 1:
-        return (f"{name} = {eps:g} is not below 1: at L-inf eps >= 1 every image in [0, 1] is reachable; "
-                f"give an eps in [0, 1)")
+        return (
+            f"{name} = {eps:g} is not below 1: at L-inf eps >= 1 every image in [0, 1] is reachable; "
+            f"give an eps in [0, 1)"
+        )
     if norm == "l2" and pixels is not None and eps >= math.sqrt(pixels):
-        return (f"{name} = {eps:g} is not below {math.sqrt(pixels):.4g}, the L2 diameter of [0, 1]^{pixels} "
-                f"(every image is reachable); give a smaller eps")
+        return (
+            f"{name} = {eps:g} is not below {math.sqrt(pixels):.4g}, the L2 diameter of [0, 1]^{pixels} "
+            f"(every image is reachable); give a smaller eps"
+        )
     return None
 
 
@@ -219,11 +223,15 @@ class ModelConfig:
                     _fail(f"model.{name} only applies to model.arch={OPENAI_ARCH} (got arch {self.arch!r})")
             return
         if self.image_channels != 3 or self.likelihood != "dmol":
-            _fail(f"model.arch={OPENAI_ARCH} models RGB images with a logistic mixture: set model.image_channels=3 "
-                  f"and model.likelihood=dmol")
+            _fail(
+                f"model.arch={OPENAI_ARCH} models RGB images with a logistic mixture: set model.image_channels=3 "
+                f"and model.likelihood=dmol"
+            )
         if self.latents[0][0] != self.image_size:
-            _fail(f"model.arch={OPENAI_ARCH}: the finest latents must be at the image size {self.image_size}, "
-                  f"got {self.latents[0][0]}")
+            _fail(
+                f"model.arch={OPENAI_ARCH}: the finest latents must be at the image size {self.image_size}, "
+                f"got {self.latents[0][0]}"
+            )
         try:
             blocks = parse_block_string(self.enc_layout)
         except ValueError as e:
@@ -231,21 +239,27 @@ class ModelConfig:
         res = self.image_size
         for b in blocks:
             if b.resolution != res or b.mixin is not None:
-                _fail(f"model.enc_layout must run from the image size {self.image_size} down, a block at the "
-                      f"resolution the one before left (RxN, RdF), got {self.enc_layout!r}")
+                _fail(
+                    f"model.enc_layout must run from the image size {self.image_size} down, a block at the "
+                    f"resolution the one before left (RxN, RdF), got {self.enc_layout!r}"
+                )
             if b.down is not None:
                 if res % b.down:
                     _fail(f"model.enc_layout: {res}d{b.down} does not divide resolution {res}")
                 res //= b.down
-        missing = sorted({r for r, _ in self.latents} - {self.image_size} - {b.resolution // (b.down or 1) for b in blocks})
+        missing = sorted(
+            {r for r, _ in self.latents} - {self.image_size} - {b.resolution // (b.down or 1) for b in blocks}
+        )
         if missing:
             _fail(f"model.enc_layout leaves no encoder features at latent resolution(s) {missing}")
         for r, w in self.widths:
             _positive(f"model.widths entry for resolution {r}", w)
         by_res = sorted({r for r, _ in self.latents} | {self.image_size})
         if any(self.width_at(a) < self.width_at(b) for a, b in zip(by_res, by_res[1:])):
-            _fail("model.widths must not grow from coarse to fine resolutions (a finer state takes the coarser "
-                  "one's first channels)")
+            _fail(
+                "model.widths must not grow from coarse to fine resolutions (a finer state takes the coarser "
+                "one's first channels)"
+            )
         if self.width_at(self.image_size) != self.channels:
             _fail(f"model.widths: the image resolution's width must be model.channels={self.channels}")
         if self.bias_max_res is not None and self.bias_max_res < 1:
@@ -257,12 +271,16 @@ class ModelConfig:
         if self.arch == "dctvae" and self.context == "none":
             _fail("model.arch=dctvae needs a context: set model.context=dct or model.context=downsample")
         if self.arch not in CONTEXT_ARCHS and self.context != "none":
-            _fail(f"model.context={self.context} only applies to model.arch={' or '.join(CONTEXT_ARCHS)} "
-                  f"(got arch {self.arch!r})")
+            _fail(
+                f"model.context={self.context} only applies to model.arch={' or '.join(CONTEXT_ARCHS)} "
+                f"(got arch {self.arch!r})"
+            )
         if self.diffusion_schedule not in SCHEDULES:
             _fail(f"model.diffusion_schedule must be one of {', '.join(SCHEDULES)}, got {self.diffusion_schedule!r}")
         if self.target_binarisation not in BINARISATION:
-            _fail(f"model.target_binarisation must be one of {', '.join(BINARISATION)}, got {self.target_binarisation!r}")
+            _fail(
+                f"model.target_binarisation must be one of {', '.join(BINARISATION)}, got {self.target_binarisation!r}"
+            )
         if not 0 <= self.diffusion_dropout < 1:
             _fail(f"model.diffusion_dropout must be in [0, 1), got {self.diffusion_dropout}")
         _positive("model.scale_channel_mult", self.scale_channel_mult)
@@ -276,8 +294,10 @@ class ModelConfig:
         if not 1 <= self.context_bits <= 16:
             _fail(f"model.context_bits must be in 1..16 (2^bits quantisation levels), got {self.context_bits}")
         if not 1 <= self.diffusion_steps <= MAX_DIFFUSION_STEPS:
-            _fail(f"model.diffusion_steps must be at least 1 (T >= 1) and at most {MAX_DIFFUSION_STEPS:,} (DDPMs use up "
-                  f"to a few thousand), got {self.diffusion_steps}")
+            _fail(
+                f"model.diffusion_steps must be at least 1 (T >= 1) and at most {MAX_DIFFUSION_STEPS:,} (DDPMs use up "
+                f"to a few thousand), got {self.diffusion_steps}"
+            )
         if not 0 < self.diffusion_beta_start <= self.diffusion_beta_end < 1:
             _fail(
                 "model.diffusion_beta_start and model.diffusion_beta_end need 0 < start <= end < 1, got "
@@ -423,7 +443,9 @@ class AttackConfig:
     straight_through: bool = False  # context layer: quantised values with straight-through gradients
     floor_draws: int = 5  # clean-vs-clean pairs under different prior noise, per point
     noise_draws: int = 5  # random perturbations of the same budget, per point
-    gallery_points: int = 4  # the most damaged points' worst-case examples (per unit) are saved for the report's gallery
+    gallery_points: int = (
+        4  # the most damaged points' worst-case examples (per unit) are saved for the report's gallery
+    )
     seed: int = 0
     split: str = "test"
     max_batch_mib: int = 1024  # memory budget of one batch of points x restarts
@@ -504,13 +526,17 @@ def _check_ensemble_goal(optimizer: str, objective: str) -> None:
     if goal.needs_target and not spec.targeted:
         _fail(f"{version} is untargeted; with the targeted objective {objective!r} use auto ({AUTO_TARGETED_VERSION})")
     if not spec.targeted and objective != "skl":  # skl: the field's default, which an ensemble leaves to its members
-        _fail(f"{version} (the default attack) runs each member on its own objective, not {objective!r}: to attack "
-              f"that objective name a single attack, e.g. --attack pgd or --attack apgd")
+        _fail(
+            f"{version} (the default attack) runs each member on its own objective, not {objective!r}: to attack "
+            f"that objective name a single attack, e.g. --attack pgd or --attack apgd"
+        )
     choices = {OBJECTIVES[m.objective].target_choice for m in spec.members}
     if spec.targeted and choices != {goal.target_choice}:
-        _fail(f"{version} draws each point's target as its members do ({', '.join(sorted(map(str, choices)))}); "
-              f"objective {objective!r} picks it as {goal.target_choice}: use objective target, or a single attack "
-              "(--attack pgd)")
+        _fail(
+            f"{version} draws each point's target as its members do ({', '.join(sorted(map(str, choices)))}); "
+            f"objective {objective!r} picks it as {goal.target_choice}: use objective target, or a single attack "
+            "(--attack pgd)"
+        )
 
 
 @dataclass(frozen=True)
@@ -649,8 +675,9 @@ def parse_block_string(text: str) -> list[BlockSpec]:
             else:
                 out.append(BlockSpec(int(part)))
         except ValueError:
-            raise ValueError(f"block string entry {part!r} is not RxN, RdF, RmS or R (R, N, F, S positive integers) "
-                             f"in {text!r}") from None
+            raise ValueError(
+                f"block string entry {part!r} is not RxN, RdF, RmS or R (R, N, F, S positive integers) in {text!r}"
+            ) from None
         last = out[-1]
         if min(last.resolution, last.down or 1, last.mixin or 1) < 1:
             raise ValueError(f"block string entry {part!r} has a number below 1 in {text!r}")

@@ -57,7 +57,9 @@ class DemoSettings:
     def __post_init__(self) -> None:
         for name in ("iw_samples", "eval_limit", "points", "restarts", "attack_steps"):
             if getattr(self, name) < 1:
-                raise RobustVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise RobustVAEError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}"
+                )
         if self.train_steps is not None and self.train_steps < 1:
             raise RobustVAEError(f"--train-steps must be a positive integer, got {self.train_steps}")
         if not self.presets:
@@ -74,16 +76,92 @@ def commands(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[tuple
     q = ["-q"] if quiet else []
     steps = ["--steps", str(s.train_steps)] if s.train_steps is not None else []
     models = [str(runs / p) for p in s.presets]
-    stages = [(f"train {p}", ["train", "--preset", p, "--data", s.data, *steps, "--seed", str(s.seed),
-                              "--device", device, "--out", str(runs / p), "--force", *q]) for p in s.presets]
-    stages.append(("evaluate", ["eval", *models, "--iw-samples", str(s.iw_samples), "--limit", str(s.eval_limit),
-                                "--seed", str(s.seed), "--device", device, "--out", str(runs / "eval-test.json"), *q]))
-    stages.append(("attack", ["attack", *models, "--layers", "all", "--points", str(s.points), "--restarts",
-                              str(s.restarts), "--steps", str(s.attack_steps), "--eps", str(s.eps), "--seed",
-                              str(s.seed), "--device", device, "--out", str(runs / "attack"), *q]))
-    stages.append(("report", ["report", str(runs / "attack"), "--eval", str(runs / "eval-test.json"), "--notes",
-                              str(out / "commands.txt"), "--title", "robustvae demo: VDVAE vs DCT-VAE on offline MNIST",
-                              "--out", str(out), "--force"]))
+    stages = [
+        (
+            f"train {p}",
+            [
+                "train",
+                "--preset",
+                p,
+                "--data",
+                s.data,
+                *steps,
+                "--seed",
+                str(s.seed),
+                "--device",
+                device,
+                "--out",
+                str(runs / p),
+                "--force",
+                *q,
+            ],
+        )
+        for p in s.presets
+    ]
+    stages.append(
+        (
+            "evaluate",
+            [
+                "eval",
+                *models,
+                "--iw-samples",
+                str(s.iw_samples),
+                "--limit",
+                str(s.eval_limit),
+                "--seed",
+                str(s.seed),
+                "--device",
+                device,
+                "--out",
+                str(runs / "eval-test.json"),
+                *q,
+            ],
+        )
+    )
+    stages.append(
+        (
+            "attack",
+            [
+                "attack",
+                *models,
+                "--layers",
+                "all",
+                "--points",
+                str(s.points),
+                "--restarts",
+                str(s.restarts),
+                "--steps",
+                str(s.attack_steps),
+                "--eps",
+                str(s.eps),
+                "--seed",
+                str(s.seed),
+                "--device",
+                device,
+                "--out",
+                str(runs / "attack"),
+                *q,
+            ],
+        )
+    )
+    stages.append(
+        (
+            "report",
+            [
+                "report",
+                str(runs / "attack"),
+                "--eval",
+                str(runs / "eval-test.json"),
+                "--notes",
+                str(out / "commands.txt"),
+                "--title",
+                "robustvae demo: VDVAE vs DCT-VAE on offline MNIST",
+                "--out",
+                str(out),
+                "--force",
+            ],
+        )
+    )
     return stages
 
 
@@ -137,26 +215,49 @@ def _stages(s: DemoSettings, out: Path, device: str, quiet: bool) -> list[Callab
             if (runs / preset / "last.pt").is_file():  # an interrupted (or finished) training of this demo
                 return api.train(None, runs / preset, resume=True, device=device, quiet=quiet)
             return api.train(cfg, runs / preset, force=True, device=device, quiet=quiet)
+
         return call
 
     def evaluate() -> None:
-        results = [api.evaluate(runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device,
-                                quiet=quiet).record for p in s.presets]
+        results = [
+            api.evaluate(
+                runs / p, iw_samples=s.iw_samples, limit=s.eval_limit, seed=s.seed, device=device, quiet=quiet
+            ).record
+            for p in s.presets
+        ]
         io.write_json(runs / "eval-test.json", {"results": results}, root=out)
 
     cfg = AttackConfig(layers="all", points=s.points, restarts=s.restarts, steps=s.attack_steps, eps=s.eps, seed=s.seed)
     attack = [str(runs / p) for p in s.presets]
     return [train(p) for p in s.presets] + [
         evaluate,
-        lambda: api.attack(attack, cfg, runs / "attack", device=device, quiet=quiet,
-                           command=["robustvae", *commands(s, out, device, quiet)[len(s.presets) + 1][1]]),
-        lambda: api.report([runs / "attack"], out, evals=[runs / "eval-test.json"], notes=[out / "commands.txt"],
-                           title="robustvae demo: VDVAE vs DCT-VAE on offline MNIST", force=True),
+        lambda: api.attack(
+            attack,
+            cfg,
+            runs / "attack",
+            device=device,
+            quiet=quiet,
+            command=["robustvae", *commands(s, out, device, quiet)[len(s.presets) + 1][1]],
+        ),
+        lambda: api.report(
+            [runs / "attack"],
+            out,
+            evals=[runs / "eval-test.json"],
+            notes=[out / "commands.txt"],
+            title="robustvae demo: VDVAE vs DCT-VAE on offline MNIST",
+            force=True,
+        ),
     ]
 
 
-def _run(out: str | Path, settings: DemoSettings | Mapping[str, Any] | None, device: str, force: bool, resume: bool,
-         quiet: bool) -> dict[str, Any]:
+def _run(
+    out: str | Path,
+    settings: DemoSettings | Mapping[str, Any] | None,
+    device: str,
+    force: bool,
+    resume: bool,
+    quiet: bool,
+) -> dict[str, Any]:
     from robustvae import api
 
     out = Path(out)
@@ -181,8 +282,10 @@ def _run(out: str | Path, settings: DemoSettings | Mapping[str, Any] | None, dev
         except Interrupted as e:
             if not earlier:
                 raise
-            raise Interrupted(str(e).split("; continue with")[0] + f"; the earlier demo in {out} is back as it was "
-                              f"(--force replaces it only when the new demo finishes)") from None
+            raise Interrupted(
+                str(e).split("; continue with")[0] + f"; the earlier demo in {out} is back as it was "
+                f"(--force replaces it only when the new demo finishes)"
+            ) from None
 
 
 def _read_state(out: Path) -> dict[str, Any]:
@@ -196,8 +299,12 @@ def _read_state(out: Path) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         state = None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not isinstance(state.get("settings"), dict) \
-            or not isinstance(state.get("stages"), dict):
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != STATE_FORMAT
+        or not isinstance(state.get("settings"), dict)
+        or not isinstance(state.get("stages"), dict)
+    ):
         raise RobustVAEError(f"{path} is not a demo state file robustvae wrote; start afresh with --force")
     return state
 
@@ -209,15 +316,17 @@ def _saved_settings(out: Path, state: dict[str, Any], given: DemoSettings | Mapp
     try:
         s = DemoSettings(**saved)
     except TypeError:
-        raise RobustVAEError(f"{out / STATE} holds settings of another robustvae version; start afresh with "
-                             f"--force") from None
+        raise RobustVAEError(
+            f"{out / STATE} holds settings of another robustvae version; start afresh with --force"
+        ) from None
     wanted = dataclasses.asdict(given) if isinstance(given, DemoSettings) else dict(given or {})
     for field, value in wanted.items():
         value = tuple(value) if isinstance(value, list) else value
         if field not in saved or getattr(s, field) != value:
             raise RobustVAEError(
                 f"--resume continues the demo in {out} with its saved settings ({field} "
-                f"{getattr(s, field, None)!r} there, {value!r} now); drop the option, or start afresh with --force")
+                f"{getattr(s, field, None)!r} there, {value!r} now); drop the option, or start afresh with --force"
+            )
     return s
 
 
@@ -251,13 +360,17 @@ def _stages_run(out: Path, s: DemoSettings, device: str, quiet: bool, state: dic
         try:
             result = call()
         except (KeyboardInterrupt, Interrupted) as e:
-            entry.update(status="interrupted", seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0,
-                         parts=entry.get("parts", 0) + 1)
+            entry.update(
+                status="interrupted",
+                seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0,
+                parts=entry.get("parts", 0) + 1,
+            )
             done[what] = entry
             _write_state(out, state)
             raise Interrupted(_interrupted(out, what, i, len(stages), e)) from None
-        entry.update(status="done", seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0,
-                     parts=entry.get("parts", 0) + 1)
+        entry.update(
+            status="done", seconds=entry.get("seconds", 0.0) + time.perf_counter() - t0, parts=entry.get("parts", 0) + 1
+        )
         done[what] = entry
         _write_state(out, state)
         log.append(_log_line(line, what, entry))
@@ -275,8 +388,11 @@ def _log_line(line: str, what: str, entry: dict[str, Any]) -> str:
 def _interrupted(out: Path, what: str, i: int, n: int, e: BaseException) -> str:
     """The message of an interrupted demo: where it stopped, what is kept, the command that continues it."""
     inner = str(e).removesuffix("; continue with --resume") if isinstance(e, Interrupted) else ""
-    kept = {"attack": "the records of finished units are kept",
-            "evaluate": "the evaluation runs again"}.get(what, "" if inner else "finished stages are kept")
+    kept = {"attack": "the records of finished units are kept", "evaluate": "the evaluation runs again"}.get(
+        what, "" if inner else "finished stages are kept"
+    )
     detail = "; ".join(x for x in (inner, kept) if x)
-    return (f"demo interrupted during stage {i}/{n} ({what}){': ' + detail if detail else ''}; continue with: "
-            f"robustvae demo --out {shlex.quote(str(out))} --resume")
+    return (
+        f"demo interrupted during stage {i}/{n} ({what}){': ' + detail if detail else ''}; continue with: "
+        f"robustvae demo --out {shlex.quote(str(out))} --resume"
+    )

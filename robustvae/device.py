@@ -39,8 +39,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 # why a command runs on one CPU thread unless told otherwise (--threads, OMP_NUM_THREADS)
-THREADS_REASON = ("the models are small enough that more threads gain little, and on a 2-core machine busy with "
-                  "other work two threads made training over 100 times slower (OpenMP threads waiting for a core)")
+THREADS_REASON = (
+    "the models are small enough that more threads gain little, and on a 2-core machine busy with "
+    "other work two threads made training over 100 times slower (OpenMP threads waiting for a core)"
+)
 
 
 @contextlib.contextmanager

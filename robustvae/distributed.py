@@ -29,6 +29,7 @@ class RankError(RobustVAEError):
 
     every_rank = True
 
+
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BACKENDS = ("auto", "gloo", "nccl")
 # Collectives wait at most this long for a slow peer (validation on rank 0, the attack's final merge).

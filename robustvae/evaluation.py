@@ -48,7 +48,9 @@ ETA_NOTE_S = 10.0  # a run expected to take longer prints its ETA after the firs
 
 
 @torch.no_grad()
-def posterior_mean_variance(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+def posterior_mean_variance(
+    model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device
+) -> list[torch.Tensor]:
     """Per layer, the variance over the images of ``x`` of each unit's posterior mean (flattened)."""
     sums: list[torch.Tensor] | None = None
     sq: list[torch.Tensor] = []
@@ -103,12 +105,23 @@ def layer_diagnostics(
     n = x.shape[0]
     rows = []
     for j, info in enumerate(model.layers):
-        row = {"layer": info.index, "resolution": info.resolution, "shape": list(info.shape), "units": info.dims,
-               "kl_nats": float(kl[j] / n), "active_units": au[j]}
+        row = {
+            "layer": info.index,
+            "resolution": info.resolution,
+            "shape": list(info.shape),
+            "units": info.dims,
+            "kl_nats": float(kl[j] / n),
+            "active_units": au[j],
+        }
         if info.deterministic:
             used = context_levels_used(model, x, batch_size, device)
-            row.update(kind=info.kind, active_units=None, levels=info.levels,
-                       levels_used=float(used.double().mean()), varying_units=int((used > 1).sum()))
+            row.update(
+                kind=info.kind,
+                active_units=None,
+                levels=info.levels,
+                levels_used=float(used.double().mean()),
+                varying_units=int((used > 1).sum()),
+            )
         rows.append(row)
     return rows
 
@@ -194,15 +207,19 @@ class _Noise:
         self.cache: dict[int, list[torch.Tensor]] = {}
 
     def __call__(self, chunk: Chunk) -> list[torch.Tensor]:
-        self.cache = {i: self.cache.get(i) or self.model.iw_noise(self.k, image_generator(self.seed, i))
-                      for i in chunk.images}
+        self.cache = {
+            i: self.cache.get(i) or self.model.iw_noise(self.k, image_generator(self.seed, i)) for i in chunk.images
+        }
         parts = zip(*(self.cache[i] for i in chunk.images))
         s = slice(chunk.samples.start, chunk.samples.stop)
-        return [torch.stack(p, 1)[s if j >= self.per_image else slice(None)].to(self.device)
-                for j, p in enumerate(parts)]
+        return [
+            torch.stack(p, 1)[s if j >= self.per_image else slice(None)].to(self.device) for j, p in enumerate(parts)
+        ]
 
 
-def _passes(model: nn.Module, x: torch.Tensor, chunks: list[Chunk], noise: _Noise) -> Iterator[tuple[Chunk, torch.Tensor]]:
+def _passes(
+    model: nn.Module, x: torch.Tensor, chunks: list[Chunk], noise: _Noise
+) -> Iterator[tuple[Chunk, torch.Tensor]]:
     """(chunk, log weights (samples, images)) per pass."""
     for c in chunks:
         xb = x[c.images.start : c.images.stop].to(noise.device)
@@ -211,16 +228,27 @@ def _passes(model: nn.Module, x: torch.Tensor, chunks: list[Chunk], noise: _Nois
         yield c, w
 
 
-def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device, seed: int, max_batch_mib: int,
-             progress: Progress, label: str = "eval") -> torch.Tensor:
+def iwae_nll(
+    model: nn.Module,
+    x: torch.Tensor,
+    k: int,
+    *,
+    device: torch.device,
+    seed: int,
+    max_batch_mib: int,
+    progress: Progress,
+    label: str = "eval",
+) -> torch.Tensor:
     """Per-image importance-sampled NLL in nats, in passes sized to ``max_batch_mib``; Ctrl-C raises Interrupted."""
     n = x.shape[0]
     rows = max(1, int(max_batch_mib * 2**20 / (1.1 * bytes_per_row(model, x[:1].to(device)))))
     chunks = plan_chunks(n, k, rows)
     total = n * k
     logw = torch.full((k, n), float("nan"), dtype=torch.float64)
-    progress.note(f"{label}: {total:,} importance samples (K={k} x {n} images) in {len(chunks)} passes of up to "
-                  f"{max(c.rows for c in chunks):,} (--max-batch-mib {max_batch_mib})")
+    progress.note(
+        f"{label}: {total:,} importance samples (K={k} x {n} images) in {len(chunks)} passes of up to "
+        f"{max(c.rows for c in chunks):,} (--max-batch-mib {max_batch_mib})"
+    )
     task = progress.add_task(f"{label} NLL (K={k})", total=total, info="", unit="samples")
     done, t0, nll_sum = 0, time.perf_counter(), 0.0
     try:
@@ -233,11 +261,14 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, k: int, *, device: torch.device,
             progress.update(task, advance=c.rows, info=f"NLL {nll_sum / finished:.2f}" if finished else "")
             eta = (time.perf_counter() - t0) * (total - done) / done
             if i == 0 and eta > ETA_NOTE_S:
-                progress.note(f"{label}: about {clock(eta)} to go at {done / (time.perf_counter() - t0):,.0f} samples/s;"
-                              f" Ctrl-C stops cleanly")
+                progress.note(
+                    f"{label}: about {clock(eta)} to go at {done / (time.perf_counter() - t0):,.0f} samples/s;"
+                    f" Ctrl-C stops cleanly"
+                )
     except KeyboardInterrupt:
-        raise Interrupted(f"{label} interrupted by Ctrl-C after {done:,} of {total:,} importance samples; "
-                          f"nothing written") from None
+        raise Interrupted(
+            f"{label} interrupted by Ctrl-C after {done:,} of {total:,} importance samples; nothing written"
+        ) from None
     return _nll(logw)
 
 
@@ -278,14 +309,25 @@ def estimators_of(model: nn.Module, estimator: str) -> list[str]:
     offered = getattr(model, "estimators", ("iwae",))
     for name in names:
         if name not in offered:
-            raise RobustVAEError(f"--estimator {name} is not offered by {model.arch} models (they offer "
-                                 f"{', '.join(offered)}); use --estimator iwae")
+            raise RobustVAEError(
+                f"--estimator {name} is not offered by {model.arch} models (they offer "
+                f"{', '.join(offered)}); use --estimator iwae"
+            )
     return names
 
 
 @torch.no_grad()
-def _family_nll(model: nn.Module, x: torch.Tensor, name: str, iw_samples: int, batch_size: int,
-                device: torch.device, seed: int, progress: Progress, label: str) -> torch.Tensor:
+def _family_nll(
+    model: nn.Module,
+    x: torch.Tensor,
+    name: str,
+    iw_samples: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    progress: Progress,
+    label: str,
+) -> torch.Tensor:
     """Per image, a family's own estimate (``ESTIMATORS[name]``), batch by batch from torch's generator, seeded."""
     n = x.shape[0]
     chunk = max(1, min(iw_samples, 2000 // max(batch_size, 1)))  # about 2,000 images per forward pass
@@ -337,15 +379,26 @@ def evaluate_model(
     nll: dict[str, torch.Tensor] = {}
     with make_progress(quiet, log_path) as progress:
         for name in names:
-            nll[name] = (iwae_nll(model, x, iw_samples, device=device, seed=seed, max_batch_mib=budget,
-                                  progress=progress, label=label) if name == "iwae" else
-                         _family_nll(model, x, name, iw_samples, batch_size, device, seed, progress, label))
+            nll[name] = (
+                iwae_nll(
+                    model, x, iw_samples, device=device, seed=seed, max_batch_mib=budget, progress=progress, label=label
+                )
+                if name == "iwae"
+                else _family_nll(model, x, name, iw_samples, batch_size, device, seed, progress, label)
+            )
     layers = layer_diagnostics(model, x, batch_size, device, seed)
     return _record(model, x.shape[0], iw_samples, nelbo, nll, layers, estimator)
 
 
-def _record(model: nn.Module, n: int, iw_samples: int, nelbo: torch.Tensor, nll: dict[str, torch.Tensor],
-            layers: list[dict[str, Any]], estimator: str = "iwae") -> dict[str, Any]:
+def _record(
+    model: nn.Module,
+    n: int,
+    iw_samples: int,
+    nelbo: torch.Tensor,
+    nll: dict[str, torch.Tensor],
+    layers: list[dict[str, Any]],
+    estimator: str = "iwae",
+) -> dict[str, Any]:
     """The result dict: means over the images, bits per dimension, the context apart, per-layer rows.
 
     ``nll``: per estimator name, the first is ``nll_nats``, the others ``nll_<name>_nats``.

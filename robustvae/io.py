@@ -67,8 +67,10 @@ def user_mode() -> int:
 
 def link_error(path: PathLike) -> RobustVAEError:
     """The one-line refusal of a symbolic link in an output folder."""
-    return RobustVAEError(f"{path} is a symbolic link; robustvae does not write or delete through links in its output "
-                          f"directories: remove it, or use another --out")
+    return RobustVAEError(
+        f"{path} is a symbolic link; robustvae does not write or delete through links in its output "
+        f"directories: remove it, or use another --out"
+    )
 
 
 # --------------------------------------------------------------------------- walking without following links
@@ -378,7 +380,8 @@ def lock_file(folder: PathLike) -> int:
         os.close(fd)
         raise RobustVAEError(
             f"another robustvae process is writing to {folder} (it holds {target}); wait for it to finish, "
-            f"or use another --out") from None
+            f"or use another --out"
+        ) from None
     return fd
 
 
@@ -400,8 +403,9 @@ def download(url: str, path: PathLike) -> None:
 # --------------------------------------------------------------------------- reading JSON lines
 
 
-def read_jsonl(path: PathLike, repair: bool = False,
-               check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+def read_jsonl(
+    path: PathLike, repair: bool = False, check: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
     """All rows of a JSON-lines file of objects; a torn (unterminated) last line is left out (cut when ``repair``).
 
     Rows are appended with one write each, newline included, so only an unterminated
@@ -423,8 +427,9 @@ def read_jsonl(path: PathLike, repair: bool = False,
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RobustVAEError(f"{path} line {i} is not valid JSON (and is not a torn last line); "
-                                 f"fix or remove that line") from None
+            raise RobustVAEError(
+                f"{path} line {i} is not valid JSON (and is not a torn last line); fix or remove that line"
+            ) from None
         if not isinstance(row, dict):
             raise RobustVAEError(f"{path} line {i} is not a JSON object; fix or remove that line")
         problem = check(row) if check is not None else None
@@ -448,8 +453,9 @@ def _say_torn(path: Path, line: int, repair: bool) -> None:
     if key not in _TORN_SAID:
         _TORN_SAID.add(key)
         what = "cut from the file" if repair else "left out (the next run there cuts it)"
-        warnings.warn(f"{path} line {line} is torn (a crash mid-write, no newline at its end); it is {what}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{path} line {line} is torn (a crash mid-write, no newline at its end); it is {what}", stacklevel=3
+        )
 
 
 def safe_name(name: str) -> str:

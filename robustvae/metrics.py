@@ -99,7 +99,9 @@ def _ms_ssim_levels(x: Tensor, y: Tensor, data_range: float, window_size: int, p
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ms_ssim needs two (B, C, H, W) batches of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"ms_ssim needs two (B, C, H, W) batches of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     levels = len(MS_SSIM_WEIGHTS)
     need = 2 ** (levels - 1)
     if min(x.shape[-2:]) < need:

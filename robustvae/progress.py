@@ -52,8 +52,9 @@ class _Mark:
 class Progress(rp.Progress):
     """rich's Progress that also writes plain progress lines to ``plain`` (a stream) and ``log`` (a file)."""
 
-    def __init__(self, *columns: Any, plain: TextIO | None = None, log_path: str | os.PathLike | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, *columns: Any, plain: TextIO | None = None, log_path: str | os.PathLike | None = None, **kwargs: Any
+    ):
         super().__init__(*columns, **kwargs)
         self._plain = plain
         self._log_path = Path(log_path) if log_path is not None else None
@@ -122,10 +123,16 @@ class Progress(rp.Progress):
         unit = task.fields.get("unit", "")
         total = f"/{task.total:,.0f} ({mark.frac_line:.0%})" if task.total is not None else ""
         if state == "started":
-            self._write(f"{_stamp()} {task.description}: {task.completed:,.0f}{total}{' ' + unit if unit else ''} [started]")
+            self._write(
+                f"{_stamp()} {task.description}: {task.completed:,.0f}{total}{' ' + unit if unit else ''} [started]"
+            )
             return
-        parts = [f"{task.description}: {task.completed:,.0f}{total}", f"{rate:,.1f} {unit}/s".replace(" /s", "/s"),
-                 f"elapsed {clock(elapsed)}", f"ETA {clock(left if state != 'done' else 0.0)}"]
+        parts = [
+            f"{task.description}: {task.completed:,.0f}{total}",
+            f"{rate:,.1f} {unit}/s".replace(" /s", "/s"),
+            f"elapsed {clock(elapsed)}",
+            f"ETA {clock(left if state != 'done' else 0.0)}",
+        ]
         info = str(task.fields.get("info", "") or "")
         self._write(f"{_stamp()} " + " | ".join(parts + ([info] if info else [])) + (f" [{state}]" if state else ""))
 

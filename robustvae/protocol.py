@@ -21,7 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-NORMS = ("linf", "l2")  # the threat models: perturbation norms of attacks, certification and settings (defined here only)
+NORMS = (
+    "linf",
+    "l2",
+)  # the threat models: perturbation norms of attacks, certification and settings (defined here only)
 CONVENTIONS = ("std", "var")
 
 

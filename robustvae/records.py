@@ -32,8 +32,22 @@ from pydantic import Field
 
 from robustvae.config import eps_problem
 from robustvae.io import read_jsonl
-from robustvae.validation import (Count, Curve, Int, Measure, Name, Number, PerLayer, Positive, Score, Setting, Sha256,
-                                  Text, UnitMeasure, row_problem)
+from robustvae.validation import (
+    Count,
+    Curve,
+    Int,
+    Measure,
+    Name,
+    Number,
+    PerLayer,
+    Positive,
+    Score,
+    Setting,
+    Sha256,
+    Text,
+    UnitMeasure,
+    row_problem,
+)
 
 Norm = Literal["linf", "l2"]  # robustvae.protocol.NORMS
 Kind = Literal["attack", "no_attack", "floor", "noise", "unrelated"]
@@ -58,18 +72,33 @@ class Record:
 
     def to_row(self) -> dict[str, Any]:
         """A plain dict in column order; optional fields that are None are left out."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                if not (f.name in self.OPTIONAL and getattr(self, f.name) is None)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if not (f.name in self.OPTIONAL and getattr(self, f.name) is None)
+        }
 
 
 @dataclass(frozen=True)
 class AttackRecord(Record):
     """One row of an attack sweep: a scored reconstruction and the settings behind it."""
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("psnr", "skl", "final_loss", "target_point", "member", "member_steps",
-                                            "curve", "grad_norm", "target_test_index", "msssim_target",
-                                            "msssim_target_before", "solver_s", "gradient_check",
-                                            *DEFENCE_FIELDS)
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "psnr",
+        "skl",
+        "final_loss",
+        "target_point",
+        "member",
+        "member_steps",
+        "curve",
+        "grad_norm",
+        "target_test_index",
+        "msssim_target",
+        "msssim_target_before",
+        "solver_s",
+        "gradient_check",
+        *DEFENCE_FIELDS,
+    )
 
     unit: Name  # the work unit that wrote the row (resume and merge go by units)
     model: Name  # label of the checkpoint in the sweep
@@ -98,8 +127,12 @@ class AttackRecord(Record):
     delta_l2: Measure = 0.0
     final_loss: Number | None = None  # the attack's best objective
     nonfinite: bool = False
-    target_point: Count | None = None  # targeted objectives: the target's position in the seeded selection (``point``'s)
-    member: Name | None = None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
+    target_point: Count | None = (
+        None  # targeted objectives: the target's position in the seeded selection (``point``'s)
+    )
+    member: Name | None = (
+        None  # ensemble runs (optimizer auto): the member that wrote the row (absent: a single attack)
+    )
     member_steps: Count | None = None  # that member's steps per restart (its share of ``steps``)
     curve: Curve | None = None  # MS-SSIM of the best iterate after n steps, {"n": score} (attack rows)
     grad_norm: Measure | None = None  # norm of the objective's gradient at the start (gradient attacks)
@@ -191,8 +224,22 @@ class CertifyRecord(Record):
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
-        "radius", "max_joint_changes", "max_joint_bound", "max_joint_proven", "optimal_decoded_l2", "optimal_bound",
-        "optimal_proven", "optimal_changed", "msssim_k1", "k1_identical", "delta_linf", "delta_l2", "solve_time_s", "status", "gap")
+        "radius",
+        "max_joint_changes",
+        "max_joint_bound",
+        "max_joint_proven",
+        "optimal_decoded_l2",
+        "optimal_bound",
+        "optimal_proven",
+        "optimal_changed",
+        "msssim_k1",
+        "k1_identical",
+        "delta_linf",
+        "delta_l2",
+        "solve_time_s",
+        "status",
+        "gap",
+    )
 
     unit: Name  # the work unit that wrote the row (resume and merge go by units)
     model: Name
@@ -245,7 +292,10 @@ def upgrade_attack_row(row: dict[str, Any]) -> dict[str, Any]:
     if all(key in row for key in LEGACY_DEFAULTS):
         return row
     full = {**LEGACY_DEFAULTS, **row}
-    return {**{c: full[c] for c in ATTACK_COLUMNS if c in full}, **{c: v for c, v in full.items() if c not in ATTACK_COLUMNS}}
+    return {
+        **{c: full[c] for c in ATTACK_COLUMNS if c in full},
+        **{c: v for c, v in full.items() if c not in ATTACK_COLUMNS},
+    }
 
 
 def read_attack_records(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:

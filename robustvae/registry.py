@@ -32,8 +32,9 @@ def _architectures() -> dict[str, type[nn.Module]]:
         from robustvae.models.openai_vdvae import OpenAIVDVAE
         from robustvae.models.vdvae import VDVAE
 
-        _ARCHITECTURES.update({"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE,
-                               "openai-vdvae": OpenAIVDVAE})
+        _ARCHITECTURES.update(
+            {"vdvae": VDVAE, "dctvae": DCTVAE, "kuzina-ladder": KuzinaLadderVAE, "openai-vdvae": OpenAIVDVAE}
+        )
     return _ARCHITECTURES
 
 
@@ -88,7 +89,13 @@ _CIFAR_MODEL = ModelConfig(
     weight_norm=True,
 )
 _CIFAR_TRAIN = TrainConfig(
-    epochs=8000, batch_size=96, lr=4e-4, lr_min=5e-5, weight_decay=1e-2, grad_clip=0.2, skip_threshold=100.0,
+    epochs=8000,
+    batch_size=96,
+    lr=4e-4,
+    lr_min=5e-5,
+    weight_decay=1e-2,
+    grad_clip=0.2,
+    skip_threshold=100.0,
     ema_decay=0.9999,
 )
 
@@ -99,14 +106,32 @@ _CIFAR_TRAIN = TrainConfig(
 # channels). Linear betas as in the authors' code: T < 21: (1 / T, 2 / T); otherwise
 # 1000 / T * (0.001, 0.02), i.e. 0.025 -> 0.5 for T = 40.
 _DCT_BINARY_MODEL = dataclasses.replace(
-    _BINARY_MODEL, arch="dctvae", latents=((14, 4), (7, 3)), context="dct", context_size=6, context_bits=2,
-    diffusion_steps=7, diffusion_beta_start=1 / 7, diffusion_beta_end=2 / 7, diffusion_channels=32,
-    diffusion_scales=1, diffusion_res_blocks=3,
+    _BINARY_MODEL,
+    arch="dctvae",
+    latents=((14, 4), (7, 3)),
+    context="dct",
+    context_size=6,
+    context_bits=2,
+    diffusion_steps=7,
+    diffusion_beta_start=1 / 7,
+    diffusion_beta_end=2 / 7,
+    diffusion_channels=32,
+    diffusion_scales=1,
+    diffusion_res_blocks=3,
 )
 _DCT_CIFAR_MODEL = dataclasses.replace(
-    _CIFAR_MODEL, arch="dctvae", latents=((32, 10), (16, 10), (8, 5), (4, 2), (1, 1)), context="dct",
-    context_size=6, context_bits=5, diffusion_steps=40, diffusion_beta_start=0.025, diffusion_beta_end=0.5,
-    diffusion_channels=64, diffusion_scales=2, diffusion_res_blocks=3,
+    _CIFAR_MODEL,
+    arch="dctvae",
+    latents=((32, 10), (16, 10), (8, 5), (4, 2), (1, 1)),
+    context="dct",
+    context_size=6,
+    context_bits=5,
+    diffusion_steps=40,
+    diffusion_beta_start=0.025,
+    diffusion_beta_end=0.5,
+    diffusion_channels=64,
+    diffusion_scales=2,
+    diffusion_res_blocks=3,
 )
 
 _TINY_TRAIN = TrainConfig(
@@ -115,7 +140,14 @@ _TINY_TRAIN = TrainConfig(
 
 # `robustvae demo`: the tiny architectures trained for 1,200 steps on one CPU thread (times: README, The demo)
 _DEMO_TRAIN = TrainConfig(
-    epochs=1, steps=1200, batch_size=32, lr=3e-3, lr_min=1e-4, warmup_steps=50, checkpoint_every=400, log_every=50,
+    epochs=1,
+    steps=1200,
+    batch_size=32,
+    lr=3e-3,
+    lr_min=1e-4,
+    warmup_steps=50,
+    checkpoint_every=400,
+    log_every=50,
     val_batches=4,
 )
 
@@ -133,7 +165,12 @@ PRESETS: dict[str, Config] = {
         "vdvae-cifar10-tiny",
         DataConfig("synthetic-rgb"),
         dataclasses.replace(
-            _CIFAR_MODEL, num_mixtures=3, channels=8, hidden=8, latents=((16, 1), (8, 1), (1, 1)), z_dim=2,
+            _CIFAR_MODEL,
+            num_mixtures=3,
+            channels=8,
+            hidden=8,
+            latents=((16, 1), (8, 1), (1, 1)),
+            z_dim=2,
             enc_blocks=1,
         ),
         _TINY_TRAIN,
@@ -144,15 +181,25 @@ PRESETS: dict[str, Config] = {
     ),
     "dctvae-cifar10": Config("dctvae-cifar10", DataConfig("cifar10"), _DCT_CIFAR_MODEL, _CIFAR_TRAIN),
     "dctvae-mnist-downsample": Config(
-        "dctvae-mnist-downsample", DataConfig("mnist"), dataclasses.replace(_DCT_BINARY_MODEL, context="downsample"),
+        "dctvae-mnist-downsample",
+        DataConfig("mnist"),
+        dataclasses.replace(_DCT_BINARY_MODEL, context="downsample"),
         _BINARY_TRAIN,
     ),
     "dctvae-mnist-tiny": Config(
         "dctvae-mnist-tiny",
         DataConfig("mnist-offline"),
         dataclasses.replace(
-            _DCT_BINARY_MODEL, channels=8, hidden=8, latents=((14, 2), (7, 1)), enc_blocks=1, diffusion_steps=3,
-            diffusion_beta_start=1 / 3, diffusion_beta_end=2 / 3, diffusion_channels=8, diffusion_res_blocks=1,
+            _DCT_BINARY_MODEL,
+            channels=8,
+            hidden=8,
+            latents=((14, 2), (7, 1)),
+            enc_blocks=1,
+            diffusion_steps=3,
+            diffusion_beta_start=1 / 3,
+            diffusion_beta_end=2 / 3,
+            diffusion_channels=8,
+            diffusion_res_blocks=1,
         ),
         _TINY_TRAIN,
     ),
@@ -167,16 +214,47 @@ PRESETS["dctvae-mnist-demo"] = Config(
 # The authors' own architectures (docs/kuzina.md), from the resolved configs of their code
 # (configs/experiment/*_ladder.yaml at b86d22f): AdamW (betas 0.9, 0.999), cosine to lr_min, no warmup, no EMA.
 _KUZINA_DCT_BINARY = ModelConfig(
-    arch="kuzina-ladder", image_channels=1, image_size=28, likelihood="bernoulli", channels=32, hidden=32,
-    latents=((14, 4), (7, 3)), z_dim=1, activation="silu", context="dct", context_size=7, context_bits=2,
-    diffusion_steps=7, diffusion_beta_start=1 / 7, diffusion_beta_end=2 / 7, diffusion_channels=32, diffusion_scales=1,
-    diffusion_res_blocks=3, diffusion_dropout=0.1, target_binarisation="model",
+    arch="kuzina-ladder",
+    image_channels=1,
+    image_size=28,
+    likelihood="bernoulli",
+    channels=32,
+    hidden=32,
+    latents=((14, 4), (7, 3)),
+    z_dim=1,
+    activation="silu",
+    context="dct",
+    context_size=7,
+    context_bits=2,
+    diffusion_steps=7,
+    diffusion_beta_start=1 / 7,
+    diffusion_beta_end=2 / 7,
+    diffusion_channels=32,
+    diffusion_scales=1,
+    diffusion_res_blocks=3,
+    diffusion_dropout=0.1,
+    target_binarisation="model",
 )
 _KUZINA_DCT_RGB = dataclasses.replace(
-    _KUZINA_DCT_BINARY, image_channels=3, image_size=32, likelihood="dmol", num_mixtures=10, channels=300, hidden=75,
-    latents=((32, 5), (16, 5), (8, 5), (4, 2), (1, 1)), z_dim=8, weight_norm=True, encoder_per_scale=True,
-    context_size=6, context_bits=5, diffusion_steps=40, diffusion_schedule="cosine", diffusion_channels=64,
-    diffusion_scales=2, diffusion_dropout=0.2, target_binarisation="data",
+    _KUZINA_DCT_BINARY,
+    image_channels=3,
+    image_size=32,
+    likelihood="dmol",
+    num_mixtures=10,
+    channels=300,
+    hidden=75,
+    latents=((32, 5), (16, 5), (8, 5), (4, 2), (1, 1)),
+    z_dim=8,
+    weight_norm=True,
+    encoder_per_scale=True,
+    context_size=6,
+    context_bits=5,
+    diffusion_steps=40,
+    diffusion_schedule="cosine",
+    diffusion_channels=64,
+    diffusion_scales=2,
+    diffusion_dropout=0.2,
+    target_binarisation="data",
 )
 # Their MNIST loss is bits per dimension where robustvae's is nats per dimension: their gradient-norm clip (1) and
 # skip threshold (100) are ln 2 and 100 ln 2 here. (Their RGB runs divide by the dimensions once more; kept as given.)
@@ -184,37 +262,71 @@ _KUZINA_BINARY_TRAIN = dataclasses.replace(
     _BINARY_TRAIN, beta2=0.999, warmup_steps=0, grad_clip=math.log(2), skip_threshold=100 * math.log(2)
 )
 _KUZINA_RGB_TRAIN = TrainConfig(
-    epochs=1200, batch_size=96, lr=4e-4, lr_min=5e-5, weight_decay=1e-2, beta2=0.999, warmup_steps=0, grad_clip=1.0,
+    epochs=1200,
+    batch_size=96,
+    lr=4e-4,
+    lr_min=5e-5,
+    weight_decay=1e-2,
+    beta2=0.999,
+    warmup_steps=0,
+    grad_clip=1.0,
     skip_threshold=400.0,
 )
-PRESETS.update({
-    "kuzina-dctvae-mnist": Config("kuzina-dctvae-mnist", DataConfig("mnist"), _KUZINA_DCT_BINARY, _KUZINA_BINARY_TRAIN),
-    "kuzina-dctvae-omniglot": Config(
-        "kuzina-dctvae-omniglot", DataConfig("omniglot"),
-        dataclasses.replace(_KUZINA_DCT_BINARY, context_size=8, context_every_scale=False), _KUZINA_BINARY_TRAIN,
-    ),
-    "kuzina-ladder-mnist": Config(
-        "kuzina-ladder-mnist", DataConfig("mnist"),
-        dataclasses.replace(_KUZINA_DCT_BINARY, context="none", latents=((14, 4), (7, 4)), scale_channel_mult=1.25,
-                            diffusion_dropout=0.0),
-        _KUZINA_BINARY_TRAIN,
-    ),
-    "kuzina-dctvae-svhn": Config("kuzina-dctvae-svhn", DataConfig("svhn"), _KUZINA_DCT_RGB, _KUZINA_RGB_TRAIN),
-    "kuzina-dctvae-cifar10": Config(
-        "kuzina-dctvae-cifar10", DataConfig("cifar10"),
-        dataclasses.replace(_KUZINA_DCT_RGB, channels=380, hidden=95, latents=((32, 10), (16, 5), (8, 5), (4, 2), (1, 1)),
-                            pixel_mean=120.63838, pixel_std=64.16736),
-        dataclasses.replace(_KUZINA_RGB_TRAIN, epochs=8000, grad_clip=0.2, skip_threshold=100.0),
-    ),
-    "kuzina-dctvae-mnist-tiny": Config(
-        "kuzina-dctvae-mnist-tiny", DataConfig("mnist-offline"),
-        dataclasses.replace(_KUZINA_DCT_BINARY, channels=8, hidden=8, latents=((14, 1), (7, 1)), diffusion_steps=3,
-                            diffusion_beta_start=1 / 3, diffusion_beta_end=2 / 3, diffusion_channels=16,
-                            diffusion_res_blocks=1),
-        _TINY_TRAIN,
-    ),
-})
-
+PRESETS.update(
+    {
+        "kuzina-dctvae-mnist": Config(
+            "kuzina-dctvae-mnist", DataConfig("mnist"), _KUZINA_DCT_BINARY, _KUZINA_BINARY_TRAIN
+        ),
+        "kuzina-dctvae-omniglot": Config(
+            "kuzina-dctvae-omniglot",
+            DataConfig("omniglot"),
+            dataclasses.replace(_KUZINA_DCT_BINARY, context_size=8, context_every_scale=False),
+            _KUZINA_BINARY_TRAIN,
+        ),
+        "kuzina-ladder-mnist": Config(
+            "kuzina-ladder-mnist",
+            DataConfig("mnist"),
+            dataclasses.replace(
+                _KUZINA_DCT_BINARY,
+                context="none",
+                latents=((14, 4), (7, 4)),
+                scale_channel_mult=1.25,
+                diffusion_dropout=0.0,
+            ),
+            _KUZINA_BINARY_TRAIN,
+        ),
+        "kuzina-dctvae-svhn": Config("kuzina-dctvae-svhn", DataConfig("svhn"), _KUZINA_DCT_RGB, _KUZINA_RGB_TRAIN),
+        "kuzina-dctvae-cifar10": Config(
+            "kuzina-dctvae-cifar10",
+            DataConfig("cifar10"),
+            dataclasses.replace(
+                _KUZINA_DCT_RGB,
+                channels=380,
+                hidden=95,
+                latents=((32, 10), (16, 5), (8, 5), (4, 2), (1, 1)),
+                pixel_mean=120.63838,
+                pixel_std=64.16736,
+            ),
+            dataclasses.replace(_KUZINA_RGB_TRAIN, epochs=8000, grad_clip=0.2, skip_threshold=100.0),
+        ),
+        "kuzina-dctvae-mnist-tiny": Config(
+            "kuzina-dctvae-mnist-tiny",
+            DataConfig("mnist-offline"),
+            dataclasses.replace(
+                _KUZINA_DCT_BINARY,
+                channels=8,
+                hidden=8,
+                latents=((14, 1), (7, 1)),
+                diffusion_steps=3,
+                diffusion_beta_start=1 / 3,
+                diffusion_beta_end=2 / 3,
+                diffusion_channels=16,
+                diffusion_res_blocks=1,
+            ),
+            _TINY_TRAIN,
+        ),
+    }
+)
 
 
 # openai/vdvae's five published configurations (docs/openai-vdvae.md), from hps.py and data.py at ea35b49: width,
@@ -230,8 +342,10 @@ def openai_latents(dec_blocks: str) -> tuple[tuple[int, int], ...]:
     prev = None
     for b in parse_block_string(dec_blocks):
         if b.resolution != prev and b.mixin != prev:
-            raise ConfigError(f"decoder block string {dec_blocks!r}: resolution {b.resolution} must start by mixing "
-                              f"in {prev} ({b.resolution}m{prev})")
+            raise ConfigError(
+                f"decoder block string {dec_blocks!r}: resolution {b.resolution} must start by mixing "
+                f"in {prev} ({b.resolution}m{prev})"
+            )
         if b.resolution == prev and b.mixin is not None:
             raise ConfigError(f"decoder block string {dec_blocks!r}: only the first block at {b.resolution} mixes in")
         counts[b.resolution] = counts.get(b.resolution, 0) + 1
@@ -248,9 +362,19 @@ _OPENAI_DATA = {  # upstream's H.dataset -> (image size, pixel_mean, pixel_std, 
 }
 
 
-def openai_model_config(dataset: str, *, width: int, zdim: int, dec_blocks: str, enc_blocks: str,
-                        custom_width_str: str = "", bottleneck_multiple: float = 0.25, no_bias_above: int = 64,
-                        num_mixtures: int = 10, image_size: int | None = None) -> ModelConfig:
+def openai_model_config(
+    dataset: str,
+    *,
+    width: int,
+    zdim: int,
+    dec_blocks: str,
+    enc_blocks: str,
+    custom_width_str: str = "",
+    bottleneck_multiple: float = 0.25,
+    no_bias_above: int = 64,
+    num_mixtures: int = 10,
+    image_size: int | None = None,
+) -> ModelConfig:
     """The model of upstream's hyperparameters (the names of its hps.py; ``dataset`` is its ``H.dataset``)."""
     try:
         size, mean, std, bits = _OPENAI_DATA[dataset]
@@ -259,26 +383,57 @@ def openai_model_config(dataset: str, *, width: int, zdim: int, dec_blocks: str,
     hidden = int(width * bottleneck_multiple)
     if hidden / width != bottleneck_multiple:
         raise ConfigError(f"bottleneck_multiple {bottleneck_multiple} x width {width} is not a whole width")
-    widths = tuple(sorted(((int(r), int(w)) for r, w in (e.split(":") for e in custom_width_str.split(",") if e)),
-                          reverse=True))
+    widths = tuple(
+        sorted(((int(r), int(w)) for r, w in (e.split(":") for e in custom_width_str.split(",") if e)), reverse=True)
+    )
     return ModelConfig(
-        arch="openai-vdvae", image_channels=3, image_size=image_size or size, likelihood="dmol",
-        num_mixtures=num_mixtures, dmol_bits=bits, channels=width, hidden=hidden, latents=openai_latents(dec_blocks),
-        z_dim=zdim, enc_blocks=0, out_blocks=0, activation="gelu", enc_layout=enc_blocks, widths=widths,
-        bias_max_res=no_bias_above, pixel_mean=mean, pixel_std=std,
+        arch="openai-vdvae",
+        image_channels=3,
+        image_size=image_size or size,
+        likelihood="dmol",
+        num_mixtures=num_mixtures,
+        dmol_bits=bits,
+        channels=width,
+        hidden=hidden,
+        latents=openai_latents(dec_blocks),
+        z_dim=zdim,
+        enc_blocks=0,
+        out_blocks=0,
+        activation="gelu",
+        enc_layout=enc_blocks,
+        widths=widths,
+        bias_max_res=no_bias_above,
+        pixel_mean=mean,
+        pixel_std=std,
     )
 
 
-_CIFAR10_HPS = dict(width=384, zdim=16, dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
-                    enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3")
-_I32_HPS = dict(_CIFAR10_HPS, width=512, dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
-                enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6")
-_I64_HPS = dict(_I32_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
-                enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5")
-_FFHQ256_HPS = dict(_I64_HPS, dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
-                    enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4")
+_CIFAR10_HPS = dict(
+    width=384,
+    zdim=16,
+    dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
+    enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
+)
+_I32_HPS = dict(
+    _CIFAR10_HPS,
+    width=512,
+    dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
+    enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6",
+)
+_I64_HPS = dict(
+    _I32_HPS,
+    dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
+    enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5",
+)
+_FFHQ256_HPS = dict(
+    _I64_HPS,
+    dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
+    enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
+)
 _FFHQ1024_HPS = dict(
-    _FFHQ256_HPS, num_mixtures=2, width=16,
+    _FFHQ256_HPS,
+    num_mixtures=2,
+    width=16,
     dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,256x2,512m256,1024m512",
     enc_blocks="1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
     custom_width_str="512:32,256:64,128:512,64:512,32:512,16:512,8:512,4:512,1:512",
@@ -292,26 +447,55 @@ OPENAI_HPS: dict[str, ModelConfig] = {  # upstream's --hps name -> the model
 }
 # their optimiser (AdamW, betas 0.9 / 0.9, 100 warm-up steps, then a constant rate), batch per GPU, EMA, clip and skip
 _OPENAI_TRAIN = {
-    "cifar10": TrainConfig(epochs=10000, batch_size=16, lr=2e-4, lr_min=2e-4, warmup_steps=100, weight_decay=0.01,
-                           grad_clip=200.0, skip_threshold=400.0, ema_decay=0.9999),
+    "cifar10": TrainConfig(
+        epochs=10000,
+        batch_size=16,
+        lr=2e-4,
+        lr_min=2e-4,
+        warmup_steps=100,
+        weight_decay=0.01,
+        grad_clip=200.0,
+        skip_threshold=400.0,
+        ema_decay=0.9999,
+    ),
 }
-_OPENAI_TRAIN["imagenet32"] = dataclasses.replace(_OPENAI_TRAIN["cifar10"], batch_size=8, lr=1.5e-4, lr_min=1.5e-4,
-                                                  grad_clip=200.0, skip_threshold=300.0, ema_decay=0.999)
-_OPENAI_TRAIN["imagenet64"] = dataclasses.replace(_OPENAI_TRAIN["imagenet32"], batch_size=4, grad_clip=220.0,
-                                                  skip_threshold=380.0)
-_OPENAI_TRAIN["ffhq256"] = dataclasses.replace(_OPENAI_TRAIN["imagenet32"], batch_size=1, grad_clip=130.0,
-                                               skip_threshold=180.0)
-_OPENAI_TRAIN["ffhq1024"] = dataclasses.replace(_OPENAI_TRAIN["ffhq256"], lr=7e-5, lr_min=7e-5, grad_clip=360.0,
-                                                skip_threshold=500.0)
-PRESETS.update({
-    f"openai-vdvae-{name}": Config(f"openai-vdvae-{name}", DataConfig(name), model, _OPENAI_TRAIN[name])
-    for name, model in OPENAI_HPS.items()
-})
+_OPENAI_TRAIN["imagenet32"] = dataclasses.replace(
+    _OPENAI_TRAIN["cifar10"],
+    batch_size=8,
+    lr=1.5e-4,
+    lr_min=1.5e-4,
+    grad_clip=200.0,
+    skip_threshold=300.0,
+    ema_decay=0.999,
+)
+_OPENAI_TRAIN["imagenet64"] = dataclasses.replace(
+    _OPENAI_TRAIN["imagenet32"], batch_size=4, grad_clip=220.0, skip_threshold=380.0
+)
+_OPENAI_TRAIN["ffhq256"] = dataclasses.replace(
+    _OPENAI_TRAIN["imagenet32"], batch_size=1, grad_clip=130.0, skip_threshold=180.0
+)
+_OPENAI_TRAIN["ffhq1024"] = dataclasses.replace(
+    _OPENAI_TRAIN["ffhq256"], lr=7e-5, lr_min=7e-5, grad_clip=360.0, skip_threshold=500.0
+)
+PRESETS.update(
+    {
+        f"openai-vdvae-{name}": Config(f"openai-vdvae-{name}", DataConfig(name), model, _OPENAI_TRAIN[name])
+        for name, model in OPENAI_HPS.items()
+    }
+)
 PRESETS["openai-vdvae-tiny"] = Config(  # CI-sized: every option of the family (widths, bias_max_res) at 32x32
-    "openai-vdvae-tiny", DataConfig("synthetic-rgb"),
+    "openai-vdvae-tiny",
+    DataConfig("synthetic-rgb"),
     dataclasses.replace(
-        OPENAI_HPS["cifar10"], channels=8, hidden=2, num_mixtures=3, z_dim=2, latents=((32, 1), (16, 1), (8, 1), (1, 1)),
-        enc_layout="32x1,32d2,16d2,8x1,8d8,1x1", widths=((8, 16), (1, 16)), bias_max_res=8,
+        OPENAI_HPS["cifar10"],
+        channels=8,
+        hidden=2,
+        num_mixtures=3,
+        z_dim=2,
+        latents=((32, 1), (16, 1), (8, 1), (1, 1)),
+        enc_layout="32x1,32d2,16d2,8x1,8d8,1x1",
+        widths=((8, 16), (1, 16)),
+        bias_max_res=8,
     ),
     _TINY_TRAIN,
 )
@@ -379,27 +563,72 @@ class PublishedCheckpoint:
 
 
 # the DCT-VAE checkpoints of Kuzina & Tomczak's README (AKuzina/dct_vae), with the NLL they report
-PUBLISHED: dict[str, PublishedCheckpoint] = {p.name: p for p in (
-    PublishedCheckpoint("kuzina-dctvae-mnist", "kuzina-dctvae-mnist", "kuzina", "1RZWo7jDjA3pPcfZ--qxtBc7GpsOH0Ea4",
-                        76.62, "nats"),
-    PublishedCheckpoint("kuzina-dctvae-omniglot", "kuzina-dctvae-omniglot", "kuzina",
-                        "1RbOsL4nyF3nvaO3-n0YoqwejBYSNmvww", 86.11, "nats"),
-    PublishedCheckpoint("kuzina-dctvae-cifar10", "kuzina-dctvae-cifar10", "kuzina", "1Rbl7X09Gr4zXSuUQvuwHcYEjpopeb9Uq",
-                        3.26, "bits/dim"),
-    PublishedCheckpoint("kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "kuzina", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd",
-                        1.97, "bits/dim"),
-)}
+PUBLISHED: dict[str, PublishedCheckpoint] = {
+    p.name: p
+    for p in (
+        PublishedCheckpoint(
+            "kuzina-dctvae-mnist", "kuzina-dctvae-mnist", "kuzina", "1RZWo7jDjA3pPcfZ--qxtBc7GpsOH0Ea4", 76.62, "nats"
+        ),
+        PublishedCheckpoint(
+            "kuzina-dctvae-omniglot",
+            "kuzina-dctvae-omniglot",
+            "kuzina",
+            "1RbOsL4nyF3nvaO3-n0YoqwejBYSNmvww",
+            86.11,
+            "nats",
+        ),
+        PublishedCheckpoint(
+            "kuzina-dctvae-cifar10",
+            "kuzina-dctvae-cifar10",
+            "kuzina",
+            "1Rbl7X09Gr4zXSuUQvuwHcYEjpopeb9Uq",
+            3.26,
+            "bits/dim",
+        ),
+        PublishedCheckpoint(
+            "kuzina-dctvae-svhn", "kuzina-dctvae-svhn", "kuzina", "1RbwLj0EO7RwfiPqLiL0NwMAsSGzCWyqd", 1.97, "bits/dim"
+        ),
+    )
+}
 # openai/vdvae's EMA weights (what its test evaluation uses), with the test NLL of its README and paper (Child 2021);
 # CIFAR-10: four seeds (their mean, 2.87, is the paper's number)
 _OPENAI_ASSETS = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/"
-PUBLISHED.update({p.name: p for p in (
-    PublishedCheckpoint(f"openai-vdvae-cifar10-seed{seed}", "openai-vdvae-cifar10", "openai-vdvae", "", nll, "bits/dim",
-                        f"{_OPENAI_ASSETS}vdvae-assets-2/cifar10-seed{seed}-iter-{it}-model-ema.th")
-    for seed, it, nll in ((0, 900000, 2.879), (1, 1050000, 2.842), (2, 650000, 2.898), (3, 1050000, 2.864))
-)})
-PUBLISHED.update({p.name: p for p in (
-    PublishedCheckpoint(f"openai-vdvae-{hps}", f"openai-vdvae-{hps}", "openai-vdvae", "", nll, "bits/dim",
-                        f"{_OPENAI_ASSETS}{folder}/{hps}-iter-{it}-model-ema.th")
-    for hps, folder, it, nll in (("imagenet32", "vdvae-assets", 1700000, 3.80), ("imagenet64", "vdvae-assets-2", 1600000, 3.52),
-                                 ("ffhq256", "vdvae-assets", 1700000, 0.61), ("ffhq1024", "vdvae-assets", 1700000, 2.42))
-)})
+PUBLISHED.update(
+    {
+        p.name: p
+        for p in (
+            PublishedCheckpoint(
+                f"openai-vdvae-cifar10-seed{seed}",
+                "openai-vdvae-cifar10",
+                "openai-vdvae",
+                "",
+                nll,
+                "bits/dim",
+                f"{_OPENAI_ASSETS}vdvae-assets-2/cifar10-seed{seed}-iter-{it}-model-ema.th",
+            )
+            for seed, it, nll in ((0, 900000, 2.879), (1, 1050000, 2.842), (2, 650000, 2.898), (3, 1050000, 2.864))
+        )
+    }
+)
+PUBLISHED.update(
+    {
+        p.name: p
+        for p in (
+            PublishedCheckpoint(
+                f"openai-vdvae-{hps}",
+                f"openai-vdvae-{hps}",
+                "openai-vdvae",
+                "",
+                nll,
+                "bits/dim",
+                f"{_OPENAI_ASSETS}{folder}/{hps}-iter-{it}-model-ema.th",
+            )
+            for hps, folder, it, nll in (
+                ("imagenet32", "vdvae-assets", 1700000, 3.80),
+                ("imagenet64", "vdvae-assets-2", 1600000, 3.52),
+                ("ffhq256", "vdvae-assets", 1700000, 0.61),
+                ("ffhq1024", "vdvae-assets", 1700000, 2.42),
+            )
+        )
+    }
+)

@@ -82,7 +82,9 @@ Setting = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a finite setting
 Int = Annotated[int, Field(gt=-INT64, lt=INT64)]
 Count = Annotated[int, Field(ge=0, lt=INT64)]  # an index, a seed, a count
 Positive = Annotated[int, Field(ge=1, lt=INT64)]  # k, steps, a size
-Curve = Annotated[dict[Annotated[str, AfterValidator(_int_key)], Score], Field(min_length=1)]  # {"n": score after n steps}
+Curve = Annotated[
+    dict[Annotated[str, AfterValidator(_int_key)], Score], Field(min_length=1)
+]  # {"n": score after n steps}
 PerLayer = Annotated[list[Number], Field(min_length=1)]  # one number per attacked layer
 # A label, a unit id, a dataset or setting name: labels become file names (at most 255 bytes on common file systems)
 # and are printed in tables, so a name of megabytes is refused rather than rendered.
@@ -129,12 +131,16 @@ def problem(schema: type[BaseModel], obj: Any) -> str | None:
 def row_schema(record: type) -> type[BaseModel]:
     """A strict pydantic model of a record dataclass (its annotations carry the ranges), built once."""
     hints = typing.get_type_hints(record, include_extras=True)
-    fields = {f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(record)}
+    fields = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(record)
+    }
     return create_model(f"{record.__name__}Row", __config__=STRICT, **fields)
 
 
-def row_problem(record: type, row: dict[str, Any], rules: Callable[[dict[str, Any]], str | None] | None = None) -> str | None:
+def row_problem(
+    record: type, row: dict[str, Any], rules: Callable[[dict[str, Any]], str | None] | None = None
+) -> str | None:
     """What is wrong with one row of ``record`` (a missing field, a type, a range; then ``rules`` across fields)."""
     found = problem(row_schema(record), row)
     if found is None and rules is not None:
@@ -375,22 +381,29 @@ def _json(path: Path) -> Any:
     try:
         return json.loads(text)
     except ValueError as e:
-        raise RobustVAEError(f"{path} is not valid JSON (line {getattr(e, 'lineno', '?')}); restore it or re-run "
-                             f"the command that wrote it") from None
+        raise RobustVAEError(
+            f"{path} is not valid JSON (line {getattr(e, 'lineno', '?')}); restore it or re-run "
+            f"the command that wrote it"
+        ) from None
 
 
-def check_json(path: str | os.PathLike, obj: Any, schema: type[BaseModel], fix: str = "re-run the command that wrote it") -> Any:
+def check_json(
+    path: str | os.PathLike, obj: Any, schema: type[BaseModel], fix: str = "re-run the command that wrote it"
+) -> Any:
     """``obj`` (read from ``path``) under ``schema``: returned as is, or a one-line error naming file and field."""
     if not isinstance(obj, dict):
-        raise RobustVAEError(f"{path} holds {type(obj).__name__ if obj is not None else 'null'}, not a table of "
-                             f"fields; {fix}")
+        raise RobustVAEError(
+            f"{path} holds {type(obj).__name__ if obj is not None else 'null'}, not a table of fields; {fix}"
+        )
     found = problem(schema, obj)
     if found:
         raise RobustVAEError(f"{path}: {found}; {fix}")
     return obj
 
 
-def read_json(path: str | os.PathLike, schema: type[BaseModel], fix: str = "re-run the command that wrote it") -> dict[str, Any]:
+def read_json(
+    path: str | os.PathLike, schema: type[BaseModel], fix: str = "re-run the command that wrote it"
+) -> dict[str, Any]:
     """A JSON file checked against ``schema`` (its fields stay a plain dict)."""
     return check_json(path, _json(Path(path)), schema, fix)
 
@@ -436,6 +449,7 @@ def _text_fields(schema: type[BaseModel]) -> list[str]:
     def texty(tp: Any) -> bool:
         args = typing.get_args(tp)
         return tp is str or any(texty(a) for a in args if a is not type(None)) if args else tp is str
+
     return [n for n, tp in _fields(schema).items() if texty(tp)]
 
 
@@ -447,8 +461,12 @@ def _optional(tp: Any) -> bool:
     return type(None) in args
 
 
-def read_csv_rows(path: str | os.PathLike, schema: type[BaseModel], fix: str,
-                  rules: Callable[[dict[str, Any]], str | None] | None = None) -> Any:
+def read_csv_rows(
+    path: str | os.PathLike,
+    schema: type[BaseModel],
+    fix: str,
+    rules: Callable[[dict[str, Any]], str | None] | None = None,
+) -> Any:
     """A CSV file as a DataFrame whose every row fits ``schema`` (cells parsed leniently, as CSV holds text only);
     else one line naming the file, the line and the field."""
     import numpy as np
@@ -495,7 +513,11 @@ def gallery_problem(arrays: dict[str, Any]) -> str | None:
     for name in ("model", "k", *GALLERY_IMAGES, "msssim", "points", "restarts"):
         if name not in arrays:
             return f"it has no '{name}' array"
-    if arrays["model"].ndim != 0 or arrays["model"].dtype.kind not in "US" or not 1 <= len(str(arrays["model"])) <= MAX_NAME:
+    if (
+        arrays["model"].ndim != 0
+        or arrays["model"].dtype.kind not in "US"
+        or not 1 <= len(str(arrays["model"])) <= MAX_NAME
+    ):
         return f"'model' should be one label of 1 to {MAX_NAME} characters"
     k = arrays["k"]
     if k.ndim != 0 or k.dtype.kind not in "iu" or not 1 <= int(k) < INT64:
@@ -517,7 +539,9 @@ def gallery_problem(arrays: dict[str, Any]) -> str | None:
             return f"'{name}' should be {n} {'numbers' if kind == 'f' else 'integers'}, got {a.dtype} {a.shape}"
         if kind == "iu" and n and not 0 <= int(a.min()) <= int(a.max()) < INT64:
             return f"'{name}' should be indices >= 0, got {int(a.min())}..{int(a.max())}"
-    bad = [float(v) for v in arrays["msssim"] if not math.isnan(v) and not -MSSSIM_TOLERANCE <= v <= 1 + MSSSIM_TOLERANCE]
+    bad = [
+        float(v) for v in arrays["msssim"] if not math.isnan(v) and not -MSSSIM_TOLERANCE <= v <= 1 + MSSSIM_TOLERANCE
+    ]
     if bad:
         return f"'msssim' should be MS-SSIM scores in [0, 1], got {bad[0]!r}"
     return None

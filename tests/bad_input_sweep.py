@@ -108,8 +108,25 @@ class Fixtures:
         self.inputs = root / "inputs"
         run = self.inputs / "run"
         with _quiet():
-            assert main(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-                         "--steps", "2", "--out", str(run)]) == 0
+            assert (
+                main(
+                    [
+                        "train",
+                        "--preset",
+                        "vdvae-mnist-tiny",
+                        "--data",
+                        "synthetic",
+                        "--quiet",
+                        "--batch-size",
+                        "8",
+                        "--steps",
+                        "2",
+                        "--out",
+                        str(run),
+                    ]
+                )
+                == 0
+            )
             self.images = self.inputs / "images"
             self.images.mkdir(parents=True)
             import numpy as np
@@ -117,46 +134,140 @@ class Fixtures:
 
             Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype("uint8")).save(self.images / "a.png")
             self.attack = self.inputs / "attack"
-            assert main(["attack", str(run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1",
-                         "--out", str(self.attack), "-q"]) == 0
+            assert (
+                main(
+                    [
+                        "attack",
+                        str(run),
+                        "--points",
+                        "1",
+                        "--restarts",
+                        "1",
+                        "--steps",
+                        "1",
+                        "--layers",
+                        "1",
+                        "--out",
+                        str(self.attack),
+                        "-q",
+                    ]
+                )
+                == 0
+            )
             self.dct = self.inputs / "dct"
-            assert main(["train", "--preset", "dctvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size",
-                         "8", "--steps", "2", "--out", str(self.dct)]) == 0
+            assert (
+                main(
+                    [
+                        "train",
+                        "--preset",
+                        "dctvae-mnist-tiny",
+                        "--data",
+                        "synthetic",
+                        "--quiet",
+                        "--batch-size",
+                        "8",
+                        "--steps",
+                        "2",
+                        "--out",
+                        str(self.dct),
+                    ]
+                )
+                == 0
+            )
         (self.inputs / "foreign.pt").write_bytes(b"not a checkpoint")
         self.run = run
 
     def base(self, command: str, out: Path) -> list[str]:
         r, o = str(self.run), str(out)
         return {
-            "train": ["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-                      "--steps", "1", "--out", o],
+            "train": [
+                "train",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "--quiet",
+                "--batch-size",
+                "8",
+                "--steps",
+                "1",
+                "--out",
+                o,
+            ],
             "eval": ["eval", r, "-k", "2", "--limit", "4", "--batch-size", "4", "-q", "--out", str(out / "e.json")],
             "sample": ["sample", r, "--n", "2", "--out", str(out / "s.png")],
-            "attack": ["attack", r, "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1", "-q",
-                       "--out", o],
+            "attack": [
+                "attack",
+                r,
+                "--points",
+                "1",
+                "--restarts",
+                "1",
+                "--steps",
+                "1",
+                "--layers",
+                "1",
+                "-q",
+                "--out",
+                o,
+            ],
             "compress": ["compress", r, "--images", str(self.images), "--layers", "1", "-q", "--out", o],
             "report": ["report", str(self.attack), "--out", o],
-            "demo": ["demo", "--preset", "vdvae-mnist-tiny", "--train-steps", "1", "--points", "1", "--restarts", "1",
-                     "--attack-steps", "1", "--iw-samples", "1", "--eval-limit", "2", "-q", "--out", o],
-            "certify": ["certify", str(self.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
-                        "--out", o],
+            "demo": [
+                "demo",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--train-steps",
+                "1",
+                "--points",
+                "1",
+                "--restarts",
+                "1",
+                "--attack-steps",
+                "1",
+                "--iw-samples",
+                "1",
+                "--eval-limit",
+                "2",
+                "-q",
+                "--out",
+                o,
+            ],
+            "certify": ["certify", str(self.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q", "--out", o],
             "zoo list": ["zoo", "list"],
-            "zoo import": ["zoo", "import", str(self.inputs / "foreign.pt"), "--preset", "kuzina-dctvae-mnist-tiny",
-                           "--out", o],
+            "zoo import": [
+                "zoo",
+                "import",
+                str(self.inputs / "foreign.pt"),
+                "--preset",
+                "kuzina-dctvae-mnist-tiny",
+                "--out",
+                o,
+            ],
         }[command]
 
 
 IMAGE_COMMANDS = ("attack", "eval", "certify", "compress")  # the commands that take --images
 BAD_IMAGE_REASONS = {  # file -> what its one-line error must say (any of these: compress reads some differently)
-    "bool.npy": ("holds bool pixels",), "bytes-as-floats.npy": ("floats must be in [0, 1]",),
-    "cut.npy": ("cannot be read as a .npy array",), "empty-folder": ("no PNG/JPEG images in",),
-    "empty.npy": ("holds no images",), "flat.npy": ("holds an array of shape (2, 784)",),
-    "inf.npy": ("NaN or infinite",), "nan.npy": ("NaN or infinite",), "int64.npy": ("holds int64 pixels",),
-    "list.pt": ("not a tensor",), "negative.npy": ("from -0.1 to -0.1",),
-    "objects.npy": ("which robustvae does not unpickle",), "pickled.pt": ("holds pickled objects",),
-    "rgb-nhwc.npy": ("shape (2, 28, 28, 3)",), "rgb.npy": ("shape (2, 3, 28, 28)",),
-    "small-pngs": ("is 20x20 pixels",), "small.npy": ("shape (2, 1, 20, 20)", "is 20x20 pixels"),
-    "table.csv": ("unknown kind of file", "cannot be read as an image"), "two.npz": ("holds 2 arrays (a, b)",),
+    "bool.npy": ("holds bool pixels",),
+    "bytes-as-floats.npy": ("floats must be in [0, 1]",),
+    "cut.npy": ("cannot be read as a .npy array",),
+    "empty-folder": ("no PNG/JPEG images in",),
+    "empty.npy": ("holds no images",),
+    "flat.npy": ("holds an array of shape (2, 784)",),
+    "inf.npy": ("NaN or infinite",),
+    "nan.npy": ("NaN or infinite",),
+    "int64.npy": ("holds int64 pixels",),
+    "list.pt": ("not a tensor",),
+    "negative.npy": ("from -0.1 to -0.1",),
+    "objects.npy": ("which robustvae does not unpickle",),
+    "pickled.pt": ("holds pickled objects",),
+    "rgb-nhwc.npy": ("shape (2, 28, 28, 3)",),
+    "rgb.npy": ("shape (2, 3, 28, 28)",),
+    "small-pngs": ("is 20x20 pixels",),
+    "small.npy": ("shape (2, 1, 20, 20)", "is 20x20 pixels"),
+    "table.csv": ("unknown kind of file", "cannot be read as an image"),
+    "two.npz": ("holds 2 arrays (a, b)",),
 }
 
 
@@ -174,12 +285,17 @@ def _bad_image_files(folder: Path) -> dict[str, Path]:
 
     folder.mkdir(parents=True)
     arrays = {
-        "small.npy": np.zeros((2, 1, 20, 20), np.uint8), "rgb.npy": np.zeros((2, 3, 28, 28), np.uint8),
-        "rgb-nhwc.npy": np.zeros((2, 28, 28, 3), np.uint8), "flat.npy": np.zeros((2, 784), np.uint8),
-        "empty.npy": np.zeros((0, 1, 28, 28), np.uint8), "int64.npy": np.zeros((2, 1, 28, 28), np.int64),
-        "bool.npy": np.zeros((2, 1, 28, 28), bool), "bytes-as-floats.npy": np.full((2, 1, 28, 28), 200.0, np.float32),
+        "small.npy": np.zeros((2, 1, 20, 20), np.uint8),
+        "rgb.npy": np.zeros((2, 3, 28, 28), np.uint8),
+        "rgb-nhwc.npy": np.zeros((2, 28, 28, 3), np.uint8),
+        "flat.npy": np.zeros((2, 784), np.uint8),
+        "empty.npy": np.zeros((0, 1, 28, 28), np.uint8),
+        "int64.npy": np.zeros((2, 1, 28, 28), np.int64),
+        "bool.npy": np.zeros((2, 1, 28, 28), bool),
+        "bytes-as-floats.npy": np.full((2, 1, 28, 28), 200.0, np.float32),
         "negative.npy": np.full((2, 1, 28, 28), -0.1, np.float32),
-        "nan.npy": np.full((2, 1, 28, 28), np.nan, np.float32), "inf.npy": np.full((2, 1, 28, 28), np.inf),
+        "nan.npy": np.full((2, 1, 28, 28), np.nan, np.float32),
+        "inf.npy": np.full((2, 1, 28, 28), np.inf),
     }
     for name, arr in arrays.items():
         np.save(folder / name, arr)
@@ -213,7 +329,7 @@ def argv_for(fx: Fixtures, case: Case, out: Path) -> list[str]:
                     aliases = set(p.opts)
     for i, a in enumerate(argv):
         if a in aliases:
-            argv = argv[:i] + argv[i + 2:]
+            argv = argv[:i] + argv[i + 2 :]
             break
     return [*argv, case.option, case.value]
 
@@ -268,12 +384,19 @@ def run_case(fx: Fixtures, case: Case, index: int) -> Outcome:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     if exc is not None or "Traceback" in text:
         return Outcome(case, "traceback", code, f"{type(exc).__name__}: {exc}" if exc else lines[-1][:200])
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
-                     and not k.startswith(str(work.relative_to(fx.root)) + "/"))
+    changed = sorted(
+        k
+        for k in set(before) | set(after)
+        if before.get(k) != after.get(k) and not k.startswith(str(work.relative_to(fx.root)) + "/")
+    )
     companion = out.with_suffix(".log").resolve()  # a file output's progress log beside it (eval)
-    created_in_work = sorted(k for k in set(after) - set(before) if k.startswith(str(work.relative_to(fx.root)) + "/")
-                             and not (fx.root / k.rstrip("/")).resolve().is_relative_to(out.resolve())
-                             and (fx.root / k).resolve() != companion)
+    created_in_work = sorted(
+        k
+        for k in set(after) - set(before)
+        if k.startswith(str(work.relative_to(fx.root)) + "/")
+        and not (fx.root / k.rstrip("/")).resolve().is_relative_to(out.resolve())
+        and (fx.root / k).resolve() != companion
+    )
     if changed or created_in_work:
         return Outcome(case, "side_effect", code, ", ".join((changed + created_in_work)[:3]))
     if code == 2:

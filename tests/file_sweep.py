@@ -44,76 +44,229 @@ MUTATIONS = ("missing", "null", "wrong_type", "out_of_range", "nan", "huge")
 # (an image array: values in [0, 1], NaN allowed in reconstructions), info (anything: only read to be shown).
 # Flags: "?" the field may be missing, "~" it may be null, "&" one of a group that is given whole or not at all (the
 # valid file gives the whole group, so one member missing, null or empty is invalid).
-RECORD_COMMON = {"unit": "name", "model": "name", "checkpoint_sha256": "sha", "dataset": "name", "norm": "enum:linf|l2",
-                 "eps": "eps", "seed": "int0", "temperature": "setting", "point": "int0", "test_index": "int0",
-                 "label": "int"}
+RECORD_COMMON = {
+    "unit": "name",
+    "model": "name",
+    "checkpoint_sha256": "sha",
+    "dataset": "name",
+    "norm": "enum:linf|l2",
+    "eps": "eps",
+    "seed": "int0",
+    "temperature": "setting",
+    "point": "int0",
+    "test_index": "int0",
+    "label": "int",
+}
 SPECS: dict[str, dict[str, str]] = {
     "attack records": {
-        **RECORD_COMMON, "k": "int1", "objective": "name", "optimizer": "name", "steps": "int1", "recon": "name?",
-        "temperature_convention": "name?", "kind": "enum:attack|no_attack|floor|noise|unrelated", "restart": "int0",
-        "msssim": "score", "msssim_input": "score", "psnr": "number?~", "skl": "list?~", "skl.0": "number",
-        "delta_linf": "unitmeasure?", "delta_l2": "measure?", "final_loss": "number?~", "nonfinite": "bool?",
-        "target_point": "int0?~", "member": "name?~", "member_steps": "int0?~", "curve": "dict?~", "curve.1": "score",
+        **RECORD_COMMON,
+        "k": "int1",
+        "objective": "name",
+        "optimizer": "name",
+        "steps": "int1",
+        "recon": "name?",
+        "temperature_convention": "name?",
+        "kind": "enum:attack|no_attack|floor|noise|unrelated",
+        "restart": "int0",
+        "msssim": "score",
+        "msssim_input": "score",
+        "psnr": "number?~",
+        "skl": "list?~",
+        "skl.0": "number",
+        "delta_linf": "unitmeasure?",
+        "delta_l2": "measure?",
+        "final_loss": "number?~",
+        "nonfinite": "bool?",
+        "target_point": "int0?~",
+        "member": "name?~",
+        "member_steps": "int0?~",
+        "curve": "dict?~",
+        "curve.1": "score",
         "grad_norm": "measure?~",
     },
     "attack run.json": {
-        "": "dict", "settings": "dict", "settings.attack": "dict", "settings.attack.eps": "eps?",
-        "settings.attack.restarts": "int1?", "settings.attack.steps": "int1?", "settings.attack.norm": "enum:linf|l2?",
-        "settings.attack.temperature": "setting?", "settings.attack.seed": "int0?", "settings.attack.split": "enum:train|val|test?",
-        "settings.models": "list?~", "settings.shard": "name?", "settings.units": "list?~",
-        "models": "list", "models.0.label": "name", "models.0.sha256": "sha?", "models.0.num_layers": "int1?~",
-        "models.0.config": "dict?~", "models.0.config.model.channels": "int1?",
-        "models.0.layer_diagnostics": "list?~", "models.0.layer_diagnostics.0.layer": "int1",
-        "models.0.layer_diagnostics.0.units": "int1", "models.0.layer_diagnostics.0.kl_nats": "number",
+        "": "dict",
+        "settings": "dict",
+        "settings.attack": "dict",
+        "settings.attack.eps": "eps?",
+        "settings.attack.restarts": "int1?",
+        "settings.attack.steps": "int1?",
+        "settings.attack.norm": "enum:linf|l2?",
+        "settings.attack.temperature": "setting?",
+        "settings.attack.seed": "int0?",
+        "settings.attack.split": "enum:train|val|test?",
+        "settings.models": "list?~",
+        "settings.shard": "name?",
+        "settings.units": "list?~",
+        "models": "list",
+        "models.0.label": "name",
+        "models.0.sha256": "sha?",
+        "models.0.num_layers": "int1?~",
+        "models.0.config": "dict?~",
+        "models.0.config.model.channels": "int1?",
+        "models.0.layer_diagnostics": "list?~",
+        "models.0.layer_diagnostics.0.layer": "int1",
+        "models.0.layer_diagnostics.0.units": "int1",
+        "models.0.layer_diagnostics.0.kl_nats": "number",
         "models.0.layer_diagnostics.0.active_units": "int0?~",
-        "status": "enum:running|complete?~", "units_total": "int0?~", "units_done": "int0?~", "wall_time_s": "setting?~",
-        "command": "info", "git_commit": "str?~", "device": "str?~", "torch_threads": "int1?~",
+        "status": "enum:running|complete?~",
+        "units_total": "int0?~",
+        "units_done": "int0?~",
+        "wall_time_s": "setting?~",
+        "command": "info",
+        "git_commit": "str?~",
+        "device": "str?~",
+        "torch_threads": "int1?~",
     },
-    "gallery": {"model": "name", "k": "int1", "x": "pixels", "x_adv": "pixels", "rec": "pixels", "rec_adv": "pixels",
-                "msssim": "score", "points": "int0", "restarts": "int0", "unit": "info"},
+    "gallery": {
+        "model": "name",
+        "k": "int1",
+        "x": "pixels",
+        "x_adv": "pixels",
+        "rec": "pixels",
+        "rec_adv": "pixels",
+        "msssim": "score",
+        "points": "int0",
+        "restarts": "int0",
+        "unit": "info",
+    },
     "eval": {
-        "": "dict", "nll_nats": "number", "nelbo_nats": "number?~", "nll_bpd": "number?~", "images": "int1?~",
-        "iw_samples": "int1?~", "active_units": "int0?~", "total_units": "int0?~", "checkpoint_sha256": "sha?~",
-        "model": "name?~", "split": "name?~", "layers": "list?~", "layers.0.layer": "int1", "layers.0.units": "int1",
-        "layers.0.kl_nats": "number", "layers.0.active_units": "int0?~", "image_set": "dict?~", "settings": "info",
+        "": "dict",
+        "nll_nats": "number",
+        "nelbo_nats": "number?~",
+        "nll_bpd": "number?~",
+        "images": "int1?~",
+        "iw_samples": "int1?~",
+        "active_units": "int0?~",
+        "total_units": "int0?~",
+        "checkpoint_sha256": "sha?~",
+        "model": "name?~",
+        "split": "name?~",
+        "layers": "list?~",
+        "layers.0.layer": "int1",
+        "layers.0.units": "int1",
+        "layers.0.kl_nats": "number",
+        "layers.0.active_units": "int0?~",
+        "image_set": "dict?~",
+        "settings": "info",
     },
     "certify records": {
-        **RECORD_COMMON, "context": "name", "coefficients": "int1", "certified": "bool", "changeable": "int0",
-        "reachable_levels": "int0", "radius": "measure?~", "msssim_k1": "score?~", "k1_identical": "bool?~",
-        "delta_linf": "unitmeasure?~", "delta_l2": "measure?~", "status": "text?~",
+        **RECORD_COMMON,
+        "context": "name",
+        "coefficients": "int1",
+        "certified": "bool",
+        "changeable": "int0",
+        "reachable_levels": "int0",
+        "radius": "measure?~",
+        "msssim_k1": "score?~",
+        "k1_identical": "bool?~",
+        "delta_linf": "unitmeasure?~",
+        "delta_l2": "measure?~",
+        "status": "text?~",
     },
     "certify run.json": {
-        "": "dict", "kind": "enum:certify", "settings": "dict", "settings.certify": "dict",
-        "settings.certify.norm": "enum:linf|l2?", "settings.certify.points": "int1?", "settings.certify.time_limit": "setting?",
-        "models": "list", "models.0.label": "name", "status": "enum:running|complete?~", "wall_time_s": "setting?~",
+        "": "dict",
+        "kind": "enum:certify",
+        "settings": "dict",
+        "settings.certify": "dict",
+        "settings.certify.norm": "enum:linf|l2?",
+        "settings.certify.points": "int1?",
+        "settings.certify.time_limit": "setting?",
+        "models": "list",
+        "models.0.label": "name",
+        "status": "enum:running|complete?~",
+        "wall_time_s": "setting?~",
     },
     "compress records.csv": {
-        "image": "name", "width": "int1", "height": "int1", "channels": "int1", "conversion": "text~", "model": "name",
-        "arch": "name", "k": "int1", "patch_size": "int1", "patches": "int1", "temperature": "setting", "seed": "int0",
-        "psnr": "number", "msssim": "score", "msssim_impl": "name", "bits": "number", "bpp": "number",
-        "jpeg_quality": "quality&", "jpeg_psnr": "number&", "jpeg_msssim": "score&", "jpeg_bpp": "measure&",
+        "image": "name",
+        "width": "int1",
+        "height": "int1",
+        "channels": "int1",
+        "conversion": "text~",
+        "model": "name",
+        "arch": "name",
+        "k": "int1",
+        "patch_size": "int1",
+        "patches": "int1",
+        "temperature": "setting",
+        "seed": "int0",
+        "psnr": "number",
+        "msssim": "score",
+        "msssim_impl": "name",
+        "bits": "number",
+        "bpp": "number",
+        "jpeg_quality": "quality&",
+        "jpeg_psnr": "number&",
+        "jpeg_msssim": "score&",
+        "jpeg_bpp": "measure&",
     },
-    "compress jpeg.csv": {"image": "name", "quality": "quality", "bytes": "int0", "bpp": "measure", "psnr": "number",
-                          "msssim": "score", "msssim_impl": "name"},
+    "compress jpeg.csv": {
+        "image": "name",
+        "quality": "quality",
+        "bytes": "int0",
+        "bpp": "measure",
+        "psnr": "number",
+        "msssim": "score",
+        "msssim_impl": "name",
+    },
     "compress run.json": {
-        "": "dict", "kind": "enum:compress", "settings": "dict", "settings.temperature": "setting?",
-        "settings.batch_size": "int1?", "images": "list", "images.0.name": "name", "images.0.width": "int1",
-        "images.0.height": "int1", "models": "list", "models.0.label": "name", "models.0.patches_per_s": "measure",
+        "": "dict",
+        "kind": "enum:compress",
+        "settings": "dict",
+        "settings.temperature": "setting?",
+        "settings.batch_size": "int1?",
+        "images": "list",
+        "images.0.name": "name",
+        "images.0.width": "int1",
+        "images.0.height": "int1",
+        "models": "list",
+        "models.0.label": "name",
+        "models.0.patches_per_s": "measure",
         "wall_time_s": "setting?~",
         "warnings": "list?~",
     },
     "metrics.jsonl": {"kind": "enum:train|val", "step": "int0", "loss_nats": "info"},
-    "summary.json": {"": "dict?", "steps": "int0", "epochs": "setting", "final_val": "dict", "wall_time_s": "setting",
-                     "name": "name?~"},  # missing: a resumed finished run writes it anew
-    "train state": {"": "dict", "step": "int0", "best_val": "number", "skips": "int0?", "consecutive_skips": "int0?",
-                    "elapsed": "setting?"},
-    "suite": {"models": "list?", "eps": "eps?", "restarts": "int1?", "points": "int1?", "steps": "int1?",
-              "temperature": "setting?", "norm": "enum:linf|l2?", "seed": "int0?", "layers": "name?"},
+    "summary.json": {
+        "": "dict?",
+        "steps": "int0",
+        "epochs": "setting",
+        "final_val": "dict",
+        "wall_time_s": "setting",
+        "name": "name?~",
+    },  # missing: a resumed finished run writes it anew
+    "train state": {
+        "": "dict",
+        "step": "int0",
+        "best_val": "number",
+        "skips": "int0?",
+        "consecutive_skips": "int0?",
+        "elapsed": "setting?",
+    },
+    "suite": {
+        "models": "list?",
+        "eps": "eps?",
+        "restarts": "int1?",
+        "points": "int1?",
+        "steps": "int1?",
+        "temperature": "setting?",
+        "norm": "enum:linf|l2?",
+        "seed": "int0?",
+        "layers": "name?",
+    },
     # channels, hidden and latents fall back to defaults that do not fit the valid file's tensors (it is not
     # default-sized), so a checkpoint without them is invalid
-    "checkpoint config": {"": "dict", "name": "name?", "model.channels": "int1", "model.hidden": "int1",
-                          "model.z_dim": "int1?", "model.latents": "list", "model.image_size": "int1?",
-                          "model.logvar_limit": "setting?", "train.seed": "int0?", "data.name": "name?"},
+    "checkpoint config": {
+        "": "dict",
+        "name": "name?",
+        "model.channels": "int1",
+        "model.hidden": "int1",
+        "model.z_dim": "int1?",
+        "model.latents": "list",
+        "model.image_size": "int1?",
+        "model.logvar_limit": "setting?",
+        "train.seed": "int0?",
+        "data.name": "name?",
+    },
 }
 HUGE_INT = 10**30
 TEXT = ("str", "name", "text", "sha")
@@ -150,8 +303,17 @@ def value_for(tp: str, mutation: str) -> Any:
     if mutation == "wrong_type":
         return 12345 if tp in ("str", "name", "text", "sha") or tp.startswith("enum") else "abc"
     if mutation == "out_of_range":
-        return {"int0": -1, "int1": 0, "score": 5.0, "measure": -1.0, "unitmeasure": 5.0, "setting": -1.0, "eps": -1.0,
-                "quality": 101, "pixels": 5.0}.get(tp, "bogus" if tp.startswith("enum") else ...)
+        return {
+            "int0": -1,
+            "int1": 0,
+            "score": 5.0,
+            "measure": -1.0,
+            "unitmeasure": 5.0,
+            "setting": -1.0,
+            "eps": -1.0,
+            "quality": 101,
+            "pixels": 5.0,
+        }.get(tp, "bogus" if tp.startswith("enum") else ...)
     if mutation == "huge":
         if tp in ("int", "int0", "int1", "quality"):
             return HUGE_INT
@@ -167,7 +329,9 @@ def expected_valid(case: Case) -> bool:
     if tp == "info":
         return True
     m = case.mutation
-    if "&" in SPECS[case.kind][case.field] and (m in ("missing", "null") or (m == "nan" and case.kind.endswith(".csv"))):
+    if "&" in SPECS[case.kind][case.field] and (
+        m in ("missing", "null") or (m == "nan" and case.kind.endswith(".csv"))
+    ):
         return False  # one member of a whole-or-nothing group gone (a CSV writes NaN as an empty cell)
     if case.kind.endswith(".csv") and m == "null":  # an empty cell of a number column reads as NaN
         return nullable or tp in ("score", "measure", "unitmeasure", "number")
@@ -213,26 +377,82 @@ class Fixtures:
 
     @functools.cached_property
     def run(self) -> Path:
-        _run(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-              "--steps", "2", "--out", str(self.inputs / "run")])
+        _run(
+            [
+                "train",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "--quiet",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(self.inputs / "run"),
+            ]
+        )
         return self.inputs / "run"
 
     @functools.cached_property
     def attack(self) -> Path:
-        _run(["attack", str(self.run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1", "-q",
-              "--out", str(self.inputs / "attack")])
+        _run(
+            [
+                "attack",
+                str(self.run),
+                "--points",
+                "1",
+                "--restarts",
+                "1",
+                "--steps",
+                "1",
+                "--layers",
+                "1",
+                "-q",
+                "--out",
+                str(self.inputs / "attack"),
+            ]
+        )
         return self.inputs / "attack"
 
     @functools.cached_property
     def eval(self) -> Path:
-        _run(["eval", str(self.run), "-k", "2", "--limit", "4", "--batch-size", "4", "-q",
-              "--out", str(self.inputs / "eval.json")])
+        _run(
+            [
+                "eval",
+                str(self.run),
+                "-k",
+                "2",
+                "--limit",
+                "4",
+                "--batch-size",
+                "4",
+                "-q",
+                "--out",
+                str(self.inputs / "eval.json"),
+            ]
+        )
         return self.inputs / "eval.json"
 
     @functools.cached_property
     def dct(self) -> Path:
-        _run(["train", "--preset", "dctvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-              "--steps", "2", "--out", str(self.inputs / "dct")])
+        _run(
+            [
+                "train",
+                "--preset",
+                "dctvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "--quiet",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(self.inputs / "dct"),
+            ]
+        )
         return self.inputs / "dct"
 
     @functools.cached_property
@@ -247,19 +467,55 @@ class Fixtures:
 
     @functools.cached_property
     def certify(self) -> Path:
-        _run(["certify", str(self.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
-              "--out", str(self.inputs / "certify")])
+        _run(
+            [
+                "certify",
+                str(self.dct),
+                "--points",
+                "1",
+                "--eps",
+                "0.1",
+                "--no-optimal",
+                "-q",
+                "--out",
+                str(self.inputs / "certify"),
+            ]
+        )
         return self.inputs / "certify"
 
     @functools.cached_property
     def compress(self) -> Path:
-        _run(["compress", str(self.run), "--images", str(self.images), "--layers", "1", "-q",
-              "--out", str(self.inputs / "compress")])
+        _run(
+            [
+                "compress",
+                str(self.run),
+                "--images",
+                str(self.images),
+                "--layers",
+                "1",
+                "-q",
+                "--out",
+                str(self.inputs / "compress"),
+            ]
+        )
         return self.inputs / "compress"
 
 
-SUITE = {"models": [], "layers": "1", "eps": 0.1, "norm": "linf", "restarts": 1, "points": 1, "steps": 1,
-         "temperature": 0.1, "seed": 0, "floor_draws": 0, "noise_draws": 0, "unrelated_draws": 0, "gallery_points": 0}
+SUITE = {
+    "models": [],
+    "layers": "1",
+    "eps": 0.1,
+    "norm": "linf",
+    "restarts": 1,
+    "points": 1,
+    "steps": 1,
+    "temperature": 0.1,
+    "seed": 0,
+    "floor_draws": 0,
+    "noise_draws": 0,
+    "unrelated_draws": 0,
+    "gallery_points": 0,
+}
 
 
 # --------------------------------------------------------------------------- mutating a structure
@@ -303,6 +559,7 @@ def _toml(d: dict[str, Any]) -> str:
         if isinstance(x, list):
             return "[" + ", ".join(v(i) for i in x) + "]"
         raise TypeError(type(x))
+
     return "".join(f"{k} = {v(x)}\n" for k, x in d.items())
 
 
@@ -310,8 +567,17 @@ def _toml(d: dict[str, Any]) -> str:
 
 
 # Settings every row of a run shares (a report refuses a run whose rows disagree on one): mutated in every row.
-SHARED = {"checkpoint_sha256", "objective", "optimizer", "steps", "temperature", "temperature_convention", "seed",
-          "recon", "dataset"}
+SHARED = {
+    "checkpoint_sha256",
+    "objective",
+    "optimizer",
+    "steps",
+    "temperature",
+    "temperature_convention",
+    "seed",
+    "recon",
+    "dataset",
+}
 
 
 def _jsonl_case(src: Path, dst: Path, row_pick: Callable[[list[dict]], int], case: Case, value: Any) -> bool:
@@ -363,8 +629,11 @@ def _npz_case(path: Path, case: Case, value: Any) -> None:
     elif isinstance(value, float):
         arrays[name] = np.full(arrays[name].shape, value, dtype=np.float64 if value > 1e38 else np.float32)
     else:  # an integer beyond int64 is stored as the largest uint64
-        arrays[name] = np.full(arrays[name].shape, value, dtype=np.int64) if value < 2**63 else \
-            np.full(arrays[name].shape, 2**64 - 1, dtype=np.uint64)
+        arrays[name] = (
+            np.full(arrays[name].shape, value, dtype=np.int64)
+            if value < 2**63
+            else np.full(arrays[name].shape, 2**64 - 1, dtype=np.uint64)
+        )
     np.savez_compressed(path, **arrays)
 
 
@@ -383,8 +652,13 @@ def prepare(fx: Fixtures, case: Case, work: Path) -> list[str] | None:
     if k in ("attack records", "attack run.json", "gallery", "eval"):
         run = Path(shutil.copytree(fx.attack, work / "attack"))
         if k == "attack records":
-            if not _jsonl_case(fx.attack / "records.jsonl", run / "records.jsonl",
-                               lambda rows: next(i for i, r in enumerate(rows) if r["kind"] == "attack"), case, value):
+            if not _jsonl_case(
+                fx.attack / "records.jsonl",
+                run / "records.jsonl",
+                lambda rows: next(i for i, r in enumerate(rows) if r["kind"] == "attack"),
+                case,
+                value,
+            ):
                 return None
         elif k == "attack run.json":
             _json_case(run / "run.json", case, value)
@@ -428,8 +702,19 @@ def prepare(fx: Fixtures, case: Case, work: Path) -> list[str] | None:
     if k == "checkpoint config":
         run = Path(shutil.copytree(fx.run, work / "run"))
         _ckpt_case(run / "best.pt", "config", case, value)
-        return ["eval", str(run / "best.pt"), "-k", "2", "--limit", "4", "--batch-size", "4", "-q",
-                "--out", str(work / "e.json")]
+        return [
+            "eval",
+            str(run / "best.pt"),
+            "-k",
+            "2",
+            "--limit",
+            "4",
+            "--batch-size",
+            "4",
+            "-q",
+            "--out",
+            str(work / "e.json"),
+        ]
     raise ValueError(k)
 
 
@@ -527,11 +812,14 @@ def run_case(fx: Fixtures, case: Case, index: int) -> Outcome | None:
 
 
 def cases(kinds: set[str] | None = None) -> list[Case]:
-    return [Case(k, f, m) for k, fields in SPECS.items() if kinds is None or k in kinds for f in fields
-            for m in MUTATIONS]
+    return [
+        Case(k, f, m) for k, fields in SPECS.items() if kinds is None or k in kinds for f in fields for m in MUTATIONS
+    ]
 
 
-def sweep(root: Path, kinds: set[str] | None = None, log=None, only: Callable[[Case], bool] | None = None) -> list[Outcome]:
+def sweep(
+    root: Path, kinds: set[str] | None = None, log=None, only: Callable[[Case], bool] | None = None
+) -> list[Outcome]:
     fx = Fixtures(root)
     out = []
     with fast_figures():
@@ -543,8 +831,11 @@ def sweep(root: Path, kinds: set[str] | None = None, log=None, only: Callable[[C
                 continue
             out.append(res)
             if log is not None:
-                print(f"{res.kind:16s} {case.kind}: {case.field or '<file>'} {case.mutation}: {res.detail}", file=log,
-                      flush=True)
+                print(
+                    f"{res.kind:16s} {case.kind}: {case.field or '<file>'} {case.mutation}: {res.detail}",
+                    file=log,
+                    flush=True,
+                )
     return out
 
 
@@ -552,8 +843,18 @@ def totals(results: list[Outcome]) -> dict[str, dict[str, int]]:
     """Counts per file kind: cases and each outcome."""
     out: dict[str, dict[str, int]] = {}
     for r in results:
-        t = out.setdefault(r.case.kind, {"cases": 0, "ok": 0, "traceback": 0, "accepted_invalid": 0,
-                                         "refused_valid": 0, "multi_line": 0, "hang": 0})
+        t = out.setdefault(
+            r.case.kind,
+            {
+                "cases": 0,
+                "ok": 0,
+                "traceback": 0,
+                "accepted_invalid": 0,
+                "refused_valid": 0,
+                "multi_line": 0,
+                "hang": 0,
+            },
+        )
         t["cases"] += 1
         t[r.kind] += 1
     return out

@@ -83,5 +83,5 @@ def their_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from robustvae.models.kuzina.convert import SHARED, their_name
 
     sd = {their_name(k): v.clone() for k, v in model.state_dict().items()}
-    sd.update({SHARED[0] + k[len(SHARED[1]):]: v for k, v in sd.items() if k.startswith(SHARED[1])})
+    sd.update({SHARED[0] + k[len(SHARED[1]) :]: v for k, v in sd.items() if k.startswith(SHARED[1])})
     return sd

@@ -64,8 +64,21 @@ class Fixtures(files.Fixtures):
 
 
 def _attack_argv(fx: Fixtures, out: Path) -> list[str]:
-    return ["attack", str(fx.run), "--points", "1", "--restarts", "1", "--steps", "1", "--layers", "1,2", "-q",
-            "--out", str(out)]
+    return [
+        "attack",
+        str(fx.run),
+        "--points",
+        "1",
+        "--restarts",
+        "1",
+        "--steps",
+        "1",
+        "--layers",
+        "1,2",
+        "-q",
+        "--out",
+        str(out),
+    ]
 
 
 def _half_attack(fx: Fixtures, out: Path) -> None:
@@ -78,8 +91,21 @@ def _half_attack(fx: Fixtures, out: Path) -> None:
 
 
 def _train_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
-    return ["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--quiet", "--batch-size", "8",
-            "--steps", "2", "--out", str(out), *more]
+    return [
+        "train",
+        "--preset",
+        "vdvae-mnist-tiny",
+        "--data",
+        "synthetic",
+        "--quiet",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def _compress_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
@@ -87,8 +113,27 @@ def _compress_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
 
 
 def _demo_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
-    return ["demo", "--preset", "vdvae-mnist-tiny", "--train-steps", "1", "--points", "1", "--restarts", "1",
-            "--attack-steps", "1", "--iw-samples", "1", "--eval-limit", "2", "-q", "--out", str(out), *more]
+    return [
+        "demo",
+        "--preset",
+        "vdvae-mnist-tiny",
+        "--train-steps",
+        "1",
+        "--points",
+        "1",
+        "--restarts",
+        "1",
+        "--attack-steps",
+        "1",
+        "--iw-samples",
+        "1",
+        "--eval-limit",
+        "2",
+        "-q",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def _zoo_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
@@ -102,19 +147,51 @@ def _report_argv(fx: Fixtures, out: Path, *more: str) -> list[str]:
 VARIANTS = [
     Variant("train", lambda fx, o: _train_argv(fx, o)),
     Variant("train --force", lambda fx, o: _train_argv(fx, o, "--force"), lambda fx, o: files._run(_train_argv(fx, o))),
-    Variant("train --resume", lambda fx, o: ["train", "--resume", "--steps", "3", "--quiet", "--out", str(o)],
-            lambda fx, o: files._run(_train_argv(fx, o))),
-    Variant("eval", lambda fx, o: ["eval", str(fx.run), "-k", "2", "--limit", "4", "--batch-size", "4", "-q",
-                                   "--out", str(o / "e.json")]),
+    Variant(
+        "train --resume",
+        lambda fx, o: ["train", "--resume", "--steps", "3", "--quiet", "--out", str(o)],
+        lambda fx, o: files._run(_train_argv(fx, o)),
+    ),
+    Variant(
+        "eval",
+        lambda fx, o: [
+            "eval",
+            str(fx.run),
+            "-k",
+            "2",
+            "--limit",
+            "4",
+            "--batch-size",
+            "4",
+            "-q",
+            "--out",
+            str(o / "e.json"),
+        ],
+    ),
     Variant("sample --force", lambda fx, o: ["sample", str(fx.run), "--n", "2", "--out", str(o / "s.png"), "--force"]),
     Variant("attack", _attack_argv),
     Variant("attack (resume)", _attack_argv, _half_attack),
-    Variant("certify", lambda fx, o: ["certify", str(fx.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q",
-                                      "--out", str(o)]),
-    Variant("compress --force", lambda fx, o: _compress_argv(fx, o, "--force"), lambda fx, o: files._run(_compress_argv(fx, o))),
-    Variant("report --force", lambda fx, o: _report_argv(fx, o, "--force"), lambda fx, o: files._run(_report_argv(fx, o))),
-    Variant("zoo import --force", lambda fx, o: _zoo_argv(fx, o, "--force"), lambda fx, o: files._run(_zoo_argv(fx, o))),
-    Variant("demo --force", lambda fx, o: _demo_argv(fx, o, "--force"), lambda fx, o: files._run(_demo_argv(fx, o)), slow=True),
+    Variant(
+        "certify",
+        lambda fx, o: ["certify", str(fx.dct), "--points", "1", "--eps", "0.1", "--no-optimal", "-q", "--out", str(o)],
+    ),
+    Variant(
+        "compress --force",
+        lambda fx, o: _compress_argv(fx, o, "--force"),
+        lambda fx, o: files._run(_compress_argv(fx, o)),
+    ),
+    Variant(
+        "report --force", lambda fx, o: _report_argv(fx, o, "--force"), lambda fx, o: files._run(_report_argv(fx, o))
+    ),
+    Variant(
+        "zoo import --force", lambda fx, o: _zoo_argv(fx, o, "--force"), lambda fx, o: files._run(_zoo_argv(fx, o))
+    ),
+    Variant(
+        "demo --force",
+        lambda fx, o: _demo_argv(fx, o, "--force"),
+        lambda fx, o: files._run(_demo_argv(fx, o)),
+        slow=True,
+    ),
 ]
 
 
@@ -160,8 +237,10 @@ def plant(out: Path, rel: str, outside: Path, is_dir: bool) -> None:
 
 def _snapshot(fx: Fixtures, work: Path, out: Path) -> dict[str, str]:
     """Hashes of everything a case could touch outside its output root: its own folder and the shared inputs."""
-    return {**{f"inputs/{k}": v for k, v in inputs.snapshot(fx.inputs, out).items()},
-            **{f"work/{k}": v for k, v in inputs.snapshot(work, out).items()}}
+    return {
+        **{f"inputs/{k}": v for k, v in inputs.snapshot(fx.inputs, out).items()},
+        **{f"work/{k}": v for k, v in inputs.snapshot(work, out).items()},
+    }
 
 
 def run_case(fx: Fixtures, v: Variant, rel: str, is_dir: bool, index: int) -> Outcome:
@@ -202,8 +281,13 @@ def run_case(fx: Fixtures, v: Variant, rel: str, is_dir: bool, index: int) -> Ou
     return Outcome(v.name, rel, "traceback", f"exit {code}: " + " | ".join(lines[-2:])[:200])
 
 
-def sweep(root: Path, only: set[str] | None = None, with_slow: bool = True, log=None,
-          paths: Callable[[str, str], bool] | None = None) -> list[Outcome]:
+def sweep(
+    root: Path,
+    only: set[str] | None = None,
+    with_slow: bool = True,
+    log=None,
+    paths: Callable[[str, str], bool] | None = None,
+) -> list[Outcome]:
     """Every variant (``only``: these names), every path it writes (``paths(variant, rel)``: a filter)."""
     fx = Fixtures(root)
     results = []

@@ -41,7 +41,7 @@ def model_config(fixture: dict):
 def model(name: str, dtype: torch.dtype = torch.float32):
     """The fixture's model with its (upstream, perturbed) weights, strictly loaded, in eval mode."""
     fx = read(name)
-    weights = {k[len("weights/"):]: v for k, v in fx["tensors"].items() if k.startswith("weights/")}
+    weights = {k[len("weights/") :]: v for k, v in fx["tensors"].items() if k.startswith("weights/")}
     torch.manual_seed(1)  # another init than upstream's: every value must come from the weights
     m = load_upstream(weights, model_config(fx), name).to(dtype)  # float32 weights, as an import keeps them
     if dtype != torch.float32:  # the fixture's own precision
@@ -81,8 +81,16 @@ def ours(name: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tenso
     eps = [e.to(dtype) for e in _eps(t, "elbo", m)]
     td = m._top_down(B, acts, n_posterior=L, posterior_sample=True, noise=eps)
     for i, (q, p, z) in enumerate(zip(td.posteriors, td.priors, td.zs)):
-        out.update({f"elbo/L{i}/q_mean": q.mean, f"elbo/L{i}/q_logsigma": q.logvar / 2, f"elbo/L{i}/p_mean": p.mean,
-                    f"elbo/L{i}/p_logsigma": p.logvar / 2, f"elbo/L{i}/z": z, f"elbo/L{i}/kl": q.kl(p)})
+        out.update(
+            {
+                f"elbo/L{i}/q_mean": q.mean,
+                f"elbo/L{i}/q_logsigma": q.logvar / 2,
+                f"elbo/L{i}/p_mean": p.mean,
+                f"elbo/L{i}/p_logsigma": p.logvar / 2,
+                f"elbo/L{i}/z": z,
+                f"elbo/L{i}/kl": q.kl(p),
+            }
+        )
     px_z = td.state * m.gain + m.shift
     lik = m.likelihood(td.state)
     out["elbo/px_z"] = px_z
@@ -94,8 +102,16 @@ def ours(name: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tenso
     out["elbo/batch_elbo"] = (out["elbo/distortion"] + out["elbo/rate"]).mean()
     td = m._top_down(B, acts, n_posterior=L)
     for i, (q, p, z) in enumerate(zip(td.posteriors, td.priors, td.zs)):
-        out.update({f"means/L{i}/q_mean": q.mean, f"means/L{i}/q_logsigma": q.logvar / 2, f"means/L{i}/p_mean": p.mean,
-                    f"means/L{i}/p_logsigma": p.logvar / 2, f"means/L{i}/z": z, f"means/L{i}/kl": q.kl(p)})
+        out.update(
+            {
+                f"means/L{i}/q_mean": q.mean,
+                f"means/L{i}/q_logsigma": q.logvar / 2,
+                f"means/L{i}/p_mean": p.mean,
+                f"means/L{i}/p_logsigma": p.logvar / 2,
+                f"means/L{i}/z": z,
+                f"means/L{i}/kl": q.kl(p),
+            }
+        )
     out["means/dmol"] = nhwc(m.out_conv(td.state * m.gain + m.shift))
     out["means/image"] = nhwc(m.reconstruct(x, L) * 2 - 1)
     noise = [e.to(dtype) for e in _eps(t, "prior_k2", m)]

@@ -26,7 +26,8 @@ def _modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.Module, modname: str, is_package: bool, lazy: bool) -> set[str]:
@@ -137,21 +138,36 @@ def test_layers_import_only_downwards():
     """The CLI and the demo call the API (never the experiments directly); experiments write records and never import
     the report; the report reads records and run files and never imports the attacks that made them."""
     graph = import_graph(True)
-    bad = [f"{m} -> {d}" for top in ("robustvae.cli", "robustvae.demo") for m, deps in _reaches(graph, top).items()
-           for d in deps if d.startswith("robustvae.experiments")]
-    bad += [f"{m} -> {d}" for m, deps in _reaches(graph, "robustvae.experiments").items() for d in deps
-            if d.startswith("robustvae.reporting")]
-    bad += [f"{m} -> {d}" for m, deps in _reaches(graph, "robustvae.reporting").items() for d in deps
-            if d.startswith("robustvae.attacks")]
+    bad = [
+        f"{m} -> {d}"
+        for top in ("robustvae.cli", "robustvae.demo")
+        for m, deps in _reaches(graph, top).items()
+        for d in deps
+        if d.startswith("robustvae.experiments")
+    ]
+    bad += [
+        f"{m} -> {d}"
+        for m, deps in _reaches(graph, "robustvae.experiments").items()
+        for d in deps
+        if d.startswith("robustvae.reporting")
+    ]
+    bad += [
+        f"{m} -> {d}"
+        for m, deps in _reaches(graph, "robustvae.reporting").items()
+        for d in deps
+        if d.startswith("robustvae.attacks")
+    ]
     assert bad == []
 
 
 def test_the_attack_library_imports_no_data_io_or_orchestration():
     """Importing robustvae.attacks pulls in neither pandas, the data loaders, checkpoint I/O nor robustvae's
     distributed helpers (torch itself imports torch.distributed, so that one is not robustvae's to avoid)."""
-    code = ("import sys, robustvae.attacks; "
-            "print(sorted(m for m in ('pandas', 'robustvae.data', 'robustvae.zoo', 'robustvae.distributed', "
-            "'robustvae.experiments', 'robustvae.reporting', 'robustvae.training') if m in sys.modules))")
+    code = (
+        "import sys, robustvae.attacks; "
+        "print(sorted(m for m in ('pandas', 'robustvae.data', 'robustvae.zoo', 'robustvae.distributed', "
+        "'robustvae.experiments', 'robustvae.reporting', 'robustvae.training') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]"
 

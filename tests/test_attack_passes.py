@@ -17,8 +17,18 @@ from robustvae.experiments.models import load_models
 @pytest.mark.parametrize("optimizer", ["pgd", "auto"])
 def test_restarts_beyond_the_budget_run_in_passes_with_the_batchs_results(monkeypatch, optimizer):
     model = perturbed_model("openai-vdvae-tiny")
-    cfg = AttackConfig(layers="1,3", points=2, restarts=3, steps=4, optimizer=optimizer, floor_draws=0, noise_draws=0,
-                       unrelated_draws=0, gallery_points=0, max_batch_mib=64)
+    cfg = AttackConfig(
+        layers="1,3",
+        points=2,
+        restarts=3,
+        steps=4,
+        optimizer=optimizer,
+        floor_draws=0,
+        noise_draws=0,
+        unrelated_draws=0,
+        gallery_points=0,
+        max_batch_mib=64,
+    )
     whole = robustvae.attack([model], cfg, data="synthetic-rgb", device="cpu").records
     real = sweep.bytes_per_sample
     per = {}
@@ -28,8 +38,7 @@ def test_restarts_beyond_the_budget_run_in_passes_with_the_batchs_results(monkey
         return 40 * 2**20
 
     monkeypatch.setattr(sweep, "bytes_per_sample", huge)
-    units = sweep.plan_units(load_models([model], torch.device("cpu"), "synthetic-rgb"), cfg,
-                             torch.device("cpu"))
+    units = sweep.plan_units(load_models([model], torch.device("cpu"), "synthetic-rgb"), cfg, torch.device("cpu"))
     assert [(u.start, u.stop, u.rows) for u in units] == [(0, 1, 1), (1, 2, 1)] * 2  # 1 point, its 3 restarts 1 by 1
     passes = robustvae.attack([model], cfg, data="synthetic-rgb", device="cpu").records
     key = ["k", "point", "restart", "kind"] + (["member"] if optimizer == "auto" else [])

@@ -78,7 +78,9 @@ def test_l2_projection_goes_onto_the_ball_of_radius_eps(gen):
     d = torch.randn(2, 1, 28, 28, generator=gen) * 10
     p = project(d, x, 0.7, "l2")
     torch.testing.assert_close(p.flatten(1).norm(dim=1), torch.full((2,), 0.7))  # not 0.7 * ||1|| = 19.6
-    torch.testing.assert_close(p / p.flatten(1).norm(dim=1).view(-1, 1, 1, 1), d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    torch.testing.assert_close(
+        p / p.flatten(1).norm(dim=1).view(-1, 1, 1, 1), d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    )
 
 
 def test_random_start_is_inside_the_ball_and_per_image(gen):
@@ -136,7 +138,9 @@ def test_a_nonfinite_image_keeps_its_start_and_leaves_the_others_alone(gen):
 
 
 def test_the_attack_beats_same_budget_noise_on_a_trained_model(trained):
-    df = run_attack([str(trained)], AttackConfig(optimizer="pgd", layers="1,2", points=10, restarts=2, steps=20), device="cpu")
+    df = run_attack(
+        [str(trained)], AttackConfig(optimizer="pgd", layers="1,2", points=10, restarts=2, steps=20), device="cpu"
+    )
     for k in (1, 2):
         att = df[(df.kind == "attack") & (df.k == k)].msssim.mean()
         noise = df[(df.kind == "noise") & (df.k == k)].msssim.mean()
@@ -168,8 +172,18 @@ def test_targeted_attack_moves_the_reconstruction_towards_the_target(trained, mo
     the clean one (MS-SSIM to the target's reconstruction up by more than 1e-4, far above float32 rounding) on at
     least 5 of 6 points, each target of another label."""
     monkeypatch.setattr(engine, "layer_diagnostics", lambda *a, **kw: [])  # run.json's, not under test here
-    cfg = AttackConfig(layers="1,2", objective="target", optimizer="apgd", points=6, restarts=1, steps=10,
-                       floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+    cfg = AttackConfig(
+        layers="1,2",
+        objective="target",
+        optimizer="apgd",
+        points=6,
+        restarts=1,
+        steps=10,
+        floor_draws=0,
+        noise_draws=0,
+        unrelated_draws=0,
+        gallery_points=0,
+    )
     att = run_attack([str(trained)], cfg, device="cpu").query("kind == 'attack'")
     for k, g in att.groupby("k"):
         gain = g.msssim_target - g.msssim_target_before
@@ -177,7 +191,9 @@ def test_targeted_attack_moves_the_reconstruction_towards_the_target(trained, mo
 
 
 def test_same_seed_same_records_and_resume_and_shards(trained, tmp_path, monkeypatch):
-    cfg = AttackConfig(optimizer="pgd", layers="1,2", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, max_batch_mib=1)
+    cfg = AttackConfig(
+        optimizer="pgd", layers="1,2", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, max_batch_mib=1
+    )
     whole = run_attack([str(trained)], cfg, tmp_path / "whole", device="cpu")
     again = run_attack([str(trained)], cfg, tmp_path / "again", device="cpu")
     pd.testing.assert_frame_equal(whole, again)
@@ -202,8 +218,9 @@ def test_same_seed_same_records_and_resume_and_shards(trained, tmp_path, monkeyp
         f.write('{"unit": "half')
     resumed = run_attack([str(trained)], cfg, tmp_path / "killed", device="cpu")
     key = ["kind", "k", "point", "restart"]
-    pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
-                                  whole.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        resumed.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
+    )
 
     # shards 1/2 + 2/2 = the whole
     s1 = run_attack([str(trained)], cfg, tmp_path / "shards", device="cpu", shard=(1, 2))
@@ -230,15 +247,20 @@ def test_nonfinite_rows_are_kept_and_counted(trained, monkeypatch):
         return out * float("nan") if x.requires_grad is False and x.shape[0] == 4 else out
 
     monkeypatch.setattr(VDVAE, "reconstruct", broken)
-    df = run_attack([str(trained)], AttackConfig(optimizer="pgd", points=2, restarts=2, steps=2, floor_draws=0, noise_draws=0),
-                    device="cpu")
+    df = run_attack(
+        [str(trained)],
+        AttackConfig(optimizer="pgd", points=2, restarts=2, steps=2, floor_draws=0, noise_draws=0),
+        device="cpu",
+    )
     att = df[df.kind == "attack"]
     assert len(att) == 4 and att.nonfinite.all()
 
 
 def test_l2_and_sgd_attacks_run_through_the_engine(trained):
-    for cfg in (AttackConfig(optimizer="pgd", norm="l2", eps=1.5, points=2, restarts=1, steps=4),
-                AttackConfig(optimizer="sgd", points=2, restarts=1, steps=4)):
+    for cfg in (
+        AttackConfig(optimizer="pgd", norm="l2", eps=1.5, points=2, restarts=1, steps=4),
+        AttackConfig(optimizer="sgd", points=2, restarts=1, steps=4),
+    ):
         df = run_attack([str(trained)], cfg, device="cpu")
         att = df[df.kind == "attack"]
         size = att.delta_l2 if cfg.norm == "l2" else att.delta_linf
@@ -249,8 +271,10 @@ def test_l2_and_sgd_attacks_run_through_the_engine(trained):
 
 def test_cli_attack_with_a_suite_and_overrides(trained, tmp_path, capsys):
     suite = tmp_path / "s.toml"
-    suite.write_text(f'models = ["{trained}"]\nlayers = "1-2"\npoints = 2\nrestarts = 1\nsteps = 2\n'
-                     'floor_draws = 1\nnoise_draws = 1\n')
+    suite.write_text(
+        f'models = ["{trained}"]\nlayers = "1-2"\npoints = 2\nrestarts = 1\nsteps = 2\n'
+        "floor_draws = 1\nnoise_draws = 1\n"
+    )
     assert main(["attack", "--suite", str(suite), "--layers", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
     df = pd.read_json(tmp_path / "o" / "records.jsonl", lines=True)
     assert set(df.k) == {1} and set(df.kind) == {"attack", "no_attack", "floor", "noise", "unrelated"}
@@ -310,8 +334,16 @@ def test_dctvae_context_is_layer_one_of_the_attack(tmp_path, straight_through, g
     atk = LatentPGD(model, k=1, eps=0.1, steps=5, straight_through=straight_through)
     atk(x, seeds=[0, 1])
     assert torch.isfinite(atk.best_loss).all() and (atk.best_loss >= 0).all()
-    acfg = AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1,
-                        straight_through=straight_through)
+    acfg = AttackConfig(
+        optimizer="pgd",
+        layers="1,2",
+        points=2,
+        restarts=1,
+        steps=2,
+        floor_draws=1,
+        noise_draws=1,
+        straight_through=straight_through,
+    )
     df = run_attack([str(tmp_path)], acfg, device="cpu")
     att = df[df.kind == "attack"]
     assert len(att) == 4 and not att.nonfinite.any() and att.skl.map(len).eq(att.k).all()

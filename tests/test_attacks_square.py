@@ -9,8 +9,14 @@ import torch
 from robustvae.attacks import LatentObjective, LatentSquare
 from robustvae.attacks.square import square_bump, square_share
 from robustvae.models.distributions import DiagGaussian
-from test_attacks_apgd import (RECON_SCRAMBLE, Masked, RankOne, assert_batch_equals_single, assert_progress_is_the_best_so_far,
-                               interior)
+from test_attacks_apgd import (
+    RECON_SCRAMBLE,
+    Masked,
+    RankOne,
+    assert_batch_equals_single,
+    assert_progress_is_the_best_so_far,
+    interior,
+)
 from test_objectives import digits, per_image_noise, tiny
 
 
@@ -21,7 +27,9 @@ def test_square_reaches_the_linf_optimum_eps_sign_w():
     adv = attack(x, seeds=[0, 1, 2, 3])
     d = (adv - x).flatten(1)
     optimum = m.c * (0.1 * m.w.abs().sum()) ** 2
-    torch.testing.assert_close(attack.best_loss, torch.full((4,), float(optimum), dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        attack.best_loss, torch.full((4,), float(optimum), dtype=torch.float64), rtol=1e-5, atol=0
+    )
     torch.testing.assert_close(d, torch.sign(d @ m.w)[:, None] * 0.1 * m.w.sign(), rtol=0, atol=1e-6)
 
 
@@ -38,7 +46,9 @@ def test_square_l2_moves_all_of_its_budget_into_the_region_that_counts():
     adv = attack(x, seeds=[0, 1, 2, 3])
     share = attack.best_loss / 0.5**2
     assert (share <= 1 + 1e-5).all() and (share >= 0.99).all(), share
-    torch.testing.assert_close((adv - x).flatten(1).norm(dim=1), torch.full((4,), 0.5))  # on the sphere: the whole budget
+    torch.testing.assert_close(
+        (adv - x).flatten(1).norm(dim=1), torch.full((4,), 0.5)
+    )  # on the sphere: the whole budget
 
 
 @pytest.mark.parametrize("steps", [10, 50, 1000, 10000])
@@ -75,8 +85,10 @@ def test_the_l2_update_is_the_references_bump(s):
         x_c, y_c = x // 2 + 1, y // 2 + 1
         counter2 = [x_c - 1, y_c - 1]
         for counter in range(0, max(x_c, y_c)):
-            delta[max(counter2[0], 0):min(counter2[0] + (2 * counter + 1), x),
-                  max(0, counter2[1]):min(counter2[1] + (2 * counter + 1), y)] += 1.0 / (counter + 1) ** 2
+            delta[
+                max(counter2[0], 0) : min(counter2[0] + (2 * counter + 1), x),
+                max(0, counter2[1]) : min(counter2[1] + (2 * counter + 1), y),
+            ] += 1.0 / (counter + 1) ** 2
             counter2[0] -= 1
             counter2[1] -= 1
         return delta / np.sqrt(np.sum(delta**2, keepdims=True))
@@ -106,8 +118,12 @@ def test_a_batch_gives_the_results_of_one_image_at_a_time(norm, objective):
     m, x = tiny("dctvae-mnist-tiny", scramble=RECON_SCRAMBLE if objective == "recon" else 0.0), digits(4)
     seeds = [20, 21, 22, 23]
     eps = 0.1 if norm == "linf" else 1.0
-    assert_batch_equals_single(lambda: LatentSquare(m, 2, eps=eps, norm=norm, steps=8, objective=objective), x, seeds,
-                               per_image_noise(m, seeds))
+    assert_batch_equals_single(
+        lambda: LatentSquare(m, 2, eps=eps, norm=norm, steps=8, objective=objective),
+        x,
+        seeds,
+        per_image_noise(m, seeds),
+    )
 
 
 def test_same_seed_same_search_other_seed_other_search():

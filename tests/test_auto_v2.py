@@ -150,11 +150,14 @@ def test_auto_v2_is_never_weaker_per_point_than_auto_v1_at_the_same_passes(tmp_p
     monkeypatch.setattr("robustvae.attacks.context.CONTEXT_TIME_LIMIT", 0.5)
     cfg = AttackConfig(layers="1", optimizer="auto-v1", eps=0.05, points=3, restarts=1, steps=10, **QUIET)
     v1 = robustvae.attack([tiny()], cfg, tmp_path / "v1", data="synthetic", device="cpu").records
-    v2 = robustvae.attack([tiny()], AttackConfig(**{**cfg.__dict__, "optimizer": "auto"}), tmp_path / "v2",
-                          data="synthetic", device="cpu").records
+    v2 = robustvae.attack(
+        [tiny()], AttackConfig(**{**cfg.__dict__, "optimizer": "auto"}), tmp_path / "v2", data="synthetic", device="cpu"
+    ).records
     w1, w2 = (r[r.kind == "attack"].groupby("point").msssim.min() for r in (v1, v2))
     assert (w2 <= w1 + 1e-6).all(), (w1.tolist(), w2.tolist())
-    plans = [json.loads((tmp_path / d / "run.json").read_text())["ensemble"]["plans"]["dctvae|k=1"] for d in ("v1", "v2")]
+    plans = [
+        json.loads((tmp_path / d / "run.json").read_text())["ensemble"]["plans"]["dctvae|k=1"] for d in ("v1", "v2")
+    ]
     assert plans[0]["passes_per_point"] == plans[1]["passes_per_point"] == cfg.steps * cfg.restarts
 
 
@@ -188,8 +191,9 @@ def test_done_when_auto_reaches_the_optimal_context_attack_on_a_trained_dctvae(t
     gradient-pass budget, and is never weaker than auto-v1 on any point. Prints the three means."""
     from robustvae.config import CertifyConfig
 
-    run = robustvae.train(robustvae.train_config(DCT, data="mnist-offline", steps=300, seed=0), tmp_path / "dct",
-                          device="cpu").out
+    run = robustvae.train(
+        robustvae.train_config(DCT, data="mnist-offline", steps=300, seed=0), tmp_path / "dct", device="cpu"
+    ).out
     common = dict(layers="1", points=8, restarts=2, steps=50, eps=0.1, **QUIET)
     worst, plans = {}, {}
     for name in ("auto-v1", "auto"):
@@ -198,8 +202,10 @@ def test_done_when_auto_reaches_the_optimal_context_attack_on_a_trained_dctvae(t
         (plans[name],) = json.loads((tmp_path / name / "run.json").read_text())["ensemble"]["plans"].values()
     optimum = robustvae.certify_models([run], CertifyConfig(eps=(0.1,), points=8, time_limit=10.0), device="cpu")
     best = optimum.records.set_index("point").msssim_k1
-    print(f"k=1 mean worst case: auto-v1 {worst['auto-v1'].mean():.3f}, auto-v2 {worst['auto'].mean():.3f}, "
-          f"optimal context attack {best.mean():.3f}; solver s/point {plans['auto']['solver_s_per_point']:.1f}")
+    print(
+        f"k=1 mean worst case: auto-v1 {worst['auto-v1'].mean():.3f}, auto-v2 {worst['auto'].mean():.3f}, "
+        f"optimal context attack {best.mean():.3f}; solver s/point {plans['auto']['solver_s_per_point']:.1f}"
+    )
     assert [p["passes_per_point"] for p in plans.values()] == [100, 100]
     assert worst["auto"].mean() <= best.mean() + 0.02
     assert (worst["auto"] <= worst["auto-v1"] + 1e-6).all()
@@ -208,8 +214,9 @@ def test_done_when_auto_reaches_the_optimal_context_attack_on_a_trained_dctvae(t
 # --------------------------------------------------------------------------- straight-through vs plain gradients
 
 
-def test_the_boundary_member_runs_both_ways_on_the_first_points_and_run_json_flags_a_disagreement(tmp_path,
-                                                                                                  monkeypatch):
+def test_the_boundary_member_runs_both_ways_on_the_first_points_and_run_json_flags_a_disagreement(
+    tmp_path, monkeypatch
+):
     """Restart 0 of the first four points (of five) carries the boundary member's MS-SSIM both ways: its own way is
     its row's score, the other way equals the member run alone with the other gradient from the same start; run.json
     states their means and flags a difference over 0.02."""
@@ -223,8 +230,12 @@ def test_the_boundary_member_runs_both_ways_on_the_first_points_and_run_json_fla
     assert set(checked.member) == {engine.GRADIENT_CHECK_MEMBER}
     assert sorted(zip(checked.point, checked.restart)) == [(p, 0) for p in range(engine.GRADIENT_CHECK_POINTS)]
     n = dict((m.name, s) for m, s in ensemble_plan(tiny(), 1, "auto-v2", cfg.steps))[engine.GRADIENT_CHECK_MEMBER]
-    alone = robustvae.attack([tiny()], dataclasses.replace(cfg, optimizer="apgd", objective="boundary", steps=n,
-                                                          straight_through=True), data="synthetic", device="cpu").records
+    alone = robustvae.attack(
+        [tiny()],
+        dataclasses.replace(cfg, optimizer="apgd", objective="boundary", steps=n, straight_through=True),
+        data="synthetic",
+        device="cpu",
+    ).records
     alone = alone[(alone.kind == "attack") & (alone.restart == 0)].set_index("point").msssim
     for r in checked.itertuples():
         assert r.gradient_check["plain"] == pytest.approx(r.msssim, abs=1e-7)  # cfg's own way: plain
@@ -242,14 +253,31 @@ def test_the_report_check_fires_on_a_disagreement_and_passes_on_agreement():
     from robustvae.reporting import strength
 
     def records(st: float) -> pd.DataFrame:
-        base = {"dataset": "d", "norm": "linf", "eps": 0.1, "recon": "default", "model": "m", "k": 1, "kind": "attack",
-                "restart": 0, "member": "apgd-boundary", "msssim": 0.5}
-        return pd.DataFrame([{**base, "point": p, "gradient_check": {"straight_through": st + 0.01 * p,
-                                                                      "plain": 0.5 + 0.01 * p}} for p in range(3)])
+        base = {
+            "dataset": "d",
+            "norm": "linf",
+            "eps": 0.1,
+            "recon": "default",
+            "model": "m",
+            "k": 1,
+            "kind": "attack",
+            "restart": 0,
+            "member": "apgd-boundary",
+            "msssim": 0.5,
+        }
+        return pd.DataFrame(
+            [
+                {**base, "point": p, "gradient_check": {"straight_through": st + 0.01 * p, "plain": 0.5 + 0.01 * p}}
+                for p in range(3)
+            ]
+        )
 
     for st, passed in ((0.5 + 0.019, True), (0.5 + 0.021, False), (0.5 - 0.03, False)):
-        row = pd.DataFrame(strength.strength_checks(records(st))).set_index("check").loc[
-            "straight-through and plain gradients agree"]
+        row = (
+            pd.DataFrame(strength.strength_checks(records(st)))
+            .set_index("check")
+            .loc["straight-through and plain gradients agree"]
+        )
         assert row.passed == passed and row.value == pytest.approx(abs(st - 0.5)), (st, row.value)
 
 
@@ -291,12 +319,33 @@ def test_the_table_and_the_figure_legend_name_the_attack_behind_each_curve():
     from robustvae.reporting.figures import curve_label
     from robustvae.reporting.tables import display_table
 
-    row = dict(dataset="d", norm="linf", eps=0.1, recon="default", k=1, points=2, restarts=1, mean=0.5, mean_lo=0.4,
-               mean_hi=0.6, worst=0.4, worst_lo=0.3, worst_hi=0.5, noise=0.9, floor=0.95, max_delta_linf=0.1,
-               max_delta_l2=1.0, nonfinite=0)
-    table = pd.DataFrame([{**row, "model": "vdvae", "attack": "auto-v2"},
-                          {**row, "model": "dct · pgd on skl", "attack": "pgd on skl"},
-                          {**row, "model": "dct · auto-v1", "attack": "auto-v1"}])
+    row = dict(
+        dataset="d",
+        norm="linf",
+        eps=0.1,
+        recon="default",
+        k=1,
+        points=2,
+        restarts=1,
+        mean=0.5,
+        mean_lo=0.4,
+        mean_hi=0.6,
+        worst=0.4,
+        worst_lo=0.3,
+        worst_hi=0.5,
+        noise=0.9,
+        floor=0.95,
+        max_delta_linf=0.1,
+        max_delta_l2=1.0,
+        nonfinite=0,
+    )
+    table = pd.DataFrame(
+        [
+            {**row, "model": "vdvae", "attack": "auto-v2"},
+            {**row, "model": "dct · pgd on skl", "attack": "pgd on skl"},
+            {**row, "model": "dct · auto-v1", "attack": "auto-v1"},
+        ]
+    )
     assert display_table(table).attack.tolist() == ["auto-v2", "pgd on skl", "auto-v1"]
     assert [curve_label(table, m) for m in table.model] == ["vdvae · auto-v2", "dct · pgd on skl", "dct · auto-v1"]
 
@@ -305,8 +354,13 @@ def test_the_table_and_the_figure_legend_name_the_attack_behind_each_curve():
 def test_the_report_page_of_a_bare_attack_names_auto_v2(tmp_path):
     torch.manual_seed(0)
     vd = build_model(get_preset("vdvae-mnist-tiny").model).eval()
-    robustvae.attack([vd], AttackConfig(layers="1", points=2, restarts=1, steps=4, floor_draws=1, noise_draws=1),
-                     tmp_path / "run", data="synthetic", device="cpu")
+    robustvae.attack(
+        [vd],
+        AttackConfig(layers="1", points=2, restarts=1, steps=4, floor_draws=1, noise_draws=1),
+        tmp_path / "run",
+        data="synthetic",
+        device="cpu",
+    )
     res = robustvae.report([tmp_path / "run"], tmp_path / "report")
     assert res.table.attack.tolist() == ["auto-v2"]
     assert "auto-v2" in (tmp_path / "report" / "table.md").read_text()

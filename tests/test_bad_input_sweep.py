@@ -18,7 +18,9 @@ import bad_input_sweep as sweep
 
 def _assert_clean(results):
     bad = [r for r in results if r.kind not in ("clean", "ok")]
-    assert not bad, "\n".join(f"{r.kind}: {r.case.command} {r.case.option} {r.case.value}: {r.detail}" for r in bad[:20])
+    assert not bad, "\n".join(
+        f"{r.kind}: {r.case.command} {r.case.option} {r.case.value}: {r.detail}" for r in bad[:20]
+    )
 
 
 def test_the_sweep_covers_every_command_and_numeric_option():
@@ -26,8 +28,15 @@ def test_the_sweep_covers_every_command_and_numeric_option():
     commands = {c.command for c in cases}
     assert {"train", "eval", "sample", "attack", "compress", "report", "demo"} <= commands
     numeric = {(c.command, c.option) for c in cases if c.numeric}
-    assert {("attack", "--eps"), ("attack", "--temperature"), ("sample", "--temperature"), ("compress", "--temperature"),
-            ("train", "--steps"), ("eval", "--iw-samples"), ("demo", "--points")} <= numeric
+    assert {
+        ("attack", "--eps"),
+        ("attack", "--temperature"),
+        ("sample", "--temperature"),
+        ("compress", "--temperature"),
+        ("train", "--steps"),
+        ("eval", "--iw-samples"),
+        ("demo", "--points"),
+    } <= numeric
     assert all({c.value for c in cases if (c.command, c.option) == key} == set(sweep.VALUES) for key in numeric)
 
 
@@ -53,8 +62,11 @@ def test_bad_image_files_are_one_line_errors_and_write_nothing(tmp_path, monkeyp
         results = [sweep.run_case(fx, c, i) for i, c in enumerate(cases)]
     _assert_clean(results)
     assert all(r.kind == "clean" for r in results) and [str(w.message) for w in caught] == []
-    wrong = [f"{r.case.command} {Path(r.case.value).name}: {r.detail}" for r in results
-             if not any(f in r.detail for f in sweep.BAD_IMAGE_REASONS[Path(r.case.value).name])]
+    wrong = [
+        f"{r.case.command} {Path(r.case.value).name}: {r.detail}"
+        for r in results
+        if not any(f in r.detail for f in sweep.BAD_IMAGE_REASONS[Path(r.case.value).name])
+    ]
     assert wrong == []  # each refused for its own reason, not for another one
     assert not any((fx.root / "cases" / f"c{i}" / "out").exists() for i in range(len(cases)))  # nothing written
 

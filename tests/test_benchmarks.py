@@ -83,7 +83,9 @@ def test_before_after_loads_the_old_code_and_compares(capsys):
 
     rows = ba_main(["--quick", "--repeats", "1"])
     assert {r["change"] for r in rows} >= {"MS-SSIM as matrix products, cached windows", "channels-last layout"}
-    exact = [r for r in rows if r["change"] in ("encode(x, k) skips the k-th prior net", "attack loop without host syncs")]
+    exact = [
+        r for r in rows if r["change"] in ("encode(x, k) skips the k-th prior net", "attack loop without host syncs")
+    ]
     assert exact and all(r["max_rel_difference"] == 0 for r in exact)
     assert all(r["ratio"] > 0 and r["equal_share"] > 0.9 for r in rows)
     assert "| change |" in capsys.readouterr().out
@@ -97,11 +99,23 @@ def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypat
     from robustvae.experiments import attack as engine
 
     monkeypatch.setattr(engine, "layer_diagnostics", lambda *a, **kw: [])  # run.json's diagnostics: not used here
-    res = main(["--quick", "--device", "cpu", "--only", "ensemble", "--ensemble-layers", "1",
-                "--out", str(tmp_path / "e.json")])
+    res = main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--only",
+            "ensemble",
+            "--ensemble-layers",
+            "1",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
     ens = res["ensemble"]
     assert {(r["attack"], r["model"], r["k"]) for r in ens["rows"]} == {
-        (a, m, 1) for a in ("pgd", "auto") for m in ("vdvae", "dctvae")}
+        (a, m, 1) for a in ("pgd", "auto") for m in ("vdvae", "dctvae")
+    }
     # MS-SSIM in [0, 1] up to its float32 rounding (an unchanged reconstruction may score 1.000002)
     assert all(0 <= r["worst_min"] <= r["worst_mean"] <= 1 + msssim_rounding() for r in ens["rows"])
     passes = {(p["attack"], p["model"]): p for p in ens["passes"]}
@@ -116,8 +130,25 @@ def test_the_ensemble_benchmark_sets_old_default_beside_auto(tmp_path, monkeypat
 def test_real_size_part_reports_seconds_per_point_passes_and_memory(tmp_path):
     """The real-size part on a tiny stand-in model: its structure, and the attack's passes follow the budget."""
     out = tmp_path / "rs.json"
-    res = main(["--only", "real-size", "--quick", "--device", "cpu", "--real-preset", "openai-vdvae-tiny",
-                "--real-ks", "4", "--real-max-batch-mib", "1", "--real-eval-k", "4", "--out", str(out)])
+    res = main(
+        [
+            "--only",
+            "real-size",
+            "--quick",
+            "--device",
+            "cpu",
+            "--real-preset",
+            "openai-vdvae-tiny",
+            "--real-ks",
+            "4",
+            "--real-max-batch-mib",
+            "1",
+            "--real-eval-k",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     rs = json.loads(out.read_text())["real_size"]
     assert rs == json.loads(json.dumps(res["real_size"])) and "seconds per point" in res["table"]
     assert [(a["k"], a["optimizer"]) for a in rs["attacks"]] == [(4, "pgd"), (4, "auto")]
@@ -134,10 +165,32 @@ def _milp_rows(values_after):
     """Two points at one limit: before proves point 0 only, after proves both (values as given)."""
     rows = []
     for p, (vb, va) in enumerate(zip([3.0, 2.0], values_after)):
-        rows.append({"time_limit": 5.0, "point": p, "version": "before", "cpu_s": 4.0, "wall_s": 5.0,
-                     "proven": p == 0, "value": vb, "bound": 4.0, "gap": (4.0 - vb) / 4.0})
-        rows.append({"time_limit": 5.0, "point": p, "version": "after", "cpu_s": 1.0 + p, "wall_s": 2.0,
-                     "proven": True, "value": va, "bound": va, "gap": 0.0})
+        rows.append(
+            {
+                "time_limit": 5.0,
+                "point": p,
+                "version": "before",
+                "cpu_s": 4.0,
+                "wall_s": 5.0,
+                "proven": p == 0,
+                "value": vb,
+                "bound": 4.0,
+                "gap": (4.0 - vb) / 4.0,
+            }
+        )
+        rows.append(
+            {
+                "time_limit": 5.0,
+                "point": p,
+                "version": "after",
+                "cpu_s": 1.0 + p,
+                "wall_s": 2.0,
+                "proven": True,
+                "value": va,
+                "bound": va,
+                "gap": 0.0,
+            }
+        )
     return rows
 
 
@@ -169,8 +222,10 @@ def test_milp_benchmark_runs_before_and_after_in_one_run(tmp_path):
 def test_milp_cpu_to_proof_counts_points_proven_within_each_budget():
     from benchmarks.milp import cpu_to_proof
 
-    rows = [{"version": "after", "time_limit": 40.0, "cpu_s": c, "proven": ok}
-            for c, ok in ((2.0, True), (7.0, True), (12.0, True), (3.0, False))]
+    rows = [
+        {"version": "after", "time_limit": 40.0, "cpu_s": c, "proven": ok}
+        for c, ok in ((2.0, True), (7.0, True), (12.0, True), (3.0, False))
+    ]
     (r,) = cpu_to_proof(rows, [5.0, 10.0])
     assert r["proven_within"] == {"5": 1, "10": 2} and r["proven_at_wall_limit"] == 3 and r["points"] == 4
     assert r["mean_cpu_s_of_proven"] == pytest.approx(7.0)

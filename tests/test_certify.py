@@ -17,7 +17,11 @@ import torch
 from scipy.optimize import linprog, minimize
 
 from robustvae.certify import (
-    affine_context, certified_fraction, certified_radius, coefficient_ranges, optimal_context_attack,
+    affine_context,
+    certified_fraction,
+    certified_radius,
+    coefficient_ranges,
+    optimal_context_attack,
 )
 from robustvae.config import DataConfig
 from robustvae.protocol import NORMS
@@ -167,7 +171,10 @@ def test_l2_ranges_equal_a_convex_solver(cls, eps):
         for k in range(4):
             for sgn, got in ((1, r.hi), (-1, r.lo)):
                 res = minimize(
-                    lambda d: -sgn * w[k] @ d, np.zeros(16), jac=lambda d: -sgn * w[k], method="SLSQP",
+                    lambda d: -sgn * w[k] @ d,
+                    np.zeros(16),
+                    jac=lambda d: -sgn * w[k],
+                    method="SLSQP",
                     bounds=list(zip(-xb, 1 - xb)),
                     constraints=[{"type": "ineq", "fun": lambda d: eps**2 - d @ d, "jac": lambda d: -2 * d}],
                     options={"ftol": 1e-15, "maxiter": 1000},
@@ -313,9 +320,15 @@ def test_certified_fraction_agrees_with_the_ranges(mnist, norm):
 # --------------------------------------------------------------------------- decoded change identity
 
 
-@pytest.mark.parametrize("cls,size,c,bits", [
-    (DCTContext, 28, 6, 2), (DCTContext, 16, 5, 3), (DownsampleContext, 4, 2, 2), (DownsampleContext, 28, 6, 2),
-])
+@pytest.mark.parametrize(
+    "cls,size,c,bits",
+    [
+        (DCTContext, 28, 6, 2),
+        (DCTContext, 16, 5, 3),
+        (DownsampleContext, 4, 2, 2),
+        (DownsampleContext, 28, 6, 2),
+    ],
+)
 def test_decoded_l2_is_a_weighted_sum_of_squared_level_steps(cls, size, c, bits, gen):
     codec = cls(2, size, c, bits)
     codec.fit(torch.rand(8, 2, size, size, generator=gen))
@@ -348,12 +361,24 @@ def exhaustive(codec, x, eps, norm, mu, objective):
     for k in range(K):  # each coefficient's own extremes first: an exact pruning of the joint search
         ext = []
         for sgn in (1, -1):
-            r = minimize(lambda d: -sgn * w[k] @ d, np.zeros(xf.size), jac=lambda d: -sgn * w[k], method="SLSQP",  # noqa: B023
-                         bounds=box, constraints=ball, options={"ftol": 1e-15, "maxiter": 1000})
+            r = minimize(
+                lambda d: -sgn * w[k] @ d,
+                np.zeros(xf.size),
+                jac=lambda d: -sgn * w[k],
+                method="SLSQP",  # noqa: B023
+                bounds=box,
+                constraints=ball,
+                options={"ftol": 1e-15, "maxiter": 1000},
+            )
             ext.append(v0[k] - sgn * r.fun)
         top, bottom = ext[0] + 1e-9, ext[1] - 1e-9
-        levels.append([j for j in range(n + 1) if (j == 0 or (2 * j - 1 - n) / n + mu[k] <= top)
-                       and (j == n or (2 * j + 1 - n) / n - mu[k] >= bottom)])
+        levels.append(
+            [
+                j
+                for j in range(n + 1)
+                if (j == 0 or (2 * j - 1 - n) / n + mu[k] <= top) and (j == n or (2 * j + 1 - n) / n - mu[k] >= bottom)
+            ]
+        )
     combos = np.array(list(itertools.product(*levels)))
     steps = combos - clean
     vals = (steps**2 * wts).sum(1) if objective == "decoded_l2" else (steps != 0).sum(1).astype(float)
@@ -373,9 +398,15 @@ def exhaustive(codec, x, eps, norm, mu, objective):
         if lp.status != 0:
             continue
         if norm == "l2":
-            res = minimize(lambda d: d @ d, lp.x, jac=lambda d: 2 * d, method="SLSQP", bounds=box,
-                           constraints=[{"type": "ineq", "fun": lambda d: bnd - A @ d, "jac": lambda d: -A}],
-                           options={"ftol": 1e-16, "maxiter": 1000})
+            res = minimize(
+                lambda d: d @ d,
+                lp.x,
+                jac=lambda d: 2 * d,
+                method="SLSQP",
+                bounds=box,
+                constraints=[{"type": "ineq", "fun": lambda d: bnd - A @ d, "jac": lambda d: -A}],
+                options={"ftol": 1e-16, "maxiter": 1000},
+            )
             norm_min = math.sqrt(res.fun)
             if abs(norm_min - eps) < 1e-6:
                 undecided += 1
@@ -451,7 +482,7 @@ def test_optimal_attack_on_real_digits_is_verified_and_beats_pgd(mnist, norm, ep
     scale = codec.scale.double()
     for b in range(3):
         xb = x[b : b + 1]
-        c0 = (codec.coefficients(xb.double()) / scale)
+        c0 = codec.coefficients(xb.double()) / scale
         f = lambda z: ((codec.coefficients(z) / scale - c0) * scale).flatten(1).pow(2).sum(1)  # noqa: B023, E731
         ds = pgd(f, xb, eps, norm, steps=40, starts=4, gen=gen)
         xa = (xb.double() + ds).float().clamp(0, 1)
@@ -513,6 +544,7 @@ def test_a_certified_point_has_exactly_the_clean_k1_reconstruction(mnist):
     ds = [random_in_ball(xb, eps, "linf", 40, gen)]
     model.codec.straight_through = True  # gradients through the quantiser, same forward values
     try:
+
         def f(z):
             shared = [n.expand(z.shape[0], *n.shape[1:]) for n in noise]
             return (model.reconstruct(z.float(), 1, 0.1, shared) - clean).pow(2).flatten(1).sum(1)
@@ -567,8 +599,10 @@ def test_a_warm_start_keeps_the_exhaustive_optimum(cls, cutoff):
     eps = 0.2
     mu = (affine_context(codec).margin.flatten() + 1e-5).numpy()
     cold = optimal_context_attack(codec, x, eps, "linf")
-    for start in ((torch.rand(x.shape, generator=gen) * 2 - 1) * 0.5,  # outside the ball: projected into it
-                  cold.delta):  # already optimal: nothing strictly better exists
+    for start in (
+        (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.5,  # outside the ball: projected into it
+        cold.delta,
+    ):  # already optimal: nothing strictly better exists
         res = optimal_context_attack(codec, x, eps, "linf", start=start, start_cutoff=cutoff)
         assert res.proven_optimal.all(), res.status
         check_verified(codec, x, res)
@@ -589,7 +623,9 @@ def test_a_start_better_than_the_interior_optimum_is_kept(mnist):
     starts = (torch.rand((16, *xb.shape[1:]), generator=gen) * 2 - 1) * eps
     lv = levels_of(model.codec, (xb + starts).clamp(0, 1))
     n = model.codec.levels
-    val = decoded_sq(model.codec, level_values(n, lv).float(), level_values(n, levels_of(model.codec, xb)).float().expand_as(lv))
+    val = decoded_sq(
+        model.codec, level_values(n, lv).float(), level_values(n, levels_of(model.codec, xb)).float().expand_as(lv)
+    )
     s = starts[int(val.argmax())][None]
     res = optimal_context_attack(model, xb, eps, "linf", time_limit=20, start=s, start_cutoff=True)
     check_verified(model.codec, xb, res)

@@ -12,7 +12,11 @@ import torch
 
 from robustvae import zoo
 from robustvae.certify import (
-    certified_radius, coefficient_ranges, context_radius, context_ranges, optimal_context_attack,
+    certified_radius,
+    coefficient_ranges,
+    context_radius,
+    context_ranges,
+    optimal_context_attack,
 )
 from robustvae.cli import main
 from robustvae.config import DataConfig
@@ -74,8 +78,21 @@ def _stable(rows):
 def test_certify_cli_records_resume_and_report(checkpoints, tmp_path, capsys):
     dct, _ = checkpoints
     out = tmp_path / "cert"
-    argv = ["certify", str(dct), "--eps", "0.0005,0.05", "--points", "2", "--time-limit", "1", "--device", "cpu",
-            "-q", "--out", str(out)]
+    argv = [
+        "certify",
+        str(dct),
+        "--eps",
+        "0.0005,0.05",
+        "--points",
+        "2",
+        "--time-limit",
+        "1",
+        "--device",
+        "cpu",
+        "-q",
+        "--out",
+        str(out),
+    ]
     code, stdout, err = _run(capsys, argv)
     assert code == 0, err
     assert "| dctvae-mnist-tiny" in stdout and "certified" in stdout and "4 records" in stdout
@@ -140,10 +157,50 @@ def info_cfg(info):
 def test_report_gap_to_a_gradient_attack_on_the_same_points(checkpoints, tmp_path, capsys):
     dct, _ = checkpoints
     cert, att = tmp_path / "cert", tmp_path / "att"
-    assert main(["certify", str(dct), "--eps", "0.1", "--points", "2", "--time-limit", "2", "--device", "cpu", "-q",
-                 "--out", str(cert)]) == 0
-    assert main(["attack", str(dct), "--attack", "pgd", "--eps", "0.1", "--points", "2", "--restarts", "1", "--steps",
-                 "3", "--device", "cpu", "-q", "--out", str(att)]) == 0  # the paper's PGD (the default is the ensemble)
+    assert (
+        main(
+            [
+                "certify",
+                str(dct),
+                "--eps",
+                "0.1",
+                "--points",
+                "2",
+                "--time-limit",
+                "2",
+                "--device",
+                "cpu",
+                "-q",
+                "--out",
+                str(cert),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "attack",
+                str(dct),
+                "--attack",
+                "pgd",
+                "--eps",
+                "0.1",
+                "--points",
+                "2",
+                "--restarts",
+                "1",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "-q",
+                "--out",
+                str(att),
+            ]
+        )
+        == 0
+    )  # the paper's PGD (the default is the ensemble)
     capsys.readouterr()
     code, _, err = _run(capsys, ["report", str(att), str(cert), "--out", str(tmp_path / "rep")])
     assert code == 0, err
@@ -156,8 +213,30 @@ def test_report_gap_to_a_gradient_attack_on_the_same_points(checkpoints, tmp_pat
     assert "Figure 10" in (tmp_path / "rep" / "index.html").read_text()  # the attack part is still there
     # the ensemble beside it: per-point gaps, the side-by-side table and the check, recomputed from the records
     ens = tmp_path / "ens"
-    assert main(["attack", str(dct), "--attack", "auto", "--eps", "0.1", "--points", "2", "--restarts", "1",
-                 "--steps", "3", "--device", "cpu", "-q", "--out", str(ens)]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                str(dct),
+                "--attack",
+                "auto",
+                "--eps",
+                "0.1",
+                "--points",
+                "2",
+                "--restarts",
+                "1",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "-q",
+                "--out",
+                str(ens),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     code, _, err = _run(capsys, ["report", str(att), str(ens), str(cert), "--out", str(tmp_path / "rep2")])
     assert code == 0, err
@@ -178,7 +257,8 @@ def test_report_gap_to_a_gradient_attack_on_the_same_points(checkpoints, tmp_pat
     assert check["value"] == pytest.approx(np.mean(list(worst.values())) - np.mean(list(opt.values())))
     assert check["passed"] == (check["value"] <= 0.02) and version in check["scope"]
     assert (tmp_path / "rep2" / "optimality-gap.png").exists() and "Optimality gap" in (
-        tmp_path / "rep2" / "index.html").read_text()
+        tmp_path / "rep2" / "index.html"
+    ).read_text()
 
 
 @pytest.mark.parametrize(
@@ -275,15 +355,28 @@ def test_kuzina_codec_ranges_radius_and_attack_through_the_same_contract(kuzina)
 
 
 def test_shards_together_equal_the_whole_run(checkpoints, tmp_path, capsys):
-    base = ["certify", str(checkpoints[0]), "--eps", "0.001,0.01", "--points", "3", "--no-optimal", "--device", "cpu",
-            "-q"]
+    base = [
+        "certify",
+        str(checkpoints[0]),
+        "--eps",
+        "0.001,0.01",
+        "--points",
+        "3",
+        "--no-optimal",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert main([*base, "--out", str(tmp_path / "all")]) == 0
     for i in (1, 2):
         assert main([*base, "--shard", f"{i}/2", "--out", str(tmp_path / "sh")]) == 0
     capsys.readouterr()
     whole = _stable(_records(tmp_path / "all"))
-    parts = [json.loads(s) for i in (1, 2) for s in
-             (tmp_path / "sh" / f"records-shard-{i}-of-2.jsonl").read_text().splitlines()]
+    parts = [
+        json.loads(s)
+        for i in (1, 2)
+        for s in (tmp_path / "sh" / f"records-shard-{i}-of-2.jsonl").read_text().splitlines()
+    ]
     assert sorted(_stable(parts), key=lambda r: (r["point"], r["eps"])) == whole
     assert "msssim_k1" not in whole[0] and "msssim_k1" not in parts[0]  # --no-optimal: no attack fields
     from robustvae.reporting.certify import read_certify_records

@@ -44,8 +44,17 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     image_set = res["image_set"]
     assert image_set["split"] == "test" and image_set["images"] == 24 and image_set["selection_seed"] == 0
     assert image_set["selection"] == "label-stratified subset" and len(image_set["indices"]) == 24
-    assert res["settings"] == {"split": "test", "iw_samples": 4, "limit": 24, "batch_size": 12, "max_batch_mib": 64,
-                               "seed": 0, "device": "cpu", "estimator": "iwae", "weights": "auto"}
+    assert res["settings"] == {
+        "split": "test",
+        "iw_samples": 4,
+        "limit": 24,
+        "batch_size": 12,
+        "max_batch_mib": 64,
+        "seed": 0,
+        "device": "cpu",
+        "estimator": "iwae",
+        "weights": "auto",
+    }
     flat = " ".join(out.split())
     assert f"24 of {image_set['split_images']} images (label-stratified, selection seed 0" in flat
     assert image_set["images_sha256"][:12] in flat and "K=4" in flat
@@ -80,8 +89,9 @@ def test_dctvae_train_eval_sample_and_side_by_side_comparison(tmp_path, capsys):
     assert code == 0, err
     assert "vdvae-mnist-tiny" in out and "dctvae-mnist-tiny" in out and "diffusion bound" in out
     assert json.loads((vd / "eval-test.json").read_text())["model"] == "vdvae-mnist-tiny"
-    code, out, err = _run(capsys, ["eval", str(vd), str(dct), "-k", "2", "--limit", "12", "-q",
-                                   "-o", str(tmp_path / "both.json")])
+    code, out, err = _run(
+        capsys, ["eval", str(vd), str(dct), "-k", "2", "--limit", "12", "-q", "-o", str(tmp_path / "both.json")]
+    )
     both = json.loads((tmp_path / "both.json").read_text())["results"]
     assert code == 0 and [r["model"] for r in both] == ["vdvae-mnist-tiny", "dctvae-mnist-tiny"]
     assert both[1]["images"] == both[0]["images"] == 12
@@ -97,7 +107,9 @@ def test_comparing_models_of_different_datasets_is_refused(tmp_path, capsys):
         cfg = get_preset(name)
         torch.manual_seed(0)
         zoo.atomic_save(zoo.make_checkpoint(cfg, build_model(cfg.model)), tmp_path / f"{name}.pt")
-    code, _, err = _run(capsys, ["eval", str(tmp_path / "vdvae-mnist-tiny.pt"), str(tmp_path / "vdvae-cifar10-tiny.pt")])
+    code, _, err = _run(
+        capsys, ["eval", str(tmp_path / "vdvae-mnist-tiny.pt"), str(tmp_path / "vdvae-cifar10-tiny.pt")]
+    )
     _one_line_error(code, err, "cannot compare models trained on different datasets")
 
 
@@ -120,8 +132,14 @@ def test_zoo_list_and_version(capsys):
         (["train", *TINY, "--device", "cuda"], "no CUDA GPU is visible"),
         (["train", *TINY, "--device", "tpu"], "unknown device 'tpu'"),
         (["train", *TINY, "--data", "cifar10"], "has images of shape (3, 32, 32)"),
-        (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_size=40"], "cannot be larger than the 28x28"),
-        (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_bits=0"], "model.context_bits must be in 1..16"),
+        (
+            ["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_size=40"],
+            "cannot be larger than the 28x28",
+        ),
+        (
+            ["train", "--preset", "dctvae-mnist-tiny", "--set", "model.context_bits=0"],
+            "model.context_bits must be in 1..16",
+        ),
         (["train", "--preset", "dctvae-mnist-tiny", "--set", "model.diffusion_steps=0"], "(T >= 1)"),
         (["train", *TINY, "--resume", "--force"], "contradict"),
         (["eval", "missing.pt"], "neither an existing checkpoint"),
@@ -181,8 +199,14 @@ def test_sample_refuses_to_overwrite_and_writes_a_readable_grid(tmp_path, capsys
     assert "sample: 5 images from" in out and "each 84 px, 3x nearest" in out
     with Image.open(png) as im:  # 3 x 2 grid of 28 px digits scaled 3x, 3 px gaps
         assert im.size == (3 * 84 + 4 * 3, 2 * 84 + 3 * 3)
-        assert json.loads(im.text["robustvae-sample"]) == {"checkpoint": str(run), "n": 5, "temperature": 1.0,
-                                                           "seed": 3, "device": "auto", "scale": 3}
+        assert json.loads(im.text["robustvae-sample"]) == {
+            "checkpoint": str(run),
+            "n": 5,
+            "temperature": 1.0,
+            "seed": 3,
+            "device": "auto",
+            "scale": 3,
+        }
     before = png.read_bytes()
     code, _, err = _run(capsys, ["sample", str(run), "--n", "2", "-o", str(png)])
     _one_line_error(code, err, "exists; pass --force")
@@ -218,8 +242,9 @@ def test_ctrl_c_in_eval_is_one_stopped_line_exit_130_and_writes_nothing(tmp_path
     monkeypatch.setattr(VDVAE, "log_importance_weights", in_the_second_pass)
     code, out, err = _run(capsys, ["eval", str(run), "-k", "8", "--limit", "4", "-q", "--max-batch-mib", "1"])
     assert code == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines() == ["stopped: vdvae-mnist-tiny interrupted by Ctrl-C after 8 of 32 importance "
-                                        "samples; nothing written"]
+    assert err.strip().splitlines() == [
+        "stopped: vdvae-mnist-tiny interrupted by Ctrl-C after 8 of 32 importance samples; nothing written"
+    ]
     assert not (run / "eval-test.json").exists()
 
 
@@ -238,7 +263,9 @@ def _commands():
 
     root = command()
     for name, cmd in root.commands.items():
-        yield from ((f"{name} {sub}", c) for sub, c in cmd.commands.items()) if hasattr(cmd, "commands") else [(name, cmd)]
+        yield from (
+            ((f"{name} {sub}", c) for sub, c in cmd.commands.items()) if hasattr(cmd, "commands") else [(name, cmd)]
+        )
 
 
 def test_help_shows_every_default_and_flags_read_as_flags():
@@ -305,7 +332,13 @@ def test_progress_without_a_terminal_writes_plain_lines_and_a_log(tmp_path, caps
             p.advance(task)
     assert capsys.readouterr().err == ""
     tail = log.read_text().splitlines()[-5:]
-    assert [line.rsplit("[", 1)[-1] if line.endswith("]") else "" for line in tail] == ["started]", "", "", "", "stopped]"]
+    assert [line.rsplit("[", 1)[-1] if line.endswith("]") else "" for line in tail] == [
+        "started]",
+        "",
+        "",
+        "",
+        "stopped]",
+    ]
     assert "slow: 3/1,000 (0%) | 0.1/s" in tail[-1]
 
 
@@ -319,8 +352,22 @@ def test_a_dataset_that_cannot_be_fetched_is_one_line_and_leaves_no_run_director
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     out = tmp_path / "runs" / "small"
-    code = main(["train", "--preset", "vdvae-mnist-tiny", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
-                 "--steps", "1", "--out", str(out), "-q"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "vdvae-mnist-tiny",
+            "--data",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: MNIST not found under")
     assert "Tried https://a/, got: <urlopen error>" in err and not out.exists()

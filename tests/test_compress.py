@@ -43,8 +43,11 @@ def _brute_patches(pixels: np.ndarray, size: int) -> list[np.ndarray]:
     """Patches cut one by one from the image padded by numpy's reflection (no edge repeat), row by row."""
     c, h, w = pixels.shape
     padded = np.pad(pixels, ((0, 0), (0, -h % size), (0, -w % size)), mode="reflect")
-    return [padded[:, r : r + size, q : q + size] for r in range(0, padded.shape[1], size)
-            for q in range(0, padded.shape[2], size)]
+    return [
+        padded[:, r : r + size, q : q + size]
+        for r in range(0, padded.shape[1], size)
+        for q in range(0, padded.shape[2], size)
+    ]
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
@@ -83,7 +86,9 @@ class Identity(nn.Module):
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
 def test_identity_model_round_trips_images_of_odd_sizes(channels, size, gen):
     shapes = [(size, size), (size + 3, 2 * size + 5), (61, 47), (2 * size, size + 1)]
-    images = [InputImage(f"im{i}", "", _random_image(gen, channels, h, w), "L", "", "") for i, (h, w) in enumerate(shapes)]
+    images = [
+        InputImage(f"im{i}", "", _random_image(gen, channels, h, w), "L", "", "") for i, (h, w) in enumerate(shapes)
+    ]
     cfg = CompressConfig(layers="1", batch_size=3)  # batches that cut across images
     recs, bits, counts, _ = code_images(Identity(channels, size), images, [1], cfg, torch.device("cpu"))
     for im, rec, n in zip(images, recs, counts):
@@ -106,8 +111,9 @@ def test_rate_is_the_sum_of_the_models_layer_kls_in_bits(preset, tmp_path, gen):
     pixels = _random_image(gen, 1, h, w)
     path = _save(pixels, tmp_path / "in" / "x.png")
     cfg = CompressConfig(layers="1-3", seed=seed, batch_size=16)
-    records = compress([LoadedModel.in_memory(model, get_preset(preset))], [path], cfg, tmp_path / "out",
-                       device="cpu").records
+    records = compress(
+        [LoadedModel.in_memory(model, get_preset(preset))], [path], cfg, tmp_path / "out", device="cpu"
+    ).records
     # reference: the patches cut by hand, the model's own per-layer KLs (nats) with the same seeded draws
     patches = torch.from_numpy(np.stack(_brute_patches(pixels, 28))).float() / 255
     torch.manual_seed(derive_seed(seed, "rate"))
@@ -198,15 +204,21 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, capsys,
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     _one_line_error(capsys, [*base, "--images", str(tmp_path / "empty"), "--layers", "1"], "no PNG/JPEG images in")
-    _one_line_error(capsys, [*base, "--images", str(tmp_path / "empty" / "notes.txt"), "--layers", "1"],
-                    "cannot be read as an image")
+    _one_line_error(
+        capsys,
+        [*base, "--images", str(tmp_path / "empty" / "notes.txt"), "--layers", "1"],
+        "cannot be read as an image",
+    )
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "x.png").write_bytes(b"not a png")
     _one_line_error(capsys, [*base, "--images", str(tmp_path / "fake"), "--layers", "1"], "cannot be read as an image")
     small = _save(_random_image(gen, 1, 20, 40), tmp_path / "small" / "s.png")
     _one_line_error(capsys, [*base, "--images", str(small), "--layers", "1"], "smaller than one 28x28 patch")
-    _one_line_error(capsys, ["compress", rgb_model, "--out", str(out), "--images", str(good), "--layers", "1"],
-                    "is a greyscale image but the model takes RGB")
+    _one_line_error(
+        capsys,
+        ["compress", rgb_model, "--out", str(out), "--images", str(good), "--layers", "1"],
+        "is a greyscale image but the model takes RGB",
+    )
     _one_line_error(capsys, [*base, "--images", str(good)], "--layers is required")
     _one_line_error(capsys, [*base, "--images", str(good), "--layers", "5"], "--layers 5 is more than")
     _one_line_error(capsys, [*base, "--images", str(good), "--layers", "0"], "counts start at 1")
@@ -228,7 +240,19 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     _save(np.ascontiguousarray(skimage.data.chelsea()[:60, :90].transpose(2, 0, 1)), images / "c.jpg")  # colour
     out = tmp_path / "run"
     models = [str(checkpoints / "vdvae-mnist-tiny.pt"), str(checkpoints / "dctvae-mnist-tiny.pt")]
-    argv = ["compress", *models, "--images", str(images), "--layers", "1,2", "--out", str(out), "-q", "--batch-size", "5"]
+    argv = [
+        "compress",
+        *models,
+        "--images",
+        str(images),
+        "--layers",
+        "1,2",
+        "--out",
+        str(out),
+        "-q",
+        "--batch-size",
+        "5",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "compression: means over 3 image(s)" in printed
@@ -244,7 +268,10 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     assert (rec.bpp > 0).all() and rec.msssim.between(0, 1 + msssim_rounding()).all()
     assert rec[rec.image == "b"].patches.eq(6).all() and set(rec.msssim_impl) == {"robustvae standard (small-image)"}
     assert rec[rec.image == "c"].conversion.str.contains("luma").all()
-    assert rec[rec.arch == "dctvae"].bpp_context_raw.notna().all() and rec[rec.arch == "vdvae"].bpp_context_raw.isna().all()
+    assert (
+        rec[rec.arch == "dctvae"].bpp_context_raw.notna().all()
+        and rec[rec.arch == "vdvae"].bpp_context_raw.isna().all()
+    )
     sweep = pd.read_csv(out / "jpeg.csv")
     assert len(sweep) == 3 * 95
     for _, r in rec.iterrows():  # the matched quality is the sweep's closest PSNR
@@ -253,7 +280,13 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     info = json.loads((out / "run.json").read_text())
     assert info["kind"] == "compress" and info["settings"]["layers"] == "1,2" and len(info["models"]) == 2
     assert all(m["patches_per_s"] > 0 for m in info["models"]) and info["versions"]["pillow"]
-    for name in ("rd.png", "rd.pdf", "side-by-side/a_i_.png", "side-by-side/c.png", "images/b/dctvae-mnist-tiny-k2.png"):
+    for name in (
+        "rd.png",
+        "rd.pdf",
+        "side-by-side/a_i_.png",
+        "side-by-side/c.png",
+        "images/b/dctvae-mnist-tiny-k2.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert Image.open(out / "images" / "b" / "dctvae-mnist-tiny-k2.png").size == (61, 45)
     # --force replaces the run, and only the files a run writes
@@ -264,9 +297,25 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
 
     # an RGB model on a natural image large enough for pytorch-msssim
     rgb_out = tmp_path / "rgb"
-    _save(np.ascontiguousarray(skimage.data.astronaut()[:176, :200].transpose(2, 0, 1)), tmp_path / "rgb-in" / "astro.png")
-    assert main(["compress", str(checkpoints / "vdvae-cifar10-tiny.pt"), "--images", str(tmp_path / "rgb-in"),
-                 "--layers", "all", "--out", str(rgb_out), "-q"]) == 0
+    _save(
+        np.ascontiguousarray(skimage.data.astronaut()[:176, :200].transpose(2, 0, 1)), tmp_path / "rgb-in" / "astro.png"
+    )
+    assert (
+        main(
+            [
+                "compress",
+                str(checkpoints / "vdvae-cifar10-tiny.pt"),
+                "--images",
+                str(tmp_path / "rgb-in"),
+                "--layers",
+                "all",
+                "--out",
+                str(rgb_out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     rgb = pd.read_csv(rgb_out / "records.csv")
     assert list(rgb.k) == [1, 2, 3] and set(rgb.msssim_impl) == {"pytorch_msssim"} and rgb.patches.eq(42).all()
 
@@ -279,16 +328,26 @@ def test_compress_and_report_end_to_end(checkpoints, tmp_path, capsys, gen):
     assert "Compression (Appendix G)" in html and "figure10" not in html and html.count("data:image/png") == 2 + 4
     assert "a<i>" not in html and "a&lt;i&gt;" in html
     assert html.count("Warning: ") == len(missed) + len(json.loads((rgb_out / "run.json").read_text())["warnings"])
-    assert {r["model"] for r in summary["compression"]["table"]} == {"vdvae-mnist-tiny", "dctvae-mnist-tiny",
-                                                                      "vdvae-cifar10-tiny"}
-    assert summary["files"] == ["index.html", "summary.json", "compression-rd-1.png", "compression-rd-2.png",
-                                "compression.csv", "compression.md"]
+    assert {r["model"] for r in summary["compression"]["table"]} == {
+        "vdvae-mnist-tiny",
+        "dctvae-mnist-tiny",
+        "vdvae-cifar10-tiny",
+    }
+    assert summary["files"] == [
+        "index.html",
+        "summary.json",
+        "compression-rd-1.png",
+        "compression-rd-2.png",
+        "compression.csv",
+        "compression.md",
+    ]
     attack = write_run(tmp_path / "attack", records(models=("vdvae-a",)))
     assert main(["report", str(attack), str(out), "--out", str(tmp_path / "both")]) == 0
     both = json.loads((tmp_path / "both" / "summary.json").read_text())
     alone = json.loads(_report_of(attack, tmp_path / "alone").read_text())
-    assert {k: v for k, v in both.items() if k not in ("compression", "files", "title")} == \
-        {k: v for k, v in alone.items() if k not in ("files", "title")}
+    assert {k: v for k, v in both.items() if k not in ("compression", "files", "title")} == {
+        k: v for k, v in alone.items() if k not in ("files", "title")
+    }
     assert both["files"][: len(alone["files"])] == alone["files"]
     assert "Compression (Appendix G)" in (tmp_path / "both" / "index.html").read_text()
 
@@ -302,9 +361,16 @@ def test_a_jpeg_that_cannot_reach_the_models_psnr_is_a_warning():
     """Hand-made rows: only (model, k) pairs with an image more than 1 dB from its matched JPEG are named."""
     from robustvae.compression.jpeg import match_warnings
 
-    rows = pd.DataFrame({"model": ["a", "a", "a", "b"], "k": [1, 1, 2, 1], "image": ["x", "y", "x", "x"],
-                         "psnr": [8.0, 30.0, 25.0, 40.0], "jpeg_psnr": [18.2, 30.4, 25.9, 40.0],
-                         "jpeg_quality": [1, 40, 30, 60]})
+    rows = pd.DataFrame(
+        {
+            "model": ["a", "a", "a", "b"],
+            "k": [1, 1, 2, 1],
+            "image": ["x", "y", "x", "x"],
+            "psnr": [8.0, 30.0, 25.0, 40.0],
+            "jpeg_psnr": [18.2, 30.4, 25.9, 40.0],
+            "jpeg_quality": [1, 40, 30, 60],
+        }
+    )
     (line,) = match_warnings(rows)
     assert line.startswith("a k=1: on 1 of 2 image(s) no JPEG quality comes within 1 dB") and "q1 18.2 dB" in line
     assert match_warnings(rows.assign(jpeg_psnr=rows.psnr)) == []
@@ -314,9 +380,24 @@ def test_output_names_are_distinct_whatever_the_file_names():
     """Names that coincide after making them file-name-safe, or in case only, get -2, -3, ... in order."""
     from robustvae.io import unique_names
 
-    assert unique_names(["c d", "c_d", "C_D", "x", "x#2", "x_2", "c_d-2"]) == \
-        ["c_d", "c_d-2", "C_D-3", "x", "x_2", "x_2-2", "c_d-2-2"]
-    assert unique_names(["", ".", ".."]) == ["_", "_.", "_..", ] and unique_names([]) == []
+    assert unique_names(["c d", "c_d", "C_D", "x", "x#2", "x_2", "c_d-2"]) == [
+        "c_d",
+        "c_d-2",
+        "C_D-3",
+        "x",
+        "x_2",
+        "x_2-2",
+        "c_d-2-2",
+    ]
+    assert (
+        unique_names(["", ".", ".."])
+        == [
+            "_",
+            "_.",
+            "_..",
+        ]
+        and unique_names([]) == []
+    )
     names = ["a b", "a_b", "A_B", "a?b", "ab"]
     got = unique_names(names)
     assert len({n.casefold() for n in got}) == len(names) and got == unique_names(names)  # distinct, deterministic
@@ -333,12 +414,16 @@ def test_names_that_clash_on_disk_get_their_own_folders(checkpoints, tmp_path, c
     model = str(checkpoints / "vdvae-mnist-tiny.pt")
     # a bad image among them: refused before anything is written
     (images / "z.png").write_bytes(b"not a png")
-    _one_line_error(capsys, ["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"],
-                    "cannot be read as an image")
+    _one_line_error(
+        capsys,
+        ["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"],
+        "cannot be read as an image",
+    )
     assert not out.exists()
     (images / "z.png").unlink()
-    assert main(["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"]) == 0, \
+    assert main(["compress", model, "--images", str(images), "--layers", "1", "--out", str(out), "-q"]) == 0, (
         capsys.readouterr().err
+    )
     info = json.loads((out / "run.json").read_text())
     folders = {Path(im["path"]).name: im["folder"] for im in info["images"]}
     # files are listed sorted: "X_2.png", "c d.png", "c_d.png", "x.jpg", "x.png" (x.png is the second x: x#2 -> x_2)

@@ -16,13 +16,25 @@ def test_paper_presets_follow_table_6():
     m = get_preset("vdvae-mnist")
     assert m.model.latents == ((14, 4), (7, 4)) and m.model.z_dim == 1 and m.model.num_layers == 8
     assert (m.model.channels, m.model.hidden, m.model.activation, m.model.likelihood) == (32, 40, "silu", "bernoulli")
-    assert (m.train.lr, m.train.lr_min, m.train.weight_decay, m.train.epochs, m.train.batch_size) == (1e-3, 1e-5, 1e-2, 600, 128)
+    assert (m.train.lr, m.train.lr_min, m.train.weight_decay, m.train.epochs, m.train.batch_size) == (
+        1e-3,
+        1e-5,
+        1e-2,
+        600,
+        128,
+    )
     assert (m.train.grad_clip, m.train.skip_threshold) == (1.0, 100.0)
     assert get_preset("vdvae-omniglot").model == m.model
     c = get_preset("vdvae-cifar10")
     assert c.model.latents == ((32, 10), (16, 10), (8, 5), (4, 3), (1, 1)) and c.model.num_layers == 29
     assert (c.model.channels, c.model.hidden, c.model.z_dim, c.model.weight_norm) == (384, 96, 8, True)
-    assert (c.train.lr, c.train.lr_min, c.train.epochs, c.train.batch_size, c.train.grad_clip) == (4e-4, 5e-5, 8000, 96, 0.2)
+    assert (c.train.lr, c.train.lr_min, c.train.epochs, c.train.batch_size, c.train.grad_clip) == (
+        4e-4,
+        5e-5,
+        8000,
+        96,
+        0.2,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -33,8 +45,14 @@ def test_every_preset_round_trips_through_json(name):
 
 def test_overrides_are_typed():
     cfg = get_preset("vdvae-mnist").override(
-        ["model.channels=16", "train.lr=3e-4", "model.weight_norm=true", "data.data_dir=/tmp/x",
-         "model.latents=[[14,2],[7,1]]", "train.steps=none"]
+        [
+            "model.channels=16",
+            "train.lr=3e-4",
+            "model.weight_norm=true",
+            "data.data_dir=/tmp/x",
+            "model.latents=[[14,2],[7,1]]",
+            "train.steps=none",
+        ]
     )
     assert cfg.model.channels == 16 and cfg.train.lr == 3e-4 and cfg.model.weight_norm is True
     assert cfg.data.data_dir == "/tmp/x" and cfg.model.latents == ((14, 2), (7, 1)) and cfg.train.steps is None

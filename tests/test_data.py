@@ -87,8 +87,10 @@ def test_omniglot_from_a_local_chardata_mat(tmp_path, gen):
     targets[3] = 1
     d = tmp_path / "omniglot"
     d.mkdir()
-    scipy.io.savemat(d / "chardata.mat", {"data": data, "target": targets, "testdata": data[:, :n_test],
-                                          "testtarget": targets[:, :n_test]})
+    scipy.io.savemat(
+        d / "chardata.mat",
+        {"data": data, "target": targets, "testdata": data[:, :n_test], "testtarget": targets[:, :n_test]},
+    )
     ds = load_dataset(DataConfig("omniglot", data_dir=str(tmp_path), download=False, val_size=5))
     assert (len(ds.train), len(ds.val), len(ds.test)) == (35, 5, 10)
     assert torch.equal(ds.test.images[0, 0], img)

@@ -168,7 +168,9 @@ def test_training_fits_the_scale_on_the_training_split_only_and_resume_keeps_it(
         raise AssertionError("a resumed run must restore the scale, not refit it")
 
     monkeypatch.setattr(DCTVAE, "fit_data", refit)
-    Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=4)), out, CPU, quiet=True).fit(resume=True)
+    Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=4)), out, CPU, quiet=True).fit(
+        resume=True
+    )
     ckpt = zoo.read_checkpoint(out / "last.pt")
     assert ckpt["train_state"]["step"] == 4 and torch.equal(ckpt["model"]["codec.scale"], train_only.scale)
 
@@ -212,10 +214,27 @@ def test_downsample_context_model_runs(gen):
 
 
 def test_cifar_shaped_dctvae_with_a_two_scale_unet(gen):
-    cfg = ModelConfig(arch="dctvae", image_channels=3, image_size=8, likelihood="dmol", num_mixtures=2, channels=4,
-                      hidden=4, latents=((4, 1), (1, 1)), z_dim=2, weight_norm=True, context="dct", context_size=5,
-                      context_bits=5, diffusion_steps=4, diffusion_beta_start=0.1, diffusion_beta_end=0.5,
-                      diffusion_channels=4, diffusion_scales=2, diffusion_res_blocks=1)
+    cfg = ModelConfig(
+        arch="dctvae",
+        image_channels=3,
+        image_size=8,
+        likelihood="dmol",
+        num_mixtures=2,
+        channels=4,
+        hidden=4,
+        latents=((4, 1), (1, 1)),
+        z_dim=2,
+        weight_norm=True,
+        context="dct",
+        context_size=5,
+        context_bits=5,
+        diffusion_steps=4,
+        diffusion_beta_start=0.1,
+        diffusion_beta_end=0.5,
+        diffusion_channels=4,
+        diffusion_scales=2,
+        diffusion_res_blocks=1,
+    )
     m = build_model(cfg)
     x = torch.rand(3, 3, 8, 8, generator=gen)
     m.fit_data(x)

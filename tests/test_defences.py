@@ -114,7 +114,9 @@ def test_gradient_reaches_the_input_through_the_chain_and_eot_averages_fixed_dra
 
 
 def _run(tmp_path, name, **kw):
-    cfg = AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=1)
+    cfg = AttackConfig(
+        optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=1
+    )
     return api_attack([str(tmp_path / "model")], cfg, tmp_path / name, device="cpu", **kw).records
 
 
@@ -130,8 +132,11 @@ def sweeps(tmp_path_factory):
     m = _model("vdvae-mnist-tiny", torch.Generator().manual_seed(0))
     cfg = get_preset("vdvae-mnist-tiny").override(["data.name=synthetic"])  # generated data: no file to parse
     zoo.atomic_save(zoo.make_checkpoint(cfg, m), tmp / "model" / "best.pt")
-    runs = {"plain": _run(tmp, "plain"), "def": _run(tmp, "def", defence=HMCDefence(TINY)),
-            "adapt": _run(tmp, "adapt", defence=HMCDefence(TINY), adaptive=True)}
+    runs = {
+        "plain": _run(tmp, "plain"),
+        "def": _run(tmp, "def", defence=HMCDefence(TINY)),
+        "adapt": _run(tmp, "adapt", defence=HMCDefence(TINY), adaptive=True),
+    }
     return tmp, runs
 
 
@@ -144,7 +149,9 @@ def test_sweep_records_and_resume_with_a_defence(sweeps):
         assert (df.defence == "hmc").all() and (df.adaptive == flag).all()
         assert df.defence_settings.map(lambda s: s["steps"] == 2 and s["eot"] == 2).all()
         scored = df[df.kind.isin(["attack", "no_attack"])]
-        assert scored.defence_stats.map(lambda s: s["passes"] == 5 and 0 <= s["accept"] <= 1 and s["step_size"] > 0).all()
+        assert scored.defence_stats.map(
+            lambda s: s["passes"] == 5 and 0 <= s["accept"] <= 1 and s["step_size"] > 0
+        ).all()
         att = df[df.kind == "attack"]
         assert att.attack_cost.map(lambda c: c["seconds"] > 0 and c["passes"] >= 1).all()
     # non-adaptive: the very attack of the undefended run (same seeds, same model), scored through the defence
@@ -154,8 +161,10 @@ def test_sweep_records_and_resume_with_a_defence(sweeps):
     for col in ("delta_linf", "delta_l2", "msssim_input", "final_loss"):
         pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
     # adaptive attacks pay for the chain: more passes per restart than the plain attack
-    assert adaptive[adaptive.kind == "attack"].attack_cost.map(lambda c: c["passes"]).min() > \
-        defended[defended.kind == "attack"].attack_cost.map(lambda c: c["passes"]).max()
+    assert (
+        adaptive[adaptive.kind == "attack"].attack_cost.map(lambda c: c["passes"]).min()
+        > defended[defended.kind == "attack"].attack_cost.map(lambda c: c["passes"]).max()
+    )
     run = json.loads((tmp / "def" / "run.json").read_text())
     assert run["defence"]["defence"] == "hmc" and run["defence"]["passes_per_image"]["vdvae-mnist-tiny+hmc|k=2"] == 5
     assert run["settings"]["defence"]["adaptive"] is False
@@ -183,15 +192,29 @@ def _records(worst_plain, worst_adaptive, no_attack=0.9):
     """Synthetic attack and no-attack rows of an undefended, a non-adaptive and an adaptive run of one model."""
     rows = []
     base = dict(dataset="d", norm="linf", eps=0.1, recon="default", checkpoint_sha256="abc", restart=0)
-    for kind_name, defence, adaptive, worst in (("m", None, None, [0.5, 0.5]), ("m+hmc", "hmc", False, worst_plain),
-                                                ("m+hmc/adaptive", "hmc", True, worst_adaptive)):
+    for kind_name, defence, adaptive, worst in (
+        ("m", None, None, [0.5, 0.5]),
+        ("m+hmc", "hmc", False, worst_plain),
+        ("m+hmc/adaptive", "hmc", True, worst_adaptive),
+    ):
         for p, w in enumerate(worst):
-            common = dict(base, model=kind_name, defence=defence, adaptive=adaptive, k=2, point=p,
-                          defence_stats=None if defence is None else {"accept": 0.9, "step_size": 0.1, "passes": 9.0,
-                                                                      "seconds": 0.5},
-                          attack_cost=None if not adaptive else {"seconds": 2.0, "passes": 100.0})
-            rows += [dict(common, kind="attack", msssim=w), dict(common, kind="attack", msssim=w + 0.05, restart=1),
-                     dict(common, kind="no_attack", msssim=1.0 if defence is None else no_attack)]
+            common = dict(
+                base,
+                model=kind_name,
+                defence=defence,
+                adaptive=adaptive,
+                k=2,
+                point=p,
+                defence_stats=None
+                if defence is None
+                else {"accept": 0.9, "step_size": 0.1, "passes": 9.0, "seconds": 0.5},
+                attack_cost=None if not adaptive else {"seconds": 2.0, "passes": 100.0},
+            )
+            rows += [
+                dict(common, kind="attack", msssim=w),
+                dict(common, kind="attack", msssim=w + 0.05, restart=1),
+                dict(common, kind="no_attack", msssim=1.0 if defence is None else no_attack),
+            ]
     return pd.DataFrame(rows)
 
 
@@ -254,10 +277,17 @@ def test_adaptive_attack_is_not_weaker_than_the_non_adaptive_one_on_a_trained_mo
     cfg = tiny_config(data="mnist-offline", steps=200, batch_size=32, lr=3e-3, checkpoint_every=1000, val_batches=2)
     Trainer.prepare_dir(out, resume=False, force=False)
     Trainer(cfg, out, CPU, quiet=True).fit()
-    acfg = AttackConfig(optimizer="pgd", layers="1-3", points=6, restarts=2, steps=20, floor_draws=1, noise_draws=1, objective="recon")
+    acfg = AttackConfig(
+        optimizer="pgd", layers="1-3", points=6, restarts=2, steps=20, floor_draws=1, noise_draws=1, objective="recon"
+    )
     defence = HMCDefence(HMCConfig(steps=6, leapfrog=3, eot=2))
-    runs = [api_attack([str(out)], acfg, tmp_path / name, device="cpu", **kw).records
-            for name, kw in (("plain", {}), ("def", {"defence": defence}),
-                             ("adapt", {"defence": defence, "adaptive": True}))]
+    runs = [
+        api_attack([str(out)], acfg, tmp_path / name, device="cpu", **kw).records
+        for name, kw in (
+            ("plain", {}),
+            ("def", {"defence": defence}),
+            ("adapt", {"defence": defence, "adaptive": True}),
+        )
+    ]
     checks = dfn.defence_checks(pd.concat(runs, ignore_index=True))
     assert len(checks) == 3 and all(c["passed"] for c in checks), [c["detail"] for c in checks]

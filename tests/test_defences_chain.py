@@ -82,8 +82,10 @@ class _LinearLadder(torch.nn.Module):
         return [torch.randn((batch, 2, 1, 1), generator=generator, dtype=F64) for _ in range(2)]
 
     def encode(self, x, k=None, sample=False, noise=None):  # a poor amortised posterior: the chain must fix it
-        return [DiagGaussian(torch.zeros(x.shape[0], 2, 1, 1, dtype=F64), torch.zeros(x.shape[0], 2, 1, 1, dtype=F64))
-                for _ in range(k or 2)]
+        return [
+            DiagGaussian(torch.zeros(x.shape[0], 2, 1, 1, dtype=F64), torch.zeros(x.shape[0], 2, 1, 1, dtype=F64))
+            for _ in range(k or 2)
+        ]
 
     def latent_log_joint(self, x, zs, temperature=0.1, noise=None):
         z1 = zs[0].flatten(1)
@@ -115,7 +117,9 @@ def test_defended_model_samples_the_exact_posterior_of_a_linear_gaussian_ladder(
     z = torch.cat([q.mean.flatten(1) for q in defended.encode(xs, k, sample=True, noise=noise)], 1)  # last states
     A1, A2, C, s = model.A[:, :2], model.A[:, 2:], model.C, model.s
     if k == 2:
-        prior = torch.cat([torch.cat([torch.eye(2, dtype=F64), C.T], 1), torch.cat([C, C @ C.T + s**2 * torch.eye(2, dtype=F64)], 1)])
+        prior = torch.cat(
+            [torch.cat([torch.eye(2, dtype=F64), C.T], 1), torch.cat([C, C @ C.T + s**2 * torch.eye(2, dtype=F64)], 1)]
+        )
         mean, cov = _linear_gaussian_posterior(model.A, model.b, model.sigma2, x.flatten(), prior)
     else:  # z2 = C z1 + t s n2: x = (A1 + A2 C) z1 + b + A2 t s n2 + noise
         b = model.b + A2 @ (t * s * shared[1].flatten())
@@ -134,7 +138,9 @@ def _mixture():
     w, m, s = np.array([0.3, 0.7]), np.array([-1.0, 1.5]), np.array([0.5, 0.8])
 
     def potential(z):
-        comps = torch.stack([math.log(wi) - 0.5 * ((z[:, 0] - mi) / si) ** 2 - math.log(si) for wi, mi, si in zip(w, m, s)])
+        comps = torch.stack(
+            [math.log(wi) - 0.5 * ((z[:, 0] - mi) / si) ** 2 - math.log(si) for wi, mi, si in zip(w, m, s)]
+        )
         return -torch.logsumexp(comps, 0)
 
     def sample(n, rng):
@@ -219,8 +225,15 @@ def _adapted_acceptance(target: float, adapt: int, chains: int = 200, dims: int 
     sd = torch.linspace(0.5, 2.0, dims, dtype=F64)
     g = torch.Generator().manual_seed(2)
     z0 = torch.randn(chains, dims, generator=g, dtype=F64) * sd
-    res = run_chain(lambda z: 0.5 * (z / sd).pow(2).sum(1), z0, _noise(chains, adapt + 500, dims, 7),
-                    leapfrog_steps=5, step_size=0.1, adapt_steps=adapt, target_accept=target)
+    res = run_chain(
+        lambda z: 0.5 * (z / sd).pow(2).sum(1),
+        z0,
+        _noise(chains, adapt + 500, dims, 7),
+        leapfrog_steps=5,
+        step_size=0.1,
+        adapt_steps=adapt,
+        target_accept=target,
+    )
     per_chain = res.accept_prob  # mean acceptance probability of each chain after adaptation
     return float(per_chain.mean()), float(per_chain.std() / math.sqrt(chains)), res
 
@@ -248,8 +261,15 @@ def test_gradient_through_the_chain_matches_finite_differences():
     noise = _noise(3, 4, 2, 13)
 
     def final(th, mode="expectation", differentiable=True):
-        return run_chain(lambda z: 0.5 * (z - th).pow(2).sum(1) + 0.1 * z.pow(4).sum(1), th * 0.5, noise,
-                         leapfrog_steps=3, step_size=0.3, differentiable=differentiable, accept_grad=mode).z
+        return run_chain(
+            lambda z: 0.5 * (z - th).pow(2).sum(1) + 0.1 * z.pow(4).sum(1),
+            th * 0.5,
+            noise,
+            leapfrog_steps=3,
+            step_size=0.3,
+            differentiable=differentiable,
+            accept_grad=mode,
+        ).z
 
     th = theta.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(final(th).sum(), th)

@@ -16,8 +16,15 @@ from robustvae.demo import DEMO_PRESETS, DemoSettings, run_demo
 from robustvae.registry import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = DemoSettings(presets=("vdvae-mnist-tiny", "dctvae-mnist-tiny"), train_steps=8, iw_samples=2, eval_limit=20,
-                    points=2, restarts=2, attack_steps=2)
+TINY = DemoSettings(
+    presets=("vdvae-mnist-tiny", "dctvae-mnist-tiny"),
+    train_steps=8,
+    iw_samples=2,
+    eval_limit=20,
+    points=2,
+    restarts=2,
+    attack_steps=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +79,31 @@ def test_demo_presets_exist_and_are_small():
 @pytest.mark.slow
 def test_reference_report_script_at_tiny_scale(tmp_path):
     """reports/make_mnist_cpu.sh with tiny presets and budgets: every command it runs works."""
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "VDVAE": "vdvae-mnist-tiny",
-           "DCTVAE": "dctvae-mnist-tiny", "TRAIN_ARGS": "--steps 4", "IW_SAMPLES": "2", "EVAL_LIMIT": "10",
-           "POINTS": "2", "RESTARTS": "1", "STEPS": "2", "ATTACK_ARGS": "--layers 1,2", "RUNS": str(tmp_path / "runs"),
-           "OUT": str(tmp_path / "report"), "FINDINGS": str(tmp_path / "none.md")}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "VDVAE": "vdvae-mnist-tiny",
+        "DCTVAE": "dctvae-mnist-tiny",
+        "TRAIN_ARGS": "--steps 4",
+        "IW_SAMPLES": "2",
+        "EVAL_LIMIT": "10",
+        "POINTS": "2",
+        "RESTARTS": "1",
+        "STEPS": "2",
+        "ATTACK_ARGS": "--layers 1,2",
+        "RUNS": str(tmp_path / "runs"),
+        "OUT": str(tmp_path / "report"),
+        "FINDINGS": str(tmp_path / "none.md"),
+    }
     subprocess.run(["bash", str(ROOT / "reports" / "make_mnist_cpu.sh")], env=env, check=True, capture_output=True)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     # the ensemble (its current version) and the paper's PGD side by side: a curve per model and attack
     from robustvae.attacks.registry import AUTO_VERSION
 
     assert {(r["model_label"], r["attack"]) for r in summary["table"]} == {
-        (m, a) for m in ("vdvae-mnist-tiny", "dctvae-mnist-tiny") for a in ("pgd on skl", AUTO_VERSION)}
+        (m, a) for m in ("vdvae-mnist-tiny", "dctvae-mnist-tiny") for a in ("pgd on skl", AUTO_VERSION)
+    }
     assert "dctvae-mnist-tiny · pgd on skl" in {r["model"] for r in summary["table"]}
     assert len(summary["runs"]) == 2 and {"auto", "pgd"} <= {w for r in summary["runs"] for w in r["command"].split()}
     assert summary["certify"]  # DCT-VAE's context, certified on the same points
@@ -110,6 +131,7 @@ def _deterministic(out: Path) -> dict:
         if isinstance(obj, list):
             return [strip(v) for v in obj]
         return obj
+
     return strip(json.loads(text))
 
 
@@ -150,8 +172,14 @@ def test_an_interrupted_demo_resumes_to_the_report_of_an_uninterrupted_one(tiny_
 
     steps = []
     monkeypatch.setattr(attack_module, "run_unit", ctrl_c_in_the_third_unit)
-    monkeypatch.setattr(Trainer, "fit", lambda self, resume=False, on_step=None, fit=Trainer.fit: (
-        steps.append((self.cfg.name, resume)), fit(self, resume, on_step))[1])
+    monkeypatch.setattr(
+        Trainer,
+        "fit",
+        lambda self, resume=False, on_step=None, fit=Trainer.fit: (
+            steps.append((self.cfg.name, resume)),
+            fit(self, resume, on_step),
+        )[1],
+    )
     with pytest.raises(Interrupted) as e:  # the CLI's way in, as a user types it: --resume alone
         run_demo(out, {}, device="cpu", quiet=True, resume=True)
     assert steps == [("dctvae-mnist-tiny", True)]  # the first model was not trained again, the second continued

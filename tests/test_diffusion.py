@@ -13,10 +13,20 @@ from robustvae.models.diffusion import DiffusionPrior, UNet
 from robustvae.models.distributions import DiscretizedGaussian, log_normal_interval, snap_to_levels
 
 
-def _prior(steps: int = 4, levels: int = 4, shape=(1, 3, 3), seed: int = 0, perturb: bool = True, **kw) -> DiffusionPrior:
+def _prior(
+    steps: int = 4, levels: int = 4, shape=(1, 3, 3), seed: int = 0, perturb: bool = True, **kw
+) -> DiffusionPrior:
     torch.manual_seed(seed)
-    p = DiffusionPrior(shape, levels, steps, kw.pop("beta_start", 0.1), kw.pop("beta_end", 0.4),
-                       channels=kw.pop("channels", 8), scales=kw.pop("scales", 1), res_blocks=kw.pop("res_blocks", 1))
+    p = DiffusionPrior(
+        shape,
+        levels,
+        steps,
+        kw.pop("beta_start", 0.1),
+        kw.pop("beta_end", 0.4),
+        channels=kw.pop("channels", 8),
+        scales=kw.pop("scales", 1),
+        res_blocks=kw.pop("res_blocks", 1),
+    )
     if perturb:  # leave the zero-initialised output so the network's predictions vary
         with torch.no_grad():
             for q in p.parameters():
@@ -40,7 +50,9 @@ def test_discretised_gaussian_sums_to_one_over_the_levels_and_matches_scipy(leve
     # against scipy: bins are the quantiser's cells, the extreme ones open-ended
     edges = np.concatenate([[-np.inf], (values[:-1] + 1.0 / n).numpy(), [np.inf]])
     sd = np.exp(0.5 * logvar.numpy())[:, None]
-    ref = norm.cdf((edges[None, 1:] - mean.numpy()[:, None]) / sd) - norm.cdf((edges[None, :-1] - mean.numpy()[:, None]) / sd)
+    ref = norm.cdf((edges[None, 1:] - mean.numpy()[:, None]) / sd) - norm.cdf(
+        (edges[None, :-1] - mean.numpy()[:, None]) / sd
+    )
     ok = ref > 1e-300
     np.testing.assert_allclose(lp.exp().numpy()[ok], ref[ok], rtol=1e-7, atol=1e-12)
 
@@ -118,10 +130,15 @@ def test_bound_for_one_step_is_the_hand_computed_L_T_plus_L_0(gen):
         return float(mpmath.log(hi - lo))
 
     sd, m = var.sqrt().detach(), mu.detach()
-    L_0 = -np.array([
-        sum(log_mass(float(yy), float(mm), float(ss)) for yy, mm, ss in zip(y0[i].flatten(), m[i].flatten(), sd[i].flatten()))
-        for i in range(3)
-    ])
+    L_0 = -np.array(
+        [
+            sum(
+                log_mass(float(yy), float(mm), float(ss))
+                for yy, mm, ss in zip(y0[i].flatten(), m[i].flatten(), sd[i].flatten())
+            )
+            for i in range(3)
+        ]
+    )
     np.testing.assert_allclose(got.detach().numpy(), (L_T.numpy() + L_0), rtol=1e-6)  # float32 schedule
     assert torch.all(L_T > 0)
 

@@ -30,9 +30,25 @@ from robustvae.training import Trainer
 from conftest import tiny_config
 
 # a flat learning rate after warm-up, so a run extended with --resume --steps follows a longer run exactly
-TRAIN = ["--preset", "vdvae-mnist-tiny", "--data", "synthetic", "--batch-size", "16", "-q",
-         "--set", "train.warmup_steps=2", "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
-         "--set", "train.lr=0.001", "--set", "train.lr_min=0.001"]
+TRAIN = [
+    "--preset",
+    "vdvae-mnist-tiny",
+    "--data",
+    "synthetic",
+    "--batch-size",
+    "16",
+    "-q",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.lr=0.001",
+    "--set",
+    "train.lr_min=0.001",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -234,12 +250,15 @@ def test_two_process_attack_merges_to_the_records_of_one_process(two_process_run
         assert a.keys() == b.keys()
         for key in a:
             if isinstance(a[key], float):
-                assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(a[key]) and math.isnan(b[key])), key
+                assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-9) or (
+                    math.isnan(a[key]) and math.isnan(b[key])
+                ), key
             else:
                 assert a[key] == b[key], key
     assert not (tmp_path / "two" / ".parts").exists()
     assert sorted(p.name for p in (tmp_path / "one" / "gallery").iterdir()) == sorted(
-        p.name for p in (tmp_path / "two" / "gallery").iterdir())
+        p.name for p in (tmp_path / "two" / "gallery").iterdir()
+    )
 
 
 def test_parts_left_by_a_killed_sweep_are_merged_in_unit_order(two_process_run, tmp_path):
@@ -290,8 +309,14 @@ def test_a_missing_rendezvous_variable_is_named(command, monkeypatch, tmp_path, 
 
 def test_an_unreachable_rendezvous_fails_with_a_clear_error(monkeypatch, tmp_path, capsys):
     port = _free_port()  # nothing listens there
-    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(port), "ROBUSTVAE_DIST_TIMEOUT_S": "2"}.items():
+    for k, v in {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "ROBUSTVAE_DIST_TIMEOUT_S": "2",
+    }.items():
         monkeypatch.setenv(k, v)
     assert main(["train", "--steps", "1", "--data", "synthetic", "--out", str(tmp_path / "x"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -300,11 +325,30 @@ def test_an_unreachable_rendezvous_fails_with_a_clear_error(monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("backend, message", [("mpi", "unsupported backend 'mpi'"), ("nccl", "nccl needs CUDA")])
 def test_an_unsupported_backend_is_refused(backend, message, monkeypatch, tmp_path, capsys):
-    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}.items():
+    for k, v in {
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
         monkeypatch.setenv(k, v)
-    code = main(["train", "--steps", "1", "--data", "synthetic", "--backend", backend, "--device", "cpu",
-                 "--out", str(tmp_path / "x"), "-q"])
+    code = main(
+        [
+            "train",
+            "--steps",
+            "1",
+            "--data",
+            "synthetic",
+            "--backend",
+            backend,
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "x"),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()

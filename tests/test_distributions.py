@@ -17,7 +17,10 @@ pytestmark = pytest.mark.numerical  # CI runs these again under ATEN_CPU_CAPABIL
 
 def test_gaussian_kl_and_log_prob_match_torch_distributions(gen):
     shape = (5, 3, 4, 4)
-    m1, m2 = torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+    m1, m2 = (
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+    )
     lv1 = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
     lv2 = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
     q, p = DiagGaussian(m1, lv1), DiagGaussian(m2, lv2)
@@ -105,8 +108,12 @@ def test_dmol_mean_matches_monte_carlo(gen):
 
 def test_divergences_match_torch_distributions(gen):
     shape = (3, 2, 4, 4)
-    a = DiagGaussian(torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64))
-    c = DiagGaussian(torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64))
+    a = DiagGaussian(
+        torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+    )
+    c = DiagGaussian(
+        torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+    )
     na, nc = Normal(a.mean, a.std), Normal(c.mean, c.std)
     fwd = kl_divergence(nc, na).flatten(1).sum(1)
     rev = kl_divergence(na, nc).flatten(1).sum(1)

@@ -26,6 +26,7 @@ def _summary() -> dict:
 def worst(model: str, k: int, attack: str) -> Callable[[dict], float]:
     """Mean over points of the worst case over restarts of ``model`` at k under ``attack`` ("pgd" or "auto": the
     paper's PGD on skl, or the ensemble, whatever its version)."""
+
     def get(s: dict) -> float:
         rows = [r for r in s["table"] if r.get("model_label", r["model"]) == model and r["k"] == k]
         if any("attack" in r for r in rows):
@@ -34,6 +35,7 @@ def worst(model: str, k: int, attack: str) -> Callable[[dict], float]:
             raise NotInReport(f"{SUMMARY} holds no {attack} curves; regenerate it with reports/make_mnist_cpu.sh")
         (row,) = rows
         return row["worst"]
+
     return get
 
 
@@ -43,9 +45,15 @@ def nll(model: str) -> Callable[[dict], float]:
 
 def certify(table: str, column: str) -> Callable[[dict], float]:
     def get(s: dict) -> float:
-        (row,) = [r for r in s["certify"][table] if r["model"] == "dctvae-mnist" and r.get("eps", 0.1) == 0.1
-                  and not str(r.get("attack", "auto")).startswith("pgd")]
+        (row,) = [
+            r
+            for r in s["certify"][table]
+            if r["model"] == "dctvae-mnist"
+            and r.get("eps", 0.1) == 0.1
+            and not str(r.get("attack", "auto")).startswith("pgd")
+        ]
         return row[column]
+
     return get
 
 
@@ -62,24 +70,56 @@ FINDINGS, CERTIFY, PROTOCOL = "reports/mnist-cpu-findings.md", "docs/certify.md"
 # (file, pattern around the quoted numbers (each NUMBER a group), what each group must equal)
 QUOTES: list[tuple[str, str, list[Callable[[dict], float]]]] = [
     (FINDINGS, rf"vdvae-mnist\s+{NUMBER} nats, dctvae-mnist {NUMBER} nats", [nll("vdvae-mnist"), nll("dctvae-mnist")]),
-    (FINDINGS, rf"at k = 1 / 2 is\s+{NUMBER} / {NUMBER} against VDVAE's {NUMBER} / {NUMBER}",
-     [worst("dctvae-mnist", 1, "pgd"), worst("dctvae-mnist", 2, "pgd"), worst("vdvae-mnist", 1, "pgd"),
-      worst("vdvae-mnist", 2, "pgd")]),
-    (FINDINGS, rf"falls to {NUMBER} / {NUMBER}\s+\(VDVAE: {NUMBER} / {NUMBER}\)",
-     [worst("dctvae-mnist", 1, "auto"), worst("dctvae-mnist", 2, "auto"), worst("vdvae-mnist", 1, "auto"),
-      worst("vdvae-mnist", 2, "auto")]),
+    (
+        FINDINGS,
+        rf"at k = 1 / 2 is\s+{NUMBER} / {NUMBER} against VDVAE's {NUMBER} / {NUMBER}",
+        [
+            worst("dctvae-mnist", 1, "pgd"),
+            worst("dctvae-mnist", 2, "pgd"),
+            worst("vdvae-mnist", 1, "pgd"),
+            worst("vdvae-mnist", 2, "pgd"),
+        ],
+    ),
+    (
+        FINDINGS,
+        rf"falls to {NUMBER} / {NUMBER}\s+\(VDVAE: {NUMBER} / {NUMBER}\)",
+        [
+            worst("dctvae-mnist", 1, "auto"),
+            worst("dctvae-mnist", 2, "auto"),
+            worst("vdvae-mnist", 1, "auto"),
+            worst("vdvae-mnist", 2, "auto"),
+        ],
+    ),
     (FINDINGS, rf"L-inf radius {NUMBER},", [certify("radius", "radius_median")]),
     (FINDINGS, rf"MS-SSIM to {NUMBER} on the same", [certify("table", "msssim_k1_mean")]),
-    (FINDINGS, rf"20 points, {NUMBER} below the ensemble's {NUMBER}\.",
-     [certify("gradient_gap", "gap"), certify("gradient_gap", "gradient_msssim_k1")]),
-    (CERTIFY, rf"radius is\s+{NUMBER} \(10th percentile {NUMBER}, 90th {NUMBER}\)",
-     [certify("radius", "radius_median"), certify("radius", "radius_p10"), certify("radius", "radius_p90")]),
-    (CERTIFY, rf"MS-SSIM to {NUMBER} against {NUMBER} for the attack\s+ensemble",
-     [certify("table", "msssim_k1_mean"), certify("gradient_gap", "gradient_msssim_k1")]),
-    (PROTOCOL, rf"marks k = 1\s+\({NUMBER} against {NUMBER} nats, {NUMBER} times\) and not k = 2 \({NUMBER} against "
-               rf"{NUMBER} nats, {NUMBER} times\)",
-     [carried("vdvae-mnist", 1), carried("dctvae-mnist", 1), ratio(carried("dctvae-mnist", 1), carried("vdvae-mnist", 1)),
-      carried("vdvae-mnist", 2), carried("dctvae-mnist", 2), ratio(carried("dctvae-mnist", 2), carried("vdvae-mnist", 2))]),
+    (
+        FINDINGS,
+        rf"20 points, {NUMBER} below the ensemble's {NUMBER}\.",
+        [certify("gradient_gap", "gap"), certify("gradient_gap", "gradient_msssim_k1")],
+    ),
+    (
+        CERTIFY,
+        rf"radius is\s+{NUMBER} \(10th percentile {NUMBER}, 90th {NUMBER}\)",
+        [certify("radius", "radius_median"), certify("radius", "radius_p10"), certify("radius", "radius_p90")],
+    ),
+    (
+        CERTIFY,
+        rf"MS-SSIM to {NUMBER} against {NUMBER} for the attack\s+ensemble",
+        [certify("table", "msssim_k1_mean"), certify("gradient_gap", "gradient_msssim_k1")],
+    ),
+    (
+        PROTOCOL,
+        rf"marks k = 1\s+\({NUMBER} against {NUMBER} nats, {NUMBER} times\) and not k = 2 \({NUMBER} against "
+        rf"{NUMBER} nats, {NUMBER} times\)",
+        [
+            carried("vdvae-mnist", 1),
+            carried("dctvae-mnist", 1),
+            ratio(carried("dctvae-mnist", 1), carried("vdvae-mnist", 1)),
+            carried("vdvae-mnist", 2),
+            carried("dctvae-mnist", 2),
+            ratio(carried("dctvae-mnist", 2), carried("vdvae-mnist", 2)),
+        ],
+    ),
 ]
 
 
@@ -101,8 +141,9 @@ def test_quoted_reference_numbers_equal_the_reference_report(i):
             actual = value(s)
         except NotInReport as e:
             pytest.skip(str(e))
-        assert float(quoted) == round(actual, _decimals(quoted)), \
+        assert float(quoted) == round(actual, _decimals(quoted)), (
             f"{path} quotes {quoted} where {SUMMARY} has {actual:.6g} (in {m.group(0)!r})"
+        )
 
 
 def test_a_ratio_the_findings_quote():

@@ -72,8 +72,11 @@ def attack_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @settings(max_examples=30, deadline=None)
-@given(steps=st.integers(len(ENSEMBLES[AUTO_VERSION].members), 400), k=st.sampled_from([1, 2]),
-       preset=st.sampled_from([DCT, VD]))
+@given(
+    steps=st.integers(len(ENSEMBLES[AUTO_VERSION].members), 400),
+    k=st.sampled_from([1, 2]),
+    preset=st.sampled_from([DCT, VD]),
+)
 def test_the_members_share_the_steps_of_one_attack(steps, k, preset):
     plan = ensemble_plan(tiny(preset), k, AUTO_VERSION, steps)
     names = [m.name for m, _ in plan]
@@ -115,8 +118,9 @@ def test_each_member_is_its_attack_alone_and_the_worst_case_is_never_above_any_m
                 member_worst = att[(att.k == k) & (att.member == m.name)].groupby("point").msssim.min()
                 assert (worst.loc[k].loc[member_worst.index] <= member_worst + 1e-9).all()
                 continue
-            alone = sweep(DCT, dataclasses.replace(cfg, layers=str(k), optimizer=m.optimizer, objective=m.objective,
-                                                   steps=n))
+            alone = sweep(
+                DCT, dataclasses.replace(cfg, layers=str(k), optimizer=m.optimizer, objective=m.objective, steps=n)
+            )
             mine = att[(att.k == k) & (att.member == m.name)].sort_values(["point", "restart"])
             ref = attack_rows(alone).sort_values(["point", "restart"])
             assert (mine.member_steps == n).all()
@@ -129,8 +133,11 @@ def test_each_member_is_its_attack_alone_and_the_worst_case_is_never_above_any_m
 def test_run_json_states_the_version_and_the_passes(tmp_path):
     import json
 
-    sweep(VD, AttackConfig(layers="1", optimizer="auto", points=1, restarts=3, steps=10, floor_draws=0,
-                           noise_draws=0), tmp_path / "r")
+    sweep(
+        VD,
+        AttackConfig(layers="1", optimizer="auto", points=1, restarts=3, steps=10, floor_draws=0, noise_draws=0),
+        tmp_path / "r",
+    )
     ens = json.loads((tmp_path / "r" / "run.json").read_text())["ensemble"]
     plan = ens["plans"]["vdvae|k=1"]
     # VDVAE has no quantised context: auto-v2's plan is auto-v1's, and no solver time is recorded
@@ -174,16 +181,36 @@ def test_batch_resume_and_shards_are_exact_with_members(tmp_path, monkeypatch):
 @given(norm=st.sampled_from(NORMS), eps=st.floats(0.01, 3.0), seed=st.integers(0, 1000))
 def test_every_member_respects_the_budget(norm, eps, seed):
     eps = eps / 3.01 if norm == "linf" else eps  # an L-inf budget is below 1 (at 1 the ball holds every image)
-    cfg = AttackConfig(layers="1", optimizer="auto", norm=norm, eps=eps, points=2, restarts=1, steps=5,
-                       floor_draws=0, noise_draws=0, gallery_points=0, seed=seed)
+    cfg = AttackConfig(
+        layers="1",
+        optimizer="auto",
+        norm=norm,
+        eps=eps,
+        points=2,
+        restarts=1,
+        steps=5,
+        floor_draws=0,
+        noise_draws=0,
+        gallery_points=0,
+        seed=seed,
+    )
     att = attack_rows(sweep(DCT, cfg))
     size = att.delta_linf if norm == "linf" else att.delta_l2
     assert att.member.nunique() == 5 and (size <= eps * (1 + 1e-5) + 1e-7).all(), (size.max(), eps)
 
 
 def test_eps_sweep_and_the_unrelated_baseline():
-    cfg = AttackConfig(optimizer="pgd", layers="1", eps_sweep="0.05,0.9", points=2, restarts=1, steps=3, floor_draws=0, noise_draws=0,
-                       gallery_points=0)
+    cfg = AttackConfig(
+        optimizer="pgd",
+        layers="1",
+        eps_sweep="0.05,0.9",
+        points=2,
+        restarts=1,
+        steps=3,
+        floor_draws=0,
+        noise_draws=0,
+        gallery_points=0,
+    )
     df = sweep(VD, cfg)
     att = attack_rows(df)
     assert sorted(att.eps.unique()) == [0.05, 0.9] and len(att) == 4
@@ -219,13 +246,38 @@ def _records() -> pd.DataFrame:
         for r in range(2):
             for m in ("apgd-skl", "square-recon"):
                 a, b = sorted(g.uniform(0.3, 1.0, 2), reverse=True)
-                rows.append({"dataset": "d", "norm": "linf", "eps": 0.1, "recon": "default", "model": "m", "k": 1,
-                             "kind": "attack", "point": p, "restart": r, "member": m, "msssim": b,
-                             "curve": {"2": a, "4": b}, "grad_norm": 0.0 if m == "apgd-skl" and p == 0 else
-                             (None if m.startswith("square") else 1.0)})
+                rows.append(
+                    {
+                        "dataset": "d",
+                        "norm": "linf",
+                        "eps": 0.1,
+                        "recon": "default",
+                        "model": "m",
+                        "k": 1,
+                        "kind": "attack",
+                        "point": p,
+                        "restart": r,
+                        "member": m,
+                        "msssim": b,
+                        "curve": {"2": a, "4": b},
+                        "grad_norm": 0.0 if m == "apgd-skl" and p == 0 else (None if m.startswith("square") else 1.0),
+                    }
+                )
     for p in range(3):
-        rows.append({"dataset": "d", "norm": "linf", "eps": 0.1, "recon": "default", "model": "m", "k": 1,
-                     "kind": "unrelated", "point": p, "restart": 0, "msssim": 0.2})
+        rows.append(
+            {
+                "dataset": "d",
+                "norm": "linf",
+                "eps": 0.1,
+                "recon": "default",
+                "model": "m",
+                "k": 1,
+                "kind": "unrelated",
+                "point": p,
+                "restart": 0,
+                "msssim": 0.2,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -235,8 +287,9 @@ def test_the_evidence_tables_match_brute_force():
     it = strength.iterations(df).set_index(["member", "steps"]).worst
     for m in ("apgd-skl", "square-recon"):
         for s in ("2", "4"):
-            want = np.mean([min(r.curve[s] for r in att.itertuples() if r.member == m and r.point == p)
-                            for p in range(3)])
+            want = np.mean(
+                [min(r.curve[s] for r in att.itertuples() if r.member == m and r.point == p) for p in range(3)]
+            )
             assert it[(m, int(s))] == pytest.approx(want)
     rs = strength.restarts(df).set_index("r").worst
     for r in (1, 2):
@@ -263,8 +316,12 @@ def test_the_flags_fire_on_hand_made_records():
     row = pd.DataFrame(strength.strength_checks(far)).set_index("check").loc["largest eps reaches unrelated images"]
     assert not row.passed and row.value > strength.UNRELATED_TOL
     near = pd.concat([df, df.assign(eps=1.0, msssim=lambda d: np.where(d.kind == "attack", 0.21, d.msssim))])
-    assert pd.DataFrame(strength.strength_checks(near)).set_index("check").loc[
-        "largest eps reaches unrelated images"].passed
+    assert (
+        pd.DataFrame(strength.strength_checks(near))
+        .set_index("check")
+        .loc["largest eps reaches unrelated images"]
+        .passed
+    )
 
 
 def test_a_zeroed_encoder_gradient_trips_the_vanishing_gradient_flag(monkeypatch):
@@ -275,22 +332,34 @@ def test_a_zeroed_encoder_gradient_trips_the_vanishing_gradient_flag(monkeypatch
         return real(self, x.detach() + 0 * x, k)  # the same values, no gradient to x
 
     monkeypatch.setattr(type(m), "encode", blind)
-    df = sweep(VD, AttackConfig(optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
-                                gallery_points=0))
+    df = sweep(
+        VD,
+        AttackConfig(
+            optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0, gallery_points=0
+        ),
+    )
     row = pd.DataFrame(strength.strength_checks(df)).set_index("check").loc["no vanishing gradient"]
     assert not row.passed and row.value == 1.0 and (attack_rows(df).grad_norm == 0).all()
     monkeypatch.setattr(type(m), "encode", real)
-    ok = sweep(VD, AttackConfig(optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0,
-                                gallery_points=0))
+    ok = sweep(
+        VD,
+        AttackConfig(
+            optimizer="pgd", layers="1", points=3, restarts=1, steps=3, floor_draws=0, noise_draws=0, gallery_points=0
+        ),
+    )
     assert pd.DataFrame(strength.strength_checks(ok)).set_index("check").loc["no vanishing gradient"].passed
 
 
 def test_a_one_step_white_box_member_lets_square_win_and_trips_that_flag(monkeypatch):
-    weak = EnsembleSpec("weak-v1", (Member("apgd-skl", "apgd", "skl", 0.001), Member("square-recon", "square", "recon",
-                                                                                       0.999)), "a test ensemble")
+    weak = EnsembleSpec(
+        "weak-v1",
+        (Member("apgd-skl", "apgd", "skl", 0.001), Member("square-recon", "square", "recon", 0.999)),
+        "a test ensemble",
+    )
     monkeypatch.setitem(ENSEMBLES, "weak-v1", weak)
-    cfg = AttackConfig(layers="1", optimizer="weak-v1", points=4, restarts=1, steps=60, floor_draws=0, noise_draws=0,
-                       gallery_points=0)
+    cfg = AttackConfig(
+        layers="1", optimizer="weak-v1", points=4, restarts=1, steps=60, floor_draws=0, noise_draws=0, gallery_points=0
+    )
     df = sweep(VD, cfg)
     assert attack_rows(df).groupby("member").member_steps.first().to_dict() == {"apgd-skl": 1, "square-recon": 59}
     wins = strength.member_wins(df).set_index("member")
@@ -301,9 +370,27 @@ def test_a_one_step_white_box_member_lets_square_win_and_trips_that_flag(monkeyp
 def test_old_records_without_members_still_load_and_report():
     from robustvae.records import upgrade_attack_row
 
-    old = {"unit": "u", "model": "m", "checkpoint_sha256": "", "dataset": "d", "k": 1, "objective": "skl",
-           "optimizer": "pgd", "norm": "linf", "eps": 0.1, "steps": 3, "seed": 0, "temperature": 0.1, "kind": "attack",
-           "point": 0, "test_index": 0, "label": 0, "restart": 0, "msssim": 0.9, "msssim_input": 0.99}
+    old = {
+        "unit": "u",
+        "model": "m",
+        "checkpoint_sha256": "",
+        "dataset": "d",
+        "k": 1,
+        "objective": "skl",
+        "optimizer": "pgd",
+        "norm": "linf",
+        "eps": 0.1,
+        "steps": 3,
+        "seed": 0,
+        "temperature": 0.1,
+        "kind": "attack",
+        "point": 0,
+        "test_index": 0,
+        "label": 0,
+        "restart": 0,
+        "msssim": 0.9,
+        "msssim_input": 0.99,
+    }
     df = pd.DataFrame([upgrade_attack_row(old)])
     assert "member" not in df and strength.member_wins(df).empty and strength.iterations(df).empty
     assert math.isclose(strength.restarts(df).worst.iloc[0], 0.9)

@@ -80,9 +80,22 @@ def test_dctvae_reports_its_context_separately_from_the_gaussian_layers(gen):
 
 def test_vdvae_results_keep_their_keys(gen):
     res = evaluate_model(_model(), torch.rand(4, 1, 28, 28, generator=gen), iw_samples=2, batch_size=4, quiet=True)
-    assert list(res) == ["images", "iw_samples", "nelbo_nats", "elbo_nats", "nll_nats", "nelbo_bpd", "nll_bpd",
-                         "kl_nats", "active_units", "total_units", "layers"]
-    assert all(list(row) == ["layer", "resolution", "shape", "units", "kl_nats", "active_units"] for row in res["layers"])
+    assert list(res) == [
+        "images",
+        "iw_samples",
+        "nelbo_nats",
+        "elbo_nats",
+        "nll_nats",
+        "nelbo_bpd",
+        "nll_bpd",
+        "kl_nats",
+        "active_units",
+        "total_units",
+        "layers",
+    ]
+    assert all(
+        list(row) == ["layer", "resolution", "shape", "units", "kl_nats", "active_units"] for row in res["layers"]
+    )
 
 
 def _dct_model(x):
@@ -127,8 +140,10 @@ def test_nll_does_not_depend_on_the_memory_budget_or_the_batch_size(arch, gen):
     """Image i's samples come from its own generator, so the passes' shape changes nothing but rounding."""
     x = torch.bernoulli(torch.rand(5, 1, 28, 28, generator=gen), generator=gen)
     m = _model() if arch == "vdvae" else _dct_model(x)
-    runs = [evaluate_model(m, x, iw_samples=12, batch_size=b, max_batch_mib=mib, quiet=True)
-            for b, mib in ((5, 1000), (5, 1), (2, 2))]  # one pass; passes splitting an image's samples; mixed
+    runs = [
+        evaluate_model(m, x, iw_samples=12, batch_size=b, max_batch_mib=mib, quiet=True)
+        for b, mib in ((5, 1000), (5, 1), (2, 2))
+    ]  # one pass; passes splitting an image's samples; mixed
     assert bytes_per_row(m, x[:1]) * 12 > 2**20 / 1.1  # at 1 MiB an image's 12 samples take several passes
     for r in runs[1:]:
         assert r["nll_nats"] == pytest.approx(runs[0]["nll_nats"], rel=1e-6)
@@ -137,7 +152,11 @@ def test_nll_does_not_depend_on_the_memory_budget_or_the_batch_size(arch, gen):
     # another seed draws other samples; the same seed the same
     other = evaluate_model(m, x, iw_samples=12, batch_size=5, seed=1, quiet=True)
     assert other["nll_nats"] != runs[0]["nll_nats"]
-    assert image_generator(0, 3).initial_seed() == image_generator(0, 3).initial_seed() != image_generator(1, 3).initial_seed()
+    assert (
+        image_generator(0, 3).initial_seed()
+        == image_generator(0, 3).initial_seed()
+        != image_generator(1, 3).initial_seed()
+    )
 
 
 def test_bytes_per_row_grows_with_the_model_and_is_positive():
@@ -162,5 +181,7 @@ def test_bad_budget_is_an_error_and_ctrl_c_stops_cleanly(gen, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(m, "log_importance_weights", interrupted)
-    with pytest.raises(Interrupted, match=r"eval interrupted by Ctrl-C after 8 of 16 importance samples; nothing written"):
+    with pytest.raises(
+        Interrupted, match=r"eval interrupted by Ctrl-C after 8 of 16 importance samples; nothing written"
+    ):
         evaluate_model(m, x, iw_samples=4, batch_size=4, max_batch_mib=1, quiet=True)

@@ -15,20 +15,30 @@ import pytest
 import file_sweep as sweep
 
 REPRESENTATIVE = {  # (kind, field, mutation): one per file kind, the invalid kinds a reader meets most
-    ("attack records", "msssim", "out_of_range"), ("attack records", "curve.1", "huge"),
-    ("attack run.json", "", "null"), ("attack run.json", "settings.attack.eps", "nan"),
-    ("gallery", "x", "out_of_range"), ("eval", "layers.0.units", "wrong_type"),
-    ("certify records", "msssim_k1", "out_of_range"), ("certify run.json", "settings.certify", "wrong_type"),
-    ("compress records.csv", "msssim", "huge"), ("compress jpeg.csv", "quality", "out_of_range"),
-    ("compress run.json", "images.0.width", "null"), ("metrics.jsonl", "step", "wrong_type"),
-    ("summary.json", "", "wrong_type"), ("train state", "step", "out_of_range"), ("suite", "eps", "huge"),
+    ("attack records", "msssim", "out_of_range"),
+    ("attack records", "curve.1", "huge"),
+    ("attack run.json", "", "null"),
+    ("attack run.json", "settings.attack.eps", "nan"),
+    ("gallery", "x", "out_of_range"),
+    ("eval", "layers.0.units", "wrong_type"),
+    ("certify records", "msssim_k1", "out_of_range"),
+    ("certify run.json", "settings.certify", "wrong_type"),
+    ("compress records.csv", "msssim", "huge"),
+    ("compress jpeg.csv", "quality", "out_of_range"),
+    ("compress run.json", "images.0.width", "null"),
+    ("metrics.jsonl", "step", "wrong_type"),
+    ("summary.json", "", "wrong_type"),
+    ("train state", "step", "out_of_range"),
+    ("suite", "eps", "huge"),
     ("checkpoint config", "model.channels", "huge"),
 }
 
 
 def _assert_clean(results):
     bad = [r for r in results if r.kind != "ok"]
-    assert not bad, "\n".join(f"{r.kind}: {r.case.kind}: {r.case.field} {r.case.mutation}: {r.detail}" for r in bad[:20])
+    assert not bad, "\n".join(
+        f"{r.kind}: {r.case.kind}: {r.case.field} {r.case.mutation}: {r.detail}" for r in bad[:20]
+    )
 
 
 def test_every_file_kind_and_mutation_is_covered():

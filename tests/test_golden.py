@@ -38,11 +38,34 @@ pytestmark = pytest.mark.numerical  # CI runs these again under ATEN_CPU_CAPABIL
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PRESETS = ("vdvae-mnist-tiny", "dctvae-mnist-tiny")
 ATTACKS = {
-    "default": AttackConfig(optimizer="pgd", layers="all", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, gallery_points=1),
-    "l2-kl_forward": AttackConfig(optimizer="pgd", layers="1,2", eps=0.5, norm="l2", points=2, restarts=2, steps=3, objective="kl_forward",
-                                  floor_draws=1, noise_draws=1, gallery_points=0),
-    "sgd-supervised": AttackConfig(layers="2", points=2, restarts=1, steps=3, objective="supervised", optimizer="sgd",
-                                   floor_draws=1, noise_draws=1, gallery_points=0, straight_through=True),
+    "default": AttackConfig(
+        optimizer="pgd", layers="all", points=3, restarts=2, steps=3, floor_draws=1, noise_draws=1, gallery_points=1
+    ),
+    "l2-kl_forward": AttackConfig(
+        optimizer="pgd",
+        layers="1,2",
+        eps=0.5,
+        norm="l2",
+        points=2,
+        restarts=2,
+        steps=3,
+        objective="kl_forward",
+        floor_draws=1,
+        noise_draws=1,
+        gallery_points=0,
+    ),
+    "sgd-supervised": AttackConfig(
+        layers="2",
+        points=2,
+        restarts=1,
+        steps=3,
+        objective="supervised",
+        optimizer="sgd",
+        floor_draws=1,
+        noise_draws=1,
+        gallery_points=0,
+        straight_through=True,
+    ),
 }
 PROVENANCE = {"checkpoint_sha256"}  # the file's hash: torch.save's bytes are not part of the golden contract
 EXACT = ("eps", "temperature")  # settings, not results: compared exactly even though they are floats
@@ -58,8 +81,12 @@ def one_thread():
 
 def _train(out: Path) -> Path:
     for preset in PRESETS:
-        cfg = robustvae.train_config(preset, steps=6, batch_size=16, overrides=[
-            "train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=4", "train.val_batches=2"])
+        cfg = robustvae.train_config(
+            preset,
+            steps=6,
+            batch_size=16,
+            overrides=["train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=4", "train.val_batches=2"],
+        )
         robustvae.train(cfg, out / preset, device="cpu")
     return out
 
@@ -88,8 +115,10 @@ def _assert_golden(new, jittered_new, old, where: str) -> None:
     new, jittered_new, old = (_without_provenance(rows) for rows in (new, jittered_new, old))
     tol = RoundingTolerance(new, [jittered_new])
     tol.assert_close(new, old, where, exact=EXACT)
-    print(f"{where}: worst |new - golden| / tolerance {tol.worst[0]:.3g} at {tol.worst[1]} "
-          f"(|diff| {tol.worst[2]:.3g}, tolerance {tol.worst[3]:.3g})")
+    print(
+        f"{where}: worst |new - golden| / tolerance {tol.worst[0]:.3g} at {tol.worst[1]} "
+        f"(|diff| {tol.worst[2]:.3g}, tolerance {tol.worst[3]:.3g})"
+    )
 
 
 def _attack_rows(runs: Path, name: str, out: Path) -> tuple[list[dict], list[dict], int]:
@@ -99,8 +128,11 @@ def _attack_rows(runs: Path, name: str, out: Path) -> tuple[list[dict], list[dic
     # added since: the paired no-attack rows, the unrelated-images rows, per attack row its curve and start gradient,
     # and per targeted (supervised) attack row the target's split index and the MS-SSIM to the target's reconstruction
     added = ("curve", "grad_norm", "target_test_index", "msssim_target", "msssim_target_before")
-    return rows, [{k: v for k, v in r.items() if k not in added} for r in rows
-                  if r["kind"] not in ("no_attack", "unrelated")], len(res.records)
+    return (
+        rows,
+        [{k: v for k, v in r.items() if k not in added} for r in rows if r["kind"] not in ("no_attack", "unrelated")],
+        len(res.records),
+    )
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -110,8 +142,10 @@ def test_attack_records_equal_the_golden_ones(runs, jittered, name, tmp_path):
         _, jittered_new, _ = _attack_rows(jittered, name, tmp_path / "jittered")
     targeted = ATTACKS[name].objective == "supervised"
     assert all(("msssim_target" in r) == targeted for r in rows if r["kind"] == "attack")
-    old = [upgrade_attack_row(json.loads(line))
-           for line in (GOLDEN / "runs" / f"attack-{name}" / "records.jsonl").read_text().splitlines()]
+    old = [
+        upgrade_attack_row(json.loads(line))
+        for line in (GOLDEN / "runs" / f"attack-{name}" / "records.jsonl").read_text().splitlines()
+    ]
     assert len(new) == len(old) and len(rows) == n_records and "layers" not in new[0] and "k" in new[0]
     assert all("curve" in r for r in rows if r["kind"] == "attack")
     assert sum(r["kind"] == "no_attack" for r in rows) == sum(r["kind"] == "attack" for r in new)  # one per attack row
@@ -129,8 +163,13 @@ def test_compression_records_equal_the_golden_ones(runs, jittered, tmp_path):
     Image.fromarray(tile[:30, :33]).save(tmp_path / "imgs" / "crop.png")
 
     def compress(models: Path, out: Path):
-        res = robustvae.compress([models / p for p in PRESETS], [tmp_path / "imgs"], CompressConfig(layers="1,2,3", seed=1),
-                                 out, device="cpu")
+        res = robustvae.compress(
+            [models / p for p in PRESETS],
+            [tmp_path / "imgs"],
+            CompressConfig(layers="1,2,3", seed=1),
+            out,
+            device="cpu",
+        )
         return res, pd.read_csv(out / "records.csv")
 
     res, new = compress(runs, tmp_path / "out")
@@ -154,8 +193,15 @@ def test_evaluation_equals_the_golden_one(runs, jittered, preset):
     from robustvae.evaluation import evaluate_model
 
     def run(seed: int, models: Path = runs) -> dict:
-        return evaluate_model(robustvae.load(models / preset).model, x, iw_samples=8, batch_size=10,
-                              device=torch.device("cpu"), seed=seed, quiet=True)
+        return evaluate_model(
+            robustvae.load(models / preset).model,
+            x,
+            iw_samples=8,
+            batch_size=10,
+            device=torch.device("cpu"),
+            seed=seed,
+            quiet=True,
+        )
 
     new = run(0)
     with float32_jitter(2):

@@ -63,8 +63,20 @@ def _numbers(check: dict) -> dict:
 
 
 REMOVED_CHECKS = {"damage monotone in k"}  # wrong for this protocol (damage shrinks towards k = L); removed on purpose
-NEW_COLUMNS = {"recon", "no_attack", "drop_mean", "drop_mean_lo", "drop_mean_hi", "drop_worst", "drop_worst_lo",
-               "drop_worst_hi", "model_label", "attack", "unrelated", *CARRIED_COLUMNS}  # the reconstruction rule
+NEW_COLUMNS = {
+    "recon",
+    "no_attack",
+    "drop_mean",
+    "drop_mean_lo",
+    "drop_mean_hi",
+    "drop_worst",
+    "drop_worst_lo",
+    "drop_worst_hi",
+    "model_label",
+    "attack",
+    "unrelated",
+    *CARRIED_COLUMNS,
+}  # the reconstruction rule
 # and the paired drop, added since; a curve's checkpoint label and attack configuration (attack runs side by side);
 # the unrelated-image level and what the attacked layers carry
 
@@ -79,8 +91,11 @@ def test_report_of_golden_runs_is_unchanged(name, tmp_path):
     table = [_upgrade(r) for r in summary["table"]]
     assert all(set(r) - set(_upgrade(golden["table"][0])) == NEW_COLUMNS for r in table)
     assert all(r["recon"] == "default" and r["no_attack"] == 1.0 for r in table)  # old runs: the default rule
-    _same([{k: r[k] for k in _upgrade(w)} for r, w in zip(table, golden["table"])],
-          [_upgrade(r) for r in golden["table"]], "table")
+    _same(
+        [{k: r[k] for k in _upgrade(w)} for r, w in zip(table, golden["table"])],
+        [_upgrade(r) for r in golden["table"]],
+        "table",
+    )
     kept = [_numbers(_upgrade(c)) for c in golden["checks"] if c["check"] not in REMOVED_CHECKS]
     names = {c["check"] for c in kept}
     _same([_numbers(_upgrade(c)) for c in summary["checks"] if c["check"] in names], kept, "checks")

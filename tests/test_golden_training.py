@@ -48,8 +48,12 @@ def one_thread():
 
 def _golden_run(preset: str, out: Path) -> dict:
     cfg = get_preset(preset)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=6, batch_size=16, warmup_steps=2,
-                                                             log_every=2, checkpoint_every=4, val_batches=2))
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, steps=6, batch_size=16, warmup_steps=2, log_every=2, checkpoint_every=4, val_batches=2
+        ),
+    )
     Trainer.prepare_dir(out, resume=False, force=True)
     Trainer(cfg, out, CPU, quiet=True).fit()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -85,5 +89,7 @@ def test_training_matches_the_golden_run(preset, tmp_path, one_thread):
     assert len(got["metrics"]) == len(want["metrics"]) and got["weights_sum"].keys() == want["weights_sum"].keys()
     tol = RoundingTolerance(got, [jittered], group=_group, scale=_scale(_sizes(tmp_path / preset)))
     tol.assert_close(got, want, preset, exact=("lr", "epoch"))  # the schedule and the step count: Python arithmetic
-    print(f"{preset}: worst |new - golden| / tolerance {tol.worst[0]:.3g} at {tol.worst[1]} "
-          f"(|diff| {tol.worst[2]:.3g}, tolerance {tol.worst[3]:.3g})")
+    print(
+        f"{preset}: worst |new - golden| / tolerance {tol.worst[0]:.3g} at {tol.worst[1]} "
+        f"(|diff| {tol.worst[2]:.3g}, tolerance {tol.worst[3]:.3g})"
+    )

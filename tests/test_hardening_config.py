@@ -14,12 +14,26 @@ import typing
 import pytest
 import torch
 
-from robustvae.config import (AttackConfig, CertifyConfig, CompressConfig, Config, DataConfig, ModelConfig, TrainConfig,
-                              from_dict)
+from robustvae.config import (
+    AttackConfig,
+    CertifyConfig,
+    CompressConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+)
 from robustvae.errors import ConfigError
 
-CONFIGS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "attack": AttackConfig,
-           "compress": CompressConfig, "certify": CertifyConfig}
+CONFIGS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "attack": AttackConfig,
+    "compress": CompressConfig,
+    "certify": CertifyConfig,
+}
 
 
 def _numeric_fields():
@@ -53,9 +67,21 @@ def test_every_numeric_field_refuses_non_finite_values_naming_it(section, cls, n
             from_dict(cls, {name: text})
 
 
-@pytest.mark.parametrize("text", ["train.lr=nan", "train.lr=inf", "train.lr_min=nan", "train.weight_decay=nan",
-                                  "train.ema_decay=nan", "model.diffusion_beta_end=inf", "train.seed=-1",
-                                  "train.lr=-1", "train.ema_decay=1", "data.split_seed=-3"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train.lr=nan",
+        "train.lr=inf",
+        "train.lr_min=nan",
+        "train.weight_decay=nan",
+        "train.ema_decay=nan",
+        "model.diffusion_beta_end=inf",
+        "train.seed=-1",
+        "train.lr=-1",
+        "train.ema_decay=1",
+        "data.split_seed=-3",
+    ],
+)
 def test_set_overrides_refuse_non_finite_and_out_of_range_values(text):
     key = text.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -91,7 +117,7 @@ def test_ema_checkpoints_load_ema_by_default_and_raw_on_request(preset, tmp_path
     res = api.train(cfg, tmp_path / "run", device="cpu")
     ckpt = torch.load(res.out / "best.pt", weights_only=True)
     # the independent reference: the tensors the trainer stored, under the AveragedModel prefix and without it
-    ema_ref = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    ema_ref = {k[len("module.") :]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     raw_ref = ckpt["model"]
     default, ema, raw = (zoo.load(res.out, weights=w) for w in ("auto", "ema", "raw"))
     for loaded, ref in ((default, ema_ref), (ema, ema_ref), (raw, raw_ref)):
@@ -107,10 +133,33 @@ def test_ema_checkpoints_run_through_attack_and_eval_on_the_command_line(tmp_pat
     from robustvae.cli import main
 
     run = tmp_path / "v"
-    assert main(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "-q", "--batch-size", "8",
-                 "--steps", "2", "--set", "train.ema_decay=0.5", "--out", str(run)]) == 0
-    assert main(["attack", str(run), "--points", "1", "--restarts", "1", "--steps", "1", "-q",
-                 "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "-q",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--set",
+                "train.ema_decay=0.5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["attack", str(run), "--points", "1", "--restarts", "1", "--steps", "1", "-q", "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
     assert main(["eval", str(run), "--weights", "raw", "-k", "2", "--limit", "4", "-q"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "--weights", "nonsense", "-k", "2", "--limit", "4", "-q"]) == 2

@@ -68,8 +68,11 @@ def test_eval_does_not_append_its_log_through_a_link(tmp_path, trained, capsys):
     outside = tmp_path / "outside.txt"
     outside.write_text("precious\n")
     (tmp_path / "ev.log").symlink_to(outside)
-    _one_line_error(capsys, ["eval", str(trained), "-k", "2", "--limit", "4", "-q", "--out", str(tmp_path / "ev.json")],
-                    "ev.log is a symbolic link")
+    _one_line_error(
+        capsys,
+        ["eval", str(trained), "-k", "2", "--limit", "4", "-q", "--out", str(tmp_path / "ev.json")],
+        "ev.log is a symbolic link",
+    )
     assert outside.read_text() == "precious\n" and not (tmp_path / "ev.json").exists()
 
 
@@ -88,8 +91,11 @@ def test_zoo_import_force_does_not_write_through_a_link(tmp_path, capsys):
     (out / "imported.json").unlink()
     (out / "imported.json").symlink_to(outside)
     before = _tree(out)
-    _one_line_error(capsys, ["zoo", "import", str(src), "--preset", "kuzina-dctvae-mnist-tiny", "--out", str(out),
-                             "--force"], "imported.json is a symbolic link")
+    _one_line_error(
+        capsys,
+        ["zoo", "import", str(src), "--preset", "kuzina-dctvae-mnist-tiny", "--out", str(out), "--force"],
+        "imported.json is a symbolic link",
+    )
     assert outside.read_text() == "precious" and _tree(out) == before
 
 
@@ -125,7 +131,9 @@ def test_compress_force_that_fails_leaves_the_old_run(tmp_path, trained, monkeyp
 
     images = [_png(tmp_path / "imgs" / "a.png", 0), _png(tmp_path / "imgs" / "b.png", 1)]
     out = tmp_path / "c"
-    argv = ["compress", str(trained), "--layers", "1", "-q", "--out", str(out)] + [a for p in images for a in ("--images", str(p))]
+    argv = ["compress", str(trained), "--layers", "1", "-q", "--out", str(out)] + [
+        a for p in images for a in ("--images", str(p))
+    ]
     assert main(argv) == 0
     before = _tree(out)
     calls = {"n": 0}
@@ -149,8 +157,9 @@ def test_demo_force_that_fails_leaves_the_old_demo(tmp_path, monkeypatch):
     from robustvae import api
     from robustvae.demo import DemoSettings, run_demo
 
-    s = DemoSettings(presets=("vdvae-mnist-tiny",), train_steps=2, iw_samples=1, eval_limit=4, points=1, restarts=1,
-                     attack_steps=1)
+    s = DemoSettings(
+        presets=("vdvae-mnist-tiny",), train_steps=2, iw_samples=1, eval_limit=4, points=1, restarts=1, attack_steps=1
+    )
     out = tmp_path / "demo"
     run_demo(out, s, device="cpu", quiet=True)
     before = _tree(out)
@@ -162,8 +171,9 @@ def test_demo_force_that_fails_leaves_the_old_demo(tmp_path, monkeypatch):
     with pytest.raises(RobustVAEError, match="the attack broke"):
         run_demo(out, s, device="cpu", quiet=True, force=True)
     after = _tree(out)
-    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == \
-        {k: v for k, v in before.items() if not k.endswith(".lock")}
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == {
+        k: v for k, v in before.items() if not k.endswith(".lock")
+    }
 
 
 # --------------------------------------------------------------------------- 2. checkpoints: shapes before memory
@@ -190,8 +200,27 @@ LIMIT = 6 << 30  # bytes of address space: torch alone maps ~3.3 GB; the giant m
 def test_a_giant_config_over_tiny_tensors_is_one_line_before_any_memory_is_spent(tmp_path, trained):
     giant = _giant(trained, tmp_path / "giant.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", PROBE, str(LIMIT), "eval", str(giant), "-k", "2", "--limit", "4", "-q",
-                        "--out", str(tmp_path / "e.json")], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            str(LIMIT),
+            "eval",
+            str(giant),
+            "-k",
+            "2",
+            "--limit",
+            "4",
+            "-q",
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert "does not fit the architecture its config describes" in lines[0]
@@ -303,7 +332,9 @@ def test_a_terminated_garbage_last_line_stops_the_resume_and_nothing_is_cut(tmp_
     with open(rec, "ab") as f:
         f.write(b'{"unit": "garbage"\n')
     before = rec.read_bytes()
-    _one_line_error(capsys, ["attack", str(trained), *ATTACK, "--out", str(out)], f"records.jsonl line {n + 1} is not valid JSON")
+    _one_line_error(
+        capsys, ["attack", str(trained), *ATTACK, "--out", str(out)], f"records.jsonl line {n + 1} is not valid JSON"
+    )
     assert rec.read_bytes() == before
 
 

@@ -66,8 +66,9 @@ def _copy(run: Path, dest: Path) -> Path:
 # --------------------------------------------------------------------------- record readers
 
 
-def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothing_is_cut(tmp_path, trained, attacked,
-                                                                                          capsys):
+def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothing_is_cut(
+    tmp_path, trained, attacked, capsys
+):
     out = _copy(attacked, tmp_path / "a")
     rec = out / "records.jsonl"
     lines = rec.read_bytes().splitlines(keepends=True)
@@ -82,8 +83,16 @@ def test_a_garbage_line_in_the_middle_is_an_error_naming_file_and_line_and_nothi
     assert rec.read_bytes() == bad
 
 
-@pytest.mark.parametrize("row,field", [({"unit": 3}, "unit"), ({"k": "2"}, "k"), ({"msssim": "high"}, "msssim"),
-                                       ({"skl": ["a"]}, "skl.0"), ({"unit": None}, "unit")])
+@pytest.mark.parametrize(
+    "row,field",
+    [
+        ({"unit": 3}, "unit"),
+        ({"k": "2"}, "k"),
+        ({"msssim": "high"}, "msssim"),
+        ({"skl": ["a"]}, "skl.0"),
+        ({"unit": None}, "unit"),
+    ],
+)
 def test_a_record_with_a_wrong_type_names_file_line_and_field(tmp_path, attacked, row, field):
     from robustvae.records import read_attack_records
 
@@ -189,12 +198,24 @@ def test_the_lock_is_reentrant_within_one_process_and_released_after(tmp_path):
     with run.locked():
         with run.locked():  # the demo reports into its own locked folder
             pass
-        probe = subprocess.run([sys.executable, "-c", "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); "
-                                "fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)", str(tmp_path / "d" / ".lock")],
-                               capture_output=True)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)",
+                str(tmp_path / "d" / ".lock"),
+            ],
+            capture_output=True,
+        )
         assert probe.returncode != 0  # still held by the outer block
-    probe = subprocess.run([sys.executable, "-c", "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); "
-                            "fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)", str(tmp_path / "d" / ".lock")])
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)",
+            str(tmp_path / "d" / ".lock"),
+        ]
+    )
     assert probe.returncode == 0
 
 
@@ -335,14 +356,22 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def test_huge_and_bomb_images_are_one_line_errors(tmp_path, trained, gen, capsys):
     big = _png(tmp_path / "big" / "b.png", np.zeros((60, 70), np.uint8))
     base = ["compress", str(trained), "--layers", "1", "-q", "--out", str(tmp_path / "o")]
-    _one_line_error(capsys, [*base, "--images", str(big), "--max-pixels", "4000"], "more than the limit of 4,000 pixels")
-    for side, fragment in ((3000, "3000x3000 pixels, more than the limit of 4,000,000"),  # refused from its header
-                           (100_000, "decompression bomb")):  # Pillow's own guard, as one line
+    _one_line_error(
+        capsys, [*base, "--images", str(big), "--max-pixels", "4000"], "more than the limit of 4,000 pixels"
+    )
+    for side, fragment in (
+        (3000, "3000x3000 pixels, more than the limit of 4,000,000"),  # refused from its header
+        (100_000, "decompression bomb"),
+    ):  # Pillow's own guard, as one line
         bomb = tmp_path / f"bomb{side}" / "bomb.png"
         bomb.parent.mkdir()
         ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-        bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-                         + _chunk(b"IEND", b""))
+        bomb.write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", ihdr)
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + _chunk(b"IEND", b"")
+        )
         _one_line_error(capsys, [*base, "--images", str(bomb)], fragment)
     _one_line_error(capsys, [*base, "--images", str(big), "--max-pixels", "0"], "--max-pixels")
     assert not (tmp_path / "o").exists()
@@ -353,8 +382,24 @@ def test_hostile_image_names_stay_inside_out_and_draw_as_text(tmp_path, trained,
     pixels = (torch.rand(28, 28, generator=gen) * 255).to(torch.uint8).numpy()
     files = [_png(imgs / "$\\frac{a$.png", pixels), _png(imgs / "x" / "...png", pixels)]
     out = tmp_path / "o"
-    assert main(["compress", str(trained), "--layers", "1", "-q", "--out", str(out),
-                 "--images", str(files[0]), "--images", str(files[1])]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(trained),
+                "--layers",
+                "1",
+                "-q",
+                "--out",
+                str(out),
+                "--images",
+                str(files[0]),
+                "--images",
+                str(files[1]),
+            ]
+        )
+        == 0
+    )
     written = [p for p in tmp_path.rglob("*") if p.is_file() and imgs not in p.parents]
     assert written and all(out in p.parents for p in written if p.name != ".lock")
     assert safe_name("..") == "_.." and safe_name(".") == "_." and safe_name("") == "_"
@@ -395,8 +440,9 @@ def test_a_nan_reconstruction_is_not_scored_and_no_jpeg_is_matched(tmp_path, gen
     model.reconstruct = broken
     pixels = (torch.rand(28, 28, generator=gen) * 255).to(torch.uint8).numpy()
     img = _png(tmp_path / "imgs" / "a.png", pixels)
-    res = robustvae.compress([LoadedModel.in_memory(model, cfg)], [img], CompressConfig(layers="1,2"), tmp_path / "o",
-                             device="cpu")
+    res = robustvae.compress(
+        [LoadedModel.in_memory(model, cfg)], [img], CompressConfig(layers="1,2"), tmp_path / "o", device="cpu"
+    )
     recs = res.records.set_index("k")
     assert math.isfinite(recs.loc[1, "psnr"]) and recs.loc[1, "jpeg_quality"] is not None
     assert math.isnan(recs.loc[2, "psnr"]) and math.isnan(recs.loc[2, "msssim"])
@@ -413,8 +459,9 @@ def test_a_nan_reconstruction_is_not_scored_and_no_jpeg_is_matched(tmp_path, gen
 def test_eval_out_that_is_a_folder_and_sample_without_an_image_suffix_are_one_line_errors(tmp_path, trained, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
-    _one_line_error(capsys, ["eval", str(trained), "-k", "2", "--limit", "4", "-q", "--out", str(folder)],
-                    "Is a directory")
+    _one_line_error(
+        capsys, ["eval", str(trained), "-k", "2", "--limit", "4", "-q", "--out", str(folder)], "Is a directory"
+    )
     assert list(folder.iterdir()) == []  # no temporary file left behind
     _one_line_error(capsys, ["sample", str(trained), "--n", "2", "-o", str(tmp_path / "x.xyz")], "image file extension")
     assert not (tmp_path / "x.xyz").exists()

@@ -49,8 +49,12 @@ def load(config: str):
 
 def _draws(io, phase: str, j: int, target_key: str, layers: range) -> Draws:
     p = f"{phase}/fwd{j}"
-    return Draws(dither=io.get(f"{p}/ctx/dither_u"), ddgm=io.get(f"{p}/ddgm/noise"),
-                 eps=[io[f"{p}/L{i}/eps"] for i in layers], target=io[target_key])
+    return Draws(
+        dither=io.get(f"{p}/ctx/dither_u"),
+        ddgm=io.get(f"{p}/ddgm/noise"),
+        eps=[io[f"{p}/L{i}/eps"] for i in layers],
+        target=io[target_key],
+    )
 
 
 def _layer_range(model) -> range:
@@ -59,21 +63,39 @@ def _layer_range(model) -> range:
 
 def _per_layer(out: dict, prefix: str, res, layers: range) -> None:
     for i, p, q, z in zip(layers, res.priors, res.posteriors, res.zs):
-        out.update({f"{prefix}/L{i}/p_mu": p.mean, f"{prefix}/L{i}/p_logvar": p.logvar, f"{prefix}/L{i}/q_mu": q.mean,
-                    f"{prefix}/L{i}/q_logvar": q.logvar, f"{prefix}/L{i}/z": z})
+        out.update(
+            {
+                f"{prefix}/L{i}/p_mu": p.mean,
+                f"{prefix}/L{i}/p_logvar": p.logvar,
+                f"{prefix}/L{i}/q_mu": q.mean,
+                f"{prefix}/L{i}/q_logvar": q.logvar,
+                f"{prefix}/L{i}/z": z,
+            }
+        )
 
 
 def _outputs(out: dict, prefix: str, model, res) -> None:
     probs = torch.sigmoid(res.logits)
-    out.update({f"{prefix}/out/logits": res.logits, f"{prefix}/out/probs": probs,
-                f"{prefix}/out/x_mean_pm1": 2 * model.likelihood(res.state).mean - 1})
+    out.update(
+        {
+            f"{prefix}/out/logits": res.logits,
+            f"{prefix}/out/probs": probs,
+            f"{prefix}/out/x_mean_pm1": 2 * model.likelihood(res.state).mean - 1,
+        }
+    )
 
 
 def _context(out: dict, prefix: str, model, x01, res, ddgm_noise) -> None:
     y = res.context
-    out.update({f"{prefix}/ctx/y_raw": model.codec.coefficients(x01), f"{prefix}/ctx/quant_in": model.codec.normalise(x01),
-                f"{prefix}/ctx/quant_out": y, f"{prefix}/ctx/q_ctx": y,
-                f"{prefix}/ctx/ctx_to_x0": model._context_image(y)})
+    out.update(
+        {
+            f"{prefix}/ctx/y_raw": model.codec.coefficients(x01),
+            f"{prefix}/ctx/quant_in": model.codec.normalise(x01),
+            f"{prefix}/ctx/quant_out": y,
+            f"{prefix}/ctx/q_ctx": y,
+            f"{prefix}/ctx/ctx_to_x0": model._context_image(y),
+        }
+    )
     out.update(ddgm_detail(model.prior, y, ddgm_noise, prefix))
     if ddgm_noise.shape[0] > 1:
         out[f"{prefix}/ddgm/is_ll"] = model.prior.is_log_prob(y, ddgm_noise.shape[0], ddgm_noise)
@@ -90,7 +112,9 @@ def ddgm_detail(prior, y, noise, prefix: str) -> dict:
     qp = prior.q_posterior(y0, zt, t)
     dll = prior.discretise(p).log_prob(y0)
     term = torch.where((t == 1).view(-1, 1, 1, 1), dll, -qp.kl(p))
-    vals = dict(z_t=zt, p_mu=p.mean, p_logvar=p.logvar, qpost_mu=qp.mean, qpost_logvar=qp.logvar, disc_ll=dll, term=term)
+    vals = dict(
+        z_t=zt, p_mu=p.mean, p_logvar=p.logvar, qpost_mu=qp.mean, qpost_logvar=qp.logvar, disc_ll=dll, term=term
+    )
     out = {f"{prefix}/ddgm/{k}": v.reshape(C, T, *y.shape) for k, v in vals.items()}
     terms = out[f"{prefix}/ddgm/term"].flatten(3)  # (C, T, B, units): kept per unit in val, summed in test
     out[f"{prefix}/ddgm/term"] = terms if noise.shape[0] == 1 else terms.sum(3)
@@ -105,17 +129,29 @@ def run_val(model, io) -> dict:
     seen: dict = {}
     hooks = []
     for i, blk in zip(layers, model.ladder):
-        hooks.append(blk.s_to_p.register_forward_hook(
-            lambda m, a, o, i=i: seen.update({f"val/fwd0/L{i}/s_dec_in": a[0], f"val/fwd0/L{i}/s_to_p_out": o})))
-        hooks.append(blk.s_to_q.register_forward_hook(lambda m, a, o, i=i: seen.update({f"val/fwd0/L{i}/s_to_q_out": o})))
+        hooks.append(
+            blk.s_to_p.register_forward_hook(
+                lambda m, a, o, i=i: seen.update({f"val/fwd0/L{i}/s_dec_in": a[0], f"val/fwd0/L{i}/s_to_p_out": o})
+            )
+        )
+        hooks.append(
+            blk.s_to_q.register_forward_hook(lambda m, a, o, i=i: seen.update({f"val/fwd0/L{i}/s_to_q_out": o}))
+        )
         hooks.append(blk.resnet.register_forward_hook(lambda m, a, o, i=i: seen.update({f"val/fwd0/L{i}/resnet": o})))
-    hooks.append(model.decoder.post_process.register_forward_hook(
-        lambda m, a, o: seen.update({"val/fwd0/out/post_process_in": a[0]})))
+    hooks.append(
+        model.decoder.post_process.register_forward_hook(
+            lambda m, a, o: seen.update({"val/fwd0/out/post_process_in": a[0]})
+        )
+    )
     if model.has_context:
-        hooks.append(model.decoder.decoder_blocks[0].posprocess_block.register_forward_hook(
-            lambda m, a, o: seen.update({"val/fwd0/ctx/inj": o})))
-        hooks.append(model.decoder.z_L_up[0].register_forward_hook(
-            lambda m, a, o: seen.update({"val/fwd0/cond/z_L_up0_out": o})))
+        hooks.append(
+            model.decoder.decoder_blocks[0].posprocess_block.register_forward_hook(
+                lambda m, a, o: seen.update({"val/fwd0/ctx/inj": o})
+            )
+        )
+        hooks.append(
+            model.decoder.z_L_up[0].register_forward_hook(lambda m, a, o: seen.update({"val/fwd0/cond/z_L_up0_out": o}))
+        )
     res = model.authors_pass(x01, "val", _draws(io, "val", 0, "val/bern0", layers))
     for h in hooks:
         h.remove()
@@ -145,20 +181,31 @@ def _z_top_nll(model, res) -> torch.Tensor:
 def _losses(out: dict, model, res, x01) -> None:
     re_, kl = -res.log_px, res.kl.sum(1)
     npix = model.num_pixels
-    out.update({"val/kl0": res.kl, "val/eval_log_p_x0": res.log_px, "val/bernoulli_log_prob0": res.log_px,
-                "val/kl0_logged_nll_z_L_prior": _z_top_nll(model, res).mean(),
-                "val/logs/reconstruction": re_.mean(), "val/logs/kl": kl.mean(), "val/logs/loss": (re_ + kl).mean(),
-                "val/logs/loss_per_pixel": (re_ + kl).mean() / (npix * math.log(2)),
-                "val/loss_per_pixel": (re_ + kl).mean() / (npix * math.log(2)),
-                "derived/val/elbo_per_image": res.log_px - kl, "input/x": signed_image(x01)})
+    out.update(
+        {
+            "val/kl0": res.kl,
+            "val/eval_log_p_x0": res.log_px,
+            "val/bernoulli_log_prob0": res.log_px,
+            "val/kl0_logged_nll_z_L_prior": _z_top_nll(model, res).mean(),
+            "val/logs/reconstruction": re_.mean(),
+            "val/logs/kl": kl.mean(),
+            "val/logs/loss": (re_ + kl).mean(),
+            "val/logs/loss_per_pixel": (re_ + kl).mean() / (npix * math.log(2)),
+            "val/loss_per_pixel": (re_ + kl).mean() / (npix * math.log(2)),
+            "derived/val/elbo_per_image": res.log_px - kl,
+            "input/x": signed_image(x01),
+        }
+    )
 
 
 def run_test(model, io) -> dict:
     """test_step: the logged pass (two binarisations) and the K = 4 importance-sampling passes."""
     x01 = io["input/u8"].float().div(255).unsqueeze(1)
     layers, out = _layer_range(model), {}
-    passes = [model.authors_pass(x01, "test", _draws(io, "test", j, f"test/bern{0 if j == 0 else 2}", layers))
-              for j in range(5)]
+    passes = [
+        model.authors_pass(x01, "test", _draws(io, "test", j, f"test/bern{0 if j == 0 else 2}", layers))
+        for j in range(5)
+    ]
     for j, res in enumerate(passes):
         _per_layer(out, f"test/fwd{j}", res, layers)
         _outputs(out, f"test/fwd{j}", model, res)
@@ -172,12 +219,22 @@ def run_test(model, io) -> dict:
     nll = -(torch.logsumexp(logw, 0) - math.log(4))
     x_sample = out["test/fwd0/out/x_mean_pm1"]
     nll_top = torch.stack([_z_top_nll(model, r) for r in passes[1:]]).mean(0).sum()
-    out.update({"test/eval_log_p_x0": passes[0].log_px, "test/eval_log_p_x1": elbo_lp, "test/bernoulli_log_prob1": elbo_lp,
-                "derived/test/iwae_log_w": logw, "test/iwae_nll": nll, "test/iwae_logged_nll_z_L": nll_top,
-                "test/logs_sum/re": -passes[0].log_px.sum(), "test/logs_sum/kl": passes[0].kl.sum(),
-                "test/logs_sum/elbo": (-elbo_lp + passes[0].kl.sum(1)).sum(), "test/logs_sum/nll": nll.sum(),
-                "test/logs_sum/mse": ((x_sample - signed_image(x01)) ** 2).flatten(1).mean(1).sum(),
-                "test/logs_sum/nll_z_L": nll_top})
+    out.update(
+        {
+            "test/eval_log_p_x0": passes[0].log_px,
+            "test/eval_log_p_x1": elbo_lp,
+            "test/bernoulli_log_prob1": elbo_lp,
+            "derived/test/iwae_log_w": logw,
+            "test/iwae_nll": nll,
+            "test/iwae_logged_nll_z_L": nll_top,
+            "test/logs_sum/re": -passes[0].log_px.sum(),
+            "test/logs_sum/kl": passes[0].kl.sum(),
+            "test/logs_sum/elbo": (-elbo_lp + passes[0].kl.sum(1)).sum(),
+            "test/logs_sum/nll": nll.sum(),
+            "test/logs_sum/mse": ((x_sample - signed_image(x01)) ** 2).flatten(1).mean(1).sum(),
+            "test/logs_sum/nll_z_L": nll_top,
+        }
+    )
     return out
 
 
@@ -192,17 +249,32 @@ def run_static(model, io) -> dict:
         b = 2.0**codec.bits
         th = io["quant/thresholds_no_dither"][1:-1]  # each inner threshold separates two adjacent levels
         below, above = codec.quantise(th - 1e-4), codec.quantise(th + 1e-4)
-        out.update({"input/y_dct": codec.coefficients(io["input/u8"].float().div(255).unsqueeze(1)),
-                    "fit/dct_coeffs": coef, "fit/mean": coef.mean(0), "fit/std": coef.std(0), "fit/scale": codec.scale,
-                    "quant/levels": codec.output_values(), "quant/bits": torch.tensor(codec.bits),
-                    "quant/thresholds_no_dither": torch.cat([io["quant/thresholds_no_dither"][:1], th + (above - below - 2 / b),
-                                                             io["quant/thresholds_no_dither"][-1:]]),
-                    "unet/out": prior.net(io["unet/y_t"], io["unet/t"]),
-                    "ddgm/sched/beta": prior.betas, "ddgm/sched/alphas_cumprod": prior.abar,
-                    "ddgm/sched/posterior_mean_coef1": prior.coef_y0, "ddgm/sched/posterior_mean_coef2": prior.coef_yt,
-                    # the variance at step 1 is 0; robustvae never stores it (step 1 scores the discretised likelihood)
-                    "ddgm/sched/posterior_variance": torch.cat([torch.zeros(1), prior.post_logvar[1:].exp()]),
-                    "ddgm/sched/posterior_log_variance_clipped": prior.post_logvar})
+        out.update(
+            {
+                "input/y_dct": codec.coefficients(io["input/u8"].float().div(255).unsqueeze(1)),
+                "fit/dct_coeffs": coef,
+                "fit/mean": coef.mean(0),
+                "fit/std": coef.std(0),
+                "fit/scale": codec.scale,
+                "quant/levels": codec.output_values(),
+                "quant/bits": torch.tensor(codec.bits),
+                "quant/thresholds_no_dither": torch.cat(
+                    [
+                        io["quant/thresholds_no_dither"][:1],
+                        th + (above - below - 2 / b),
+                        io["quant/thresholds_no_dither"][-1:],
+                    ]
+                ),
+                "unet/out": prior.net(io["unet/y_t"], io["unet/t"]),
+                "ddgm/sched/beta": prior.betas,
+                "ddgm/sched/alphas_cumprod": prior.abar,
+                "ddgm/sched/posterior_mean_coef1": prior.coef_y0,
+                "ddgm/sched/posterior_mean_coef2": prior.coef_yt,
+                # the variance at step 1 is 0; robustvae never stores it (step 1 scores the discretised likelihood)
+                "ddgm/sched/posterior_variance": torch.cat([torch.zeros(1), prior.post_logvar[1:].exp()]),
+                "ddgm/sched/posterior_log_variance_clipped": prior.post_logvar,
+            }
+        )
     return out
 
 
@@ -235,8 +307,11 @@ def differences(config: str) -> dict[str, tuple[float, float, float]]:
         diff = (mine.double() - theirs.double()).abs()
         allowed = SAFETY * (spread.get(group_of(key), 0.0) + EPS32 * theirs.double().abs())
         ratio = torch.where(diff > 0, diff / allowed, 0.0).max().item() if diff.numel() else 0.0
-        out[key] = (diff.max().item() if diff.numel() else 0.0, theirs.double().abs().max().item() if diff.numel() else 0.0,
-                    ratio)
+        out[key] = (
+            diff.max().item() if diff.numel() else 0.0,
+            theirs.double().abs().max().item() if diff.numel() else 0.0,
+            ratio,
+        )
     return out
 
 

@@ -27,7 +27,7 @@ def random_state(config: str, seed: int = 0) -> dict[str, torch.Tensor]:
         if classify(k) == "constant":
             sd[k] = _basis(k, size).float()
         if k.startswith(SHARED[0]):
-            sd[k] = sd[SHARED[1] + k[len(SHARED[0]):]]
+            sd[k] = sd[SHARED[1] + k[len(SHARED[0]) :]]
     return sd
 
 
@@ -88,13 +88,17 @@ def _model(config: str):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda sd: sd.pop("decoder.post_process.0.weight"), "1 missing, 0 unknown, 0 mis-shaped tensors; first: "
-                                                             "decoder.post_process.0.weight"),
+        (
+            lambda sd: sd.pop("decoder.post_process.0.weight"),
+            "1 missing, 0 unknown, 0 mis-shaped tensors; first: decoder.post_process.0.weight",
+        ),
         (lambda sd: sd.update({"decoder.extra.weight": torch.zeros(1)}), "first: decoder.extra.weight"),
         (lambda sd: sd.update({"decoder.s_L": torch.zeros(1, 32, 14, 14)}), "1 mis-shaped"),
         (lambda sd: sd.update({SHARED[0] + "out.2.bias": torch.ones(2)}), "should be the same tensor as"),
-        (lambda sd: sd.update({"decoder.decoder_blocks.0.dct.reverse_function_w": torch.zeros(28, 27)}),
-         "is not the DCT basis of 28x28 images"),
+        (
+            lambda sd: sd.update({"decoder.decoder_blocks.0.dct.reverse_function_w": torch.zeros(28, 27)}),
+            "is not the DCT basis of 28x28 images",
+        ),
     ],
 )
 def test_a_wrong_state_dict_is_one_line_naming_the_problem(edit, message):

@@ -89,8 +89,14 @@ def test_eot_averages_each_draws_posterior_and_reconstruction():
     m.dither = False
     per_draw, per_ref, per_rec = [], [], []
     for d in range(4):
-        m.codec.forward = lambda xx, dither=False, _u=u[d]: KuzinaDCTContext.forward(m.codec, xx, _u.expand(len(xx), -1, -1, -1))
-        per_draw.append(m.encode(x)), per_ref.append(m.encode(x.flip(0))), per_rec.append(m.reconstruct(x, 2, noise=noise))
+        m.codec.forward = lambda xx, dither=False, _u=u[d]: KuzinaDCTContext.forward(
+            m.codec, xx, _u.expand(len(xx), -1, -1, -1)
+        )
+        (
+            per_draw.append(m.encode(x)),
+            per_ref.append(m.encode(x.flip(0))),
+            per_rec.append(m.reconstruct(x, 2, noise=noise)),
+        )
     del m.codec.forward
     for layer in range(3):
         torch.testing.assert_close(qs[layer].mean, torch.stack([p[layer].mean for p in per_draw]).mean(0))
@@ -123,8 +129,19 @@ def _tiny_prior(seed: int = 0) -> KuzinaDiffusionPrior:
     torch.manual_seed(seed)
     support = KuzinaDCTContext(1, 4, 1, 2).output_values()
     # large betas keep the importance weights' variance small, so 8,000 trajectories per value settle the sum to 0.01
-    prior = KuzinaDiffusionPrior((1, 1, 1), 2, 3, support, schedule="linear", beta_start=0.7, beta_end=0.9,
-                                 channels=16, scales=1, res_blocks=1, dropout=0.0)
+    prior = KuzinaDiffusionPrior(
+        (1, 1, 1),
+        2,
+        3,
+        support,
+        schedule="linear",
+        beta_start=0.7,
+        beta_end=0.9,
+        channels=16,
+        scales=1,
+        res_blocks=1,
+        dropout=0.0,
+    )
     with torch.no_grad():
         for p in prior.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -201,8 +218,10 @@ def test_the_evaluations_bound_does_not_depend_on_the_memory_budget():
     from robustvae.evaluation import bytes_per_row, evaluate_model
 
     m, x = _model(), _images(4, seed=2)
-    runs = [evaluate_model(m, x, iw_samples=6, batch_size=b, max_batch_mib=mib, quiet=True, estimator="both")
-            for b, mib in ((4, 1000), (2, 1))]
+    runs = [
+        evaluate_model(m, x, iw_samples=6, batch_size=b, max_batch_mib=mib, quiet=True, estimator="both")
+        for b, mib in ((4, 1000), (2, 1))
+    ]
     assert bytes_per_row(m, x[:1]) * 6 > 2**20 / 1.1  # at 1 MiB the 6 samples of an image take several passes
     assert runs[1]["nll_nats"] == pytest.approx(runs[0]["nll_nats"], rel=1e-6)
     assert math.isfinite(runs[0]["nll_authors_nats"]) and runs[0]["estimator"] == "both"

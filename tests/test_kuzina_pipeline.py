@@ -22,8 +22,24 @@ TINY = "kuzina-dctvae-mnist-tiny"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("kuzina") / "run"
-    code = main(["train", "--preset", TINY, "--data", "synthetic", "--steps", "3", "--batch-size", "8", "--quiet",
-                 "--set", "train.val_batches=1", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--preset",
+            TINY,
+            "--data",
+            "synthetic",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--set",
+            "train.val_batches=1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -51,7 +67,9 @@ def test_a_family_without_the_authors_estimator_says_so(capsys):
 
 
 def test_attacks_run_on_it_with_the_dither_off_and_say_so(run, tmp_path):
-    cfg = AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=0)
+    cfg = AttackConfig(
+        optimizer="pgd", layers="1,2", points=2, restarts=1, steps=2, floor_draws=1, noise_draws=1, gallery_points=0
+    )
     res = robustvae.attack([run], cfg, out=tmp_path / "attack", device="cpu")
     attacked = res.records[res.records.kind == "attack"] if "kind" in res.records else res.records
     assert sorted(attacked.k.unique()) == [1, 2] and np.isfinite(attacked.msssim).all()
@@ -73,7 +91,9 @@ def test_attacks_can_average_over_dither_draws_and_say_so(run, tmp_path):
     from robustvae.zoo.kuzina import with_dither
 
     lm = with_dither(robustvae.load(run), draws=2)
-    cfg = AttackConfig(optimizer="pgd", layers="2", points=2, restarts=1, steps=2, floor_draws=0, noise_draws=0, gallery_points=0)
+    cfg = AttackConfig(
+        optimizer="pgd", layers="2", points=2, restarts=1, steps=2, floor_draws=0, noise_draws=0, gallery_points=0
+    )
     res = robustvae.attack([lm], cfg, out=tmp_path / "attack", device="cpu")
     assert np.isfinite(res.records.msssim).all()
     model_cfg = json.loads((tmp_path / "attack" / "run.json").read_text())["models"][0]["config"]["model"]

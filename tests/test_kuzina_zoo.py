@@ -32,8 +32,15 @@ def _model(seed: int = 0):
 
 
 def _save(path, model, ema=None, **extra):
-    torch.save({"model_state_dict": their_state_dict(model), "ema_model_state_dict": their_state_dict(ema) if ema else None,
-                "epoch": 599, **extra}, path)
+    torch.save(
+        {
+            "model_state_dict": their_state_dict(model),
+            "ema_model_state_dict": their_state_dict(ema) if ema else None,
+            "epoch": 599,
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -69,10 +76,17 @@ class _Boom:
     "make, message",
     [
         (lambda p, m: p.write_bytes(_save(p, m).read_bytes()[:5000]), "truncated"),
-        (lambda p, m: torch.save({"state_dict": {}, "epoch": 1}, p), "has no 'model_state_dict' (found: epoch, state_dict)"),
+        (
+            lambda p, m: torch.save({"state_dict": {}, "epoch": 1}, p),
+            "has no 'model_state_dict' (found: epoch, state_dict)",
+        ),
         (lambda p, m: p.write_bytes(pickle.dumps({"model_state_dict": _Boom()})), "refuses"),
-        (lambda p, m: torch.save({"model_state_dict": {k: v for k, v in their_state_dict(m).items() if "post_process" not in k}},
-                                 p), "2 missing, 0 unknown, 0 mis-shaped tensors; first: decoder.post_process.0.weight"),
+        (
+            lambda p, m: torch.save(
+                {"model_state_dict": {k: v for k, v in their_state_dict(m).items() if "post_process" not in k}}, p
+            ),
+            "2 missing, 0 unknown, 0 mis-shaped tensors; first: decoder.post_process.0.weight",
+        ),
     ],
 )
 def test_a_wrong_or_truncated_file_is_one_line_naming_what_is_missing(tmp_path, capsys, make, message):
@@ -119,8 +133,13 @@ def test_fetch_downloads_then_imports_and_names_gdown_when_missing(tmp_path, mon
 
     with pytest.raises(CheckpointError, match="pick the preset"):  # the tiny weights are not the published architecture
         fetch("kuzina-dctvae-mnist", tmp_path / "out", download=fake_download)
-    monkeypatch.setitem(PUBLISHED, "tiny", PUBLISHED["kuzina-dctvae-mnist"].__class__(
-        "tiny", TINY, "kuzina", PUBLISHED["kuzina-dctvae-mnist"].drive_id, 76.62, "nats"))
+    monkeypatch.setitem(
+        PUBLISHED,
+        "tiny",
+        PUBLISHED["kuzina-dctvae-mnist"].__class__(
+            "tiny", TINY, "kuzina", PUBLISHED["kuzina-dctvae-mnist"].drive_id, 76.62, "nats"
+        ),
+    )
     dest = fetch("tiny", tmp_path / "out", download=fake_download)
     prov = torch.load(dest, weights_only=True)["provenance"]
     assert prov["sha256"] == sha256_file(src) and prov["url"].startswith("https://drive.google.com/file/d/1RZWo7")

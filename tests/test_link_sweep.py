@@ -13,7 +13,9 @@ import pytest
 import link_sweep as sweep
 
 REPRESENTATIVE = {  # an appended log, a folder of a run, a staged --force replacement
-    ("eval", "e.log"), ("attack", "gallery"), ("zoo import --force", "imported.json"),
+    ("eval", "e.log"),
+    ("attack", "gallery"),
+    ("zoo import --force", "imported.json"),
 }
 
 

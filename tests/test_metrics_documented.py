@@ -23,7 +23,7 @@ def test_an_anticorrelated_pair_scores_exactly_0_like_pytorch_msssim(gen):
 def test_an_even_window_peaks_at_tap_n_over_2(n):
     g = gaussian_window(n).double()
     offsets = torch.arange(n) - n // 2  # -7 .. 6 for n = 14
-    want = torch.exp(-offsets.double() ** 2 / (2 * 1.5**2))
+    want = torch.exp(-(offsets.double() ** 2) / (2 * 1.5**2))
     torch.testing.assert_close(g, want / want.sum(), rtol=1e-6, atol=0)  # float32 window, rounding only
     assert int(g.argmax()) == n // 2
 

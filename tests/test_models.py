@@ -235,8 +235,18 @@ def test_iwae_bound_lies_between_elbo_and_zero_and_tightens_with_k(preset, gen):
 
 
 def test_weight_norm_and_dmol_config_builds(gen):
-    cfg = ModelConfig(image_channels=3, image_size=8, likelihood="dmol", num_mixtures=2, channels=4, hidden=4,
-                      latents=((4, 1), (1, 1)), z_dim=2, weight_norm=True, dmol_bits=5)
+    cfg = ModelConfig(
+        image_channels=3,
+        image_size=8,
+        likelihood="dmol",
+        num_mixtures=2,
+        channels=4,
+        hidden=4,
+        latents=((4, 1), (1, 1)),
+        z_dim=2,
+        weight_norm=True,
+        dmol_bits=5,
+    )
     m = build_model(cfg)
     x = torch.rand(2, 3, 8, 8, generator=gen)
     r = m.elbo(x)

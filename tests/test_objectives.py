@@ -80,8 +80,8 @@ def test_boundary_margin_matches_a_coefficient_by_coefficient_reference(levels):
         margin, changed = _reference_margin(u0[i].flatten().tolist(), u[i].flatten().tolist(), levels, BOUNDARY_CAP)
         assert got[i].item() == pytest.approx(margin, rel=1e-5, abs=1e-5)
         assert st[i].item() == pytest.approx(changed, abs=1e-5)  # straight-through: the value is the count...
-    g_margin, = torch.autograd.grad(got.sum(), u, retain_graph=True)
-    g_st, = torch.autograd.grad(st.sum(), u)
+    (g_margin,) = torch.autograd.grad(got.sum(), u, retain_graph=True)
+    (g_st,) = torch.autograd.grad(st.sum(), u)
     torch.testing.assert_close(g_st, g_margin)  # ... and the gradient the margin's
     assert g_margin.abs().max() > 0
 
@@ -104,7 +104,9 @@ def test_per_unit_divides_each_layer_by_its_units():
     dims = torch.tensor([float(info.dims) for info in m.layers])
     for kind in ("skl", "boundary", "means"):
         plain, unit = LatentObjective(m, 4, kind), LatentObjective(m, 4, kind, per_unit=True)
-        torch.testing.assert_close(unit.per_layer(adv, unit.reference(x)) * dims, plain.per_layer(adv, plain.reference(x)))
+        torch.testing.assert_close(
+            unit.per_layer(adv, unit.reference(x)) * dims, plain.per_layer(adv, plain.reference(x))
+        )
 
 
 def test_levels_changed_counts_context_units_whose_level_moved():
@@ -128,8 +130,11 @@ def test_boundary_changes_at_least_as_many_levels_as_the_l2_surrogate_on_every_p
     x, seeds = digits(60), list(range(60))
     count = LatentObjective(m, 1).levels_changed
     surrogate = count(x, LatentPGD(m, 1, 0.1, 50, objective="skl")(x, seeds=seeds))
-    for attack in (LatentPGD(m, 1, 0.1, 50, objective="boundary"), LatentAPGD(m, 1, 0.1, steps=50, objective="boundary"),
-                   LatentAPGD(m, 1, 0.1, steps=50, objective="boundary", straight_through=True)):
+    for attack in (
+        LatentPGD(m, 1, 0.1, 50, objective="boundary"),
+        LatentAPGD(m, 1, 0.1, steps=50, objective="boundary"),
+        LatentAPGD(m, 1, 0.1, steps=50, objective="boundary", straight_through=True),
+    ):
         changed = count(x, attack(x, seeds=seeds))
         assert (changed >= surrogate).all(), (type(attack).__name__, (changed < surrogate).nonzero().flatten().tolist())
         assert changed.mean() > 2 * surrogate.mean()
@@ -154,7 +159,9 @@ def test_recon_is_the_protocols_damage_with_shared_noise(preset, kind):
         clean, attacked = m.reconstruct(x, 2, 0.3, noise), m.reconstruct(adv, 2, 0.3, noise)
     damage = lambda a, b: 1 - ms_ssim(a, b) if kind == "recon" else (a - b).pow(2).flatten(1).sum(1)  # noqa: E731
     assert got.min() > 100 * MS_SSIM_FLOOR  # a real difference, not rounding
-    torch.testing.assert_close(got, damage(attacked, clean), rtol=1e-4, atol=MS_SSIM_FLOOR)  # straight-through: rounding
+    torch.testing.assert_close(
+        got, damage(attacked, clean), rtol=1e-4, atol=MS_SSIM_FLOOR
+    )  # straight-through: rounding
     # without a perturbation: what the metric gives for identical images (1 - MS-SSIM is ~1e-5 in float32, not 0)
     torch.testing.assert_close(obj(x, obj.reference(x, noise)), damage(clean, clean), rtol=1e-4, atol=MS_SSIM_FLOOR)
     # one image with its own noise row scores what it scores inside the batch (batched convolutions: rounding)
@@ -168,7 +175,7 @@ def test_recon_passes_the_context_gradient_straight_through_and_restores_the_cod
     noise = per_image_noise(m, [0, 1])
     obj = LatentObjective(m, 1, "recon_l2")
     d = torch.full_like(x, 0.05).requires_grad_(True)
-    grad, = torch.autograd.grad(obj((x + d).clamp(0, 1), obj.reference(x, noise)).sum(), d)
+    (grad,) = torch.autograd.grad(obj((x + d).clamp(0, 1), obj.reference(x, noise)).sum(), d)
     assert grad.abs().sum() > 0  # k = 1 is the context alone: without straight-through the gradient is 0
     assert m.codec.straight_through is False
 
@@ -191,8 +198,16 @@ def test_recon_attacks_need_the_noise_and_use_it():
 @pytest.mark.parametrize("optimizer, cls", [("apgd", LatentAPGD), ("square", LatentSquare)])
 def test_the_registry_builds_the_new_attacks_from_a_config(optimizer, cls):
     m = tiny("dctvae-mnist-tiny")
-    cfg = AttackConfig(optimizer=optimizer, objective="boundary", norm="l2", eps=1.5, steps=7, step_size=0.3,
-                       temperature=0.4, straight_through=True)
+    cfg = AttackConfig(
+        optimizer=optimizer,
+        objective="boundary",
+        norm="l2",
+        eps=1.5,
+        steps=7,
+        step_size=0.3,
+        temperature=0.4,
+        straight_through=True,
+    )
     attack = make_attack(m, 2, cfg)
     assert isinstance(attack, cls) and (attack.k, attack.eps, attack.norm, attack.steps) == (2, 1.5, "l2", 7)
     assert attack.objective.kind == "boundary" and attack.objective.straight_through

@@ -26,14 +26,55 @@ PACKAGE = Path(robustvae.__file__).parent
 WRITER = PACKAGE / "io.py"
 
 WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"}
-OS_WRITES = {"remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "mkdir", "makedirs",
-             "truncate", "symlink", "link", "mkfifo", "mknod", "chmod", "chown", "utime"}
+OS_WRITES = {
+    "remove",
+    "unlink",
+    "rmdir",
+    "removedirs",
+    "rename",
+    "renames",
+    "replace",
+    "mkdir",
+    "makedirs",
+    "truncate",
+    "symlink",
+    "link",
+    "mkfifo",
+    "mknod",
+    "chmod",
+    "chown",
+    "utime",
+}
 SHUTIL_WRITES = {"copy", "copy2", "copyfile", "copytree", "copyfileobj", "move", "rmtree", "copymode", "copystat"}
-PATH_WRITES = {"write_text", "write_bytes", "unlink", "rmdir", "mkdir", "touch", "symlink_to", "hardlink_to",
-               "link_to", "chmod", "lchmod"}
+PATH_WRITES = {
+    "write_text",
+    "write_bytes",
+    "unlink",
+    "rmdir",
+    "mkdir",
+    "touch",
+    "symlink_to",
+    "hardlink_to",
+    "link_to",
+    "chmod",
+    "lchmod",
+}
 SAVERS = {"save", "savez", "savez_compressed", "savefig", "imsave", "imwrite", "dump"}
-PANDAS_WRITERS = {"to_csv", "to_json", "to_parquet", "to_pickle", "to_feather", "to_excel", "to_latex", "to_html",
-                  "to_markdown", "to_hdf", "to_stata", "to_xml", "to_string"}
+PANDAS_WRITERS = {
+    "to_csv",
+    "to_json",
+    "to_parquet",
+    "to_pickle",
+    "to_feather",
+    "to_excel",
+    "to_latex",
+    "to_html",
+    "to_markdown",
+    "to_hdf",
+    "to_stata",
+    "to_xml",
+    "to_string",
+}
 DOWNLOADS = {"download_url_to_file", "urlretrieve"}
 OPENERS = {"open", "fdopen"}
 
@@ -49,7 +90,8 @@ def _mode_writes(node: ast.AST | None) -> bool:
 
 def _flag_names(node: ast.AST) -> set[str]:
     return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)} | {
-        n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+    }
 
 
 class _Finder(ast.NodeVisitor):
@@ -81,11 +123,19 @@ class _Finder(ast.NodeVisitor):
     def visit_With(self, node: ast.With) -> None:
         for item in node.items:
             call = item.context_expr
-            if isinstance(call, ast.Call) and _callee(call) == "atomic_file" and isinstance(item.optional_vars, ast.Name):
+            if (
+                isinstance(call, ast.Call)
+                and _callee(call) == "atomic_file"
+                and isinstance(item.optional_vars, ast.Name)
+            ):
                 self.safe_targets.add(item.optional_vars.id)
             if _is_buffer(call) and isinstance(item.optional_vars, ast.Name):
                 self.safe_targets.add(item.optional_vars.id)
-            if isinstance(call, ast.Call) and _callee(call) == "temporary_dir" and isinstance(item.optional_vars, ast.Name):
+            if (
+                isinstance(call, ast.Call)
+                and _callee(call) == "temporary_dir"
+                and isinstance(item.optional_vars, ast.Name)
+            ):
                 self.temp_dirs.add(item.optional_vars.id)
         self.generic_visit(node)
 
@@ -118,8 +168,13 @@ class _Finder(ast.NodeVisitor):
             problem = f"shutil.{name}"
         elif name in PATH_WRITES and owner is not None and owner not in self.io_names:
             problem = f".{name}()"
-        elif name in ("rename", "replace") and owner not in ("os", "str", None) and len(args) == 1 \
-                and not node.keywords and not (isinstance(args[0], ast.Constant) and isinstance(args[0].value, str)):
+        elif (
+            name in ("rename", "replace")
+            and owner not in ("os", "str", None)
+            and len(args) == 1
+            and not node.keywords
+            and not (isinstance(args[0], ast.Constant) and isinstance(args[0].value, str))
+        ):
             problem = f"Path.{name}()"  # pandas .rename('x') and str.replace(a, b) look different
         elif name in SAVERS and owner not in self.io_names:
             target = kw.get("fname", kw.get("file", kw.get("f", kw.get("fp"))))
@@ -163,28 +218,66 @@ def direct_writes(source: str) -> list[tuple[int, str]]:
     return finder.found
 
 
-@pytest.mark.parametrize("snippet", [
-    "p.write_text('x')", "Path('a').write_bytes(b'')", "open(p, 'w')", "open(p, 'ab')", "open(p, mode='x')",
-    "open(p, m)", "p.open('w')", "os.fdopen(fd, 'wb')", "os.open(p, os.O_WRONLY | os.O_CREAT)",
-    "os.open(p, flags)", "shutil.copy(a, b)", "shutil.copyfile(a, b)", "shutil.move(a, b)", "shutil.rmtree(p)",
-    "p.unlink()", "p.rmdir()", "p.mkdir(parents=True)", "os.remove(p)", "os.replace(a, b)", "os.makedirs(p)",
-    "p.rename(q)", "p.touch()", "p.symlink_to(q)", "torch.save(obj, path)", "torch.save(obj, f)",
-    "np.save(path, a)", "np.savez_compressed(p, a=a)", "fig.savefig(path, dpi=90)", "image.save(path)",
-    "df.to_csv(path, index=False)", "torch.hub.download_url_to_file(url, dst)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "p.write_text('x')",
+        "Path('a').write_bytes(b'')",
+        "open(p, 'w')",
+        "open(p, 'ab')",
+        "open(p, mode='x')",
+        "open(p, m)",
+        "p.open('w')",
+        "os.fdopen(fd, 'wb')",
+        "os.open(p, os.O_WRONLY | os.O_CREAT)",
+        "os.open(p, flags)",
+        "shutil.copy(a, b)",
+        "shutil.copyfile(a, b)",
+        "shutil.move(a, b)",
+        "shutil.rmtree(p)",
+        "p.unlink()",
+        "p.rmdir()",
+        "p.mkdir(parents=True)",
+        "os.remove(p)",
+        "os.replace(a, b)",
+        "os.makedirs(p)",
+        "p.rename(q)",
+        "p.touch()",
+        "p.symlink_to(q)",
+        "torch.save(obj, path)",
+        "torch.save(obj, f)",
+        "np.save(path, a)",
+        "np.savez_compressed(p, a=a)",
+        "fig.savefig(path, dpi=90)",
+        "image.save(path)",
+        "df.to_csv(path, index=False)",
+        "torch.hub.download_url_to_file(url, dst)",
+    ],
+)
 def test_the_walker_finds_each_kind_of_direct_write(snippet):
     assert direct_writes(snippet), snippet
 
 
-@pytest.mark.parametrize("snippet", [
-    "open(p)", "open(p, 'rb')", "p.read_text()", "os.open(p, os.O_RDONLY)", "df.rename('x')", "s.replace('a', 'b')",
-    "dataclasses.replace(c, k=1)", "df.to_csv(index=False)",
-    "buf = io.BytesIO()\nfig.savefig(buf, format='png')",
-    "with atomic_file(path) as f:\n    torch.save(obj, f)\n    np.savez_compressed(f, a=a)\n    img.save(f, format='PNG')",
-    "from robustvae import io\nio.write_text(p, 'x')\nio.write_bytes(p, b'')",
-    "from robustvae.io import write_bytes\nwrite_bytes(p, b'')", "Image.open(path)", "from x import tables\ntables.to_latex(df)",
-    "with io.temporary_dir() as tmp:\n    torch.hub.download_url_to_file(url, str(tmp / 'f'))",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "open(p)",
+        "open(p, 'rb')",
+        "p.read_text()",
+        "os.open(p, os.O_RDONLY)",
+        "df.rename('x')",
+        "s.replace('a', 'b')",
+        "dataclasses.replace(c, k=1)",
+        "df.to_csv(index=False)",
+        "buf = io.BytesIO()\nfig.savefig(buf, format='png')",
+        "with atomic_file(path) as f:\n    torch.save(obj, f)\n    np.savez_compressed(f, a=a)\n    img.save(f, format='PNG')",
+        "from robustvae import io\nio.write_text(p, 'x')\nio.write_bytes(p, b'')",
+        "from robustvae.io import write_bytes\nwrite_bytes(p, b'')",
+        "Image.open(path)",
+        "from x import tables\ntables.to_latex(df)",
+        "with io.temporary_dir() as tmp:\n    torch.hub.download_url_to_file(url, str(tmp / 'f'))",
+    ],
+)
 def test_the_walker_leaves_reads_buffers_and_the_writer_alone(snippet):
     assert direct_writes(snippet) == [], snippet
 
@@ -192,8 +285,11 @@ def test_the_walker_leaves_reads_buffers_and_the_writer_alone(snippet):
 def test_every_write_in_the_package_goes_through_the_writer_module():
     modules = sorted(p for p in PACKAGE.rglob("*.py") if p != WRITER)
     assert len(modules) > 60
-    found = [f"{p.relative_to(PACKAGE.parent)}:{line}: {what}" for p in modules
-             for line, what in direct_writes(p.read_text())]
+    found = [
+        f"{p.relative_to(PACKAGE.parent)}:{line}: {what}"
+        for p in modules
+        for line, what in direct_writes(p.read_text())
+    ]
     assert not found, "write through robustvae.io instead:\n" + "\n".join(found)
 
 
@@ -210,9 +306,11 @@ def outside(tmp_path):
 
 def _writes(path, root):
     """Every kind of write the module offers, aimed at ``path``."""
+
     def atomic():
         with io.atomic_file(path, root=root) as f:
             f.write(b"x")
+
     return {
         "write_bytes": lambda: io.write_bytes(path, b"x", root=root),
         "write_text": lambda: io.write_text(path, "x", root=root),
@@ -299,8 +397,13 @@ def test_replace_outputs_swaps_at_the_end_and_a_failure_leaves_the_old_run(tmp_p
         io.write_text(new / "records.csv", "new", root=new)
         io.write_text(new / "images" / "b.png", "new b", root=new)
         io.write_text(new / "run.json", "{}", root=new)
-    assert _tree(out) == {"images": "/", "images/b.png": "new b", "mine.txt": "not an output", "records.csv": "new",
-                          "run.json": "{}"}
+    assert _tree(out) == {
+        "images": "/",
+        "images/b.png": "new b",
+        "mine.txt": "not an output",
+        "records.csv": "new",
+        "run.json": "{}",
+    }
 
 
 def test_set_aside_restores_the_old_run_on_failure_and_keeps_a_first_runs_progress(tmp_path):

@@ -79,7 +79,10 @@ def test_preprocessing_is_upstreams_for_every_dataset(hps):
     fx = torch.load(FIXTURES / "preprocess.pt", weights_only=True)
     x = fx["u8"].permute(0, 3, 1, 2).float() / 255
     cfg = OPENAI_HPS[hps]
-    for ours_, theirs in ((encoder_input(x, cfg), fx[f"{hps}/input"]), (likelihood_target(x, cfg), fx[f"{hps}/target"])):
+    for ours_, theirs in (
+        (encoder_input(x, cfg), fx[f"{hps}/input"]),
+        (likelihood_target(x, cfg), fx[f"{hps}/target"]),
+    ):
         tol = 4 * UNIT_ROUNDOFF[torch.float32] * float(theirs.abs().max())  # one rounding of each operand
         assert float((ours_.permute(0, 2, 3, 1) - theirs).abs().max()) <= tol
     if hps == "ffhq256":  # 5 bits: 32 levels, the lowest at -1 and the highest at 248 / 127.5 - 1

@@ -37,10 +37,36 @@ def full_size_check(upstream: Path, work: Path, repeats: int = REPEATS) -> dict[
     from robustvae.cli import main
 
     src = work / "upstream"
-    subprocess.run([sys.executable, str(SCRIPT), "--upstream", str(upstream), "--full-cifar10", str(src),
-                    "--repeats", str(repeats)], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert main(["zoo", "import", str(src / "cifar10-random-model-ema.th"), "--from", "openai-vdvae", "--hps",
-                 "cifar10", "--out", str(work / "imported")]) == 0
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--upstream",
+            str(upstream),
+            "--full-cifar10",
+            str(src),
+            "--repeats",
+            str(repeats),
+        ],
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert (
+        main(
+            [
+                "zoo",
+                "import",
+                str(src / "cifar10-random-model-ema.th"),
+                "--from",
+                "openai-vdvae",
+                "--hps",
+                "cifar10",
+                "--out",
+                str(work / "imported"),
+            ]
+        )
+        == 0
+    )
     ref = torch.load(src / "reference.pt", weights_only=True)["tensors"]
     model = robustvae.load(work / "imported").model
     x = torch.from_numpy(np.load(src / "images.npy")).permute(0, 3, 1, 2).float() / 255
@@ -61,9 +87,16 @@ def full_size_check(upstream: Path, work: Path, repeats: int = REPEATS) -> dict[
     theirs_r = ref["elbo_repeats"].double()
     diff = ours.mean(0) - theirs_r.mean(0)
     se = (ours.var(0) / repeats + theirs_r.var(0) / repeats).sqrt()
-    out.update({"elbo_ours_nats_per_dim": float(ours.mean()), "elbo_upstream_nats_per_dim": float(theirs_r.mean()),
-                "elbo_ours_bpd": float(ours.mean()) / math.log(2), "elbo_max_abs_diff_per_image": float(diff.abs().max()),
-                "elbo_max_z_per_image": float((diff.abs() / se).max()), "elbo_sd_one_pass": float(theirs_r.std(0).mean())})
+    out.update(
+        {
+            "elbo_ours_nats_per_dim": float(ours.mean()),
+            "elbo_upstream_nats_per_dim": float(theirs_r.mean()),
+            "elbo_ours_bpd": float(ours.mean()) / math.log(2),
+            "elbo_max_abs_diff_per_image": float(diff.abs().max()),
+            "elbo_max_z_per_image": float((diff.abs() / se).max()),
+            "elbo_sd_one_pass": float(theirs_r.std(0).mean()),
+        }
+    )
     return out
 
 

@@ -139,15 +139,23 @@ def test_the_five_presets_are_upstreams_sizes():
     for name, cfg in OPENAI_HPS.items():
         with torch.device("meta"):
             sizes[name] = (cfg.num_layers, sum(p.numel() for p in build_model(cfg).parameters()))
-    assert sizes == {"cifar10": (43, 39_145_700), "imagenet32": (78, 119_280_868), "imagenet64": (75, 125_005_860),
-                     "ffhq256": (66, 114_874_852), "ffhq1024": (70, 109_366_904)}
+    assert sizes == {
+        "cifar10": (43, 39_145_700),
+        "imagenet32": (78, 119_280_868),
+        "imagenet64": (75, 125_005_860),
+        "ffhq256": (66, 114_874_852),
+        "ffhq1024": (70, 109_366_904),
+    }
     assert OPENAI_HPS["ffhq256"].dmol_bits == 5 and OPENAI_HPS["ffhq1024"].num_mixtures == 2
 
 
 def test_block_strings_parse_and_bad_ones_are_named():
     b = parse_block_string("32x2,32d2,16m8,4")
-    assert [(s.resolution, s.down, s.mixin) for s in b] == [(32, None, None)] * 2 + [(32, 2, None), (16, None, 8),
-                                                                                     (4, None, None)]
+    assert [(s.resolution, s.down, s.mixin) for s in b] == [(32, None, None)] * 2 + [
+        (32, 2, None),
+        (16, None, 8),
+        (4, None, None),
+    ]
     for bad in ("32y2", "32x", "0x2", "32x0", "16m"):
         with pytest.raises(ValueError, match="block string entry"):
             parse_block_string(bad)
@@ -158,18 +166,21 @@ def test_block_strings_parse_and_bad_ones_are_named():
         openai_latents("1x1,4m1,4m1")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"enc_layout": "32x1,32x"}, "model.enc_layout: block string entry '32x'"),
-    ({"enc_layout": "16x1"}, "must run from the image size 32 down"),
-    ({"enc_layout": "32x1,32d3"}, "32d3 does not divide resolution 32"),
-    ({"enc_layout": "32x1,32d2,16d2,8x1"}, "no encoder features at latent resolution(s) [1]"),
-    ({"widths": ((32, 4),)}, "image resolution's width must be model.channels=8"),
-    ({"widths": ((16, 32), (8, 16))}, "must not grow from coarse to fine"),
-    ({"bias_max_res": 0}, "model.bias_max_res must be >= 1"),
-    ({"image_channels": 1}, "models RGB images with a logistic mixture"),
-    ({"latents": ((16, 1), (1, 1))}, "finest latents must be at the image size 32"),
-    ({"arch": "vdvae"}, "model.enc_layout only applies to model.arch=openai-vdvae"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"enc_layout": "32x1,32x"}, "model.enc_layout: block string entry '32x'"),
+        ({"enc_layout": "16x1"}, "must run from the image size 32 down"),
+        ({"enc_layout": "32x1,32d3"}, "32d3 does not divide resolution 32"),
+        ({"enc_layout": "32x1,32d2,16d2,8x1"}, "no encoder features at latent resolution(s) [1]"),
+        ({"widths": ((32, 4),)}, "image resolution's width must be model.channels=8"),
+        ({"widths": ((16, 32), (8, 16))}, "must not grow from coarse to fine"),
+        ({"bias_max_res": 0}, "model.bias_max_res must be >= 1"),
+        ({"image_channels": 1}, "models RGB images with a logistic mixture"),
+        ({"latents": ((16, 1), (1, 1))}, "finest latents must be at the image size 32"),
+        ({"arch": "vdvae"}, "model.enc_layout only applies to model.arch=openai-vdvae"),
+    ],
+)
 def test_bad_configs_are_one_line_naming_the_key(change, message):
     with pytest.raises(ConfigError) as e:
         dataclasses.replace(TINY, **change)

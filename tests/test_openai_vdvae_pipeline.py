@@ -25,8 +25,22 @@ def imported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openai")
     m = perturbed_model(TINY)
     torch.save({"module." + their_name(k, m.cfg): v for k, v in m.state_dict().items()}, tmp / "tiny-model.th")
-    assert main(["zoo", "import", str(tmp / "tiny-model.th"), "--from", "openai-vdvae", "--preset", TINY, "--out",
-                 str(tmp / "run")]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "import",
+                str(tmp / "tiny-model.th"),
+                "--from",
+                "openai-vdvae",
+                "--preset",
+                TINY,
+                "--out",
+                str(tmp / "run"),
+            ]
+        )
+        == 0
+    )
     return tmp / "run"
 
 
@@ -39,8 +53,9 @@ def test_eval_reports_nll_elbo_and_bits_per_dim(imported):
 
 @pytest.mark.parametrize("optimizer", ["pgd", "auto"])
 def test_attacks_run_at_k_1_and_2(imported, tmp_path, optimizer):
-    cfg = AttackConfig(layers="1,2", points=2, restarts=1, steps=3, optimizer=optimizer, floor_draws=1, noise_draws=1,
-                       gallery_points=0)
+    cfg = AttackConfig(
+        layers="1,2", points=2, restarts=1, steps=3, optimizer=optimizer, floor_draws=1, noise_draws=1, gallery_points=0
+    )
     res = robustvae.attack([imported], cfg, out=tmp_path / "attack", device="cpu")
     attacked = res.records[res.records.kind == "attack"]
     assert sorted(attacked.k.unique()) == [1, 2] and np.isfinite(attacked.msssim).all()
@@ -52,6 +67,7 @@ def test_compression_runs_on_it(imported, tmp_path):
     pixels = (np.random.default_rng(0).random((40, 70, 3)) * 255).astype(np.uint8)
     (tmp_path / "img").mkdir()
     Image.fromarray(pixels).save(tmp_path / "img" / "x.png")
-    res = robustvae.compress([imported], [tmp_path / "img"], CompressConfig(layers="1,2"), tmp_path / "out",
-                             device="cpu")
+    res = robustvae.compress(
+        [imported], [tmp_path / "img"], CompressConfig(layers="1,2"), tmp_path / "out", device="cpu"
+    )
     assert sorted(res.records.k.unique()) == [1, 2] and np.isfinite(res.records.psnr).all()

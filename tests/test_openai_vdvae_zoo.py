@@ -83,12 +83,18 @@ def _drop(sd, key):
         (lambda p, sd: torch.save([1, 2], p), "holds a list, not a state dict"),
         (lambda p, sd: torch.save(_drop(sd, "decoder.gain"), p), "missing key decoder.gain"),
         (lambda p, sd: torch.save({**sd, "decoder.bias_xs.9": torch.zeros(1)}, p), "unexpected key decoder.bias_xs.9"),
-        (lambda p, sd: torch.save({**sd, "decoder.out_net.out_conv.bias": torch.zeros(7)}, p),
-         "decoder.out_net.out_conv.bias has shape (7,), this --hps needs (30,)"),
-        (lambda p, sd: torch.save({**sd, "encoder.in_conv.weight": torch.zeros(8, 3, 3, 3, dtype=torch.long)}, p),
-         "encoder.in_conv.weight is not a floating-point tensor"),
-        (lambda p, sd: torch.save({"module." + k if "enc_blocks" in k else k: v for k, v in sd.items()}, p),
-         "some keys start with 'module.' and some do not"),
+        (
+            lambda p, sd: torch.save({**sd, "decoder.out_net.out_conv.bias": torch.zeros(7)}, p),
+            "decoder.out_net.out_conv.bias has shape (7,), this --hps needs (30,)",
+        ),
+        (
+            lambda p, sd: torch.save({**sd, "encoder.in_conv.weight": torch.zeros(8, 3, 3, 3, dtype=torch.long)}, p),
+            "encoder.in_conv.weight is not a floating-point tensor",
+        ),
+        (
+            lambda p, sd: torch.save({"module." + k if "enc_blocks" in k else k: v for k, v in sd.items()}, p),
+            "some keys start with 'module.' and some do not",
+        ),
         (lambda p, sd: torch.save({"state": 1, "step": 2}, p), "state is not a floating-point tensor"),
     ],
 )
@@ -155,7 +161,8 @@ def test_fetch_downloads_through_torch_hub_and_imports(tmp_path, monkeypatch):
     """The real download path (torch.hub) on a file:// URL; a recorded sha256 is checked."""
     src = _save(tmp_path / "tiny-model-ema.th", _model())
     entry = PUBLISHED["openai-vdvae-cifar10-seed0"].__class__(
-        "tiny", TINY, "openai-vdvae", "", 2.87, "bits/dim", src.as_uri())
+        "tiny", TINY, "openai-vdvae", "", 2.87, "bits/dim", src.as_uri()
+    )
     monkeypatch.setitem(PUBLISHED, "tiny", entry)
     dest = fetch_checkpoint("tiny", tmp_path / "out")
     prov = torch.load(dest, weights_only=True)["provenance"]
@@ -164,16 +171,21 @@ def test_fetch_downloads_through_torch_hub_and_imports(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="failed its sha256 check"):
         fetch_checkpoint("tiny", tmp_path / "other")
     assert not (tmp_path / "other").exists()
-    monkeypatch.setitem(PUBLISHED, "gone", entry.__class__("gone", TINY, "openai-vdvae", "", 2.87, "bits/dim",
-                                                           (tmp_path / "gone.th").as_uri()))
+    monkeypatch.setitem(
+        PUBLISHED,
+        "gone",
+        entry.__class__("gone", TINY, "openai-vdvae", "", 2.87, "bits/dim", (tmp_path / "gone.th").as_uri()),
+    )
     with pytest.raises(RobustVAEError, match="could not download"):
         fetch_checkpoint("gone", tmp_path / "other")
 
 
 def test_published_entries_are_upstreams_readme_links_and_paper_nlls():
     ours = {n: p for n, p in PUBLISHED.items() if p.source == "openai-vdvae"}
-    assert sorted(ours) == sorted([f"openai-vdvae-cifar10-seed{s}" for s in range(4)] + [
-        f"openai-vdvae-{h}" for h in ("imagenet32", "imagenet64", "ffhq256", "ffhq1024")])
+    assert sorted(ours) == sorted(
+        [f"openai-vdvae-cifar10-seed{s}" for s in range(4)]
+        + [f"openai-vdvae-{h}" for h in ("imagenet32", "imagenet64", "ffhq256", "ffhq1024")]
+    )
     nll = {n: p.reported_nll for n, p in ours.items()}
     assert nll["openai-vdvae-imagenet32"] == 3.80 and nll["openai-vdvae-imagenet64"] == 3.52
     assert nll["openai-vdvae-ffhq256"] == 0.61 and nll["openai-vdvae-ffhq1024"] == 2.42

@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 
 from robustvae.reporting.certify import (
-    GAP_LIMIT, gap_checks, gap_figure, gap_side_by_side, gradient_gap, optimality_gap,
+    GAP_LIMIT,
+    gap_checks,
+    gap_figure,
+    gap_side_by_side,
+    gradient_gap,
+    optimality_gap,
 )
 
 OPT = [0.40, 0.50, 0.60]
@@ -20,20 +25,63 @@ ATTACKS = {  # name: (is an ensemble, worst k = 1 MS-SSIM per point)
 
 
 def frames():
-    cert = pd.DataFrame({"run": "certify", "model": "dctvae", "norm": "linf", "eps": 0.1, "point": [0, 1, 2],
-                         "test_index": [7, 3, 5], "checkpoint_sha256": "abc", "msssim_k1": OPT,
-                         "optimal_proven": [True, False, True]})
+    cert = pd.DataFrame(
+        {
+            "run": "certify",
+            "model": "dctvae",
+            "norm": "linf",
+            "eps": 0.1,
+            "point": [0, 1, 2],
+            "test_index": [7, 3, 5],
+            "checkpoint_sha256": "abc",
+            "msssim_k1": OPT,
+            "optimal_proven": [True, False, True],
+        }
+    )
     rows = []
     for name, (ens, worst) in ATTACKS.items():
-        rows += [{"checkpoint_sha256": "abc", "norm": "linf", "eps": 0.1, "test_index": t, "attack": name,
-                  "ensemble": ens, "worst": w} for t, w in zip([7, 3, 5], worst)]
+        rows += [
+            {
+                "checkpoint_sha256": "abc",
+                "norm": "linf",
+                "eps": 0.1,
+                "test_index": t,
+                "attack": name,
+                "ensemble": ens,
+                "worst": w,
+            }
+            for t, w in zip([7, 3, 5], worst)
+        ]
     # rows that must not match: another checkpoint, another eps, a point the certify run lacks
-    rows += [{"checkpoint_sha256": "other", "norm": "linf", "eps": 0.1, "test_index": 7, "attack": "auto-v1",
-              "ensemble": True, "worst": 0.0},
-             {"checkpoint_sha256": "abc", "norm": "linf", "eps": 0.2, "test_index": 7, "attack": "auto-v1",
-              "ensemble": True, "worst": 0.0},
-             {"checkpoint_sha256": "abc", "norm": "linf", "eps": 0.1, "test_index": 99, "attack": "auto-v1",
-              "ensemble": True, "worst": 0.0}]
+    rows += [
+        {
+            "checkpoint_sha256": "other",
+            "norm": "linf",
+            "eps": 0.1,
+            "test_index": 7,
+            "attack": "auto-v1",
+            "ensemble": True,
+            "worst": 0.0,
+        },
+        {
+            "checkpoint_sha256": "abc",
+            "norm": "linf",
+            "eps": 0.2,
+            "test_index": 7,
+            "attack": "auto-v1",
+            "ensemble": True,
+            "worst": 0.0,
+        },
+        {
+            "checkpoint_sha256": "abc",
+            "norm": "linf",
+            "eps": 0.1,
+            "test_index": 99,
+            "attack": "auto-v1",
+            "ensemble": True,
+            "worst": 0.0,
+        },
+    ]
     return cert, pd.DataFrame(rows)
 
 
@@ -56,7 +104,9 @@ def test_side_by_side_table_names_every_attack():
     assert row["auto-v2: gap max"] == pytest.approx(0.01)
     assert row["pgd on skl: gap mean"] == pytest.approx((0.5 + 0.45 + 0.4) / 3)
     rows = gradient_gap(optimality_gap(*frames())).set_index("attack")
-    assert rows.loc["auto-v1", "gap"] == pytest.approx(0.17 / 3) and rows.loc["auto-v1", "gap_max"] == pytest.approx(0.06)
+    assert rows.loc["auto-v1", "gap"] == pytest.approx(0.17 / 3) and rows.loc["auto-v1", "gap_max"] == pytest.approx(
+        0.06
+    )
     assert (rows.points == 3).all()
 
 

@@ -69,14 +69,19 @@ class _Broken(LadderVAE):
         return r * 4 - 2 if self.fault == "logits" else r
 
 
-@pytest.mark.parametrize("fault, fragment", [
-    ("encode raises", "encode(x) raised ValueError: boom"),
-    ("encode shape", "encode(x)[0].mean has shape (1, 98), expected (1, 2, 7, 7)"),
-    ("detached", "encode(x, k=1)[0] does not depend differentiably on x"),
-    ("fresh noise", "reconstruct(x, k=1, temperature=0.1, noise=make_noise(1)) differs between two calls with the "
-                    "same noise"),
-    ("logits", "reconstruct(x, k=0, temperature=0.1, noise=make_noise(1)) leaves [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "fault, fragment",
+    [
+        ("encode raises", "encode(x) raised ValueError: boom"),
+        ("encode shape", "encode(x)[0].mean has shape (1, 98), expected (1, 2, 7, 7)"),
+        ("detached", "encode(x, k=1)[0] does not depend differentiably on x"),
+        (
+            "fresh noise",
+            "reconstruct(x, k=1, temperature=0.1, noise=make_noise(1)) differs between two calls with the same noise",
+        ),
+        ("logits", "reconstruct(x, k=0, temperature=0.1, noise=make_noise(1)) leaves [0, 1]"),
+    ],
+)
 def test_the_behavioural_probe_names_the_fault(fault, fragment):
     torch.manual_seed(0)
     net = _Broken().eval()
@@ -100,6 +105,7 @@ def test_missing_attributes_methods_and_sizes_are_each_named():
     assert "method 'elbo' is missing" in problems
     assert "layers[1] is a str, not a robustvae.models.LayerInfo" in problems
     assert "cfg.binary is missing (a bool is needed)" in problems
+
     class Miscounted(LadderVAE):
         num_pixels = 3
         iw_shared_noise = -1
@@ -108,7 +114,8 @@ def test_missing_attributes_methods_and_sizes_are_each_named():
     assert "num_pixels is 3, expected 784" in problems and any("iw_shared_noise" in p for p in problems)
     assert contract_problems(torch.nn.Linear(2, 2))[:2] == [
         "attribute 'arch' (a name for the architecture, a str) is missing",
-        "attribute 'cfg' is missing (it needs image_channels, image_size, likelihood and binary)"]
+        "attribute 'cfg' is missing (it needs image_channels, image_size, likelihood and binary)",
+    ]
     assert contract_problems("model") == ["it is a str, not a torch.nn.Module"]
 
 
@@ -156,8 +163,11 @@ def test_the_example_s_importance_weights_match_a_from_scratch_computation(gen):
         p2 = D.Normal(*_params(net.p2(s14)))
         z2 = q2.loc + q2.scale * eps[1]
         px = D.Bernoulli(logits=net.out(s14 + net.z2_proj(z2)))
-        ref = (px.log_prob(x).flatten(1).sum(1) + (p1.log_prob(z1) - q1.log_prob(z1)).flatten(1).sum(1)
-               + (p2.log_prob(z2) - q2.log_prob(z2)).flatten(1).sum(1))
+        ref = (
+            px.log_prob(x).flatten(1).sum(1)
+            + (p1.log_prob(z1) - q1.log_prob(z1)).flatten(1).sum(1)
+            + (p2.log_prob(z2) - q2.log_prob(z2)).flatten(1).sum(1)
+        )
         torch.testing.assert_close(logw[s], ref, rtol=1e-5, atol=1e-3)  # |log w| ~ 100 in float32
 
 
@@ -199,8 +209,12 @@ def test_the_example_s_context_prior_samples_follow_its_probabilities(gen):
 
 def test_a_factory_loads_with_its_provenance(in_repo):
     lm = robustvae.load("examples.own_model:make")
-    assert (lm.path, lm.config, lm.sha256_of, lm.name) == ("examples.own_model:make", None, "state_dict",
-                                                            "examples.own_model:make")
+    assert (lm.path, lm.config, lm.sha256_of, lm.name) == (
+        "examples.own_model:make",
+        None,
+        "state_dict",
+        "examples.own_model:make",
+    )
     assert not lm.model.training and lm.sha256 == factory.state_dict_sha256(make())
     other = make()
     with torch.no_grad():
@@ -217,7 +231,8 @@ def test_factory_failures_are_one_line(tmp_path, monkeypatch):
         "def raises():\n    raise RuntimeError('no weights here')\n"
         "def linear():\n    return torch.nn.Linear(2, 2)\n"
         "def number():\n    return 3\n"
-        "value = 3\n")
+        "value = 3\n"
+    )
     (tmp_path / "broken.py").write_text("import not_installed_anywhere_xyz\n")
     (tmp_path / "crashes.py").write_text("raise SystemError('at import')\n")
     cases = {
@@ -260,8 +275,21 @@ def test_attack_a_factory_model_on_own_images(in_repo, tmp_path, capsys):
     import json
 
     out = tmp_path / "a"
-    base = ["attack", "examples.own_model:make", "--layers", "1", "--points", "2", "--restarts", "1", "--steps", "2",
-            "-q", "--out", str(out)]
+    base = [
+        "attack",
+        "examples.own_model:make",
+        "--layers",
+        "1",
+        "--points",
+        "2",
+        "--restarts",
+        "1",
+        "--steps",
+        "2",
+        "-q",
+        "--out",
+        str(out),
+    ]
     code, text, err = _cli(capsys, [*base, "--images", "examples/digits.npy"])
     assert code == 0, err
     assert "images examples/digits.npy: 16 images of 1x28x28 (NHWC uint8 array" in text
@@ -270,8 +298,12 @@ def test_attack_a_factory_model_on_own_images(in_repo, tmp_path, capsys):
     assert {r["test_index"] for r in rows if r["kind"] == "attack"} == {0, 1}  # the first points, in file order
     info = json.loads((out / "run.json").read_text())
     m = info["models"][0]
-    assert (m["path"], m["sha256_of"], m["config"], m["arch"]) == ("examples.own_model:make", "state_dict", None,
-                                                                    "example-ladder")
+    assert (m["path"], m["sha256_of"], m["config"], m["arch"]) == (
+        "examples.own_model:make",
+        "state_dict",
+        None,
+        "example-ladder",
+    )
     assert m["image_set"]["layout"] == "NHWC" and m["image_set"]["images"] == 16
     assert info["settings"]["images"] == {"examples.own_model:make": m["image_set"]["pixels_sha256"]}
     # resuming with other images is refused (the same pixels as floats, but the first image changed)
@@ -287,9 +319,28 @@ def test_attack_a_factory_model_on_own_images(in_repo, tmp_path, capsys):
 def test_a_targeted_attack_on_unlabelled_images_is_one_line(in_repo, tmp_path, capsys):
     """A targeted objective draws targets of another label; a user's image set has none: refused, nothing left."""
     out = tmp_path / "t"
-    code, text, err = _cli(capsys, ["attack", "examples.own_model:make", "--images", "examples/digits.npy",
-                                    "--objective", "target", "--layers", "1", "--points", "2", "--restarts", "1",
-                                    "--steps", "2", "-q", "--out", str(out)])
+    code, text, err = _cli(
+        capsys,
+        [
+            "attack",
+            "examples.own_model:make",
+            "--images",
+            "examples/digits.npy",
+            "--objective",
+            "target",
+            "--layers",
+            "1",
+            "--points",
+            "2",
+            "--restarts",
+            "1",
+            "--steps",
+            "2",
+            "-q",
+            "--out",
+            str(out),
+        ],
+    )
     _error(code, err, "a user's image set has no labels")
     assert not (out / "records.jsonl").exists()
 
@@ -298,20 +349,66 @@ def test_a_factory_model_evaluates_certifies_and_compresses(in_repo, tmp_path, c
     import json
 
     # generated 28x28 shapes: the example's image size, without reading a real dataset (mnist-offline: below)
-    code, text, err = _cli(capsys, ["eval", "examples.own_model:make", "--data", "synthetic", "-k", "2",
-                                    "--limit", "4", "-q", "--out", str(tmp_path / "e.json")])
+    code, text, err = _cli(
+        capsys,
+        [
+            "eval",
+            "examples.own_model:make",
+            "--data",
+            "synthetic",
+            "-k",
+            "2",
+            "--limit",
+            "4",
+            "-q",
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "e.json").read_text())
     assert (res["dataset"], res["checkpoint"], res["sha256_of"], res["images"]) == (
-        "synthetic", "examples.own_model:make", "state_dict", 4)
-    code, text, err = _cli(capsys, ["certify", "examples.own_model:make_with_context", "--data", "synthetic",
-                                    "--points", "1", "--eps", "0.1", "--no-optimal", "-q", "--out",
-                                    str(tmp_path / "c")])
+        "synthetic",
+        "examples.own_model:make",
+        "state_dict",
+        4,
+    )
+    code, text, err = _cli(
+        capsys,
+        [
+            "certify",
+            "examples.own_model:make_with_context",
+            "--data",
+            "synthetic",
+            "--points",
+            "1",
+            "--eps",
+            "0.1",
+            "--no-optimal",
+            "-q",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    )
     assert code == 0, err
     row = json.loads((tmp_path / "c" / "records.jsonl").read_text().splitlines()[0])
     assert row["dataset"] == "synthetic" and row["coefficients"] == 16 and row["context"] == "DCTContext"
-    code, text, err = _cli(capsys, ["compress", "examples.own_model:make", "--data", "synthetic", "--limit", "2",
-                                    "--layers", "1,2", "-q", "--out", str(tmp_path / "z")])
+    code, text, err = _cli(
+        capsys,
+        [
+            "compress",
+            "examples.own_model:make",
+            "--data",
+            "synthetic",
+            "--limit",
+            "2",
+            "--layers",
+            "1,2",
+            "-q",
+            "--out",
+            str(tmp_path / "z"),
+        ],
+    )
     assert code == 0, err
     run = json.loads((tmp_path / "z" / "run.json").read_text())
     assert run["image_source"]["data"] == "synthetic" and len(run["images"]) == 2
@@ -330,25 +427,46 @@ def test_a_factory_model_without_images_or_a_file_is_told_what_to_pass(in_repo, 
     _error(code, err, "is not a checkpoint file to write beside: pass --out FILE.json")
     code, _, err = _cli(capsys, ["attack", spec, "--points", "1", "-q", "--out", str(tmp_path / "a")])
     _error(code, err, "has no dataset of its own (a model factory, or a model in memory): pass --data NAME")
-    code, _, err = _cli(capsys, ["certify", spec, "--data", "synthetic", "--points", "1", "-q", "--out",
-                                 str(tmp_path / "c")])
+    code, _, err = _cli(
+        capsys, ["certify", spec, "--data", "synthetic", "--points", "1", "-q", "--out", str(tmp_path / "c")]
+    )
     _error(code, err, "has no quantised context layer")
-    code, _, err = _cli(capsys, ["attack", spec, "--data", "synthetic", "--images", "examples/digits.npy", "-q",
-                                 "--out", str(tmp_path / "b")])
+    code, _, err = _cli(
+        capsys,
+        ["attack", spec, "--data", "synthetic", "--images", "examples/digits.npy", "-q", "--out", str(tmp_path / "b")],
+    )
     _error(code, err, "pass --data or --images, not both")
-    code, _, err = _cli(capsys, ["eval", spec, "--data", "synthetic-rgb", "-q", "--out", str(tmp_path / "o" / "e.json")])
+    code, _, err = _cli(
+        capsys, ["eval", spec, "--data", "synthetic-rgb", "-q", "--out", str(tmp_path / "o" / "e.json")]
+    )
     _error(code, err, "dataset 'synthetic-rgb' has images of shape (3, 32, 32) but the model expects (1, 28, 28)")
     code, _, err = _cli(capsys, ["eval", spec, "--data", "nope", "-q", "--out", str(tmp_path / "o" / "e.json")])
     _error(code, err, "unknown dataset 'nope'")
-    code, _, err = _cli(capsys, ["compress", spec, "--images", "examples/digits.npy", "--limit", "2", "--layers", "1",
-                                 "-q", "--out", str(tmp_path / "z")])
+    code, _, err = _cli(
+        capsys,
+        [
+            "compress",
+            spec,
+            "--images",
+            "examples/digits.npy",
+            "--limit",
+            "2",
+            "--layers",
+            "1",
+            "-q",
+            "--out",
+            str(tmp_path / "z"),
+        ],
+    )
     _error(code, err, "--limit picks images of --data")
     assert not any(tmp_path.iterdir())  # nothing written by any of them
 
 
 def test_a_factory_model_attacks_like_the_same_model_in_memory(in_repo):
     """The factory path changes the label and the provenance, nothing else: the same numbers as the model itself."""
-    cfg = robustvae.AttackConfig(optimizer="pgd", layers="1,2", points=2, restarts=2, steps=3, floor_draws=1, noise_draws=1)
+    cfg = robustvae.AttackConfig(
+        optimizer="pgd", layers="1,2", points=2, restarts=2, steps=3, floor_draws=1, noise_draws=1
+    )
     images = torch.from_numpy(__import__("numpy").load(REPO / "examples" / "digits.npy"))
     a = robustvae.attack(["examples.own_model:make"], cfg, images=images, device="cpu").records
     b = robustvae.attack([make()], cfg, images=images, device="cpu").records
@@ -361,19 +479,41 @@ def test_eval_of_a_checkpoint_on_another_dataset(tmp_path, capsys):
     from robustvae.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--preset", "vdvae-mnist-tiny", "--data", "synthetic", "-q", "--batch-size", "8",
-                 "--steps", "2", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "vdvae-mnist-tiny",
+                "--data",
+                "synthetic",
+                "-q",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     code, text, err = _cli(capsys, ["eval", str(run), "--data", "mnist-offline", "-k", "2", "--limit", "4", "-q"])
     assert code == 0, err
     import json
 
     res = json.loads((run / "eval-mnist-offline-test.json").read_text())
     assert res["dataset"] == "mnist-offline" and res["images"] == 4 and not (run / "eval-test.json").exists()
-    code, text, err = _cli(capsys, ["eval", str(run), "--images", str(REPO / "examples" / "digits.npy"), "-k", "2",
-                                    "--limit", "3", "-q"])
+    code, text, err = _cli(
+        capsys, ["eval", str(run), "--images", str(REPO / "examples" / "digits.npy"), "-k", "2", "--limit", "3", "-q"]
+    )
     assert code == 0, err
     res = json.loads((run / "eval-images-digits.json").read_text())
     s = res["image_set"]
-    assert (res["dataset"], res["images"], s["selection"], s["split_images"]) == ("images:digits.npy", 3,
-                                                                                "the first 3 in file order", 16)
+    assert (res["dataset"], res["images"], s["selection"], s["split_images"]) == (
+        "images:digits.npy",
+        3,
+        "the first 3 in file order",
+        16,
+    )
     assert "the first 3 in file order" in text

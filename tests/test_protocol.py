@@ -28,8 +28,15 @@ def trained(tmp_path_factory):
     than prior noise does: the measurable-damage check rightly fails there.)
     """
     out = tmp_path_factory.mktemp("protocol") / "run"
-    cfg = tiny_config("dctvae-mnist-tiny", data="mnist-offline", steps=200, batch_size=32, lr=3e-3,
-                      checkpoint_every=1000, val_batches=2)
+    cfg = tiny_config(
+        "dctvae-mnist-tiny",
+        data="mnist-offline",
+        steps=200,
+        batch_size=32,
+        lr=3e-3,
+        checkpoint_every=1000,
+        val_batches=2,
+    )
     robustvae.train(cfg, out, device="cpu")
     return out
 
@@ -53,7 +60,9 @@ def test_posterior_samples_with_zero_noise_are_the_posterior_means(preset):
     noise = model.make_noise(3, torch.Generator().manual_seed(3))
     k = model.num_layers
     with torch.no_grad():
-        assert torch.equal(model.reconstruct(x, k, 0.1, zeros, posterior_sample=True), model.reconstruct(x, k, 0.1, zeros))
+        assert torch.equal(
+            model.reconstruct(x, k, 0.1, zeros, posterior_sample=True), model.reconstruct(x, k, 0.1, zeros)
+        )
         a = model.reconstruct(x, k, 0.1, noise, posterior_sample=True)
         b = model.reconstruct(x, k, 0.1, noise)
     assert not torch.equal(a, b)  # the samples do move the image
@@ -73,7 +82,9 @@ def test_last_iterate_is_kept_beside_the_best():
 
 
 def _run(trained, tmp_path, name: str, **cfg) -> pd.DataFrame:
-    base = dict(optimizer="pgd", layers="1,2", points=8, restarts=2, steps=20, floor_draws=3, noise_draws=1, gallery_points=0)
+    base = dict(
+        optimizer="pgd", layers="1,2", points=8, restarts=2, steps=20, floor_draws=3, noise_draws=1, gallery_points=0
+    )
     return robustvae.attack([trained], AttackConfig(**{**base, **cfg}), tmp_path / name, device="cpu").records
 
 

@@ -36,9 +36,15 @@ def test_readme_python_examples_run_in_order(tmp_path, monkeypatch):
 
 
 # The README's shell examples at small sizes: only sizes change (steps, samples, points), never a path or a name.
-SIZES = [(r"--epochs 35\b", "--steps 2"), (r"--iw-samples 1000\b", "--iw-samples 2"), (r"--limit 100\b", "--limit 10"),
-         (r"--points 50\b", "--points 1"), (r"--points 20\b", "--points 2"), (r"--restarts 5\b", "--restarts 1"),
-         (r"--n 64\b", "--n 4")]
+SIZES = [
+    (r"--epochs 35\b", "--steps 2"),
+    (r"--iw-samples 1000\b", "--iw-samples 2"),
+    (r"--limit 100\b", "--limit 10"),
+    (r"--points 50\b", "--points 1"),
+    (r"--points 20\b", "--points 2"),
+    (r"--restarts 5\b", "--restarts 1"),
+    (r"--n 64\b", "--n 4"),
+]
 EXTRA_SIZES = {  # appended to a command that states no size of its own
     "eval": "--iw-samples 2 --limit 10",
     "attack": "--points 1 --restarts 1 --steps 1",
@@ -84,15 +90,33 @@ def test_readme_shell_examples_run_in_order(tmp_path):
     bindir.mkdir()
     (bindir / "robustvae").write_text(f'#!/bin/sh\nexec {sys.executable} -m robustvae "$@"\n')
     (bindir / "robustvae").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")]),
+        "COLUMNS": "200",
+    }
     for command in map(small, shell_examples()):
-        res = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=900)
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
         assert res.returncode == 0 and "Traceback" not in res.stderr, (command, res.stdout[-2000:], res.stderr[-2000:])
-    for made in ("runs/vdvae-mnist/best.pt", "runs/vdvae-mnist/eval-test.json", "samples.png",
-                 "reports/mine/index.html", "reports/demo/index.html", "runs/compress/records.csv",
-                 "runs/figure10-mnist/records.jsonl", "reports/compress/index.html", "reports/certify/index.html",
-                 "runs/vdvae-mnist/eval-images-digits.json", "runs/own-eval.json", "runs/own-attack/records.jsonl",
-                 "runs/own-certify/records.jsonl", "runs/own-compress/records.csv", "reports/own/index.html"):
+    for made in (
+        "runs/vdvae-mnist/best.pt",
+        "runs/vdvae-mnist/eval-test.json",
+        "samples.png",
+        "reports/mine/index.html",
+        "reports/demo/index.html",
+        "runs/compress/records.csv",
+        "runs/figure10-mnist/records.jsonl",
+        "reports/compress/index.html",
+        "reports/certify/index.html",
+        "runs/vdvae-mnist/eval-images-digits.json",
+        "runs/own-eval.json",
+        "runs/own-attack/records.jsonl",
+        "runs/own-certify/records.jsonl",
+        "runs/own-compress/records.csv",
+        "reports/own/index.html",
+    ):
         assert (tmp_path / made).is_file(), made

@@ -40,11 +40,30 @@ FLOOR = [[0.995, 0.985], [0.99, 0.99], [1.0, 0.99]]
 
 
 def _row(model: str, k: int, kind: str, point: int, restart: int, msssim: float, eps: float = 0.1, **extra) -> dict:
-    row = {"unit": f"{model}|k={k}|points=0-2", "model": model, "checkpoint_sha256": SHA[model], "dataset": "mnist-offline",
-           "k": k, "objective": "skl", "optimizer": "pgd", "norm": "linf", "eps": eps, "steps": 10, "seed": 0,
-           "temperature": 0.1, "kind": kind, "point": point, "test_index": 100 + point, "label": point, "restart": restart,
-           "msssim": msssim, "msssim_input": 0.9, "delta_linf": 0.0 if kind == "floor" else eps,
-           "delta_l2": 0.0 if kind == "floor" else 2.0 * eps, "nonfinite": False}
+    row = {
+        "unit": f"{model}|k={k}|points=0-2",
+        "model": model,
+        "checkpoint_sha256": SHA[model],
+        "dataset": "mnist-offline",
+        "k": k,
+        "objective": "skl",
+        "optimizer": "pgd",
+        "norm": "linf",
+        "eps": eps,
+        "steps": 10,
+        "seed": 0,
+        "temperature": 0.1,
+        "kind": kind,
+        "point": point,
+        "test_index": 100 + point,
+        "label": point,
+        "restart": restart,
+        "msssim": msssim,
+        "msssim_input": 0.9,
+        "delta_linf": 0.0 if kind == "floor" else eps,
+        "delta_l2": 0.0 if kind == "floor" else 2.0 * eps,
+        "nonfinite": False,
+    }
     if kind == "attack":
         row.update(psnr=30.0, skl=[0.5] * k, final_loss=1.0)
     if kind == "noise":
@@ -67,38 +86,100 @@ def records(eps: float = 0.1, models=("vdvae-a", EVIL)) -> list[dict]:
 
 def _diagnostics(model: str) -> list[dict]:
     if model == EVIL:  # a DCT-VAE: layer 1 is the context
-        return [{"layer": 1, "resolution": 6, "shape": [1, 6, 6], "units": 36, "kl_nats": 20.0, "active_units": None,
-                 "kind": "context", "levels": 4, "levels_used": 3.5, "varying_units": 30},
-                {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 3.0, "active_units": 10}]
-    return [{"layer": 1, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 0.01, "active_units": 0},
-            {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 5.0, "active_units": 20}]
+        return [
+            {
+                "layer": 1,
+                "resolution": 6,
+                "shape": [1, 6, 6],
+                "units": 36,
+                "kl_nats": 20.0,
+                "active_units": None,
+                "kind": "context",
+                "levels": 4,
+                "levels_used": 3.5,
+                "varying_units": 30,
+            },
+            {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 3.0, "active_units": 10},
+        ]
+    return [
+        {"layer": 1, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 0.01, "active_units": 0},
+        {"layer": 2, "resolution": 7, "shape": [1, 7, 7], "units": 49, "kl_nats": 5.0, "active_units": 20},
+    ]
 
 
-def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, eps: float = 0.1,
-              command: list[str] | None = None, gallery: bool = True, sha: dict[str, str] | None = None) -> Path:
+def write_run(
+    d: Path,
+    rows: list[dict],
+    *,
+    shards: int = 1,
+    restarts: int = 2,
+    eps: float = 0.1,
+    command: list[str] | None = None,
+    gallery: bool = True,
+    sha: dict[str, str] | None = None,
+) -> Path:
     """A run directory as robustvae attack writes it (records, run.json, gallery)."""
     d.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(r["model"] for r in rows))
     sha = {**SHA, **(sha or {})}
-    attack = {"layers": "1-2", "eps": eps, "norm": "linf", "restarts": restarts, "points": 3, "steps": 10,
-              "objective": "skl", "optimizer": "pgd", "step_size": None, "temperature": 0.1, "straight_through": False,
-              "floor_draws": 2, "noise_draws": 2, "gallery_points": 2, "seed": 0, "split": "test", "max_batch_mib": 1024}
+    attack = {
+        "layers": "1-2",
+        "eps": eps,
+        "norm": "linf",
+        "restarts": restarts,
+        "points": 3,
+        "steps": 10,
+        "objective": "skl",
+        "optimizer": "pgd",
+        "step_size": None,
+        "temperature": 0.1,
+        "straight_through": False,
+        "floor_draws": 2,
+        "noise_draws": 2,
+        "gallery_points": 2,
+        "seed": 0,
+        "split": "test",
+        "max_batch_mib": 1024,
+    }
     units = list(dict.fromkeys(r["unit"] for r in rows))
     for i in range(1, shards + 1):
         mine = [u for j, u in enumerate(units) if j % shards == i - 1]
         suffix = "" if shards == 1 else f"-shard-{i}-of-{shards}"
-        info = {"command": command or ["robustvae", "attack", "m", "--out", str(d)],
-                "settings": {"attack": attack, "models": [{"label": m, "sha256": sha[m]} for m in models],
-                             "shard": f"{i}/{shards}", "units": units},
-                "versions": {"python": "3.11", "robustvae": "0.1.0", "torch": "2"}, "git_commit": "c0ffee",
-                "device": "cpu", "torch_threads": 1, "status": "complete", "units_total": len(mine),
-                "units_done": len(mine), "wall_time_s": 1.5,
-                "models": [{"label": m, "path": f"/runs/{m}/best.pt", "sha256": sha[m],
-                            "config": {"name": m, "data": {"name": "mnist-offline"},
-                                       "model": {"arch": "dctvae", "context": "dct", "channels": 8, "hidden": 8} if m == EVIL
-                                       else {"arch": "vdvae", "channels": 8, "hidden": 8},
-                                       "train": {"steps": 100, "batch_size": 32}},
-                            "num_layers": 2, "layer_diagnostics": _diagnostics(m)} for m in models]}
+        info = {
+            "command": command or ["robustvae", "attack", "m", "--out", str(d)],
+            "settings": {
+                "attack": attack,
+                "models": [{"label": m, "sha256": sha[m]} for m in models],
+                "shard": f"{i}/{shards}",
+                "units": units,
+            },
+            "versions": {"python": "3.11", "robustvae": "0.1.0", "torch": "2"},
+            "git_commit": "c0ffee",
+            "device": "cpu",
+            "torch_threads": 1,
+            "status": "complete",
+            "units_total": len(mine),
+            "units_done": len(mine),
+            "wall_time_s": 1.5,
+            "models": [
+                {
+                    "label": m,
+                    "path": f"/runs/{m}/best.pt",
+                    "sha256": sha[m],
+                    "config": {
+                        "name": m,
+                        "data": {"name": "mnist-offline"},
+                        "model": {"arch": "dctvae", "context": "dct", "channels": 8, "hidden": 8}
+                        if m == EVIL
+                        else {"arch": "vdvae", "channels": 8, "hidden": 8},
+                        "train": {"steps": 100, "batch_size": 32},
+                    },
+                    "num_layers": 2,
+                    "layer_diagnostics": _diagnostics(m),
+                }
+                for m in models
+            ],
+        }
         (d / f"run{suffix}.json").write_text(json.dumps(info))
         (d / f"records{suffix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["unit"] in mine))
     if gallery:
@@ -106,11 +187,19 @@ def write_run(d: Path, rows: list[dict], *, shards: int = 1, restarts: int = 2, 
         (d / "gallery").mkdir(exist_ok=True)
         for i, m in enumerate(models):
             x = g.random((2, 1, 28, 28), dtype=np.float32)
-            np.savez_compressed(d / "gallery" / f"model{i}_k_1.npz",
-                                unit=np.array(f"{m}|k=1|points=0-2"), model=np.array(m), k=np.array(1),
-                                points=np.arange(2), restarts=np.zeros(2, dtype=np.int64), x=x,
-                                x_adv=np.clip(x + 0.1, 0, 1), rec=x, rec_adv=x[::-1].copy(),
-                                msssim=np.array([0.7, 0.6], dtype=np.float32))
+            np.savez_compressed(
+                d / "gallery" / f"model{i}_k_1.npz",
+                unit=np.array(f"{m}|k=1|points=0-2"),
+                model=np.array(m),
+                k=np.array(1),
+                points=np.arange(2),
+                restarts=np.zeros(2, dtype=np.int64),
+                x=x,
+                x_adv=np.clip(x + 0.1, 0, 1),
+                rec=x,
+                rec_adv=x[::-1].copy(),
+                msssim=np.array([0.7, 0.6], dtype=np.float32),
+            )
     return d
 
 
@@ -158,8 +247,24 @@ def test_golden_numbers_computed_by_hand(report):
 
 def test_summary_holds_numbers_not_strings(report):
     _, summary, _ = report
-    numeric = ["eps", "k", "points", "restarts", "mean", "mean_lo", "mean_hi", "worst", "worst_lo", "worst_hi",
-               "noise", "floor", "max_delta_linf", "max_delta_l2", "nonfinite", "layer_kl_nats"]
+    numeric = [
+        "eps",
+        "k",
+        "points",
+        "restarts",
+        "mean",
+        "mean_lo",
+        "mean_hi",
+        "worst",
+        "worst_lo",
+        "worst_hi",
+        "noise",
+        "floor",
+        "max_delta_linf",
+        "max_delta_l2",
+        "nonfinite",
+        "layer_kl_nats",
+    ]
     for row in summary["table"]:
         for key in numeric:
             assert isinstance(row[key], (int, float)) and not isinstance(row[key], bool), (key, row[key])
@@ -173,15 +278,33 @@ def test_checks_pass_and_name_their_numbers(report):
     by = {}
     for c in summary["checks"]:
         by.setdefault(c["check"], []).append(c)
-    assert set(by) == {"budget respected", "attack beats noise", "attack below the no-attack level",
-                       "attack did measurable damage", "damage monotone in eps", "no non-finite rows",
-                       "restarts per point as configured", "run complete", "every planned unit present",
-                       "more restarts no longer pay", "few MS-SSIM scores clipped at 0"}  # the other strength flags
+    assert set(by) == {
+        "budget respected",
+        "attack beats noise",
+        "attack below the no-attack level",
+        "attack did measurable damage",
+        "damage monotone in eps",
+        "no non-finite rows",
+        "restarts per point as configured",
+        "run complete",
+        "every planned unit present",
+        "more restarts no longer pay",
+        "few MS-SSIM scores clipped at 0",
+    }  # the other strength flags
     # need curves or gradients
-    assert all(c["passed"] for c in by["budget respected"] + by["no non-finite rows"] + by["run complete"]
-               + by["every planned unit present"])
-    assert all(c["passed"] for c in by["restarts per point as configured"] + by["damage monotone in eps"]
-               + by["few MS-SSIM scores clipped at 0"])
+    assert all(
+        c["passed"]
+        for c in by["budget respected"]
+        + by["no non-finite rows"]
+        + by["run complete"]
+        + by["every planned unit present"]
+    )
+    assert all(
+        c["passed"]
+        for c in by["restarts per point as configured"]
+        + by["damage monotone in eps"]
+        + by["few MS-SSIM scores clipped at 0"]
+    )
     assert len(by["attack beats noise"]) == 8 and all(c["passed"] for c in by["attack beats noise"])
     assert len(by["attack did measurable damage"]) == 8 and all(c["passed"] for c in by["attack did measurable damage"])
     assert all(c["passed"] for c in by["attack below the no-attack level"])
@@ -211,7 +334,9 @@ def test_failed_checks_budget_nonfinite_restarts_noise(tmp_path):
     checks = agg.checks(runs, agg.summarise(runs.records)).set_index(["check", "scope"])
     measurable = checks.loc[("attack did measurable damage", f"{scope} k=2")]
     spread = np.sqrt(np.mean([np.var(f, ddof=1) for f in FLOOR]))  # pooled within-point std of the floor draws
-    assert not measurable.passed and measurable.value == pytest.approx(0.001) and measurable.limit == pytest.approx(spread)
+    assert (
+        not measurable.passed and measurable.value == pytest.approx(0.001) and measurable.limit == pytest.approx(spread)
+    )
     assert checks.loc[("attack did measurable damage", f"{scope} k=1")].passed
     assert not checks.loc[("attack beats noise", f"{scope} k=2")].passed
     assert ("damage monotone in k", scope) not in checks.index  # not a property of this protocol
@@ -266,8 +391,12 @@ def test_figure_error_bars_are_the_table_intervals(tmp_path):
     table = agg.summarise(runs.records)
     fig = figures.figure10(table)
     for ax, view in zip(fig.axes[:2], ("mean", "worst")):
-        bars = sorted((seg[0][0], seg[0][1], seg[1][1]) for c in ax.collections if isinstance(c, LineCollection)
-                      for seg in c.get_segments())
+        bars = sorted(
+            (seg[0][0], seg[0][1], seg[1][1])
+            for c in ax.collections
+            if isinstance(c, LineCollection)
+            for seg in c.get_segments()
+        )
         want = sorted(zip(table.k, table[f"{view}_lo"], table[f"{view}_hi"]))
         np.testing.assert_allclose(np.array(bars), np.array(want, dtype=float), atol=1e-12)
 
@@ -277,15 +406,38 @@ def test_figure10_draws_what_seaborn_drew(tmp_path, monkeypatch):
     runs = load_runs([write_run(tmp_path / "r", records(), gallery=False)])
     table = agg.summarise(runs.records)
     drawn = figures.png_bytes(figures.figure10(table))
-    long = agg.per_point(runs.records).melt(id_vars=[*PANEL_KEYS, "model", "k", "point"], value_vars=list(agg.VIEWS),
-                                            var_name="view", value_name="msssim").dropna(subset=["msssim"])
+    long = (
+        agg.per_point(runs.records)
+        .melt(
+            id_vars=[*PANEL_KEYS, "model", "k", "point"],
+            value_vars=list(agg.VIEWS),
+            var_name="view",
+            value_name="msssim",
+        )
+        .dropna(subset=["msssim"])
+    )
 
     def seaborn_panel(ax, base, view, colours, markers):  # the panel as robustvae drew it before (88ee658)
         part = long[(long.view == view) & (long[PANEL_KEYS] == base[PANEL_KEYS].iloc[0]).all(axis=1)]
-        sns.lineplot(data=part, x="k", y="msssim", hue="model", style="model", hue_order=list(colours),
-                     style_order=list(colours), palette=colours, markers=markers, dashes=False,
-                     errorbar=("ci", agg.CI_LEVEL), n_boot=agg.N_BOOT, seed=agg.BOOT_SEED, err_style="bars",
-                     err_kws={"capsize": 3}, markersize=7, ax=ax)
+        sns.lineplot(
+            data=part,
+            x="k",
+            y="msssim",
+            hue="model",
+            style="model",
+            hue_order=list(colours),
+            style_order=list(colours),
+            palette=colours,
+            markers=markers,
+            dashes=False,
+            errorbar=("ci", agg.CI_LEVEL),
+            n_boot=agg.N_BOOT,
+            seed=agg.BOOT_SEED,
+            err_style="bars",
+            err_kws={"capsize": 3},
+            markersize=7,
+            ax=ax,
+        )
         ax.get_legend().remove()
         for model, g in base.groupby("model"):
             g = g.sort_values("k")
@@ -315,8 +467,9 @@ def test_incompatible_settings_in_one_curve_name_the_field(tmp_path):
     with pytest.raises(RobustVAEError, match=r"mix seed = 0, 5") as e:
         load_runs([one, two])
     assert str(one) in str(e.value) and str(two) in str(e.value)
-    retrained = write_run(tmp_path / "sha", [{**r, "checkpoint_sha256": "c" * 64} for r in records(models=("vdvae-a",))],
-                          gallery=False)
+    retrained = write_run(
+        tmp_path / "sha", [{**r, "checkpoint_sha256": "c" * 64} for r in records(models=("vdvae-a",))], gallery=False
+    )
     with pytest.raises(RobustVAEError, match="mix checkpoint_sha256"):
         load_runs([one, retrained])
     # a setting only run.json holds (the split) is checked as well
@@ -368,9 +521,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_report_refuses_to_overwrite_without_force(tmp_path, capsys):
     run = write_run(tmp_path / "r", records(models=("vdvae-a",)))
     ev = tmp_path / "eval.json"
-    ev.write_text(json.dumps({"results": [{"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
-                                           "split": "test", "images": 200, "iw_samples": 100, "active_units": 20,
-                                           "total_units": 98}]}))
+    ev.write_text(
+        json.dumps(
+            {
+                "results": [
+                    {
+                        "checkpoint_sha256": SHA["vdvae-a"],
+                        "nll_nats": 91.25,
+                        "nelbo_nats": 95.0,
+                        "split": "test",
+                        "images": 200,
+                        "iw_samples": 100,
+                        "active_units": 20,
+                        "total_units": 98,
+                    }
+                ]
+            }
+        )
+    )
     notes = tmp_path / "notes.txt"
     notes.write_text("trained for 5 minutes <b>on a CPU</b>")
     args = ["report", str(run), "--out", str(tmp_path / "o"), "--eval", str(ev), "--notes", str(notes)]
@@ -394,7 +562,10 @@ def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     Returns what it was written from: (records, JPEG sweep, arrays by image: original, reconstructions, JPEG files).
     """
     g = np.random.default_rng(1)
-    images = {"001": g.integers(0, 256, (1, 30, 33), dtype=np.uint8), "tile": g.integers(0, 256, (1, 28, 28), dtype=np.uint8)}
+    images = {
+        "001": g.integers(0, 256, (1, 30, 33), dtype=np.uint8),
+        "tile": g.integers(0, 256, (1, 28, 28), dtype=np.uint8),
+    }
     rows, sweep, arrays = [], [], {}
     for name, pixels in images.items():
         folder = d / "images" / safe_name(name)
@@ -405,35 +576,89 @@ def _compression_run(d: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             buf = BytesIO()
             Image.fromarray(pixels[0]).save(buf, format="JPEG", quality=q)
             files[q] = buf.getvalue()
-            sweep.append({"image": name, "width": 33, "height": 30, "channels": 1, "quality": q, "bytes": len(files[q]),
-                          "bpp": 8 * len(files[q]) / pixels[0].size, "psnr": 10.0 + q / 5, "msssim": 0.5 + q / 200,
-                          "msssim_impl": "robustvae standard (small-image)"})
+            sweep.append(
+                {
+                    "image": name,
+                    "width": 33,
+                    "height": 30,
+                    "channels": 1,
+                    "quality": q,
+                    "bytes": len(files[q]),
+                    "bpp": 8 * len(files[q]) / pixels[0].size,
+                    "psnr": 10.0 + q / 5,
+                    "msssim": 0.5 + q / 200,
+                    "msssim_impl": "robustvae standard (small-image)",
+                }
+            )
         recs = {}
         for model, ks in COMPRESSION_MODELS.items():
             for k in ks:
-                rec = np.clip(pixels.astype(int) + g.integers(-40 // k, 40 // k + 1, pixels.shape), 0, 255).astype(np.uint8)
+                rec = np.clip(pixels.astype(int) + g.integers(-40 // k, 40 // k + 1, pixels.shape), 0, 255).astype(
+                    np.uint8
+                )
                 Image.fromarray(rec[0]).save(folder / f"{safe_name(model)}-k{k}.png")
                 recs[model, k] = rec
                 q = (10, 50, 90)[k]
                 (folder / f"jpeg-q{q}.jpg").write_bytes(files[q])
-                rows.append({**dict.fromkeys(COMPRESSION_COLUMNS), "arch": model.split("/")[0][:5], "checkpoint_sha256": "c" * 64,
-                             "patch_size": 28, "patches": 4, "temperature": 0.1, "seed": 0,
-                             "msssim_impl": "robustvae standard (small-image)", "bits": 10.0 * k,
-                             "gaussian_bits": 10.0 * k, "context_bits_prior": 0.0, "context_bits_raw": 0.0,
-                             "image": name, "width": pixels.shape[2],
-                             "height": pixels.shape[1], "channels": 1, "model": model, "k": k, "psnr": 12.0 + 3 * k,
-                             "msssim": 0.3 + 0.2 * k, "bpp": 0.05 * k, "bpp_context_raw": 0.2 if model == "dct/b" else None,
-                             "jpeg_quality": q, "jpeg_psnr": 10.0 + q / 5, "jpeg_msssim": 0.5 + q / 200,
-                             "jpeg_bpp": 8 * len(files[q]) / pixels[0].size})
+                rows.append(
+                    {
+                        **dict.fromkeys(COMPRESSION_COLUMNS),
+                        "arch": model.split("/")[0][:5],
+                        "checkpoint_sha256": "c" * 64,
+                        "patch_size": 28,
+                        "patches": 4,
+                        "temperature": 0.1,
+                        "seed": 0,
+                        "msssim_impl": "robustvae standard (small-image)",
+                        "bits": 10.0 * k,
+                        "gaussian_bits": 10.0 * k,
+                        "context_bits_prior": 0.0,
+                        "context_bits_raw": 0.0,
+                        "image": name,
+                        "width": pixels.shape[2],
+                        "height": pixels.shape[1],
+                        "channels": 1,
+                        "model": model,
+                        "k": k,
+                        "psnr": 12.0 + 3 * k,
+                        "msssim": 0.3 + 0.2 * k,
+                        "bpp": 0.05 * k,
+                        "bpp_context_raw": 0.2 if model == "dct/b" else None,
+                        "jpeg_quality": q,
+                        "jpeg_psnr": 10.0 + q / 5,
+                        "jpeg_msssim": 0.5 + q / 200,
+                        "jpeg_bpp": 8 * len(files[q]) / pixels[0].size,
+                    }
+                )
         arrays[name] = (pixels, recs, files)
     records, jpeg = pd.DataFrame(rows), pd.DataFrame(sweep)
     records.to_csv(d / "records.csv", index=False)
     jpeg.to_csv(d / "jpeg.csv", index=False)
-    models = [{"label": m, "path": f"/runs/{m}", "sha256": "c" * 64, "layers": ks, "patch_size": 28, "patches": 4,
-               "patches_per_s": 10.0, "reconstructions_per_s": 10.0 * len(ks)} for m, ks in COMPRESSION_MODELS.items()]
-    (d / "run.json").write_text(json.dumps({
-        "kind": COMPRESSION_RUN_KIND, "command": ["robustvae", "compress"], "settings": {}, "wall_time_s": 1.0, "models": models,
-        "images": [{"name": n, "width": p.shape[2], "height": p.shape[1]} for n, (p, _, _) in arrays.items()]}))
+    models = [
+        {
+            "label": m,
+            "path": f"/runs/{m}",
+            "sha256": "c" * 64,
+            "layers": ks,
+            "patch_size": 28,
+            "patches": 4,
+            "patches_per_s": 10.0,
+            "reconstructions_per_s": 10.0 * len(ks),
+        }
+        for m, ks in COMPRESSION_MODELS.items()
+    ]
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "kind": COMPRESSION_RUN_KIND,
+                "command": ["robustvae", "compress"],
+                "settings": {},
+                "wall_time_s": 1.0,
+                "models": models,
+                "images": [{"name": n, "width": p.shape[2], "height": p.shape[1]} for n, (p, _, _) in arrays.items()],
+            }
+        )
+    )
     return records, jpeg, arrays
 
 
@@ -458,8 +683,10 @@ def test_compression_figures_from_the_run_directory_alone(tmp_path):
     # the same pictures as drawn from the arrays in memory (as the experiment did before)
     np.testing.assert_array_equal(_pixels(d / "rd.png"), _drawn(comp.rd_figure(records, jpeg), 130))
     for path, (name, (pixels, recs, files)) in zip(pictures, arrays.items()):
-        panels = [(r, recs[r.model, r.k], comp.read_image(BytesIO(files[r.jpeg_quality])))
-                  for _, r in records[records.image == name].iterrows()]
+        panels = [
+            (r, recs[r.model, r.k], comp.read_image(BytesIO(files[r.jpeg_quality])))
+            for _, r in records[records.image == name].iterrows()
+        ]
         assert len(panels) == 3
         np.testing.assert_array_equal(_pixels(path), _drawn(comp.side_by_side_figure(name, pixels, panels), 90))
     # and the report's compression section shows them
@@ -495,9 +722,17 @@ def test_figures_keep_coinciding_curves_na_and_zero_and_the_worst_points_visible
     plain = figures.figure10(table)  # distinct curves are not moved
     assert {tuple(line.get_xdata()) for line in plain.axes[0].lines} <= {tuple(sorted(set(table.k)))}
 
-    diag = pd.DataFrame({"model": ["a", "a", "b"], "layer": [1, 2, 1], "kind": ["gaussian"] * 3,
-                         "kl_nats": [1.0, 0.0, 2.0], "active_fraction": [0.5, 0.0, 1.0],
-                         "levels_used": [None] * 3, "levels": [None] * 3})
+    diag = pd.DataFrame(
+        {
+            "model": ["a", "a", "b"],
+            "layer": [1, 2, 1],
+            "kind": ["gaussian"] * 3,
+            "kl_nats": [1.0, 0.0, 2.0],
+            "active_fraction": [0.5, 0.0, 1.0],
+            "levels_used": [None] * 3,
+            "levels": [None] * 3,
+        }
+    )
     layers = figures.layers_figure(diag)
     texts = [t.get_text() for t in layers.axes[0].findobj(Text)]
     assert texts.count("n/a") == 1  # model b has no layer 2
@@ -505,8 +740,14 @@ def test_figures_keep_coinciding_curves_na_and_zero_and_the_worst_points_visible
     assert len(dashes) == 1 and list(dashes[0].get_ydata()) == [0]  # model a's layer 2: KL exactly 0
 
     x = np.zeros((3, 1, 28, 28), dtype=np.float32)
-    arrays = {"points": np.array([0, 1, 2]), "x": x, "x_adv": x, "rec": x, "rec_adv": x,
-              "msssim": np.array([0.9, 0.2, 0.5], dtype=np.float32)}
+    arrays = {
+        "points": np.array([0, 1, 2]),
+        "x": x,
+        "x_adv": x,
+        "rec": x,
+        "rec_adv": x,
+        "msssim": np.array([0.9, 0.2, 0.5], dtype=np.float32),
+    }
     entry = GalleryEntry(dataset="mnist", norm="linf", eps=0.1, model="m", k=1, arrays=arrays)
     assert [i for _, i in figures.worst_examples([entry], per_k=2)] == [1, 2]
 
@@ -528,23 +769,43 @@ def test_the_sweep_saves_the_most_damaged_points_for_the_gallery():
     assert out["points"].tolist() == [11, 13] and out["restarts"].tolist() == [0, 1]
     assert out["msssim"].tolist() == pytest.approx([0.3, 0.1]) and out["x"].flatten().tolist() == [2.0, 7.0]
     assert out["rec"].flatten().tolist() == [1.0, 3.0]
-    assert _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score, R) is None
+    assert (
+        _gallery(SimpleNamespace(cfg=SimpleNamespace(restarts=R, gallery_points=0), pts=pts), X, X, X, X, score, R)
+        is None
+    )
 
 
 def test_the_report_names_the_image_sets_of_eval_and_of_the_layer_atlas(tmp_path):
     """An --eval file's active units and the layer atlas come from different images: the page says which."""
     run = write_run(tmp_path / "r", records(models=("vdvae-a",)), gallery=False)
     info = json.loads((run / "run.json").read_text())
-    info["models"][0]["layer_diagnostics_images"] = {"split": "test", "images": 500,
-                                                     "selection": "label-stratified with the attack's seed 0"}
+    info["models"][0]["layer_diagnostics_images"] = {
+        "split": "test",
+        "images": 500,
+        "selection": "label-stratified with the attack's seed 0",
+    }
     (run / "run.json").write_text(json.dumps(info))
     ev = tmp_path / "eval.json"
-    ev.write_text(json.dumps({"checkpoint_sha256": SHA["vdvae-a"], "nll_nats": 91.25, "nelbo_nats": 95.0,
-                              "split": "test", "images": 200, "iw_samples": 100, "active_units": 20, "total_units": 98,
-                              "image_set": {"selection": "label-stratified subset"}}))
+    ev.write_text(
+        json.dumps(
+            {
+                "checkpoint_sha256": SHA["vdvae-a"],
+                "nll_nats": 91.25,
+                "nelbo_nats": 95.0,
+                "split": "test",
+                "images": 200,
+                "iw_samples": 100,
+                "active_units": 20,
+                "total_units": 98,
+                "image_set": {"selection": "label-stratified subset"},
+            }
+        )
+    )
     make_report([run], tmp_path / "o", evals=[ev])
     import html
 
     text = html.unescape(" ".join((tmp_path / "o" / "index.html").read_text().split()))
-    assert ("test, 200 images (label-stratified subset), K = 100, active units 20/98 on those images; layer atlas: "
-            "500 test images, label-stratified with the attack's seed 0") in text
+    assert (
+        "test, 200 images (label-stratified subset), K = 100, active units 20/98 on those images; layer atlas: "
+        "500 test images, label-stratified with the attack's seed 0"
+    ) in text

@@ -20,8 +20,15 @@ M = "vdvae-a"
 
 def ensemble_run(d: Path, version: str = "auto-v1", eps: float = 0.1, optimizer: str = "auto") -> Path:
     """A run of the ensemble as the sweep writes it: member rows, ``optimizer`` auto, the version in run.json."""
-    rows = [{**r, "optimizer": optimizer, "msssim": r["msssim"] * 0.8 if r["kind"] == "attack" else r["msssim"],
-             **({"member": "apgd-skl"} if r["kind"] == "attack" else {})} for r in records(eps, models=(M,))]
+    rows = [
+        {
+            **r,
+            "optimizer": optimizer,
+            "msssim": r["msssim"] * 0.8 if r["kind"] == "attack" else r["msssim"],
+            **({"member": "apgd-skl"} if r["kind"] == "attack" else {}),
+        }
+        for r in records(eps, models=(M,))
+    ]
     write_run(d, rows, eps=eps)
     info = json.loads((d / "run.json").read_text())
     info["settings"]["attack"]["optimizer"] = optimizer
@@ -42,13 +49,16 @@ def test_pgd_and_the_ensemble_are_two_curves_with_the_numbers_each_has_alone(tmp
     table = agg.summarise(runs.records)
     names = {f"{M}{CURVE_SEP}pgd on skl", f"{M}{CURVE_SEP}auto-v1"}
     assert set(table.model) == names and set(table.model_label) == {M}
-    assert dict(zip(table.model, table.attack)) == {f"{M}{CURVE_SEP}pgd on skl": "pgd on skl",
-                                                    f"{M}{CURVE_SEP}auto-v1": "auto-v1"}
+    assert dict(zip(table.model, table.attack)) == {
+        f"{M}{CURVE_SEP}pgd on skl": "pgd on skl",
+        f"{M}{CURVE_SEP}auto-v1": "auto-v1",
+    }
     for run, name in ((pgd, "pgd on skl"), (auto, "auto-v1")):  # each curve: the numbers of its run alone
         alone = agg.summarise(load_runs([run]).records)
         assert set(alone.model) == {M}  # alone, a model keeps its plain label
-        pd.testing.assert_frame_equal(_without_names(table[table.attack == name]), _without_names(alone),
-                                      check_dtype=False)  # members: float beside a single attack's NaN
+        pd.testing.assert_frame_equal(
+            _without_names(table[table.attack == name]), _without_names(alone), check_dtype=False
+        )  # members: float beside a single attack's NaN
     # the checks and Figure 10's legend name both curves; each curve has its own gallery file
     checks = agg.checks(runs, table)
     for name in names:
@@ -70,11 +80,19 @@ def test_pgd_and_the_ensemble_are_two_curves_with_the_numbers_each_has_alone(tmp
 
 def test_curves_are_named_by_what_differs_only(tmp_path):
     base = records(models=(M,))
-    steps = load_runs([write_run(tmp_path / "s10", base, gallery=False),
-                       write_run(tmp_path / "s50", [{**r, "steps": 50} for r in base], gallery=False)])
+    steps = load_runs(
+        [
+            write_run(tmp_path / "s10", base, gallery=False),
+            write_run(tmp_path / "s50", [{**r, "steps": 50} for r in base], gallery=False),
+        ]
+    )
     assert set(steps.records.model) == {f"{M}{CURVE_SEP}10 steps", f"{M}{CURVE_SEP}50 steps"}
-    objective = load_runs([write_run(tmp_path / "skl", base, gallery=False),
-                           write_run(tmp_path / "kl", [{**r, "objective": "kl_forward"} for r in base], gallery=False)])
+    objective = load_runs(
+        [
+            write_run(tmp_path / "skl", base, gallery=False),
+            write_run(tmp_path / "kl", [{**r, "objective": "kl_forward"} for r in base], gallery=False),
+        ]
+    )
     assert set(objective.records.model) == {f"{M}{CURVE_SEP}pgd on skl", f"{M}{CURVE_SEP}pgd on kl_forward"}
     # two versions of the ensemble, both asked for as "auto" (the name of whichever version was current)
     versions = load_runs([ensemble_run(tmp_path / "v1"), ensemble_run(tmp_path / "v2", "auto-v2")])
@@ -100,9 +118,16 @@ def test_a_name_is_the_same_in_every_panel_and_the_eps_checks_follow_it(tmp_path
 
 
 def test_name_curves_leaves_a_model_attacked_one_way_alone():
-    df = pd.DataFrame({"model": ["a", "a", "b", "b"], "attack": ["pgd on skl"] * 2 + ["pgd on skl", "auto-v1"],
-                       "steps": [10, 10, 10, 10], "restarts_configured": [2, 2, 2, 2], "step_size": [None] * 4,
-                       "straight_through": [False] * 4})
+    df = pd.DataFrame(
+        {
+            "model": ["a", "a", "b", "b"],
+            "attack": ["pgd on skl"] * 2 + ["pgd on skl", "auto-v1"],
+            "steps": [10, 10, 10, 10],
+            "restarts_configured": [2, 2, 2, 2],
+            "step_size": [None] * 4,
+            "straight_through": [False] * 4,
+        }
+    )
     out = name_curves(df)
     assert out.model.tolist() == ["a", "a", f"b{CURVE_SEP}pgd on skl", f"b{CURVE_SEP}auto-v1"]
     assert out.model_label.tolist() == ["a", "a", "b", "b"]

@@ -43,8 +43,10 @@ def bad_runs(tmp_path) -> list:
     info["settings"]["units"].append("vdvae-a|k=3|points=0-2")  # planned, never run
     (one / "run.json").write_text(json.dumps(info))
     # at eps 0.2 the attack is weaker than at 0.1 (damage shrinks as eps grows), and at k = 2 does nothing at all
-    weaker = [{**r, "msssim": 0.95 if r["k"] == 1 else 1.0} if r["kind"] == "attack" else r
-              for r in records(0.2, models=("vdvae-a",))]
+    weaker = [
+        {**r, "msssim": 0.95 if r["k"] == 1 else 1.0} if r["kind"] == "attack" else r
+        for r in records(0.2, models=("vdvae-a",))
+    ]
     return [one, write_run(tmp_path / "eps02", weaker, eps=0.2, gallery=False)]
 
 
@@ -78,20 +80,35 @@ def _checks(runs) -> pd.DataFrame:
 
 
 def test_every_check_says_what_it_found_differently_on_pass_and_fail(tmp_path):
-    good = _checks([write_run(tmp_path / "good", good_records(), gallery=False),
-                    write_run(tmp_path / "good2", good_records(0.2), eps=0.2, gallery=False)])
+    good = _checks(
+        [
+            write_run(tmp_path / "good", good_records(), gallery=False),
+            write_run(tmp_path / "good2", good_records(0.2), eps=0.2, gallery=False),
+        ]
+    )
     bad = _checks(bad_runs(tmp_path))
     both = pd.concat([good, bad])
-    for check in ["budget respected", "attack beats noise", "attack below the no-attack level",
-                  "attack did measurable damage", "damage monotone in eps", "no non-finite rows",
-                  "few MS-SSIM scores clipped at 0", "restarts per point as configured", "run complete",
-                  "every planned unit present"]:
+    for check in [
+        "budget respected",
+        "attack beats noise",
+        "attack below the no-attack level",
+        "attack did measurable damage",
+        "damage monotone in eps",
+        "no non-finite rows",
+        "few MS-SSIM scores clipped at 0",
+        "restarts per point as configured",
+        "run complete",
+        "every planned unit present",
+    ]:
         rows = both[both.check == check]
         passed, failed = rows[rows.passed], rows[~rows.passed]
         assert len(passed) and len(failed), check  # the two runs show both outcomes of every check
         verdict = lambda texts: {t.split(":")[0] for t in texts}  # noqa: E731 - the phrase before the numbers
-        assert not verdict(passed.detail) & verdict(failed.detail), (check, verdict(passed.detail),
-                                                                      verdict(failed.detail))
+        assert not verdict(passed.detail) & verdict(failed.detail), (
+            check,
+            verdict(passed.detail),
+            verdict(failed.detail),
+        )
     measurable = bad[(bad.check == "attack did measurable damage") & ~bad.passed].iloc[0]
     assert measurable.detail.startswith("no measurable damage: mean paired drop +0.0010 <= ")
     ok = good[good.check == "attack did measurable damage"].iloc[0]
@@ -123,21 +140,54 @@ def _strength_rows(good: bool) -> pd.DataFrame:
                 for m in ("apgd-skl", "square-recon"):
                     apgd = (0.3 if good else 0.9) if eps == 1.0 else 0.5
                     end = apgd if m == "apgd-skl" else 1.0 if good else apgd - 0.1 - 0.1 * r
-                    rows.append({"dataset": "d", "norm": "linf", "eps": eps, "recon": "default", "model": "m", "k": 1,
-                                 "kind": "attack", "point": p, "restart": r, "member": m, "msssim": end,
-                                 "curve": {"2": end if good else end + 0.2, "4": end},
-                                 "grad_norm": None if m.startswith("square") else (1.0 if good else 0.0)})
-            rows.append({"dataset": "d", "norm": "linf", "eps": eps, "recon": "default", "model": "m", "k": 1,
-                         "kind": "unrelated", "point": p, "restart": 0, "msssim": 0.3})
+                    rows.append(
+                        {
+                            "dataset": "d",
+                            "norm": "linf",
+                            "eps": eps,
+                            "recon": "default",
+                            "model": "m",
+                            "k": 1,
+                            "kind": "attack",
+                            "point": p,
+                            "restart": r,
+                            "member": m,
+                            "msssim": end,
+                            "curve": {"2": end if good else end + 0.2, "4": end},
+                            "grad_norm": None if m.startswith("square") else (1.0 if good else 0.0),
+                        }
+                    )
+            rows.append(
+                {
+                    "dataset": "d",
+                    "norm": "linf",
+                    "eps": eps,
+                    "recon": "default",
+                    "model": "m",
+                    "k": 1,
+                    "kind": "unrelated",
+                    "point": p,
+                    "restart": 0,
+                    "msssim": 0.3,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_strength_flags_say_what_they_found_differently_on_pass_and_fail():
     from robustvae.reporting.strength import strength_checks
 
-    good, bad = pd.DataFrame(strength_checks(_strength_rows(True))), pd.DataFrame(strength_checks(_strength_rows(False)))
-    for check in ["no vanishing gradient", "gradient-free member rarely wins", "more steps no longer pay",
-                  "more restarts no longer pay", "largest eps reaches unrelated images"]:
+    good, bad = (
+        pd.DataFrame(strength_checks(_strength_rows(True))),
+        pd.DataFrame(strength_checks(_strength_rows(False))),
+    )
+    for check in [
+        "no vanishing gradient",
+        "gradient-free member rarely wins",
+        "more steps no longer pay",
+        "more restarts no longer pay",
+        "largest eps reaches unrelated images",
+    ]:
         passed, failed = good[good.check == check], bad[bad.check == check]
         assert len(passed) and passed.passed.all() and len(failed) and not failed.passed.all(), check
         failed = failed[~failed.passed]

@@ -78,6 +78,7 @@ def optimum_l2(B: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     d(lam) = (B'B + lam I)^-1 B'b with ||d(lam)|| = eps, lam > 0 found by Brent's method on the SVD."""
     U, S, Vt = np.linalg.svd(B, full_matrices=False)
     c = U.T @ b
+
     def norm(lam):
         return np.linalg.norm(S * c / (S**2 + lam))
 
@@ -135,7 +136,9 @@ def test_targeted_attack_reaches_the_least_squares_optimum(norm, optimizer, step
     unique optimal perturbation; seeds fixed, so the tolerance is a statement about these runs, not a probability."""
     eps = 0.15 if norm == "l2" else 0.1
     model, x, t = _problem(1, norm)
-    attack = make_attack(model, 1, AttackConfig(eps=eps, norm=norm, steps=steps, objective="target", optimizer=optimizer))
+    attack = make_attack(
+        model, 1, AttackConfig(eps=eps, norm=norm, steps=steps, objective="target", optimizer=optimizer)
+    )
     adv = attack(x, target=t, seeds=list(range(N)))
     _check_optimum(attack, model, x, t, adv, eps, norm, rel_gap=1e-4)
 
@@ -231,9 +234,13 @@ def test_a_targeted_attack_needs_targets_of_the_images_shape(gen):
 def test_the_strongest_row_is_the_lowest_msssim_or_the_highest_msssim_target(gen):
     """Against brute force over random rows with ties and NaN: NaN never wins, ties go to the first row."""
     n = 60
-    frame = pd.DataFrame({"point": torch.randint(0, 7, (n,), generator=gen).tolist(),
-                          "msssim": (torch.randint(0, 5, (n,), generator=gen) / 4).tolist(),
-                          "msssim_target": (torch.randint(0, 5, (n,), generator=gen) / 4).tolist()})
+    frame = pd.DataFrame(
+        {
+            "point": torch.randint(0, 7, (n,), generator=gen).tolist(),
+            "msssim": (torch.randint(0, 5, (n,), generator=gen) / 4).tolist(),
+            "msssim_target": (torch.randint(0, 5, (n,), generator=gen) / 4).tolist(),
+        }
+    )
     frame.loc[frame.index[::9], ["msssim", "msssim_target"]] = np.nan
     for sel, better in ((UNTARGETED, lambda a, b: a < b), (TARGETED, lambda a, b: a > b)):
         got = sel.strongest(frame, ["point"])
@@ -257,9 +264,11 @@ def test_auto_with_a_targeted_objective_means_the_targeted_ensemble(capsys):
     assert spec.targeted and all(OBJECTIVES[m.objective].needs_target for m in spec.members)
     assert not any(OBJECTIVES[m.objective].needs_target for m in ENSEMBLES[AUTO_VERSION].members)
     assert AttackConfig(optimizer="auto", objective="target").objective == "target"
-    for kw, msg in ((dict(optimizer="auto-v1", objective="target"), "auto-v1 is untargeted"),
-                    (dict(optimizer="auto-target-v1"), "targeted ensemble"),
-                    (dict(optimizer="auto", objective="supervised"), "use objective target")):
+    for kw, msg in (
+        (dict(optimizer="auto-v1", objective="target"), "auto-v1 is untargeted"),
+        (dict(optimizer="auto-target-v1"), "targeted ensemble"),
+        (dict(optimizer="auto", objective="supervised"), "use objective target"),
+    ):
         with pytest.raises(RobustVAEError, match=msg):
             AttackConfig(**kw)
     assert main(["attack", "x", "--attack", "auto-v1", "--objective", "target", "--out", "o"]) == 2
@@ -334,7 +343,10 @@ def test_records_carry_the_target_and_the_scores_against_it(tmp_path):
     # the same target at every k and restart of a point
     assert (att.groupby("point").target_point.nunique() == 1).all()
     # recomputed independently: MS-SSIM of the target's reconstruction against the clean and the attacked ones
-    model, noise = scrambled(), engine.prior_noise(scrambled(), [engine.derive_seed(cfg.seed, "prior", p) for p in range(3)])
+    model, noise = (
+        scrambled(),
+        engine.prior_noise(scrambled(), [engine.derive_seed(cfg.seed, "prior", p) for p in range(3)]),
+    )
     for k in (1, 2):
         rows = att[att.k == k].sort_values(["point", "restart"])
         tgt = points.images[rows.target_point.astype(int).tolist()]
@@ -423,15 +435,36 @@ def _hand_made(gen) -> pd.DataFrame:
             before = float(torch.rand(1, generator=gen))
             for member in ("a", "b"):
                 for r in range(2):
-                    rows.append({"dataset": "d", "norm": "linf", "eps": 0.1, "recon": "default", "model": "m", "k": k,
-                                 "optimizer": "auto", "objective": "target", "kind": "attack", "point": p, "restart": r,
-                                 "member": member, "target_point": 9, "run": "t",
-                                 "msssim": float(torch.rand(1, generator=gen)),
-                                 "msssim_target": float(torch.randint(0, 4, (1,), generator=gen)) / 4,
-                                 "msssim_target_before": before})
+                    rows.append(
+                        {
+                            "dataset": "d",
+                            "norm": "linf",
+                            "eps": 0.1,
+                            "recon": "default",
+                            "model": "m",
+                            "k": k,
+                            "optimizer": "auto",
+                            "objective": "target",
+                            "kind": "attack",
+                            "point": p,
+                            "restart": r,
+                            "member": member,
+                            "target_point": 9,
+                            "run": "t",
+                            "msssim": float(torch.rand(1, generator=gen)),
+                            "msssim_target": float(torch.randint(0, 4, (1,), generator=gen)) / 4,
+                            "msssim_target_before": before,
+                        }
+                    )
     targeted = pd.DataFrame(rows)
-    untargeted = targeted.assign(run="u", objective="skl", target_point=np.nan, msssim_target=np.nan,
-                                 msssim_target_before=np.nan, msssim=targeted.msssim / 2)
+    untargeted = targeted.assign(
+        run="u",
+        objective="skl",
+        target_point=np.nan,
+        msssim_target=np.nan,
+        msssim_target_before=np.nan,
+        msssim=targeted.msssim / 2,
+    )
     return targeted, untargeted
 
 
@@ -483,8 +516,15 @@ def trained_dct(tmp_path_factory):
     from robustvae.training import Trainer
 
     out = tmp_path_factory.mktemp("trained-dct") / "run"
-    cfg = tiny_config("dctvae-mnist-tiny", data="mnist-offline", steps=200, batch_size=32, lr=3e-3,
-                      checkpoint_every=1000, val_batches=2)
+    cfg = tiny_config(
+        "dctvae-mnist-tiny",
+        data="mnist-offline",
+        steps=200,
+        batch_size=32,
+        lr=3e-3,
+        checkpoint_every=1000,
+        val_batches=2,
+    )
     Trainer.prepare_dir(out, resume=False, force=False)
     Trainer(cfg, out, torch.device("cpu"), quiet=True).fit()
     return out
@@ -495,8 +535,18 @@ def test_the_targeted_ensemble_moves_a_trained_dctvae_towards_its_targets(traine
     """Through the quantised context (k = 1) and one Gaussian layer more (k = 2), at eps 0.1 (fixed seed): the
     strongest member's reconstruction is closer to the target's than the clean one on at least 6 of 8 points (a
     point whose clean MS-SSIM to its target is clipped at 0 may stay there), and on average by more than 0.05."""
-    cfg = AttackConfig(layers="1,2", points=8, restarts=1, steps=40, objective="target", optimizer="auto",
-                       floor_draws=0, noise_draws=0, unrelated_draws=0, gallery_points=0)
+    cfg = AttackConfig(
+        layers="1,2",
+        points=8,
+        restarts=1,
+        steps=40,
+        objective="target",
+        optimizer="auto",
+        floor_draws=0,
+        noise_draws=0,
+        unrelated_draws=0,
+        gallery_points=0,
+    )
     att = robustvae.attack([str(trained_dct)], cfg, None, device="cpu").records.query("kind == 'attack'")
     for k, g in att.groupby("k"):
         best = g.loc[TARGETED.strongest(g, ["point"]).to_numpy()]

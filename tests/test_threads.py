@@ -10,8 +10,14 @@ from robustvae.cli import command, main
 from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
-COMPUTING = {"train": "train", "eval": "load", "attack": "attack", "certify": "certify_models",
-             "compress": "compress", "demo": None}
+COMPUTING = {
+    "train": "train",
+    "eval": "load",
+    "attack": "attack",
+    "certify": "certify_models",
+    "compress": "compress",
+    "demo": None,
+}
 
 
 def test_cpu_threads_defaults_to_one_follows_omp_and_restores(monkeypatch):
@@ -46,11 +52,13 @@ def test_each_command_computes_on_the_threads_asked_for(name, monkeypatch, tmp_p
 
     monkeypatch.setattr(api, COMPUTING[name], record)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    args = {"train": ["train", "--preset", "vdvae-mnist-tiny", "--out", str(tmp_path / "t")],
-            "eval": ["eval", str(tmp_path / "ckpt")],
-            "attack": ["attack", "m", "--out", str(tmp_path / "a"), "--device", "cpu"],
-            "certify": ["certify", "m", "--out", str(tmp_path / "c")],
-            "compress": ["compress", "m", "--images", str(tmp_path), "--layers", "1", "--out", str(tmp_path / "z")]}[name]
+    args = {
+        "train": ["train", "--preset", "vdvae-mnist-tiny", "--out", str(tmp_path / "t")],
+        "eval": ["eval", str(tmp_path / "ckpt")],
+        "attack": ["attack", "m", "--out", str(tmp_path / "a"), "--device", "cpu"],
+        "certify": ["certify", "m", "--out", str(tmp_path / "c")],
+        "compress": ["compress", "m", "--images", str(tmp_path), "--layers", "1", "--out", str(tmp_path / "z")],
+    }[name]
     before = torch.get_num_threads()
     assert main([*args, "--threads", "2"]) == 2 and main(args) == 2
     assert "stop here" in capsys.readouterr().err

@@ -26,8 +26,9 @@ def _fit(cfg, out, **kw):
 
 
 def test_a_few_hundred_steps_lower_the_loss_on_offline_mnist(tmp_path):
-    cfg = tiny_config(data="mnist-offline", steps=240, batch_size=32, lr=3e-3, log_every=20, checkpoint_every=1000,
-                      val_batches=4)
+    cfg = tiny_config(
+        data="mnist-offline", steps=240, batch_size=32, lr=3e-3, log_every=20, checkpoint_every=1000, val_batches=4
+    )
     _fit(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
@@ -61,11 +62,17 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["kind"] == "train"]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
-    ref = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
-           if json.loads(line)["kind"] == "train"]
+    ref = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert steps == ref
 
 
@@ -158,7 +165,9 @@ def test_cifar_shaped_tiny_model_trains(tmp_path):
     assert from_dict(ModelConfig, stored | {"latents": to_dict(cfg.model.latents)}) == cfg.model  # reads back as it was
 
 
-@pytest.mark.parametrize("option, value", [("channels_last", False), pytest.param("compile", True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "option, value", [("channels_last", False), pytest.param("compile", True, marks=pytest.mark.slow)]
+)
 def test_speed_options_train_to_the_same_weights(option, value, tmp_path):
     """channels_last / torch.compile change the memory layout or the kernels, not the result."""
     _fit(tiny_config(steps=4), tmp_path / "plain")

@@ -71,17 +71,20 @@ def test_rgb_layouts_are_told_apart_by_the_channel_count(gen):
     assert read_array(torch.rand(2, 40, 50, 3, generator=gen), 3, None)[0].shape == (2, 3, 40, 50)
 
 
-@pytest.mark.parametrize("arr, fragment", [
-    (np.zeros((2, 1, 32, 32), np.uint8), "not 1x28x28 images"),
-    (np.zeros((2, 3, 28, 28), np.uint8), "not 1x28x28 images"),
-    (np.zeros((28, 28), np.uint8), "not 1x28x28 images"),
-    (np.zeros((0, 1, 28, 28), np.uint8), "holds no images"),
-    (np.zeros((2, 1, 28, 28), np.int64), "holds int64 pixels"),
-    (np.zeros((2, 1, 28, 28), bool), "holds bool pixels"),
-    (np.full((2, 1, 28, 28), 255.0, np.float32), "from 255 to 255; floats must be in [0, 1]; divide"),
-    (np.full((2, 1, 28, 28), -0.5, np.float32), "from -0.5 to -0.5"),
-    (np.full((2, 1, 28, 28), np.nan, np.float32), "1568 NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "arr, fragment",
+    [
+        (np.zeros((2, 1, 32, 32), np.uint8), "not 1x28x28 images"),
+        (np.zeros((2, 3, 28, 28), np.uint8), "not 1x28x28 images"),
+        (np.zeros((28, 28), np.uint8), "not 1x28x28 images"),
+        (np.zeros((0, 1, 28, 28), np.uint8), "holds no images"),
+        (np.zeros((2, 1, 28, 28), np.int64), "holds int64 pixels"),
+        (np.zeros((2, 1, 28, 28), bool), "holds bool pixels"),
+        (np.full((2, 1, 28, 28), 255.0, np.float32), "from 255 to 255; floats must be in [0, 1]; divide"),
+        (np.full((2, 1, 28, 28), -0.5, np.float32), "from -0.5 to -0.5"),
+        (np.full((2, 1, 28, 28), np.nan, np.float32), "1568 NaN or infinite"),
+    ],
+)
 def test_bad_arrays_are_one_line_errors(tmp_path, arr, fragment):
     path = _npy(tmp_path / "bad.npy", arr)
     with pytest.raises(RobustVAEError, match=None) as e:
@@ -100,9 +103,15 @@ def test_files_that_would_unpickle_or_do_not_read_are_refused(tmp_path, capfd):
     np.savez(tmp_path / "two.npz", a=np.zeros(1), b=np.zeros(1))
     (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")
     (tmp_path / "x.csv").write_text("1,2")
-    cases = {"obj.npy": "holds Python objects", "evil.pt": "pickled objects that safe loading refuses",
-             "list.pt": "not a tensor", "two.npz": "holds 2 arrays (a, b)", "cut.npy": "cannot be read",
-             "x.csv": "unknown kind of file", "missing.npy": "does not exist"}
+    cases = {
+        "obj.npy": "holds Python objects",
+        "evil.pt": "pickled objects that safe loading refuses",
+        "list.pt": "not a tensor",
+        "two.npz": "holds 2 arrays (a, b)",
+        "cut.npy": "cannot be read",
+        "x.csv": "unknown kind of file",
+        "missing.npy": "does not exist",
+    }
     for name, fragment in cases.items():
         with pytest.raises(RobustVAEError) as e:
             load_image_set(tmp_path / name, 1, 28)

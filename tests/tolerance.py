@@ -48,32 +48,99 @@ SAFETY = 8
 
 # Operations whose float32 result depends on the kernel (order of summation, blocking, FMA, approximations).
 # Elementwise arithmetic, comparisons, min/max, clamp, rounding, indexing and copies are exact everywhere.
-SUMS = frozenset({  # sums of products or of terms: another order rounds the partial sums, of the size of the terms
-    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "dot", "einsum", "linear",
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "sum", "mean", "nansum", "cumsum", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-})
-KERNEL_DEPENDENT = SUMS | frozenset({
-    # other reductions (of positive terms, or normalised)
-    "addmm", "baddbmm", "prod", "cumprod", "var", "std", "norm", "vector_norm", "logsumexp", "softmax", "log_softmax",
-    "batch_norm", "group_norm", "layer_norm",
-    # transcendental functions
-    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "pow", "__pow__", "__rpow__", "float_power",
-    "sigmoid", "logsigmoid", "tanh", "softplus", "silu", "gelu", "elu", "mish", "erf", "erfc", "erfinv",
-    "lgamma", "digamma", "sin", "cos", "tan", "atan", "atan2", "logaddexp", "logit",
-})
+SUMS = frozenset(
+    {  # sums of products or of terms: another order rounds the partial sums, of the size of the terms
+        "matmul",
+        "__matmul__",
+        "__rmatmul__",
+        "mm",
+        "bmm",
+        "mv",
+        "dot",
+        "einsum",
+        "linear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "sum",
+        "mean",
+        "nansum",
+        "cumsum",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+    }
+)
+KERNEL_DEPENDENT = SUMS | frozenset(
+    {
+        # other reductions (of positive terms, or normalised)
+        "addmm",
+        "baddbmm",
+        "prod",
+        "cumprod",
+        "var",
+        "std",
+        "norm",
+        "vector_norm",
+        "logsumexp",
+        "softmax",
+        "log_softmax",
+        "batch_norm",
+        "group_norm",
+        "layer_norm",
+        # transcendental functions
+        "exp",
+        "exp2",
+        "expm1",
+        "log",
+        "log2",
+        "log10",
+        "log1p",
+        "pow",
+        "__pow__",
+        "__rpow__",
+        "float_power",
+        "sigmoid",
+        "logsigmoid",
+        "tanh",
+        "softplus",
+        "silu",
+        "gelu",
+        "elu",
+        "mish",
+        "erf",
+        "erfc",
+        "erfinv",
+        "lgamma",
+        "digamma",
+        "sin",
+        "cos",
+        "tan",
+        "atan",
+        "atan2",
+        "logaddexp",
+        "logit",
+    }
+)
 
 
 # Elementwise arithmetic: the same on every CPU, but another implementation of a formula orders it otherwise
 # (float32_jitter(elementwise=True), for comparisons with another code base's numbers).
 ELEMENTWISE_SUMS = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub", "addcmul", "lerp"})
-ELEMENTWISE = ELEMENTWISE_SUMS | frozenset({"mul", "__mul__", "__rmul__", "div", "__truediv__", "__rtruediv__",
-                                           "sqrt", "rsqrt", "reciprocal", "square"})
+ELEMENTWISE = ELEMENTWISE_SUMS | frozenset(
+    {"mul", "__mul__", "__rmul__", "div", "__truediv__", "__rtruediv__", "sqrt", "rsqrt", "reciprocal", "square"}
+)
 
 
 def _magnitudes(a: Any) -> Any:
-    return torch.utils._pytree.tree_map(lambda t: t.abs() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, a)
+    return torch.utils._pytree.tree_map(
+        lambda t: t.abs() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, a
+    )
 
 
 class float32_jitter(TorchFunctionMode):
@@ -104,8 +171,13 @@ class float32_jitter(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", None)
-        if (name in self.ops and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel()
-                and "out" not in kwargs):
+        if (
+            name in self.ops
+            and isinstance(out, torch.Tensor)
+            and out.is_floating_point()
+            and out.numel()
+            and "out" not in kwargs
+        ):
             eps = torch.finfo(out.dtype).eps
             moved = out * (1 + eps * self._uniform(out))
             if name in self.sums:
@@ -140,8 +212,14 @@ class RoundingTolerance:
     rounding, say, scales with the sum of its terms' magnitudes, not with the sum).
     """
 
-    def __init__(self, reference: Any, jittered: Iterable[Any], group: Callable[[tuple], Hashable] = field_name,
-                 scale: Callable[[tuple], float] = lambda path: 1.0, safety: float = SAFETY):
+    def __init__(
+        self,
+        reference: Any,
+        jittered: Iterable[Any],
+        group: Callable[[tuple], Hashable] = field_name,
+        scale: Callable[[tuple], float] = lambda path: 1.0,
+        safety: float = SAFETY,
+    ):
         self.group, self.scale, self.safety = group, scale, safety
         ref = leaves(reference)
         self.spread: dict[Hashable, float] = {}  # per group: the largest change, in units of scale

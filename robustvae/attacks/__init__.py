@@ -24,6 +24,21 @@ from robustvae.attacks.sgd import LatentSGD
 from robustvae.attacks.square import LatentSquare
 
 __all__ = [
-    "ATTACKS", "AttackSpec", "ENSEMBLES", "ensemble_plan", "ensemble_version", "LatentAPGD", "LatentAttack", "LatentPGD", "LatentPGDL2", "LatentSGD", "LatentSquare",
-    "LatentObjective", "OBJECTIVES", "ObjectiveSpec", "make_attack", "project", "random_start",
+    "ATTACKS",
+    "AttackSpec",
+    "ENSEMBLES",
+    "ensemble_plan",
+    "ensemble_version",
+    "LatentAPGD",
+    "LatentAttack",
+    "LatentPGD",
+    "LatentPGDL2",
+    "LatentSGD",
+    "LatentSquare",
+    "LatentObjective",
+    "OBJECTIVES",
+    "ObjectiveSpec",
+    "make_attack",
+    "project",
+    "random_start",
 ]

@@ -61,26 +61,59 @@ class LatentAPGD(LatentAttack):
         >>> adv_images = attack(images, seeds=list(range(len(images))))
     """
 
-    def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50,
-                 step_size: float | None = None, momentum: float = 0.75, rho: float = 0.75, objective: str = "skl",
-                 straight_through: bool = False, random_start: bool = True, *, temperature: float = 0.1,
-                 per_unit: bool = False):
-        super().__init__("LatentAPGD", model, k, eps, norm, steps, objective, straight_through, random_start,
-                         temperature=temperature, per_unit=per_unit)
+    def __init__(
+        self,
+        model,
+        k: int = 1,
+        eps: float = 0.1,
+        norm: str = "linf",
+        steps: int = 50,
+        step_size: float | None = None,
+        momentum: float = 0.75,
+        rho: float = 0.75,
+        objective: str = "skl",
+        straight_through: bool = False,
+        random_start: bool = True,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+    ):
+        super().__init__(
+            "LatentAPGD",
+            model,
+            k,
+            eps,
+            norm,
+            steps,
+            objective,
+            straight_through,
+            random_start,
+            temperature=temperature,
+            per_unit=per_unit,
+        )
         self.step_size = step_size if step_size is not None else 2.0 * eps
         self.momentum, self.rho = momentum, rho
         self.checkpoints = apgd_checkpoints(steps)
 
     def _init_state(self, images: Tensor) -> dict:
         n = images.shape[0]
-        return {"images": images, "eta": torch.full((n,), self.step_size, device=images.device, dtype=images.dtype),
-                "scores": [], "since": 0, "reduced": torch.ones(n, dtype=torch.bool, device=images.device),
-                "best_at_check": None, "grad_best": None, "prev": None}
+        return {
+            "images": images,
+            "eta": torch.full((n,), self.step_size, device=images.device, dtype=images.dtype),
+            "scores": [],
+            "since": 0,
+            "reduced": torch.ones(n, dtype=torch.bool, device=images.device),
+            "best_at_check": None,
+            "grad_best": None,
+            "prev": None,
+        }
 
     def _ascend(self, delta: Tensor, grad: Tensor, loss: Tensor, step: int, state: dict) -> Tensor:
         images, best_loss, better = state["images"], state["best_loss"], state["better"]
         view = (-1, *([1] * (delta.dim() - 1)))
-        state["grad_best"] = grad if state["grad_best"] is None else torch.where(better.view(view), grad, state["grad_best"])
+        state["grad_best"] = (
+            grad if state["grad_best"] is None else torch.where(better.view(view), grad, state["grad_best"])
+        )
         if state["best_at_check"] is None:
             state["best_at_check"] = best_loss  # the start
         state["scores"].append(_score(loss))

@@ -95,9 +95,21 @@ class LatentAttack(Attack):
     (:class:`LatentObjective`).
     """
 
-    def __init__(self, name: str, model, k: int, eps: float, norm: str, steps: int, objective: str = "skl",
-                 straight_through: bool = False, random_start: bool = True, *, temperature: float = 0.1,
-                 per_unit: bool = False):
+    def __init__(
+        self,
+        name: str,
+        model,
+        k: int,
+        eps: float,
+        norm: str,
+        steps: int,
+        objective: str = "skl",
+        straight_through: bool = False,
+        random_start: bool = True,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+    ):
         super().__init__(name, model)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
@@ -112,12 +124,20 @@ class LatentAttack(Attack):
         self.random_start = random_start
         self.start: Tensor | None = None  # a given start per image (a delta), used instead of the random one
         self.curve_steps: tuple[int, ...] = ()
-        self.objective = LatentObjective(model, k, objective, straight_through, temperature=temperature,
-                                         per_unit=per_unit)
+        self.objective = LatentObjective(
+            model, k, objective, straight_through, temperature=temperature, per_unit=per_unit
+        )
         self.supported_mode = ["default"]
 
-    def __call__(self, images: Tensor, labels=None, *, target: Tensor | None = None,
-                 seeds: list[int] | None = None, noise: list[Tensor] | None = None) -> Tensor:
+    def __call__(
+        self,
+        images: Tensor,
+        labels=None,
+        *,
+        target: Tensor | None = None,
+        seeds: list[int] | None = None,
+        noise: list[Tensor] | None = None,
+    ) -> Tensor:
         """Run :meth:`forward` with the model in eval mode (restored afterwards).
 
         Overrides ``torchattacks.Attack.__call__``, whose signature and normalisation
@@ -141,8 +161,15 @@ class LatentAttack(Attack):
         raise NotImplementedError
 
     # -- the loop
-    def forward(self, images: Tensor, labels=None, *, target: Tensor | None = None, seeds: list[int] | None = None,
-                noise: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        labels=None,
+        *,
+        target: Tensor | None = None,
+        seeds: list[int] | None = None,
+        noise: list[Tensor] | None = None,
+    ) -> Tensor:
         """Adversarial images (the best iterate of each) for ``images`` in [0, 1].
 
         ``target``: one image per image, whose posteriors (or reconstruction) a targeted objective pulls towards.
@@ -155,17 +182,23 @@ class LatentAttack(Attack):
             raise ValueError("images must lie in [0, 1]")
         spec = self.objective.spec
         if spec.needs_target != (target is not None):
-            raise ValueError("a targeted objective (target, target_recon, supervised) needs target images, and only it "
-                             "takes them")
+            raise ValueError(
+                "a targeted objective (target, target_recon, supervised) needs target images, and only it takes them"
+            )
         if target is not None and target.shape != images.shape:
             raise ValueError(f"need one target per image: targets {tuple(target.shape)}, images {tuple(images.shape)}")
         if spec.needs_noise and noise is None:
-            raise ValueError(f"the {spec.name} objective needs the protocol's prior noise (noise=model.make_noise(...), "
-                             "one row per image), the same that scores the clean reconstruction")
+            raise ValueError(
+                f"the {spec.name} objective needs the protocol's prior noise (noise=model.make_noise(...), "
+                "one row per image), the same that scores the clean reconstruction"
+            )
         if spec.needs_noise and any(t.shape[0] != images.shape[0] for t in noise):
-            raise ValueError(f"need one row of noise per image: {[t.shape[0] for t in noise]} rows for {images.shape[0]} images")
-        ref = self.objective.reference((target if target is not None else images).to(self.device),
-                                       noise if spec.needs_noise else None)
+            raise ValueError(
+                f"need one row of noise per image: {[t.shape[0] for t in noise]} rows for {images.shape[0]} images"
+            )
+        ref = self.objective.reference(
+            (target if target is not None else images).to(self.device), noise if spec.needs_noise else None
+        )
         self.passes = {"forward": 0, "backward": 0}
         self._last_delta = None
         self.snapshots: dict[int, Tensor] = {}

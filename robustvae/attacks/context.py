@@ -58,11 +58,22 @@ class LatentContextSearch(LatentAPGD):
 
     _milp_cache: dict[tuple, Tensor] = {}
 
-    def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50,
-                 step_size: float | None = None, objective: str = "recon", *, time_limit: float | None = None,
-                 **kwargs):
-        super().__init__(model, k, eps, norm, steps, step_size if step_size is not None else eps / 4,
-                         objective=objective, **kwargs)
+    def __init__(
+        self,
+        model,
+        k: int = 1,
+        eps: float = 0.1,
+        norm: str = "linf",
+        steps: int = 50,
+        step_size: float | None = None,
+        objective: str = "recon",
+        *,
+        time_limit: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            model, k, eps, norm, steps, step_size if step_size is not None else eps / 4, objective=objective, **kwargs
+        )
         self.name = "LatentContextSearch"
         self.time_limit = time_limit if time_limit is not None else CONTEXT_TIME_LIMIT
         self.warm: Tensor | None = None
@@ -101,8 +112,12 @@ class LatentContextSearch(LatentAPGD):
         keyed by the codec's kind, levels, size and state, the budget, the time limit and the image's bytes)."""
         from robustvae.certify import optimal_context_attack
 
-        codec_key = (type(codec).__name__, codec.levels, codec.size,
-                     *(t.detach().cpu().numpy().tobytes() for t in codec.state_dict().values()))
+        codec_key = (
+            type(codec).__name__,
+            codec.levels,
+            codec.size,
+            *(t.detach().cpu().numpy().tobytes() for t in codec.state_dict().values()),
+        )
         keys = [(codec_key, self.eps, self.norm, self.time_limit, im.cpu().numpy().tobytes()) for im in images]
         for key in dict.fromkeys(keys):
             if key in self._milp_cache:
@@ -131,8 +146,15 @@ def _codec(model):
 
 
 @torch.no_grad()
-def flip_search(codec, images: Tensor, start: Tensor, eps: float, norm: str,
-                candidates: int = FLIP_CANDIDATES, passes: int = FLIP_PASSES) -> tuple[Tensor, Tensor]:
+def flip_search(
+    codec,
+    images: Tensor,
+    start: Tensor,
+    eps: float,
+    norm: str,
+    candidates: int = FLIP_CANDIDATES,
+    passes: int = FLIP_PASSES,
+) -> tuple[Tensor, Tensor]:
     """Greedy level flips from ``start`` (deltas): (deltas, decoded L2 change of their contexts), per image.
 
     Per image, the coefficients whose exact range over the ball reaches another level
@@ -143,49 +165,89 @@ def flip_search(codec, images: Tensor, start: Tensor, eps: float, norm: str,
     codec computes the new levels of every trial, and the best trial is kept only when it
     increases the decoded change. The result is never below the start's.
     """
-    from robustvae.certify.affine import codec_level, prepare
+    from robustvae.certify.affine import prepare
     from robustvae.certify.ranges import coefficient_ranges
-    from robustvae.attacks.base import project
 
     codec, ac, x32, _, clean = prepare(codec, images)
     rng = coefficient_ranges(codec, x32, eps, norm)
     w = ac.decoded_weights().reshape(-1)  # (C K,) decoded change per squared level step, float64
-    weights = ac.weights.float()  # (C, K, P)
-    C, K, P = weights.shape
     deltas, values = [], []
     for b in range(images.shape[0]):
-        x = x32[b : b + 1].cpu()
-        cl = clean[b].reshape(-1).double()
         lo, hi = rng.reach_lo[b].reshape(-1).double(), rng.reach_hi[b].reshape(-1).double()
-        potential = w * torch.maximum((hi - cl) ** 2, (lo - cl) ** 2)
-        order = [int(i) for i in potential.argsort(descending=True)[:candidates] if potential[i] > 0]
-        delta = project(start[b : b + 1].detach().float().cpu(), x, eps, norm)
-
-        def value(d: Tensor) -> Tensor:
-            lv = codec_level(codec, (x + d).clamp(0, 1)).reshape(d.shape[0], -1).double()
-            return ((lv - cl) ** 2 * w).sum(1), lv
-
-        best, levels = value(delta)
-        best, levels = best[0], levels[0]
-        for _ in range(passes):
-            moved = False
-            for i in order:
-                c, kk = divmod(i, K)
-                step = torch.sign(levels[i] - cl[i]) if levels[i] != cl[i] else (1.0 if hi[i] - cl[i] >= cl[i] - lo[i]
-                                                                                  else -1.0)
-                if not lo[i] <= levels[i] + step <= hi[i]:
-                    continue
-                u = torch.zeros(1, C, P)
-                u[0, c] = weights[c, kk].sign() if norm == "linf" else weights[c, kk] / weights[c, kk].norm()
-                u = (u * float(step)).view(1, C, ac.height, ac.width)
-                trials = project(delta + torch.tensor(FLIP_STEPS).view(-1, 1, 1, 1) * eps * u, x.expand(len(FLIP_STEPS),
-                                 -1, -1, -1), eps, norm)
-                v, lv = value(trials)
-                j = int(v.argmax())
-                if v[j] > best:
-                    delta, best, levels, moved = trials[j : j + 1], v[j], lv[j], True
-            if not moved:
-                break
+        delta, best = _flip_one(
+            codec,
+            ac,
+            w,
+            x32[b : b + 1].cpu(),
+            clean[b].reshape(-1).double(),
+            lo,
+            hi,
+            start[b : b + 1],
+            eps,
+            norm,
+            candidates,
+            passes,
+        )
         deltas.append(delta.to(images))
         values.append(best.sqrt())
     return torch.cat(deltas), torch.stack(values).to(torch.float64)
+
+
+def _flip_one(
+    codec,
+    ac,
+    w: Tensor,
+    x: Tensor,
+    cl: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    start: Tensor,
+    eps: float,
+    norm: str,
+    candidates: int,
+    passes: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`flip_search` for one image ``x`` with clean levels ``cl`` and reachable levels [lo, hi]: (delta, its
+    squared decoded change)."""
+    from robustvae.attacks.base import project
+    from robustvae.certify.affine import codec_level
+
+    weights = ac.weights.float()  # (C, K, P)
+    C, K, P = weights.shape
+    potential = w * torch.maximum((hi - cl) ** 2, (lo - cl) ** 2)
+    order = [int(i) for i in potential.argsort(descending=True)[:candidates] if potential[i] > 0]
+    delta = project(start.detach().float().cpu(), x, eps, norm)
+
+    def value(d: Tensor) -> Tensor:
+        lv = codec_level(codec, (x + d).clamp(0, 1)).reshape(d.shape[0], -1).double()
+        return ((lv - cl) ** 2 * w).sum(1), lv
+
+    best, levels = value(delta)
+    best, levels = best[0], levels[0]
+    for _ in range(passes):
+        moved = False
+        for i in order:
+            c, kk = divmod(i, K)
+            step = (
+                torch.sign(levels[i] - cl[i])
+                if levels[i] != cl[i]
+                else (1.0 if hi[i] - cl[i] >= cl[i] - lo[i] else -1.0)
+            )
+            if not lo[i] <= levels[i] + step <= hi[i]:
+                continue
+            u = torch.zeros(1, C, P)
+            u[0, c] = weights[c, kk].sign() if norm == "linf" else weights[c, kk] / weights[c, kk].norm()
+            u = (u * float(step)).view(1, C, ac.height, ac.width)
+            trials = project(
+                delta + torch.tensor(FLIP_STEPS).view(-1, 1, 1, 1) * eps * u,
+                x.expand(len(FLIP_STEPS), -1, -1, -1),
+                eps,
+                norm,
+            )
+            v, lv = value(trials)
+            j = int(v.argmax())
+            if v[j] > best:
+                delta, best, levels, moved = trials[j : j + 1], v[j], lv[j], True
+        if not moved:
+            break
+    return delta, best

@@ -94,24 +94,59 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         ObjectiveSpec("kl_forward", "kl_forward", "KL(clean || attacked)"),
         ObjectiveSpec("kl_reverse", "kl_reverse", "KL(attacked || clean)"),
         ObjectiveSpec("means", "means", "squared L2 distance between posterior means"),
-        ObjectiveSpec("supervised", "skl", "earlier targeted form: pull the posteriors towards the next attacked "
-                      "point's (minus the symmetric KL; context: coefficient to coefficient)", sign=-1.0,
-                      needs_target=True, target_choice="next-point"),
-        ObjectiveSpec("target", "skl", "targeted: pull the top-k posteriors towards another-label target's (minus the "
-                      "symmetric KL; context: minus the distance to the target's levels)", sign=-1.0, needs_target=True,
-                      context="levels", target_choice="other-label"),
-        ObjectiveSpec("target_recon", "skl", "targeted: pull the reconstruction towards the target's under the same "
-                      "prior noise (minus (1 - MS-SSIM))", sign=-1.0, needs_target=True, reconstruction="msssim",
-                      target_choice="other-label"),
-        ObjectiveSpec("target_recon_l2", "skl", "targeted: pull the reconstruction towards the target's under the same "
-                      "prior noise (minus the squared L2 distance)", sign=-1.0, needs_target=True, reconstruction="l2",
-                      target_choice="other-label"),
-        ObjectiveSpec("boundary", "skl", "context layers: margin past the nearer quantiser edge, capped (Gaussian: skl)",
-                      context="boundary"),
-        ObjectiveSpec("recon", "skl", "1 - MS-SSIM between attacked and clean reconstructions (the protocol's rule)",
-                      reconstruction="msssim"),
-        ObjectiveSpec("recon_l2", "skl", "squared L2 distance between attacked and clean reconstructions",
-                      reconstruction="l2"),
+        ObjectiveSpec(
+            "supervised",
+            "skl",
+            "earlier targeted form: pull the posteriors towards the next attacked "
+            "point's (minus the symmetric KL; context: coefficient to coefficient)",
+            sign=-1.0,
+            needs_target=True,
+            target_choice="next-point",
+        ),
+        ObjectiveSpec(
+            "target",
+            "skl",
+            "targeted: pull the top-k posteriors towards another-label target's (minus the "
+            "symmetric KL; context: minus the distance to the target's levels)",
+            sign=-1.0,
+            needs_target=True,
+            context="levels",
+            target_choice="other-label",
+        ),
+        ObjectiveSpec(
+            "target_recon",
+            "skl",
+            "targeted: pull the reconstruction towards the target's under the same prior noise (minus (1 - MS-SSIM))",
+            sign=-1.0,
+            needs_target=True,
+            reconstruction="msssim",
+            target_choice="other-label",
+        ),
+        ObjectiveSpec(
+            "target_recon_l2",
+            "skl",
+            "targeted: pull the reconstruction towards the target's under the same "
+            "prior noise (minus the squared L2 distance)",
+            sign=-1.0,
+            needs_target=True,
+            reconstruction="l2",
+            target_choice="other-label",
+        ),
+        ObjectiveSpec(
+            "boundary",
+            "skl",
+            "context layers: margin past the nearer quantiser edge, capped (Gaussian: skl)",
+            context="boundary",
+        ),
+        ObjectiveSpec(
+            "recon",
+            "skl",
+            "1 - MS-SSIM between attacked and clean reconstructions (the protocol's rule)",
+            reconstruction="msssim",
+        ),
+        ObjectiveSpec(
+            "recon_l2", "skl", "squared L2 distance between attacked and clean reconstructions", reconstruction="l2"
+        ),
     )
 }
 
@@ -163,7 +198,9 @@ def straight_through_quantisers(model) -> Iterator[None]:
     :class:`~robustvae.models.context.ContextCodec`); its quantised values are unchanged
     (to rounding), only their gradient is the identity instead of 0. Restored afterwards.
     """
-    modules = [m for m in getattr(model, "modules", lambda: [])() if isinstance(getattr(m, "straight_through", None), bool)]
+    modules = [
+        m for m in getattr(model, "modules", lambda: [])() if isinstance(getattr(m, "straight_through", None), bool)
+    ]
     before = [m.straight_through for m in modules]
     for m in modules:
         m.straight_through = True
@@ -190,8 +227,17 @@ class LatentObjective:
     of the ``boundary`` objective, in quantiser cells.
     """
 
-    def __init__(self, model, k: int, kind: str = "skl", straight_through: bool = False, *, temperature: float = 0.1,
-                 per_unit: bool = False, boundary_cap: float = BOUNDARY_CAP):
+    def __init__(
+        self,
+        model,
+        k: int,
+        kind: str = "skl",
+        straight_through: bool = False,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+        boundary_cap: float = BOUNDARY_CAP,
+    ):
         self.spec = get_objective(kind)
         self.model, self.k, self.kind, self.straight_through = model, k, kind, straight_through
         self.temperature, self.per_unit, self.boundary_cap = temperature, per_unit, boundary_cap
@@ -216,8 +262,9 @@ class LatentObjective:
         qs = self.model.encode(images, self.k)
         cols = torch.stack([self._compare(i, q, r) for i, (q, r) in enumerate(zip(qs, reference))], 1)
         if self.per_unit:
-            cols = cols / torch.tensor([info.dims for info in self.model.layers[: self.k]], dtype=cols.dtype,
-                                       device=cols.device)
+            cols = cols / torch.tensor(
+                [info.dims for info in self.model.layers[: self.k]], dtype=cols.dtype, device=cols.device
+            )
         return cols
 
     def _compare(self, i: int, q, r) -> Tensor:
@@ -242,7 +289,9 @@ class LatentObjective:
     def levels_changed(self, images: Tensor, adversarial: Tensor) -> Tensor:
         """(B,) number of context-layer units among the top k whose quantised level differs between the two."""
         count = torch.zeros(images.shape[0], device=images.device)
-        for info, q, r in zip(self.model.layers, self.model.encode(adversarial, self.k), self.model.encode(images, self.k)):
+        for info, q, r in zip(
+            self.model.layers, self.model.encode(adversarial, self.k), self.model.encode(images, self.k)
+        ):
             if info.deterministic:
                 count += (q.mean != r.mean).flatten(1).sum(1)
         return count

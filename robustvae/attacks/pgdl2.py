@@ -39,11 +39,33 @@ class LatentPGDL2(LatentAttack):
         >>> adv_images = attack(images)
     """
 
-    def __init__(self, model, k: int = 1, eps: float = 1.0, steps: int = 50, step_size: float | None = None,
-                 objective: str = "skl", straight_through: bool = False, random_start: bool = True,
-                 *, temperature: float = 0.1, per_unit: bool = False):
-        super().__init__("LatentPGDL2", model, k, eps, "l2", steps, objective, straight_through, random_start,
-                         temperature=temperature, per_unit=per_unit)
+    def __init__(
+        self,
+        model,
+        k: int = 1,
+        eps: float = 1.0,
+        steps: int = 50,
+        step_size: float | None = None,
+        objective: str = "skl",
+        straight_through: bool = False,
+        random_start: bool = True,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+    ):
+        super().__init__(
+            "LatentPGDL2",
+            model,
+            k,
+            eps,
+            "l2",
+            steps,
+            objective,
+            straight_through,
+            random_start,
+            temperature=temperature,
+            per_unit=per_unit,
+        )
         self.step_size = step_size if step_size is not None else 2.5 * eps / steps
 
     def _ascend(self, delta: Tensor, grad: Tensor, loss: Tensor, step: int, state: dict) -> Tensor:

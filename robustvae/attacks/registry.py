@@ -65,8 +65,14 @@ def _common(cfg) -> dict[str, Any]:
     temperature = cfg.temperature
     if getattr(cfg, "convention", "std") == "var":
         temperature = temperature**0.5
-    return dict(eps=cfg.eps, steps=cfg.steps, objective=cfg.objective, straight_through=cfg.straight_through,
-                temperature=temperature, per_unit=getattr(cfg, "per_unit", False))
+    return dict(
+        eps=cfg.eps,
+        steps=cfg.steps,
+        objective=cfg.objective,
+        straight_through=cfg.straight_through,
+        temperature=temperature,
+        per_unit=getattr(cfg, "per_unit", False),
+    )
 
 
 def _pgd(model, k: int, cfg) -> LatentAttack:
@@ -79,13 +85,27 @@ def _sgd(model, k: int, cfg) -> LatentAttack:
 
 
 def _apgd(model, k: int, cfg) -> LatentAttack:
-    return LatentAPGD(model, k=k, norm=cfg.norm, step_size=cfg.step_size, momentum=getattr(cfg, "momentum", 0.75),
-                      rho=getattr(cfg, "rho", 0.75), **_common(cfg))
+    return LatentAPGD(
+        model,
+        k=k,
+        norm=cfg.norm,
+        step_size=cfg.step_size,
+        momentum=getattr(cfg, "momentum", 0.75),
+        rho=getattr(cfg, "rho", 0.75),
+        **_common(cfg),
+    )
 
 
 def _context(model, k: int, cfg) -> LatentAttack:
-    return LatentContextSearch(model, k=k, norm=cfg.norm, step_size=cfg.step_size,
-                               momentum=getattr(cfg, "momentum", 0.75), rho=getattr(cfg, "rho", 0.75), **_common(cfg))
+    return LatentContextSearch(
+        model,
+        k=k,
+        norm=cfg.norm,
+        step_size=cfg.step_size,
+        momentum=getattr(cfg, "momentum", 0.75),
+        rho=getattr(cfg, "rho", 0.75),
+        **_common(cfg),
+    )
 
 
 def _square(model, k: int, cfg) -> LatentAttack:
@@ -97,10 +117,18 @@ ATTACKS: dict[str, AttackSpec] = {
     for spec in (
         AttackSpec("pgd", _pgd, "PGD with random start: sign steps (L-inf) or normalised steps (L2)"),
         AttackSpec("sgd", _sgd, "the DCT-VAE authors' optimiser: SGD, lr 1.0, reduce-on-plateau"),
-        AttackSpec("apgd", _apgd, "APGD (Croce & Hein): per-image step size halved when progress stalls, momentum 0.75"),
-        AttackSpec("square", _square, "Square Attack (Andriushchenko et al.): gradient-free random search over squares"),
-        AttackSpec("context", _context, "quantised context: the optimal context attack (MILP, 2 s per point) and a "
-                   "level-flip search seed APGD (initial step eps / 4); plain APGD where the model has no context codec"),
+        AttackSpec(
+            "apgd", _apgd, "APGD (Croce & Hein): per-image step size halved when progress stalls, momentum 0.75"
+        ),
+        AttackSpec(
+            "square", _square, "Square Attack (Andriushchenko et al.): gradient-free random search over squares"
+        ),
+        AttackSpec(
+            "context",
+            _context,
+            "quantised context: the optimal context attack (MILP, 2 s per point) and a "
+            "level-flip search seed APGD (initial step eps / 4); plain APGD where the model has no context codec",
+        ),
     )
 }
 
@@ -129,29 +157,41 @@ class EnsembleSpec:
 ENSEMBLES: dict[str, EnsembleSpec] = {
     spec.version: spec
     for spec in (
-        EnsembleSpec("auto-v1", (
-            Member("apgd-skl", "apgd", "skl", 0.3),
-            Member("apgd-recon", "apgd", "recon", 0.3),
-            Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
-            Member("square-recon", "square", "recon", 0.2),
-        ), "APGD on skl, APGD on recon, APGD on the context boundary (context layers only), Square on recon"),
-        EnsembleSpec("auto-v2", (
-            Member("apgd-skl", "apgd", "skl", 0.3),
-            Member("apgd-recon", "apgd", "recon", 0.3),
-            Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
-            Member("square-recon", "square", "recon", 0.2),
-            Member("context-levels", "context", "recon", 0.2, context_only=True),
-        ), "auto-v1's members, and for a quantised context among the attacked layers a member on its levels: the "
-           "optimal context attack (MILP) and a level-flip search seed APGD on recon (the context member runs last, "
-           "warm-started from the earlier members' best iterate)"),
-        EnsembleSpec("auto-target-v1", (
-            Member("apgd-target", "apgd", "target", 0.3),
-            Member("apgd-target-recon", "apgd", "target_recon", 0.2),
-            Member("apgd-target-recon-l2", "apgd", "target_recon_l2", 0.3),
-            Member("square-target-recon", "square", "target_recon", 0.2),
-        ), "targeted: APGD on the target's posteriors (context: its levels), APGD on the target's reconstruction "
-           "(MS-SSIM, and L2, whose gradient does not vanish where MS-SSIM is clipped at 0), Square on it (MS-SSIM)",
-           targeted=True),
+        EnsembleSpec(
+            "auto-v1",
+            (
+                Member("apgd-skl", "apgd", "skl", 0.3),
+                Member("apgd-recon", "apgd", "recon", 0.3),
+                Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
+                Member("square-recon", "square", "recon", 0.2),
+            ),
+            "APGD on skl, APGD on recon, APGD on the context boundary (context layers only), Square on recon",
+        ),
+        EnsembleSpec(
+            "auto-v2",
+            (
+                Member("apgd-skl", "apgd", "skl", 0.3),
+                Member("apgd-recon", "apgd", "recon", 0.3),
+                Member("apgd-boundary", "apgd", "boundary", 0.2, context_only=True),
+                Member("square-recon", "square", "recon", 0.2),
+                Member("context-levels", "context", "recon", 0.2, context_only=True),
+            ),
+            "auto-v1's members, and for a quantised context among the attacked layers a member on its levels: the "
+            "optimal context attack (MILP) and a level-flip search seed APGD on recon (the context member runs last, "
+            "warm-started from the earlier members' best iterate)",
+        ),
+        EnsembleSpec(
+            "auto-target-v1",
+            (
+                Member("apgd-target", "apgd", "target", 0.3),
+                Member("apgd-target-recon", "apgd", "target_recon", 0.2),
+                Member("apgd-target-recon-l2", "apgd", "target_recon_l2", 0.3),
+                Member("square-target-recon", "square", "target_recon", 0.2),
+            ),
+            "targeted: APGD on the target's posteriors (context: its levels), APGD on the target's reconstruction "
+            "(MS-SSIM, and L2, whose gradient does not vanish where MS-SSIM is clipped at 0), Square on it (MS-SSIM)",
+            targeted=True,
+        ),
     )
 }
 AUTO = "auto"  # the name configs use; it means the current version

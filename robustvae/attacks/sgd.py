@@ -44,18 +44,46 @@ class LatentSGD(LatentAttack):
         >>> adv_images = attack(images)
     """
 
-    def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, lr: float = 1.0,
-                 factor: float = 0.5, patience: int = 20, threshold: float = 1e-4, objective: str = "skl",
-                 straight_through: bool = False, random_start: bool = True, *, temperature: float = 0.1,
-                 per_unit: bool = False):
-        super().__init__("LatentSGD", model, k, eps, norm, steps, objective, straight_through, random_start,
-                         temperature=temperature, per_unit=per_unit)
+    def __init__(
+        self,
+        model,
+        k: int = 1,
+        eps: float = 0.1,
+        norm: str = "linf",
+        steps: int = 50,
+        lr: float = 1.0,
+        factor: float = 0.5,
+        patience: int = 20,
+        threshold: float = 1e-4,
+        objective: str = "skl",
+        straight_through: bool = False,
+        random_start: bool = True,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+    ):
+        super().__init__(
+            "LatentSGD",
+            model,
+            k,
+            eps,
+            norm,
+            steps,
+            objective,
+            straight_through,
+            random_start,
+            temperature=temperature,
+            per_unit=per_unit,
+        )
         self.lr, self.factor, self.patience, self.threshold = lr, factor, patience, threshold
 
     def _init_state(self, images: Tensor) -> dict:
         n, device = images.shape[0], images.device
-        return {"lr": torch.full((n,), self.lr, device=device), "best": torch.full((n,), -float("inf"), device=device),
-                "bad": torch.zeros(n, dtype=torch.long, device=device)}
+        return {
+            "lr": torch.full((n,), self.lr, device=device),
+            "best": torch.full((n,), -float("inf"), device=device),
+            "bad": torch.zeros(n, dtype=torch.long, device=device),
+        }
 
     def _ascend(self, delta: Tensor, grad: Tensor, loss: Tensor, step: int, state: dict) -> Tensor:
         best = state["best"]

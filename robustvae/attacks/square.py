@@ -44,7 +44,9 @@ def _rectangle_bump(x: int, y: int) -> Tensor:
     delta = torch.zeros(x, y, dtype=torch.float64)
     cx, cy = x // 2, y // 2
     for i in range(max(cx + 1, cy + 1)):
-        delta[max(cx - i, 0) : min(cx - i + 2 * i + 1, x), max(cy - i, 0) : min(cy - i + 2 * i + 1, y)] += 1.0 / (i + 1) ** 2
+        delta[max(cx - i, 0) : min(cx - i + 2 * i + 1, x), max(cy - i, 0) : min(cy - i + 2 * i + 1, y)] += (
+            1.0 / (i + 1) ** 2
+        )
     return delta / delta.norm()
 
 
@@ -62,8 +64,12 @@ def _window_index(t: Tensor, rows: Tensor, cols: Tensor, s: int) -> tuple[Tensor
     """Advanced index of each image's s-by-s window at (rows[b], cols[b]): t[index] is (B, C, s, s)."""
     B, C = t.shape[:2]
     ar = torch.arange(s, device=t.device)
-    return (torch.arange(B, device=t.device).view(B, 1, 1, 1), torch.arange(C, device=t.device).view(1, C, 1, 1),
-            (rows.to(t.device)[:, None] + ar).view(B, 1, s, 1), (cols.to(t.device)[:, None] + ar).view(B, 1, 1, s))
+    return (
+        torch.arange(B, device=t.device).view(B, 1, 1, 1),
+        torch.arange(C, device=t.device).view(1, C, 1, 1),
+        (rows.to(t.device)[:, None] + ar).view(B, 1, s, 1),
+        (cols.to(t.device)[:, None] + ar).view(B, 1, 1, s),
+    )
 
 
 def _window_mask(t: Tensor, rows: Tensor, cols: Tensor, s: int) -> Tensor:
@@ -103,11 +109,33 @@ class LatentSquare(LatentAttack):
         >>> adv_images = attack(images, seeds=list(range(len(images))), noise=model.make_noise(len(images)))
     """
 
-    def __init__(self, model, k: int = 1, eps: float = 0.1, norm: str = "linf", steps: int = 50, p_init: float = 0.8,
-                 objective: str = "skl", straight_through: bool = False, *, temperature: float = 0.1,
-                 per_unit: bool = False):
-        super().__init__("LatentSquare", model, k, eps, norm, steps, objective, straight_through, False,
-                         temperature=temperature, per_unit=per_unit)
+    def __init__(
+        self,
+        model,
+        k: int = 1,
+        eps: float = 0.1,
+        norm: str = "linf",
+        steps: int = 50,
+        p_init: float = 0.8,
+        objective: str = "skl",
+        straight_through: bool = False,
+        *,
+        temperature: float = 0.1,
+        per_unit: bool = False,
+    ):
+        super().__init__(
+            "LatentSquare",
+            model,
+            k,
+            eps,
+            norm,
+            steps,
+            objective,
+            straight_through,
+            False,
+            temperature=temperature,
+            per_unit=per_unit,
+        )
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.p_init = p_init
@@ -185,7 +213,9 @@ class LatentSquare(LatentAttack):
                 if r0 + s > h or c0 + s > w:
                     continue
                 bump = self._bumps(gens, s, images)
-                delta[:, :, r0 : r0 + s, c0 : c0 + s] += bump * self._signs(gens, (c, 1, 1)).to(images.device, images.dtype)
+                delta[:, :, r0 : r0 + s, c0 : c0 + s] += bump * self._signs(gens, (c, 1, 1)).to(
+                    images.device, images.dtype
+                )
         delta = delta / _sq_norm(delta, (1, 2, 3)).sqrt().clamp_min(1e-12) * self.eps
         return project(delta, images, self.eps, "l2")
 
@@ -193,8 +223,9 @@ class LatentSquare(LatentAttack):
         c, h, w = images.shape[1:]
         s = max(int(round(math.sqrt(share * h * w))), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
-        rows, cols, rows2, cols2 = (self._draw(gens, lambda g, n=n: torch.randint(0, n - s + 1, (), generator=g))
-                                    for n in (h, w, h, w))
+        rows, cols, rows2, cols2 = (
+            self._draw(gens, lambda g, n=n: torch.randint(0, n - s + 1, (), generator=g)) for n in (h, w, h, w)
+        )
         m1, m2 = _window_mask(images, rows, cols, s), _window_mask(images, rows2, cols2, s)
         norm_window = _sq_norm(best * m1, (2, 3)).sqrt()
         norm_image = _sq_norm(best, (1, 2, 3)).sqrt()

@@ -24,6 +24,15 @@ from robustvae.certify.attack import ContextAttackResult, optimal_context_attack
 from robustvae.certify.ranges import Ranges, certified_fraction, certified_radius, coefficient_ranges
 
 __all__ = [
-    "AffineContext", "ContextAttackResult", "Ranges", "affine_context", "certified_fraction", "certified_radius",
-    "coefficient_ranges", "context_radius", "context_ranges", "float32_margin", "optimal_context_attack",
+    "AffineContext",
+    "ContextAttackResult",
+    "Ranges",
+    "affine_context",
+    "certified_fraction",
+    "certified_radius",
+    "coefficient_ranges",
+    "context_radius",
+    "context_ranges",
+    "float32_margin",
+    "optimal_context_attack",
 ]

@@ -74,7 +74,9 @@ def _probe(codec: ContextCodec) -> tuple[Tensor, Tensor, Tensor]:
             M = (codec.coefficients(basis).reshape(P, K) - b).T.contiguous()
             czero = torch.zeros(1, 1, c, c, dtype=torch.float64)
             cbasis = torch.eye(K, dtype=torch.float64).view(K, 1, c, c)
-            S = (codec.linear_synthesis(cbasis).reshape(K, P) - codec.linear_synthesis(czero).reshape(1, P)).contiguous()
+            S = (
+                codec.linear_synthesis(cbasis).reshape(K, P) - codec.linear_synthesis(czero).reshape(1, P)
+            ).contiguous()
         _MAPS[key] = (M, b, S)
     return _MAPS[key]
 

@@ -17,8 +17,10 @@ from robustvae.certify.ranges import Ranges, certified_radius, coefficient_range
 
 def _deterministic(model):
     if getattr(model, "dither", False):
-        raise ValueError("the model's context is dithered (context_dither); the analysis is of the deterministic "
-                         "quantiser: set model.dither = False")
+        raise ValueError(
+            "the model's context is dithered (context_dither); the analysis is of the deterministic "
+            "quantiser: set model.dither = False"
+        )
     return codec_of(model)
 
 

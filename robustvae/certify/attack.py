@@ -106,8 +106,9 @@ class _Problem:
     @property
     def pick(self) -> sp.csr_matrix:
         """(m, Z) incidence of binaries in rows."""
-        return sp.csr_matrix((np.ones(len(self.zrow)), (self.zrow, np.arange(len(self.zrow)))),
-                             shape=(len(self.rows), len(self.zrow)))
+        return sp.csr_matrix(
+            (np.ones(len(self.zrow)), (self.zrow, np.arange(len(self.zrow)))), shape=(len(self.rows), len(self.zrow))
+        )
 
     def bounds(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """a <= W delta <= b of an assignment (one binary per row)."""
@@ -120,8 +121,16 @@ def _gain_table(ac: AffineContext, objective: str) -> np.ndarray:
     return ac.decoded_weights().reshape(-1).numpy()
 
 
-def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndarray, eps: float,
-           weight: np.ndarray, objective: str) -> _Problem | None:
+def _build(
+    ac: AffineContext,
+    rng,
+    x: np.ndarray,
+    clean: np.ndarray,
+    mu: np.ndarray,
+    eps: float,
+    weight: np.ndarray,
+    objective: str,
+) -> _Problem | None:
     """The program of one image; None when some coefficient has no cell it can reach ``mu`` inside."""
     C, K, P = ac.channels, ac.M.shape[0], ac.M.shape[1]
     w = ac.weights.reshape(C * K, P).numpy()
@@ -150,18 +159,42 @@ def _build(ac: AffineContext, rng, x: np.ndarray, clean: np.ndarray, mu: np.ndar
     xf = x.reshape(-1)
     v = v0[rows]
     edge = np.array([t[4:] for t in z], dtype=bool).reshape(-1, 2)
-    return _Problem(Wm, rows, v, zrow, zlev, num[:, 2] - v[zrow], num[:, 3] - v[zrow], edge, gain.astype(float),
-                    np.maximum(-eps, -xf), np.minimum(eps, 1 - xf))
+    return _Problem(
+        Wm,
+        rows,
+        v,
+        zrow,
+        zlev,
+        num[:, 2] - v[zrow],
+        num[:, 3] - v[zrow],
+        edge,
+        gain.astype(float),
+        np.maximum(-eps, -xf),
+        np.minimum(eps, 1 - xf),
+    )
 
 
-def _solve(c: np.ndarray, integrality: np.ndarray, lb: np.ndarray, ub: np.ndarray, blocks: list, time_limit: float,
-           gap: float = 0.0, highs: dict | None = None):
+def _solve(
+    c: np.ndarray,
+    integrality: np.ndarray,
+    lb: np.ndarray,
+    ub: np.ndarray,
+    blocks: list,
+    time_limit: float,
+    gap: float = 0.0,
+    highs: dict | None = None,
+):
     """scipy's milp (HiGHS); ``highs``: HiGHS options scipy does not know, passed verbatim (its warning silenced)."""
     cons = [LinearConstraint(A.tocsr(), lo, hi) for A, lo, hi in blocks]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
-        return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
-                    options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False, **(highs or {})})
+        return milp(
+            c,
+            integrality=integrality,
+            bounds=Bounds(lb, ub),
+            constraints=cons,
+            options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": gap, "disp": False, **(highs or {})},
+        )
 
 
 def _cutoff(gain: np.ndarray, floor: float) -> float:
@@ -197,8 +230,10 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
             r.append(z), c.append(col[z + 1]), v.append(-1.0)
     T = sp.csr_matrix((v, (r, c)), shape=(Z, len(ys)))
     pairs = [(col[z], col[z + 1]) for z in ys[:-1] if z + 1 < Z and not first[z + 1]]
-    Ord = sp.csr_matrix((np.tile([-1.0, 1.0], len(pairs)), (np.repeat(np.arange(len(pairs)), 2), np.ravel(pairs))),
-                      shape=(len(pairs), len(ys)))
+    Ord = sp.csr_matrix(
+        (np.tile([-1.0, 1.0], len(pairs)), (np.repeat(np.arange(len(pairs)), 2), np.ravel(pairs))),
+        shape=(len(pairs), len(ys)),
+    )
     return first.astype(float), T, Ord
 
 
@@ -208,8 +243,9 @@ def _incremental(pb: _Problem) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix
 HIGHS_LINF: dict[str, object] = {}
 
 
-def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutoff: float | None = None,
-               gap: float = 0.0):
+def _milp_linf(
+    pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutoff: float | None = None, gap: float = 0.0
+):
     """The full MILP: max gain . z over delta in the pixel bounds and the hull of every coefficient's cells.
 
     Variables (delta, u, y): u = W delta is each coefficient's move from v0, bounded by its exact
@@ -241,24 +277,39 @@ def _milp_linf(pb: _Problem, nogoods: list[np.ndarray], time_limit: float, cutof
         blocks.append((sp.hstack([zero(A.shape[0], N + m), A @ T]), lo, hi - A @ z0))
     offset = pb.gain @ z0
     if cutoff is not None:
-        blocks.append((sp.hstack([zero(1, N + m), sp.csr_matrix(T.T @ pb.gain)]), _cutoff(pb.gain, cutoff) - offset,
-                       np.inf))
+        blocks.append(
+            (sp.hstack([zero(1, N + m), sp.csr_matrix(T.T @ pb.gain)]), _cutoff(pb.gain, cutoff) - offset, np.inf)
+        )
     u_lo = np.full(m, np.inf)
     u_hi = np.full(m, -np.inf)
     np.minimum.at(u_lo, pb.zrow, pb.zA)
     np.maximum.at(u_hi, pb.zrow, pb.zB)
-    res = _solve(np.concatenate([np.zeros(N + m), -(T.T @ pb.gain)]), np.r_[np.zeros(N + m), np.ones(Y)],
-                 np.r_[pb.lb, u_lo, np.zeros(Y)], np.r_[pb.ub, u_hi, np.ones(Y)], blocks, time_limit, gap, HIGHS_LINF)
+    res = _solve(
+        np.concatenate([np.zeros(N + m), -(T.T @ pb.gain)]),
+        np.r_[np.zeros(N + m), np.ones(Y)],
+        np.r_[pb.lb, u_lo, np.zeros(Y)],
+        np.r_[pb.ub, u_hi, np.ones(Y)],
+        blocks,
+        time_limit,
+        gap,
+        HIGHS_LINF,
+    )
     if res.x is not None:
-        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N + m:])]
+        res.x = np.r_[res.x[:N], z0 + T @ np.round(res.x[N + m :])]
         res.fun = res.fun - offset
     if res.get("mip_dual_bound") is not None:
         res.mip_dual_bound = res.mip_dual_bound - offset
     return res
 
 
-def _master_l2(pb: _Problem, cuts: list[tuple[np.ndarray, float]], nogoods: list[np.ndarray], eps: float,
-               time_limit: float, cutoff: float | None = None):
+def _master_l2(
+    pb: _Problem,
+    cuts: list[tuple[np.ndarray, float]],
+    nogoods: list[np.ndarray],
+    eps: float,
+    time_limit: float,
+    cutoff: float | None = None,
+):
     """The Benders master of L2: max gain . z over the one-hot choices and the cuts (all linear in z)."""
     Z = len(pb.gain)
     blocks = [(pb.pick, 1.0, 1.0)]
@@ -293,14 +344,17 @@ def _centre(pb: _Problem, sel: np.ndarray, delta: np.ndarray) -> np.ndarray:
     if not (fa.any() or fb.any()):
         return delta
     N = pb.W.shape[1]
-    A = sp.vstack([
-        sp.hstack([-pb.W[fa], sp.csr_matrix(np.ones((fa.sum(), 1)))]),  # a - W d + t <= 0
-        sp.hstack([pb.W[fb], sp.csr_matrix(np.ones((fb.sum(), 1)))]),  # W d + t <= b
-    ]).tocsr()
+    A = sp.vstack(
+        [
+            sp.hstack([-pb.W[fa], sp.csr_matrix(np.ones((fa.sum(), 1)))]),  # a - W d + t <= 0
+            sp.hstack([pb.W[fb], sp.csr_matrix(np.ones((fb.sum(), 1)))]),  # W d + t <= b
+        ]
+    ).tocsr()
     c = np.zeros(N + 1)
     c[-1] = -1
-    res = linprog(c, A_ub=A, b_ub=np.concatenate([-a[fa], b[fb]]), bounds=list(zip(pb.lb, pb.ub)) + [(0, 1)],
-                  method="highs")
+    res = linprog(
+        c, A_ub=A, b_ub=np.concatenate([-a[fa], b[fb]]), bounds=list(zip(pb.lb, pb.ub)) + [(0, 1)], method="highs"
+    )
     return res.x[:N] if res.status == 0 else delta
 
 
@@ -329,8 +383,14 @@ def _min_norm(pb: _Problem, sel: np.ndarray, box_lo: np.ndarray, box_hi: np.ndar
         d, Wd, Q = parts(y)
         return -(Q + y[:m] @ a - y[m:] @ b), -np.concatenate([a - Wd, Wd - b])
 
-    res = minimize(f, np.zeros(2 * m), jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * m),
-                   options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    res = minimize(
+        f,
+        np.zeros(2 * m),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * (2 * m),
+        options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
+    )
     lam, nu = res.x[:m], res.x[m:]
     d, _, Q = parts(res.x)
     return float(Q + lam @ a - nu @ b), d, lam[pb.zrow] * pb.zA - nu[pb.zrow] * pb.zB, float(Q)
@@ -364,9 +424,18 @@ def _realise(codec, x32: Tensor, x64: np.ndarray, delta: np.ndarray, eps: float,
 
 
 def optimal_context_attack(
-    codec, x: Tensor, eps: float, norm: str = "linf", objective: str = "decoded_l2", time_limit: float = 60.0,
-    interior: float = 1e-5, max_rounds: int = 100_000, start: Tensor | None = None,
-    score: Callable[[Tensor, int], Tensor] | None = None, pool: int = 4, start_cutoff: bool = False,
+    codec,
+    x: Tensor,
+    eps: float,
+    norm: str = "linf",
+    objective: str = "decoded_l2",
+    time_limit: float = 60.0,
+    interior: float = 1e-5,
+    max_rounds: int = 100_000,
+    start: Tensor | None = None,
+    score: Callable[[Tensor, int], Tensor] | None = None,
+    pool: int = 4,
+    start_cutoff: bool = False,
 ) -> ContextAttackResult:
     """The attack that changes the quantised context most within the eps-ball and [0, 1], by MILP.
 
@@ -422,9 +491,26 @@ def optimal_context_attack(
         cl = clean[bi].reshape(-1).numpy()
         rb = _slice(rng, bi)
         sc = None if score is None else (lambda xa, bi=bi: score(xa.to(x.device), bi))
-        one = _attack_one(codec, ac, rb, x32[bi : bi + 1].cpu(), xb, cl, mu, eps, norm, objective, gain_w,
-                          time_limit, max_rounds, t0, None if start is None else start[bi].reshape(-1).numpy(),
-                          sc, pool, start_cutoff)
+        one = _attack_one(
+            codec,
+            ac,
+            rb,
+            x32[bi : bi + 1].cpu(),
+            xb,
+            cl,
+            mu,
+            eps,
+            norm,
+            objective,
+            gain_w,
+            time_limit,
+            max_rounds,
+            t0,
+            None if start is None else start[bi].reshape(-1).numpy(),
+            sc,
+            pool,
+            start_cutoff,
+        )
         xa, lv, bd, ok, msg, nr, val, s, nc = one
         out_x.append(xa)
         out_lv.append(lv)
@@ -448,21 +534,57 @@ def optimal_context_attack(
     if objective == "decoded_l2":
         bound, value = bound.clamp(min=0).sqrt(), value.clamp(min=0).sqrt()
     return ContextAttackResult(
-        eps, norm, objective, x_adv, x_adv.double().cpu() - x32.double().cpu(), levels, clean.view(shape), decoded,
-        changed, bound, torch.tensor(proven, dtype=torch.bool), status, torch.tensor(times), torch.tensor(rounds),
-        interior, value, torch.tensor(scores, dtype=torch.float64), torch.tensor(counts),
+        eps,
+        norm,
+        objective,
+        x_adv,
+        x_adv.double().cpu() - x32.double().cpu(),
+        levels,
+        clean.view(shape),
+        decoded,
+        changed,
+        bound,
+        torch.tensor(proven, dtype=torch.bool),
+        status,
+        torch.tensor(times),
+        torch.tensor(rounds),
+        interior,
+        value,
+        torch.tensor(scores, dtype=torch.float64),
+        torch.tensor(counts),
     )
 
 
 def _slice(rng, i: int):
     """The ranges of one image, keeping the batch axis."""
-    return type(rng)(**{k: v[i : i + 1] if isinstance(v, Tensor) and k != "margin" else v for k, v in vars(rng).items()})
+    return type(rng)(
+        **{k: v[i : i + 1] if isinstance(v, Tensor) and k != "margin" else v for k, v in vars(rng).items()}
+    )
 
 
-def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w, time_limit, max_rounds, t0,
-                start=None, score=None, pool=1, start_cutoff=False):
+def _attack_one(
+    codec,
+    ac,
+    rng,
+    x32,
+    xb,
+    clean,
+    mu,
+    eps,
+    norm,
+    objective,
+    gain_w,
+    time_limit,
+    max_rounds,
+    t0,
+    start=None,
+    score=None,
+    pool=1,
+    start_cutoff=False,
+):
     """(x_adv, levels, objective bound, proven optimal, message, programs solved, best value, score, candidates)
     for one image."""
+
     def value(lv: np.ndarray) -> float:
         d = lv - clean
         return float(((d * d if objective == "decoded_l2" else (d != 0)) * gain_w).sum())
@@ -501,8 +623,11 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
             break
         nr += 1
         cutoff = best[2] if warm else None
-        res = (_milp_linf(pb, nogoods, left, cutoff) if norm == "linf"
-               else _master_l2(pb, cuts, nogoods, eps, left, cutoff))
+        res = (
+            _milp_linf(pb, nogoods, left, cutoff)
+            if norm == "linf"
+            else _master_l2(pb, cuts, nogoods, eps, left, cutoff)
+        )
         msg, solved = res.message, res.status == 0
         if res.x is None:  # infeasible: every assignment left was proven unrealisable (or no better one); else time
             if res.status == 2 and exact:
@@ -513,7 +638,7 @@ def _attack_one(codec, ac, rng, x32, xb, clean, mu, eps, norm, objective, gain_w
         if exact:
             dual = -res.fun if solved else -(res.get("mip_dual_bound") or -math.inf)
             upper = min(upper, dual if math.isfinite(dual) else math.inf)
-        sel = _assignment(pb, res.x[-len(pb.gain):])
+        sel = _assignment(pb, res.x[-len(pb.gain) :])
         target = clean.copy()
         target[pb.rows] = pb.zlev[sel]
         if value(target) <= best[2] * (1 + 1e-9):  # the incumbent already reaches this relaxation's optimum
@@ -561,7 +686,7 @@ def _pool(pb: _Problem, nogoods: list, cands: list, verify, n: int, time_limit: 
         res = _milp_linf(pb, nogoods, left, gap=0.05)
         if res.x is None:
             return
-        sel = _assignment(pb, res.x[-len(pb.gain):])
+        sel = _assignment(pb, res.x[-len(pb.gain) :])
         nogoods.append(sel)
         cands.append(verify(_centre(pb, sel, res.x[:N])))
 

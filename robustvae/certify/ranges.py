@@ -175,8 +175,16 @@ def coefficient_ranges(codec, x: Tensor, eps: float, norm: str = "linf", margin:
     reach_lo, reach_hi = torch.where(beyond, 0, reach_lo), torch.where(beyond, ac.n, reach_hi)
     shape = (x64.shape[0], ac.channels, codec.size, codec.size)
     return Ranges(
-        eps, norm, lo.view(shape), hi.view(shape), v0.view(shape), clean_level.view(shape),
-        reach_lo.view(shape), reach_hi.view(shape), (reach_lo == reach_hi).view(shape), m.view(shape[1:]),
+        eps,
+        norm,
+        lo.view(shape),
+        hi.view(shape),
+        v0.view(shape),
+        clean_level.view(shape),
+        reach_lo.view(shape),
+        reach_hi.view(shape),
+        (reach_lo == reach_hi).view(shape),
+        m.view(shape[1:]),
     )
 
 
@@ -189,8 +197,9 @@ def _check_clean(reach_lo: Tensor, reach_hi: Tensor, clean_level: Tensor, eps: f
         )
 
 
-def certified_radius(codec, x: Tensor, norm: str = "linf", per_coefficient: bool = False,
-                     margin: float | None = None) -> Tensor:
+def certified_radius(
+    codec, x: Tensor, norm: str = "linf", per_coefficient: bool = False, margin: float | None = None
+) -> Tensor:
     """Certified radius: the smallest eps at which some coefficient's level may change.
 
     Returns (B,) float64, or (B, C, c, c) with ``per_coefficient`` (inf: no image in
@@ -220,8 +229,9 @@ def certified_radius(codec, x: Tensor, norm: str = "linf", per_coefficient: bool
     return r.flatten(1).amin(1) if r.shape[0] else r.new_zeros(0)
 
 
-def certified_fraction(codec, x: Tensor, eps_list: Sequence[float], norm: str = "linf",
-                       margin: float | None = None) -> Tensor:
+def certified_fraction(
+    codec, x: Tensor, eps_list: Sequence[float], norm: str = "linf", margin: float | None = None
+) -> Tensor:
     """(len(eps_list),) fraction of the points whose whole context is certified unchanged at each eps.
 
     A point counts at eps when eps < its :func:`certified_radius` (the same as

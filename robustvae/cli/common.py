@@ -25,12 +25,18 @@ DEVICE_HELP = "auto (CUDA when visible), cpu, cuda or cuda:N."
 BACKEND_HELP = "Under torchrun: gloo (CPU), nccl (CUDA) or auto (by device). Ignored in a single process."
 SET_HELP = "Override any config field, e.g. --set model.channels=16 --set train.lr=3e-4 (repeatable)."
 QUIET_HELP = "No progress display (log.txt in the output directory still gets the progress lines). \\[default: off]"
-MODELS_HELP = ("Checkpoint files, run directories (robustvae zoo fetch makes one of a published checkpoint), or module.path:factory (your own model, "
-               "docs/own-model.md).")
-DATA_HELP = ("Dataset instead of the model's own, e.g. mnist-offline (a module:factory model needs --data or "
-             "--images). \\[default: the checkpoint's]")
-IMAGES_HELP = ("Your own images instead of a dataset: a folder of PNG/JPEG files, an image file, or a .npy/.npz/.pt "
-               "array (uint8, or floats in [0, 1]; NCHW or NHWC). \\[default: none]")
+MODELS_HELP = (
+    "Checkpoint files, run directories (robustvae zoo fetch makes one of a published checkpoint), or module.path:factory (your own model, "
+    "docs/own-model.md)."
+)
+DATA_HELP = (
+    "Dataset instead of the model's own, e.g. mnist-offline (a module:factory model needs --data or "
+    "--images). \\[default: the checkpoint's]"
+)
+IMAGES_HELP = (
+    "Your own images instead of a dataset: a folder of PNG/JPEG files, an image file, or a .npy/.npz/.pt "
+    "array (uint8, or floats in [0, 1]; NCHW or NHWC). \\[default: none]"
+)
 
 
 def settings_text(cfg) -> str:
@@ -67,7 +73,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """robustvae: latent-space robustness of hierarchical VAEs."""
 

@@ -8,8 +8,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from robustvae.cli.common import (DATA_HELP, DEVICE_HELP, IMAGES_HELP, QUIET_HELP, THREADS, app, ctrl_c, out_console,
-                                  write_json_file)
+from robustvae.cli.common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    IMAGES_HELP,
+    QUIET_HELP,
+    THREADS,
+    app,
+    ctrl_c,
+    out_console,
+    write_json_file,
+)
 from robustvae.device import cpu_threads
 from robustvae.errors import RobustVAEError
 
@@ -17,32 +26,50 @@ from robustvae.errors import RobustVAEError
 @app.command("eval")
 def eval_(
     checkpoints: list[str] = typer.Argument(
-        ..., help="Checkpoint file, run directory, or module.path:factory (your own model, "
-                  "docs/own-model.md); give two (or more) to compare them side by side."
+        ...,
+        help="Checkpoint file, run directory, or module.path:factory (your own model, "
+        "docs/own-model.md); give two (or more) to compare them side by side.",
     ),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     images: Optional[Path] = typer.Option(None, "--images", help=IMAGES_HELP),
-    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", "-k", help="Importance samples K. \\[default: 1000 for binary data, 100 otherwise]"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a label-stratified subset of this many images, selected with --seed (--images: the first N in file order). \\[default: the whole split]"),
+    iw_samples: Optional[int] = typer.Option(
+        None, "--iw-samples", "-k", help="Importance samples K. \\[default: 1000 for binary data, 100 otherwise]"
+    ),
+    limit: Optional[int] = typer.Option(
+        None,
+        "--limit",
+        help="Evaluate a label-stratified subset of this many images, selected with --seed (--images: the first N in file order). \\[default: the whole split]",
+    ),
     batch_size: int = typer.Option(100, "--batch-size", help="Images per batch of the ELBO and the layer diagnostics."),
-    max_batch_mib: Optional[int] = typer.Option(None, "--max-batch-mib", help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 64 on CPU, 2048 on CUDA]"),
+    max_batch_mib: Optional[int] = typer.Option(
+        None,
+        "--max-batch-mib",
+        help="Memory budget of one importance-sampling pass (images x samples); the NLL does not depend on it. \\[default: 64 on CPU, 2048 on CUDA]",
+    ),
     weights: str = typer.Option("auto", "--weights", help="auto (EMA when present), ema or raw."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder with the dataset files. \\[default: the checkpoint's]"
+    ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    seed: int = typer.Option(0, "--seed", help="Seed of the --limit selection, the importance samples and the ELBO's sample."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the --limit selection, the importance samples and the ELBO's sample."
+    ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o",
+        None,
+        "--out",
+        "-o",
         help="JSON output (progress lines go to the same name with .log, beside it). With several checkpoints, --out gets one file "
-             "holding every result ({\"results\": [...]}); needed for a module:factory model. \\[default: "
-             "eval-<split>.json next to each checkpoint; eval-<data>-<split>.json with --data, "
-             "eval-images-<name>.json with --images]",
+        'holding every result ({"results": [...]}); needed for a module:factory model. \\[default: '
+        "eval-<split>.json next to each checkpoint; eval-<data>-<split>.json with --data, "
+        "eval-images-<name>.json with --images]",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help=QUIET_HELP),
     estimator: str = typer.Option(
-        "iwae", "--estimator",
+        "iwae",
+        "--estimator",
         help="iwae (the true bound, every model), authors (Kuzina & Tomczak's estimate with analytic KLs, kuzina-* "
-             "models; not a bound) or both, on the same images.",
+        "models; not a bound) or both, on the same images.",
     ),
     threads: Optional[int] = THREADS,
 ) -> None:
@@ -56,12 +83,42 @@ def eval_(
 
     require_positive(batch_size=batch_size, iw_samples=iw_samples, limit=limit, max_batch_mib=max_batch_mib)
     with ctrl_c("eval", "; nothing written"), cpu_threads(threads):
-        _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-              quiet, estimator, data, images)
+        _eval(
+            checkpoints,
+            split,
+            iw_samples,
+            limit,
+            batch_size,
+            max_batch_mib,
+            weights,
+            data_dir,
+            device,
+            seed,
+            out,
+            quiet,
+            estimator,
+            data,
+            images,
+        )
 
 
-def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weights, data_dir, device, seed, out,
-          quiet, estimator="iwae", data=None, images=None) -> None:
+def _eval(
+    checkpoints,
+    split,
+    iw_samples,
+    limit,
+    batch_size,
+    max_batch_mib,
+    weights,
+    data_dir,
+    device,
+    seed,
+    out,
+    quiet,
+    estimator="iwae",
+    data=None,
+    images=None,
+) -> None:
     """The eval command after its light checks: load, evaluate each model on the same images, write, print."""
     from robustvae import api, io
     from robustvae.data.images import one_source
@@ -77,14 +134,30 @@ def _eval(checkpoints, split, iw_samples, limit, batch_size, max_batch_mib, weig
         f"eval of {len(models)} model(s) on {source}{'' if image_set else f' {split}'}: "
         f"{f'{limit} images ({what} {limit if image_set else seed})' if limit else 'every image'}, "
         f"K={'/'.join(map(str, ks))}, estimator {estimator}, batch {batch_size}, --max-batch-mib "
-        f"{max_batch_mib or 'default'}, seed {seed}, weights {weights}, device {device}", markup=False,
-        highlight=False, soft_wrap=True)
+        f"{max_batch_mib or 'default'}, seed {seed}, weights {weights}, device {device}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     results = []
     for m, dest in zip(models, dests):
         io.make_dirs(dest.parent)
-        res = api.evaluate(m, split=split, iw_samples=iw_samples, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                           seed=seed, device=device, quiet=quiet, estimator=estimator, max_batch_mib=max_batch_mib,
-                           log_path=dest.with_suffix(".log"), data=data, images=image_set).record
+        res = api.evaluate(
+            m,
+            split=split,
+            iw_samples=iw_samples,
+            limit=limit,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            seed=seed,
+            device=device,
+            quiet=quiet,
+            estimator=estimator,
+            max_batch_mib=max_batch_mib,
+            log_path=dest.with_suffix(".log"),
+            data=data,
+            images=image_set,
+        ).record
         res["settings"]["weights"] = weights
         results.append(res)
     if len(results) == 1:
@@ -113,8 +186,10 @@ def _source(models, data: str | None, image_set) -> str:
         return data
     missing = [m.path for m in models if m.config is None]
     if missing:
-        raise RobustVAEError(f"{missing[0]} has no dataset of its own (a model factory): pass --data NAME (e.g. "
-                             f"mnist-offline) or --images PATH")
+        raise RobustVAEError(
+            f"{missing[0]} has no dataset of its own (a model factory): pass --data NAME (e.g. "
+            f"mnist-offline) or --images PATH"
+        )
     datasets = sorted({m.config.data.name for m in models})
     if len(datasets) > 1:
         raise RobustVAEError(
@@ -131,8 +206,13 @@ def _destinations(models, out: Path | None, split: str, data: str | None, image_
     factory = [m.path for m in models if m.sha256_of != "file"]
     if factory:
         raise RobustVAEError(f"{factory[0]} is not a checkpoint file to write beside: pass --out FILE.json")
-    name = (f"eval-images-{Path(image_set.path).stem}.json" if image_set is not None else
-            f"eval-{data}-{split}.json" if data is not None else f"eval-{split}.json")
+    name = (
+        f"eval-images-{Path(image_set.path).stem}.json"
+        if image_set is not None
+        else f"eval-{data}-{split}.json"
+        if data is not None
+        else f"eval-{split}.json"
+    )
     return [Path(m.path).parent / name for m in models]
 
 
@@ -149,11 +229,17 @@ def _image_set_text(res: dict) -> str:
     if s is None:
         return f"{res['dataset']} {res['split']} ({res['images']} images)"
     if "pixels_sha256" in s:  # a user's own images
-        return (f"{s['path']}: {s['images']:,} of {s['split_images']:,} images ({s['selection']}; pixels sha256 "
-                f"{s['images_sha256'][:12]})")
-    how = f"label-stratified, selection seed {s['selection_seed']}" if s["selection_seed"] is not None else "whole split"
-    return (f"{s['dataset']} {s['split']}: {s['images']:,} of {s['split_images']:,} images ({how}; "
-            f"pixels sha256 {s['images_sha256'][:12]})")
+        return (
+            f"{s['path']}: {s['images']:,} of {s['split_images']:,} images ({s['selection']}; pixels sha256 "
+            f"{s['images_sha256'][:12]})"
+        )
+    how = (
+        f"label-stratified, selection seed {s['selection_seed']}" if s["selection_seed"] is not None else "whole split"
+    )
+    return (
+        f"{s['dataset']} {s['split']}: {s['images']:,} of {s['split_images']:,} images ({how}; "
+        f"pixels sha256 {s['images_sha256'][:12]})"
+    )
 
 
 def _print_eval(res: dict, dest: Path) -> None:
@@ -161,7 +247,9 @@ def _print_eval(res: dict, dest: Path) -> None:
     for col in ("layer", "resolution", "units", "KL (nats)", "active units"):
         table.add_column(col, justify="right")
     for row in res["layers"]:
-        table.add_row(str(row["layer"]), f"{row['resolution']}x{row['resolution']}", str(row["units"]), *_layer_cells(row))
+        table.add_row(
+            str(row["layer"]), f"{row['resolution']}x{row['resolution']}", str(row["units"]), *_layer_cells(row)
+        )
     table.add_row("all", "", str(res["total_units"]), f"{res['kl_nats']:.3f}", str(res["active_units"]))
     out_console.print(table)
     context = f"context {res['context_nats']:.2f} nats | " if "context_nats" in res else ""
@@ -172,7 +260,7 @@ def _print_eval(res: dict, dest: Path) -> None:
 
 
 def _nll_label(res: dict) -> str:
-    """"NLL" for the bound (the default); the authors' estimate says so."""
+    """ "NLL" for the bound (the default); the authors' estimate says so."""
     return "NLL (authors' estimate, not a bound)" if res.get("estimator") == "authors" else "NLL"
 
 

@@ -14,13 +14,23 @@ from robustvae.cli.compress import print_compression_table
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Directories written by robustvae attack (shards and runs merge) or robustvae compress."
+    ),
     out: Path = typer.Option(Path("reports/report"), "--out", "-o", help="Output directory of the report."),
-    eval_files: list[Path] = typer.Option([], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable). \\[default: none]"),
-    notes: list[Path] = typer.Option([], "--notes", help="Text file shown near the top of the page (repeatable). \\[default: none]"),
+    eval_files: list[Path] = typer.Option(
+        [], "--eval", help="JSON written by robustvae eval: NLL beside each model (repeatable). \\[default: none]"
+    ),
+    notes: list[Path] = typer.Option(
+        [], "--notes", help="Text file shown near the top of the page (repeatable). \\[default: none]"
+    ),
     title: Optional[str] = typer.Option(None, "--title", help="Page title. \\[default: the models compared]"),
     force: bool = typer.Option(False, "--force", help="Replace a report already in --out."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when any check fails, the failed checks listed one per line on stderr (the report is written either way); for CI. \\[default: off]"),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Exit with status 1 when any check fails, the failed checks listed one per line on stderr (the report is written either way); for CI. \\[default: off]",
+    ),
 ) -> None:
     """Figure 10, tables, checks, gallery (and a compression section) in one self-contained index.html; nothing is re-run."""
     from robustvae import api
@@ -57,8 +67,9 @@ def print_report_summary(summary: dict, out: Path) -> None:
         failed = [c for c in summary["checks"] if not c["passed"]]
         out_console.print(f"checks: {summary['checks_passed']} passed, {summary['checks_failed']} failed")
         for c in failed[:10]:
-            out_console.print(f"  FAIL {c['check']}: {c['scope']}: {c['detail']}", markup=False, highlight=False,
-                              soft_wrap=True)
+            out_console.print(
+                f"  FAIL {c['check']}: {c['scope']}: {c['detail']}", markup=False, highlight=False, soft_wrap=True
+            )
         if len(failed) > 10:
             out_console.print(f"  ... and {len(failed) - 10} more (see the checks table)")
     out_console.print(f"report written to {out / 'index.html'} (and {len(summary['files']) - 1} more files)")

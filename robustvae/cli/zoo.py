@@ -31,9 +31,20 @@ def zoo_list() -> None:
 @zoo_app.command("import")
 def zoo_import(
     file: Path = typer.Argument(..., help="A checkpoint file of another code base (downloaded by hand)."),
-    source: str = typer.Option("kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae) or openai-vdvae (openai/vdvae)."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="The preset of its architecture, e.g. kuzina-dctvae-mnist (kuzina: required; openai-vdvae: this or --hps). \\[default: none]"),
-    hps: Optional[str] = typer.Option(None, "--hps", help="openai-vdvae: its hyperparameter set, cifar10|imagenet32|imagenet64|ffhq256|ffhq1024 (or --preset). \\[default: none]"),
+    source: str = typer.Option(
+        "kuzina", "--from", help="Whose checkpoint: kuzina (AKuzina/dct_vae) or openai-vdvae (openai/vdvae)."
+    ),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        "-p",
+        help="The preset of its architecture, e.g. kuzina-dctvae-mnist (kuzina: required; openai-vdvae: this or --hps). \\[default: none]",
+    ),
+    hps: Optional[str] = typer.Option(
+        None,
+        "--hps",
+        help="openai-vdvae: its hyperparameter set, cifar10|imagenet32|imagenet64|ffhq256|ffhq1024 (or --preset). \\[default: none]",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the robustvae checkpoint (best.pt)."),
     force: bool = typer.Option(False, "--force", help="Replace the checkpoint in a non-empty --out."),
 ) -> None:

@@ -35,6 +35,7 @@ from robustvae.compression.images import InputImage, patchify, stitch, to_uint8
 from robustvae.config import CompressConfig
 from robustvae.seeding import derive_seed
 
+
 def context_raw_bits(model: nn.Module) -> float:
     """Bits of one patch's top layer stored as it is when it is a quantised code (C x c x c x b bits); else 0."""
     return model.layers[0].raw_bits
@@ -42,7 +43,11 @@ def context_raw_bits(model: nn.Module) -> float:
 
 @torch.no_grad()
 def code_patches(
-    model: nn.Module, patches: torch.Tensor, ks: list[int], cfg: CompressConfig, device: torch.device,
+    model: nn.Module,
+    patches: torch.Tensor,
+    ks: list[int],
+    cfg: CompressConfig,
+    device: torch.device,
     advance=lambda n: None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Reconstructions per k of ``patches`` (N, C, P, P) and each patch's per-layer rate in bits (N, L).
@@ -79,7 +84,11 @@ class Reconstructions(dict):
 
 
 def code_images(
-    model: nn.Module, images: list[InputImage], ks: list[int], cfg: CompressConfig, device: torch.device,
+    model: nn.Module,
+    images: list[InputImage],
+    ks: list[int],
+    cfg: CompressConfig,
+    device: torch.device,
     advance=lambda n: None,
 ) -> tuple[list[dict[int, np.ndarray]], list[torch.Tensor], list[int], float]:
     """Per image: its 8-bit reconstruction per k, per-layer bits summed over its patches, and its patch count.
@@ -97,8 +106,12 @@ def code_images(
     for im, (p, grid) in zip(images, cut):
         stop = start + p.shape[0]
         full = {k: stitch(recs[k][start:stop], grid, im.height, im.width) for k in ks}
-        out_recs.append(Reconstructions({k: to_uint8(v) for k, v in full.items()},
-                                        nonfinite={k: int((~torch.isfinite(v)).sum()) for k, v in full.items()}))
+        out_recs.append(
+            Reconstructions(
+                {k: to_uint8(v) for k, v in full.items()},
+                nonfinite={k: int((~torch.isfinite(v)).sum()) for k, v in full.items()},
+            )
+        )
         out_bits.append(bits[start:stop].sum(0))
         counts.append(p.shape[0])
         start = stop

@@ -59,13 +59,15 @@ class InputImage:
         return torch.from_numpy(self.pixels).float().div(255)
 
 
-def read_images(specs: list[str | os.PathLike], channels: int, patch: int,
-                max_pixels: int = MAX_PIXELS) -> tuple[list[InputImage], int]:
+def read_images(
+    specs: list[str | os.PathLike], channels: int, patch: int, max_pixels: int = MAX_PIXELS
+) -> tuple[list[InputImage], int]:
     """Every image named by ``specs`` (folders, image files, array files), converted for ``channels``, at least one
     ``patch`` x ``patch`` patch large and at most ``max_pixels`` pixels; and the number of files skipped."""
     if not specs:
-        raise RobustVAEError("no images given: pass --images with a folder of PNG/JPEG files, image files or arrays, "
-                             "or --data NAME")
+        raise RobustVAEError(
+            "no images given: pass --images with a folder of PNG/JPEG files, image files or arrays, or --data NAME"
+        )
     out: list[InputImage] = []
     skipped = 0
     for spec in specs:
@@ -109,8 +111,10 @@ def _array_images(path: Path, channels: int, max_pixels: int) -> list[InputImage
 def from_tensor(x: Tensor, names: list[str], paths: list[str], conversion: str = "") -> list[InputImage]:
     """Images in [0, 1] (N, C, H, W) in memory (an array file's, a dataset's) as 8-bit :class:`InputImage` s."""
     mode = "L" if x.shape[1] == 1 else "RGB"
-    return [InputImage(n, p, px, mode, conversion, hashlib.sha256(px.tobytes()).hexdigest())
-            for n, p, px in zip(names, paths, to_uint8(x))]
+    return [
+        InputImage(n, p, px, mode, conversion, hashlib.sha256(px.tobytes()).hexdigest())
+        for n, p, px in zip(names, paths, to_uint8(x))
+    ]
 
 
 def patch_count(height: int, width: int, size: int) -> int:

@@ -21,8 +21,7 @@ import torch
 from robustvae.metrics import ms_ssim, psnr, pytorch_msssim_accepts
 
 QUALITIES = tuple(range(1, 96))
-SETTINGS = {"encoder": "Pillow", "qualities": [QUALITIES[0], QUALITIES[-1]], "subsampling": "4:4:4",
-            "optimize": False}
+SETTINGS = {"encoder": "Pillow", "qualities": [QUALITIES[0], QUALITIES[-1]], "subsampling": "4:4:4", "optimize": False}
 MATCH_TOLERANCE_DB = 1.0  # a "matched" JPEG further than this from the model's PSNR is not at the same quality
 MSSSIM_BATCH = 8  # decoded images scored at once (memory: a Kodak image is 1.2 M values)
 
@@ -95,7 +94,9 @@ def match_warnings(records: pd.DataFrame) -> list[str]:
     gap = (records.jpeg_psnr - records.psnr).abs()
     for (model, k), g in records[gap > MATCH_TOLERANCE_DB].groupby(["model", "k"], sort=True):
         n = int((records.model == model).mul(records.k == k).sum())
-        out.append(f"{model} k={k}: on {len(g)} of {n} image(s) no JPEG quality comes within {MATCH_TOLERANCE_DB:g} dB "
-                   f"of the model's PSNR (model {g.psnr.mean():.1f} dB, nearest JPEG q{int(g.jpeg_quality.iloc[0])} "
-                   f"{g.jpeg_psnr.mean():.1f} dB): the JPEG beside it is not at the same quality")
+        out.append(
+            f"{model} k={k}: on {len(g)} of {n} image(s) no JPEG quality comes within {MATCH_TOLERANCE_DB:g} dB "
+            f"of the model's PSNR (model {g.psnr.mean():.1f} dB, nearest JPEG q{int(g.jpeg_quality.iloc[0])} "
+            f"{g.jpeg_psnr.mean():.1f} dB): the JPEG beside it is not at the same quality"
+        )
     return out

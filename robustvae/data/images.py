@@ -85,12 +85,15 @@ def read_image(path: Path, channels: int, max_pixels: int = MAX_PIXELS) -> tuple
             if w * h > max_pixels:
                 raise RobustVAEError(
                     f"{path} is {w}x{h} pixels, more than the limit of {max_pixels:,} pixels; crop or scale it "
-                    f"down, or raise --max-pixels")
+                    f"down, or raise --max-pixels"
+                )
             im.load()
             img = im.copy()
     except Image.DecompressionBombError:
-        raise RobustVAEError(f"{path} decodes to far more pixels than its size suggests (a decompression bomb); "
-                             f"pass ordinary PNG/JPEG files") from None
+        raise RobustVAEError(
+            f"{path} decodes to far more pixels than its size suggests (a decompression bomb); "
+            f"pass ordinary PNG/JPEG files"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise RobustVAEError(
             f"{path} cannot be read as an image ({type(e).__name__}); pass PNG/JPEG files only"
@@ -100,8 +103,9 @@ def read_image(path: Path, channels: int, max_pixels: int = MAX_PIXELS) -> tuple
         raise RobustVAEError(f"{path} has {mode} pixels (16-bit or float); save it as an 8-bit PNG first")
     grey = mode in GREY_MODES
     if channels == 1:
-        conversion = "" if mode == "L" else ("1-bit -> 8-bit grey" if mode == "1" else
-                                             "alpha dropped" if mode == "LA" else LUMA)
+        conversion = (
+            "" if mode == "L" else ("1-bit -> 8-bit grey" if mode == "1" else "alpha dropped" if mode == "LA" else LUMA)
+        )
         arr = np.asarray(img.convert("L"))[None]
     elif channels == 3:
         if grey:
@@ -125,8 +129,9 @@ def _one_entry(entries: dict[str, Any], path: Path, what: str) -> Any:
         return next(iter(entries.values()))
     if "images" in entries:
         return entries["images"]
-    raise RobustVAEError(f"{path} holds {len(entries)} {what} ({', '.join(sorted(entries)[:5])}); keep one, or name "
-                         f"the images 'images'")
+    raise RobustVAEError(
+        f"{path} holds {len(entries)} {what} ({', '.join(sorted(entries)[:5])}); keep one, or name the images 'images'"
+    )
 
 
 def _load_array(path: Path) -> np.ndarray | Tensor:
@@ -145,14 +150,20 @@ def _load_array(path: Path) -> np.ndarray | Tensor:
         raise
     except ValueError as e:
         if "pickle" in str(e).lower() or "python objects" in str(e).lower():  # an object array: never unpickled
-            raise RobustVAEError(f"{path} holds Python objects, which robustvae does not unpickle; save a plain "
-                                 f"numeric array (numpy.save of a uint8 or float array)") from None
-        raise RobustVAEError(f"{path} cannot be read as a {suffix} array ({' '.join(str(e).split())[:120]}); "
-                             f"save it with numpy.save / torch.save") from None
+            raise RobustVAEError(
+                f"{path} holds Python objects, which robustvae does not unpickle; save a plain "
+                f"numeric array (numpy.save of a uint8 or float array)"
+            ) from None
+        raise RobustVAEError(
+            f"{path} cannot be read as a {suffix} array ({' '.join(str(e).split())[:120]}); "
+            f"save it with numpy.save / torch.save"
+        ) from None
     except Exception as e:  # noqa: BLE001 - truncated, corrupt or unsafe (pickled objects) files all land here
-        raise RobustVAEError(f"{path} cannot be read as a {suffix} array: it is corrupt, truncated, or holds pickled "
-                             f"objects that safe loading refuses ({type(e).__name__}); save a plain tensor or "
-                             f"array") from None
+        raise RobustVAEError(
+            f"{path} cannot be read as a {suffix} array: it is corrupt, truncated, or holds pickled "
+            f"objects that safe loading refuses ({type(e).__name__}); save a plain tensor or "
+            f"array"
+        ) from None
     if isinstance(obj, dict):
         obj = _one_entry(obj, path, "entries")
     if not isinstance(obj, Tensor):
@@ -171,10 +182,14 @@ def layout_of(shape: tuple[int, ...], channels: int, size: int | None, where: st
             return "NCHW"
         if shape[3] == channels and (size is None or tuple(shape[1:3]) == (size, size)):
             return "NHWC"
-    example = f"(N, {channels}, {size}, {size}) or (N, {size}, {size}, {channels})" if size else \
-        f"(N, {channels}, H, W) or (N, H, W, {channels})"
-    raise RobustVAEError(f"{where} holds an array of shape {tuple(shape)}, not {want} images; the model takes "
-                         f"{example}")
+    example = (
+        f"(N, {channels}, {size}, {size}) or (N, {size}, {size}, {channels})"
+        if size
+        else f"(N, {channels}, H, W) or (N, H, W, {channels})"
+    )
+    raise RobustVAEError(
+        f"{where} holds an array of shape {tuple(shape)}, not {want} images; the model takes {example}"
+    )
 
 
 def to_unit_float(arr: np.ndarray | Tensor, where: str) -> Tensor:
@@ -183,21 +198,27 @@ def to_unit_float(arr: np.ndarray | Tensor, where: str) -> Tensor:
     if t.dtype == torch.uint8:
         return t.float().div_(255)
     if not t.is_floating_point():
-        raise RobustVAEError(f"{where} holds {str(t.dtype).replace('torch.', '')} pixels; pass uint8 (0..255) or "
-                             f"floats in [0, 1]")
+        raise RobustVAEError(
+            f"{where} holds {str(t.dtype).replace('torch.', '')} pixels; pass uint8 (0..255) or floats in [0, 1]"
+        )
     bad = int((~torch.isfinite(t)).sum())
     if bad:
         raise RobustVAEError(f"{where} holds {bad} NaN or infinite pixel values; pass finite floats in [0, 1]")
     t = t.float()
     if t.numel() and (t.min() < 0 or t.max() > 1):
         hint = "; divide 0..255 values by 255" if t.max() > 1 else ""
-        raise RobustVAEError(f"{where} holds pixel values from {float(t.min()):g} to {float(t.max()):g}; floats must "
-                             f"be in [0, 1]{hint}")
+        raise RobustVAEError(
+            f"{where} holds pixel values from {float(t.min()):g} to {float(t.max()):g}; floats must be in [0, 1]{hint}"
+        )
     return t
 
 
-def read_array(source: str | os.PathLike | np.ndarray | Tensor, channels: int, size: int | None = None,
-               max_pixels: int = MAX_PIXELS) -> tuple[Tensor, str, str]:
+def read_array(
+    source: str | os.PathLike | np.ndarray | Tensor,
+    channels: int,
+    size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[Tensor, str, str]:
     """(images (N, C, H, W) float32 in [0, 1], layout, source dtype) of an array file or an array in memory.
 
     ``size`` None accepts any height and width up to ``max_pixels`` per image (compress cuts them into patches).
@@ -208,10 +229,12 @@ def read_array(source: str | os.PathLike | np.ndarray | Tensor, channels: int, s
     layout = layout_of(shape, channels, size, where)
     if shape[0] == 0:
         raise RobustVAEError(f"{where} holds no images (its first axis is empty)")
-    height, width = (shape[1:3] if layout != "NCHW" else shape[2:4])
+    height, width = shape[1:3] if layout != "NCHW" else shape[2:4]
     if height * width > max_pixels:
-        raise RobustVAEError(f"{where} holds {width}x{height} images, more than the limit of {max_pixels:,} pixels; "
-                             f"crop or scale them down, or raise --max-pixels")
+        raise RobustVAEError(
+            f"{where} holds {width}x{height} images, more than the limit of {max_pixels:,} pixels; "
+            f"crop or scale them down, or raise --max-pixels"
+        )
     dtype = str(arr.dtype).replace("torch.", "")
     x = to_unit_float(arr, where)
     x = x.unsqueeze(1) if layout == "NHW" else x.permute(0, 3, 1, 2) if layout == "NHWC" else x
@@ -265,16 +288,25 @@ class ImageSet:
 
     def info(self) -> dict[str, Any]:
         """What run.json and eval records say about the set."""
-        return {"path": self.path, "images": len(self), "shape": list(self.shape), "layout": self.layout,
-                "dtype": self.dtype, "pixels_sha256": self.sha256, "labels": None}
+        return {
+            "path": self.path,
+            "images": len(self),
+            "shape": list(self.shape),
+            "layout": self.layout,
+            "dtype": self.dtype,
+            "pixels_sha256": self.sha256,
+            "labels": None,
+        }
 
 
 def load_image_set(source: str | os.PathLike | np.ndarray | Tensor | ImageSet, channels: int, size: int) -> ImageSet:
     """The images of ``source`` (see the module docstring) for a model of ``channels`` x ``size`` x ``size``."""
     if isinstance(source, ImageSet):
         if source.shape != (channels, size, size):
-            raise RobustVAEError(f"the image set {source.path} holds {'x'.join(map(str, source.shape))} images; the "
-                                 f"model takes {channels}x{size}x{size}")
+            raise RobustVAEError(
+                f"the image set {source.path} holds {'x'.join(map(str, source.shape))} images; the "
+                f"model takes {channels}x{size}x{size}"
+            )
         return source
     if isinstance(source, (np.ndarray, Tensor)):
         x, layout, dtype = read_array(source, channels, size)
@@ -294,6 +326,8 @@ def load_image_set(source: str | os.PathLike | np.ndarray | Tensor | ImageSet, c
 
 def _sized(pixels: np.ndarray, path: Path, channels: int, size: int) -> Tensor:
     if pixels.shape[1:] != (size, size):
-        raise RobustVAEError(f"{path} is {pixels.shape[2]}x{pixels.shape[1]} pixels; the model takes {size}x{size} "
-                             f"images (resize them, e.g. Image.open(p).resize(({size}, {size})))")
+        raise RobustVAEError(
+            f"{path} is {pixels.shape[2]}x{pixels.shape[1]} pixels; the model takes {size}x{size} "
+            f"images (resize them, e.g. Image.open(p).resize(({size}, {size})))"
+        )
     return torch.from_numpy(pixels)

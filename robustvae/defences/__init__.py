@@ -17,5 +17,18 @@ from robustvae.defences.chain import ChainNoise, ChainResult, run_chain
 from robustvae.defences.hmc import AttackView, DefendedModel, HMCConfig, HMCDefence, parse_step_size
 from robustvae.defences.registry import DEFENCES, DefenceSpec, defence_from_options, make_defence
 
-__all__ = ["AttackView", "ChainNoise", "ChainResult", "DEFENCES", "Defence", "DefenceSpec", "DefendedModel",
-           "HMCConfig", "HMCDefence", "defence_from_options", "make_defence", "parse_step_size", "run_chain"]
+__all__ = [
+    "AttackView",
+    "ChainNoise",
+    "ChainResult",
+    "DEFENCES",
+    "Defence",
+    "DefenceSpec",
+    "DefendedModel",
+    "HMCConfig",
+    "HMCDefence",
+    "defence_from_options",
+    "make_defence",
+    "parse_step_size",
+    "run_chain",
+]

@@ -40,8 +40,9 @@ class Defence(ABC):
         is the prior temperature (std convention) of the layers below k, as the reconstruction rule says."""
 
     @abstractmethod
-    def attack_view(self, model: nn.Module, temperature: float, noise: list | None = None,
-                    eot_seeds: list[list[int]] | None = None) -> nn.Module:
+    def attack_view(
+        self, model: nn.Module, temperature: float, noise: list | None = None, eot_seeds: list[list[int]] | None = None
+    ) -> nn.Module:
         """What an adaptive attack differentiates: the defended model averaged over fixed draws of its randomness
         (``eot_seeds``: one list of per-row seeds per draw) under the rows' prior ``noise`` (the model's part)."""
 

@@ -51,8 +51,14 @@ class ChainNoise:
     uniform: Tensor  # (B, steps), uniform on (0, 1): accept when log u < -dH
 
     @classmethod
-    def draw(cls, batch: int, steps: int, dims: int, generator: torch.Generator | None = None,
-             device: torch.device | str | None = None) -> ChainNoise:
+    def draw(
+        cls,
+        batch: int,
+        steps: int,
+        dims: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> ChainNoise:
         """Fresh noise; with a CPU ``generator`` drawn on the CPU and moved, so a seed gives the same chain anywhere."""
         momentum = torch.randn((batch, steps, dims), generator=generator)
         uniform = torch.rand((batch, steps), generator=generator).clamp_min(1e-12)
@@ -89,8 +95,15 @@ def _value_and_grad(potential: Callable[[Tensor], Tensor], z: Tensor, differenti
     return u, g
 
 
-def leapfrog(potential: Callable[[Tensor], Tensor], z: Tensor, p: Tensor, g: Tensor, step: Tensor, n: int,
-             differentiable: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def leapfrog(
+    potential: Callable[[Tensor], Tensor],
+    z: Tensor,
+    p: Tensor,
+    g: Tensor,
+    step: Tensor,
+    n: int,
+    differentiable: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``n`` leapfrog steps of size ``step`` (B, 1) from (z, p) with dU/dz = ``g`` at z: (z', p', U(z'), dU/dz(z'))."""
     p = p - 0.5 * step * g
     u = None
@@ -172,5 +185,11 @@ def run_chain(
             kept.append(z)
     if not accepted:  # every transition adapted: report the last one's numbers
         accepted, probs, kept = [acc], [prob.detach()], [z]
-    return ChainResult(z, torch.stack(kept).mean(0), torch.stack(accepted, 1).to(dtype).mean(1),
-                       torch.stack(probs, 1).mean(1), step.squeeze(1).detach(), evals)
+    return ChainResult(
+        z,
+        torch.stack(kept).mean(0),
+        torch.stack(accepted, 1).to(dtype).mean(1),
+        torch.stack(probs, 1).mean(1),
+        step.squeeze(1).detach(),
+        evals,
+    )

@@ -128,7 +128,9 @@ def gaussian_layers(model, k: int) -> list[int]:
 def chain_noise(seeds: list[int], steps: int, dims: int, device) -> ChainNoise:
     """The chain noise of one image per seed: momenta and uniforms from a CPU generator seeded with it."""
     parts = [ChainNoise.draw(1, steps, dims, torch.Generator().manual_seed(int(s))) for s in seeds]
-    return ChainNoise(torch.cat([p.momentum for p in parts]).to(device), torch.cat([p.uniform for p in parts]).to(device))
+    return ChainNoise(
+        torch.cat([p.momentum for p in parts]).to(device), torch.cat([p.uniform for p in parts]).to(device)
+    )
 
 
 @dataclass
@@ -143,8 +145,10 @@ class ChainStats:
     def rows(self) -> list[dict[str, float]]:
         """One record entry per image."""
         acc, step = self.accept_rate.tolist(), self.step_size.tolist()
-        return [{"accept": a, "step_size": s, "passes": float(self.passes), "seconds": self.seconds}
-                for a, s in zip(acc, step)]
+        return [
+            {"accept": a, "step_size": s, "passes": float(self.passes), "seconds": self.seconds}
+            for a, s in zip(acc, step)
+        ]
 
 
 class DefendedModel(nn.Module):
@@ -159,8 +163,10 @@ class DefendedModel(nn.Module):
     def __init__(self, model: nn.Module, config: HMCConfig, temperature: float):
         super().__init__()
         if not isinstance(model, SupportsLatentJoint):
-            raise RobustVAEError(f"the hmc defence needs a model that can score fixed latents (latent_log_joint); "
-                                 f"{getattr(model, 'arch', type(model).__name__)} cannot: use a vdvae or dctvae model")
+            raise RobustVAEError(
+                f"the hmc defence needs a model that can score fixed latents (latent_log_joint); "
+                f"{getattr(model, 'arch', type(model).__name__)} cannot: use a vdvae or dctvae model"
+            )
         self.model = model
         self.config = config
         self.temperature = temperature
@@ -240,8 +246,9 @@ class DefendedModel(nn.Module):
             raise ValueError(f"k must be in 0..{L} (this model has L={L} stochastic layers), got {k}")
         return k
 
-    def _chain(self, x: Tensor, k: int, temperature: float, model_noise: list[Tensor], seeds: list[int],
-               posterior_sample: bool) -> tuple[list[Tensor], list, ChainResult]:
+    def _chain(
+        self, x: Tensor, k: int, temperature: float, model_noise: list[Tensor], seeds: list[int], posterior_sample: bool
+    ) -> tuple[list[Tensor], list, ChainResult]:
         """Run the chains over the top-k Gaussian layers: (their estimates, the k posteriors of x, the result).
 
         The estimate follows the rule: the mean of the states after burn-in where the rule takes
@@ -253,7 +260,9 @@ class DefendedModel(nn.Module):
         B = x.shape[0]
         n = len(seeds) // B
         qs = self.model.encode(x, k, sample=posterior_sample, noise=model_noise if posterior_sample else None)
-        z0 = torch.cat([(qs[i].sample(model_noise[i]) if posterior_sample else qs[i].mean).flatten(1) for i in layers], 1)
+        z0 = torch.cat(
+            [(qs[i].sample(model_noise[i]) if posterior_sample else qs[i].mean).flatten(1) for i in layers], 1
+        )
         shapes = [qs[i].mean.shape[1:] for i in layers]
         sizes = [math.prod(s) for s in shapes]
         xs = x.repeat(n, 1, 1, 1) if n > 1 else x
@@ -268,13 +277,22 @@ class DefendedModel(nn.Module):
         cfg = self.config
         differentiable = torch.is_grad_enabled() and x.requires_grad
         noise = chain_noise(seeds, cfg.steps, sum(sizes), x.device)
-        res = run_chain(potential, z0.repeat(n, 1) if n > 1 else z0, noise, leapfrog_steps=cfg.leapfrog,
-                        step_size=cfg.step_size or cfg.init_step_size, adapt_steps=cfg.adapt_steps,
-                        target_accept=cfg.target_accept, differentiable=differentiable, accept_grad=cfg.accept_grad)
+        res = run_chain(
+            potential,
+            z0.repeat(n, 1) if n > 1 else z0,
+            noise,
+            leapfrog_steps=cfg.leapfrog,
+            step_size=cfg.step_size or cfg.init_step_size,
+            adapt_steps=cfg.adapt_steps,
+            target_accept=cfg.target_accept,
+            differentiable=differentiable,
+            accept_grad=cfg.accept_grad,
+        )
         return split(res.z if posterior_sample else res.z_mean), qs, res
 
-    def _defended(self, x: Tensor, k: int | None, temperature: float, noise: list[Tensor] | None,
-                  posterior_sample: bool) -> tuple[list[Tensor], list, list[Tensor]] | None:
+    def _defended(
+        self, x: Tensor, k: int | None, temperature: float, noise: list[Tensor] | None, posterior_sample: bool
+    ) -> tuple[list[Tensor], list, list[Tensor]] | None:
         """(the chains' estimates, posteriors, the model's noise) of a defended call; None where no Gaussian layer is among
         the top k (the defence then does nothing)."""
         k = self._k(k)
@@ -285,12 +303,19 @@ class DefendedModel(nn.Module):
         zs, qs, res = self._chain(x, k, temperature, model_noise, seeds, posterior_sample)
         passes = res.gradient_evals + 2  # the encoder, the chain, the decoding pass
         self.forward_passes += passes
-        self.last = ChainStats(res.accept_rate.detach(), res.step_size, passes,
-                               (time.perf_counter() - t0) / max(x.shape[0], 1))
+        self.last = ChainStats(
+            res.accept_rate.detach(), res.step_size, passes, (time.perf_counter() - t0) / max(x.shape[0], 1)
+        )
         return zs, qs, model_noise
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """The decoder's mean at the chain's estimate of the top k layers: the mean of its states after burn-in
         (``posterior_sample`` False: the rule's posterior mean, of the true posterior now) or its last state (True: a
         sample); the model's own reconstruction when the top k layers hold no Gaussian layer."""
@@ -326,8 +351,14 @@ class AttackView(DefendedModel):
     draws' mean images; ``encode`` averages their estimates.
     """
 
-    def __init__(self, model: nn.Module, config: HMCConfig, temperature: float, noise: list[Tensor] | None,
-                 eot_seeds: list[list[int]] | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: HMCConfig,
+        temperature: float,
+        noise: list[Tensor] | None,
+        eot_seeds: list[list[int]] | None,
+    ):
         super().__init__(model, config, temperature)
         self._model_noise = len(model.make_noise(1))
         self.bound_noise = noise
@@ -342,8 +373,9 @@ class AttackView(DefendedModel):
         seeds = torch.randint(0, SEED_HIGH, (self.config.eot * batch,)).tolist()
         return noise if noise is not None else self.model.make_noise(batch), seeds
 
-    def _expected(self, x: Tensor, k: int, temperature: float, noise: list[Tensor] | None,
-                  posterior_sample: bool) -> tuple[list[Tensor], list, list[Tensor]]:
+    def _expected(
+        self, x: Tensor, k: int, temperature: float, noise: list[Tensor] | None, posterior_sample: bool
+    ) -> tuple[list[Tensor], list, list[Tensor]]:
         """(per Gaussian layer every draw's estimate, the k posteriors of x, the model's noise)."""
         B = x.shape[0]
         model_noise, seeds = self._draws(B, noise)
@@ -352,14 +384,21 @@ class AttackView(DefendedModel):
         self.forward_passes += n * res.gradient_evals + 1  # the chains' gradient evaluations and the encoder
         return [z.view(n, B, *z.shape[1:]) for z in zs], qs, model_noise
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """The mean over the draws of the defended reconstruction."""
         k = self._k(k)
         if not gaussian_layers(self.model, k):  # nothing to defend: one pass of the model
             self.forward_passes += 1
-            return self.model.reconstruct(x, k, temperature, self._draws(x.shape[0], noise)[0],
-                                          posterior_sample=posterior_sample)
+            return self.model.reconstruct(
+                x, k, temperature, self._draws(x.shape[0], noise)[0], posterior_sample=posterior_sample
+            )
         zs, _, model_noise = self._expected(x, k, temperature, noise, posterior_sample)
         n = zs[0].shape[0]
         xs = x.repeat(n, 1, 1, 1)
@@ -385,24 +424,33 @@ class HMCDefence(Defence):
 
     name = "hmc"
     stochastic = True
-    wraps = ("the posterior of the top-k Gaussian latent layers: HMC towards p(z | x) from the encoder's posterior "
-             "(a quantised context layer is left as it is)")
+    wraps = (
+        "the posterior of the top-k Gaussian latent layers: HMC towards p(z | x) from the encoder's posterior "
+        "(a quantised context layer is left as it is)"
+    )
 
     def __init__(self, config: HMCConfig | None = None):
         self.config = config or HMCConfig()
 
     def settings(self) -> dict[str, float]:
         c = self.config
-        return {"steps": c.steps, "leapfrog": c.leapfrog, "adapt": float(c.step_size is None),
-                "step_size": c.step_size if c.step_size is not None else c.init_step_size,
-                "target_accept": c.target_accept, "burn_in": c.burn_in, "eot": c.eot,
-                "accept_grad_straight_through": float(c.accept_grad == "straight-through")}
+        return {
+            "steps": c.steps,
+            "leapfrog": c.leapfrog,
+            "adapt": float(c.step_size is None),
+            "step_size": c.step_size if c.step_size is not None else c.init_step_size,
+            "target_accept": c.target_accept,
+            "burn_in": c.burn_in,
+            "eot": c.eot,
+            "accept_grad_straight_through": float(c.accept_grad == "straight-through"),
+        }
 
     def wrap(self, model: nn.Module, temperature: float) -> DefendedModel:
         return DefendedModel(model, self.config, temperature)
 
-    def attack_view(self, model: nn.Module, temperature: float, noise: list | None = None,
-                    eot_seeds: list[list[int]] | None = None) -> AttackView:
+    def attack_view(
+        self, model: nn.Module, temperature: float, noise: list | None = None, eot_seeds: list[list[int]] | None = None
+    ) -> AttackView:
         if eot_seeds is not None and len(eot_seeds) != self.config.eot:
             raise ValueError(f"need {self.config.eot} draws of chain seeds, got {len(eot_seeds)}")
         return AttackView(model, self.config, temperature, noise, eot_seeds)

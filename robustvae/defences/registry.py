@@ -30,8 +30,12 @@ class DefenceSpec:
 DEFENCES: dict[str, DefenceSpec] = {
     spec.name: spec
     for spec in (
-        DefenceSpec("hmc", HMCConfig, HMCDefence,
-                    "HMC on the top-k Gaussian latents towards p(z | x) (Kuzina, Welling & Tomczak, NeurIPS 2022)"),
+        DefenceSpec(
+            "hmc",
+            HMCConfig,
+            HMCDefence,
+            "HMC on the top-k Gaussian latents towards p(z | x) (Kuzina, Welling & Tomczak, NeurIPS 2022)",
+        ),
     )
 }
 
@@ -45,9 +49,15 @@ def make_defence(name: str, settings: dict[str, Any] | None = None) -> Defence:
     return spec.build(from_dict(spec.config, dict(settings or {}), prefix=f"{name}."))
 
 
-def defence_from_options(name: str | None, *, adaptive: bool = False, eot: int | None = None,
-                         hmc_steps: int | None = None, hmc_leapfrog: int | None = None,
-                         hmc_step_size: str | float | None = None) -> Defence | None:
+def defence_from_options(
+    name: str | None,
+    *,
+    adaptive: bool = False,
+    eot: int | None = None,
+    hmc_steps: int | None = None,
+    hmc_leapfrog: int | None = None,
+    hmc_step_size: str | float | None = None,
+) -> Defence | None:
     """The defence the command line asks for (``--defence``, ``--adaptive``, ``--eot``, ``--hmc-*``), or None.
 
     ``eot`` is the number of fixed draws of randomness an attack averages over; with a defence
@@ -66,11 +76,15 @@ def defence_from_options(name: str | None, *, adaptive: bool = False, eot: int |
     if name != "hmc":
         make_defence(name)  # unknown: the registry's message
     if not adaptive and eot:
-        raise RobustVAEError("with a defence, --eot N is the adaptive attack's chain draws: add --adaptive (without "
-                             "--defence, --eot turns on the kuzina-ladder context dither)")
+        raise RobustVAEError(
+            "with a defence, --eot N is the adaptive attack's chain draws: add --adaptive (without "
+            "--defence, --eot turns on the kuzina-ladder context dither)"
+        )
     if adaptive and eot is not None and eot < 1:
-        raise RobustVAEError(f"an adaptive attack on the hmc defence averages over --eot N >= 1 chain draws, got {eot}"
-                             f" (--eot 0 only turns the kuzina-ladder context dither off)")
+        raise RobustVAEError(
+            f"an adaptive attack on the hmc defence averages over --eot N >= 1 chain draws, got {eot}"
+            f" (--eot 0 only turns the kuzina-ladder context dither off)"
+        )
     settings: dict[str, object] = {"step_size": parse_step_size(hmc_step_size)}
     settings.update({k: v for k, v in (("steps", hmc_steps), ("leapfrog", hmc_leapfrog)) if v is not None})
     if eot is not None and eot >= 1:

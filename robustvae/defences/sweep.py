@@ -43,8 +43,9 @@ class DefenceRun:
         """The defended model whose reconstruction scores every pass but the clean reference."""
         return self.defence.wrap(model, temperature)
 
-    def attack_model(self, model: nn.Module, temperature: float, noise: list[Tensor], rows: list[tuple[int, int]],
-                     k: int, seed: int) -> nn.Module:
+    def attack_model(
+        self, model: nn.Module, temperature: float, noise: list[Tensor], rows: list[tuple[int, int]], k: int, seed: int
+    ) -> nn.Module:
         """What the attack differentiates: the model itself (non-adaptive) or the defended model averaged over fixed
         chain draws, one seed per (point, restart) row and draw (adaptive); ``noise``: the rows' model noise."""
         if not self.adaptive:
@@ -66,6 +67,11 @@ class DefenceRun:
 
     def info(self, models: list[tuple[str, nn.Module]], ks: dict[str, list[int]]) -> dict[str, Any]:
         """run.json's record: the defence, its settings, what it wraps, and its passes per image per model and k."""
-        return {**self.record_fields(), "stochastic": self.defence.stochastic, "wraps": self.defence.wraps,
-                "passes_per_image": {f"{label}|k={k}": self.defence.passes_per_image(m, k)
-                                     for label, m in models for k in ks[label]}}
+        return {
+            **self.record_fields(),
+            "stochastic": self.defence.stochastic,
+            "wraps": self.defence.wraps,
+            "passes_per_image": {
+                f"{label}|k={k}": self.defence.passes_per_image(m, k) for label, m in models for k in ks[label]
+            },
+        }

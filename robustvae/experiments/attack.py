@@ -125,15 +125,21 @@ def bytes_per_sample(model, k: int, cfg: AttackConfig, device: torch.device) -> 
     return max(sizes[1] - sizes[0], 1)
 
 
-def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device,
-               defence: DefenceRun | None = None) -> list[Unit]:
+def plan_units(
+    models: list[Labelled], cfg: AttackConfig, device: torch.device, defence: DefenceRun | None = None
+) -> list[Unit]:
     """Every unit of the sweep, in a fixed order (batches sized for the model the attack differentiates)."""
     units = []
     sweep = cfg.eps_list if cfg.eps_sweep else [None]  # a single-eps run keeps its unit ids
     for mi, lm in enumerate(models):
         for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
-            attacked = lm.model if defence is None else defence.attack_model(
-                lm.model, std_temperature(cfg.temperature, cfg.convention), None, [], k, cfg.seed)
+            attacked = (
+                lm.model
+                if defence is None
+                else defence.attack_model(
+                    lm.model, std_temperature(cfg.temperature, cfg.convention), None, [], k, cfg.seed
+                )
+            )
             per = bytes_per_sample(attacked, k, cfg, device)
             budget = cfg.max_batch_mib * 2**20
             n_points = max(1, min(cfg.points, budget // (3 * per * cfg.restarts)))
@@ -142,8 +148,17 @@ def plan_units(models: list[Labelled], cfg: AttackConfig, device: torch.device,
                 tag = "" if eps is None else f"|eps={eps:g}"
                 for a in range(0, cfg.points, n_points):
                     b = min(a + n_points, cfg.points)
-                    units.append(Unit(f"{lm.label}|k={k}{tag}|points={a}-{b - 1}", mi, k, a, b, eps,
-                                      rows if rows < (b - a) * cfg.restarts else None))
+                    units.append(
+                        Unit(
+                            f"{lm.label}|k={k}{tag}|points={a}-{b - 1}",
+                            mi,
+                            k,
+                            a,
+                            b,
+                            eps,
+                            rows if rows < (b - a) * cfg.restarts else None,
+                        )
+                    )
     return units
 
 
@@ -192,11 +207,17 @@ def image_points(lm: Labelled, points: int) -> Points:
 def diagnostic_images_info(lm: Labelled, cfg: AttackConfig, count: int) -> dict[str, Any]:
     """run.json's note on the images behind a model's layer diagnostics (not eval's: reports say which is which)."""
     if lm.images is not None:
-        return {"split": lm.images.name, "images": count,
-                "selection": f"the first {count} images of {lm.images.path} in file order (no labels), the attacked "
-                             f"points first"}
-    return {"split": cfg.split, "images": count,
-            "selection": f"label-stratified with the attack's seed {cfg.seed}, the attacked points first"}
+        return {
+            "split": lm.images.name,
+            "images": count,
+            "selection": f"the first {count} images of {lm.images.path} in file order (no labels), the attacked "
+            f"points first",
+        }
+    return {
+        "split": cfg.split,
+        "images": count,
+        "selection": f"label-stratified with the attack's seed {cfg.seed}, the attacked points first",
+    }
 
 
 def choose_targets(points: Points, pts: list[int], cfg: AttackConfig) -> list[int]:
@@ -211,13 +232,17 @@ def choose_targets(points: Points, pts: list[int], cfg: AttackConfig) -> list[in
         return [(p + 1) % cfg.points for p in pts]
     labels, out = points.labels, []
     if bool((labels < 0).all()):
-        raise RobustVAEError("a targeted objective draws each point's target from another label, and a user's image "
-                             "set has no labels; use an untargeted objective with --images, or a dataset (--data)")
+        raise RobustVAEError(
+            "a targeted objective draws each point's target from another label, and a user's image "
+            "set has no labels; use an untargeted objective with --images, or a dataset (--data)"
+        )
     for p in pts:
         others = (labels != labels[p]).nonzero().flatten()
         if len(others) == 0:
-            raise RobustVAEError(f"no image of the {cfg.split} selection has a label other than {int(labels[p])}: "
-                                 f"a targeted attack needs one (use an untargeted objective, or more --points)")
+            raise RobustVAEError(
+                f"no image of the {cfg.split} selection has a label other than {int(labels[p])}: "
+                f"a targeted attack needs one (use an untargeted objective, or more --points)"
+            )
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "target", p))
         out.append(int(others[int(torch.randint(len(others), (1,), generator=g))]))
     return out
@@ -280,12 +305,15 @@ class _UnitContext:
 
     def reconstruct(self, x: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         """The reconstruction with k layers under the run's rule and temperature convention (defended, if so)."""
-        return self.scorer.reconstruct(x, self.unit.k, self.temperature, noise, posterior_sample=self.rule.posterior_sample)
+        return self.scorer.reconstruct(
+            x, self.unit.k, self.temperature, noise, posterior_sample=self.rule.posterior_sample
+        )
 
     def reconstruct_clean(self, x: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         """The reference: the undefended model's reconstruction of the clean image."""
-        return self.lm.model.reconstruct(x, self.unit.k, self.temperature, self.model_noise(noise),
-                                         posterior_sample=self.rule.posterior_sample)
+        return self.lm.model.reconstruct(
+            x, self.unit.k, self.temperature, self.model_noise(noise), posterior_sample=self.rule.posterior_sample
+        )
 
     def defence_stats(self, n: int) -> list[dict[str, float] | None]:
         """Per image of the latest scored pass, the defence's statistics (None without a defence or where it idled)."""
@@ -297,8 +325,9 @@ class _UnitContext:
         else an independent seeded draw per point and draw r."""
         if self.rule.shared_noise:
             return _repeat(clean, R)
-        return prior_noise(self.scorer, [derive_seed(self.cfg.seed, what, self.unit.k, p, r)
-                                           for p in self.pts for r in range(R)])
+        return prior_noise(
+            self.scorer, [derive_seed(self.cfg.seed, what, self.unit.k, p, r) for p in self.pts for r in range(R)]
+        )
 
     def record(self, i: int, kind: str, restart: int, **scores: Any) -> AttackRecord:
         p, cfg = self.pts[i], self.cfg
@@ -308,15 +337,32 @@ class _UnitContext:
         if self.defence is not None:
             scores = {**self.defence.record_fields(), **scores}
         return AttackRecord(
-            unit=self.unit.id, model=self.lm.label, checkpoint_sha256=self.lm.sha256, dataset=self.points.dataset,
-            k=self.unit.k, objective=cfg.objective, optimizer=cfg.optimizer, norm=cfg.norm, eps=cfg.eps,
-            steps=cfg.steps, seed=cfg.seed, temperature=cfg.temperature, recon=cfg.recon,
-            temperature_convention=cfg.convention, kind=kind, point=p, test_index=int(self.points.indices[p]),
-            label=int(self.points.labels[p]), restart=restart, **scores)
+            unit=self.unit.id,
+            model=self.lm.label,
+            checkpoint_sha256=self.lm.sha256,
+            dataset=self.points.dataset,
+            k=self.unit.k,
+            objective=cfg.objective,
+            optimizer=cfg.optimizer,
+            norm=cfg.norm,
+            eps=cfg.eps,
+            steps=cfg.steps,
+            seed=cfg.seed,
+            temperature=cfg.temperature,
+            recon=cfg.recon,
+            temperature_convention=cfg.convention,
+            kind=kind,
+            point=p,
+            test_index=int(self.points.indices[p]),
+            label=int(self.points.labels[p]),
+            restart=restart,
+            **scores,
+        )
 
 
-def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int,
-             target: dict | None = None) -> dict[str, torch.Tensor] | None:
+def _gallery(
+    ctx: _UnitContext, X, adv, clean, rec, score, R: int, target: dict | None = None
+) -> dict[str, torch.Tensor] | None:
     """Strongest-of-``R`` arrays (restarts, and members of an ensemble) of the unit's ``gallery_points`` points with
     the strongest attacks: the lowest MS-SSIM, or for a targeted attack (``target``: its ``rec`` and ``msssim``
     per row) the highest MS-SSIM to the target's reconstruction (:func:`robustvae.records.selection`)."""
@@ -327,9 +373,15 @@ def _gallery(ctx: _UnitContext, X, adv, clean, rec, score, R: int,
     if not chosen:
         return None
     worst = [i * R + int(rank[i * R : (i + 1) * R].argmin()) for i in chosen]
-    out = {"points": torch.tensor([ctx.pts[i] for i in chosen]), "restarts": torch.tensor([j % R for j in worst]),
-           "x": X[worst].cpu(), "x_adv": adv[worst].cpu(), "rec": clean[chosen].cpu(), "rec_adv": rec[worst].cpu(),
-           "msssim": score[worst].cpu()}
+    out = {
+        "points": torch.tensor([ctx.pts[i] for i in chosen]),
+        "restarts": torch.tensor([j % R for j in worst]),
+        "x": X[worst].cpu(),
+        "x_adv": adv[worst].cpu(),
+        "rec": clean[chosen].cpu(),
+        "rec_adv": rec[worst].cpu(),
+        "msssim": score[worst].cpu(),
+    }
     if target is not None:
         out.update(rec_target=target["rec"][worst].cpu(), msssim_target=target["msssim"][worst].cpu())
     return out
@@ -342,8 +394,10 @@ def members(ctx: _UnitContext) -> list[tuple[str | None, AttackConfig]]:
     version = ensemble_version(cfg.optimizer, cfg.objective)
     if version is None:
         return [(None, cfg)]
-    return [(m.name, dataclasses.replace(cfg, optimizer=m.optimizer, objective=m.objective, steps=n, step_size=None))
-            for m, n in ensemble_plan(ctx.lm.model, ctx.unit.k, version, cfg.steps)]
+    return [
+        (m.name, dataclasses.replace(cfg, optimizer=m.optimizer, objective=m.objective, steps=n, step_size=None))
+        for m, n in ensemble_plan(ctx.lm.model, ctx.unit.k, version, cfg.steps)
+    ]
 
 
 def curve_steps(steps: int) -> tuple[int, ...]:
@@ -367,8 +421,15 @@ class AttackOutcome:
 
     @classmethod
     def of(cls, attack) -> AttackOutcome:
-        return cls(attack.best_loss, attack.last_delta, attack.nonfinite, attack.start_grad_norm, attack.snapshots,
-                   dict(attack.passes), getattr(attack, "solver_seconds", None))
+        return cls(
+            attack.best_loss,
+            attack.last_delta,
+            attack.nonfinite,
+            attack.start_grad_norm,
+            attack.snapshots,
+            dict(attack.passes),
+            getattr(attack, "solver_seconds", None),
+        )
 
     @classmethod
     def cat(cls, parts: list[AttackOutcome]) -> AttackOutcome:
@@ -376,14 +437,25 @@ class AttackOutcome:
         if len(parts) == 1:
             return parts[0]
         grads, solver = [p.start_grad_norm for p in parts], [p.solver_s for p in parts]
-        return cls(torch.cat([p.best_loss for p in parts]), torch.cat([p.last_delta for p in parts]),
-                   torch.cat([p.nonfinite for p in parts]), None if grads[0] is None else torch.cat(grads),
-                   {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots}, parts[0].passes,
-                   None if solver[0] is None else torch.cat(solver))
+        return cls(
+            torch.cat([p.best_loss for p in parts]),
+            torch.cat([p.last_delta for p in parts]),
+            torch.cat([p.nonfinite for p in parts]),
+            None if grads[0] is None else torch.cat(grads),
+            {s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots},
+            parts[0].passes,
+            None if solver[0] is None else torch.cat(solver),
+        )
 
 
-def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: AttackConfig, member: str | None,
-            warm: torch.Tensor | None = None):
+def _attack(
+    ctx: _UnitContext,
+    X: torch.Tensor,
+    noise: list[torch.Tensor],
+    cfg: AttackConfig,
+    member: str | None,
+    warm: torch.Tensor | None = None,
+):
     """The attack of every point x restart (each restart its own seeded start), in one batch or in passes of
     ``unit.rows`` images (each image's attack is its own, so the passes give the batch's results); the outcome
     and the scored iterate.
@@ -401,16 +473,18 @@ def _attack(ctx: _UnitContext, X: torch.Tensor, noise: list[torch.Tensor], cfg: 
     for a in range(0, X.shape[0], step):
         rows = slice(a, a + step)
         part_noise = [t[rows] for t in noise_r]
-        model = ctx.lm.model if ctx.defence is None else ctx.defence.attack_model(
-            ctx.lm.model, ctx.temperature, part_noise, ids[rows], k, cfg.seed)
+        model = (
+            ctx.lm.model
+            if ctx.defence is None
+            else ctx.defence.attack_model(ctx.lm.model, ctx.temperature, part_noise, ids[rows], k, cfg.seed)
+        )
         if attacked is None:  # the first pass's attacked model (its passes per row are every pass's)
             attacked = model
         attack = make_attack(model, k, cfg)
         attack.curve_steps = curve_steps(cfg.steps)
         if warm is not None and hasattr(attack, "warm"):
             attack.warm = warm[rows]
-        adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows],
-                     noise=part_noise)
+        adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows], noise=part_noise)
         parts.append(AttackOutcome.of(attack))
         advs.append((X[rows] + attack.last_delta).detach() if ctx.rule.iterate == "last" else adv)
     return AttackOutcome.cat(parts), torch.cat(advs), attacked
@@ -423,8 +497,17 @@ def _curves(ctx: _UnitContext, attack, X, passes, clean_r) -> list[dict[str, flo
     return [{str(s): v[j] for s, v in cols.items()} for j in range(X.shape[0])]
 
 
-def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | None, mcfg: AttackConfig,
-                 target: dict | None = None, warm: torch.Tensor | None = None):
+def _member_rows(
+    ctx: _UnitContext,
+    X,
+    clean_r,
+    passes,
+    noise,
+    member: str | None,
+    mcfg: AttackConfig,
+    target: dict | None = None,
+    warm: torch.Tensor | None = None,
+):
     """The attack rows of one attack (or ensemble member) over every point x restart, and its tensors for the gallery
     (``target``: a targeted attack's target reconstructions ``rec`` and clean scores ``before``, per row; ``warm``:
     the earlier members' best delta per row)."""
@@ -447,18 +530,27 @@ def _member_rows(ctx: _UnitContext, X, clean_r, passes, noise, member: str | Non
     rec_finite = torch.isfinite(rec).flatten(1).all(1).tolist()
     # one device-to-host copy per column, not one wait per value
     bad, score_l, score_in_l, ps_l, skl_l, loss_l = (
-        t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss))
+        t.tolist() for t in (attack.nonfinite, score, score_in, ps, skl, attack.best_loss)
+    )
     targeted = {} if target is None else {"msssim_target": to_target.tolist(), "msssim_target_before": target["before"]}
     solver = [None] * X.shape[0] if attack.solver_s is None else attack.solver_s.tolist()
-    rows = []
-    for j in range(len(ctx.pts) * R):
-        i, r = divmod(j, R)
-        rows.append(ctx.record(
-            i, "attack", r, msssim=score_l[j], msssim_input=score_in_l[j], psnr=ps_l[j], skl=skl_l[j],
-            delta_linf=linf[j], delta_l2=l2[j], final_loss=loss_l[j],
-            nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j], member=member,
-            member_steps=None if member is None else mcfg.steps, curve=curves[j], grad_norm=grad[j],
-            defence_stats=stats[j], attack_cost=cost, solver_s=solver[j], **{name: v[j] for name, v in targeted.items()}))
+    columns = {"msssim": score_l, "msssim_input": score_in_l, "psnr": ps_l, "skl": skl_l, "delta_linf": linf,
+               "delta_l2": l2, "final_loss": loss_l, "curve": curves, "grad_norm": grad, "defence_stats": stats,
+               "solver_s": solver, **targeted}  # fmt: skip
+    steps = None if member is None else mcfg.steps
+    rows = [
+        ctx.record(
+            j // R,
+            "attack",
+            j % R,
+            member=member,
+            member_steps=steps,
+            attack_cost=cost,
+            nonfinite=bool(bad[j]) or not math.isfinite(score_l[j]) or not rec_finite[j],
+            **{name: v[j] for name, v in columns.items()},
+        )
+        for j in range(len(ctx.pts) * R)
+    ]
     return rows, adv, rec, score, to_target
 
 
@@ -476,8 +568,9 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
         target = _target_scores(ctx, X, passes, unattacked) if ctx.targeted else None
     rows, advs, recs, scores, to_targets = [], [], [], [], []
     for member, mcfg in members(ctx):
-        new, adv, rec, score, to_target = _member_rows(ctx, X, clean_r, passes, noise, member, mcfg, target,
-                                                       _warm(X, advs, scores, to_targets, target is not None))
+        new, adv, rec, score, to_target = _member_rows(
+            ctx, X, clean_r, passes, noise, member, mcfg, target, _warm(X, advs, scores, to_targets, target is not None)
+        )
         if member == GRADIENT_CHECK_MEMBER:
             new = _gradient_check(ctx, new, X, clean_r, passes, noise, mcfg)
         rows += new
@@ -488,17 +581,30 @@ def _attack_rows(ctx: _UnitContext, x, clean, noise) -> tuple[list[AttackRecord]
         t = torch.stack(ts, 1)
         return t.reshape(-1, *t.shape[2:])
 
-    paired = [ctx.record(j // R, "no_attack", j % R, msssim=base[j], msssim_input=1.0, delta_linf=0.0,
-                         delta_l2=0.0, nonfinite=not math.isfinite(base[j]), defence_stats=base_stats[j])
-              for j in range(len(ctx.pts) * R)]
+    paired = [
+        ctx.record(
+            j // R,
+            "no_attack",
+            j % R,
+            msssim=base[j],
+            msssim_input=1.0,
+            delta_linf=0.0,
+            delta_l2=0.0,
+            nonfinite=not math.isfinite(base[j]),
+            defence_stats=base_stats[j],
+        )
+        for j in range(len(ctx.pts) * R)
+    ]
     shown = None if target is None else {"rec": target["rec"].repeat_interleave(M, 0), "msssim": by_point(to_targets)}
-    gallery = _gallery(ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M,
-                       shown)
+    gallery = _gallery(
+        ctx, X.repeat_interleave(M, 0), by_point(advs), clean, by_point(recs), by_point(scores), R * M, shown
+    )
     return rows + paired, gallery
 
 
-def _gradient_check(ctx: _UnitContext, rows: list[AttackRecord], X, clean_r, passes, noise,
-                    mcfg: AttackConfig) -> list[AttackRecord]:
+def _gradient_check(
+    ctx: _UnitContext, rows: list[AttackRecord], X, clean_r, passes, noise, mcfg: AttackConfig
+) -> list[AttackRecord]:
     """The boundary member's rows, those of restart 0 of the sweep's first :data:`GRADIENT_CHECK_POINTS` points with
     ``gradient_check``: its MS-SSIM with straight-through and with plain quantiser gradients (the same start, the
     member run again the other way). Not in a defended sweep (its scoring pass is the defence's)."""
@@ -508,8 +614,11 @@ def _gradient_check(ctx: _UnitContext, rows: list[AttackRecord], X, clean_r, pas
         return rows
     other = dataclasses.replace(mcfg, straight_through=not mcfg.straight_through)
     attack = make_attack(ctx.lm.model, ctx.unit.k, other)
-    adv = attack(X[idx], seeds=[derive_seed(other.seed, "start", ctx.unit.k, ctx.pts[j // R], 0) for j in idx],
-                 noise=[t[idx] for t in _repeat(ctx.model_noise(noise), R)])
+    adv = attack(
+        X[idx],
+        seeds=[derive_seed(other.seed, "start", ctx.unit.k, ctx.pts[j // R], 0) for j in idx],
+        noise=[t[idx] for t in _repeat(ctx.model_noise(noise), R)],
+    )
     if ctx.rule.iterate == "last":
         adv = (X[idx] + attack.last_delta).detach()
     with torch.no_grad():
@@ -533,9 +642,14 @@ def gradient_checks(info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             both.setdefault(key, []).append(r["gradient_check"])
     for key, checks in both.items():
         st, plain = (float(np.mean([c[w] for c in checks])) for w in ("straight_through", "plain"))
-        plans[key]["gradient_check"] = {"points": len(checks), "msssim_straight_through": st, "msssim_plain": plain,
-                                        "difference": abs(st - plain), "limit": GRADIENT_CHECK_LIMIT,
-                                        "flagged": abs(st - plain) > GRADIENT_CHECK_LIMIT}
+        plans[key]["gradient_check"] = {
+            "points": len(checks),
+            "msssim_straight_through": st,
+            "msssim_plain": plain,
+            "difference": abs(st - plain),
+            "limit": GRADIENT_CHECK_LIMIT,
+            "flagged": abs(st - plain) > GRADIENT_CHECK_LIMIT,
+        }
 
 
 def _warm(X, advs: list, scores: list, to_targets: list, targeted: bool) -> torch.Tensor | None:
@@ -562,20 +676,46 @@ def _baseline_rows(ctx: _UnitContext, x, clean, noise) -> list[AttackRecord]:
     for d in range(cfg.floor_draws):
         other = prior_noise(ctx.scorer, [derive_seed(cfg.seed, "floor", p, d) for p in pts])
         s = ms_ssim(ctx.reconstruct(x, other), clean).tolist()
-        rows += [ctx.record(i, "floor", d, msssim=s[i], msssim_input=1.0, delta_linf=0.0, delta_l2=0.0,
-                            nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
+        rows += [
+            ctx.record(
+                i,
+                "floor",
+                d,
+                msssim=s[i],
+                msssim_input=1.0,
+                delta_linf=0.0,
+                delta_l2=0.0,
+                nonfinite=not math.isfinite(s[i]),
+            )
+            for i in range(len(pts))
+        ]
     scorer = LatentObjective(model, k, "skl")
     ref_x = scorer.reference(x) if cfg.noise_draws else None
     for d in range(cfg.noise_draws):
         xn = x + random_start(x, cfg.eps, cfg.norm, [derive_seed(cfg.seed, "noise", p, d) for p in pts])
-        passes = noise if ctx.rule.shared_noise else prior_noise(
-            ctx.scorer, [derive_seed(cfg.seed, "noise pass", k, p, d) for p in pts])
+        passes = (
+            noise
+            if ctx.rule.shared_noise
+            else prior_noise(ctx.scorer, [derive_seed(cfg.seed, "noise pass", k, p, d) for p in pts])
+        )
         s = ms_ssim(ctx.reconstruct(xn, passes), clean).tolist()
         s_in = ms_ssim(xn, x).tolist()
         kl_n = scorer.per_layer(xn, ref_x).tolist()
         nl, n2 = _norms(xn - x)
-        rows += [ctx.record(i, "noise", d, msssim=s[i], msssim_input=s_in[i], skl=kl_n[i], delta_linf=nl[i],
-                            delta_l2=n2[i], nonfinite=not math.isfinite(s[i])) for i in range(len(pts))]
+        rows += [
+            ctx.record(
+                i,
+                "noise",
+                d,
+                msssim=s[i],
+                msssim_input=s_in[i],
+                skl=kl_n[i],
+                delta_linf=nl[i],
+                delta_l2=n2[i],
+                nonfinite=not math.isfinite(s[i]),
+            )
+            for i in range(len(pts))
+        ]
     return rows + _unrelated_rows(ctx, clean, noise)
 
 
@@ -588,13 +728,25 @@ def _unrelated_rows(ctx: _UnitContext, clean, noise) -> list[AttackRecord]:
         spare = len(imgs) - n
         other = [n + (p + d * n) % spare if spare else (p + 1 + d) % n for p in ctx.pts]
         s = ms_ssim(ctx.reconstruct(imgs[other].to(clean.device), noise), clean).tolist()
-        rows += [ctx.record(i, "unrelated", d, msssim=s[i], msssim_input=math.nan, delta_linf=math.nan,
-                            delta_l2=math.nan, nonfinite=not math.isfinite(s[i])) for i in range(len(ctx.pts))]
+        rows += [
+            ctx.record(
+                i,
+                "unrelated",
+                d,
+                msssim=s[i],
+                msssim_input=math.nan,
+                delta_linf=math.nan,
+                delta_l2=math.nan,
+                nonfinite=not math.isfinite(s[i]),
+            )
+            for i in range(len(ctx.pts))
+        ]
     return rows
 
 
-def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig,
-             defence: DefenceRun | None = None) -> tuple[list[AttackRecord], dict | None]:
+def run_unit(
+    lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig, defence: DefenceRun | None = None
+) -> tuple[list[AttackRecord], dict | None]:
     """Attack one unit's points x restarts in one batch; its rows (attack, no_attack, floor, noise) and gallery.
 
     With ``defence`` every scored pass goes through the defended model and the attack runs on the model or, adaptive,
@@ -613,8 +765,9 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: AttackConfig,
     return rows + _baseline_rows(ctx, x, clean, noise), gallery
 
 
-def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str,
-                 root: Path | None = None) -> None:
+def save_gallery(
+    path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_label: str, root: Path | None = None
+) -> None:
     """Worst-restart examples of a unit's most damaged points (x, x + delta, both reconstructions) as a .npz.
 
     Read with ``numpy.load(path)`` (no pickles): arrays ``points``, ``restarts``, ``x``,
@@ -623,9 +776,13 @@ def save_gallery(path: Path, arrays: dict[str, torch.Tensor], unit: Unit, model_
     output folder (no link below it is written through).
     """
     with atomic_file(path, root=root) as f:
-        np.savez_compressed(f, unit=np.array(unit.id), model=np.array(model_label), k=np.array(unit.k),
-                            **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-                               for k, v in arrays.items()})
+        np.savez_compressed(
+            f,
+            unit=np.array(unit.id),
+            model=np.array(model_label),
+            k=np.array(unit.k),
+            **{k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in arrays.items()},
+        )
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -641,7 +798,9 @@ def expected_rows(unit: Unit, cfg: AttackConfig, model=None) -> int:
 def file_names(shard: tuple[int, int]) -> tuple[str, str]:
     """(records file, run file) of a shard."""
     i, n = shard
-    return ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
+    return (
+        ("records.jsonl", "run.json") if n == 1 else (f"records-shard-{i}-of-{n}.jsonl", f"run-shard-{i}-of-{n}.json")
+    )
 
 
 @dataclass
@@ -670,9 +829,13 @@ class _Sweep:
         return file_names(self.shard)
 
     def settings(self) -> dict[str, Any]:
-        settings = {"attack": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
-                    "shard": f"{self.shard[0]}/{self.shard[1]}", "units": [u.id for u in self.units],
-                    **source_settings(self.models)}
+        settings = {
+            "attack": to_dict(self.cfg),
+            "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "units": [u.id for u in self.units],
+            **source_settings(self.models),
+        }
         if self.defence is not None:  # a run of another defence (or none) in the same directory is refused
             settings["defence"] = self.defence.record_fields()
         return settings
@@ -711,10 +874,14 @@ def ensemble_info(cfg: AttackConfig, models: list[Labelled]) -> dict[str, Any] |
     for lm in models:
         for k in parse_layers(cfg.layers, lm.model.num_layers, lm.label):
             plan = ensemble_plan(lm.model, k, version, cfg.steps)
-            plans[f"{lm.label}|k={k}"] = {"members": {m.name: n for m, n in plan},
-                                         "passes_per_point": sum(n for _, n in plan) * cfg.restarts}
+            plans[f"{lm.label}|k={k}"] = {
+                "members": {m.name: n for m, n in plan},
+                "passes_per_point": sum(n for _, n in plan) * cfg.restarts,
+            }
             if any(m.optimizer == "context" for m, _ in plan):
-                plans[f"{lm.label}|k={k}"].update(solver_time_limit_s=context_member.CONTEXT_TIME_LIMIT, solver_s_per_point=None)
+                plans[f"{lm.label}|k={k}"].update(
+                    solver_time_limit_s=context_member.CONTEXT_TIME_LIMIT, solver_s_per_point=None
+                )
     return {"version": version, "plans": plans}
 
 
@@ -743,19 +910,44 @@ def _dither(lm: Labelled) -> str | None:
 
 def _run_info(sw: _Sweep, dev: torch.device, command: list[str] | None, done: int, points: dict) -> dict[str, Any]:
     """run.json: command, settings, provenance, progress, and per model its config and layer diagnostics."""
-    info = {"command": command or sys.argv, "settings": sw.settings(), **provenance(), "device": str(dev),
-            "torch_threads": torch.get_num_threads(), "processes": sw.dist.world_size, "status": "running",
-            "units_total": len(sw.shard_units), "units_done": done, "wall_time_s": 0.0,
-            "ensemble": ensemble_info(sw.cfg, sw.models), "context_dither": {m.label: _dither(m) for m in sw.models},
-            "defence": None if sw.defence is None else sw.defence.info(
-                [(m.label, m.model) for m in sw.models],
-                {m.label: parse_layers(sw.cfg.layers, m.model.num_layers, m.label) for m in sw.models}),
-            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "sha256_of": m.loaded.sha256_of,
-                        "arch": m.model.arch, "config": to_dict(m.config), "num_layers": m.model.num_layers,
-                        **m.source_info()} for m in sw.models]}
+    info = {
+        "command": command or sys.argv,
+        "settings": sw.settings(),
+        **provenance(),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "processes": sw.dist.world_size,
+        "status": "running",
+        "units_total": len(sw.shard_units),
+        "units_done": done,
+        "wall_time_s": 0.0,
+        "ensemble": ensemble_info(sw.cfg, sw.models),
+        "context_dither": {m.label: _dither(m) for m in sw.models},
+        "defence": None
+        if sw.defence is None
+        else sw.defence.info(
+            [(m.label, m.model) for m in sw.models],
+            {m.label: parse_layers(sw.cfg.layers, m.model.num_layers, m.label) for m in sw.models},
+        ),
+        "models": [
+            {
+                "label": m.label,
+                "path": m.path,
+                "sha256": m.sha256,
+                "sha256_of": m.loaded.sha256_of,
+                "arch": m.model.arch,
+                "config": to_dict(m.config),
+                "num_layers": m.model.num_layers,
+                **m.source_info(),
+            }
+            for m in sw.models
+        ],
+    }
     if sw.dist.is_main:
         for mi, lm in enumerate(sw.models):
-            info["models"][mi]["layer_diagnostics"] = layer_diagnostics(lm.model, points[mi].images, 100, dev, sw.cfg.seed)
+            info["models"][mi]["layer_diagnostics"] = layer_diagnostics(
+                lm.model, points[mi].images, 100, dev, sw.cfg.seed
+            )
             info["models"][mi]["layer_diagnostics_images"] = diagnostic_images_info(lm, sw.cfg, len(points[mi].images))
     if sw.out is not None and sw.dist.is_main:
         prev = sw.out.read_json(sw.names[1])
@@ -829,14 +1021,22 @@ def run_sweep(
         for lm in models:  # a model the defence cannot wrap is refused before anything is written
             defence.scorer(lm.model, config.temperature)
         models = [dataclasses.replace(lm, label=defence.label(lm.label)) for lm in models]
-    sw = _Sweep(models, config, shard, dd, plan_units(models, config, device, defence),
-                RunDir(out) if out is not None else None, defence)
+    sw = _Sweep(
+        models,
+        config,
+        shard,
+        dd,
+        plan_units(models, config, device, defence),
+        RunDir(out) if out is not None else None,
+        defence,
+    )
     with sw.out.locked(dd.is_main) if sw.out is not None else contextlib.nullcontext():
         return _sweep_locked(sw, device, data_dir, quiet, command)
 
 
-def _sweep_locked(sw: _Sweep, device: torch.device, data_dir: str | None, quiet: bool,
-                  command: list[str] | None) -> pd.DataFrame:
+def _sweep_locked(
+    sw: _Sweep, device: torch.device, data_dir: str | None, quiet: bool, command: list[str] | None
+) -> pd.DataFrame:
     """:func:`run_sweep` with the output directory's lock held (rank 0)."""
     models, config, dd = sw.models, sw.cfg, sw.dist
     previous = sw.done_rows()

@@ -33,7 +33,14 @@ from robustvae.config import AttackConfig, CertifyConfig, to_dict
 from robustvae.errors import RobustVAEError
 from robustvae.distributed import SINGLE
 from robustvae.experiments.attack import (
-    Points, Unit, _repeat, _Sweep, _UnitContext, check_budgets, prior_noise, select_points,
+    Points,
+    Unit,
+    _repeat,
+    _Sweep,
+    _UnitContext,
+    check_budgets,
+    prior_noise,
+    select_points,
 )
 from robustvae.experiments.models import Labelled, source_settings
 from robustvae.experiments.rundir import RunDir, provenance
@@ -55,11 +62,13 @@ def context_codec(lm: Labelled) -> ContextCodec:
     if not isinstance(codec, ContextCodec):
         raise RobustVAEError(
             f"{lm.label} ({type(lm.model).__name__}) has no quantised context layer; certify analyses DCT-VAE's "
-            f"context: pass a DCT-VAE checkpoint (e.g. trained with --preset dctvae-mnist-tiny)")
+            f"context: pass a DCT-VAE checkpoint (e.g. trained with --preset dctvae-mnist-tiny)"
+        )
     if getattr(lm.model, "dither", False):
         raise RobustVAEError(
             f"{lm.label} quantises its context with a random dither (context_dither); certify analyses the "
-            f"deterministic quantiser: load it with --set model.context_dither=false")
+            f"deterministic quantiser: load it with --set model.context_dither=false"
+        )
     return codec
 
 
@@ -70,8 +79,15 @@ def plan(models: list[Labelled], cfg: CertifyConfig) -> list[Unit]:
 
 def _ctx(lm: Labelled, unit: Unit, points: Points, cfg: CertifyConfig, eps: float) -> _UnitContext:
     """The attack sweep's unit context at k = 1 under the default rule: its reconstruction is the scoring."""
-    acfg = AttackConfig(layers="1", eps=eps, norm=cfg.norm, points=cfg.points, seed=cfg.seed, split=cfg.split,
-                        temperature=cfg.temperature)
+    acfg = AttackConfig(
+        layers="1",
+        eps=eps,
+        norm=cfg.norm,
+        points=cfg.points,
+        seed=cfg.seed,
+        split=cfg.split,
+        temperature=cfg.temperature,
+    )
     return _UnitContext(lm, unit, points, acfg, [unit.start])
 
 
@@ -81,13 +97,15 @@ def _optimal(lm: Labelled, ctx: _UnitContext, x, clean, noise, eps: float, cfg: 
     The solver's verified candidates (its rounds and, with time left, the next assignments in objective order)
     are scored by the real k = 1 MS-SSIM and the lowest is kept; the decoded change, bound and proof stay those
     of the MILP objective."""
+
     def k1_msssim(xa: torch.Tensor, _b: int) -> torch.Tensor:
         with torch.no_grad():
             n = xa.shape[0]
             return ms_ssim(ctx.reconstruct(xa, _repeat(noise, n)), clean.expand(n, *clean.shape[1:]))
 
-    best = optimal_context_attack(lm.model, x, eps, cfg.norm, "decoded_l2", cfg.time_limit, cfg.interior,
-                                  score=k1_msssim)
+    best = optimal_context_attack(
+        lm.model, x, eps, cfg.norm, "decoded_l2", cfg.time_limit, cfg.interior, score=k1_msssim
+    )
     joint = optimal_context_attack(lm.model, x, eps, cfg.norm, "count", cfg.time_limit, cfg.interior)
     with torch.no_grad():
         rec = ctx.reconstruct(best.x_adv, noise)
@@ -96,11 +114,20 @@ def _optimal(lm: Labelled, ctx: _UnitContext, x, clean, noise, eps: float, cfg: 
     d = best.delta[0].flatten()
     return dict(
         max_joint_changes=max(int(joint.changed[0]), int(best.changed[0])),  # both attacks are verified
-        max_joint_bound=float(joint.bound[0]), max_joint_proven=bool(joint.proven_optimal[0]),
-        optimal_decoded_l2=value, optimal_bound=bound if math.isfinite(bound) else None,
-        optimal_proven=bool(best.proven_optimal[0]), optimal_changed=int(best.changed[0]), msssim_k1=score,
-        k1_identical=bool(torch.equal(rec, clean)), delta_linf=float(d.abs().max()), delta_l2=float(d.norm()), solve_time_s=float(best.solve_time[0] + joint.solve_time[0]),
-        status=str(best.status[0]), gap=(bound - value) / bound if math.isfinite(bound) and bound > 0 else 0.0)
+        max_joint_bound=float(joint.bound[0]),
+        max_joint_proven=bool(joint.proven_optimal[0]),
+        optimal_decoded_l2=value,
+        optimal_bound=bound if math.isfinite(bound) else None,
+        optimal_proven=bool(best.proven_optimal[0]),
+        optimal_changed=int(best.changed[0]),
+        msssim_k1=score,
+        k1_identical=bool(torch.equal(rec, clean)),
+        delta_linf=float(d.abs().max()),
+        delta_l2=float(d.norm()),
+        solve_time_s=float(best.solve_time[0] + joint.solve_time[0]),
+        status=str(best.status[0]),
+        gap=(bound - value) / bound if math.isfinite(bound) and bound > 0 else 0.0,
+    )
 
 
 def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: CertifyConfig) -> list[CertifyRecord]:
@@ -119,13 +146,28 @@ def run_unit(lm: Labelled, unit: Unit, points: Points, cfg: CertifyConfig) -> li
             with torch.no_grad():
                 clean = ctx.reconstruct(x, noise)
             extra = _optimal(lm, ctx, x, clean, noise, eps, cfg)
-        rows.append(CertifyRecord(
-            unit=unit.id, model=lm.label, checkpoint_sha256=lm.sha256, dataset=points.dataset,
-            context=type(codec).__name__, norm=cfg.norm, eps=eps, seed=cfg.seed, temperature=cfg.temperature, point=p,
-            test_index=int(points.indices[p]), label=int(points.labels[p]), coefficients=int(rng.certified.numel()),
-            certified=bool(rng.point_certified[0]), changeable=int((~rng.certified).sum()),
-            reachable_levels=int((rng.reach_hi - rng.reach_lo + 1).sum()),
-            radius=radius if math.isfinite(radius) else None, **extra))
+        rows.append(
+            CertifyRecord(
+                unit=unit.id,
+                model=lm.label,
+                checkpoint_sha256=lm.sha256,
+                dataset=points.dataset,
+                context=type(codec).__name__,
+                norm=cfg.norm,
+                eps=eps,
+                seed=cfg.seed,
+                temperature=cfg.temperature,
+                point=p,
+                test_index=int(points.indices[p]),
+                label=int(points.labels[p]),
+                coefficients=int(rng.certified.numel()),
+                certified=bool(rng.point_certified[0]),
+                changeable=int((~rng.certified).sum()),
+                reachable_levels=int((rng.reach_hi - rng.reach_lo + 1).sum()),
+                radius=radius if math.isfinite(radius) else None,
+                **extra,
+            )
+        )
     return rows
 
 
@@ -133,8 +175,13 @@ class _Run(_Sweep):
     """One call of :func:`run_certify`: the attack sweep's plan and shard bookkeeping, with certify's settings."""
 
     def settings(self) -> dict[str, Any]:
-        return {"certify": to_dict(self.cfg), "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
-                "shard": f"{self.shard[0]}/{self.shard[1]}", "points": self.cfg.points, **source_settings(self.models)}
+        return {
+            "certify": to_dict(self.cfg),
+            "models": [{"label": m.label, "sha256": m.sha256} for m in self.models],
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "points": self.cfg.points,
+            **source_settings(self.models),
+        }
 
     def expected(self) -> dict[str, int]:
         return {u.id: len(self.cfg.eps) for u in self.shard_units}
@@ -156,12 +203,31 @@ class _Run(_Sweep):
 
 
 def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) -> dict[str, Any]:
-    info = {"kind": CERTIFY_RUN_KIND, "command": command or sys.argv, "settings": run.settings(), **provenance(),
-            "device": str(dev), "torch_threads": torch.get_num_threads(), "status": "running",
-            "units_total": len(run.mine), "units_done": done, "wall_time_s": 0.0,
-            "models": [{"label": m.label, "path": m.path, "sha256": m.sha256, "sha256_of": m.loaded.sha256_of,
-                        "arch": m.model.arch, "config": to_dict(m.config), "context": type(context_codec(m)).__name__,
-                        **m.source_info()} for m in run.models]}
+    info = {
+        "kind": CERTIFY_RUN_KIND,
+        "command": command or sys.argv,
+        "settings": run.settings(),
+        **provenance(),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "status": "running",
+        "units_total": len(run.mine),
+        "units_done": done,
+        "wall_time_s": 0.0,
+        "models": [
+            {
+                "label": m.label,
+                "path": m.path,
+                "sha256": m.sha256,
+                "sha256_of": m.loaded.sha256_of,
+                "arch": m.model.arch,
+                "config": to_dict(m.config),
+                "context": type(context_codec(m)).__name__,
+                **m.source_info(),
+            }
+            for m in run.models
+        ],
+    }
     if run.out is not None:
         prev = run.out.read_json(run.names[1])
         info["wall_time_s"] = (prev.get("wall_time_s") or 0.0) if prev else 0.0
@@ -170,8 +236,15 @@ def _info(run: _Run, dev: torch.device, command: list[str] | None, done: int) ->
 
 
 def run_certify(
-    models: list[Labelled], cfg: CertifyConfig, out: str | os.PathLike | None = None, *, device: torch.device,
-    shard: tuple[int, int] = (1, 1), data_dir: str | None = None, force: bool = False, quiet: bool = True,
+    models: list[Labelled],
+    cfg: CertifyConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    device: torch.device,
+    shard: tuple[int, int] = (1, 1),
+    data_dir: str | None = None,
+    force: bool = False,
+    quiet: bool = True,
     command: list[str] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a certification sweep and return this shard's records as a DataFrame.
@@ -187,8 +260,15 @@ def run_certify(
         return _certify_locked(run, cfg, device, data_dir, force, quiet, command)
 
 
-def _certify_locked(run: _Run, cfg: CertifyConfig, device: torch.device, data_dir: str | None, force: bool,
-                    quiet: bool, command: list[str] | None) -> pd.DataFrame:
+def _certify_locked(
+    run: _Run,
+    cfg: CertifyConfig,
+    device: torch.device,
+    data_dir: str | None,
+    force: bool,
+    quiet: bool,
+    command: list[str] | None,
+) -> pd.DataFrame:
     """:func:`run_certify` with the output directory's lock held."""
     models = run.models
     rows = run.done_rows(force)

@@ -44,8 +44,15 @@ from robustvae.compression.jpeg import match_warnings
 OUTPUTS = ("records.csv", "jpeg.csv", "run.json", "rd.png", "rd.pdf", "side-by-side", "images")
 
 
-def _model_rows(lm: Labelled, im: InputImage, ks: list[int], recs: dict[int, np.ndarray],
-                layer_bits: torch.Tensor, patches: int, cfg: CompressConfig) -> list[CompressionRecord]:
+def _model_rows(
+    lm: Labelled,
+    im: InputImage,
+    ks: list[int],
+    recs: dict[int, np.ndarray],
+    layer_bits: torch.Tensor,
+    patches: int,
+    cfg: CompressConfig,
+) -> list[CompressionRecord]:
     """One record per k for one model and image (JPEG columns are filled in later)."""
     model = lm.model
     ps, ms = jpeg.score(im.pixels, [recs[k] for k in ks])
@@ -61,33 +68,74 @@ def _model_rows(lm: Labelled, im: InputImage, ks: list[int], recs: dict[int, np.
         gaussian = float(used[1:].sum()) if coded else float(used.sum())
         context = float(used[0]) if coded else math.nan
         bits = gaussian + (context if coded else 0.0)
-        rows.append(CompressionRecord(
-            image=im.name, width=im.width, height=im.height, channels=int(im.pixels.shape[0]),
-            conversion=im.conversion, model=lm.label, arch=model.arch, checkpoint_sha256=lm.sha256, k=k,
-            patch_size=model.cfg.image_size, patches=patches, temperature=cfg.temperature, seed=cfg.seed,
-            psnr=p, msssim=m, msssim_impl=jpeg.msssim_impl(im.height, im.width), bits=bits, bpp=bits / pixels,
-            gaussian_bits=gaussian, context_bits_prior=context, context_bits_raw=raw if coded else math.nan,
-            bpp_context_raw=(raw + gaussian) / pixels if coded else math.nan))
+        rows.append(
+            CompressionRecord(
+                image=im.name,
+                width=im.width,
+                height=im.height,
+                channels=int(im.pixels.shape[0]),
+                conversion=im.conversion,
+                model=lm.label,
+                arch=model.arch,
+                checkpoint_sha256=lm.sha256,
+                k=k,
+                patch_size=model.cfg.image_size,
+                patches=patches,
+                temperature=cfg.temperature,
+                seed=cfg.seed,
+                psnr=p,
+                msssim=m,
+                msssim_impl=jpeg.msssim_impl(im.height, im.width),
+                bits=bits,
+                bpp=bits / pixels,
+                gaussian_bits=gaussian,
+                context_bits_prior=context,
+                context_bits_raw=raw if coded else math.nan,
+                bpp_context_raw=(raw + gaussian) / pixels if coded else math.nan,
+            )
+        )
     return rows
 
 
 def _sweep_rows(im: InputImage, sweep: jpeg.Sweep) -> list[dict[str, Any]]:
     """jpeg.csv's rows of one image: one per quality."""
     impl = jpeg.msssim_impl(im.height, im.width)
-    return [{"image": im.name, "width": im.width, "height": im.height, "channels": int(im.pixels.shape[0]), "quality": q,
-             "bytes": len(f), "bpp": b, "psnr": p, "msssim": m, "msssim_impl": impl}
-            for q, f, b, p, m in zip(sweep.qualities, sweep.files, sweep.bpp, sweep.psnr, sweep.msssim)]
+    return [
+        {
+            "image": im.name,
+            "width": im.width,
+            "height": im.height,
+            "channels": int(im.pixels.shape[0]),
+            "quality": q,
+            "bytes": len(f),
+            "bpp": b,
+            "psnr": p,
+            "msssim": m,
+            "msssim_impl": impl,
+        }
+        for q, f, b, p, m in zip(sweep.qualities, sweep.files, sweep.bpp, sweep.psnr, sweep.msssim)
+    ]
 
 
 def _model_info(lm: Labelled, ks: list[int], patches: int, seconds: float) -> dict[str, Any]:
     """What run.json says about one model: where it came from, what it coded, how fast."""
     model = lm.model
-    return {"label": lm.label, "path": lm.path, "sha256": lm.sha256, "sha256_of": lm.loaded.sha256_of,
-            "arch": model.arch,
-            "config": to_dict(lm.config), "num_layers": model.num_layers,
-            "layers": ks, "patch_size": model.cfg.image_size, "context_bits_raw_per_patch": context_raw_bits(model) or None,
-            "patches": patches, "model_seconds": seconds, "patches_per_s": patches / max(seconds, 1e-9),
-            "reconstructions_per_s": patches * len(ks) / max(seconds, 1e-9)}
+    return {
+        "label": lm.label,
+        "path": lm.path,
+        "sha256": lm.sha256,
+        "sha256_of": lm.loaded.sha256_of,
+        "arch": model.arch,
+        "config": to_dict(lm.config),
+        "num_layers": model.num_layers,
+        "layers": ks,
+        "patch_size": model.cfg.image_size,
+        "context_bits_raw_per_patch": context_raw_bits(model) or None,
+        "patches": patches,
+        "model_seconds": seconds,
+        "patches_per_s": patches / max(seconds, 1e-9),
+        "reconstructions_per_s": patches * len(ks) / max(seconds, 1e-9),
+    }
 
 
 def save_png(pixels: np.ndarray, path: Path, *, root: Path | None = None) -> None:
@@ -105,13 +153,20 @@ def file_names(imgs: list[InputImage], models: list[Labelled]) -> tuple[list[str
     or in case get ``-2``, ``-3``, ... in the order given (:func:`~robustvae.io.unique_names`);
     ``run.json`` records each (``folder``, ``file_stem``) so that readers never re-derive them.
     """
-    return unique_names([im.name for im in imgs]), dict(zip([lm.label for lm in models],
-                                                            unique_names([lm.label for lm in models])))
+    return unique_names([im.name for im in imgs]), dict(
+        zip([lm.label for lm in models], unique_names([lm.label for lm in models]))
+    )
 
 
-def _write_files(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, imgs: list[InputImage],
-                 recs: dict[str, list[dict[int, np.ndarray]]], sweeps: dict[str, jpeg.Sweep],
-                 names: tuple[list[str], dict[str, str]]) -> None:
+def _write_files(
+    out: Path,
+    records: pd.DataFrame,
+    sweep_rows: pd.DataFrame,
+    imgs: list[InputImage],
+    recs: dict[str, list[dict[int, np.ndarray]]],
+    sweeps: dict[str, jpeg.Sweep],
+    names: tuple[list[str], dict[str, str]],
+) -> None:
     """records.csv, jpeg.csv, and per image its input, reconstructions and matched JPEG files (all below ``out``)."""
     folders, stems = names
     io.write_text(out / "records.csv", records.to_csv(index=False), root=out)
@@ -128,8 +183,14 @@ def _write_files(out: Path, records: pd.DataFrame, sweep_rows: pd.DataFrame, img
             io.write_bytes(d / f"jpeg-q{q}.jpg", sweeps[im.name].files[sweeps[im.name].qualities.index(q)], root=out)
 
 
-def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list[int]], config: CompressConfig,
-              dev: torch.device, quiet: bool):
+def _code_all(
+    models: list[Labelled],
+    imgs: list[InputImage],
+    ks: dict[str, list[int]],
+    config: CompressConfig,
+    dev: torch.device,
+    quiet: bool,
+):
     """Model passes and JPEG sweeps of every image: (record rows, reconstructions, timing, sweeps)."""
     rows: list[CompressionRecord] = []
     recs: dict[str, list[dict[int, np.ndarray]]] = {}
@@ -138,8 +199,14 @@ def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list
     with make_progress(quiet) as progress:
         task = progress.add_task("compress", total=total, info="model passes")
         for lm in models:
-            r, bits, counts, seconds = code_images(lm.model, imgs, ks[lm.label], config, dev,
-                                                   lambda n, lm=lm: progress.update(task, advance=n, info=lm.label))
+            r, bits, counts, seconds = code_images(
+                lm.model,
+                imgs,
+                ks[lm.label],
+                config,
+                dev,
+                lambda n, lm=lm: progress.update(task, advance=n, info=lm.label),
+            )
             recs[lm.label] = r
             timing[lm.label] = (sum(counts), seconds)
             for im, rec, b, c in zip(imgs, r, bits, counts):
@@ -152,8 +219,9 @@ def _code_all(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list
     return rows, recs, timing, sweeps
 
 
-def _inputs(models: list[Labelled], images: list[str | os.PathLike] | list[InputImage],
-            config: CompressConfig) -> tuple[list[InputImage], int]:
+def _inputs(
+    models: list[Labelled], images: list[str | os.PathLike] | list[InputImage], config: CompressConfig
+) -> tuple[list[InputImage], int]:
     """The images to compress, read (files) or checked (images already read): (images, files skipped)."""
     channels = {lm.model.cfg.image_channels for lm in models}
     if len(channels) > 1:
@@ -161,21 +229,39 @@ def _inputs(models: list[Labelled], images: list[str | os.PathLike] | list[Input
     channels, patch = channels.pop(), max(lm.model.cfg.image_size for lm in models)
     if images and all(isinstance(im, InputImage) for im in images):
         if any(im.pixels.shape[0] != channels for im in images):
-            raise RobustVAEError(f"the images have {images[0].pixels.shape[0]} channels but the models take {channels}; "
-                                 f"pass images of the models' kind")
+            raise RobustVAEError(
+                f"the images have {images[0].pixels.shape[0]} channels but the models take {channels}; "
+                f"pass images of the models' kind"
+            )
         return check_images(list(images), patch), 0
     return read_images(list(images), channels, patch, config.max_pixels)
 
 
-def _inputs_info(models: list[Labelled], imgs: list[InputImage], ks: dict[str, list[int]],
-                 timing: dict[str, tuple[int, float]], names) -> dict[str, Any]:
+def _inputs_info(
+    models: list[Labelled],
+    imgs: list[InputImage],
+    ks: dict[str, list[int]],
+    timing: dict[str, tuple[int, float]],
+    names,
+) -> dict[str, Any]:
     """run.json's ``images`` and ``models`` entries: what was coded, with which output names, at what cost."""
     return {
-        "images": [{"name": im.name, "folder": folder, "path": im.path, "width": im.width, "height": im.height,
-                    "mode": im.mode, "conversion": im.conversion, "sha256": im.sha256}
-                   for im, folder in zip(imgs, names[0])],
-        "models": [{**_model_info(lm, ks[lm.label], *timing[lm.label]), "file_stem": names[1][lm.label]}
-                   for lm in models],
+        "images": [
+            {
+                "name": im.name,
+                "folder": folder,
+                "path": im.path,
+                "width": im.width,
+                "height": im.height,
+                "mode": im.mode,
+                "conversion": im.conversion,
+                "sha256": im.sha256,
+            }
+            for im, folder in zip(imgs, names[0])
+        ],
+        "models": [
+            {**_model_info(lm, ks[lm.label], *timing[lm.label]), "file_stem": names[1][lm.label]} for lm in models
+        ],
     }
 
 
@@ -208,14 +294,27 @@ def run_compression(
     rows, recs, timing, sweeps = _code_all(models, imgs, ks, config, device, quiet)
     matched = [sweeps[r.image].closest(r.psnr) if math.isfinite(r.psnr) else None for r in rows]
     records = pd.DataFrame([r.to_row() for r in rows], columns=CompressionRecord.columns())
-    for col, attr in (("jpeg_quality", "qualities"), ("jpeg_psnr", "psnr"), ("jpeg_msssim", "msssim"), ("jpeg_bpp", "bpp")):
+    for col, attr in (
+        ("jpeg_quality", "qualities"),
+        ("jpeg_psnr", "psnr"),
+        ("jpeg_msssim", "msssim"),
+        ("jpeg_bpp", "bpp"),
+    ):
         records[col] = [getattr(sweeps[r.image], attr)[i] if i is not None else None for r, i in zip(rows, matched)]
     sweep_rows = pd.DataFrame([row for im in imgs for row in _sweep_rows(im, sweeps[im.name])])
     info = {
-        "kind": COMPRESSION_RUN_KIND, "command": command or sys.argv, "settings": to_dict(config), "jpeg": jpeg.SETTINGS,
-        **provenance(["pillow"]), "device": str(device), "torch_threads": torch.get_num_threads(),
-        "wall_time_s": time.perf_counter() - t0, "skipped_files": skipped, "image_source": source,
-        **_inputs_info(models, imgs, ks, timing, names), "warnings": match_warnings(records),
+        "kind": COMPRESSION_RUN_KIND,
+        "command": command or sys.argv,
+        "settings": to_dict(config),
+        "jpeg": jpeg.SETTINGS,
+        **provenance(["pillow"]),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "wall_time_s": time.perf_counter() - t0,
+        "skipped_files": skipped,
+        "image_source": source,
+        **_inputs_info(models, imgs, ks, timing, names),
+        "warnings": match_warnings(records),
     }
     with run.locked():
         run.check_fresh(force)  # again: the directory may have been filled meanwhile

@@ -52,7 +52,6 @@ class Labelled:
     def sha256(self) -> str:
         return self.loaded.sha256
 
-
     @property
     def source(self) -> str:
         """What records name where the points come from: the dataset, or ``images:<name>`` for a user's images."""
@@ -80,8 +79,11 @@ def source_settings(models: list[Labelled]) -> dict[str, Any]:
     pixels) and datasets given instead of a model's own; empty when every model runs on its own dataset."""
     out: dict[str, Any] = {}
     images = {m.label: m.images.sha256 for m in models if m.images is not None}
-    data = {m.label: m.data.name for m in models if m.data is not None
-            and (m.config is None or m.data.name != m.config.data.name)}
+    data = {
+        m.label: m.data.name
+        for m in models
+        if m.data is not None and (m.config is None or m.data.name != m.config.data.name)
+    }
     if images:
         out["images"] = images
     if data:
@@ -89,8 +91,13 @@ def source_settings(models: list[Labelled]) -> dict[str, Any]:
     return out
 
 
-def load_models(specs: list[ModelSpec], device: torch.device, data: str | DataConfig | None = None,
-                need_data: bool = True, images: ImageSource | None = None) -> list[Labelled]:
+def load_models(
+    specs: list[ModelSpec],
+    device: torch.device,
+    data: str | DataConfig | None = None,
+    need_data: bool = True,
+    images: ImageSource | None = None,
+) -> list[Labelled]:
     """Checkpoint files, run directories, ``module.path:factory`` names or models in memory -> labelled
     models on ``device``.
 
@@ -102,8 +109,9 @@ def load_models(specs: list[ModelSpec], device: torch.device, data: str | DataCo
     the two (a clear error otherwise).
     """
     if not specs:
-        raise RobustVAEError("no model given: name a zoo checkpoint, a checkpoint file, a run directory or a "
-                             "module.path:factory")
+        raise RobustVAEError(
+            "no model given: name a zoo checkpoint, a checkpoint file, a run directory or a module.path:factory"
+        )
     one_source(data, images)
     override = DataConfig(data) if isinstance(data, str) else data
     out: list[Labelled] = []
@@ -122,9 +130,9 @@ def load_models(specs: list[ModelSpec], device: torch.device, data: str | DataCo
         elif dcfg is None and need_data:
             raise RobustVAEError(
                 f"{lm.path} has no dataset of its own (a model factory, or a model in memory): pass --data NAME "
-                f"(e.g. mnist-offline; data= in Python) or --images PATH (images=)")
+                f"(e.g. mnist-offline; data= in Python) or --images PATH (images=)"
+            )
         seen[lm.name] = seen.get(lm.name, 0) + 1
         label = lm.name if seen[lm.name] == 1 else f"{lm.name}#{seen[lm.name]}"
         out.append(Labelled(label, lm, dcfg, iset))
     return out
-

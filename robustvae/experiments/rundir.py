@@ -102,8 +102,11 @@ class RunDir:
         """What the directory holds, leaving out robustvae's lock file, temporary files and staging folders."""
         if not self.path.is_dir():
             return []
-        return [p for p in self.path.iterdir() if p.name != LOCK and not _is_tmp(p)
-                and not p.name.startswith(STAGING_PREFIX)]
+        return [
+            p
+            for p in self.path.iterdir()
+            if p.name != LOCK and not _is_tmp(p) and not p.name.startswith(STAGING_PREFIX)
+        ]
 
     def check_fresh(self, force: bool) -> None:
         """A fresh run: refuse a file, an unwritable place, or a non-empty directory without ``force``."""
@@ -157,10 +160,16 @@ class RunDir:
         """Delete what a killed writer left: temporary files (``.<name>.<random>.tmp``) and the staging folder of an
         unfinished ``--force`` replacement (:func:`robustvae.io.replace_outputs`); only with the lock held. An earlier
         run set aside (``.previous-*``) is kept: it may be the only copy."""
-        found = [p for d in (self.path, self.path / "gallery", self.path / PARTS) if d.is_dir()
-                 for p in d.iterdir() if _is_tmp(p) and p.is_file()]
-        found += [p for p in self.path.iterdir() if p.name.startswith(STAGING_PREFIX) and p.is_dir()
-                  and not p.is_symlink()]
+        found = [
+            p
+            for d in (self.path, self.path / "gallery", self.path / PARTS)
+            if d.is_dir()
+            for p in d.iterdir()
+            if _is_tmp(p) and p.is_file()
+        ]
+        found += [
+            p for p in self.path.iterdir() if p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink()
+        ]
         for p in found:
             io.remove(p, root=self.path)
         return found
@@ -240,8 +249,9 @@ class RunDir:
         return merged
 
 
-def _say_dropped(path: Path, old: list[dict[str, Any]], complete: dict[str, list[dict[str, Any]]],
-                 expected: dict[str, int]) -> None:
+def _say_dropped(
+    path: Path, old: list[dict[str, Any]], complete: dict[str, list[dict[str, Any]]], expected: dict[str, int]
+) -> None:
     """A notice for rows of the records file that a merge leaves out (units cut short: they run again)."""
     kept = {id(r) for rows in complete.values() for r in rows}
     left: dict[str, int] = {}
@@ -253,8 +263,11 @@ def _say_dropped(path: Path, old: list[dict[str, Any]], complete: dict[str, list
 
         units = ", ".join(f"{u} ({n} of {expected.get(u, 0)} rows)" for u, n in list(left.items())[:3])
         more = f" and {len(left) - 3} more" if len(left) > 3 else ""
-        warnings.warn(f"{path}: {sum(left.values())} row(s) of unit(s) cut short by a crash are left out and run again: "
-                      f"{units}{more}", stacklevel=3)
+        warnings.warn(
+            f"{path}: {sum(left.values())} row(s) of unit(s) cut short by a crash are left out and run again: "
+            f"{units}{more}",
+            stacklevel=3,
+        )
 
 
 def _is_tmp(p: Path) -> bool:

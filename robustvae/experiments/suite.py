@@ -28,7 +28,9 @@ def read_suite(path: str | os.PathLike) -> tuple[list[str], dict]:
         raise RobustVAEError(f"suite {path} is not valid TOML: {e}") from None
     models = data.pop("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise RobustVAEError(f"suite {path}: models must be a list of checkpoint files, run directories or module.path:factory names")
+        raise RobustVAEError(
+            f"suite {path}: models must be a list of checkpoint files, run directories or module.path:factory names"
+        )
     try:  # the suite's own settings, before the command line's options are laid over them
         from_dict(AttackConfig, data)
     except ConfigError as e:

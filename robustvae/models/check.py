@@ -22,8 +22,18 @@ from torch import Tensor, nn
 from robustvae.errors import RobustVAEError
 from robustvae.models.contract import LayerInfo
 
-METHODS = ("encode", "reconstruct", "elbo", "log_importance_weights", "iw_noise", "nll_iwae", "make_noise", "sample",
-           "fit_data", "use_channels_last")
+METHODS = (
+    "encode",
+    "reconstruct",
+    "elbo",
+    "log_importance_weights",
+    "iw_noise",
+    "nll_iwae",
+    "make_noise",
+    "sample",
+    "fit_data",
+    "use_channels_last",
+)
 CFG_FIELDS = {"image_channels": int, "image_size": int, "likelihood": str, "binary": bool}
 DOCS = "docs/own-model.md"
 
@@ -37,8 +47,10 @@ def check_contract(model: Any, name: str = "the model") -> Any:
     problems = contract_problems(model)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ContractError(f"{name} does not satisfy robustvae's model contract "
-                            f"(robustvae.models.contract.HierarchicalVAE): {shown}; see {DOCS}")
+        raise ContractError(
+            f"{name} does not satisfy robustvae's model contract "
+            f"(robustvae.models.contract.HierarchicalVAE): {shown}; see {DOCS}"
+        )
     return model
 
 
@@ -71,13 +83,16 @@ def _structure(model: Any) -> list[str]:
         for field, kind in CFG_FIELDS.items():
             value = getattr(cfg, field, None)
             if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
-                out.append(f"cfg.{field} is {'missing' if value is None else repr(value)} (a {kind.__name__}"
-                           f"{' >= 1' if kind is int else ''} is needed)")
+                out.append(
+                    f"cfg.{field} is {'missing' if value is None else repr(value)} (a {kind.__name__}"
+                    f"{' >= 1' if kind is int else ''} is needed)"
+                )
     out += _layer_problems(getattr(model, "layers", None))
     shared = getattr(model, "iw_shared_noise", None)
     if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
-        out.append("attribute 'iw_shared_noise' (how many leading iw_noise tensors are per image, an int >= 0) is "
-                   "missing")
+        out.append(
+            "attribute 'iw_shared_noise' (how many leading iw_noise tensors are per image, an int >= 0) is missing"
+        )
     out += [f"method '{m}' is missing" for m in METHODS if not callable(getattr(model, m, None))]
     if next(model.parameters(), None) is None:
         out.append("it has no parameters (robustvae finds a model's device from its first parameter)")
@@ -134,8 +149,10 @@ def _shape(problems: list[str], what: str, t: Any, shape: tuple[int, ...], unit:
     elif not torch.isfinite(t).all():
         problems.append(f"{what} is not finite")
     elif unit and (t.min() < 0 or t.max() > 1):
-        problems.append(f"{what} leaves [0, 1] (from {float(t.min()):.3g} to {float(t.max()):.3g}): it must be the "
-                        f"decoder's mean image")
+        problems.append(
+            f"{what} leaves [0, 1] (from {float(t.min()):.3g} to {float(t.max()):.3g}): it must be the "
+            f"decoder's mean image"
+        )
     else:
         return True
     return False
@@ -161,8 +178,10 @@ def _probe_encode(model: nn.Module, x: Tensor, problems: list[str]) -> None:
     if qs is None:
         return
     if not isinstance(qs, (list, tuple)) or len(qs) != len(model.layers):
-        problems.append(f"encode(x) returned {len(qs) if isinstance(qs, (list, tuple)) else type(qs).__name__} "
-                        f"posteriors, expected a list of {len(model.layers)} (one per layer, top first)")
+        problems.append(
+            f"encode(x) returned {len(qs) if isinstance(qs, (list, tuple)) else type(qs).__name__} "
+            f"posteriors, expected a list of {len(model.layers)} (one per layer, top first)"
+        )
         return
     for i, (q, info) in enumerate(zip(qs, model.layers)):
         need = ("mean", "compare", "detach") + (("pre_quant",) if info.deterministic else ("logvar",))
@@ -190,8 +209,10 @@ def _probe_reconstruct(model: nn.Module, x: Tensor, problems: list[str]) -> None
             continue
         again = _call(problems, what, lambda k=k: model.reconstruct(x, k, 0.1, noise))
         if isinstance(again, Tensor) and again.shape == r.shape and not torch.allclose(r, again, atol=1e-5):
-            problems.append(f"{what} differs between two calls with the same noise (attacks compare reconstructions "
-                            f"under shared noise: draw every random number from the noise passed in)")
+            problems.append(
+                f"{what} differs between two calls with the same noise (attacks compare reconstructions "
+                f"under shared noise: draw every random number from the noise passed in)"
+            )
     smp = _call(problems, "sample(1, noise=make_noise(1))", lambda: model.sample(1, 1.0, noise))
     if smp is not None:
         _shape(problems, "sample(1, noise=make_noise(1))", smp, tuple(x.shape), unit=True)
@@ -230,6 +251,7 @@ def _probe_gradient(model: nn.Module, x: Tensor, problems: list[str]) -> None:
         return
     value = getattr(qs[0], "pre_quant" if model.layers[0].deterministic else "mean", None)
     if isinstance(value, Tensor) and not value.requires_grad:
-        problems.append("encode(x, k=1)[0] does not depend differentiably on x (attacks follow its gradient; do not "
-                        "detach or run it under no_grad)")
-
+        problems.append(
+            "encode(x, k=1)[0] does not depend differentiably on x (attacks follow its gradient; do not "
+            "detach or run it under no_grad)"
+        )

@@ -202,4 +202,6 @@ CODECS: dict[str, type[ContextCodec]] = {"dct": DCTContext, "downsample": Downsa
 
 def build_codec(cfg: ModelConfig) -> ContextCodec:
     """The context codec ``cfg.context`` names, sized by the config."""
-    return CODECS[cfg.context](cfg.image_channels, cfg.image_size, cfg.context_size, cfg.context_bits, cfg.context_dither)
+    return CODECS[cfg.context](
+        cfg.image_channels, cfg.image_size, cfg.context_size, cfg.context_bits, cfg.context_dither
+    )

@@ -98,8 +98,9 @@ class LatentJoint:
 class SupportsLatentJoint(Protocol):
     """A model whose top Gaussian layers can be fixed and scored (what an MCMC defence needs)."""
 
-    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
-                         noise: list[Tensor] | None = None) -> LatentJoint:
+    def latent_log_joint(
+        self, x: Tensor, zs: list[Tensor], temperature: float = 0.1, noise: list[Tensor] | None = None
+    ) -> LatentJoint:
         """log p(z) and log p(x | z) with the top ``len(zs)`` Gaussian layers at ``zs``, the prior below."""
 
 
@@ -123,16 +124,23 @@ class HierarchicalVAE(Protocol):
     def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list:
         """Posteriors of the top k layers, top first; each conditioned on the posterior means above it."""
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """Mean image: posterior means (or samples) of the top k layers, the prior at ``temperature`` below,
         driven by ``noise``."""
 
     def elbo(self, x: Tensor) -> ELBOResult:
         """Negative-ELBO terms with one posterior sample per layer."""
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
-                               noise: list[Tensor] | None = None) -> Tensor:
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, noise: list[Tensor] | None = None
+    ) -> Tensor:
         """log p(x, z) - log q(z | x) at ``num_samples`` joint posterior samples: (K, B), driven by ``noise`` if given."""
 
     def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:

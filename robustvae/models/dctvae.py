@@ -61,8 +61,14 @@ class DCTVAE(VDVAE):
         C, c = cfg.image_channels, cfg.context_size
         self.codec = build_codec(cfg)
         self.prior = DiffusionPrior(
-            (C, c, c), self.codec.levels, cfg.diffusion_steps, cfg.diffusion_beta_start, cfg.diffusion_beta_end,
-            cfg.diffusion_channels, cfg.diffusion_scales, cfg.diffusion_res_blocks,
+            (C, c, c),
+            self.codec.levels,
+            cfg.diffusion_steps,
+            cfg.diffusion_beta_start,
+            cfg.diffusion_beta_end,
+            cfg.diffusion_channels,
+            cfg.diffusion_scales,
+            cfg.diffusion_res_blocks,
         )
         self.inject = nn.ModuleDict(
             {r: conv(C, cfg.channels, 3 if int(r) > 2 else 1, weight_norm=cfg.weight_norm) for r in self.bias}
@@ -92,7 +98,9 @@ class DCTVAE(VDVAE):
 
     # ------------------------------------------------------------------ public API
 
-    def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list[PointMass | DiagGaussian]:
+    def encode(
+        self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None
+    ) -> list[PointMass | DiagGaussian]:
         """The context's point mass, then the posteriors of Gaussian layers 2 .. k (all when None)."""
         self._check_input(x)
         k = self._check_k(k)
@@ -102,8 +110,14 @@ class DCTVAE(VDVAE):
         ladder = self._encode_ladder(x, k - 1, sample, _below(noise), self.codec.decode(code.value))
         return [PointMass(code.value, code.pre_quant), *ladder]
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None,
-                    posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """Mean image from the context of x (k >= 1) or a prior context (k = 0), see the module docstring.
 
         ``posterior_sample`` draws Gaussian layers 2 .. k from their posteriors; the
@@ -112,11 +126,19 @@ class DCTVAE(VDVAE):
         self._check_input(x)
         k = self._check_k(k)
         y = self.codec(x).value if k > 0 else self._prior_context(x.shape[0], noise)
-        return self._decode_ladder(x, x.shape[0], max(k - 1, 0), temperature, _below(noise), self.codec.decode(y),
-                                   posterior_sample=posterior_sample)
+        return self._decode_ladder(
+            x,
+            x.shape[0],
+            max(k - 1, 0),
+            temperature,
+            _below(noise),
+            self.codec.decode(y),
+            posterior_sample=posterior_sample,
+        )
 
-    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
-                         noise: list[Tensor] | None = None) -> LatentJoint:
+    def latent_log_joint(
+        self, x: Tensor, zs: list[Tensor], temperature: float = 0.1, noise: list[Tensor] | None = None
+    ) -> LatentJoint:
         """VDVAE's joint over Gaussian layers 2 .. len(zs) + 1, given the context of x (a deterministic function
         of x: its posterior is the point mass the encoder returns, so there is nothing to sample)."""
         self._check_input(x)
@@ -144,8 +166,10 @@ class DCTVAE(VDVAE):
 
     def iw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> list[Tensor]:
         """The context bound's noise of one image (T, C, c, c), then the Gaussian layers' (K, *shape)."""
-        return [torch.randn((self.prior.steps, *self.prior.shape), generator=generator),
-                *super().iw_noise(num_samples, generator)]
+        return [
+            torch.randn((self.prior.steps, *self.prior.shape), generator=generator),
+            *super().iw_noise(num_samples, generator),
+        ]
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, noise: list[Tensor] | None = None) -> Tensor:

@@ -74,12 +74,7 @@ class DiagGaussian:
 
     def kl(self, other: DiagGaussian) -> Tensor:
         """Analytic KL(self || other), elementwise, in nats."""
-        return 0.5 * (
-            other.logvar
-            - self.logvar
-            + (self.var + (self.mean - other.mean) ** 2) / other.var
-            - 1.0
-        )
+        return 0.5 * (other.logvar - self.logvar + (self.var + (self.mean - other.mean) ** 2) / other.var - 1.0)
 
     def compare(self, reference: DiagGaussian, divergence: str = "skl", straight_through: bool = False) -> Tensor:  # noqa: ARG002
         """Per-image divergence of this (attacked) posterior from ``reference``, summed over its units.
@@ -179,19 +174,33 @@ class DiscretizedLogisticMixture:
       (openai/vdvae and PixelCNN++ use 1e-5); None scores every bin exactly.
     """
 
-    def __init__(self, params: Tensor, channels: int, num_mixtures: int, bits: int = 8, min_log_scale: float = -7.0,
-                 *, layout: str = "grouped", grid: str = "even", tiny_bin: float | None = None):
+    def __init__(
+        self,
+        params: Tensor,
+        channels: int,
+        num_mixtures: int,
+        bits: int = 8,
+        min_log_scale: float = -7.0,
+        *,
+        layout: str = "grouped",
+        grid: str = "even",
+        tiny_bin: float | None = None,
+    ):
         B, _, H, W = params.shape
         K, C = num_mixtures, channels
         if layout not in DMOL_LAYOUTS or grid not in DMOL_GRIDS:
-            raise ValueError(f"layout must be one of {DMOL_LAYOUTS} and grid one of {DMOL_GRIDS}, got {layout!r}, {grid!r}")
+            raise ValueError(
+                f"layout must be one of {DMOL_LAYOUTS} and grid one of {DMOL_GRIDS}, got {layout!r}, {grid!r}"
+            )
         self.C, self.K, self.bits = C, K, bits
         self.levels = 2**bits
         self.grid, self.tiny_bin = grid, tiny_bin
         self.logit_probs = params[:, :K]  # B,K,H,W
         if layout == "per-channel":
             if C != 3:
-                raise ValueError(f"the per-channel layout holds 3 coefficients per channel: it needs 3 channels, got {C}")
+                raise ValueError(
+                    f"the per-channel layout holds 3 coefficients per channel: it needs 3 channels, got {C}"
+                )
             rest = params[:, K:].reshape(B, C, 3, K, H, W).transpose(1, 2).reshape(B, 3 * C, K, H, W)
         else:
             rest = params[:, K:].reshape(B, -1, K, H, W)

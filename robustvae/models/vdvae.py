@@ -98,7 +98,9 @@ class VDVAE(nn.Module):
         res_set = sorted({r for r, _ in cfg.latents} | {cfg.image_size})
         self.bias = nn.ParameterDict({str(r): nn.Parameter(torch.zeros(1, C, r, r)) for r in res_set})
         self.out_blocks = nn.ModuleList(
-            Block(C, cfg.hidden, C, cfg, cfg.image_size, residual=True, last_scale=residual_scale(max(cfg.out_blocks, 1)))
+            Block(
+                C, cfg.hidden, C, cfg, cfg.image_size, residual=True, last_scale=residual_scale(max(cfg.out_blocks, 1))
+            )
             for _ in range(cfg.out_blocks)
         )
         if cfg.likelihood == "bernoulli":
@@ -153,7 +155,8 @@ class VDVAE(nn.Module):
         """
         dev = self.device
         return [
-            torch.randn((batch, *shape), generator=generator).to(dev) if generator is not None
+            torch.randn((batch, *shape), generator=generator).to(dev)
+            if generator is not None
             else torch.randn((batch, *shape), device=dev)
             for shape in self._noise_shapes()
         ]
@@ -289,7 +292,9 @@ class VDVAE(nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    def encode(self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None) -> list[DiagGaussian]:
+    def encode(
+        self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None
+    ) -> list[DiagGaussian]:
         """Posteriors of the top ``k`` layers (all when None), top layer first.
 
         Each layer is conditioned on the posterior means of the layers above it
@@ -298,8 +303,14 @@ class VDVAE(nn.Module):
         self._check_input(x)
         return self._encode_ladder(x, self._check_k(k), sample, noise)
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1, noise: list[Tensor] | None = None,
-                    posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """Mean image from posterior means of the top ``k`` layers and the prior below.
 
         Layers below k are sampled from the prior at ``temperature`` with ``noise``
@@ -309,10 +320,13 @@ class VDVAE(nn.Module):
         their means: the DCT-VAE authors' rule.
         """
         self._check_input(x)
-        return self._decode_ladder(x, x.shape[0], self._check_k(k), temperature, noise, posterior_sample=posterior_sample)
+        return self._decode_ladder(
+            x, x.shape[0], self._check_k(k), temperature, noise, posterior_sample=posterior_sample
+        )
 
-    def latent_log_joint(self, x: Tensor, zs: list[Tensor], temperature: float = 0.1,
-                         noise: list[Tensor] | None = None) -> LatentJoint:
+    def latent_log_joint(
+        self, x: Tensor, zs: list[Tensor], temperature: float = 0.1, noise: list[Tensor] | None = None
+    ) -> LatentJoint:
         """The joint density over the top ``len(zs)`` Gaussian layers fixed at ``zs`` (see :class:`LatentJoint`).
 
         The layers below are drawn from the prior at ``temperature`` with ``noise`` (as in
@@ -366,30 +380,50 @@ class VDVAE(nn.Module):
         if k == 0:
             return []
         td = self._top_down(
-            x.shape[0], self._encoder(x), n_posterior=k, posterior_sample=sample, noise=noise, stop_after=k,
+            x.shape[0],
+            self._encoder(x),
+            n_posterior=k,
+            posterior_sample=sample,
+            noise=noise,
+            stop_after=k,
             context=context,
         )
         return [q for q in td.posteriors if q is not None]
 
     def _decode_ladder(
-        self, x: Tensor | None, batch: int, k: int, temperature: float, noise: list[Tensor] | None,
-        context: Tensor | None = None, posterior_sample: bool = False,
+        self,
+        x: Tensor | None,
+        batch: int,
+        k: int,
+        temperature: float,
+        noise: list[Tensor] | None,
+        context: Tensor | None = None,
+        posterior_sample: bool = False,
     ) -> Tensor:
         acts = self._encoder(x) if k > 0 else None
-        td = self._top_down(batch, acts, n_posterior=k, posterior_sample=posterior_sample, noise=noise,
-                            temperature=temperature, context=context)
+        td = self._top_down(
+            batch,
+            acts,
+            n_posterior=k,
+            posterior_sample=posterior_sample,
+            noise=noise,
+            temperature=temperature,
+            context=context,
+        )
         return self._image(td.state)
 
     def _image(self, state: Tensor) -> Tensor:
         """The image a decoder state stands for (what reconstruct and sample return): the likelihood's mean."""
         return self.likelihood(state).mean
 
-    def _latent_joint_ladder(self, x: Tensor, zs: list[Tensor], temperature: float, noise: list[Tensor] | None,
-                             context: Tensor | None = None) -> LatentJoint:
+    def _latent_joint_ladder(
+        self, x: Tensor, zs: list[Tensor], temperature: float, noise: list[Tensor] | None, context: Tensor | None = None
+    ) -> LatentJoint:
         if not 1 <= len(zs) <= len(self._ladder):
             raise ValueError(f"need z for 1..{len(self._ladder)} top Gaussian layers, got {len(zs)}")
-        td = self._top_down(x.shape[0], None, n_posterior=0, noise=noise, temperature=temperature, context=context,
-                            given=zs)
+        td = self._top_down(
+            x.shape[0], None, n_posterior=0, noise=noise, temperature=temperature, context=context, given=zs
+        )
         log_prior = sum(sum_except_batch(p.log_prob(z)) for p, z in zip(td.priors, zs))
         lik = self.likelihood(td.state)
         return LatentJoint(log_prior, lik.log_prob(x), lik.mean)
@@ -407,7 +441,11 @@ class VDVAE(nn.Module):
         return ELBOResult(kl=kl, recon=recon, nelbo=nelbo, bpd=nelbo / (self.num_pixels * math.log(2)))
 
     def _log_weights_ladder(
-        self, x: Tensor, num_samples: int, chunk: int | None, context: Tensor | None = None,
+        self,
+        x: Tensor,
+        num_samples: int,
+        chunk: int | None,
+        context: Tensor | None = None,
         noise: list[Tensor] | None = None,
     ) -> Tensor:
         B = x.shape[0]
@@ -421,8 +459,9 @@ class VDVAE(nn.Module):
             xr = x.repeat(n, 1, 1, 1)
             ctx = context.repeat(n, 1, 1, 1) if context is not None else None
             eps = [e[done : done + n].reshape(n * B, *e.shape[2:]) for e in noise] if noise is not None else None
-            td = self._top_down(B * n, acts, n_posterior=len(self._ladder), posterior_sample=True, noise=eps,
-                                context=ctx)
+            td = self._top_down(
+                B * n, acts, n_posterior=len(self._ladder), posterior_sample=True, noise=eps, context=ctx
+            )
             logw = self.likelihood(td.state).log_prob(xr)
             for q, p, z in zip(td.posteriors, td.priors, td.zs):
                 logw = logw + sum_except_batch(p.log_prob(z) - q.log_prob(z))

@@ -40,7 +40,6 @@ VIEWS = {"mean": "mean over restarts", "worst": "worst case over restarts"}
 TABLE_KEYS = [*CURVE_KEYS, "k"]
 
 
-
 def mean_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float]:
     """(mean, low, high): the finite values' mean and its 95 % bootstrap interval (NaN for fewer than 2 values).
 
@@ -175,12 +174,34 @@ def diagnostics_frame(runs: RunSet, evals: list[dict[str, Any]] | None = None) -
         if not layers and m.get("sha256") in by_sha:
             layers, source = by_sha[m["sha256"]].get("layers") or [], "eval"
         for d in layers:
-            rows.append({"model": m["label"], "sha256": m.get("sha256", ""), "layer": d["layer"],
-                         "resolution": d.get("resolution"), "units": d.get("units"), "kl_nats": d.get("kl_nats"),
-                         "active_units": d.get("active_units"), "kind": d.get("kind", "gaussian"),
-                         "levels": d.get("levels"), "levels_used": d.get("levels_used"), "source": source})
-    cols = ["model", "sha256", "layer", "resolution", "units", "kl_nats", "active_units", "kind", "levels", "levels_used",
-            "source"]
+            rows.append(
+                {
+                    "model": m["label"],
+                    "sha256": m.get("sha256", ""),
+                    "layer": d["layer"],
+                    "resolution": d.get("resolution"),
+                    "units": d.get("units"),
+                    "kl_nats": d.get("kl_nats"),
+                    "active_units": d.get("active_units"),
+                    "kind": d.get("kind", "gaussian"),
+                    "levels": d.get("levels"),
+                    "levels_used": d.get("levels_used"),
+                    "source": source,
+                }
+            )
+    cols = [
+        "model",
+        "sha256",
+        "layer",
+        "resolution",
+        "units",
+        "kl_nats",
+        "active_units",
+        "kind",
+        "levels",
+        "levels_used",
+        "source",
+    ]
     df = pd.DataFrame(rows, columns=cols).drop_duplicates(["sha256", "layer"])
     # a label shared by two checkpoints (e.g. in two runs) gets the hash's start, so figures keep them apart
     shared = df.groupby("model").sha256.transform("nunique") > 1
@@ -216,23 +237,42 @@ def checks(runs: RunSet, table: pd.DataFrame) -> pd.DataFrame:
         if g.eps.nunique() > 1:
             dataset, norm, recon, model, k = key
             rule = "" if recon == "default" else f", {recon} rule"
-            _monotone(out.add, "damage monotone in eps", f"{model} ({dataset}, {norm}{rule}) k={k}",
-                      g.sort_values("eps"), "eps", "eps")
+            _monotone(
+                out.add,
+                "damage monotone in eps",
+                f"{model} ({dataset}, {norm}{rule}) k={k}",
+                g.sort_values("eps"),
+                "eps",
+                "eps",
+            )
     bad = nonfinite_rows(df)
     for key, g in df.groupby(CURVE_KEYS):
         n = int(bad[g.index].sum())
-        out.add("no non-finite rows", _curve_name(key), n == 0, n, 0, f"all {len(g)} rows have finite scores",
-                f"{n} of {len(g)} rows have a non-finite score (left out of every mean)")
+        out.add(
+            "no non-finite rows",
+            _curve_name(key),
+            n == 0,
+            n,
+            0,
+            f"all {len(g)} rows have finite scores",
+            f"{n} of {len(g)} rows have a non-finite score (left out of every mean)",
+        )
     _clipped_checks(out.add, df)
     _restart_checks(out.add, df)
     _planned_units(out.add, runs)
     for run in runs.runs:
         done, total = run.info.get("units_done") or 0, run.info.get("units_total") or 0  # null: not recorded
         status = run.info.get("status") or "?"
-        out.add("run complete", f"{run.dir}/{run.name}", status == "complete" and done == total, done, total,
-                f"run complete: {done} of {total} units done, {run.records} records",
-                f"run not complete: status {status}, {done} of {total} units done, {run.records} records; "
-                f"resume the attack to finish it")
+        out.add(
+            "run complete",
+            f"{run.dir}/{run.name}",
+            status == "complete" and done == total,
+            done,
+            total,
+            f"run complete: {done} of {total} units done, {run.records} records",
+            f"run not complete: status {status}, {done} of {total} units done, {run.records} records; "
+            f"resume the attack to finish it",
+        )
     for row in strength_checks(df):
         out.rows.append(row)
     return out.frame()
@@ -246,11 +286,18 @@ def _budget_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
         size = pd.to_numeric(g.delta_linf if norm == "linf" else g.delta_l2, errors="coerce").astype(float)
         unknown = int((~np.isfinite(size.to_numpy())).sum())
         worst = math.inf if unknown else float(size.max())
-        add("budget respected", _curve_name(key), worst <= eps * (1 + 1e-5) + 1e-7, worst, eps,
+        add(
+            "budget respected",
+            _curve_name(key),
+            worst <= eps * (1 + 1e-5) + 1e-7,
+            worst,
+            eps,
             f"every delta within the budget: max {name} norm {worst:.6g} <= eps {eps:g} over {len(g)} attack and "
             f"noise rows",
-            f"budget unverifiable: {unknown} of {len(g)} attack and noise rows have a non-finite size" if unknown else
-            f"budget exceeded: max {name} norm {worst:.6g} > eps {eps:g} over {len(g)} attack and noise rows")
+            f"budget unverifiable: {unknown} of {len(g)} attack and noise rows have a non-finite size"
+            if unknown
+            else f"budget exceeded: max {name} norm {worst:.6g} > eps {eps:g} over {len(g)} attack and noise rows",
+        )
 
 
 def _noise_checks(add: Callable[..., None], paired: pd.DataFrame) -> None:
@@ -258,15 +305,22 @@ def _noise_checks(add: Callable[..., None], paired: pd.DataFrame) -> None:
     for key, g in paired.groupby(TABLE_KEYS):
         scope = f"{_curve_name(key[:-1])} k={key[-1]}"
         if g.noise.isna().all():
-            add("attack beats noise", scope, False, math.nan, 0.0, "",
-                "no evidence: no noise rows (noise_draws = 0)")
+            add("attack beats noise", scope, False, math.nan, 0.0, "", "no evidence: no noise rows (noise_draws = 0)")
             continue
         gain, lo, hi = mean_interval(g.noise - g["mean"])
-        numbers = (f"noise minus attack MS-SSIM, paired per point: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}] "
-                   f"(attack {g['mean'].mean():.4f}, noise {g.noise.mean():.4f})")
-        add("attack beats noise", scope, (gain if math.isnan(lo) else lo) > 0, gain, 0.0,
+        numbers = (
+            f"noise minus attack MS-SSIM, paired per point: {gain:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+            f"(attack {g['mean'].mean():.4f}, noise {g.noise.mean():.4f})"
+        )
+        add(
+            "attack beats noise",
+            scope,
+            (gain if math.isnan(lo) else lo) > 0,
+            gain,
+            0.0,
             f"attack beats noise: {numbers}, interval above 0",
-            f"attack does not beat noise of the same budget: {numbers}, interval not above 0")
+            f"attack does not beat noise of the same budget: {numbers}, interval not above 0",
+        )
 
 
 def _clipped_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
@@ -277,10 +331,16 @@ def _clipped_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
         scores = pd.to_numeric(g.msssim, errors="coerce")
         n = int((scores == 0).sum())
         share = n / max(len(g), 1)
-        add("few MS-SSIM scores clipped at 0", _curve_name(key), share <= CLIPPED_LIMIT, share, CLIPPED_LIMIT,
+        add(
+            "few MS-SSIM scores clipped at 0",
+            _curve_name(key),
+            share <= CLIPPED_LIMIT,
+            share,
+            CLIPPED_LIMIT,
             f"{n} of {len(g)} attack scores are clipped at 0 ({share:.1%} <= {CLIPPED_LIMIT:.0%})",
             f"{n} of {len(g)} attack scores are clipped at 0 ({share:.1%} > {CLIPPED_LIMIT:.0%}): a negative "
-            f"structure term was clipped, so those scores bound the damage instead of measuring it")
+            f"structure term was clipped, so those scores bound the damage instead of measuring it",
+        )
 
 
 def _restart_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
@@ -291,9 +351,15 @@ def _restart_checks(add: Callable[..., None], df: pd.DataFrame) -> None:
         per = g.groupby(["k", "point", *by_member]).size()
         want = g.restarts_configured.iloc[0]
         want = float(want) if want is not None and not pd.isna(want) else float(per.max())
-        add("restarts per point as configured", _curve_name(key), bool((per == want).all()), float(per.min()), want,
+        add(
+            "restarts per point as configured",
+            _curve_name(key),
+            bool((per == want).all()),
+            float(per.min()),
+            want,
             f"every one of {len(per)} (k, point) pairs has the configured {want:g} restarts",
-            f"{per.min()}..{per.max()} restarts per point over {len(per)} (k, point) pairs; configured {want:g}")
+            f"{per.min()}..{per.max()} restarts per point over {len(per)} (k, point) pairs; configured {want:g}",
+        )
 
 
 def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
@@ -312,12 +378,21 @@ def _planned_units(add: Callable[..., None], runs: RunSet) -> None:
         missing = [u for u in plan if u not in present]
         shards = sorted({str(r.info.get("settings", {}).get("shard", "1/1")) for r in members})
         n = shards[0].split("/")[-1] if shards else "1"
-        hint = (f"; only shard(s) {', '.join(shards)} of {n} given: add the other shards' directories"
-                if n != "1" and len(shards) < int(n) else "; resume the attack to finish it")
-        add("every planned unit present", f"{members[0].dir}/{members[0].name}", not missing, len(plan) - len(missing),
-            len(plan), f"all {len(plan)} planned units have records",
+        hint = (
+            f"; only shard(s) {', '.join(shards)} of {n} given: add the other shards' directories"
+            if n != "1" and len(shards) < int(n)
+            else "; resume the attack to finish it"
+        )
+        add(
+            "every planned unit present",
+            f"{members[0].dir}/{members[0].name}",
+            not missing,
+            len(plan) - len(missing),
+            len(plan),
+            f"all {len(plan)} planned units have records",
             f"{len(plan) - len(missing)} of {len(plan)} planned units have records"
-            + (f" (first missing: {missing[0]}){hint}" if missing else ""))
+            + (f" (first missing: {missing[0]}){hint}" if missing else ""),
+        )
 
 
 def _floor_spread(records: pd.DataFrame) -> pd.Series:
@@ -341,18 +416,33 @@ def _damage_checks(add: Callable[..., None], paired: pd.DataFrame, spread: pd.Se
         if math.isnan(drop):
             add("attack below the no-attack level", scope, False, math.nan, 0.0, "", "no evidence: no no-attack rows")
         else:
-            numbers = (f"no-attack minus attacked MS-SSIM (mean over restarts), paired per point: {drop:+.4f} "
-                       f"[{lo:+.4f}, {hi:+.4f}] (no-attack {g.no_attack.mean():.4f})")
-            add("attack below the no-attack level", scope, (drop if math.isnan(lo) else lo) > 0, drop, 0.0,
+            numbers = (
+                f"no-attack minus attacked MS-SSIM (mean over restarts), paired per point: {drop:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}] (no-attack {g.no_attack.mean():.4f})"
+            )
+            add(
+                "attack below the no-attack level",
+                scope,
+                (drop if math.isnan(lo) else lo) > 0,
+                drop,
+                0.0,
                 f"attack below the no-attack level: {numbers}, interval above 0",
-                f"attack not below the no-attack level: {numbers}, interval not above 0")
+                f"attack not below the no-attack level: {numbers}, interval not above 0",
+            )
         limit = float(spread.get(key, math.nan))
         floor = "the floor's spread (the scatter of clean-vs-clean scores under other prior noise)"
-        add("attack did measurable damage", scope, not math.isnan(limit) and drop > limit, drop, limit,
+        add(
+            "attack did measurable damage",
+            scope,
+            not math.isnan(limit) and drop > limit,
+            drop,
+            limit,
             f"attack did measurable damage: mean paired drop {drop:+.4f} > {limit:.4f}, {floor}",
-            "no evidence: no floor rows with a spread (floor_draws = 0)" if math.isnan(limit) else
-            f"no measurable damage: mean paired drop {drop:+.4f} <= {limit:.4f}, {floor}: the attack moves the "
-            f"score no more than prior noise does")
+            "no evidence: no floor rows with a spread (floor_draws = 0)"
+            if math.isnan(limit)
+            else f"no measurable damage: mean paired drop {drop:+.4f} <= {limit:.4f}, {floor}: the attack moves the "
+            f"score no more than prior noise does",
+        )
 
 
 def notes(table: pd.DataFrame) -> list[str]:
@@ -362,8 +452,10 @@ def notes(table: pd.DataFrame) -> list[str]:
         return out
     for _, r in table.iterrows():
         if not pd.isna(r.layer_active_units) and r.layer_active_units == 0:
-            out.append(f"{r.model} k={int(r.k)}: layer {int(r.k)} is collapsed (0/{int(r.layer_units)} active units); "
-                       f"robustness of that layer is trivial (it carries no information about x)")
+            out.append(
+                f"{r.model} k={int(r.k)}: layer {int(r.k)} is collapsed (0/{int(r.layer_units)} active units); "
+                f"robustness of that layer is trivial (it carries no information about x)"
+            )
     return list(dict.fromkeys(out))  # once per model and k, whatever the number of panels
 
 
@@ -372,10 +464,16 @@ def _monotone(add: Callable[..., None], check: str, scope: str, g: pd.DataFrame,
     values = g.worst.to_numpy(dtype=float)
     rise = float(np.nanmax(np.diff(values))) if len(values) > 1 else 0.0
     listing = ", ".join(f"{name}={v:g}: {w:.4f}" for v, w in zip(g[by], values))
-    add(check, scope, rise <= MONOTONE_TOL, rise, MONOTONE_TOL,
+    add(
+        check,
+        scope,
+        rise <= MONOTONE_TOL,
+        rise,
+        MONOTONE_TOL,
         f"damage grows with {name}: worst-case MS-SSIM rises by at most {rise:+.4f} <= {MONOTONE_TOL}; {listing}",
         f"damage shrinks as {name} grows: worst-case MS-SSIM rises by {rise:+.4f} > {MONOTONE_TOL} (a weaker attack "
-        f"at the larger budget); {listing}")
+        f"at the larger budget); {listing}",
+    )
 
 
 def layer_atlas(table: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
@@ -386,8 +484,19 @@ def layer_atlas(table: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
     k = 0). A reader sees whether robustness tracks utilisation: a collapsed layer should
     add nothing. Missing k values give NaN.
     """
-    cols = [*PANEL_KEYS, "model", "layer", "kind", "units", "kl_nats", "active_units", "levels_used", "levels",
-            "drop", "marginal"]
+    cols = [
+        *PANEL_KEYS,
+        "model",
+        "layer",
+        "kind",
+        "units",
+        "kl_nats",
+        "active_units",
+        "levels_used",
+        "levels",
+        "drop",
+        "marginal",
+    ]
     if table.empty or diag.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -398,7 +507,18 @@ def layer_atlas(table: pd.DataFrame, diag: pd.DataFrame) -> pd.DataFrame:
             layer = int(d.layer)
             below = 0.0 if layer == 1 else drops.get(layer - 1, math.nan)
             drop = drops.get(layer, math.nan)
-            rows.append({**dict(zip([*PANEL_KEYS, "model"], key)), "layer": layer, "kind": d.kind, "units": d.units,
-                         "kl_nats": d.kl_nats, "active_units": d.active_units, "levels_used": d.levels_used,
-                         "levels": d.levels, "drop": drop, "marginal": drop - below})
+            rows.append(
+                {
+                    **dict(zip([*PANEL_KEYS, "model"], key)),
+                    "layer": layer,
+                    "kind": d.kind,
+                    "units": d.units,
+                    "kl_nats": d.kl_nats,
+                    "active_units": d.active_units,
+                    "levels_used": d.levels_used,
+                    "levels": d.levels,
+                    "drop": drop,
+                    "marginal": drop - below,
+                }
+            )
     return pd.DataFrame(rows, columns=cols)

@@ -24,7 +24,8 @@ from robustvae.validation import CertifyRun, read_json
 
 CERTIFICATE_NOTE = (
     "For a certified point the k = 1 reconstruction under the default protocol (shared prior noise) is provably "
-    "identical to the clean one for every perturbation of the budget: this is a certificate, not a measurement.")
+    "identical to the clean one for every perturbation of the budget: this is a certificate, not a measurement."
+)
 
 
 def is_certify_run(path: str | Path) -> bool:
@@ -41,8 +42,12 @@ def is_certify_run(path: str | Path) -> bool:
 
 def read_certify_records(paths: list[str | Path]) -> pd.DataFrame:
     """Every record of the certification runs (shards merge), with its run directory's name as ``run``."""
-    rows = [{**r, "run": Path(p).name} for p in paths for f in sorted(Path(p).glob("records*.jsonl"))
-            for r in read_certify_rows(f)]
+    rows = [
+        {**r, "run": Path(p).name}
+        for p in paths
+        for f in sorted(Path(p).glob("records*.jsonl"))
+        for r in read_certify_rows(f)
+    ]
     df = pd.DataFrame(rows)
     for col in CertifyRecord.columns():  # optional fields no row holds are still columns (of NaN)
         if col not in df:
@@ -63,9 +68,16 @@ def radius_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and norm: points, certified radius median, 10th and 90th percentile (one radius per point)."""
     keys = _keys(df)
     one = df.drop_duplicates(keys + ["point"])
-    rows = [{**dict(zip(keys, k)), "points": len(g), "radius_p10": _q(g.radius, 0.1),
-             "radius_median": _q(g.radius, 0.5), "radius_p90": _q(g.radius, 0.9)}
-            for k, g in one.groupby(keys, sort=False)]
+    rows = [
+        {
+            **dict(zip(keys, k)),
+            "points": len(g),
+            "radius_p10": _q(g.radius, 0.1),
+            "radius_median": _q(g.radius, 0.5),
+            "radius_p90": _q(g.radius, 0.9),
+        }
+        for k, g in one.groupby(keys, sort=False)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -74,13 +86,21 @@ def certify_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     keys = _keys(df, "eps")
     for k, g in df.groupby(keys, sort=False):
-        row: dict[str, Any] = {**dict(zip(keys, k)), "points": len(g), "certified": float(g.certified.mean()),
-                               "radius_median": _q(g.radius, 0.5)}
+        row: dict[str, Any] = {
+            **dict(zip(keys, k)),
+            "points": len(g),
+            "certified": float(g.certified.mean()),
+            "radius_median": _q(g.radius, 0.5),
+        }
         if "msssim_k1" in g and g.msssim_k1.notna().any():
-            row.update(msssim_k1_mean=float(g.msssim_k1.mean()), msssim_k1_min=float(g.msssim_k1.min()),
-                       decoded_l2_mean=float(g.optimal_decoded_l2.mean()),
-                       max_joint_mean=float(g.max_joint_changes.mean()),
-                       proven=float(g.optimal_proven.mean()), solve_s_mean=float(g.solve_time_s.mean()))
+            row.update(
+                msssim_k1_mean=float(g.msssim_k1.mean()),
+                msssim_k1_min=float(g.msssim_k1.min()),
+                decoded_l2_mean=float(g.optimal_decoded_l2.mean()),
+                max_joint_mean=float(g.max_joint_changes.mean()),
+                proven=float(g.optimal_proven.mean()),
+                solve_s_mean=float(g.solve_time_s.mean()),
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -100,8 +120,11 @@ def attack_worst_k1(attack_dirs: list[str | Path]) -> pd.DataFrame:
     rows = []
     for d in attack_dirs:
         version = _ensemble_version(Path(d))
-        rows += [{**r, "attack": attack_name(r["optimizer"], r["objective"], version), "ensemble": version is not None}
-                 for f in sorted(Path(d).glob("records*.jsonl")) for r in read_attack_records(f)]
+        rows += [
+            {**r, "attack": attack_name(r["optimizer"], r["objective"], version), "ensemble": version is not None}
+            for f in sorted(Path(d).glob("records*.jsonl"))
+            for r in read_attack_records(f)
+        ]
     att = pd.DataFrame(rows)
     cols = ["checkpoint_sha256", "norm", "eps", "test_index", "attack", "ensemble"]
     if att.empty:
@@ -138,10 +161,18 @@ def gradient_gap(pts: pd.DataFrame) -> pd.DataFrame:
     if pts.empty:
         return pd.DataFrame()
     keys = [*_keys(pts, "eps"), "attack"]
-    out = [{**dict(zip(keys, k)), "points": len(g), "gradient_msssim_k1": float(g.attack_msssim_k1.mean()),
-            "optimal_msssim_k1": float(g.optimal_msssim_k1.mean()), "gap": float(g.gap.mean()),
-            "gap_max": float(g.gap.max()), "optimal_proven": float(g.optimal_proven.mean())}
-           for k, g in pts.groupby(keys, sort=False)]
+    out = [
+        {
+            **dict(zip(keys, k)),
+            "points": len(g),
+            "gradient_msssim_k1": float(g.attack_msssim_k1.mean()),
+            "optimal_msssim_k1": float(g.optimal_msssim_k1.mean()),
+            "gap": float(g.gap.mean()),
+            "gap_max": float(g.gap.max()),
+            "optimal_proven": float(g.optimal_proven.mean()),
+        }
+        for k, g in pts.groupby(keys, sort=False)
+    ]
     return pd.DataFrame(out)
 
 
@@ -156,13 +187,21 @@ def gap_side_by_side(pts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for k, g in pts.groupby(keys, sort=False):
         opt = g.drop_duplicates("point")
-        row: dict[str, Any] = {**dict(zip(keys, k)), "points": len(opt), "optimum": float(opt.optimal_msssim_k1.mean()),
-                               "proven": float(opt.optimal_proven.mean())}
+        row: dict[str, Any] = {
+            **dict(zip(keys, k)),
+            "points": len(opt),
+            "optimum": float(opt.optimal_msssim_k1.mean()),
+            "proven": float(opt.optimal_proven.mean()),
+        }
         for a in attacks:
             ga = g[g.attack == a]
-            row.update({f"{a}": float(ga.attack_msssim_k1.mean()) if len(ga) else np.nan,
-                        f"{a}: gap mean": float(ga.gap.mean()) if len(ga) else np.nan,
-                        f"{a}: gap max": float(ga.gap.max()) if len(ga) else np.nan})
+            row.update(
+                {
+                    f"{a}": float(ga.attack_msssim_k1.mean()) if len(ga) else np.nan,
+                    f"{a}: gap mean": float(ga.gap.mean()) if len(ga) else np.nan,
+                    f"{a}: gap max": float(ga.gap.max()) if len(ga) else np.nan,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -177,10 +216,19 @@ def gap_checks(pts: pd.DataFrame, limit: float = GAP_LIMIT) -> list[dict[str, An
     for (model, norm, eps, attack), g in ens.groupby(["model", "norm", "eps", "attack"], sort=False):
         gap = float(g.attack_msssim_k1.mean() - g.optimal_msssim_k1.mean())
         n, worst = len(g), float(g.gap.max())
-        text = (f"mean k = 1 worst case {g.attack_msssim_k1.mean():.4f} vs the optimal context attack's "
-                f"{g.optimal_msssim_k1.mean():.4f} over {n} points (largest gap on a point {worst:+.4f})")
-        out.add("ensemble reaches the optimum", f"{model} ({norm} eps {eps:g}) k=1 {attack}", gap <= limit, gap, limit,
-                f"within {limit:g} of the optimum: {text}", f"more than {limit:g} above the optimum: {text}")
+        text = (
+            f"mean k = 1 worst case {g.attack_msssim_k1.mean():.4f} vs the optimal context attack's "
+            f"{g.optimal_msssim_k1.mean():.4f} over {n} points (largest gap on a point {worst:+.4f})"
+        )
+        out.add(
+            "ensemble reaches the optimum",
+            f"{model} ({norm} eps {eps:g}) k=1 {attack}",
+            gap <= limit,
+            gap,
+            limit,
+            f"within {limit:g} of the optimum: {text}",
+            f"more than {limit:g} above the optimum: {text}",
+        )
     return out.rows
 
 
@@ -203,8 +251,11 @@ def gap_figure(pts: pd.DataFrame):
         ax.axhline(0.0, color="k", lw=0.8)
         ax.axhline(GAP_LIMIT, color="r", lw=0.8, ls="--", label=f"check limit (mean) {GAP_LIMIT:g}")
         name = dict(zip(keys, k))
-        ax.set(xlabel="point (sorted by the optimum's MS-SSIM)", ylabel="attack - optimal MS-SSIM, k = 1",
-               title=f"{name['model']} ({name['norm']} eps {name['eps']:g})")
+        ax.set(
+            xlabel="point (sorted by the optimum's MS-SSIM)",
+            ylabel="attack - optimal MS-SSIM, k = 1",
+            title=f"{name['model']} ({name['norm']} eps {name['eps']:g})",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig
@@ -227,8 +278,12 @@ def certify_figure(df: pd.DataFrame):
         ax[1].plot(t.eps, t.certified, "o-", label=label)
         if "msssim_k1_mean" in t:
             ax[2].plot(t.eps, t.msssim_k1_mean, "s-", label=label)
-    ax[0].set(xscale="log", xlabel="certified radius", ylabel="fraction of points with radius <= r",
-              title="certified radius (per point)")
+    ax[0].set(
+        xscale="log",
+        xlabel="certified radius",
+        ylabel="fraction of points with radius <= r",
+        title="certified radius (per point)",
+    )
     ax[1].set(xlabel="eps", ylabel="certified fraction", ylim=(-0.02, 1.02), title="certified fraction")
     ax[2].set(xlabel="eps", ylabel="MS-SSIM, k = 1", ylim=(0, 1.02), title="optimal context attack")
     for a in ax:
@@ -247,27 +302,50 @@ def certify_part(certify_dirs: list[str | Path], attack_dirs: list[str | Path]) 
     table, radii, gap = certify_table(df), radius_table(df), gradient_gap(pts)
     side = gap_side_by_side(pts)
     png = png_bytes(certify_figure(df))
-    infos = [read_json(p, CertifyRun, "copy the whole certification run directory, or re-run robustvae certify")
-             for d in certify_dirs for p in sorted(Path(d).glob("run*.json"))]
-    files = {"certify.png": png, "certify.csv": table.to_csv(index=False).encode(),
-             "certify.md": markdown(display_certify(table)).encode()}
+    infos = [
+        read_json(p, CertifyRun, "copy the whole certification run directory, or re-run robustvae certify")
+        for d in certify_dirs
+        for p in sorted(Path(d).glob("run*.json"))
+    ]
+    files = {
+        "certify.png": png,
+        "certify.csv": table.to_csv(index=False).encode(),
+        "certify.md": markdown(display_certify(table)).encode(),
+    }
     gap_png = None
     if len(pts):
         gap_png = png_bytes(gap_figure(pts))
-        files.update({"optimality-gap.png": gap_png, "optimality-gap.csv": pts.to_csv(index=False).encode(),
-                      "optimality-gap.md": markdown(display_certify(side)).encode()})
-    summary = {"models": sorted(df.model.unique()), "table": table.to_dict("records"),
-               "radius": radii.to_dict("records"), "gradient_gap": gap.to_dict("records"),
-               "optimality_gap": {"limit": GAP_LIMIT, "table": side.to_dict("records"), "points": pts.to_dict("records")},
-               "note": CERTIFICATE_NOTE,
-               "runs": [{"dir": str(d), "command": i.get("command"), "settings": i.get("settings")}
-                        for d, i in zip(certify_dirs, infos)]}
+        files.update(
+            {
+                "optimality-gap.png": gap_png,
+                "optimality-gap.csv": pts.to_csv(index=False).encode(),
+                "optimality-gap.md": markdown(display_certify(side)).encode(),
+            }
+        )
+    summary = {
+        "models": sorted(df.model.unique()),
+        "table": table.to_dict("records"),
+        "radius": radii.to_dict("records"),
+        "gradient_gap": gap.to_dict("records"),
+        "optimality_gap": {"limit": GAP_LIMIT, "table": side.to_dict("records"), "points": pts.to_dict("records")},
+        "note": CERTIFICATE_NOTE,
+        "runs": [
+            {"dir": str(d), "command": i.get("command"), "settings": i.get("settings")}
+            for d, i in zip(certify_dirs, infos)
+        ],
+    }
     cells = lambda t: {"headers": list(t.columns), "rows": display_certify(t).astype(str).values.tolist(), "left": 3}  # noqa: E731
-    context = {"figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-               "table": cells(table), "radius": cells(radii), "gap": cells(gap) if len(gap) else None,
-               "side": cells(side) if len(side) else None, "limit": GAP_LIMIT,
-               "gap_figure": "data:image/png;base64," + base64.b64encode(gap_png).decode("ascii") if gap_png else None,
-               "note": CERTIFICATE_NOTE, "dirs": [str(d) for d in certify_dirs]}
+    context = {
+        "figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "table": cells(table),
+        "radius": cells(radii),
+        "gap": cells(gap) if len(gap) else None,
+        "side": cells(side) if len(side) else None,
+        "limit": GAP_LIMIT,
+        "gap_figure": "data:image/png;base64," + base64.b64encode(gap_png).decode("ascii") if gap_png else None,
+        "note": CERTIFICATE_NOTE,
+        "dirs": [str(d) for d in certify_dirs],
+    }
     return summary, context, files
 
 

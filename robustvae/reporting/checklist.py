@@ -24,8 +24,16 @@ class CheckList:
 
     def add(self, check: str, scope: str, passed: bool, value: float, limit: float, found: str, missed: str) -> None:
         """One check: ``found`` is its text when it passes, ``missed`` when it fails (both say what was measured)."""
-        self.rows.append({"check": check, "scope": scope, "passed": bool(passed), "value": float(value),
-                          "limit": float(limit), "detail": found if passed else missed})
+        self.rows.append(
+            {
+                "check": check,
+                "scope": scope,
+                "passed": bool(passed),
+                "value": float(value),
+                "limit": float(limit),
+                "detail": found if passed else missed,
+            }
+        )
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)

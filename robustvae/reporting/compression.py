@@ -93,20 +93,31 @@ def read_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
         with Image.open(path) as im:
             arr = np.asarray(im)
     except OSError as e:
-        raise RobustVAEError(f"cannot read {path} ({type(e).__name__}); copy the whole compression run directory") from None
+        raise RobustVAEError(
+            f"cannot read {path} ({type(e).__name__}); copy the whole compression run directory"
+        ) from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _side_by_side_panels(run: CompressionRun, image: dict[str, Any]) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
+def _side_by_side_panels(
+    run: CompressionRun, image: dict[str, Any]
+) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
     """One image's original and, per row of its records (in order), (record, reconstruction, matched JPEG), from files."""
     folder = run.dir / "images" / run.folder(image)
     original = read_image(folder / "original.png")
     if original.shape[1:] != (image["height"], image["width"]):
-        raise RobustVAEError(f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
-                             f"{image['width']}x{image['height']}; copy the whole compression run directory")
-    panels = [(r, read_image(folder / f"{run.file_stem(r.model)}-k{r.k}.png"),
-               read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg") if pd.notna(r.jpeg_quality) else None)
-              for _, r in run.records[run.records.image == image["name"]].iterrows()]
+        raise RobustVAEError(
+            f"{folder / 'original.png'} is {original.shape[2]}x{original.shape[1]}, run.json says "
+            f"{image['width']}x{image['height']}; copy the whole compression run directory"
+        )
+    panels = [
+        (
+            r,
+            read_image(folder / f"{run.file_stem(r.model)}-k{r.k}.png"),
+            read_image(folder / f"jpeg-q{int(r.jpeg_quality)}.jpg") if pd.notna(r.jpeg_quality) else None,
+        )
+        for _, r in run.records[run.records.image == image["name"]].iterrows()
+    ]
     return original, panels
 
 
@@ -148,16 +159,29 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
         for q in (1, 10, 50, 95):
             hit = curve[curve.quality == q]
             if len(hit):
-                ax.annotate(f"q{q}", (hit.bpp.iloc[0], hit[metric].iloc[0]), fontsize=7, color="0.35",
-                            xytext=(3, -9), textcoords="offset points")
+                ax.annotate(
+                    f"q{q}",
+                    (hit.bpp.iloc[0], hit[metric].iloc[0]),
+                    fontsize=7,
+                    color="0.35",
+                    xytext=(3, -9),
+                    textcoords="offset points",
+                )
         for m in models:
             g = table[table.model == m]
             ax.scatter(g.bpp, g[metric], color=colours[m], marker=markers[m], s=45, zorder=3)
             for _, r in g.iterrows():
                 ax.annotate(f"k={int(r.k)}", (r.bpp, r[metric]), fontsize=8, xytext=(4, 3), textcoords="offset points")
                 if not math.isnan(r.bpp_context_raw):
-                    ax.scatter([r.bpp_context_raw], [r[metric]], facecolors="none", edgecolors=colours[m],
-                               marker=markers[m], s=45, zorder=3)
+                    ax.scatter(
+                        [r.bpp_context_raw],
+                        [r[metric]],
+                        facecolors="none",
+                        edgecolors=colours[m],
+                        marker=markers[m],
+                        s=45,
+                        zorder=3,
+                    )
                     ax.plot([r.bpp, r.bpp_context_raw], [r[metric]] * 2, color=colours[m], lw=0.8, ls=":", zorder=2)
         ax.set_xscale("log")
         ax.set_xlabel("bits per pixel (log scale)")
@@ -166,12 +190,24 @@ def rd_figure(records: pd.DataFrame, jpeg: pd.DataFrame) -> Figure:
     handles = [Line2D([], [], color=colours[m], marker=markers[m], ls="", label=m) for m in models]
     handles.append(Line2D([], [], color="0.35", label="JPEG (Pillow, 4:4:4), qualities 1-95"))
     if table.bpp_context_raw.notna().any():
-        handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls=":",
-                              label="hollow: DCT-VAE context at its raw size (BPP*)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="o",
+                mfc="none",
+                ls=":",
+                label="hollow: DCT-VAE context at its raw size (BPP*)",
+            )
+        )
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
     note = dropped_note(table, "non-finite reconstruction(s)")
-    fig.suptitle(f"Rate-distortion, mean over {n_images} image{'s' if n_images != 1 else ''}: reconstruction "
-                 f"from the top k layers (filled: context under its diffusion prior) vs JPEG{note}", fontsize=10)
+    fig.suptitle(
+        f"Rate-distortion, mean over {n_images} image{'s' if n_images != 1 else ''}: reconstruction "
+        f"from the top k layers (filled: context under its diffusion prior) vs JPEG{note}",
+        fontsize=10,
+    )
     return fig
 
 
@@ -188,11 +224,25 @@ def side_by_side_figure(name: str, original: np.ndarray, panels: list[tuple[Any,
     axes = fig.subplots(len(panels), 3, squeeze=False)
     for row, (r, rec, jpg) in enumerate(panels):
         scored = pd.notna(r.jpeg_quality)  # a non-finite reconstruction is not scored and has no JPEG beside it
-        cells = [(original, f"{name} ({w}x{h})"),
-                 (rec, f"{r.model}, k={int(r.k)}\n" + (f"PSNR {r.psnr:.2f} dB, MS-SSIM {r.msssim:.3f}, {_bpp_text(r)}"
-                                                        if scored else "non-finite values: not scored")),
-                 (jpg, f"JPEG q={int(r.jpeg_quality)}\nPSNR {r.jpeg_psnr:.2f} dB, MS-SSIM {r.jpeg_msssim:.3f}, "
-                       f"{r.jpeg_bpp:.3f} bpp" if scored else "no JPEG matched")]
+        cells = [
+            (original, f"{name} ({w}x{h})"),
+            (
+                rec,
+                f"{r.model}, k={int(r.k)}\n"
+                + (
+                    f"PSNR {r.psnr:.2f} dB, MS-SSIM {r.msssim:.3f}, {_bpp_text(r)}"
+                    if scored
+                    else "non-finite values: not scored"
+                ),
+            ),
+            (
+                jpg,
+                f"JPEG q={int(r.jpeg_quality)}\nPSNR {r.jpeg_psnr:.2f} dB, MS-SSIM {r.jpeg_msssim:.3f}, "
+                f"{r.jpeg_bpp:.3f} bpp"
+                if scored
+                else "no JPEG matched",
+            ),
+        ]
         for c, (img, title) in enumerate(cells):
             ax = axes[row, c]
             if img is None:

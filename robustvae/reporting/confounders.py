@@ -37,8 +37,16 @@ from robustvae.reporting.load import PANEL_KEYS
 # so much less to lose that its smaller drop says more about its layers than about its robustness (docs/protocol.md
 # says which k it marks in the reference report).
 NOTE_FACTOR = 10.0
-CARRIED_COLUMNS = ["attacked_kl_nats", "attacked_active_units", "attacked_units", "context_levels_used",
-                   "context_levels", "ceiling", "ceiling_share_mean", "ceiling_share_worst"]
+CARRIED_COLUMNS = [
+    "attacked_kl_nats",
+    "attacked_active_units",
+    "attacked_units",
+    "context_levels_used",
+    "context_levels",
+    "ceiling",
+    "ceiling_share_mean",
+    "ceiling_share_worst",
+]
 
 
 def _per_checkpoint(diag: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -83,8 +91,9 @@ def carried_notes(table: pd.DataFrame) -> list[str]:
         return []
     out = []
     for k, at_k in table.groupby("k", sort=True):
-        checkpoints = {sha: g for sha, g in at_k.groupby("checkpoint_sha256", sort=False)
-                       if g.attacked_kl_nats.notna().any()}
+        checkpoints = {
+            sha: g for sha, g in at_k.groupby("checkpoint_sha256", sort=False) if g.attacked_kl_nats.notna().any()
+        }
         for a, b in itertools.combinations(checkpoints.values(), 2):
             ka, kb = float(a.attacked_kl_nats.iloc[0]), float(b.attacked_kl_nats.iloc[0])
             (less, kl_less), (more, kl_more) = sorted([(a, ka), (b, kb)], key=lambda t: t[1])
@@ -97,7 +106,8 @@ def carried_notes(table: pd.DataFrame) -> list[str]:
                 f"{_checkpoint_name(more)} {kl_more:.3g} nats, {times} more (this note is written from "
                 f"{NOTE_FACTOR:g} times): a smaller drop of {_checkpoint_name(less)} at this k says more about what its "
                 f"layers carry than about its robustness. Drop relative to the ceiling (what an unrelated image does), "
-                f"worst case: {_shares(pd.concat([less, more]))}.")
+                f"worst case: {_shares(pd.concat([less, more]))}."
+            )
     return out
 
 

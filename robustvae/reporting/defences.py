@@ -33,8 +33,12 @@ import pandas as pd
 from robustvae.reporting.aggregate import CI_LEVEL, MONOTONE_TOL, mean_interval
 from robustvae.reporting.load import PANEL_KEYS
 
-KINDS = {"undefended": "undefended", "nonadaptive": "defended, non-adaptive", "adaptive": "defended, adaptive",
-         "robust": "defended robustness (worst of both)"}
+KINDS = {
+    "undefended": "undefended",
+    "nonadaptive": "defended, non-adaptive",
+    "adaptive": "defended, adaptive",
+    "robust": "defended robustness (worst of both)",
+}
 CHECK = "adaptive attack not weaker than non-adaptive"
 
 
@@ -50,8 +54,12 @@ def _stat(rows: pd.Series, key: str) -> pd.Series:
 def _worst(records: pd.DataFrame) -> pd.Series:
     """Worst case over restarts (and ensemble members) per (k, point)."""
     att = records[records.kind == "attack"]
-    return att.msssim.astype(float).where(np.isfinite(att.msssim.astype(float))).groupby(
-        [att.k.astype(int), att.point.astype(int)]).min()
+    return (
+        att.msssim.astype(float)
+        .where(np.isfinite(att.msssim.astype(float)))
+        .groupby([att.k.astype(int), att.point.astype(int)])
+        .min()
+    )
 
 
 def _groups(records: pd.DataFrame) -> list[tuple[tuple, str, str, dict[str, pd.DataFrame]]]:
@@ -83,7 +91,9 @@ def defence_table(records: pd.DataFrame) -> pd.DataFrame:
             row: dict[str, Any] = {**dict(zip(PANEL_KEYS, panel)), "model": label, "defence": name, "k": k}
             for kind in KINDS:
                 w = worst.get(kind)
-                vals = w.xs(k, level=0) if w is not None and k in w.index.get_level_values(0) else pd.Series(dtype=float)
+                vals = (
+                    w.xs(k, level=0) if w is not None and k in w.index.get_level_values(0) else pd.Series(dtype=float)
+                )
                 row[kind], row[f"{kind}_lo"], row[f"{kind}_hi"] = mean_interval(vals)
                 row[f"{kind}_points"] = int(vals.notna().sum())
             for kind in ("undefended", "nonadaptive", "adaptive"):
@@ -121,20 +131,33 @@ def defence_checks(records: pd.DataFrame) -> list[dict[str, Any]]:
     for panel, label, name, parts in _groups(records):
         if not (len(parts["nonadaptive"]) and len(parts["adaptive"])):
             continue
-        both = pd.concat([_worst(parts["nonadaptive"]).rename("plain"), _worst(parts["adaptive"]).rename("adaptive")],
-                         axis=1)
+        both = pd.concat(
+            [_worst(parts["nonadaptive"]).rename("plain"), _worst(parts["adaptive"]).rename("adaptive")], axis=1
+        )
         for k, g in both.groupby(level=0):
             g = g.dropna()
             gap, lo, hi = mean_interval(g.adaptive - g.plain)
-            scope = (f"{label}+{name} ({panel[0]}, {panel[1]} eps {panel[2]:g}"
-                     + ("" if panel[3] == "default" else f", {panel[3]} rule") + f") k={k}")
+            scope = (
+                f"{label}+{name} ({panel[0]}, {panel[1]} eps {panel[2]:g}"
+                + ("" if panel[3] == "default" else f", {panel[3]} rule")
+                + f") k={k}"
+            )
             passed = not math.isnan(gap) and gap <= MONOTONE_TOL
-            out.append({"check": CHECK, "scope": scope, "passed": bool(passed), "value": float(gap),
-                        "limit": MONOTONE_TOL,
-                        "detail": f"adaptive minus non-adaptive worst-case MS-SSIM, paired over {len(g)} points: "
-                                  f"{gap:+.4f} [{lo:+.4f}, {hi:+.4f}] (adaptive {g.adaptive.mean():.4f}, non-adaptive "
-                                  f"{g.plain.mean():.4f}); fails when the adaptive attack is weaker by more than "
-                                  f"{MONOTONE_TOL}" if len(g) else "no point attacked by both"})
+            out.append(
+                {
+                    "check": CHECK,
+                    "scope": scope,
+                    "passed": bool(passed),
+                    "value": float(gap),
+                    "limit": MONOTONE_TOL,
+                    "detail": f"adaptive minus non-adaptive worst-case MS-SSIM, paired over {len(g)} points: "
+                    f"{gap:+.4f} [{lo:+.4f}, {hi:+.4f}] (adaptive {g.adaptive.mean():.4f}, non-adaptive "
+                    f"{g.plain.mean():.4f}); fails when the adaptive attack is weaker by more than "
+                    f"{MONOTONE_TOL}"
+                    if len(g)
+                    else "no point attacked by both",
+                }
+            )
     return out
 
 
@@ -153,20 +176,30 @@ def display_defences(table: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for _, r in table.iterrows():
-        rows.append({
-            "model": r.model, "defence": r.defence, "eps": f"{r.eps:g}", "k": int(r.k),
-            "undefended": ci(r, "undefended"), "defended, non-adaptive": ci(r, "nonadaptive"),
-            "defended, adaptive": ci(r, "adaptive"), "defended robustness": ci(r, "robust"),
-            "no-attack, undefended": num(r.undefended_no_attack, ".4f"),
-            "no-attack, defended": num(r.nonadaptive_no_attack if not math.isnan(r.nonadaptive_no_attack)
-                                       else r.adaptive_no_attack, ".4f"),
-            "accept rate": num(r.accept_rate, ".3f"),
-            "step size": "-" if math.isnan(r.step_size) else f"{r.step_size:.4f} ({r.step_size_min:.4f}..{r.step_size_max:.4f})",
-            "defence passes / image": num(r.defence_passes_per_image, ".0f"),
-            "defence s / image": num(r.defence_seconds_per_image, ".3g"),
-            "adaptive attack passes / point": num(r.adaptive_passes_per_point, ".0f"),
-            "adaptive attack s / point": num(r.adaptive_seconds_per_point, ".3g"),
-        })
+        rows.append(
+            {
+                "model": r.model,
+                "defence": r.defence,
+                "eps": f"{r.eps:g}",
+                "k": int(r.k),
+                "undefended": ci(r, "undefended"),
+                "defended, non-adaptive": ci(r, "nonadaptive"),
+                "defended, adaptive": ci(r, "adaptive"),
+                "defended robustness": ci(r, "robust"),
+                "no-attack, undefended": num(r.undefended_no_attack, ".4f"),
+                "no-attack, defended": num(
+                    r.nonadaptive_no_attack if not math.isnan(r.nonadaptive_no_attack) else r.adaptive_no_attack, ".4f"
+                ),
+                "accept rate": num(r.accept_rate, ".3f"),
+                "step size": "-"
+                if math.isnan(r.step_size)
+                else f"{r.step_size:.4f} ({r.step_size_min:.4f}..{r.step_size_max:.4f})",
+                "defence passes / image": num(r.defence_passes_per_image, ".0f"),
+                "defence s / image": num(r.defence_seconds_per_image, ".3g"),
+                "adaptive attack passes / point": num(r.adaptive_passes_per_point, ".0f"),
+                "adaptive attack s / point": num(r.adaptive_seconds_per_point, ".3g"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -187,16 +220,28 @@ def defences_figure(table: pd.DataFrame):
             if np.isnan(y).all():
                 continue
             err = np.vstack([y - g[f"{kind}_lo"].to_numpy(float), g[f"{kind}_hi"].to_numpy(float) - y])
-            ax.errorbar(g.k.to_numpy(int), y, yerr=np.nan_to_num(err), color=color, marker=marker or None,
-                        linestyle="--" if kind == "robust" else "-", capsize=3, label=KINDS[kind])
-        for col, color, text in (("undefended_no_attack", "C0", "no attack, undefended"),
-                                 ("nonadaptive_no_attack", "C1", "no attack, defended")):
+            ax.errorbar(
+                g.k.to_numpy(int),
+                y,
+                yerr=np.nan_to_num(err),
+                color=color,
+                marker=marker or None,
+                linestyle="--" if kind == "robust" else "-",
+                capsize=3,
+                label=KINDS[kind],
+            )
+        for col, color, text in (
+            ("undefended_no_attack", "C0", "no attack, undefended"),
+            ("nonadaptive_no_attack", "C1", "no attack, defended"),
+        ):
             v = g[col].to_numpy(float)
             if not np.isnan(v).all():
                 ax.plot(g.k.to_numpy(int), v, color=color, linestyle=":", label=text)
         dataset, norm, eps, recon, model, defence = key
-        ax.set_title(f"{model} + {defence}\n{dataset}, {norm} eps {eps:g}" + ("" if recon == "default" else f", {recon}"),
-                     fontsize=9)
+        ax.set_title(
+            f"{model} + {defence}\n{dataset}, {norm} eps {eps:g}" + ("" if recon == "default" else f", {recon}"),
+            fontsize=9,
+        )
         ax.set_xlabel("k (top layers under attack)")
         ax.set_ylabel(f"MS-SSIM, worst case over restarts ({CI_LEVEL} % CI)")
         ax.set_xticks(sorted(g.k.astype(int).unique()))
@@ -216,11 +261,16 @@ def defence_part(records: pd.DataFrame) -> tuple[dict[str, Any] | None, dict[str
         return None, None, {}
     shown = display_defences(table)
     png = png_bytes(defences_figure(table))
-    files = {"defences.png": png, "defences.csv": table.drop(columns="settings").to_csv(index=False).encode(),
-             "defences.md": markdown(shown).encode()}
+    files = {
+        "defences.png": png,
+        "defences.csv": table.drop(columns="settings").to_csv(index=False).encode(),
+        "defences.md": markdown(shown).encode(),
+    }
     settings = sorted({repr(s) for s in table.settings if s is not None})
     summary = {"table": table.to_dict("records"), "checks": defence_checks(records), "files": list(files)}
-    context = {"figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-               "table": {"headers": list(shown.columns), "rows": shown.astype(str).values.tolist(), "left": 2},
-               "settings": settings}
+    context = {
+        "figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "table": {"headers": list(shown.columns), "rows": shown.astype(str).values.tolist(), "left": 2},
+        "settings": settings,
+    }
     return summary, context, files

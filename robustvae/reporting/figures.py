@@ -88,8 +88,9 @@ def marker_map(models: Sequence[str]) -> dict[str, str]:
 
 def _y_bottom(table: pd.DataFrame) -> float:
     """One y range for all panels: from the lowest interval end or baseline down to the next tenth."""
-    drawn = table[[c for c in ("mean", "mean_lo", "worst", "worst_lo", "noise", "floor", "no_attack")
-                   if c in table]].to_numpy(float)
+    drawn = table[
+        [c for c in ("mean", "mean_lo", "worst", "worst_lo", "noise", "floor", "no_attack") if c in table]
+    ].to_numpy(float)
     lowest = np.nanmin(drawn) if np.isfinite(drawn).any() else 0.0
     return max(0.0, np.floor((lowest - 0.02) * 10) / 10)
 
@@ -101,10 +102,10 @@ def _curve(ax: Axes, g: pd.DataFrame, view: str, colour: tuple, marker: str, dod
     if g.empty:
         return
     x = g.k + dodge
-    (line,) = ax.plot(x, g[view], color=colour, marker=marker, markersize=7, markeredgewidth=0.75,
-                      markeredgecolor="w")
-    bars = ax.errorbar(x, g[view], yerr=(g[view] - g[f"{view}_lo"], g[f"{view}_hi"] - g[view]), linestyle="",
-                       color=colour, capsize=3)
+    (line,) = ax.plot(x, g[view], color=colour, marker=marker, markersize=7, markeredgewidth=0.75, markeredgecolor="w")
+    bars = ax.errorbar(
+        x, g[view], yerr=(g[view] - g[f"{view}_lo"], g[f"{view}_hi"] - g[view]), linestyle="", color=colour, capsize=3
+    )
     for obj in bars.get_children():
         if isinstance(obj, LineCollection):
             obj.set_capstyle(line.get_solid_capstyle())
@@ -166,19 +167,25 @@ def figure10(table: pd.DataFrame) -> Figure:
             ax.set_ylim(bottom - 0.01, 1.01)
             ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[m], marker=markers[m], label=curve_label(table, m)) for m in models]
-    handles += [Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
-                Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise")]
+    handles += [
+        Line2D([], [], color="grey", ls="--", label="noise of the same budget"),
+        Line2D([], [], color="grey", ls=":", label="floor: clean vs clean, other prior noise"),
+    ]
     if "no_attack" in table and (table.no_attack < 0.999).any():
         handles.append(Line2D([], [], color="grey", ls="-.", label="no-attack level under the same rule"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
     note = dropped_note(table, "row(s) with non-finite scores")
-    fig.suptitle(f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
-                 f"{CI_LEVEL} % bootstrap interval over points{note}", fontsize=11)
+    fig.suptitle(
+        f"MS-SSIM between clean and attacked reconstruction (lower = more damage); "
+        f"{CI_LEVEL} % bootstrap interval over points{note}",
+        fontsize=11,
+    )
     return fig
 
 
-def _grouped_bars(ax: Axes, frame: pd.DataFrame, y: str, models: list[str], colours: dict[str, tuple],
-                  hatch_kind: str | None = None) -> None:
+def _grouped_bars(
+    ax: Axes, frame: pd.DataFrame, y: str, models: list[str], colours: dict[str, tuple], hatch_kind: str | None = None
+) -> None:
     """Bars of ``y`` per layer, one per model side by side; rows of kind ``hatch_kind`` hatched (another quantity).
 
     A value of exactly 0 is a flat dash on the axis (a bar of height 0 would not show); a layer
@@ -211,9 +218,13 @@ def layers_figure(diag: pd.DataFrame, atlas: pd.DataFrame | None = None) -> Figu
     """
     models = sorted(diag.model.unique())
     colours = palette(models)
-    use = diag.assign(utilisation=np.where(diag.kind == "context",
-                                           pd.to_numeric(diag.levels_used, errors="coerce")
-                                           / pd.to_numeric(diag.levels, errors="coerce"), diag.active_fraction))
+    use = diag.assign(
+        utilisation=np.where(
+            diag.kind == "context",
+            pd.to_numeric(diag.levels_used, errors="coerce") / pd.to_numeric(diag.levels, errors="coerce"),
+            diag.active_fraction,
+        )
+    )
     panels = [] if atlas is None or atlas.empty else list(atlas.groupby(PANEL_KEYS, sort=True))
     fig = new_figure(11 if not panels else 4.8 * (2 + len(panels)), 3.8)
     axes = fig.subplots(1, 2 + len(panels), squeeze=False)[0]
@@ -267,8 +278,14 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
     targeted = all("rec_target" in e.arrays for e, _ in rows) and bool(rows)  # a targeted run: its target too
     fig = new_figure(6.0 + 1.2 * targeted, 1.2 * len(rows) + 0.8)
     axes = fig.subplots(len(rows), 5 + targeted, squeeze=False)
-    titles = ["x", "x + delta", f"delta x {scale:.3g} + 0.5\n(grey = 0; max |delta| {biggest:.3g})",
-              "rec(x)", "rec(x + delta)", "rec(target)"]
+    titles = [
+        "x",
+        "x + delta",
+        f"delta x {scale:.3g} + 0.5\n(grey = 0; max |delta| {biggest:.3g})",
+        "rec(x)",
+        "rec(x + delta)",
+        "rec(target)",
+    ]
     for r, ((e, i), d) in enumerate(zip(rows, deltas)):
         a = e.arrays
         cells = [a["x"][i], a["x_adv"][i], d * scale + 0.5, a["rec"][i], a["rec_adv"][i]]
@@ -282,8 +299,9 @@ def gallery_figure(entries: list[GalleryEntry], per_k: int = 2) -> Figure:
                 ax.set_title(titles[c], fontsize=8)
         where = f"eps {e.eps:g}, " if several else ""
         to_target = f"\nto target {float(a['msssim_target'][i]):.3f}" if targeted else ""
-        axes[r, 0].set_ylabel(f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}"
-                              f"{to_target}", fontsize=8)
+        axes[r, 0].set_ylabel(
+            f"{where}k={e.k}, point {int(a['points'][i])}\nMS-SSIM {float(a['msssim'][i]):.3f}{to_target}", fontsize=8
+        )
     what = "closest to their targets, strongest restart" if targeted else "most damaged points, worst restart"
     fig.suptitle(f"{entries[0].model}: the {what} of each", fontsize=10)
     return fig

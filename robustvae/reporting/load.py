@@ -145,7 +145,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _run_name(records_name: str) -> str:
     """``records-shard-1-of-2.jsonl`` -> ``run-shard-1-of-2.json`` (the file written beside it)."""
-    return "run" + records_name[len("records"):-len(".jsonl")] + ".json"
+    return "run" + records_name[len("records") : -len(".jsonl")] + ".json"
 
 
 def _read_dir(d: Path) -> tuple[list[RunFile], list[dict[str, Any]]]:
@@ -161,8 +161,13 @@ def _read_dir(d: Path) -> tuple[list[RunFile], list[dict[str, Any]]]:
             raise RobustVAEError(f"{path} has no {_run_name(path.name)} beside it; copy the whole run directory")
         attack = run.info["settings"].get("attack", {})
         version = ensemble_version(run.info)
-        extra = {"run": str(d), "restarts_configured": attack.get("restarts"), "step_size": attack.get("step_size"),
-                 "straight_through": attack.get("straight_through"), "split": attack.get("split")}
+        extra = {
+            "run": str(d),
+            "restarts_configured": attack.get("restarts"),
+            "step_size": attack.get("step_size"),
+            "straight_through": attack.get("straight_through"),
+            "split": attack.get("split"),
+        }
         new = read_attack_records(path)
         run.records = len(new)
         rows.extend({**r, **extra, "attack": attack_name(r["optimizer"], r["objective"], version)} for r in new)
@@ -176,8 +181,13 @@ def _check_curves(df: pd.DataFrame) -> None:
         bad = counts[counts[field_name] > 1]
         if len(bad):
             dataset, norm, eps, recon, model = bad.index[0]
-            sub = df[(df.model == model) & (df.dataset == dataset) & (df.norm == norm) & (df.eps == eps)
-                     & (df.recon == recon)]
+            sub = df[
+                (df.model == model)
+                & (df.dataset == dataset)
+                & (df.norm == norm)
+                & (df.eps == eps)
+                & (df.recon == recon)
+            ]
             values = ", ".join(sorted({repr(v) for v in sub[field_name].tolist()}))
             runs = ", ".join(sorted(set(sub.run)))
             raise RobustVAEError(
@@ -203,9 +213,16 @@ def _galleries(run: RunFile, df: pd.DataFrame) -> list[GalleryEntry]:
         arrays = _read_gallery(path)
         mine = df[(df.model_label == str(arrays["model"])) & (df.run == str(run.dir))]
         if len(mine):
-            out.append(GalleryEntry(str(mine.dataset.iloc[0]), attack.get("norm", "?"),
-                                    float(attack.get("eps", float("nan"))), str(mine.model.iloc[0]), int(arrays["k"]),
-                                    arrays))
+            out.append(
+                GalleryEntry(
+                    str(mine.dataset.iloc[0]),
+                    attack.get("norm", "?"),
+                    float(attack.get("eps", float("nan"))),
+                    str(mine.model.iloc[0]),
+                    int(arrays["k"]),
+                    arrays,
+                )
+            )
     return out
 
 
@@ -216,8 +233,10 @@ def _read_gallery(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:  # files written before k was named hold ``layers``
             arrays = upgrade_row({name: z[name] for name in z.files})
     except Exception as e:  # noqa: BLE001 - zip, pickle and format errors come in many types
-        raise RobustVAEError(f"gallery file {path} is unreadable ({type(e).__name__}); delete it (the report "
-                             f"then has no gallery for that unit) or re-run the attack") from None
+        raise RobustVAEError(
+            f"gallery file {path} is unreadable ({type(e).__name__}); delete it (the report "
+            f"then has no gallery for that unit) or re-run the attack"
+        ) from None
     found = gallery_problem(arrays)
     if found:
         raise RobustVAEError(f"gallery file {path}: {found}; delete it or re-run the attack")

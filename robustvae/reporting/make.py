@@ -35,9 +35,24 @@ from robustvae.reporting import targeted as tgt
 from robustvae.reporting.load import RunSet, load_runs
 from robustvae.reporting.strength import strength_summary, strength_tables
 
-REPORT_FILES = ("index.html", "summary.json", "figure10.png", "figure10.pdf", "figure10.svg", "layers.png",
-                "layers.pdf", "table.csv", "table.md", "table.tex", "checks.csv", "checks.md", "atlas.csv", "targeted.png",
-                "targeted.csv", "targeted.md")
+REPORT_FILES = (
+    "index.html",
+    "summary.json",
+    "figure10.png",
+    "figure10.pdf",
+    "figure10.svg",
+    "layers.png",
+    "layers.pdf",
+    "table.csv",
+    "table.md",
+    "table.tex",
+    "checks.csv",
+    "checks.md",
+    "atlas.csv",
+    "targeted.png",
+    "targeted.csv",
+    "targeted.md",
+)
 SUMMARY_FORMAT = "robustvae-report/1"
 
 
@@ -85,19 +100,32 @@ def _models(runs: RunSet, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model_cfg = cfg.get("model", {})
         e = by_sha.get(m.get("sha256"))
         budget = f"{train['steps']} steps" if train.get("steps") else f"{train.get('epochs', '?')} epochs"
-        training = (f"{cfg.get('name', '?')}: {budget}, batch {train.get('batch_size', '?')}, "
-                    f"channels {model_cfg.get('channels', '?')}/{model_cfg.get('hidden', '?')}" if cfg else
-                    f"not trained by robustvae: {m.get('path')} (sha256 of its {m.get('sha256_of', 'file')})")
-        rows.append({
-            "label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path"),
-            "arch": model_cfg.get("arch") or m.get("arch"), "dataset": _images_of(m, cfg),
-            "num_layers": m.get("num_layers"), "training": training,
-            "nll_nats": e.get("nll_nats") if e else None, "nelbo_nats": e.get("nelbo_nats") if e else None,
-            "eval": {k: e.get(k) for k in ("split", "images", "iw_samples", "nll_bpd", "active_units", "total_units")}
-                    if e else None,
-            "eval_selection": (e.get("image_set") or {}).get("selection") if e else None,
-            "diag_images": m.get("layer_diagnostics_images"),
-        })
+        training = (
+            f"{cfg.get('name', '?')}: {budget}, batch {train.get('batch_size', '?')}, "
+            f"channels {model_cfg.get('channels', '?')}/{model_cfg.get('hidden', '?')}"
+            if cfg
+            else f"not trained by robustvae: {m.get('path')} (sha256 of its {m.get('sha256_of', 'file')})"
+        )
+        rows.append(
+            {
+                "label": m.get("label"),
+                "sha256": m.get("sha256"),
+                "path": m.get("path"),
+                "arch": model_cfg.get("arch") or m.get("arch"),
+                "dataset": _images_of(m, cfg),
+                "num_layers": m.get("num_layers"),
+                "training": training,
+                "nll_nats": e.get("nll_nats") if e else None,
+                "nelbo_nats": e.get("nelbo_nats") if e else None,
+                "eval": {
+                    k: e.get(k) for k in ("split", "images", "iw_samples", "nll_bpd", "active_units", "total_units")
+                }
+                if e
+                else None,
+                "eval_selection": (e.get("image_set") or {}).get("selection") if e else None,
+                "diag_images": m.get("layer_diagnostics_images"),
+            }
+        )
     return rows
 
 
@@ -106,7 +134,9 @@ def _images_of(m: dict[str, Any], cfg: dict[str, Any]) -> str | None:
     of its own (``data``), or its own dataset."""
     s = m.get("image_set")
     if s:
-        return f"{s['path']} ({s['images']} images, {s['layout']} {s['dtype']}, pixels sha256 {s['pixels_sha256'][:12]})"
+        return (
+            f"{s['path']} ({s['images']} images, {s['layout']} {s['dtype']}, pixels sha256 {s['pixels_sha256'][:12]})"
+        )
     return m.get("data") or cfg.get("data", {}).get("name")
 
 
@@ -116,16 +146,29 @@ def _run_rows(runs: RunSet) -> list[dict[str, Any]]:
     for r in runs.runs:
         info = r.info
         wall = info.get("wall_time_s")
-        rows.append({
-            "dir": str(r.dir), "name": r.name, "records": r.records, "command": _command_text(info.get("command")),
-            "status": info.get("status"), "units_done": info.get("units_done"), "units_total": info.get("units_total"),
-            "wall_time_s": wall, "wall_time": _seconds_text(wall),
-            "device": info.get("device"), "threads": info.get("torch_threads"), "git_commit": info.get("git_commit"),
-            "versions": info.get("versions") or {}, "attack": info["settings"].get("attack", {}),
-            "shard": info["settings"].get("shard", "1/1"),
-            "models": [{"label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path")}
-                       for m in info.get("models", [])],
-        })
+        rows.append(
+            {
+                "dir": str(r.dir),
+                "name": r.name,
+                "records": r.records,
+                "command": _command_text(info.get("command")),
+                "status": info.get("status"),
+                "units_done": info.get("units_done"),
+                "units_total": info.get("units_total"),
+                "wall_time_s": wall,
+                "wall_time": _seconds_text(wall),
+                "device": info.get("device"),
+                "threads": info.get("torch_threads"),
+                "git_commit": info.get("git_commit"),
+                "versions": info.get("versions") or {},
+                "attack": info["settings"].get("attack", {}),
+                "shard": info["settings"].get("shard", "1/1"),
+                "models": [
+                    {"label": m.get("label"), "sha256": m.get("sha256"), "path": m.get("path")}
+                    for m in info.get("models", [])
+                ],
+            }
+        )
     return rows
 
 
@@ -148,7 +191,9 @@ def render_html(context: dict[str, Any]) -> str:
     """The report page from ``templates/report.html`` (Jinja2, autoescape on)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("robustvae.reporting", "templates"), autoescape=True, undefined=StrictUndefined)
+    env = Environment(
+        loader=PackageLoader("robustvae.reporting", "templates"), autoescape=True, undefined=StrictUndefined
+    )
     return env.get_template("report.html").render(**context)
 
 
@@ -186,28 +231,44 @@ class _Attack:
     carried_notes: list[str]  # compared models whose attacked layers differ in information by a large factor
 
 
-def _analyse(run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]],
-             certify_dirs: Sequence[str | os.PathLike] = ()) -> _Attack:
+def _analyse(
+    run_dirs: Sequence[str | os.PathLike],
+    eval_rows: list[dict[str, Any]],
+    certify_dirs: Sequence[str | os.PathLike] = (),
+) -> _Attack:
     runs = load_runs(run_dirs)
     diag = agg.diagnostics_frame(runs, eval_rows)
     table = agg.summarise(runs.records, diag)
     if table.empty:
-        raise RobustVAEError(f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report")
+        raise RobustVAEError(
+            f"no attack records in {', '.join(map(str, run_dirs))} (only baselines); nothing to report"
+        )
     table = confounders.add_carried(table, diag)
     untargeted = runs.records[~runs.records.run.isin(set(runs.targeted.get("run", [])))]
     versions = {str(r.dir): (r.info.get("ensemble") or {}).get("version") for r in runs.runs}
     checks = agg.checks(runs, table)
     if dfn.has_defences(runs.records):  # the adaptive attack must not be weaker than the non-adaptive one
-        checks = pd.concat([checks, pd.DataFrame(dfn.defence_checks(runs.records), columns=checks.columns)],
-                           ignore_index=True)
+        checks = pd.concat(
+            [checks, pd.DataFrame(dfn.defence_checks(runs.records), columns=checks.columns)], ignore_index=True
+        )
     if certify_dirs:  # an ensemble's k = 1 worst case against the optimal context attack on the same points
-        gap = cert.gap_checks(cert.optimality_gap(cert.read_certify_records(list(certify_dirs)),
-                                                 cert.attack_worst_k1(list(run_dirs))))
+        gap = cert.gap_checks(
+            cert.optimality_gap(cert.read_certify_records(list(certify_dirs)), cert.attack_worst_k1(list(run_dirs)))
+        )
         if gap:
             checks = pd.concat([checks, pd.DataFrame(gap, columns=checks.columns)], ignore_index=True)
-    return _Attack(runs, diag, table, checks, _models(runs, eval_rows), _run_rows(runs),
-                   agg.layer_atlas(table, diag), agg.notes(table), tgt.targeted_table(runs.targeted, untargeted, versions),
-                   confounders.carried_notes(table))
+    return _Attack(
+        runs,
+        diag,
+        table,
+        checks,
+        _models(runs, eval_rows),
+        _run_rows(runs),
+        agg.layer_atlas(table, diag),
+        agg.notes(table),
+        tgt.targeted_table(runs.targeted, untargeted, versions),
+        confounders.carried_notes(table),
+    )
 
 
 def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
@@ -221,43 +282,66 @@ def _gallery_pngs(runs: RunSet, per_k: int) -> dict[str, bytes]:
 def _attack_files(a: _Attack, shown: dict[str, pd.DataFrame], galleries: dict[str, bytes]) -> dict[str, bytes]:
     """Figures, galleries and tables of the attack part, by file name (in :data:`REPORT_FILES` order)."""
     fig10 = figures.figure10(a.table)
-    files = {"figure10.png": figures.png_bytes(fig10), "figure10.pdf": _figure_bytes(fig10, "pdf"),
-             "figure10.svg": _figure_bytes(fig10, "svg")}
+    files = {
+        "figure10.png": figures.png_bytes(fig10),
+        "figure10.pdf": _figure_bytes(fig10, "pdf"),
+        "figure10.svg": _figure_bytes(fig10, "svg"),
+    }
     if len(a.diag):
         fig_layers = figures.layers_figure(a.diag, a.atlas)
         files.update({"layers.png": figures.png_bytes(fig_layers), "layers.pdf": _figure_bytes(fig_layers, "pdf")})
-    files.update({
-        "table.csv": a.table.to_csv(index=False).encode(), "table.md": tables.markdown(shown["table"]).encode(),
-        "table.tex": tables.to_latex(shown["table"]).encode(), "checks.csv": a.checks.to_csv(index=False).encode(),
-        "checks.md": tables.markdown(shown["checks"]).encode(), "atlas.csv": a.atlas.to_csv(index=False).encode(),
-    })
+    files.update(
+        {
+            "table.csv": a.table.to_csv(index=False).encode(),
+            "table.md": tables.markdown(shown["table"]).encode(),
+            "table.tex": tables.to_latex(shown["table"]).encode(),
+            "checks.csv": a.checks.to_csv(index=False).encode(),
+            "checks.md": tables.markdown(shown["checks"]).encode(),
+            "atlas.csv": a.atlas.to_csv(index=False).encode(),
+        }
+    )
     if len(a.targeted):
-        files.update({"targeted.png": figures.png_bytes(tgt.targeted_figure(a.targeted)),
-                      "targeted.csv": a.targeted.to_csv(index=False).encode(),
-                      "targeted.md": tables.markdown(tgt.display_targeted(a.targeted)).encode()})
+        files.update(
+            {
+                "targeted.png": figures.png_bytes(tgt.targeted_figure(a.targeted)),
+                "targeted.csv": a.targeted.to_csv(index=False).encode(),
+                "targeted.md": tables.markdown(tgt.display_targeted(a.targeted)).encode(),
+            }
+        )
     files.update({f"gallery-{name}.png": png for name, png in zip(unique_names(list(galleries)), galleries.values())})
     return files
 
 
 def _attack_summary(a: _Attack, names: list[str]) -> dict[str, Any]:
     """The attack part of ``summary.json`` (numbers stay numbers)."""
-    return plain({
-        "bootstrap": {"n_boot": agg.N_BOOT, "seed": agg.BOOT_SEED, "level": agg.CI_LEVEL, "over": "points"},
-        "monotone_tolerance": agg.MONOTONE_TOL,
-        "table": a.table.to_dict("records"), "checks": a.checks.to_dict("records"),
-        "checks_passed": int(a.checks.passed.sum()), "checks_failed": int((~a.checks.passed).sum()),
-        "layers": a.diag.to_dict("records"), "atlas": a.atlas.to_dict("records"), "layer_notes": a.notes,
-        "carried": {"note_factor": confounders.NOTE_FACTOR, "notes": a.carried_notes},
-        "models": a.models, "strength": strength_summary(a.runs.records),
-        "targeted": {"table": a.targeted.to_dict("records"), "unscored_rows": tgt.unscored_rows(a.runs.targeted)},
-        "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
-        "files": names,
-    })
+    return plain(
+        {
+            "bootstrap": {"n_boot": agg.N_BOOT, "seed": agg.BOOT_SEED, "level": agg.CI_LEVEL, "over": "points"},
+            "monotone_tolerance": agg.MONOTONE_TOL,
+            "table": a.table.to_dict("records"),
+            "checks": a.checks.to_dict("records"),
+            "checks_passed": int(a.checks.passed.sum()),
+            "checks_failed": int((~a.checks.passed).sum()),
+            "layers": a.diag.to_dict("records"),
+            "atlas": a.atlas.to_dict("records"),
+            "layer_notes": a.notes,
+            "carried": {"note_factor": confounders.NOTE_FACTOR, "notes": a.carried_notes},
+            "models": a.models,
+            "strength": strength_summary(a.runs.records),
+            "targeted": {"table": a.targeted.to_dict("records"), "unscored_rows": tgt.unscored_rows(a.runs.targeted)},
+            "runs": [{k: v for k, v in r.items() if k not in ("wall_time",)} for r in a.run_rows],
+            "files": names,
+        }
+    )
 
 
 def _model_context(m: dict[str, Any]) -> dict[str, Any]:
-    return {**m, "nll": tables.number(m["nll_nats"], ".2f"), "nelbo": tables.number(m["nelbo_nats"], ".2f"),
-            "eval_note": _eval_note(m)}
+    return {
+        **m,
+        "nll": tables.number(m["nll_nats"], ".2f"),
+        "nelbo": tables.number(m["nelbo_nats"], ".2f"),
+        "eval_note": _eval_note(m),
+    }
 
 
 def _eval_note(m: dict[str, Any]) -> str:
@@ -267,31 +351,46 @@ def _eval_note(m: dict[str, Any]) -> str:
     if not e:
         return f"not given (--eval){atlas}"
     how = f" ({m['eval_selection']})" if m.get("eval_selection") else ""
-    return (f"{e['split']}, {e['images']} images{how}, K = {e['iw_samples']}, active units "
-            f"{e['active_units']}/{e['total_units']} on those images{atlas}")
+    return (
+        f"{e['split']}, {e['images']} images{how}, K = {e['iw_samples']}, active units "
+        f"{e['active_units']}/{e['total_units']} on those images{atlas}"
+    )
 
 
-def _attack_context(a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str, bytes],
-                    galleries: dict[str, bytes]) -> dict[str, Any]:
+def _attack_context(
+    a: _Attack, shown: dict[str, pd.DataFrame], files: dict[str, bytes], galleries: dict[str, bytes]
+) -> dict[str, Any]:
     """What the page template needs of the attack part."""
     checks, shown_checks = a.checks, shown["checks"]
     left = sum(c in ("dataset", "norm", "eps", "model") for c in shown["table"].columns)
     return {
-        "runs": a.run_rows, "n_records": len(a.runs.records),
-        "checks_passed": int(checks.passed.sum()), "checks_failed": int((~checks.passed).sum()),
-        "ci_level": agg.CI_LEVEL, "n_boot": agg.N_BOOT, "boot_seed": agg.BOOT_SEED, "monotone_tol": agg.MONOTONE_TOL,
+        "runs": a.run_rows,
+        "n_records": len(a.runs.records),
+        "checks_passed": int(checks.passed.sum()),
+        "checks_failed": int((~checks.passed).sum()),
+        "ci_level": agg.CI_LEVEL,
+        "n_boot": agg.N_BOOT,
+        "boot_seed": agg.BOOT_SEED,
+        "monotone_tol": agg.MONOTONE_TOL,
         "figure10": _data_uri(files["figure10.png"]),
         "layers_figure": _data_uri(files["layers.png"]) if "layers.png" in files else "",
-        "table": _html_table(shown["table"], left), "table_caption": tables.TABLE_CAPTION,
+        "table": _html_table(shown["table"], left),
+        "table_caption": tables.TABLE_CAPTION,
         "layer_table": _html_table(shown["layers"], 1),
-        "atlas_table": _html_table(shown["atlas"], 2), "layer_notes": a.notes,
+        "atlas_table": _html_table(shown["atlas"], 2),
+        "layer_notes": a.notes,
         "carried_table": _html_table(shown["carried"], 3 if "panel" in shown["carried"] else 2),
-        "carried_notes": a.carried_notes, "carried_factor": f"{confounders.NOTE_FACTOR:g}",
-        "check_counts": [(name, int(g.passed.sum()), int((~g.passed).sum()))
-                         for name, g in checks.groupby("check", sort=False)],
-        "checks": [{**c, "value_text": v, "limit_text": lim} for c, v, lim in
-                   zip(checks.to_dict("records"), shown_checks.value, shown_checks.limit)],
-        "models": [_model_context(m) for m in a.models], "galleries": [(m, _data_uri(p)) for m, p in galleries.items()],
+        "carried_notes": a.carried_notes,
+        "carried_factor": f"{confounders.NOTE_FACTOR:g}",
+        "check_counts": [
+            (name, int(g.passed.sum()), int((~g.passed).sum())) for name, g in checks.groupby("check", sort=False)
+        ],
+        "checks": [
+            {**c, "value_text": v, "limit_text": lim}
+            for c, v, lim in zip(checks.to_dict("records"), shown_checks.value, shown_checks.limit)
+        ],
+        "models": [_model_context(m) for m in a.models],
+        "galleries": [(m, _data_uri(p)) for m, p in galleries.items()],
         "model_names": sorted(a.table.model.unique()),
         "strength": [(title, _html_table(df, left)) for title, df, left in strength_tables(a.runs.records)],
         "targeted": _targeted_context(a, files),
@@ -303,23 +402,36 @@ def _targeted_context(a: _Attack, files: dict[str, bytes]) -> dict[str, Any] | N
     unscored = tgt.unscored_rows(a.runs.targeted)
     if a.targeted.empty and not unscored:
         return None
-    note = (f"{unscored} attack rows of targeted runs were written before msssim_target was recorded and are not in "
-            f"this table (re-run them to score them)." if unscored else "")
-    return {"figure": _data_uri(files["targeted.png"]) if "targeted.png" in files else "",
-            "table": _html_table(tgt.display_targeted(a.targeted), 6), "note": note}
+    note = (
+        f"{unscored} attack rows of targeted runs were written before msssim_target was recorded and are not in "
+        f"this table (re-run them to score them)."
+        if unscored
+        else ""
+    )
+    return {
+        "figure": _data_uri(files["targeted.png"]) if "targeted.png" in files else "",
+        "table": _html_table(tgt.display_targeted(a.targeted), 6),
+        "note": note,
+    }
 
 
 def _attack_part(
-    run_dirs: Sequence[str | os.PathLike], eval_rows: list[dict[str, Any]], gallery_per_k: int,
+    run_dirs: Sequence[str | os.PathLike],
+    eval_rows: list[dict[str, Any]],
+    gallery_per_k: int,
     certify_dirs: Sequence[str | os.PathLike] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
     """The attack part of a report: (summary entries, page context, files by name), computed, nothing written.
     ``certify_dirs``: certification runs given alongside, whose optimal context attack the ensembles are checked
     against."""
     a = _analyse(run_dirs, eval_rows, certify_dirs)
-    shown = {"table": tables.display_table(a.table), "checks": tables.display_checks(a.checks),
-             "layers": tables.display_layers(a.diag), "atlas": tables.display_atlas(a.atlas),
-             "carried": tables.display_carried(a.table)}
+    shown = {
+        "table": tables.display_table(a.table),
+        "checks": tables.display_checks(a.checks),
+        "layers": tables.display_layers(a.diag),
+        "atlas": tables.display_atlas(a.atlas),
+        "carried": tables.display_carried(a.table),
+    }
     galleries = _gallery_pngs(a.runs, gallery_per_k)
     files = _attack_files(a, shown, galleries)
     defences, defences_context, defence_files = dfn.defence_part(a.runs.records)
@@ -340,16 +452,30 @@ def _compression_context(run: comp.CompressionRun, table: pd.DataFrame, png: byt
     models = []
     for m in info.get("models", []):
         ks = m.get("k", m.get("layers", []))  # run.json of a compression run: the k coded (``layers`` before)
-        models.append({**m, "ks": ks, "speed": f"{m['patches_per_s']:.1f} patches/s ({m['reconstructions_per_s']:.1f} "
-                                               f"reconstructions/s over {len(ks)} k)"})
+        models.append(
+            {
+                **m,
+                "ks": ks,
+                "speed": f"{m['patches_per_s']:.1f} patches/s ({m['reconstructions_per_s']:.1f} "
+                f"reconstructions/s over {len(ks)} k)",
+            }
+        )
     return {
-        "dir": str(run.dir), "figure": _data_uri(png), "table": _html_table(tables.display_compression(table), 1),
+        "dir": str(run.dir),
+        "figure": _data_uri(png),
+        "table": _html_table(tables.display_compression(table), 1),
         "per_image": _html_table(tables.display_compression(per_image), 2),
         "pictures": [(name, _data_uri(p.read_bytes())) for name, p in run.side_by_side()[:pictures] if p.is_file()],
-        "images": len(info["images"]), "command": _command_text(info.get("command")),
-        "wall_time": _seconds_text(info.get("wall_time_s")), "device": info.get("device"),
-        "threads": info.get("torch_threads"), "settings": info.get("settings", {}), "jpeg": info.get("jpeg") or {},
-        "versions": info.get("versions") or {}, "git_commit": info.get("git_commit"), "models": models,
+        "images": len(info["images"]),
+        "command": _command_text(info.get("command")),
+        "wall_time": _seconds_text(info.get("wall_time_s")),
+        "device": info.get("device"),
+        "threads": info.get("torch_threads"),
+        "settings": info.get("settings", {}),
+        "jpeg": info.get("jpeg") or {},
+        "versions": info.get("versions") or {},
+        "git_commit": info.get("git_commit"),
+        "models": models,
         "warnings": match_warnings(run.records),
     }
 
@@ -367,12 +493,18 @@ def _compression_part(
         frames.append(table.assign(run=str(run.dir)))
         contexts.append(_compression_context(run, table, png, pictures))
         info = run.info
-        infos.append({k: v for k, v in info.items() if k != "command"} | {"dir": str(run.dir), "command": info.get("command")})
+        infos.append(
+            {k: v for k, v in info.items() if k != "command"} | {"dir": str(run.dir), "command": info.get("command")}
+        )
     table = pd.concat(frames, ignore_index=True)
     files["compression.csv"] = table.to_csv(index=False).encode()
     files["compression.md"] = tables.markdown(tables.display_compression(table).assign(run=table.run)).encode()
-    summary = {"models": sorted(table.model.unique()), "table": table.to_dict("records"), "runs": infos,
-               "records": pd.concat([r.records.assign(run=str(r.dir)) for r in runs]).to_dict("records")}
+    summary = {
+        "models": sorted(table.model.unique()),
+        "table": table.to_dict("records"),
+        "runs": infos,
+        "records": pd.concat([r.records.assign(run=str(r.dir)) for r in runs]).to_dict("records"),
+    }
     return summary, contexts, files
 
 
@@ -384,13 +516,17 @@ def _check_out(out: Path, force: bool, names: Sequence[str] = ("index.html", "su
     existing = [f for f in names if (out / f).exists() or (out / f).is_symlink()]
     if existing and not force:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise RobustVAEError(f"{out} already holds a report ({', '.join(existing[:3])}{more}); pass --force to "
-                             f"replace it")
+        raise RobustVAEError(
+            f"{out} already holds a report ({', '.join(existing[:3])}{more}); pass --force to replace it"
+        )
 
 
 def _parts(
-    attack_dirs: list[str | os.PathLike], compression: list[comp.CompressionRun], eval_rows: list[dict[str, Any]],
-    gallery_per_k: int, certify_dirs: Sequence[str | os.PathLike] = (),
+    attack_dirs: list[str | os.PathLike],
+    compression: list[comp.CompressionRun],
+    eval_rows: list[dict[str, Any]],
+    gallery_per_k: int,
+    certify_dirs: Sequence[str | os.PathLike] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes], list[str]]:
     """Every part of a report: (summary entries, page context, files by name, model names), nothing written."""
     attack = bool(attack_dirs) or not (compression or certify_dirs)
@@ -446,13 +582,23 @@ def make_report(
     certify_dirs = [d for d in run_dirs if cert.is_certify_run(d)]
     eval_rows = read_evals(evals)
     note_texts = _read_notes(notes)
-    parts, context, files, models = _parts([d for d in run_dirs if d not in compression_dirs + certify_dirs],
-                                           compression, eval_rows, gallery_per_k, certify_dirs)
-    default = "robustvae report: " if context["attack"] else (
-        "robustvae compression report: " if context["compression"] else "robustvae certification report: ")
+    parts, context, files, models = _parts(
+        [d for d in run_dirs if d not in compression_dirs + certify_dirs],
+        compression,
+        eval_rows,
+        gallery_per_k,
+        certify_dirs,
+    )
+    default = (
+        "robustvae report: "
+        if context["attack"]
+        else ("robustvae compression report: " if context["compression"] else "robustvae certification report: ")
+    )
     title = title or default + ", ".join(sorted(models))
     summary = plain({"format": SUMMARY_FORMAT, "title": title, **parts})
-    html = render_html({"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context})
+    html = render_html(
+        {"title": title, "version": __version__, "notes": note_texts, "files": summary["files"], **context}
+    )
     _check_out(out, force, [*files, "summary.json", "index.html"])
     with RunDir(out).locked():  # files are replaced by rename: a link in out is replaced, never written through
         for name, data in files.items():

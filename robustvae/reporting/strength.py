@@ -79,8 +79,14 @@ def restarts(records: pd.DataFrame) -> pd.DataFrame:
         by_point = g.pivot_table(index="point", columns="restart", values="msssim", aggfunc="min").sort_index(axis=1)
         best = by_point.cummin(axis=1)
         for r, col in enumerate(best.columns, 1):
-            rows.append({**dict(zip(KEYS, key)), "r": r, "worst": float(best[col].mean()),
-                         "last_is_best": float((by_point.idxmin(axis=1) == by_point.columns[-1]).mean())})
+            rows.append(
+                {
+                    **dict(zip(KEYS, key)),
+                    "r": r,
+                    "worst": float(best[col].mean()),
+                    "last_is_best": float((by_point.idxmin(axis=1) == by_point.columns[-1]).mean()),
+                }
+            )
     return pd.DataFrame(rows, columns=[*KEYS, "r", "worst", "last_is_best"])
 
 
@@ -100,8 +106,9 @@ def member_wins(records: pd.DataFrame) -> pd.DataFrame:
         winner = g.member[selection(targeted).strongest(g, ["point"]).to_numpy()]
         for m in order:
             wins = int((winner == m).sum())
-            rows.append({**dict(zip(KEYS, key)), "member": m, "wins": wins, "share": wins / len(winner),
-                         "points": len(winner)})
+            rows.append(
+                {**dict(zip(KEYS, key)), "member": m, "wins": wins, "share": wins / len(winner), "points": len(winner)}
+            )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -139,11 +146,19 @@ def _vanishing(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFram
     for key, g in grad.groupby([*KEYS, "member"]):
         share = float((g.grad_norm.astype(float) < GRAD_TOL).mean())
         who = f" {key[-1]}" if key[-1] else ""
-        numbers = (f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
-                   f"(median {g.grad_norm.astype(float).median():.3g})")
-        add("no vanishing gradient", _scope(key[:-1]) + who, share <= VANISHING_LIMIT, share, VANISHING_LIMIT,
+        numbers = (
+            f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
+            f"(median {g.grad_norm.astype(float).median():.3g})"
+        )
+        add(
+            "no vanishing gradient",
+            _scope(key[:-1]) + who,
+            share <= VANISHING_LIMIT,
+            share,
+            VANISHING_LIMIT,
             f"gradients present: {numbers}, <= {VANISHING_LIMIT:.0%}",
-            f"vanishing gradient: {numbers}, > {VANISHING_LIMIT:.0%}: a vanished gradient masks the attack")
+            f"vanishing gradient: {numbers}, > {VANISHING_LIMIT:.0%}: a vanished gradient masks the attack",
+        )
 
 
 def _gradient_free(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -151,12 +166,20 @@ def _gradient_free(add: Callable[..., None], att: pd.DataFrame, records: pd.Data
     for key, g in wins.groupby(KEYS):
         free = g[g.member.str.startswith(GRADIENT_FREE)]
         share = float(free.share.sum())
-        numbers = (f"{', '.join(free.member) or 'no gradient-free member'} gave the worst case on "
-                   f"{int(free.wins.sum())} of {int(g.points.iloc[0])} points ({share:.0%})")
-        add("gradient-free member rarely wins", _scope(key), share <= GRADIENT_FREE_LIMIT, share, GRADIENT_FREE_LIMIT,
+        numbers = (
+            f"{', '.join(free.member) or 'no gradient-free member'} gave the worst case on "
+            f"{int(free.wins.sum())} of {int(g.points.iloc[0])} points ({share:.0%})"
+        )
+        add(
+            "gradient-free member rarely wins",
+            _scope(key),
+            share <= GRADIENT_FREE_LIMIT,
+            share,
+            GRADIENT_FREE_LIMIT,
             f"gradient members win: {numbers}, <= {GRADIENT_FREE_LIMIT:.0%}",
             f"gradient-free member wins often: {numbers}, > {GRADIENT_FREE_LIMIT:.0%}: when random search beats the "
-            "gradient members, their gradients are masked")
+            "gradient members, their gradients are masked",
+        )
 
 
 def _doubling(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -169,11 +192,19 @@ def _doubling(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame
         at_half, at_end = float(half.worst.iloc[0]), float(g[g.steps == steps].worst.iloc[0])
         gain = at_half - at_end
         who = f" {key[-1]}" if key[-1] else ""
-        numbers = (f"mean worst-case MS-SSIM {at_half:.4f} after {max(steps // 2, 1)} steps, {at_end:.4f} after "
-                   f"{steps}: doubling the steps gained {gain:+.4f}")
-        add("more steps no longer pay", _scope(key[:-1]) + who, gain <= DOUBLING_LIMIT, gain, DOUBLING_LIMIT,
+        numbers = (
+            f"mean worst-case MS-SSIM {at_half:.4f} after {max(steps // 2, 1)} steps, {at_end:.4f} after "
+            f"{steps}: doubling the steps gained {gain:+.4f}"
+        )
+        add(
+            "more steps no longer pay",
+            _scope(key[:-1]) + who,
+            gain <= DOUBLING_LIMIT,
+            gain,
+            DOUBLING_LIMIT,
             f"converged: {numbers} <= {DOUBLING_LIMIT}",
-            f"not converged: {numbers} > {DOUBLING_LIMIT}; more steps would still add damage")
+            f"not converged: {numbers} > {DOUBLING_LIMIT}; more steps would still add damage",
+        )
 
 
 def _last_restart(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -183,11 +214,19 @@ def _last_restart(add: Callable[..., None], att: pd.DataFrame, records: pd.DataF
             continue
         g = g.sort_values("r")
         gain = float(g.worst.iloc[-2] - g.worst.iloc[-1])
-        numbers = (f"mean best-of-r MS-SSIM {g.worst.iloc[-2]:.4f} at r={len(g) - 1}, {g.worst.iloc[-1]:.4f} at "
-                   f"r={len(g)}: the last restart gained {gain:+.4f} (best on {g.last_is_best.iloc[-1]:.0%} of points)")
-        add("more restarts no longer pay", _scope(key), gain <= RESTART_LIMIT, gain, RESTART_LIMIT,
+        numbers = (
+            f"mean best-of-r MS-SSIM {g.worst.iloc[-2]:.4f} at r={len(g) - 1}, {g.worst.iloc[-1]:.4f} at "
+            f"r={len(g)}: the last restart gained {gain:+.4f} (best on {g.last_is_best.iloc[-1]:.0%} of points)"
+        )
+        add(
+            "more restarts no longer pay",
+            _scope(key),
+            gain <= RESTART_LIMIT,
+            gain,
+            RESTART_LIMIT,
             f"restarts saturated: {numbers} <= {RESTART_LIMIT}",
-            f"more restarts still pay: {numbers} > {RESTART_LIMIT}")
+            f"more restarts still pay: {numbers} > {RESTART_LIMIT}",
+        )
 
 
 def _straight_through(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -198,12 +237,20 @@ def _straight_through(add: Callable[..., None], att: pd.DataFrame, records: pd.D
         st = float(g.gradient_check.apply(lambda c: c["straight_through"]).mean())
         plain = float(g.gradient_check.apply(lambda c: c["plain"]).mean())
         gap = abs(st - plain)
-        numbers = (f"{key[-1]} on {len(g)} points: mean MS-SSIM {st:.4f} with straight-through gradients, {plain:.4f} "
-                   f"with plain ones (difference {gap:.4f})")
-        add("straight-through and plain gradients agree", _scope(key[:-1]), gap <= STRAIGHT_THROUGH_LIMIT, gap,
-            STRAIGHT_THROUGH_LIMIT, f"agree: {numbers} <= {STRAIGHT_THROUGH_LIMIT}",
+        numbers = (
+            f"{key[-1]} on {len(g)} points: mean MS-SSIM {st:.4f} with straight-through gradients, {plain:.4f} "
+            f"with plain ones (difference {gap:.4f})"
+        )
+        add(
+            "straight-through and plain gradients agree",
+            _scope(key[:-1]),
+            gap <= STRAIGHT_THROUGH_LIMIT,
+            gap,
+            STRAIGHT_THROUGH_LIMIT,
+            f"agree: {numbers} <= {STRAIGHT_THROUGH_LIMIT}",
             f"disagree: {numbers} > {STRAIGHT_THROUGH_LIMIT}: the weaker way's gradient misleads the attack (masked, "
-            "or biased by the straight-through estimate); trust the stronger")
+            "or biased by the straight-through estimate); trust the stronger",
+        )
 
 
 def _unrelated(add: Callable[..., None], records: pd.DataFrame) -> None:
@@ -215,29 +262,42 @@ def _unrelated(add: Callable[..., None], records: pd.DataFrame) -> None:
         gap = float(top.worst - top.unrelated)
         dataset, norm, recon, model, k = key
         numbers = f"at eps {top.eps:g} worst-case MS-SSIM {top.worst:.4f}, unrelated images {top.unrelated:.4f}"
-        add("largest eps reaches unrelated images", f"{model} ({dataset}, {norm}) k={k}",
-            not math.isnan(gap) and gap <= UNRELATED_TOL, gap, UNRELATED_TOL,
+        add(
+            "largest eps reaches unrelated images",
+            f"{model} ({dataset}, {norm}) k={k}",
+            not math.isnan(gap) and gap <= UNRELATED_TOL,
+            gap,
+            UNRELATED_TOL,
             f"reaches unrelated images: {numbers}, within {UNRELATED_TOL}",
             f"short of unrelated images: {numbers}, {gap:+.4f} above (> {UNRELATED_TOL}): an attack that cannot "
-            "reach the unrelated level at a large budget is too weak (or the budget too small)")
+            "reach the unrelated level at a large budget is too weak (or the budget too small)",
+        )
 
 
 def strength_summary(records: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     """The evidence tables for ``summary.json``."""
-    return {"iterations": iterations(records).to_dict("records"), "restarts": restarts(records).to_dict("records"),
-            "eps": eps_damage(records).to_dict("records"), "member_wins": member_wins(records).to_dict("records")}
+    return {
+        "iterations": iterations(records).to_dict("records"),
+        "restarts": restarts(records).to_dict("records"),
+        "eps": eps_damage(records).to_dict("records"),
+        "member_wins": member_wins(records).to_dict("records"),
+    }
 
 
 def strength_tables(records: pd.DataFrame) -> list[tuple[str, pd.DataFrame, int]]:
     """(title, table of text cells, key columns) of each non-empty evidence table, for the report page."""
+
     def cells(df: pd.DataFrame, drop: tuple[str, ...] = ("dataset", "recon")) -> pd.DataFrame:
         df = df.drop(columns=[c for c in drop if c in df])
         return df.apply(lambda col: col.map(lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)))
 
     out = [
         ("Which ensemble member gave the worst case (points won, per model and k)", member_wins(records), 4),
-        ("Damage against iterations: mean over points of the worst case over restarts after n steps",
-         iterations(records), 5),
+        (
+            "Damage against iterations: mean over points of the worst case over restarts after n steps",
+            iterations(records),
+            5,
+        ),
         ("Damage against restarts: mean over points of the best of the first r restarts", restarts(records), 4),
         ("Damage against eps beside the unrelated-images level", eps_damage(records), 3),
     ]

@@ -19,16 +19,24 @@ from robustvae.reporting.aggregate import CI_LEVEL
 from robustvae.reporting.load import PANEL_KEYS
 
 COMPRESSION_MEANS = ["psnr", "msssim", "bpp", "bpp_context_raw", "jpeg_quality", "jpeg_psnr", "jpeg_msssim", "jpeg_bpp"]
-COMPRESSION_CELLS = [("PSNR (dB)", "psnr", ".2f"), ("MS-SSIM", "msssim", ".4f"), ("bpp", "bpp", ".4f"),
-                     ("BPP* (raw context)", "bpp_context_raw", ".4f"), ("JPEG quality", "jpeg_quality", "g"),
-                     ("JPEG PSNR (dB)", "jpeg_psnr", ".2f"), ("JPEG MS-SSIM", "jpeg_msssim", ".4f"),
-                     ("JPEG bpp", "jpeg_bpp", ".4f")]
+COMPRESSION_CELLS = [
+    ("PSNR (dB)", "psnr", ".2f"),
+    ("MS-SSIM", "msssim", ".4f"),
+    ("bpp", "bpp", ".4f"),
+    ("BPP* (raw context)", "bpp_context_raw", ".4f"),
+    ("JPEG quality", "jpeg_quality", "g"),
+    ("JPEG PSNR (dB)", "jpeg_psnr", ".2f"),
+    ("JPEG MS-SSIM", "jpeg_msssim", ".4f"),
+    ("JPEG bpp", "jpeg_bpp", ".4f"),
+]
 
 
 # what the results table (display_table) holds, for its caption on a console and on the page
-TABLE_CAPTION = (f"Per model and k: the paired drop (no-attack level minus MS-SSIM(clean reconstruction, attacked "
-                 f"reconstruction); larger = more damage), then that MS-SSIM itself; means over points "
-                 f"[{CI_LEVEL} % bootstrap interval]")
+TABLE_CAPTION = (
+    f"Per model and k: the paired drop (no-attack level minus MS-SSIM(clean reconstruction, attacked "
+    f"reconstruction); larger = more damage), then that MS-SSIM itself; means over points "
+    f"[{CI_LEVEL} % bootstrap interval]"
+)
 
 
 def number(v: Any, fmt: str = ".3f") -> str:
@@ -63,11 +71,14 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     ci = f"{CI_LEVEL}% CI"
     for view, label in (("mean", "mean over restarts"), ("worst", "worst case")):
         if f"drop_{view}" in table:
-            out[f"drop, {label} [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in zip(
-                table[f"drop_{view}"], table[f"drop_{view}_lo"], table[f"drop_{view}_hi"])]
+            out[f"drop, {label} [{ci}]"] = [
+                with_interval(v, lo, hi)
+                for v, lo, hi in zip(table[f"drop_{view}"], table[f"drop_{view}_lo"], table[f"drop_{view}_hi"])
+            ]
     for view, label in (("mean", "mean over restarts"), ("worst", "worst case")):
-        out[f"MS-SSIM, {label} [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in
-                                           zip(table[view], table[f"{view}_lo"], table[f"{view}_hi"])]
+        out[f"MS-SSIM, {label} [{ci}]"] = [
+            with_interval(v, lo, hi) for v, lo, hi in zip(table[view], table[f"{view}_lo"], table[f"{view}_hi"])
+        ]
     if "no_attack" in table:
         out["no-attack level"] = table.no_attack.map(number)
     out["noise"] = table.noise.map(number)
@@ -95,10 +106,14 @@ def display_carried(table: pd.DataFrame) -> pd.DataFrame:
     out["model"] = t.model.to_numpy()
     out["KL of layers 1..k (nats)"] = t.attacked_kl_nats.map(lambda v: number(v, ".3g")).to_numpy()
     out["what layers 1..k use"] = [
-        "-" if pd.isna(u) else ", ".join(
+        "-"
+        if pd.isna(u)
+        else ", ".join(
             ([f"context {number(lu, '.2f')}/{number(lv, '.0f')} levels"] if not pd.isna(lv) else [])
-            + ([f"{int(a)}/{int(u)} active units"] if u > 0 else []))
-        for a, u, lu, lv in zip(t.attacked_active_units, t.attacked_units, t.context_levels_used, t.context_levels)]
+            + ([f"{int(a)}/{int(u)} active units"] if u > 0 else [])
+        )
+        for a, u, lu, lv in zip(t.attacked_active_units, t.attacked_units, t.context_levels_used, t.context_levels)
+    ]
     out["unrelated image MS-SSIM"] = t.unrelated.map(number).to_numpy()
     out["ceiling (no-attack - unrelated)"] = t.ceiling.map(number).to_numpy()
     out["drop, worst case"] = t.drop_worst.map(number).to_numpy()
@@ -109,8 +124,15 @@ def display_carried(table: pd.DataFrame) -> pd.DataFrame:
 
 def display_layers(diag: pd.DataFrame) -> pd.DataFrame:
     """Per-layer diagnostics as text cells; a context layer shows the quantiser levels it uses."""
-    out = pd.DataFrame({"model": diag.model, "layer": diag.layer, "resolution": diag.resolution, "units": diag.units,
-                        "KL (nats)": diag.kl_nats.map(number)})
+    out = pd.DataFrame(
+        {
+            "model": diag.model,
+            "layer": diag.layer,
+            "resolution": diag.resolution,
+            "units": diag.units,
+            "KL (nats)": diag.kl_nats.map(number),
+        }
+    )
     out["active units"] = [
         f"context: {number(lu, '.2f')}/{number(lv, '.0f')} levels used" if k == "context" else number(a, ".0f")
         for k, a, lu, lv in zip(diag.kind, diag.active_units, diag.levels_used, diag.levels)
@@ -123,13 +145,17 @@ def display_atlas(atlas: pd.DataFrame) -> pd.DataFrame:
     several = atlas[PANEL_KEYS].drop_duplicates().shape[0] > 1
     out = pd.DataFrame()
     if several:
-        out["panel"] = [f"{d}, {n} eps {e:g}, {r}" for d, n, e, r in zip(atlas.dataset, atlas.norm, atlas.eps, atlas.recon)]
+        out["panel"] = [
+            f"{d}, {n} eps {e:g}, {r}" for d, n, e, r in zip(atlas.dataset, atlas.norm, atlas.eps, atlas.recon)
+        ]
     out["model"], out["layer"] = atlas.model, atlas.layer
     out["KL (nats)"] = atlas.kl_nats.map(number)
     out["utilisation"] = [
-        f"context: {number(lu, '.2f')}/{number(lv, '.0f')} levels used" if kind == "context"
+        f"context: {number(lu, '.2f')}/{number(lv, '.0f')} levels used"
+        if kind == "context"
         else f"{number(a, '.0f')}/{number(u, '.0f')} active units"
-        for kind, a, u, lu, lv in zip(atlas.kind, atlas.active_units, atlas.units, atlas.levels_used, atlas.levels)]
+        for kind, a, u, lu, lv in zip(atlas.kind, atlas.active_units, atlas.units, atlas.levels_used, atlas.levels)
+    ]
     out["drop at k = layer"] = atlas["drop"].map(number)
     out["marginal damage of the layer"] = atlas.marginal.map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
     return out.reset_index(drop=True)
@@ -173,5 +199,6 @@ def markdown(cells: pd.DataFrame) -> str:
 
 def to_latex(cells: pd.DataFrame) -> str:
     """A booktabs tabular of text cells, LaTeX specials escaped in cells and headers."""
-    return (cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-            .to_latex(hrules=True))
+    return (
+        cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(hrules=True)
+    )

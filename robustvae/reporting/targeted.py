@@ -32,8 +32,20 @@ from robustvae.reporting.tables import number, with_interval
 
 ATTACK_KEYS = ["optimizer", "objective"]
 KEYS = [*TABLE_KEYS, *ATTACK_KEYS]
-COLUMNS = [*KEYS, "points", "msssim_target", "msssim_target_lo", "msssim_target_hi", "before", "gain", "gain_lo",
-           "gain_hi", "success", "msssim", "untargeted_worst"]
+COLUMNS = [
+    *KEYS,
+    "points",
+    "msssim_target",
+    "msssim_target_lo",
+    "msssim_target_hi",
+    "before",
+    "gain",
+    "gain_lo",
+    "gain_hi",
+    "success",
+    "msssim",
+    "untargeted_worst",
+]
 
 
 def scored_rows(targeted: pd.DataFrame) -> pd.DataFrame:
@@ -48,8 +60,18 @@ def strongest_per_point(targeted: pd.DataFrame) -> pd.DataFrame:
     """Per (panel, model, k, attack, point): the row with the highest ``msssim_target`` over restarts and members,
     with ``success`` (closer to the target's reconstruction than to the clean one) and ``gain``."""
     att = scored_rows(targeted)
-    cols = [*KEYS, "point", "target_point", "restart", "member", "msssim_target", "msssim_target_before", "msssim",
-            "gain", "success"]
+    cols = [
+        *KEYS,
+        "point",
+        "target_point",
+        "restart",
+        "member",
+        "msssim_target",
+        "msssim_target_before",
+        "msssim",
+        "gain",
+        "success",
+    ]
     if att.empty:
         return pd.DataFrame(columns=cols)
     att = att.assign(**{c: att[c].astype(float) for c in ("msssim_target", "msssim_target_before", "msssim")})
@@ -61,8 +83,9 @@ def strongest_per_point(targeted: pd.DataFrame) -> pd.DataFrame:
     return best[cols].reset_index(drop=True)
 
 
-def targeted_table(targeted: pd.DataFrame, untargeted: pd.DataFrame | None = None,
-                   versions: dict[str, str | None] | None = None) -> pd.DataFrame:
+def targeted_table(
+    targeted: pd.DataFrame, untargeted: pd.DataFrame | None = None, versions: dict[str, str | None] | None = None
+) -> pd.DataFrame:
     """Targeted success per (panel, model, k, attack), beside the untargeted worst case where ``untargeted``
     (the records of untargeted runs) has the same model, k and budget. ``versions``: per run directory the
     ensemble version its run.json names, shown instead of ``auto``. Empty without scored targeted rows."""
@@ -104,8 +127,10 @@ def display_targeted(table: pd.DataFrame) -> pd.DataFrame:
     out["model"], out["k"] = table.model, table.k.astype(int)
     out["attack"] = table.optimizer + " / " + table.objective
     out["points"] = table.points
-    out[f"MS-SSIM to target [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in
-                                        zip(table.msssim_target, table.msssim_target_lo, table.msssim_target_hi)]
+    out[f"MS-SSIM to target [{ci}]"] = [
+        with_interval(v, lo, hi)
+        for v, lo, hi in zip(table.msssim_target, table.msssim_target_lo, table.msssim_target_hi)
+    ]
     out["before attack"] = table.before.map(number)
     out[f"gain [{ci}]"] = [with_interval(v, lo, hi) for v, lo, hi in zip(table.gain, table.gain_lo, table.gain_hi)]
     out["success"] = table.success.map(lambda v: number(v, ".0%") if not pd.isna(v) else "-")
@@ -125,8 +150,9 @@ def targeted_figure(table: pd.DataFrame):
     ks = sorted(table.k.astype(int).unique())
     colours = dict(zip(ks, palette([f"k={k}" for k in ks]).values()))
     for ax, model in zip(axes, models):
-        for (k, attack), g in table[table.model == model].groupby([table.k.astype(int), table.optimizer + " / " +
-                                                                   table.objective]):
+        for (k, attack), g in table[table.model == model].groupby(
+            [table.k.astype(int), table.optimizer + " / " + table.objective]
+        ):
             g = g.sort_values("eps")
             ax.plot(g.eps, g.msssim_target, marker="o", color=colours[k], label=f"k={k} {attack}")
             ax.plot(g.eps, g.before, linestyle=":", color=colours[k])

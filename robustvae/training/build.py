@@ -64,9 +64,18 @@ class TrainData:
         val = eval_images(ds, "val", cfg.model.binary)
         if tc.val_batches is not None:
             val = val[: tc.val_batches * bs]
-        return cls(images=ds.train.images, val=val, binary=cfg.model.binary, seed=tc.seed, size=n, batch_size=bs,
-                   steps_per_epoch=spe, total=tc.steps if tc.steps is not None else tc.epochs * spe,
-                   lo=dist.rank * share, hi=(dist.rank + 1) * share)
+        return cls(
+            images=ds.train.images,
+            val=val,
+            binary=cfg.model.binary,
+            seed=tc.seed,
+            size=n,
+            batch_size=bs,
+            steps_per_epoch=spe,
+            total=tc.steps if tc.steps is not None else tc.epochs * spe,
+            lo=dist.rank * share,
+            hi=(dist.rank + 1) * share,
+        )
 
     def batch(self, step: int, device: torch.device) -> torch.Tensor:
         """This process's rows of the global batch of ``step``, binarised when the model is binary, on ``device``."""

@@ -75,15 +75,26 @@ class Checkpointer:
             return
         p = self.parts
         atomic_save(
-            make_checkpoint(self.cfg, p.model, p.ema, optimizer=p.opt.state_dict(), scheduler=p.sched.state_dict(),
-                            train_state=state.to_dict(), rng=self.rng_state()),
-            self.last, root=self.out,
+            make_checkpoint(
+                self.cfg,
+                p.model,
+                p.ema,
+                optimizer=p.opt.state_dict(),
+                scheduler=p.sched.state_dict(),
+                train_state=state.to_dict(),
+                rng=self.rng_state(),
+            ),
+            self.last,
+            root=self.out,
         )
 
     def save_best(self, state: TrainState) -> None:
         if self.dist.is_main:
-            atomic_save(make_checkpoint(self.cfg, self.parts.model, self.parts.ema, train_state=state.to_dict()),
-                        self.out / "best.pt", root=self.out)
+            atomic_save(
+                make_checkpoint(self.cfg, self.parts.model, self.parts.ema, train_state=state.to_dict()),
+                self.out / "best.pt",
+                root=self.out,
+            )
 
     def resume(self) -> TrainState:
         """Load weights, optimiser, schedule, EMA, state and RNG from ``last.pt``; drop later log lines."""
@@ -93,8 +104,14 @@ class Checkpointer:
         p = self.parts
         ckpt = read_checkpoint(self.last, map_location=self.device)
         load_weights(p.model, ckpt["model"], self.last)
-        state = TrainState.from_dict(check_json(f"{self.last} (train_state)", ckpt.get("train_state"), TrainStateTable,
-                                                "it is not a training checkpoint of this robustvae; start over with --force"))
+        state = TrainState.from_dict(
+            check_json(
+                f"{self.last} (train_state)",
+                ckpt.get("train_state"),
+                TrainStateTable,
+                "it is not a training checkpoint of this robustvae; start over with --force",
+            )
+        )
         try:  # optimiser, schedule, EMA and RNG states: torch checks them; any failure is one line
             p.opt.load_state_dict(ckpt["optimizer"])
             p.sched.load_state_dict(ckpt["scheduler"])
@@ -102,8 +119,10 @@ class Checkpointer:
                 p.ema.load_state_dict(ckpt["ema"])
             self.restore_rng(ckpt["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-            raise CheckpointError(f"{self.last} holds a training state that does not fit this run ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); start over with --force") from None
+            raise CheckpointError(
+                f"{self.last} holds a training state that does not fit this run ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); start over with --force"
+            ) from None
         self.truncate_metrics(state.step)
         return state
 

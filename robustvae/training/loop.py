@@ -104,8 +104,14 @@ class Trainer:
         with self._sigint_guard(), make_progress(self.quiet, log) as progress:
             task = progress.add_task(self.cfg.name, total=data.total, completed=st.step, info="")
             while st.step < data.total:
-                r = train_step(parts, data.batch(st.step, self.device), self.cfg.train, self.dist,
-                               data.batch_size, (data.lo, data.hi))
+                r = train_step(
+                    parts,
+                    data.batch(st.step, self.device),
+                    self.cfg.train,
+                    self.dist,
+                    data.batch_size,
+                    (data.lo, data.hi),
+                )
                 if r.grad_norm is not None:
                     run.grad_norm = r.grad_norm
                 self._count_update(run, r)
@@ -113,9 +119,10 @@ class Trainer:
                 st.elapsed = time.perf_counter() - t0
                 self._log_validate_save(run, r)
                 progress.update(
-                    task, completed=st.step,
+                    task,
+                    completed=st.step,
                     info=f"loss {r.nelbo:.2f} nats | val {run.last_val.get('nelbo', float('nan')):.2f}"
-                         f" | skips {st.skips}",
+                    f" | skips {st.skips}",
                 )
                 if on_step is not None:
                     on_step(st.step)
@@ -151,12 +158,22 @@ class Trainer:
         """After a step: log it, validate at the end of an epoch and of the run, save ``last.pt`` when due."""
         st, tc, total, spe = run.state, self.cfg.train, run.data.total, run.data.steps_per_epoch
         if st.step % tc.log_every == 0 or st.step == total:
-            self._log({
-                "kind": "train", "step": st.step, "epoch": st.step / spe,
-                "loss_nats": r.nelbo, "kl": r.kl, "recon": r.recon, "bpd": r.bpd,
-                "grad_norm": run.grad_norm, "lr": run.parts.sched.get_last_lr()[0], "skipped": r.skipped,
-                "skips_total": st.skips, "elapsed_s": st.elapsed,
-            })
+            self._log(
+                {
+                    "kind": "train",
+                    "step": st.step,
+                    "epoch": st.step / spe,
+                    "loss_nats": r.nelbo,
+                    "kl": r.kl,
+                    "recon": r.recon,
+                    "bpd": r.bpd,
+                    "grad_norm": run.grad_norm,
+                    "lr": run.parts.sched.get_last_lr()[0],
+                    "skipped": r.skipped,
+                    "skips_total": st.skips,
+                    "elapsed_s": st.elapsed,
+                }
+            )
         epoch_end = st.step % spe == 0
         if epoch_end or st.step == total:
             run.last_val = self._validate(run)
@@ -199,10 +216,17 @@ class Trainer:
 
             return read_json(done, TrainSummary, "delete it and resume again")
         summary = {
-            "name": self.cfg.name, "steps": st.step, "epochs": st.step / data.steps_per_epoch,
-            "skipped_steps": st.skips, "best_val_nelbo": st.best_val, "final_val": run.last_val,
-            "wall_time_s": st.elapsed, "device": str(self.device), "processes": self.dist.world_size,
-            "train_images": data.size, "images_per_s": st.step * data.batch_size / max(st.elapsed, 1e-9),
+            "name": self.cfg.name,
+            "steps": st.step,
+            "epochs": st.step / data.steps_per_epoch,
+            "skipped_steps": st.skips,
+            "best_val_nelbo": st.best_val,
+            "final_val": run.last_val,
+            "wall_time_s": st.elapsed,
+            "device": str(self.device),
+            "processes": self.dist.world_size,
+            "train_images": data.size,
+            "images_per_s": st.step * data.batch_size / max(st.elapsed, 1e-9),
         }
         if self.dist.is_main:
             io.write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n", root=self.out)

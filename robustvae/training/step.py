@@ -40,7 +40,7 @@ def train_step(
     model, opt = parts.model, parts.opt
     lo, hi = rows
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (x.device.type == "cuda" and tc.amp) else nullcontext()
-    with autocast, (rng.batch_slice(batch_size, lo, hi) if dist.enabled else nullcontext()):
+    with autocast, rng.batch_slice(batch_size, lo, hi) if dist.enabled else nullcontext():
         res = parts.net(x)
     loss = res.nelbo.mean() / model.num_pixels  # nats per dimension
     opt.zero_grad(set_to_none=True)
@@ -63,13 +63,17 @@ def train_step(
             parts.ema.update_parameters(model)
     with warnings.catch_warnings():
         # a skipped first update calls scheduler.step() before optimizer.step(); that is intended here
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before", category=UserWarning
+        )
         parts.sched.step()
     return StepResult(nelbo=nelbo, kl=kl, recon=recon, bpd=bpd, grad_norm=gn, skipped=skip)
 
 
 @torch.no_grad()
-def evaluate_nelbo(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, float]:
+def evaluate_nelbo(
+    model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0
+) -> dict[str, float]:
     """Mean -ELBO terms over ``x`` with a fixed noise seed that leaves the global RNG untouched."""
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -82,8 +82,9 @@ def import_target(out: str | os.PathLike, force: bool) -> Path:
     return Path(out)
 
 
-def write_import(out: str | os.PathLike, cfg: Config, model: nn.Module, ema: nn.Module | None,
-                 provenance: dict[str, Any]) -> Path:
+def write_import(
+    out: str | os.PathLike, cfg: Config, model: nn.Module, ema: nn.Module | None, provenance: dict[str, Any]
+) -> Path:
     """Write an imported checkpoint (``best.pt``, with its ``provenance``) and ``imported.json`` into ``out``; with
     ``--force`` the old files stay until both new ones are written. Returns ``out``/best.pt."""
     from robustvae import io
@@ -102,12 +103,16 @@ def load_foreign(path: str | os.PathLike, *, safe_globals: list | tuple = (), mm
     a missing, wrong, truncated or unsafe file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)")
+        raise CheckpointError(
+            f"{path} does not exist; download the checkpoint first (robustvae zoo list shows the links)"
+        )
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            except RuntimeError as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it): older files load whole
+            except (
+                RuntimeError
+            ) as e:  # mmap needs torch's zip format (PyTorch >= 1.6 writes it): older files load whole
                 if not mmap or "mmap" not in str(e):
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True)
@@ -131,7 +136,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"objects that safe loading refuses ({type(e).__name__}); re-create it with robustvae train"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a robustvae checkpoint (no '{FORMAT}' marker); re-create it with robustvae train")
+        raise CheckpointError(
+            f"{path} is not a robustvae checkpoint (no '{FORMAT}' marker); re-create it with robustvae train"
+        )
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -151,7 +158,9 @@ def config_of(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> C
     try:
         return Config.from_dict(ckpt["config"])
     except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} holds an invalid config ({e}); was it made by another robustvae version?") from None
+        raise CheckpointError(
+            f"{path} holds an invalid config ({e}); was it made by another robustvae version?"
+        ) from None
 
 
 # The model a checkpoint describes may hold derived tensors that the file does not store (non-persistent
@@ -167,8 +176,9 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None = None,
-               where: str | os.PathLike = "checkpoint") -> nn.Module:
+def meta_model(
+    build: Callable[[], nn.Module], state: Mapping[str, Any] | None = None, where: str | os.PathLike = "checkpoint"
+) -> nn.Module:
     """``build()`` on the ``meta`` device: every parameter and buffer has its shape, none has memory.
 
     With ``state`` (the tensors a file holds) the build is stopped as soon as it has
@@ -180,7 +190,9 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
     limit_count = limit_bytes = None
     if state is not None:
         limit_count = 2 * len(state) + 64  # weight norm and similar register a tensor more than once
-        limit_bytes = 2 * sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)) + DERIVED_ALLOWANCE_BYTES
+        limit_bytes = (
+            2 * sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)) + DERIVED_ALLOWANCE_BYTES
+        )
     seen = {"count": 0, "bytes": 0}
 
     def count(module, name, tensor):  # noqa: ANN001 - torch's hook signature
@@ -192,8 +204,10 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
             raise _TooBig(f"a {type(module).__name__}.{name} of shape {_shape(tensor.shape)}")
         return None
 
-    hooks = [torch_module.register_module_parameter_registration_hook(count),
-             torch_module.register_module_buffer_registration_hook(count)]
+    hooks = [
+        torch_module.register_module_parameter_registration_hook(count),
+        torch_module.register_module_buffer_registration_hook(count),
+    ]
     try:
         with torch.device("meta"):
             return build()
@@ -201,7 +215,8 @@ def meta_model(build: Callable[[], nn.Module], state: Mapping[str, Any] | None =
         held = f"{len(state)} tensors ({_mib(sum(_nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))})"
         raise CheckpointError(
             f"{where} does not fit the architecture its config describes: the config makes a model far larger than "
-            f"the {held} present (the build was stopped at {e}); the config does not belong to these weights") from None
+            f"the {held} present (the build was stopped at {e}); the config does not belong to these weights"
+        ) from None
     finally:
         for h in hooks:
             h.remove()
@@ -224,22 +239,25 @@ def state_problem(meta: nn.Module, state: Mapping[str, Any]) -> str | None:
     if missing or unexpected:
         first = (missing + unexpected)[0]
         what = "missing" if missing and first == missing[0] else "not part of the model"
-        return (f"{len(missing)} missing and {len(unexpected)} unexpected tensors (first: {first}, {what})")
+        return f"{len(missing)} missing and {len(unexpected)} unexpected tensors (first: {first}, {what})"
     for k, t in own.items():
         v = state[k]
         if not isinstance(v, torch.Tensor):
             return f"entry {k} is a {type(v).__name__}, not a tensor"
         if tuple(v.shape) != tuple(t.shape):
-            return (f"tensor {k} has shape {_shape(v.shape)} in the file, but the stored config makes it "
-                    f"{_shape(t.shape)}")
+            return (
+                f"tensor {k} has shape {_shape(v.shape)} in the file, but the stored config makes it {_shape(t.shape)}"
+            )
         if v.is_floating_point() != t.is_floating_point():
             return f"tensor {k} is {v.dtype} in the file, the model needs {t.dtype}"
     present = sum(_nbytes(v) for v in state.values())
     needed = sum(_nbytes(t) for t in meta.parameters()) + sum(_nbytes(b) for b in meta.buffers())
     if needed > sum(_nbytes(t) for t in own.values()) + DERIVED_ALLOWANCE_BYTES:
         name, big = max(((n, b) for n, b in meta.named_buffers() if n not in own), key=lambda nb: _nbytes(nb[1]))
-        return (f"the stored config makes the model {_mib(needed)}, beyond the {_mib(present)} of tensors present "
-                f"(derived buffer {name}: {_shape(big.shape)})")
+        return (
+            f"the stored config makes the model {_mib(needed)}, beyond the {_mib(present)} of tensors present "
+            f"(derived buffer {name}: {_shape(big.shape)})"
+        )
     return None
 
 
@@ -247,7 +265,9 @@ def _shape(shape) -> str:  # noqa: ANN001
     return "x".join(map(str, shape)) or "scalar"
 
 
-def check_state(build: Callable[[], nn.Module], state: Mapping[str, Any], where: str | os.PathLike = "checkpoint") -> None:
+def check_state(
+    build: Callable[[], nn.Module], state: Mapping[str, Any], where: str | os.PathLike = "checkpoint"
+) -> None:
     """Refuse ``state`` unless it fits the model ``build()`` makes, decided on the meta device (no memory spent).
 
     A one-line :class:`~robustvae.errors.CheckpointError` names the first tensor that is
@@ -260,11 +280,13 @@ def check_state(build: Callable[[], nn.Module], state: Mapping[str, Any], where:
     if problem:
         raise CheckpointError(
             f"{where} does not fit the architecture its config describes: {problem}; it was made by a different "
-            f"architecture or robustvae version, or its config was changed")
+            f"architecture or robustvae version, or its config was changed"
+        )
 
 
-def build_checked(build: Callable[[], nn.Module], state: Mapping[str, Any],
-                  where: str | os.PathLike = "checkpoint") -> nn.Module:
+def build_checked(
+    build: Callable[[], nn.Module], state: Mapping[str, Any], where: str | os.PathLike = "checkpoint"
+) -> nn.Module:
     """The model ``build()`` makes, with ``state`` loaded: shapes and sizes are checked before any memory is spent.
 
     The one loader of weights from files for every model family: ``build`` is a
@@ -284,8 +306,10 @@ def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLik
     """Load a state dict into an existing model, turning key and shape mismatches into one clear line."""
     problem = state_problem(model, state) if isinstance(state, Mapping) else "the weights are not a mapping"
     if problem:
-        raise CheckpointError(f"{path} does not fit the architecture its config describes: {problem}; it was made by "
-                              f"a different architecture or robustvae version")
+        raise CheckpointError(
+            f"{path} does not fit the architecture its config describes: {problem}; it was made by "
+            f"a different architecture or robustvae version"
+        )
     model.load_state_dict(state)
 
 
@@ -306,8 +330,9 @@ def model_from_checkpoint(
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     state = ckpt["ema"] if use_ema else ckpt.get("model")
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: its {'ema' if use_ema else 'model'} weights are not a state dict; re-create "
-                              f"the checkpoint")
+        raise CheckpointError(
+            f"{path}: its {'ema' if use_ema else 'model'} weights are not a state dict; re-create the checkpoint"
+        )
     model = build_checked(lambda: build_model(cfg.model), ema_weights(state) if use_ema else state, path)
     return model, cfg
 
@@ -322,7 +347,7 @@ def ema_weights(state: dict[str, Any]) -> dict[str, Any]:
     """
     if "n_averaged" not in state and not all(k.startswith("module.") for k in state):
         return state
-    return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+    return {k[len("module.") :]: v for k, v in state.items() if k.startswith("module.")}
 
 
 def resolve_path(name_or_path: str | os.PathLike) -> Path:
@@ -333,18 +358,24 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
         for cand in ("best.pt", "last.pt"):
             if (p / cand).is_file():
                 return p / cand
-        raise CheckpointError(f"run directory {p} holds no best.pt or last.pt; train it first (robustvae train --out {p})")
+        raise CheckpointError(
+            f"run directory {p} holds no best.pt or last.pt; train it first (robustvae train --out {p})"
+        )
     if p.is_file():
         return p
     if s in PRESETS:
-        fetch_hint = f", or fetch the authors' weights: robustvae zoo fetch {s} --out runs/{s}" if s in PUBLISHED else ""
+        fetch_hint = (
+            f", or fetch the authors' weights: robustvae zoo fetch {s} --out runs/{s}" if s in PUBLISHED else ""
+        )
         raise CheckpointError(
             f"{s!r} is a preset, not a trained checkpoint; train it with: robustvae train --preset {s} --out runs/{s}"
             f"{fetch_hint}"
         )
-    raise CheckpointError(f"{s!r} is neither an existing checkpoint file or run directory nor a model factory "
-                          f"(module.path:factory); a published checkpoint (robustvae zoo list) is fetched into a run "
-                          f"directory first: robustvae zoo fetch NAME --out DIR")
+    raise CheckpointError(
+        f"{s!r} is neither an existing checkpoint file or run directory nor a model factory "
+        f"(module.path:factory); a published checkpoint (robustvae zoo list) is fetched into a run "
+        f"directory first: robustvae zoo fetch NAME --out DIR"
+    )
 
 
 @dataclass(frozen=True)
@@ -389,7 +420,9 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", we
 
     if factory.is_factory(name_or_path):
         if weights == "ema":
-            raise CheckpointError(f"{name_or_path} is a model factory, with no EMA weights; use weights='auto' or 'raw'")
+            raise CheckpointError(
+                f"{name_or_path} is a model factory, with no EMA weights; use weights='auto' or 'raw'"
+            )
         model = factory.build(str(name_or_path), device)
         return LoadedModel(model, None, str(name_or_path), factory.state_dict_sha256(model), "state_dict")
     path = resolve_path(name_or_path)
@@ -403,12 +436,26 @@ def list_entries() -> list[dict[str, str]]:
     from robustvae.registry import PRESET_NOTES
 
     rows = [
-        {"name": n, "kind": "preset", "model": c.model.arch, "data": c.data.name,
-         "layers": str(c.model.num_layers), "about": PRESET_NOTES.get(n, "")}
+        {
+            "name": n,
+            "kind": "preset",
+            "model": c.model.arch,
+            "data": c.data.name,
+            "layers": str(c.model.num_layers),
+            "about": PRESET_NOTES.get(n, ""),
+        }
         for n, c in PRESETS.items()
     ]
     for p in PUBLISHED.values():
         c = PRESETS[p.preset]
-        rows.append({"name": p.name, "kind": "published (zoo fetch)", "model": c.model.arch, "data": c.data.name,
-                     "layers": str(c.model.num_layers), "about": f"their test NLL {p.reported_nll} {p.unit}; {p.url}"})
+        rows.append(
+            {
+                "name": p.name,
+                "kind": "published (zoo fetch)",
+                "model": c.model.arch,
+                "data": c.data.name,
+                "layers": str(c.model.num_layers),
+                "about": f"their test NLL {p.reported_nll} {p.unit}; {p.url}",
+            }
+        )
     return rows

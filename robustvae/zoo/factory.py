@@ -56,12 +56,15 @@ def _import(module_name: str, spec: str):
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise RobustVAEError(
                 f"cannot import {module_name!r} for the model {spec}: no such module in the current directory or on "
-                f"sys.path; run from the folder that holds it or add that folder to PYTHONPATH") from None
-        raise RobustVAEError(f"importing {module_name} for the model {spec} failed: {e}; install what it "
-                             f"needs") from None
+                f"sys.path; run from the folder that holds it or add that folder to PYTHONPATH"
+            ) from None
+        raise RobustVAEError(
+            f"importing {module_name} for the model {spec} failed: {e}; install what it needs"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the user's module failed to import: one line naming it
-        raise RobustVAEError(f"importing {module_name} for the model {spec} raised {type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:200]}") from None
+        raise RobustVAEError(
+            f"importing {module_name} for the model {spec} raised {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        ) from None
     finally:
         if added and sys.path and sys.path[0] == cwd:
             sys.path.pop(0)
@@ -74,8 +77,9 @@ def build(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     module_name, attr = spec.split(":")
     factory = getattr(_import(module_name, spec), attr, None)
     if not callable(factory):
-        raise RobustVAEError(f"{module_name} has no callable {attr!r}; name a function that builds the model "
-                             f"(module.path:factory)")
+        raise RobustVAEError(
+            f"{module_name} has no callable {attr!r}; name a function that builds the model (module.path:factory)"
+        )
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001 - the user's factory failed: one line naming it

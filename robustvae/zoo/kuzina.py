@@ -43,8 +43,10 @@ def read_authors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = load_foreign(path, safe_globals=_safe_types())
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         found = ", ".join(sorted(map(str, ckpt))[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} has no 'model_state_dict' (found: {found or 'nothing'}); it is not a checkpoint "
-                              f"of the authors' code (AKuzina/dct_vae)")
+        raise CheckpointError(
+            f"{path} has no 'model_state_dict' (found: {found or 'nothing'}); it is not a checkpoint "
+            f"of the authors' code (AKuzina/dct_vae)"
+        )
     return ckpt
 
 
@@ -59,8 +61,15 @@ def _weights(state: Any, preset: str, where: str) -> torch.nn.Module:
     return build_checked(lambda: build_model(cfg), converted, where)
 
 
-def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLike, *, source: str = "kuzina",
-                      force: bool = False, url: str | None = None) -> Path:
+def import_checkpoint(
+    path: str | os.PathLike,
+    preset: str,
+    out: str | os.PathLike,
+    *,
+    source: str = "kuzina",
+    force: bool = False,
+    url: str | None = None,
+) -> Path:
     """Convert their checkpoint ``path`` for ``preset`` into ``out``/best.pt; returns that file."""
     from robustvae.registry import get_preset
     from robustvae.zoo import import_target, sha256_file, write_import
@@ -69,15 +78,22 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
         raise RobustVAEError(f"unknown checkpoint source {source!r} (known: {', '.join(SOURCES)})")
     cfg = get_preset(preset)
     if cfg.model.arch != "kuzina-ladder":
-        raise RobustVAEError(f"preset {preset!r} is not one of the authors' architectures; pick a kuzina-* preset "
-                             f"(robustvae zoo list)")
+        raise RobustVAEError(
+            f"preset {preset!r} is not one of the authors' architectures; pick a kuzina-* preset (robustvae zoo list)"
+        )
     out = import_target(out, force)
     ckpt = read_authors_checkpoint(path)
     model = _weights(ckpt["model_state_dict"], preset, f"{path} (model_state_dict)")
     ema_state = ckpt.get("ema_model_state_dict")
     ema = _weights(ema_state, preset, f"{path} (ema_model_state_dict)") if ema_state is not None else None
-    provenance = {"source": source, "file": Path(path).name, "sha256": sha256_file(path), "preset": preset,
-                  "ema": ema is not None, "url": url}
+    provenance = {
+        "source": source,
+        "file": Path(path).name,
+        "sha256": sha256_file(path),
+        "preset": preset,
+        "ema": ema is not None,
+        "url": url,
+    }
     return write_import(out, cfg, model, ema, provenance)
 
 
@@ -85,11 +101,15 @@ def _gdown_download(drive_id: str, dest: Path) -> None:
     try:
         import gdown
     except ImportError:
-        raise RobustVAEError('fetching from Google Drive needs gdown: pip install "robustvae[kuzina]" (or gdown); or '
-                             "download the file by hand and run robustvae zoo import FILE --from kuzina") from None
+        raise RobustVAEError(
+            'fetching from Google Drive needs gdown: pip install "robustvae[kuzina]" (or gdown); or '
+            "download the file by hand and run robustvae zoo import FILE --from kuzina"
+        ) from None
     if gdown.download(id=drive_id, output=str(dest), quiet=False) is None:
-        raise RobustVAEError(f"could not download Google Drive file {drive_id}; download it by hand and run robustvae "
-                             f"zoo import FILE --from kuzina")
+        raise RobustVAEError(
+            f"could not download Google Drive file {drive_id}; download it by hand and run robustvae "
+            f"zoo import FILE --from kuzina"
+        )
 
 
 def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_gdown_download) -> Path:

@@ -39,13 +39,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
     state = load_foreign(path, mmap=True)
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict; it is not a model file of "
-                              f"openai/vdvae (*-model.th or *-model-ema.th)")
+        raise CheckpointError(
+            f"{path} holds a {type(state).__name__}, not a state dict; it is not a model file of "
+            f"openai/vdvae (*-model.th or *-model-ema.th)"
+        )
     return state
 
 
-def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLike, *, force: bool = False,
-                      url: str | None = None) -> Path:
+def import_checkpoint(
+    path: str | os.PathLike, preset: str, out: str | os.PathLike, *, force: bool = False, url: str | None = None
+) -> Path:
     """Convert upstream's state-dict file ``path`` into ``out``/best.pt; returns that file.
 
     ``preset``: an openai-vdvae preset, ``openai-vdvae-HPS`` for upstream's ``--hps HPS`` (:func:`preset_of`).
@@ -57,13 +60,23 @@ def import_checkpoint(path: str | os.PathLike, preset: str, out: str | os.PathLi
 
     cfg = get_preset(preset)
     if cfg.model.arch != SOURCE:
-        raise RobustVAEError(f"preset {preset!r} is not an openai-vdvae architecture; name upstream's configuration "
-                             f"with --hps ({', '.join(OPENAI_HPS)})")
+        raise RobustVAEError(
+            f"preset {preset!r} is not an openai-vdvae architecture; name upstream's configuration "
+            f"with --hps ({', '.join(OPENAI_HPS)})"
+        )
     hps = preset.removeprefix("openai-vdvae-") if preset.removeprefix("openai-vdvae-") in OPENAI_HPS else None
     out = import_target(out, force)
     model = load_upstream(read_state_dict(path), cfg.model, str(path))
-    provenance = {"source": SOURCE, "file": Path(path).name, "sha256": sha256_file(path), "hps": hps, "preset": preset,
-                  "upstream_commit": UPSTREAM_COMMIT, "ema": False, "url": url}
+    provenance = {
+        "source": SOURCE,
+        "file": Path(path).name,
+        "sha256": sha256_file(path),
+        "hps": hps,
+        "preset": preset,
+        "upstream_commit": UPSTREAM_COMMIT,
+        "ema": False,
+        "url": url,
+    }
     return write_import(out, cfg, model, None, provenance)
 
 
@@ -73,8 +86,10 @@ def _http_download(url: str, dest: Path) -> None:
     try:
         io.download(url, dest)
     except Exception as e:  # noqa: BLE001 - network errors come in many types
-        raise RobustVAEError(f"could not download {url}: {e}; download it by hand and run robustvae zoo import FILE "
-                             f"--from {SOURCE} --hps HPS") from None
+        raise RobustVAEError(
+            f"could not download {url}: {e}; download it by hand and run robustvae zoo import FILE "
+            f"--from {SOURCE} --hps HPS"
+        ) from None
 
 
 def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_http_download) -> Path:
@@ -91,6 +106,8 @@ def fetch(name: str, out: str | os.PathLike, *, force: bool = False, download=_h
         dest = tmp / Path(entry.url).name
         download(entry.url, dest)
         if entry.sha256 and sha256_file(dest) != entry.sha256:
-            raise CheckpointError(f"{entry.url} failed its sha256 check (expected {entry.sha256[:16]}...); the "
-                                  f"download was deleted, try again")
+            raise CheckpointError(
+                f"{entry.url} failed its sha256 check (expected {entry.sha256[:16]}...); the "
+                f"download was deleted, try again"
+            )
         return import_checkpoint(dest, entry.preset, out, force=force, url=entry.url)

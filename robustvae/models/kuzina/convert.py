@@ -61,7 +61,7 @@ def rename(key: str) -> str:
     """Their name of a used tensor -> robustvae's."""
     for old, new in RENAMES:
         if key.startswith(old):
-            key = new + key[len(old):]
+            key = new + key[len(old) :]
     for old, new in WEIGHT_NORM:
         if key.endswith(old):
             key = key[: -len(old)] + new
@@ -75,7 +75,7 @@ def their_name(key: str) -> str:
             key = key[: -len(new)] + old
     for old, new in RENAMES:
         if key.startswith(new):
-            key = old + key[len(new):]
+            key = old + key[len(new) :]
     return key
 
 
@@ -84,22 +84,28 @@ def _check_known(theirs: Mapping[str, Tensor], image_size: int, where: str) -> N
     for key, value in theirs.items():
         kind = classify(key)
         if kind == "shared":
-            twin = SHARED[1] + key[len(SHARED[0]):]
+            twin = SHARED[1] + key[len(SHARED[0]) :]
             if twin in theirs and not torch.equal(theirs[twin].cpu(), value.cpu()):
-                raise CheckpointError(f"{where}: {key} should be the same tensor as {twin} but differs; the file is "
-                                      f"not a checkpoint of the authors' code")
+                raise CheckpointError(
+                    f"{where}: {key} should be the same tensor as {twin} but differs; the file is "
+                    f"not a checkpoint of the authors' code"
+                )
         elif kind == "constant":
             ref = _basis(key, image_size)
             if tuple(value.shape) != tuple(ref.shape) or not torch.allclose(value.double().cpu(), ref, atol=1e-5):
-                raise CheckpointError(f"{where}: {key} is not the DCT basis of {image_size}x{image_size} images; pick "
-                                      f"the preset of the dataset the checkpoint was trained on")
+                raise CheckpointError(
+                    f"{where}: {key} is not the DCT basis of {image_size}x{image_size} images; pick "
+                    f"the preset of the dataset the checkpoint was trained on"
+                )
 
 
 def convert_state_dict(theirs: Mapping[str, Tensor], model: nn.Module, where: str = "checkpoint") -> dict[str, Tensor]:
     """Their ``model_state_dict`` as ``model``'s state dict; one line naming the first problem otherwise."""
     if not isinstance(theirs, Mapping) or not all(isinstance(v, Tensor) for v in theirs.values()):
-        raise CheckpointError(f"{where}: the state dict is not a mapping of names to tensors; the file is not a "
-                              f"checkpoint of the authors' code")
+        raise CheckpointError(
+            f"{where}: the state dict is not a mapping of names to tensors; the file is not a "
+            f"checkpoint of the authors' code"
+        )
     _check_known(theirs, model.cfg.image_size, where)
     own = model.state_dict()
     out = {rename(k): v for k, v in theirs.items() if classify(k) == "used"}

@@ -64,8 +64,10 @@ class DecoderBlock2x3(_Gated):
 
     def __init__(self, cin: int, hid: int, cout: int, weight_norm: bool, residual: bool):
         super().__init__(cin, cout, residual)
-        units = [_Unit(conv(a, b, k, weight_norm=weight_norm), False) for a, b, k in [(cin, hid, 1), (hid, hid, 3),
-                                                                                      (hid, hid, 3)]]
+        units = [
+            _Unit(conv(a, b, k, weight_norm=weight_norm), False)
+            for a, b, k in [(cin, hid, 1), (hid, hid, 3), (hid, hid, 3)]
+        ]
         self.net = nn.Sequential(*units, conv(hid, cout, 1))
 
 

@@ -52,7 +52,9 @@ class Draws:
     """The random numbers of one pass; None draws them afresh."""
 
     dither: Tensor | None = None  # (B, C, c, c) U[0, 1) of the quantiser
-    ddgm: Tensor | None = None  # (R, T, B, C, c, c) diffusion noise: R = 1 (val), IS_REPEATS (test); (B, C, c, c) (train)
+    ddgm: Tensor | None = (
+        None  # (R, T, B, C, c, c) diffusion noise: R = 1 (val), IS_REPEATS (test); (B, C, c, c) (train)
+    )
     eps: list[Tensor] | None = None  # one standard-normal tensor per Gaussian layer
     target: Tensor | None = None  # the binarised target
 
@@ -173,18 +175,29 @@ class Decoder(nn.Module):
                 self.plan.append((nxt[0][0] if nxt else cfg.image_size) if last else None)
         self.decoder_blocks = nn.ModuleList(blocks)
         inject = cfg.context != "none" and cfg.context_every_scale
-        self.z_L_up = nn.ModuleList(
-            nn.Sequential(nn.AvgPool2d(cfg.image_size // res), conv(cfg.image_channels, ch, 3))
-            for (res, _), ch in scales[1:]
-        ) if inject else nn.ModuleList()
+        self.z_L_up = (
+            nn.ModuleList(
+                nn.Sequential(nn.AvgPool2d(cfg.image_size // res), conv(cfg.image_channels, ch, 3))
+                for (res, _), ch in scales[1:]
+            )
+            if inject
+            else nn.ModuleList()
+        )
         n_out = num_params(cfg.likelihood, cfg.image_channels, cfg.num_mixtures)
         self.post_process = nn.Sequential(conv(widths[0], n_out, 3))
         if cfg.context != "none":
             C, c = cfg.image_channels, cfg.context_size
             self.z_L_prior = KuzinaDiffusionPrior(
-                (C, c, c), cfg.context_bits, cfg.diffusion_steps, self.decoder_blocks[0].codec.output_values(),
-                schedule=cfg.diffusion_schedule, beta_start=cfg.diffusion_beta_start, beta_end=cfg.diffusion_beta_end,
-                channels=cfg.diffusion_channels, scales=cfg.diffusion_scales, res_blocks=cfg.diffusion_res_blocks,
+                (C, c, c),
+                cfg.context_bits,
+                cfg.diffusion_steps,
+                self.decoder_blocks[0].codec.output_values(),
+                schedule=cfg.diffusion_schedule,
+                beta_start=cfg.diffusion_beta_start,
+                beta_end=cfg.diffusion_beta_end,
+                channels=cfg.diffusion_channels,
+                scales=cfg.diffusion_scales,
+                res_blocks=cfg.diffusion_res_blocks,
                 dropout=cfg.diffusion_dropout,
             )
 
@@ -218,8 +231,19 @@ class KuzinaLadderVAE(nn.Module):
         self.decoder = Decoder(cfg)
         scales = [(res, n) for res, n in reversed(cfg.latents)]
         gaussian = [(res, (cfg.z_dim, res, res)) for res, n in scales for _ in range(n)]
-        top = [LayerInfo(1, cfg.context_size, (cfg.image_channels, cfg.context_size, cfg.context_size), kind="context",
-                         levels=self.codec.reachable_levels)] if self.has_context else []
+        top = (
+            [
+                LayerInfo(
+                    1,
+                    cfg.context_size,
+                    (cfg.image_channels, cfg.context_size, cfg.context_size),
+                    kind="context",
+                    levels=self.codec.reachable_levels,
+                )
+            ]
+            if self.has_context
+            else []
+        )
         self.layers = top + [LayerInfo(len(top) + i + 1, r, s) for i, (r, s) in enumerate(gaussian)]
         self._authors_init()
         self.use_channels_last(False)
@@ -251,7 +275,7 @@ class KuzinaLadderVAE(nn.Module):
 
     def _noise_shapes(self) -> list[tuple[int, ...]]:
         top = [self.prior.noise_shape] if self.has_context else []
-        return top + [info.shape for info in self.layers[len(top):]]
+        return top + [info.shape for info in self.layers[len(top) :]]
 
     def fit_data(self, train_images: Tensor) -> None:
         """Fit the context scale on the training split (their dataset's floor rule); nothing for the plain ladder."""
@@ -260,7 +284,9 @@ class KuzinaLadderVAE(nn.Module):
 
     def likelihood(self, state: Tensor):
         cfg = self.cfg
-        return likelihood(self.decoder.post_process(state).float(), cfg.likelihood, cfg.image_channels, cfg.num_mixtures)
+        return likelihood(
+            self.decoder.post_process(state).float(), cfg.likelihood, cfg.image_channels, cfg.num_mixtures
+        )
 
     def binarise(self, x: Tensor, u: Tensor | None = None) -> Tensor:
         """The likelihood's target: a Bernoulli draw of a grey image when the model binarises, else x.
@@ -277,9 +303,18 @@ class KuzinaLadderVAE(nn.Module):
         """The decoded context on [-1, 1]: 2 clamp(IDCT(y * scale), 0, 1) - 1."""
         return 2 * self.codec.decode(y) - 1
 
-    def _top_down(self, batch: int, feats: list[Tensor] | None, ctx_img: Tensor | None, *, n_post: int,
-                  sample_q: bool, noise: list[Tensor] | None = None, temperature: float = 1.0,
-                  stop_after: int | None = None) -> _TopDown:
+    def _top_down(
+        self,
+        batch: int,
+        feats: list[Tensor] | None,
+        ctx_img: Tensor | None,
+        *,
+        n_post: int,
+        sample_q: bool,
+        noise: list[Tensor] | None = None,
+        temperature: float = 1.0,
+        stop_after: int | None = None,
+    ) -> _TopDown:
         """The ladder top-down: layers < ``n_post`` from q (its mean, or a sample), the rest from p at ``temperature``."""
         dec = self.decoder
         s = dec.s_L.expand(batch, -1, -1, -1)
@@ -345,8 +380,9 @@ class KuzinaLadderVAE(nn.Module):
     def _repeat(self, n: int, *ts: Tensor) -> list[Tensor]:
         return [t.repeat(n, *([1] * (t.dim() - 1))) for t in ts]
 
-    def authors_log_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
-                            draws: list[Draws] | None = None) -> Tensor:
+    def authors_log_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, draws: list[Draws] | None = None
+    ) -> Tensor:
         """Their log-weights (K, B): log p(x_b | z_k) - sum of analytic KLs_k, one binarisation for all k.
 
         ``draws`` (one per k, each with the shared ``target``) replays recorded passes instead.
@@ -370,8 +406,9 @@ class KuzinaLadderVAE(nn.Module):
         """Their NLL estimate -(logsumexp_k log w_k - log K) with :meth:`authors_log_weights`: not a bound."""
         return -(torch.logsumexp(self.authors_log_weights(x, num_samples, chunk), 0) - math.log(num_samples))
 
-    def log_importance_weights(self, x: Tensor, num_samples: int, chunk: int | None = None,
-                               noise: list[Tensor] | None = None) -> Tensor:
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, chunk: int | None = None, noise: list[Tensor] | None = None
+    ) -> Tensor:
         """log p(x, z) - log q(z | x) at ``num_samples`` joint samples (K, B): the true IWAE bound's weights.
 
         The context's posterior is the distribution the dither induces on the quantised
@@ -406,10 +443,11 @@ class KuzinaLadderVAE(nn.Module):
 
     def _iw_draws(self, noise: list[Tensor], start: int, n: int) -> dict[str, Tensor | list[Tensor]]:
         """Samples ``start:start + n`` of stacked :meth:`iw_noise` in the sample-major batch layout of a pass."""
+
         def flat(t: Tensor) -> Tensor:  # (n, B, *s) -> (n B, *s)
             return t[start : start + n].reshape(-1, *t.shape[2:])
 
-        per_sample = noise[self.iw_shared_noise:]
+        per_sample = noise[self.iw_shared_noise :]
         out: dict[str, Tensor | list[Tensor]] = {}
         if self.has_context:
             dither, traj, *per_sample = per_sample
@@ -423,13 +461,19 @@ class KuzinaLadderVAE(nn.Module):
         """One image's importance-sampling noise: the binarisation's U[0, 1) (1, C, H, W); for a DCT model the
         dither's U[0, 1) (K, C, c, c) and the diffusion trajectory's (K, T, C, c, c); then (K, *shape) per
         Gaussian layer."""
-        K, out = num_samples, [torch.rand((1, self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size),
-                                          generator=generator)]
+        K, out = (
+            num_samples,
+            [torch.rand((1, self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size), generator=generator)],
+        )
         if self.has_context:
             shape = self.layers[0].shape
-            out += [torch.rand((K, *shape), generator=generator),
-                    torch.randn((K, self.prior.steps, *shape), generator=generator)]
-        return out + [torch.randn((K, *info.shape), generator=generator) for info in self.layers if not info.deterministic]
+            out += [
+                torch.rand((K, *shape), generator=generator),
+                torch.randn((K, self.prior.steps, *shape), generator=generator),
+            ]
+        return out + [
+            torch.randn((K, *info.shape), generator=generator) for info in self.layers if not info.deterministic
+        ]
 
     def _split_noise(self, noise: list[Tensor] | None) -> tuple[Tensor | None, list[Tensor] | None]:
         """(the context's noise, the Gaussian layers' noise) of a full noise list."""
@@ -446,8 +490,9 @@ class KuzinaLadderVAE(nn.Module):
         noise = [self._repeat(n, t)[0] for t in noise] if noise is not None else None
         return n, self._repeat(n, x)[0], noise, u.reshape(n * B, *self.layers[0].shape)
 
-    def encode(self, x: Tensor, k: int | None = None, sample: bool = False,
-               noise: list[Tensor] | None = None) -> list[PointMass | DiagGaussian | DrawAverage]:
+    def encode(
+        self, x: Tensor, k: int | None = None, sample: bool = False, noise: list[Tensor] | None = None
+    ) -> list[PointMass | DiagGaussian | DrawAverage]:
         """Posteriors of the top ``k`` layers: the context's point mass (DCT), then the Gaussian layers'.
 
         With ``context_dither`` each comes averaged over the fixed dither draws (:class:`DrawAverage`).
@@ -466,13 +511,20 @@ class KuzinaLadderVAE(nn.Module):
             ctx_img = self._context_image(code.value)
         kk = k - len(out)
         if kk > 0:
-            td = self._top_down(x.shape[0], self.encoder(x), ctx_img, n_post=kk, sample_q=sample, noise=gnoise,
-                                stop_after=kk)
+            td = self._top_down(
+                x.shape[0], self.encoder(x), ctx_img, n_post=kk, sample_q=sample, noise=gnoise, stop_after=kk
+            )
             out += [q for q in td.posteriors if q is not None]
         return [DrawAverage(q, n) for q in out] if n > 1 else out
 
-    def reconstruct(self, x: Tensor, k: int | None = None, temperature: float = 0.1,
-                    noise: list[Tensor] | None = None, posterior_sample: bool = False) -> Tensor:
+    def reconstruct(
+        self,
+        x: Tensor,
+        k: int | None = None,
+        temperature: float = 0.1,
+        noise: list[Tensor] | None = None,
+        posterior_sample: bool = False,
+    ) -> Tensor:
         """Mean image: the top ``k`` layers at their posterior means (k = 0: a prior context), the rest from p.
 
         ``posterior_sample`` draws the Gaussian layers among the top k from their posteriors
@@ -489,8 +541,9 @@ class KuzinaLadderVAE(nn.Module):
             y = self.codec(x, dither=dither).value if k > 0 else self._prior_context(x.shape[0], cnoise)
             ctx_img, n_post = self._context_image(y), max(k - 1, 0)
         feats = self.encoder(x) if n_post > 0 else None
-        td = self._top_down(x.shape[0], feats, ctx_img, n_post=n_post, sample_q=posterior_sample, noise=gnoise,
-                            temperature=temperature)
+        td = self._top_down(
+            x.shape[0], feats, ctx_img, n_post=n_post, sample_q=posterior_sample, noise=gnoise, temperature=temperature
+        )
         return self.likelihood(td.state).mean.view(n, B, *x.shape[1:]).mean(0)
 
     def _prior_context(self, batch: int, noise: Tensor | None) -> Tensor:

@@ -31,8 +31,21 @@ from robustvae.models.kuzina.unet import KuzinaUNet
 class KuzinaDiffusionPrior(DiffusionPrior):
     """DDGM prior of their code over contexts of ``shape`` whose values are ``support`` (the quantiser's outputs)."""
 
-    def __init__(self, shape: tuple[int, int, int], bits: int, steps: int, support: Tensor, *, schedule: str,
-                 beta_start: float, beta_end: float, channels: int, scales: int, res_blocks: int, dropout: float):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        bits: int,
+        steps: int,
+        support: Tensor,
+        *,
+        schedule: str,
+        beta_start: float,
+        beta_end: float,
+        channels: int,
+        scales: int,
+        res_blocks: int,
+        dropout: float,
+    ):
         C = shape[0]
         net = KuzinaUNet(C, 2 * C, channels, (1,) * scales, res_blocks, heads=2, dropout=dropout)
         betas = cosine_betas(steps) if schedule == "cosine" else None

@@ -108,8 +108,16 @@ class Steps(nn.ModuleList):
 class KuzinaUNet(nn.Module):
     """``in_channels`` -> ``out_channels`` at every level of ``channel_mult``; ``forward(y, t)`` with t = 0 .. T-1."""
 
-    def __init__(self, in_channels: int, out_channels: int, channels: int, channel_mult: tuple[int, ...],
-                 res_blocks: int, heads: int = 2, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int,
+        channel_mult: tuple[int, ...],
+        res_blocks: int,
+        heads: int = 2,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.channels = channels
         self.time_embed = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels))
@@ -124,8 +132,9 @@ class KuzinaUNet(nn.Module):
             if level < len(channel_mult) - 1:
                 self.input_blocks.append(Steps([Downsample(ch)]))
                 skips.append(ch)
-        self.middle_block = Steps([ResBlock(ch, ch, channels, dropout), Attention(ch, heads),
-                                   ResBlock(ch, ch, channels, dropout)])
+        self.middle_block = Steps(
+            [ResBlock(ch, ch, channels, dropout), Attention(ch, heads), ResBlock(ch, ch, channels, dropout)]
+        )
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(res_blocks + 1):

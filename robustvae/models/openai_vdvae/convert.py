@@ -54,7 +54,7 @@ def rename(key: str, cfg: ModelConfig) -> str | None:
         return None
     for theirs, ours in _RENAMES:
         if key == theirs or (theirs.endswith(".") and key.startswith(theirs)):
-            key = ours + key[len(theirs):]
+            key = ours + key[len(theirs) :]
             break
     else:
         return None
@@ -79,9 +79,11 @@ def strip_prefix(state: Mapping[str, object], where: str) -> dict[str, object]:
     prefixed = [k for k in state if str(k).startswith(PREFIX)]
     if prefixed and len(prefixed) != len(state):
         first = next(k for k in state if not str(k).startswith(PREFIX))
-        raise CheckpointError(f"{where}: some keys start with '{PREFIX}' and some do not (first without: {first}); "
-                              f"the file is not a state dict saved by openai/vdvae")
-    return {str(k)[len(PREFIX):]: v for k, v in state.items()} if prefixed else dict(state)
+        raise CheckpointError(
+            f"{where}: some keys start with '{PREFIX}' and some do not (first without: {first}); "
+            f"the file is not a state dict saved by openai/vdvae"
+        )
+    return {str(k)[len(PREFIX) :]: v for k, v in state.items()} if prefixed else dict(state)
 
 
 def check_state_dict(theirs: Mapping[str, object], cfg: ModelConfig, where: str = "checkpoint") -> dict[str, Tensor]:
@@ -90,30 +92,40 @@ def check_state_dict(theirs: Mapping[str, object], cfg: ModelConfig, where: str 
     from robustvae.registry import build_model
 
     if not isinstance(theirs, Mapping) or not theirs:
-        raise CheckpointError(f"{where} holds no state dict (found {type(theirs).__name__}); it is not a model file of "
-                              f"openai/vdvae (*-model.th or *-model-ema.th)")
+        raise CheckpointError(
+            f"{where} holds no state dict (found {type(theirs).__name__}); it is not a model file of "
+            f"openai/vdvae (*-model.th or *-model-ema.th)"
+        )
     theirs = strip_prefix(theirs, where)
     bad = next((k for k, v in theirs.items() if not isinstance(v, Tensor) or not v.is_floating_point()), None)
     if bad is not None:
-        raise CheckpointError(f"{where}: {bad} is not a floating-point tensor; the file is not a model state dict of "
-                              f"openai/vdvae (an optimizer state, *-opt.th, perhaps)")
+        raise CheckpointError(
+            f"{where}: {bad} is not a floating-point tensor; the file is not a model state dict of "
+            f"openai/vdvae (an optimizer state, *-opt.th, perhaps)"
+        )
     with torch.device("meta"):
         own = build_model(cfg).state_dict()
     ours = {}
     for key, value in theirs.items():
         name = rename(key, cfg)
         if name is None or name not in own:
-            raise CheckpointError(f"{where}: unexpected key {key} (this --hps has {len(own)} tensors and no such "
-                                  f"name); the file was made with other hyperparameters: pick its --hps")
+            raise CheckpointError(
+                f"{where}: unexpected key {key} (this --hps has {len(own)} tensors and no such "
+                f"name); the file was made with other hyperparameters: pick its --hps"
+            )
         ours[name] = value
     missing = [k for k in own if k not in ours]
     if missing:
-        raise CheckpointError(f"{where}: missing key {their_name(missing[0], cfg)} ({len(missing)} of {len(own)} "
-                              f"missing); the file is incomplete or made with other hyperparameters: pick its --hps")
+        raise CheckpointError(
+            f"{where}: missing key {their_name(missing[0], cfg)} ({len(missing)} of {len(own)} "
+            f"missing); the file is incomplete or made with other hyperparameters: pick its --hps"
+        )
     for k, v in own.items():
         if tuple(ours[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{where}: {their_name(k, cfg)} has shape {tuple(ours[k].shape)}, this --hps needs "
-                                  f"{tuple(v.shape)}; the file was made with other hyperparameters: pick its --hps")
+            raise CheckpointError(
+                f"{where}: {their_name(k, cfg)} has shape {tuple(ours[k].shape)}, this --hps needs "
+                f"{tuple(v.shape)}; the file was made with other hyperparameters: pick its --hps"
+            )
     return ours
 
 

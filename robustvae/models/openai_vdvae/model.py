@@ -75,8 +75,15 @@ class OpenAIVDVAE(VDVAE):
         self.in_conv = conv(cfg.image_channels, w(cfg.image_size), 3)
         s = residual_scale(len(enc))
         self.enc_blocks = nn.ModuleList(
-            Block(w(b.resolution), hidden_width(w(b.resolution), cfg.hidden, cfg.channels), w(b.resolution), cfg,
-                  b.resolution, residual=True, last_scale=s)
+            Block(
+                w(b.resolution),
+                hidden_width(w(b.resolution), cfg.hidden, cfg.channels),
+                w(b.resolution),
+                cfg,
+                b.resolution,
+                residual=True,
+                last_scale=s,
+            )
             for b in enc
         )
         # decoder: the Gaussian layers coarse -> fine, then the per-channel gain and shift, then the output convolution
@@ -90,10 +97,13 @@ class OpenAIVDVAE(VDVAE):
         self.dec_blocks = nn.ModuleList(blocks)
         self.layers: list[LayerInfo] = list(self._ladder)
         top = cfg.bias_max_res
-        self.bias = nn.ParameterDict({
-            str(r): nn.Parameter(torch.zeros(1, w(r), r, r))
-            for r in sorted({r for r, _ in cfg.latents}) if top is None or r <= top
-        })
+        self.bias = nn.ParameterDict(
+            {
+                str(r): nn.Parameter(torch.zeros(1, w(r), r, r))
+                for r in sorted({r for r, _ in cfg.latents})
+                if top is None or r <= top
+            }
+        )
         self.out_blocks = nn.ModuleList()
         self.gain = nn.Parameter(torch.ones(1, cfg.channels, 1, 1))
         self.shift = nn.Parameter(torch.zeros(1, cfg.channels, 1, 1))
@@ -129,8 +139,9 @@ class OpenAIVDVAE(VDVAE):
 
     def likelihood(self, state: Tensor) -> DiscretizedLogisticMixture:
         out = at_least_float32(self.out_conv(state * self.gain + self.shift))
-        return DiscretizedLogisticMixture(out, 3, self.cfg.num_mixtures, self.cfg.dmol_bits, layout="per-channel",
-                                          grid="uint8", tiny_bin=TINY_BIN)
+        return DiscretizedLogisticMixture(
+            out, 3, self.cfg.num_mixtures, self.cfg.dmol_bits, layout="per-channel", grid="uint8", tiny_bin=TINY_BIN
+        )
 
     def _image(self, state: Tensor) -> Tensor:
         return self.likelihood(state).top_component_image()
