@@ -324,6 +324,19 @@ def test_the_flags_fire_on_hand_made_records():
     )
 
 
+def test_a_vanished_gradient_at_the_metrics_minimum_is_not_masking():
+    """A row that starts at MS-SSIM 0 (a seeded member already at the optimum, where the clamped metric is flat) has
+    nothing to gain: its zero gradient hides no damage and does not count; the same row above 0 does."""
+    df = _records()
+    vanished = (df.kind == "attack") & (df.grad_norm == 0.0)
+    at_floor = df.assign(msssim=np.where(vanished, 0.0, df.msssim))
+    row = pd.DataFrame(strength.strength_checks(at_floor)).set_index("check").loc["no vanishing gradient"]
+    assert row.passed and row.value == 0.0 and "2 more at MS-SSIM 0" in row.detail
+    above = df.assign(msssim=np.where(vanished, 1e-3, df.msssim))
+    row = pd.DataFrame(strength.strength_checks(above)).set_index("check").loc["no vanishing gradient"]
+    assert not row.passed and row.value == pytest.approx(1 / 3)
+
+
 def test_a_zeroed_encoder_gradient_trips_the_vanishing_gradient_flag(monkeypatch):
     m = tiny(VD, 0.5)
     real = type(m).encode

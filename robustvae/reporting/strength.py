@@ -38,6 +38,7 @@ from robustvae.reporting.load import CURVE_KEYS
 KEYS = [*CURVE_KEYS, "k"]
 GRAD_TOL = 1e-10  # a start gradient norm below this counts as vanished
 VANISHING_LIMIT = 0.05  # share of rows with a vanished gradient that raises the flag
+MSSSIM_FLOOR = 0.0  # MS-SSIM's minimum (pytorch-msssim clamps each scale at 0): a row there cannot do better
 GRADIENT_FREE_LIMIT = 0.05  # share of points a gradient-free member may win
 DOUBLING_LIMIT = 0.01  # MS-SSIM gained from steps/2 to steps that says "more steps needed"
 RESTART_LIMIT = 0.01  # MS-SSIM gained by the last restart that says "more restarts needed"
@@ -144,11 +145,14 @@ def _vanishing(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFram
         return
     grad = att[att.grad_norm.notna()]
     for key, g in grad.groupby([*KEYS, "member"]):
-        share = float((g.grad_norm.astype(float) < GRAD_TOL).mean())
+        vanished = g.grad_norm.astype(float) < GRAD_TOL
+        at_floor = vanished & (g.msssim <= MSSSIM_FLOOR)  # nothing left to gain: the start already scored the minimum
+        share = float((vanished & ~at_floor).mean())
         who = f" {key[-1]}" if key[-1] else ""
+        floor = f"; {int(at_floor.sum())} more at MS-SSIM 0, the metric's minimum, not counted" if at_floor.any() else ""
         numbers = (
             f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
-            f"(median {g.grad_norm.astype(float).median():.3g})"
+            f"(median {g.grad_norm.astype(float).median():.3g}){floor}"
         )
         add(
             "no vanishing gradient",
