@@ -94,6 +94,21 @@ def test_dctvae_context_is_left_alone(gen):
     assert d.encode(x, 1)[0].mean.equal(m.encode(x, 1)[0].mean)
 
 
+def test_a_defended_dctvae_reads_its_models_context_codec(gen):
+    """The defence leaves the context alone, so the defended model and the adaptive attack's view expose the model's
+    codec: auto-v2's context-levels member seeds from it through the defence (without it the member found no codec
+    on the view and fell back to plain APGD without a word)."""
+    from robustvae.attacks.context import _codec
+    from robustvae.certify.affine import codec_of
+
+    m = _model("dctvae-mnist-tiny", gen)
+    defence = HMCDefence(SMALL)
+    for wrapped in (defence.wrap(m, 0.1), defence.attack_view(m, 0.1)):
+        assert codec_of(wrapped) is m.codec and _codec(wrapped) is m.codec
+    vd = defence.wrap(_model("vdvae-mnist-tiny", gen), 0.1)
+    assert _codec(vd) is None  # no context: still no codec, not an error
+
+
 def test_gradient_reaches_the_input_through_the_chain_and_eot_averages_fixed_draws(gen):
     m = _model("vdvae-mnist-tiny", gen)
     defence = HMCDefence(SMALL)
@@ -291,3 +306,24 @@ def test_adaptive_attack_is_not_weaker_than_the_non_adaptive_one_on_a_trained_mo
     ]
     checks = dfn.defence_checks(pd.concat(runs, ignore_index=True))
     assert len(checks) == 3 and all(c["passed"] for c in checks), [c["detail"] for c in checks]
+
+
+def test_the_adaptive_attack_starts_where_the_transferred_one_ends(sweeps, monkeypatch):
+    """With the gradient through the defence cut (the view encodes a detached copy of x), PGD cannot move from its
+    start: the adaptive attack's perturbation is then exactly the non-adaptive one (the same attack on the model,
+    the same seeds), and its cost includes that attack's passes on top of the chain's."""
+    from robustvae.defences.hmc import AttackView
+
+    tmp, runs = sweeps
+    real = AttackView.encode
+    monkeypatch.setattr(AttackView, "encode", lambda self, x, *a, **kw: real(self, x.detach(), *a, **kw))
+    blind = _run(tmp, "blind", defence=HMCDefence(TINY), adaptive=True)
+    key = ["k", "point", "restart"]
+    a = runs["def"][runs["def"].kind == "attack"].set_index(key).sort_index()
+    b = blind[blind.kind == "attack"].set_index(key).sort_index()
+    for col in ("delta_linf", "delta_l2", "msssim_input"):
+        pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
+    plain = a.attack_cost.map(lambda c: c["passes"])
+    assert (b.attack_cost.map(lambda c: c["passes"]) > plain + 2 * TINY.steps * TINY.leapfrog).all()
+    run = json.loads((tmp / "blind" / "run.json").read_text())
+    assert run["defence"]["adaptive_start"] == "transfer"

@@ -25,6 +25,7 @@ attack), where a vanishing gradient shows gradient masking.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torchattacks.attack import Attack
@@ -92,8 +93,11 @@ class LatentAttack(Attack):
     (evaluations x images), ``best_delta``, ``last_delta`` (the last iterate, which the
     DCT-VAE authors' rule scores; the best one for a search that only keeps improvements)
     and ``passes`` describe the run. ``temperature`` and ``per_unit`` go to the objective
-    (:class:`LatentObjective`).
+    (:class:`LatentObjective`). ``takes_start``: the attack starts from ``start`` when one is set (False for one
+    that makes its own start).
     """
+
+    takes_start: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -56,6 +56,8 @@ class LatentContextSearch(LatentAPGD):
     row carries its share) and the flip search; ``seed_decoded_l2`` the decoded change of each image's seed.
     """
 
+    takes_start = False  # its own start: the MILP's and the flip search's seeds (and ``warm``)
+
     _milp_cache: dict[tuple, Tensor] = {}
 
     def __init__(

@@ -109,6 +109,8 @@ class LatentSquare(LatentAttack):
         >>> adv_images = attack(images, seeds=list(range(len(images))), noise=model.make_noise(len(images)))
     """
 
+    takes_start = False  # its own start: stripes (L-inf) or bumps (L2)
+
     def __init__(
         self,
         model,

@@ -183,6 +183,12 @@ class DefendedModel(nn.Module):
         return self.model.cfg
 
     @property
+    def codec(self):
+        """The model's context codec (a DCT-VAE's): the defence leaves the context as it is, so the defended model's
+        context is the model's, and what reads it (certify, auto-v2's context-levels member) reads it here too."""
+        return self.model.codec
+
+    @property
     def layers(self):
         return self.model.layers
 

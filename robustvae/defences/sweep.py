@@ -11,7 +11,9 @@
   undefended run with the same seeds); **adaptive**: it runs on the defended model's
   :meth:`~robustvae.defences.base.Defence.attack_view`, differentiating through the chain,
   averaged over ``eot`` fixed chain draws per row, seeded apart from the scored draw (the
-  attacker knows the defence, not the defender's random numbers).
+  attacker knows the defence, not the defender's random numbers), and a gradient attack starts
+  from the non-adaptive attack's perturbation (the same attack on the undefended model, whose
+  passes it pays for), so it refines what transfers instead of starting over.
 
 Curves of a defended sweep are named ``<model>+<defence>`` (non-adaptive) and
 ``<model>+<defence>/adaptive``, so every report shows them beside the undefended curve.
@@ -69,6 +71,7 @@ class DefenceRun:
         """run.json's record: the defence, its settings, what it wraps, and its passes per image per model and k."""
         return {
             **self.record_fields(),
+            "adaptive_start": "transfer" if self.adaptive else None,
             "stochastic": self.defence.stochastic,
             "wraps": self.defence.wraps,
             "passes_per_image": {

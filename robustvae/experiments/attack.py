@@ -462,7 +462,8 @@ def _attack(
 
     An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
     of its attack run by itself (``member`` only names them); an attack that takes a ``warm`` start (auto-v2's
-    context member) also gets the earlier members' best delta per row."""
+    context member) also gets the earlier members' best delta per row. An adaptive attack on a defence that takes a
+    start begins from the non-adaptive attack's delta (:func:`_transfer_start`)."""
     k, R = ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     target = ctx.target_images(R).to(X.device) if OBJECTIVES[cfg.objective].needs_target else None
@@ -482,12 +483,27 @@ def _attack(
             attacked = model
         attack = make_attack(model, k, cfg)
         attack.curve_steps = curve_steps(cfg.steps)
+        part_target = target[rows] if target is not None else None
         if warm is not None and hasattr(attack, "warm"):
             attack.warm = warm[rows]
-        adv = attack(X[rows], target=target[rows] if target is not None else None, seeds=seeds[rows], noise=part_noise)
+        if ctx.defence is not None and ctx.defence.adaptive and attack.takes_start:  # begin where transfer ends
+            attack.start, transfer_passes = _transfer_start(ctx, X[rows], cfg, seeds[rows], part_noise, part_target)
+            model.forward_passes += transfer_passes
+        adv = attack(X[rows], target=part_target, seeds=seeds[rows], noise=part_noise)
         parts.append(AttackOutcome.of(attack))
         advs.append((X[rows] + attack.last_delta).detach() if ctx.rule.iterate == "last" else adv)
     return AttackOutcome.cat(parts), torch.cat(advs), attacked
+
+
+def _transfer_start(ctx: _UnitContext, X, cfg: AttackConfig, seeds, noise, target) -> tuple[torch.Tensor, int]:
+    """An adaptive attack's start: the delta of the same attack on the undefended model (the non-adaptive attack:
+    the same seeds, noise and rule), so the attack through the defence begins where transfer ends and keeps that
+    start unless its own objective finds better; (the deltas, that attack's model passes per row, each forward
+    with its backward where it took a gradient)."""
+    attack = make_attack(ctx.lm.model, ctx.unit.k, cfg)
+    adv = attack(X, target=target, seeds=seeds, noise=noise)
+    delta = attack.last_delta if ctx.rule.iterate == "last" else adv - X
+    return delta.detach(), attack.passes["forward"]
 
 
 @torch.no_grad()

@@ -149,7 +149,9 @@ def _vanishing(add: Callable[..., None], att: pd.DataFrame, records: pd.DataFram
         at_floor = vanished & (g.msssim <= MSSSIM_FLOOR)  # nothing left to gain: the start already scored the minimum
         share = float((vanished & ~at_floor).mean())
         who = f" {key[-1]}" if key[-1] else ""
-        floor = f"; {int(at_floor.sum())} more at MS-SSIM 0, the metric's minimum, not counted" if at_floor.any() else ""
+        floor = (
+            f"; {int(at_floor.sum())} more at MS-SSIM 0, the metric's minimum, not counted" if at_floor.any() else ""
+        )
         numbers = (
             f"{share:.1%} of {len(g)} attack rows start with an objective gradient norm below {GRAD_TOL:g} "
             f"(median {g.grad_norm.astype(float).median():.3g}){floor}"
