@@ -12,7 +12,7 @@
 #   HMC_STEPS=6 HMC_LEAPFROG=3 EOT=2   the defence's chain and the adaptive attack's chain draws (sized for a 2-core
 #                       CPU; the library's defaults are 20, 5 and 4)
 #   RUNS=runs/defences-mnist  where the attack records go;  OUT=reports/defences-mnist  the report
-#   DEVICE=auto  ATTACK_ARGS=  extra options for every attack (e.g. --attack auto, --points 20, --max-batch-mib 60000)
+#   DEVICE=auto  ATTACK_ARGS=  extra options for every attack (e.g. --attack pgd, --points 20, --max-batch-mib 60000)
 #   PYTHON=python  the interpreter that runs "python -m robustvae";  REPORT=1  write the report (0: the runs only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
