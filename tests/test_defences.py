@@ -376,3 +376,26 @@ def test_the_memory_probe_lets_go_of_its_graph_and_warns_when_one_image_is_over_
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         plan_units(labelled, cfg, CPU)  # the undefended tiny model fits the default budget: no warning
+
+
+def test_the_attacker_keeps_per_row_whichever_candidate_its_own_estimate_scores_lower(gen):
+    """Rows whose transferred perturbation damages more (by MS-SSIM of the view's reconstruction against the clean
+    one) keep it; the others keep the adaptive result. A view that reconstructs the input itself makes the estimate
+    the MS-SSIM of the candidates, computed here directly."""
+    from robustvae.experiments.attack import _attackers_choice
+    from robustvae.metrics import ms_ssim
+
+    class Identity:
+        def reconstruct(self, x, k, temperature, noise):
+            return x
+
+    clean = torch.rand(4, 1, 28, 28, generator=gen)
+    strong = (clean + 0.5 * torch.randn(4, 1, 28, 28, generator=gen)).clamp(0, 1)
+    weak = (clean + 0.05 * torch.randn(4, 1, 28, 28, generator=gen)).clamp(0, 1)
+    adaptive = torch.stack([strong[0], weak[1], strong[2], weak[3]])
+    transferred = torch.stack([weak[0], strong[1], weak[2], strong[3]])
+    chosen = _attackers_choice(Identity(), 1, 0.1, [], adaptive, transferred, clean)
+    want = torch.where(
+        (ms_ssim(transferred, clean) < ms_ssim(adaptive, clean)).view(-1, 1, 1, 1), transferred, adaptive
+    )
+    assert torch.equal(chosen, want) and torch.equal(chosen, strong)

@@ -11,9 +11,10 @@
   undefended run with the same seeds); **adaptive**: it runs on the defended model's
   :meth:`~robustvae.defences.base.Defence.attack_view`, differentiating through the chain,
   averaged over ``eot`` fixed chain draws per row, seeded apart from the scored draw (the
-  attacker knows the defence, not the defender's random numbers), and a gradient attack starts
-  from the non-adaptive attack's perturbation (the same attack on the undefended model, whose
-  passes it pays for), so it refines what transfers instead of starting over.
+  attacker knows the defence, not the defender's random numbers), and it builds on the
+  non-adaptive attack (the same attack on the undefended model, whose passes it pays for): a
+  gradient attack starts from its perturbation, and each row keeps the better of the two by
+  the attacker's own estimate of the score, so it refines what transfers instead of starting over.
 
 Curves of a defended sweep are named ``<model>+<defence>`` (non-adaptive) and
 ``<model>+<defence>/adaptive``, so every report shows them beside the undefended curve.

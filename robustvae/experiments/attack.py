@@ -469,6 +469,7 @@ def _attack(
     cfg: AttackConfig,
     member: str | None,
     warm: torch.Tensor | None = None,
+    clean: torch.Tensor | None = None,
 ):
     """The attack of every point x restart (each restart its own seeded start), in one batch or in passes of
     ``unit.rows`` images (each image's attack is its own, so the passes give the batch's results); the outcome
@@ -476,8 +477,10 @@ def _attack(
 
     An ensemble's members start from the same seeds as the attack alone would, so each member's rows are those
     of its attack run by itself (``member`` only names them); an attack that takes a ``warm`` start (auto-v2's
-    context member) also gets the earlier members' best delta per row. An adaptive attack on a defence that takes a
-    start begins from the non-adaptive attack's delta (:func:`_transfer_start`)."""
+    context member) also gets the earlier members' best delta per row. An adaptive attack on a defence also runs the
+    non-adaptive attack (:func:`_transfer`): an attack that takes a start begins from its delta, and with ``clean``
+    (the rows' undefended clean reconstructions) each row keeps the better of the two by the attacker's own estimate
+    (:func:`_attackers_choice`; not for a targeted attack or the authors' last-iterate rule)."""
     k, R = ctx.unit.k, ctx.cfg.restarts
     seeds = [derive_seed(cfg.seed, "start", k, p, r) for p in ctx.pts for r in range(R)]
     target = ctx.target_images(R).to(X.device) if OBJECTIVES[cfg.objective].needs_target else None
@@ -498,26 +501,47 @@ def _attack(
         attack = make_attack(model, k, cfg)
         attack.curve_steps = curve_steps(cfg.steps)
         part_target = target[rows] if target is not None else None
-        if warm is not None and hasattr(attack, "warm"):
-            attack.warm = warm[rows]
-        if ctx.defence is not None and ctx.defence.adaptive and attack.takes_start:  # begin where transfer ends
-            attack.start, transfer_passes = _transfer_start(ctx, X[rows], cfg, seeds[rows], part_noise, part_target)
-            model.forward_passes += transfer_passes
+        part_warm = warm[rows] if warm is not None else None
+        if part_warm is not None and hasattr(attack, "warm"):
+            attack.warm = part_warm
+        transfer = None
+        if ctx.defence is not None and ctx.defence.adaptive:  # begin where transfer ends
+            transfer, passes = _transfer(ctx, X[rows], cfg, seeds[rows], part_noise, part_target, part_warm)
+            model.forward_passes += passes
+            if attack.takes_start:
+                attack.start = transfer
         adv = attack(X[rows], target=part_target, seeds=seeds[rows], noise=part_noise)
         parts.append(AttackOutcome.of(attack))
-        advs.append((X[rows] + attack.last_delta).detach() if ctx.rule.iterate == "last" else adv)
+        if ctx.rule.iterate == "last":
+            adv = (X[rows] + attack.last_delta).detach()
+        elif transfer is not None and clean is not None and part_target is None:
+            adv = _attackers_choice(model, k, ctx.temperature, part_noise, adv, X[rows] + transfer, clean[rows])
+        advs.append(adv)
     return AttackOutcome.cat(parts), torch.cat(advs), attacked
 
 
-def _transfer_start(ctx: _UnitContext, X, cfg: AttackConfig, seeds, noise, target) -> tuple[torch.Tensor, int]:
-    """An adaptive attack's start: the delta of the same attack on the undefended model (the non-adaptive attack:
-    the same seeds, noise and rule), so the attack through the defence begins where transfer ends and keeps that
-    start unless its own objective finds better; (the deltas, that attack's model passes per row, each forward
-    with its backward where it took a gradient)."""
+def _transfer(ctx: _UnitContext, X, cfg: AttackConfig, seeds, noise, target, warm) -> tuple[torch.Tensor, int]:
+    """An adaptive attack's transferred candidate: the delta of the same attack on the undefended model (the
+    non-adaptive attack: the same seeds, noise, warm start and rule); (the deltas, that attack's model passes per
+    row, each forward with its backward where it took a gradient)."""
     attack = make_attack(ctx.lm.model, ctx.unit.k, cfg)
+    if warm is not None and hasattr(attack, "warm"):
+        attack.warm = warm
     adv = attack(X, target=target, seeds=seeds, noise=noise)
     delta = attack.last_delta if ctx.rule.iterate == "last" else adv - X
     return delta.detach(), attack.passes["forward"]
+
+
+@torch.no_grad()
+def _attackers_choice(view, k: int, temperature: float, noise, adaptive, transferred, clean) -> torch.Tensor:
+    """Per row the adaptive attack's result or the transferred one, whichever the attacker's own estimate scores lower:
+    MS-SSIM of the view's reconstruction (its chain draws, not the defender's) against the undefended clean
+    reconstruction (what the score compares with). An attack's objective through the chain is not that score, so its
+    best iterate can score worse than where it started."""
+    worse = ms_ssim(view.reconstruct(transferred, k, temperature, noise), clean) < ms_ssim(
+        view.reconstruct(adaptive, k, temperature, noise), clean
+    )
+    return torch.where(worse.view(-1, *([1] * (adaptive.dim() - 1))), transferred, adaptive).detach()
 
 
 @torch.no_grad()
@@ -543,7 +567,7 @@ def _member_rows(
     the earlier members' best delta per row)."""
     model, k, R = ctx.lm.model, ctx.unit.k, ctx.cfg.restarts
     t0 = time.perf_counter()
-    attack, adv, attacked = _attack(ctx, X, noise, mcfg, member, warm)
+    attack, adv, attacked = _attack(ctx, X, noise, mcfg, member, warm, clean_r)
     cost = ctx.defence.attack_cost(attack, attacked, time.perf_counter() - t0, X.shape[0]) if ctx.defence else None
     with torch.no_grad():
         rec = ctx.reconstruct(adv, passes)
