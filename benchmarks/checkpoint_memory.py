@@ -5,7 +5,7 @@
 A tiny VDVAE is trained for 2 steps; its ``best.pt`` is copied with ``model.channels`` and ``model.hidden`` set to
 ``--width`` (the tensors stay those of the tiny model). ``robustvae eval`` runs on it in a fresh subprocess, under an
 address-space limit of ``--limit-gib`` (RLIMIT_AS: the machine is never at risk), and the child's peak resident set
-(``ru_maxrss``; torch allocates outside Python's heap, so tracemalloc cannot see it) is reported with its exit code
+(``VmHWM``, its own high-water mark; torch allocates outside Python's heap, so tracemalloc cannot see it) is reported with its exit code
 and last stderr line. ``--before PATH`` runs the same with the robustvae package found in PATH (e.g. an export of an
 earlier commit: ``git archive <rev> | tar -x -C PATH``), so the table compares the two. A baseline, the same process
 importing the CLI and exiting, says what the interpreter and torch take by themselves.
@@ -33,7 +33,8 @@ try:
     else:
         import robustvae.cli  # noqa: F401 - the baseline: imports only
 finally:  # also when the command ends in a traceback
-    print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+    # VmHWM: this program's own peak; execve starts it afresh, ru_maxrss would keep the forking parent's
+    print("PEAK_KIB", next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM")), flush=True)
 sys.exit(code)
 """
 
