@@ -14,6 +14,7 @@
 #   RUNS=runs/defences-mnist  where the attack records go;  OUT=reports/defences-mnist  the report
 #   DEVICE=auto  ATTACK_ARGS=  extra options for every attack (e.g. --attack pgd, --points 20, --max-batch-mib 60000)
 #   PYTHON=python  the interpreter that runs "python -m robustvae";  REPORT=1  write the report (0: the runs only)
+#   FINDINGS=reports/defences-mnist-findings.md  text shown in the report when the file exists (what it shows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ DEVICE=${DEVICE:-auto}
 ATTACK_ARGS=${ATTACK_ARGS:-}
 PYTHON=${PYTHON:-python}
 REPORT=${REPORT:-1}
+FINDINGS=${FINDINGS:-reports/defences-mnist-findings.md}
 
 mkdir -p "$RUNS"
 NOTES="$RUNS/commands.txt"
@@ -49,5 +51,7 @@ run "${rv[@]}" attack $MODELS --suite attacks/defences-mnist.toml --device "$DEV
 run "${rv[@]}" attack $MODELS --suite attacks/defences-mnist.toml --device "$DEVICE" "${hmc[@]}" --adaptive --eot "$EOT" \
   --out "$RUNS/hmc-adaptive" -q $ATTACK_ARGS
 if [[ "$REPORT" == 1 ]]; then
-  run "${rv[@]}" report "$RUNS/undefended" "$RUNS/hmc" "$RUNS/hmc-adaptive" --notes "$NOTES" --out "$OUT" --force
+  findings=()
+  [[ -f "$FINDINGS" ]] && findings=(--notes "$FINDINGS")
+  run "${rv[@]}" report "$RUNS/undefended" "$RUNS/hmc" "$RUNS/hmc-adaptive" --notes "$NOTES" "${findings[@]}" --out "$OUT" --force
 fi

@@ -170,3 +170,21 @@ def test_a_ratio_the_findings_quote():
     quoted = int(re.search(r"(\d+) times smaller than the budget", text).group(1))
     ratio = 0.1 / certify("radius", "radius_median")(_summary())
     assert quoted == float(f"{ratio:.1g}"), (quoted, ratio)
+
+
+DEFENCES = ROOT / "reports" / "defences-mnist" / "summary.json"
+
+
+def test_the_defences_table_in_the_docs_is_the_defences_reports():
+    """docs/defences.md's measured table (model, k, then five MS-SSIMs) equals reports/defences-mnist at its precision."""
+    if not DEFENCES.is_file():
+        pytest.skip(f"{DEFENCES} not found (the defences report is not part of this checkout)")
+    rows = {(r["model"], r["k"]): r for r in json.loads(DEFENCES.read_text())["defences"]["table"]}
+    text = (ROOT / "docs" / "defences.md").read_text()
+    pattern = r"^\| (\w+-mnist) \| (\d) \| " + r" \| ".join([NUMBER] * 5) + r" \|$"
+    lines = re.findall(pattern, text, re.M)
+    assert len(lines) == 8, "docs/defences.md no longer has the measured table of 2 models x k = 1..4"
+    for model, k, *quoted in lines:
+        row = rows[(model, int(k))]
+        for q, col in zip(quoted, ["undefended", "nonadaptive", "adaptive", "robust", "nonadaptive_no_attack"]):
+            assert float(q) == round(row[col], _decimals(q)), (model, k, col, q, row[col])
